@@ -1,0 +1,169 @@
+//! The `Event` aggregate (`event-<id>`): what an organizer sells and its lifecycle
+//! draft -> published -> on_sale -> sales_closed, with cancellation from any live state.
+//! Pure: validation and transitions only; seat counts live in `inventory`.
+
+use super::events::{DomainEvent, EventDetails, SectionSpec};
+use super::ids::{EventId, UserId};
+use super::money::Currency;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// Longest accepted section list; an event with more is almost certainly a client bug.
+pub const MAX_SECTIONS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    Draft,
+    Published,
+    OnSale,
+    SalesClosed,
+    Cancelled,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Draft => "draft",
+            EventStatus::Published => "published",
+            EventStatus::OnSale => "on_sale",
+            EventStatus::SalesClosed => "sales_closed",
+            EventStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A field that broke a rule, as the HTTP edge reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event not found")]
+    NotFound,
+    #[error("an event with this id already exists")]
+    AlreadyExists,
+    #[error("cannot {action} an event that is {}", status.as_str())]
+    InvalidTransition {
+        status: EventStatus,
+        action: &'static str,
+    },
+    #[error("the event is {}: tickets are not on sale", status.as_str())]
+    SalesNotOpen { status: EventStatus },
+    #[error("version mismatch: expected {expected}, actual {actual}")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("invalid event details")]
+    Invalid(Vec<FieldProblem>),
+}
+
+/// The folded state of one event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: EventId,
+    pub owner_id: UserId,
+    pub currency: Currency,
+    pub details: EventDetails,
+    pub status: EventStatus,
+}
+
+impl Event {
+    /// Folds one event of this aggregate; events of other aggregates are ignored.
+    pub fn apply(state: &mut Option<Event>, event: &DomainEvent) {
+        match (state, event) {
+            (state @ None, DomainEvent::EventCreated(e)) => {
+                *state = Some(Event {
+                    id: e.event_id,
+                    owner_id: e.owner_id,
+                    currency: e.currency,
+                    details: e.details.clone(),
+                    status: EventStatus::Draft,
+                })
+            }
+            (Some(s), DomainEvent::EventDetailsChanged(e)) => s.details = e.details.clone(),
+            (Some(s), DomainEvent::EventPublished(_)) => s.status = EventStatus::Published,
+            (Some(s), DomainEvent::EventSalesOpened(_)) => s.status = EventStatus::OnSale,
+            (Some(s), DomainEvent::EventSalesClosed(_)) => s.status = EventStatus::SalesClosed,
+            (Some(s), DomainEvent::EventCancelled(_)) => s.status = EventStatus::Cancelled,
+            _ => {}
+        }
+    }
+
+    /// Checks that `action` may move the event from its current status.
+    pub fn transition(&self, action: &'static str) -> Result<EventStatus, EventError> {
+        use EventStatus::*;
+        let next = match (action, self.status) {
+            ("publish", Draft) => Published,
+            ("open sales for", Published | SalesClosed) => OnSale,
+            ("close sales for", OnSale) => SalesClosed,
+            ("cancel", Draft | Published | OnSale | SalesClosed) => Cancelled,
+            ("update", Draft | Published | OnSale | SalesClosed) => self.status,
+            _ => {
+                return Err(EventError::InvalidTransition {
+                    status: self.status,
+                    action,
+                })
+            }
+        };
+        Ok(next)
+    }
+
+    pub fn ensure_on_sale(&self) -> Result<(), EventError> {
+        match self.status {
+            EventStatus::OnSale => Ok(()),
+            status => Err(EventError::SalesNotOpen { status }),
+        }
+    }
+}
+
+/// The rules every set of event details obeys, reported field by field.
+pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: &str| {
+        problems.push(FieldProblem {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    if details.name.trim().is_empty() {
+        problem("name", "must not be empty");
+    }
+    if details.ends_at <= details.starts_at {
+        problem("ends_at", "must be after starts_at");
+    }
+    if details.sections.is_empty() || details.sections.len() > MAX_SECTIONS {
+        problem("sections", "must list between 1 and 100 sections");
+    }
+    let mut seen = HashSet::new();
+    for (i, section) in details.sections.iter().enumerate() {
+        if section.name.trim().is_empty() {
+            problem(&format!("sections[{i}].name"), "must not be empty");
+        } else if !seen.insert(section.name.as_str()) {
+            problem(
+                &format!("sections[{i}].name"),
+                "must be unique within the event",
+            );
+        }
+        if section.capacity == 0 {
+            problem(&format!("sections[{i}].capacity"), "must be at least 1");
+        }
+        if section.price_cents < 0 {
+            problem(
+                &format!("sections[{i}].price_cents"),
+                "must not be negative",
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EventError::Invalid(problems))
+    }
+}
+
+/// Sections as the inventory needs them.
+pub fn section_specs(details: &EventDetails) -> Vec<SectionSpec> {
+    details.sections.clone()
+}

@@ -1,0 +1,337 @@
+//! The event catalogue: every fact the write side can record, with its stable `event_type` name
+//! and schema `event_version`. Payload structs are what gets bincode-encoded; renaming a Rust
+//! type is harmless, changing a payload's fields needs a new version and an upcaster
+//! (see EVENT_VERSIONING.md). Nothing here performs I/O.
+
+use super::ids::{EventId, PaymentId, ReservationId, UserId};
+use super::money::{Currency, Money};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where a ticketed event takes place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Venue {
+    pub name: String,
+    pub address: String,
+}
+
+/// A priced block of seats as the organizer defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionSpec {
+    pub name: String,
+    pub capacity: u32,
+    pub price_cents: i64,
+}
+
+/// Everything an organizer describes about an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDetails {
+    pub name: String,
+    pub description: Option<String>,
+    pub venue: Venue,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub sections: Vec<SectionSpec>,
+}
+
+// ---- Event aggregate (`event-<id>`) ----
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCreated {
+    pub event_id: EventId,
+    pub owner_id: UserId,
+    pub currency: Currency,
+    pub details: EventDetails,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDetailsChanged {
+    pub event_id: EventId,
+    pub details: EventDetails,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPublished {
+    pub event_id: EventId,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSalesOpened {
+    pub event_id: EventId,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSalesClosed {
+    pub event_id: EventId,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCancelled {
+    pub event_id: EventId,
+    pub at: DateTime<Utc>,
+}
+
+// ---- Inventory aggregate (`inventory-<event id>`) ----
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryStocked {
+    pub event_id: EventId,
+    pub sections: Vec<SectionSpec>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatsHeld {
+    pub event_id: EventId,
+    pub reservation_id: ReservationId,
+    pub section: String,
+    pub quantity: u32,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSeatsReleased {
+    pub event_id: EventId,
+    pub reservation_id: ReservationId,
+    pub section: String,
+    pub quantity: u32,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSeatsSold {
+    pub event_id: EventId,
+    pub reservation_id: ReservationId,
+    pub section: String,
+    pub quantity: u32,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoldSeatsReturned {
+    pub event_id: EventId,
+    pub reservation_id: ReservationId,
+    pub section: String,
+    pub quantity: u32,
+}
+
+// ---- Reservation aggregate (`reservation-<id>`) ----
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationPlaced {
+    pub reservation_id: ReservationId,
+    pub event_id: EventId,
+    pub user_id: UserId,
+    pub section: String,
+    pub quantity: u32,
+    pub total: Money,
+    pub placed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationConfirmed {
+    pub reservation_id: ReservationId,
+    pub payment_id: PaymentId,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationCancelled {
+    pub reservation_id: ReservationId,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationExpired {
+    pub reservation_id: ReservationId,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRefunded {
+    pub reservation_id: ReservationId,
+    pub payment_id: PaymentId,
+    pub at: DateTime<Utc>,
+}
+
+// ---- Payment aggregate (`payment-<id>`) ----
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    pub payment_id: PaymentId,
+    pub reservation_id: ReservationId,
+    pub event_id: EventId,
+    pub user_id: UserId,
+    pub amount: Money,
+    pub charge_id: String,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDeclined {
+    pub payment_id: PaymentId,
+    pub reservation_id: ReservationId,
+    pub event_id: EventId,
+    pub user_id: UserId,
+    pub amount: Money,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment_id: PaymentId,
+    pub reservation_id: ReservationId,
+    pub amount: Money,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Declares the catalogue once: the enum, `From` impls, and the stable name and version of each
+/// variant, so the three can never drift apart.
+macro_rules! catalogue {
+    ($($variant:ident => $name:literal, $version:literal);* $(;)?) => {
+        /// Any event of any aggregate.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum DomainEvent {
+            $($variant($variant),)*
+        }
+
+        $(impl From<$variant> for DomainEvent {
+            fn from(event: $variant) -> Self {
+                DomainEvent::$variant(event)
+            }
+        })*
+
+        impl DomainEvent {
+            /// Stable name stored beside the payload; never derived from `Debug`.
+            pub fn event_type(&self) -> &'static str {
+                match self { $(DomainEvent::$variant(_) => $name,)* }
+            }
+
+            /// Schema version of the payload as written today.
+            pub fn event_version(&self) -> u16 {
+                match self { $(DomainEvent::$variant(_) => $version,)* }
+            }
+
+            /// Encodes the payload (not the enum tag: the name and version travel beside it).
+            pub fn encode_payload(&self) -> Result<Vec<u8>, bincode::error::EncodeError> {
+                let config = bincode::config::standard();
+                match self { $(DomainEvent::$variant(e) => bincode::serde::encode_to_vec(e, config),)* }
+            }
+
+            /// Decodes a payload written at the *current* version of `event_type`.
+            /// Returns `None` for a name or version this build does not know; older versions go
+            /// through the upcasters in `eventstore::codec` first.
+            pub fn decode_current(
+                event_type: &str,
+                event_version: u16,
+                payload: &[u8],
+            ) -> Option<Result<DomainEvent, bincode::error::DecodeError>> {
+                let config = bincode::config::standard();
+                match (event_type, event_version) {
+                    $(($name, $version) => Some(
+                        bincode::serde::decode_from_slice::<$variant, _>(payload, config)
+                            .map(|(e, _)| DomainEvent::$variant(e)),
+                    ),)*
+                    _ => None,
+                }
+            }
+
+            /// Every (name, current version) pair, for documentation and tests.
+            pub const CATALOGUE: &'static [(&'static str, u16)] = &[$(($name, $version),)*];
+        }
+    };
+}
+
+catalogue! {
+    EventCreated => "event.created", 1;
+    EventDetailsChanged => "event.details_changed", 1;
+    EventPublished => "event.published", 1;
+    EventSalesOpened => "event.sales_opened", 1;
+    EventSalesClosed => "event.sales_closed", 1;
+    EventCancelled => "event.cancelled", 1;
+    InventoryStocked => "inventory.stocked", 1;
+    SeatsHeld => "inventory.seats_held", 1;
+    HeldSeatsReleased => "inventory.held_seats_released", 1;
+    HeldSeatsSold => "inventory.held_seats_sold", 1;
+    SoldSeatsReturned => "inventory.sold_seats_returned", 1;
+    ReservationPlaced => "reservation.placed", 1;
+    ReservationConfirmed => "reservation.confirmed", 1;
+    ReservationCancelled => "reservation.cancelled", 1;
+    ReservationExpired => "reservation.expired", 1;
+    ReservationRefunded => "reservation.refunded", 1;
+    PaymentCaptured => "payment.captured", 1;
+    PaymentDeclined => "payment.declined", 1;
+    PaymentRefunded => "payment.refunded", 1;
+}
+
+/// The stream an event belongs to: one stream per aggregate instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamId {
+    Event(EventId),
+    Inventory(EventId),
+    Reservation(ReservationId),
+    Payment(PaymentId),
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamId::Event(id) => write!(f, "event-{id}"),
+            StreamId::Inventory(id) => write!(f, "inventory-{id}"),
+            StreamId::Reservation(id) => write!(f, "reservation-{id}"),
+            StreamId::Payment(id) => write!(f, "payment-{id}"),
+        }
+    }
+}
+
+impl StreamId {
+    /// The aggregate type, used as a metric label and to choose the bus topic.
+    pub fn category(&self) -> &'static str {
+        match self {
+            StreamId::Event(_) => "event",
+            StreamId::Inventory(_) => "inventory",
+            StreamId::Reservation(_) => "reservation",
+            StreamId::Payment(_) => "payment",
+        }
+    }
+}
+
+impl DomainEvent {
+    /// The stream this event is appended to.
+    pub fn stream(&self) -> StreamId {
+        use DomainEvent as E;
+        match self {
+            E::EventCreated(e) => StreamId::Event(e.event_id),
+            E::EventDetailsChanged(e) => StreamId::Event(e.event_id),
+            E::EventPublished(e) => StreamId::Event(e.event_id),
+            E::EventSalesOpened(e) => StreamId::Event(e.event_id),
+            E::EventSalesClosed(e) => StreamId::Event(e.event_id),
+            E::EventCancelled(e) => StreamId::Event(e.event_id),
+            E::InventoryStocked(e) => StreamId::Inventory(e.event_id),
+            E::SeatsHeld(e) => StreamId::Inventory(e.event_id),
+            E::HeldSeatsReleased(e) => StreamId::Inventory(e.event_id),
+            E::HeldSeatsSold(e) => StreamId::Inventory(e.event_id),
+            E::SoldSeatsReturned(e) => StreamId::Inventory(e.event_id),
+            E::ReservationPlaced(e) => StreamId::Reservation(e.reservation_id),
+            E::ReservationConfirmed(e) => StreamId::Reservation(e.reservation_id),
+            E::ReservationCancelled(e) => StreamId::Reservation(e.reservation_id),
+            E::ReservationExpired(e) => StreamId::Reservation(e.reservation_id),
+            E::ReservationRefunded(e) => StreamId::Reservation(e.reservation_id),
+            E::PaymentCaptured(e) => StreamId::Payment(e.payment_id),
+            E::PaymentDeclined(e) => StreamId::Payment(e.payment_id),
+            E::PaymentRefunded(e) => StreamId::Payment(e.payment_id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Two variants sharing a stored name would make old events decode as the wrong type.
+    #[test]
+    fn event_type_names_are_unique() {
+        let names: HashSet<_> = DomainEvent::CATALOGUE.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), DomainEvent::CATALOGUE.len());
+    }
+
+    /// A payload encodes without its enum tag and decodes back by name and version.
+    #[test]
+    fn payload_round_trips_through_name_and_version() {
+        let event = DomainEvent::from(EventPublished {
+            event_id: EventId::random(),
+            at: Utc::now(),
+        });
+        let bytes = event.encode_payload().unwrap();
+        let back = DomainEvent::decode_current(event.event_type(), event.event_version(), &bytes);
+        assert_eq!(back.unwrap().unwrap(), event);
+        assert!(DomainEvent::decode_current("event.published", 99, &bytes).is_none());
+    }
+}

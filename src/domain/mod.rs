@@ -1,0 +1,17 @@
+//! The pure domain: ids, money, the event catalogue, the four aggregates and the sale that
+//! composes them. Nothing in here performs I/O, reads a clock or draws random numbers
+//! (except `Id::random()`, which only callers at the edge use).
+
+pub mod event;
+pub mod events;
+pub mod ids;
+pub mod inventory;
+pub mod money;
+pub mod payment;
+pub mod reservation;
+pub mod sale;
+
+pub use events::{DomainEvent, StreamId};
+pub use ids::{EventId, PaymentId, ReservationId, UserId};
+pub use money::{Currency, Money};
+pub use sale::{Decision, Effect, Outcome, SaleCommand, SaleError, SaleState};

@@ -1,0 +1,412 @@
+//! Given / when / then tests of the sale, plus a property test of invariants 1 and 2.
+
+use super::*;
+use chrono::TimeZone;
+use proptest::prelude::*;
+
+fn t(minute: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minute)
+}
+
+fn details(capacity: u32) -> EventDetails {
+    EventDetails {
+        name: "Concert".into(),
+        description: None,
+        venue: Venue {
+            name: "Hall".into(),
+            address: "1 Main St".into(),
+        },
+        starts_at: t(60 * 24),
+        ends_at: t(60 * 26),
+        sections: vec![SectionSpec {
+            name: "floor".into(),
+            capacity,
+            price_cents: 2500,
+        }],
+    }
+}
+
+/// A tiny harness: `given` commands are decided and applied, `when` returns the decision.
+struct Sale {
+    id: EventId,
+    state: SaleState,
+}
+
+impl Sale {
+    fn new() -> Self {
+        Sale {
+            id: EventId::random(),
+            state: SaleState::default(),
+        }
+    }
+
+    fn given(mut self, command: SaleCommand) -> Self {
+        let decision = self.when(&command).expect("given command must succeed");
+        self.commit(&decision);
+        self
+    }
+
+    fn when(&self, command: &SaleCommand) -> Result<Decision, SaleError> {
+        self.state.decide(self.id, command)
+    }
+
+    fn commit(&mut self, decision: &Decision) {
+        for e in &decision.events {
+            self.state.apply(e);
+        }
+    }
+
+    fn on_sale(capacity: u32) -> Self {
+        Sale::new()
+            .given(SaleCommand::CreateEvent {
+                owner_id: UserId::random(),
+                currency: Currency::USD,
+                details: details(capacity),
+                now: t(0),
+            })
+            .given(SaleCommand::ChangeLifecycle {
+                action: Lifecycle::Publish,
+                now: t(0),
+            })
+            .given(SaleCommand::ChangeLifecycle {
+                action: Lifecycle::OpenSales,
+                now: t(0),
+            })
+    }
+}
+
+fn reserve(id: ReservationId, quantity: u32, now: DateTime<Utc>) -> SaleCommand {
+    SaleCommand::Reserve {
+        reservation_id: id,
+        user_id: UserId::random(),
+        section: "floor".into(),
+        quantity,
+        hold_for: Duration::minutes(15),
+        now,
+    }
+}
+
+fn capture(
+    payment: PaymentId,
+    reservation: ReservationId,
+    cents: i64,
+    now: DateTime<Utc>,
+) -> SaleCommand {
+    SaleCommand::RecordCapture {
+        payment_id: payment,
+        reservation_id: reservation,
+        amount: Money::new(cents, Currency::USD),
+        charge_id: "ch_1".into(),
+        now,
+    }
+}
+
+fn types(decision: &Decision) -> Vec<&'static str> {
+    decision
+        .events
+        .iter()
+        .map(DomainEvent::event_type)
+        .collect()
+}
+
+/// Reserving holds seats and places the reservation in one decision, and arms the expiry.
+#[test]
+fn reserving_holds_seats_and_places_the_reservation_atomically() {
+    let sale = Sale::on_sale(10);
+    let r = ReservationId::random();
+    let decision = sale.when(&reserve(r, 3, t(1))).unwrap();
+    assert_eq!(
+        types(&decision),
+        ["inventory.seats_held", "reservation.placed"]
+    );
+    assert_eq!(
+        decision.effects.as_slice(),
+        [Effect::ArmExpiry {
+            reservation_id: r,
+            at: t(16)
+        }]
+    );
+}
+
+/// A request for more seats than remain is refused and reports what is left.
+#[test]
+fn reserving_more_than_available_is_sold_out() {
+    let sale = Sale::on_sale(4).given(reserve(ReservationId::random(), 3, t(1)));
+    let err = sale
+        .when(&reserve(ReservationId::random(), 2, t(2)))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        InventoryError::SoldOut {
+            section: "floor".into(),
+            available: 1
+        }
+        .into()
+    );
+}
+
+/// Seats can only be reserved while the event is on sale.
+#[test]
+fn reserving_before_sales_open_is_refused() {
+    let sale = Sale::new().given(SaleCommand::CreateEvent {
+        owner_id: UserId::random(),
+        currency: Currency::USD,
+        details: details(10),
+        now: t(0),
+    });
+    let err = sale
+        .when(&reserve(ReservationId::random(), 1, t(1)))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EventError::SalesNotOpen {
+            status: EventStatus::Draft
+        }
+        .into()
+    );
+}
+
+/// Paying the exact total within the hold confirms and moves held seats to sold.
+#[test]
+fn capture_within_the_hold_confirms_the_purchase() {
+    let r = ReservationId::random();
+    let mut sale = Sale::on_sale(10).given(reserve(r, 2, t(1)));
+    let decision = sale
+        .when(&capture(PaymentId::random(), r, 5000, t(5)))
+        .unwrap();
+    assert_eq!(
+        types(&decision),
+        [
+            "payment.captured",
+            "reservation.confirmed",
+            "inventory.held_seats_sold"
+        ]
+    );
+    sale.commit(&decision);
+    let stock = sale.state.inventory.section("floor").unwrap();
+    assert_eq!((stock.held, stock.sold), (0, 2));
+}
+
+/// A capture that arrives after the hold ended is refunded in the same commit.
+#[test]
+fn capture_after_expiry_is_refunded_at_once() {
+    let r = ReservationId::random();
+    let sale = Sale::on_sale(10).given(reserve(r, 2, t(1)));
+    let decision = sale
+        .when(&capture(PaymentId::random(), r, 5000, t(30)))
+        .unwrap();
+    assert_eq!(types(&decision), ["payment.captured", "payment.refunded"]);
+    assert!(matches!(decision.outcome, Outcome::Compensated(_)));
+}
+
+/// A capture of the wrong amount never confirms a reservation.
+#[test]
+fn capture_of_the_wrong_amount_is_refunded() {
+    let r = ReservationId::random();
+    let sale = Sale::on_sale(10).given(reserve(r, 2, t(1)));
+    let decision = sale
+        .when(&capture(PaymentId::random(), r, 100, t(2)))
+        .unwrap();
+    assert_eq!(types(&decision), ["payment.captured", "payment.refunded"]);
+}
+
+/// The expiry timer is a no-op once the reservation has ended, and early timers are refused.
+#[test]
+fn expiry_releases_only_pending_holds_that_are_due() {
+    let r = ReservationId::random();
+    let sale = Sale::on_sale(10).given(reserve(r, 2, t(1)));
+    let early = SaleCommand::ExpireReservation {
+        reservation_id: r,
+        now: t(10),
+    };
+    assert!(matches!(
+        sale.when(&early),
+        Err(SaleError::Reservation(
+            ReservationError::NotYetExpired { .. }
+        ))
+    ));
+    let due = SaleCommand::ExpireReservation {
+        reservation_id: r,
+        now: t(16),
+    };
+    assert_eq!(
+        types(&sale.when(&due).unwrap()),
+        ["reservation.expired", "inventory.held_seats_released"]
+    );
+    let paid = sale.given(capture(PaymentId::random(), r, 5000, t(2)));
+    assert!(paid.when(&due).unwrap().events.is_empty());
+}
+
+/// Cancelling the event releases holds and refunds paid tickets.
+#[test]
+fn cancelling_the_event_releases_holds_and_refunds_purchases() {
+    let (held, paid) = (ReservationId::random(), ReservationId::random());
+    let sale = Sale::on_sale(10)
+        .given(reserve(held, 1, t(1)))
+        .given(reserve(paid, 2, t(2)))
+        .given(capture(PaymentId::random(), paid, 5000, t(3)));
+    let decision = sale.when(&SaleCommand::CancelEvent { now: t(4) }).unwrap();
+    assert_eq!(
+        types(&decision),
+        [
+            "event.cancelled",
+            "reservation.cancelled",
+            "inventory.held_seats_released",
+            "payment.refunded",
+            "reservation.refunded",
+            "inventory.sold_seats_returned"
+        ]
+    );
+}
+
+/// A stale expected version is reported with both versions.
+#[test]
+fn update_with_a_stale_version_conflicts() {
+    let sale = Sale::on_sale(10);
+    let err = sale
+        .when(&SaleCommand::UpdateEvent {
+            expected_version: Some(1),
+            patch: EventPatch::default(),
+            now: t(1),
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EventError::VersionConflict {
+            expected: 1,
+            actual: 3
+        }
+        .into()
+    );
+}
+
+/// Capacity cannot shrink below the seats already held or sold.
+#[test]
+fn shrinking_capacity_below_committed_seats_is_refused() {
+    let sale = Sale::on_sale(10).given(reserve(ReservationId::random(), 5, t(1)));
+    let mut patch = EventPatch::default();
+    let mut spec = details(4).sections;
+    spec[0].capacity = 4;
+    patch.sections = Some(spec);
+    let err = sale
+        .when(&SaleCommand::UpdateEvent {
+            expected_version: None,
+            patch,
+            now: t(2),
+        })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SaleError::Inventory(InventoryError::CapacityBelowCommitted { committed: 5, .. })
+    ));
+}
+
+// ---- property test: invariants 1 and 2 after every step of a random interleaving ----
+
+#[derive(Debug, Clone)]
+enum Step {
+    Reserve(u32),
+    Pay(usize, bool),
+    Cancel(usize),
+    Expire(usize),
+    Refund(usize),
+    Wait(i64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (1u32..=4).prop_map(Step::Reserve),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::Pay(i, ok)),
+        1 => any::<usize>().prop_map(Step::Cancel),
+        1 => any::<usize>().prop_map(Step::Expire),
+        1 => any::<usize>().prop_map(Step::Refund),
+        1 => (1i64..20).prop_map(Step::Wait),
+    ]
+}
+
+/// Invariant 1 (no oversell) and 2 (every sale balances), checked on the folded state.
+fn assert_invariants(state: &SaleState) {
+    for stock in &state.inventory.sections {
+        assert!(
+            stock.held + stock.sold <= stock.capacity,
+            "oversold: {stock:?}"
+        );
+        let of = |status| -> u32 {
+            state
+                .reservations
+                .values()
+                .filter(|r| r.section == stock.name && r.status == status)
+                .map(|r| r.quantity)
+                .sum()
+        };
+        assert_eq!(stock.held, of(ReservationStatus::Pending), "held drifted");
+        assert_eq!(stock.sold, of(ReservationStatus::Confirmed), "sold drifted");
+    }
+    for r in state.reservations.values() {
+        let live: Vec<&Payment> = state
+            .payments
+            .values()
+            .filter(|p| p.reservation_id == r.id && p.status == PaymentStatus::Captured)
+            .collect();
+        if r.status == ReservationStatus::Confirmed {
+            assert_eq!(live.len(), 1, "confirmed without exactly one live payment");
+            assert_eq!(live[0].amount, r.total, "payment of the wrong amount");
+            assert_eq!(r.payment_id, Some(live[0].id));
+        } else {
+            assert!(
+                live.is_empty(),
+                "money kept for a reservation that is {:?}",
+                r.status
+            );
+        }
+    }
+}
+
+proptest! {
+    /// Random interleavings of reserve, pay, cancel, expire and refund never break invariants 1 and 2.
+    #[test]
+    fn random_interleavings_keep_invariants(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut sale = Sale::on_sale(12);
+        let mut now = t(1);
+        let mut ids: Vec<ReservationId> = Vec::new();
+        for step in steps {
+            let pick = |i: usize| ids.get(i % ids.len().max(1)).copied();
+            let command = match step {
+                Step::Reserve(q) => {
+                    let id = ReservationId::random();
+                    ids.push(id);
+                    Some(reserve(id, q, now))
+                }
+                Step::Pay(i, ok) => pick(i).map(|r| {
+                    let due = sale.state.reservations.get(&r).map_or(0, |x| x.total.amount_cents);
+                    if ok {
+                        capture(PaymentId::random(), r, due, now)
+                    } else {
+                        SaleCommand::RecordDecline {
+                            payment_id: PaymentId::random(),
+                            reservation_id: r,
+                            amount: Money::new(due, Currency::USD),
+                            reason: "declined".into(),
+                            now,
+                        }
+                    }
+                }),
+                Step::Cancel(i) => pick(i).map(|r| SaleCommand::CancelReservation { reservation_id: r, now }),
+                Step::Expire(i) => pick(i).map(|r| SaleCommand::ExpireReservation { reservation_id: r, now }),
+                Step::Refund(i) => pick(i)
+                    .and_then(|r| sale.state.reservations.get(&r).and_then(|x| x.payment_id))
+                    .map(|p| SaleCommand::RefundPayment { payment_id: p, reason: "test".into(), now }),
+                Step::Wait(minutes) => {
+                    now += Duration::minutes(minutes);
+                    None
+                }
+            };
+            if let Some(command) = command {
+                if let Ok(decision) = sale.when(&command) {
+                    sale.commit(&decision);
+                }
+            }
+            assert_invariants(&sale.state);
+        }
+    }
+}
