@@ -1,0 +1,127 @@
+//! In-memory `EventStore`: the embedded default. Same semantics as the PostgreSQL adapter
+//! (atomic multi-stream appends, typed conflicts, gap-free positions), none of the durability.
+
+use super::{check_contiguous, EventStore, NewEvent, RecordedEvent, StoreError};
+use crate::domain::EventId;
+use async_trait::async_trait;
+use chrono::Utc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Log {
+    events: Vec<Arc<RecordedEvent>>,
+    versions: HashMap<String, u64>,
+    by_sale: HashMap<EventId, Vec<usize>>,
+}
+
+pub struct MemoryEventStore {
+    // A std mutex: the critical sections are short and never held across an await.
+    log: Mutex<Log>,
+    head: watch::Sender<u64>,
+}
+
+impl Default for MemoryEventStore {
+    fn default() -> Self {
+        Self {
+            log: Mutex::new(Log::default()),
+            head: watch::Sender::new(0),
+        }
+    }
+}
+
+impl MemoryEventStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+        check_contiguous(&events)?;
+        let last = {
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut seen = HashSet::new();
+            // Only the first event of each stream needs checking: the rest are contiguous.
+            for e in events.iter().filter(|e| seen.insert(e.stream_id.as_str())) {
+                let actual = log.versions.get(&e.stream_id).copied().unwrap_or(0);
+                if e.version != actual + 1 {
+                    return Err(StoreError::Conflict {
+                        stream_id: e.stream_id.clone(),
+                        attempted: e.version,
+                        actual,
+                    });
+                }
+            }
+            let now = Utc::now();
+            for e in events {
+                let position = log.events.len() as u64 + 1;
+                log.versions.insert(e.stream_id.clone(), e.version);
+                let index = log.events.len();
+                log.by_sale.entry(sale_id).or_default().push(index);
+                log.events.push(Arc::new(RecordedEvent {
+                    position,
+                    sale_id,
+                    stream_id: e.stream_id,
+                    version: e.version,
+                    event_type: e.event_type.to_owned(),
+                    event_version: e.event_version,
+                    payload: e.payload,
+                    metadata: e.metadata,
+                    recorded_at: now,
+                }));
+            }
+            log.events.len() as u64
+        };
+        self.head.send_replace(last);
+        Ok(last)
+    }
+
+    async fn read_sale(&self, sale_id: EventId) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(log
+            .by_sale
+            .get(&sale_id)
+            .map(|idx| {
+                idx.iter()
+                    .filter_map(|&i| log.events.get(i).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(log.events.len());
+        Ok(log.events[start..].iter().take(limit).cloned().collect())
+    }
+
+    fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The in-memory store honours the same contract as every other adapter.
+    #[tokio::test]
+    async fn memory_store_passes_the_event_store_contract() {
+        super::super::contract::run_all(&super::MemoryEventStore::new()).await;
+    }
+}

@@ -1,0 +1,117 @@
+//! The `EventStore` port: an append-only log of versioned events, one stream per aggregate
+//! instance, with a global position. Appends carry the version each event will take, and a
+//! stale version is a typed `Conflict` (optimistic concurrency). Adapters: `memory` here,
+//! PostgreSQL later; both must pass `contract`.
+
+pub mod codec;
+#[cfg(test)]
+pub mod contract;
+pub mod memory;
+
+use crate::domain::{EventId, UserId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Context carried by every event: who caused it and how to find the rest of the story.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub user_id: Option<UserId>,
+    pub traceparent: Option<String>,
+}
+
+/// An event about to be appended. `version` is the version the event takes in its stream:
+/// the stream's current version + 1 for the first event of a stream in an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub stream_id: String,
+    pub version: u64,
+    pub event_type: &'static str,
+    pub event_version: u16,
+    pub payload: Vec<u8>,
+    pub metadata: Metadata,
+}
+
+/// An event as committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global, gap-free order of commits as readers see them.
+    pub position: u64,
+    /// The sale (event id) whose consistency boundary the stream belongs to.
+    pub sale_id: EventId,
+    pub stream_id: String,
+    pub version: u64,
+    pub event_type: String,
+    pub event_version: u16,
+    pub payload: Vec<u8>,
+    pub metadata: Metadata,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else appended to `stream_id` first.
+    #[error("version conflict on {stream_id}: expected to write version {attempted}, stream is at {actual}")]
+    Conflict {
+        stream_id: String,
+        attempted: u64,
+        actual: u64,
+    },
+    /// The append was malformed (versions not contiguous); a bug in the caller.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// The backing store cannot be reached or failed; the append may be retried.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends all `events` atomically (they may span several streams of one sale) and returns
+    /// the position of the last one. Nothing is written on error.
+    async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError>;
+
+    /// Every event of one sale, in position order.
+    async fn read_sale(&self, sale_id: EventId) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
+
+    /// Up to `limit` events with a position greater than `after`, in order, never skipping one.
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
+
+    /// A receiver that changes whenever new events may be readable.
+    fn subscribe_head(&self) -> watch::Receiver<u64>;
+
+    /// Cheap reachability check for `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A short name for logs and `/ready` (`memory`, `postgres`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Checks that `events` carry contiguous versions per stream; shared by adapters.
+pub fn check_contiguous(events: &[NewEvent]) -> Result<(), StoreError> {
+    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for e in events {
+        if let Some(prev) = last.insert(&e.stream_id, e.version) {
+            if e.version != prev + 1 {
+                return Err(StoreError::InvalidAppend(format!(
+                    "{} jumps from version {prev} to {}",
+                    e.stream_id, e.version
+                )));
+            }
+        } else if e.version == 0 {
+            return Err(StoreError::InvalidAppend(format!(
+                "{} starts at version 0; versions start at 1",
+                e.stream_id
+            )));
+        }
+    }
+    Ok(())
+}

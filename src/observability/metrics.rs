@@ -1,0 +1,170 @@
+//! The metric catalogue. Labels are always bounded (route templates, aggregate and command
+//! kinds, outcomes); never raw paths, user ids or event ids.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub commands: IntCounterVec,
+    pub decide_duration: HistogramVec,
+    pub append_duration: HistogramVec,
+    pub events_appended: IntCounterVec,
+    pub store_conflicts: IntCounter,
+    pub batch_size: HistogramVec,
+    pub tickets_sold: IntCounter,
+    pub revenue_cents: IntCounterVec,
+    pub payments: IntCounterVec,
+    pub active_holds: IntGauge,
+    pub projection_position: IntGauge,
+    pub projection_errors: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+const SECONDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Metrics {
+    /// Builds and registers the catalogue. Panics only on a programming error in the definitions,
+    /// which every test start-up would reveal.
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("ticketing".into()), None).expect("registry");
+        let plain = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition");
+            r.register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        Metrics {
+            http_requests: counter(
+                &r,
+                "http_requests_total",
+                "HTTP requests by method, route template and status.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                &r,
+                "http_request_duration_seconds",
+                "HTTP request latency by method and route template.",
+                &["method", "route"],
+                SECONDS.to_vec(),
+            ),
+            commands: counter(
+                &r,
+                "commands_total",
+                "Sale commands by kind and result (ok, rejected, error).",
+                &["command", "result"],
+            ),
+            decide_duration: histogram(
+                &r,
+                "reducer_duration_seconds",
+                "Time spent deciding one command.",
+                &["command"],
+                vec![
+                    0.000_001, 0.000_005, 0.000_02, 0.000_1, 0.000_5, 0.002, 0.01,
+                ],
+            ),
+            append_duration: histogram(
+                &r,
+                "store_append_duration_seconds",
+                "Event store append latency by adapter.",
+                &["store"],
+                SECONDS.to_vec(),
+            ),
+            events_appended: counter(
+                &r,
+                "events_appended_total",
+                "Events appended by aggregate.",
+                &["aggregate"],
+            ),
+            store_conflicts: plain(
+                "store_conflicts_total",
+                "Appends rejected for a stale version and retried after reload.",
+            ),
+            batch_size: histogram(
+                &r,
+                "store_batch_commands",
+                "Commands decided per group commit.",
+                &["store"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
+            tickets_sold: plain("tickets_sold_total", "Seats moved from held to sold."),
+            revenue_cents: counter(
+                &r,
+                "revenue_cents_total",
+                "Captured revenue in minor units, by currency.",
+                &["currency"],
+            ),
+            payments: counter(
+                &r,
+                "payments_total",
+                "Payment outcomes (captured, declined, refunded, gateway_error).",
+                &["outcome"],
+            ),
+            active_holds: gauge(
+                "active_holds",
+                "Pending reservations whose expiry is armed in this process.",
+            ),
+            projection_position: gauge(
+                "projection_position",
+                "Last global position applied to the read models.",
+            ),
+            projection_errors: counter(
+                &r,
+                "projection_errors_total",
+                "Events the read models could not apply, by reason.",
+                &["reason"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

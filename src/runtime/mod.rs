@@ -1,0 +1,13 @@
+//! The runtime around the pure domain: the clock, one writer task per sale with group commit
+//! and optimistic-concurrency retries, hold expiry, and catch-up subscriptions that drive the
+//! read models and process managers.
+
+pub mod clock;
+pub mod expiry;
+pub mod sales;
+pub mod subscription;
+pub mod writer;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use sales::Sales;
+pub use writer::{CommandError, Committed};

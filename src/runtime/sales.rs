@@ -1,0 +1,103 @@
+//! `Sales`: the command side's front door. Routes each command to its sale's writer task,
+//! spawning (and hydrating) the writer on first use, so different events never wait on each
+//! other while one hot event is serialized without a global lock.
+
+use super::expiry::ExpiryHandle;
+use super::writer::{CommandError, Committed, Envelope, SaleWriter};
+use crate::domain::{EventId, SaleCommand};
+use crate::eventstore::{EventStore, Metadata};
+use crate::observability::Metrics;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for one sale before senders are slowed down (back-pressure).
+const INBOX_CAPACITY: usize = 8192;
+
+#[derive(Clone)]
+pub struct Sales {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    expiry: ExpiryHandle,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+    // A std mutex: held only to look up or insert a sender, never across an await.
+    writers: Mutex<HashMap<EventId, mpsc::Sender<Envelope>>>,
+}
+
+impl Sales {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        expiry: ExpiryHandle,
+        metrics: Arc<Metrics>,
+        max_batch: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                expiry,
+                metrics,
+                max_batch: max_batch.max(1),
+                writers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.inner.store
+    }
+
+    /// Decides `command` for `sale_id` and returns once its events are committed.
+    pub async fn execute(
+        &self,
+        sale_id: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<Committed, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        let mut envelope = Envelope {
+            command,
+            metadata,
+            reply,
+        };
+        // A writer only stops if it panicked; then a fresh one re-hydrates from the store.
+        for _ in 0..2 {
+            match self.writer(sale_id).send(envelope).await {
+                Ok(()) => return answer.await.map_err(|_| CommandError::ShuttingDown)?,
+                Err(mpsc::error::SendError(returned)) => {
+                    envelope = returned;
+                    self.lock().remove(&sale_id);
+                }
+            }
+        }
+        Err(CommandError::ShuttingDown)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EventId, mpsc::Sender<Envelope>>> {
+        self.inner
+            .writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self, sale_id: EventId) -> mpsc::Sender<Envelope> {
+        let mut writers = self.lock();
+        if let Some(tx) = writers.get(&sale_id).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let writer = SaleWriter::new(
+            sale_id,
+            Arc::clone(&self.inner.store),
+            self.inner.expiry.clone(),
+            Arc::clone(&self.inner.metrics),
+            self.inner.max_batch,
+        );
+        tokio::spawn(writer.run(rx));
+        writers.insert(sale_id, tx.clone());
+        tx
+    }
+}

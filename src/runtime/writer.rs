@@ -1,0 +1,253 @@
+//! One writer task per sale (event id). It keeps the sale's folded state in memory, decides
+//! commands one after another, and appends the events of every command that queued up while
+//! the previous append was in flight in one transaction (group commit). Callers are answered
+//! only after that commit (invariant 3). On a version conflict (another instance wrote first)
+//! it reloads the sale and re-decides the whole batch, a bounded number of times.
+
+use super::expiry::ExpiryHandle;
+use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
+use crate::eventstore::{codec, EventStore, Metadata, StoreError};
+use crate::observability::Metrics;
+use smallvec::SmallVec;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many times a batch is re-decided after conflicts before callers are told to retry.
+const MAX_ATTEMPTS: usize = 5;
+
+/// What a caller gets back once its command's events are committed.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Global position of the last event appended for the batch (0 when nothing was appended).
+    pub position: u64,
+    pub events: SmallVec<[DomainEvent; 4]>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] SaleError),
+    #[error("too many concurrent writers for this event; retry")]
+    Contended,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("stored events cannot be read: {0}")]
+    Corrupt(#[from] codec::CodecError),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+pub struct Envelope {
+    pub command: SaleCommand,
+    pub metadata: Metadata,
+    pub reply: oneshot::Sender<Result<Committed, CommandError>>,
+}
+
+pub struct SaleWriter {
+    pub sale_id: EventId,
+    pub store: Arc<dyn EventStore>,
+    pub expiry: ExpiryHandle,
+    pub metrics: Arc<Metrics>,
+    pub max_batch: usize,
+    /// `None` until hydrated, and again after a failed append left tentative state behind.
+    state: Option<SaleState>,
+}
+
+impl SaleWriter {
+    pub fn new(
+        sale_id: EventId,
+        store: Arc<dyn EventStore>,
+        expiry: ExpiryHandle,
+        metrics: Arc<Metrics>,
+        max_batch: usize,
+    ) -> Self {
+        Self {
+            sale_id,
+            store,
+            expiry,
+            metrics,
+            max_batch,
+            state: None,
+        }
+    }
+
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while inbox.recv_many(&mut batch, self.max_batch).await > 0 {
+            self.process(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    async fn hydrate(&mut self) -> Result<&mut SaleState, CommandError> {
+        if self.state.is_none() {
+            let mut state = SaleState::default();
+            for recorded in self
+                .store
+                .read_sale(self.sale_id)
+                .await
+                .map_err(CommandError::Store)?
+            {
+                state.apply(&codec::decode(&recorded)?);
+            }
+            self.state = Some(state);
+        }
+        match self.state.as_mut() {
+            Some(state) => Ok(state),
+            None => Err(CommandError::ShuttingDown),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sale_id = %self.sale_id, commands = batch.len()))]
+    async fn process(&mut self, batch: Vec<Envelope>) {
+        let store_kind = self.store.kind();
+        self.metrics
+            .batch_size
+            .with_label_values(&[store_kind])
+            .observe(batch.len() as f64);
+        for _attempt in 0..MAX_ATTEMPTS {
+            let sale_id = self.sale_id;
+            let metrics = Arc::clone(&self.metrics);
+            let state = match self.hydrate().await {
+                Ok(state) => state,
+                Err(e) => return reply_all(batch, &e),
+            };
+            let (decisions, rows) = match decide_batch(sale_id, state, &batch, &metrics) {
+                Ok(decided) => decided,
+                Err(e) => {
+                    self.state = None;
+                    return reply_all(batch, &e);
+                }
+            };
+            if rows.is_empty() {
+                return answer(batch, decisions, 0, &metrics);
+            }
+            let count = rows.len();
+            let started = Instant::now();
+            let result = self.store.append(sale_id, rows).await;
+            metrics
+                .append_duration
+                .with_label_values(&[store_kind])
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(position) => {
+                    tracing::debug!(position, events = count, "batch committed");
+                    for d in decisions.iter().flatten() {
+                        for e in &d.events {
+                            metrics
+                                .events_appended
+                                .with_label_values(&[e.stream().category()])
+                                .inc();
+                        }
+                    }
+                    self.run_effects(&decisions);
+                    return answer(batch, decisions, position, &metrics);
+                }
+                Err(StoreError::Conflict { stream_id, .. }) => {
+                    metrics.store_conflicts.inc();
+                    tracing::info!(%stream_id, "version conflict; reloading and re-deciding");
+                    self.state = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "append failed");
+                    self.state = None;
+                    return reply_all(batch, &CommandError::Store(e));
+                }
+            }
+        }
+        reply_all(batch, &CommandError::Contended)
+    }
+
+    fn run_effects(&self, decisions: &[Result<Decision, SaleError>]) {
+        for effect in decisions.iter().flatten().flat_map(|d| &d.effects) {
+            match effect {
+                crate::domain::Effect::ArmExpiry { reservation_id, at } => {
+                    self.expiry.arm(*at, self.sale_id, *reservation_id)
+                }
+            }
+        }
+    }
+}
+
+type Decided = (
+    Vec<Result<Decision, SaleError>>,
+    Vec<crate::eventstore::NewEvent>,
+);
+
+/// Decides every command in turn against the evolving state and encodes the resulting rows.
+fn decide_batch(
+    sale_id: EventId,
+    state: &mut SaleState,
+    batch: &[Envelope],
+    metrics: &Metrics,
+) -> Result<Decided, CommandError> {
+    let mut decisions = Vec::with_capacity(batch.len());
+    let mut rows = Vec::new();
+    for envelope in batch {
+        let started = Instant::now();
+        let decision = state.decide(sale_id, &envelope.command);
+        metrics
+            .decide_duration
+            .with_label_values(&[command_name(&envelope.command)])
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(decision) = &decision {
+            for event in &decision.events {
+                let version = state.version(&event.stream()) + 1;
+                rows.push(codec::encode(event, version, &envelope.metadata)?);
+                state.apply(event);
+            }
+        }
+        decisions.push(decision);
+    }
+    Ok((decisions, rows))
+}
+
+fn answer(
+    batch: Vec<Envelope>,
+    decisions: Vec<Result<Decision, SaleError>>,
+    position: u64,
+    metrics: &Metrics,
+) {
+    for (envelope, decision) in batch.into_iter().zip(decisions) {
+        let result = match &decision {
+            Ok(d) if matches!(d.outcome, Outcome::Done) => "ok",
+            _ => "rejected",
+        };
+        metrics
+            .commands
+            .with_label_values(&[command_name(&envelope.command), result])
+            .inc();
+        let reply = decision
+            .map(|d| Committed {
+                position,
+                events: d.events,
+                outcome: d.outcome,
+            })
+            .map_err(CommandError::from);
+        // A caller that gave up (dropped its receiver) does not undo the commit.
+        let _ = envelope.reply.send(reply);
+    }
+}
+
+fn reply_all(batch: Vec<Envelope>, error: &CommandError) {
+    for envelope in batch {
+        let _ = envelope.reply.send(Err(error.clone()));
+    }
+}
+
+/// Bounded label for metrics and spans.
+pub fn command_name(command: &SaleCommand) -> &'static str {
+    match command {
+        SaleCommand::CreateEvent { .. } => "create_event",
+        SaleCommand::UpdateEvent { .. } => "update_event",
+        SaleCommand::ChangeLifecycle { .. } => "change_lifecycle",
+        SaleCommand::CancelEvent { .. } => "cancel_event",
+        SaleCommand::Reserve { .. } => "reserve",
+        SaleCommand::RecordCapture { .. } => "record_capture",
+        SaleCommand::RecordDecline { .. } => "record_decline",
+        SaleCommand::CancelReservation { .. } => "cancel_reservation",
+        SaleCommand::ExpireReservation { .. } => "expire_reservation",
+        SaleCommand::RefundPayment { .. } => "refund_payment",
+    }
+}
