@@ -1,11 +1,21 @@
 //! # Layout
-//! - `auth`: accounts, login sessions and password hashing behind the `AuthStore` port.
+//! - `config`: typed configuration from the environment.
 //! - `domain`: pure reducers (event, inventory, reservation, payment, and the sale composing them).
 //! - `eventstore`: the `EventStore` port, its adapters and the event codec.
 //! - `runtime`: clock, per-sale writers with group commit, expiry, subscriptions.
+//! - `projections`: read models (views the HTTP queries answer from) and their adapters.
+//! - `payment`: the gateway port, the simulated processor, refund settlement.
+//! - `auth`: accounts, login sessions and password hashing behind the `AuthStore` port.
+//! - `http`: the axum router, one module per resource, problem+json errors, access policy.
 //! - `observability`: metrics and tracing set-up.
+//! - `startup`: builds the application from a `Config` and serves it until shutdown.
 pub mod auth;
+pub mod config;
 pub mod domain;
 pub mod eventstore;
+pub mod http;
 pub mod observability;
+pub mod payment;
+pub mod projections;
 pub mod runtime;
+pub mod startup;

@@ -462,16 +462,15 @@ impl SaleState {
                 }
                 .into(),
             )
-        } else if let Err(e) = self.event().and_then(|ev| {
-            if ev.status == EventStatus::Cancelled {
-                Err(EventError::SalesNotOpen { status: ev.status }.into())
-            } else {
-                Ok(())
-            }
-        }) {
-            Some(e)
         } else {
-            None
+            self.event()
+                .and_then(|ev| match ev.status {
+                    EventStatus::Cancelled => {
+                        Err(EventError::SalesNotOpen { status: ev.status }.into())
+                    }
+                    _ => Ok(()),
+                })
+                .err()
         };
         if let Some(error) = refusal {
             // The money moved but the seats cannot be had: give it back in the same commit.

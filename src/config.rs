@@ -1,0 +1,206 @@
+//! Typed configuration from environment variables (12-factor). Secrets are redacted from
+//! `Debug`, so the config can be logged at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Staging,
+    Production,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub bind_addr: SocketAddr,
+    pub database_url: Option<String>,
+    pub projections_database_url: Option<String>,
+    pub auth_database_url: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub kafka_topic_prefix: String,
+    pub redis_url: Option<String>,
+    pub admin_email: Option<String>,
+    pub admin_password: Option<String>,
+    pub reservation_ttl: chrono::Duration,
+    pub session_ttl: chrono::Duration,
+    pub app_env: AppEnv,
+    pub otel_endpoint: Option<String>,
+    /// Most commands decided and appended together for one event.
+    pub max_batch: usize,
+    pub body_limit_bytes: usize,
+    pub payment_latency: Duration,
+    pub payment_failure_rate: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("bind_addr", &self.bind_addr)
+            .field("database_url", &redact(&self.database_url))
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("redis_url", &redact(&self.redis_url))
+            .field("admin_email", &self.admin_email)
+            .field("admin_password", &redact(&self.admin_password))
+            .field("reservation_ttl_s", &self.reservation_ttl.num_seconds())
+            .field("app_env", &self.app_env)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    /// The in-memory development default, as with an empty environment.
+    fn default() -> Self {
+        Config {
+            bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            projections_database_url: None,
+            auth_database_url: None,
+            kafka_brokers: None,
+            kafka_topic_prefix: "ticketing.".into(),
+            redis_url: None,
+            admin_email: None,
+            admin_password: None,
+            reservation_ttl: chrono::Duration::seconds(900),
+            session_ttl: chrono::Duration::hours(24),
+            app_env: AppEnv::Development,
+            otel_endpoint: None,
+            max_batch: 256,
+            body_limit_bytes: 1024 * 1024,
+            payment_latency: Duration::ZERO,
+            payment_failure_rate: 0.0,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Builds the config from any key lookup (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        fn parse<T: std::str::FromStr>(
+            var: &'static str,
+            v: Option<String>,
+            default: T,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match v {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError {
+                    var,
+                    reason: format!("{v:?}: {e}"),
+                }),
+            }
+        }
+        let positive = |var: &'static str, default: i64| -> Result<i64, ConfigError> {
+            let n: i64 = parse(var, get(var), default)?;
+            if n <= 0 {
+                return Err(ConfigError {
+                    var,
+                    reason: "must be positive".into(),
+                });
+            }
+            Ok(n)
+        };
+        let app_env = match get("APP_ENV")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("development") | Some("dev") => AppEnv::Development,
+            Some("staging") => AppEnv::Staging,
+            Some("production") | Some("prod") => AppEnv::Production,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "APP_ENV",
+                    reason: format!("{other:?} is not development, staging or production"),
+                })
+            }
+        };
+        let database_url = get("DATABASE_URL");
+        let failure_rate: f64 = parse("PAYMENT_FAILURE_RATE", get("PAYMENT_FAILURE_RATE"), 0.0)?;
+        if !(0.0..=1.0).contains(&failure_rate) {
+            return Err(ConfigError {
+                var: "PAYMENT_FAILURE_RATE",
+                reason: "must be within 0..=1".into(),
+            });
+        }
+        Ok(Config {
+            bind_addr: parse("BIND_ADDR", get("BIND_ADDR"), d.bind_addr)?,
+            projections_database_url: get("PROJECTIONS_DATABASE_URL")
+                .or_else(|| database_url.clone()),
+            auth_database_url: get("AUTH_DATABASE_URL").or_else(|| database_url.clone()),
+            database_url,
+            kafka_brokers: get("KAFKA_BROKERS"),
+            kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or(d.kafka_topic_prefix),
+            redis_url: get("REDIS_URL"),
+            admin_email: get("ADMIN_EMAIL"),
+            admin_password: get("ADMIN_PASSWORD"),
+            reservation_ttl: chrono::Duration::seconds(positive("RESERVATION_TTL_SECONDS", 900)?),
+            session_ttl: chrono::Duration::seconds(positive("SESSION_TTL_SECONDS", 86_400)?),
+            app_env,
+            otel_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            max_batch: usize::try_from(positive("MAX_BATCH", 256)?).unwrap_or(256),
+            body_limit_bytes: d.body_limit_bytes,
+            payment_latency: Duration::from_millis(parse(
+                "PAYMENT_LATENCY_MS",
+                get("PAYMENT_LATENCY_MS"),
+                0,
+            )?),
+            payment_failure_rate: failure_rate,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    /// An empty environment is the in-memory development default on 127.0.0.1:8080.
+    #[test]
+    fn empty_environment_gives_the_in_memory_default() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
+        assert!(c.database_url.is_none());
+        assert_eq!(c.reservation_ttl.num_seconds(), 900);
+    }
+
+    /// The projections and auth databases default to DATABASE_URL; bad values name their variable.
+    #[test]
+    fn derived_urls_default_and_bad_values_are_named() {
+        let c = from(&[("DATABASE_URL", "postgres://x/db")]).unwrap();
+        assert_eq!(c.auth_database_url.as_deref(), Some("postgres://x/db"));
+        assert_eq!(
+            from(&[("RESERVATION_TTL_SECONDS", "0")]).unwrap_err().var,
+            "RESERVATION_TTL_SECONDS"
+        );
+        assert_eq!(from(&[("APP_ENV", "moon")]).unwrap_err().var, "APP_ENV");
+        assert!(
+            !format!("{:?}", from(&[("ADMIN_PASSWORD", "hunter2")]).unwrap()).contains("hunter2")
+        );
+    }
+}

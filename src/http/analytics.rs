@@ -1,0 +1,52 @@
+//! Sales analytics for organizers and purchase history for customers.
+
+use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery, Authenticated};
+use super::{policy, AppState};
+use crate::domain::EventId;
+use crate::projections::{HistoryEntry, Page, PageRequest, SalesView};
+use axum::extract::State;
+use axum::Json;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(event_sales))
+        .routes(routes!(customer_history))
+}
+
+#[utoipa::path(get, path = "/api/analytics/events/{id}/sales", tag = "analytics", params(("id" = Uuid, Path)),
+    responses((status = 200, body = SalesView), (status = 403, body = super::error::Problem),
+              (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn event_sales(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<SalesView>, ApiError> {
+    let id = EventId(id);
+    policy::manage_event(&caller, s.event_view(id).await?)?;
+    let sales = s
+        .reads
+        .sales(id)
+        .await?
+        .ok_or(ApiError::NotFound("event"))?;
+    Ok(Json(sales))
+}
+
+#[utoipa::path(get, path = "/api/customers/{id}/history", tag = "analytics",
+    params(("id" = Uuid, Path), PageRequest),
+    responses((status = 200, body = Page<HistoryEntry>), (status = 403, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn customer_history(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(page): ApiQuery<PageRequest>,
+) -> Result<Json<Page<HistoryEntry>>, ApiError> {
+    policy::user_collection(&caller, id)?;
+    Ok(Json(
+        s.reads.history(id.into(), super::valid_page(page)?).await?,
+    ))
+}

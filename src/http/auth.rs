@@ -1,0 +1,132 @@
+//! `/auth`: registration, login, logout and the current account.
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Authenticated};
+use super::AppState;
+use crate::auth::Role;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use validator::Validate;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+}
+
+#[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+pub struct RegisterRequest {
+    #[validate(email, length(max = 254))]
+    pub email: String,
+    #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    pub password: String,
+    #[validate(length(max = 100))]
+    pub name: Option<String>,
+    /// `customer` (default) or `organizer`; admins are not self-registered.
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+pub struct LoginRequest {
+    #[validate(length(min = 1, max = 254))]
+    pub email: String,
+    #[validate(length(min = 1, max = 128))]
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountView {
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginView {
+    pub token: String,
+    pub user_id: Uuid,
+    pub role: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = AccountView), (status = 409, body = super::error::Problem),
+              (status = 422, body = super::error::Problem)))]
+async fn register(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    let role = match body.role.as_deref() {
+        None | Some("customer") => Role::Customer,
+        Some("organizer") => Role::Organizer,
+        Some(_) => return Err(ApiError::field("role", "must be customer or organizer")),
+    };
+    let name = body
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    let user = s
+        .auth
+        .register(&body.email, &body.password, name, role)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AccountView {
+            user_id: user.id.0,
+            email: user.email,
+            role: user.role.as_str().to_owned(),
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginView), (status = 401, body = super::error::Problem)))]
+async fn login(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Json<LoginView>, ApiError> {
+    let session = s.auth.login(&body.email, &body.password).await?;
+    Ok(Json(LoginView {
+        token: session.token,
+        user_id: session.user.id.0,
+        role: session.user.role.as_str().to_owned(),
+        expires_at: session.expires_at,
+    }))
+}
+
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    responses((status = 204, description = "the token no longer works"), (status = 401, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn logout(
+    State(s): State<AppState>,
+    _: Authenticated,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, token)| token.trim())
+        .ok_or(ApiError::Unauthorized)?;
+    s.auth.logout(token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/auth/me", tag = "auth",
+    responses((status = 200, body = AccountView), (status = 401, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn me(Authenticated(caller): Authenticated) -> Json<AccountView> {
+    Json(AccountView {
+        user_id: caller.user_id.0,
+        email: caller.email,
+        role: caller.role.as_str().to_owned(),
+    })
+}

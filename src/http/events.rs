@@ -1,0 +1,317 @@
+//! `/api/events`: organizers create and run events; anyone reads published ones.
+
+use super::error::ApiError;
+use super::extract::{
+    ApiJson, ApiPath, ApiQuery, Authenticated, MaybeAuthenticated, RequestContext,
+};
+use super::{policy, AppState};
+use crate::domain::event::EventStatus;
+use crate::domain::events::{EventDetails, SectionSpec, Venue};
+use crate::domain::sale::{EventPatch, Lifecycle};
+use crate::domain::{Currency, EventId, SaleCommand};
+use crate::projections::{AvailabilityView, EventQuery, EventView, Page, PageRequest};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use validator::Validate;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_event, list_events))
+        .routes(routes!(get_event, update_event, cancel_event))
+        .routes(routes!(publish))
+        .routes(routes!(open_sales))
+        .routes(routes!(close_sales))
+        .routes(routes!(availability))
+}
+
+#[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+pub struct VenueInput {
+    #[validate(length(min = 1, max = 200))]
+    pub name: String,
+    #[validate(length(min = 1, max = 500))]
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+pub struct SectionInput {
+    #[validate(length(min = 1, max = 100))]
+    pub name: String,
+    #[validate(range(min = 1, max = 1_000_000))]
+    pub capacity: u32,
+    #[validate(range(min = 0, max = 100_000_000))]
+    pub price_cents: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+pub struct CreateEventRequest {
+    #[validate(length(min = 1, max = 200))]
+    pub name: String,
+    #[validate(length(max = 5000))]
+    pub description: Option<String>,
+    #[validate(nested)]
+    pub venue: VenueInput,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    /// ISO 4217 code; USD when omitted.
+    #[validate(length(equal = 3))]
+    pub currency: Option<String>,
+    #[validate(length(min = 1, max = 100), nested)]
+    pub sections: Vec<SectionInput>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+pub struct UpdateEventRequest {
+    #[validate(length(min = 1, max = 200))]
+    pub name: Option<String>,
+    #[validate(length(max = 5000))]
+    pub description: Option<String>,
+    #[validate(nested)]
+    pub venue: Option<VenueInput>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    #[validate(length(min = 1, max = 100), nested)]
+    pub sections: Option<Vec<SectionInput>>,
+    /// Alternative to `If-Match`: the version the client last read.
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventFilters {
+    /// draft, published, on_sale, sales_closed or cancelled.
+    #[param(value_type = Option<String>)]
+    pub status: Option<EventStatus>,
+    pub owner_id: Option<Uuid>,
+}
+
+fn venue(v: VenueInput) -> Venue {
+    Venue {
+        name: v.name.trim().to_owned(),
+        address: v.address.trim().to_owned(),
+    }
+}
+
+fn sections(list: Vec<SectionInput>) -> Vec<SectionSpec> {
+    list.into_iter()
+        .map(|s| SectionSpec {
+            name: s.name.trim().to_owned(),
+            capacity: s.capacity,
+            price_cents: s.price_cents,
+        })
+        .collect()
+}
+
+/// The event with its `ETag` (the stream version).
+fn with_etag(status: StatusCode, view: EventView) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
+    let location = HeaderValue::from_str(&format!("/api/events/{}", view.id)).ok();
+    let mut response = (status, Json(view)).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if let (StatusCode::CREATED, Some(location)) = (status, location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Parses `If-Match: "7"` (also `W/"7"`); `*` means any version.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| ApiError::field("If-Match", "must be an ETag of this event, such as \"3\""))
+}
+
+#[utoipa::path(post, path = "/api/events", tag = "events", request_body = CreateEventRequest,
+    responses((status = 201, body = EventView), (status = 401, body = super::error::Problem),
+              (status = 403, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn create_event(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
+    ApiJson(body): ApiJson<CreateEventRequest>,
+) -> Result<Response, ApiError> {
+    policy::create_events(&caller)?;
+    let currency = match body.currency.as_deref() {
+        None => Currency::USD,
+        Some(code) => {
+            Currency::parse(code).map_err(|e| ApiError::field("currency", &e.to_string()))?
+        }
+    };
+    let id = EventId::random();
+    let command = SaleCommand::CreateEvent {
+        owner_id: caller.user_id,
+        currency,
+        details: EventDetails {
+            name: body.name.trim().to_owned(),
+            description: body.description.map(|d| d.trim().to_owned()),
+            venue: venue(body.venue),
+            starts_at: body.starts_at,
+            ends_at: body.ends_at,
+            sections: sections(body.sections),
+        },
+        now: s.clock.now(),
+    };
+    s.command(id, command, ctx.metadata(&caller)).await?;
+    Ok(with_etag(StatusCode::CREATED, s.event_view(id).await?))
+}
+
+#[utoipa::path(get, path = "/api/events", tag = "events", params(EventFilters, PageRequest),
+    responses((status = 200, body = Page<EventView>)))]
+async fn list_events(
+    State(s): State<AppState>,
+    MaybeAuthenticated(caller): MaybeAuthenticated,
+    ApiQuery(filters): ApiQuery<EventFilters>,
+    ApiQuery(page): ApiQuery<PageRequest>,
+) -> Result<Json<Page<EventView>>, ApiError> {
+    let query = EventQuery {
+        status: filters.status,
+        owner_id: filters.owner_id.map(Into::into),
+        viewer: caller.as_ref().map(|p| p.user_id),
+        viewer_is_admin: caller.as_ref().is_some_and(|p| p.is_admin()),
+    };
+    Ok(Json(
+        s.reads.events(&query, super::valid_page(page)?).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/events/{id}", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventView), (status = 404, body = super::error::Problem)))]
+async fn get_event(
+    State(s): State<AppState>,
+    MaybeAuthenticated(caller): MaybeAuthenticated,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let view = policy::see_event(caller.as_ref(), s.event_view(EventId(id)).await?)?;
+    Ok(with_etag(StatusCode::OK, view))
+}
+
+#[utoipa::path(put, path = "/api/events/{id}", tag = "events", params(("id" = Uuid, Path)),
+    request_body = UpdateEventRequest,
+    responses((status = 200, body = EventView), (status = 409, body = super::error::Problem),
+              (status = 403, body = super::error::Problem), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn update_event(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<UpdateEventRequest>,
+) -> Result<Response, ApiError> {
+    let id = EventId(id);
+    policy::manage_event(&caller, s.event_view(id).await?)?;
+    let expected_version = if_match(&headers)?.or(body.expected_version);
+    let patch = EventPatch {
+        name: body.name.map(|n| n.trim().to_owned()),
+        description: body.description.map(|d| Some(d.trim().to_owned())),
+        venue: body.venue.map(venue),
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        sections: body.sections.map(sections),
+    };
+    let command = SaleCommand::UpdateEvent {
+        expected_version,
+        patch,
+        now: s.clock.now(),
+    };
+    s.command(id, command, ctx.metadata(&caller)).await?;
+    Ok(with_etag(StatusCode::OK, s.event_view(id).await?))
+}
+
+#[utoipa::path(delete, path = "/api/events/{id}", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "cancelled: holds released, paid tickets refunded"),
+              (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn cancel_event(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let id = EventId(id);
+    policy::manage_event(&caller, s.event_view(id).await?)?;
+    let command = SaleCommand::CancelEvent { now: s.clock.now() };
+    s.command(id, command, ctx.metadata(&caller)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn lifecycle(
+    s: AppState,
+    caller: crate::auth::Principal,
+    ctx: RequestContext,
+    id: Uuid,
+    action: Lifecycle,
+) -> Result<Response, ApiError> {
+    let id = EventId(id);
+    policy::manage_event(&caller, s.event_view(id).await?)?;
+    let command = SaleCommand::ChangeLifecycle {
+        action,
+        now: s.clock.now(),
+    };
+    s.command(id, command, ctx.metadata(&caller)).await?;
+    Ok(with_etag(StatusCode::OK, s.event_view(id).await?))
+}
+
+#[utoipa::path(post, path = "/api/events/{id}/publish", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventView), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn publish(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    lifecycle(s, caller, ctx, id, Lifecycle::Publish).await
+}
+
+#[utoipa::path(post, path = "/api/events/{id}/open-sales", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventView), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn open_sales(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    lifecycle(s, caller, ctx, id, Lifecycle::OpenSales).await
+}
+
+#[utoipa::path(post, path = "/api/events/{id}/close-sales", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventView), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+async fn close_sales(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    lifecycle(s, caller, ctx, id, Lifecycle::CloseSales).await
+}
+
+#[utoipa::path(get, path = "/api/events/{id}/availability", tag = "events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AvailabilityView), (status = 404, body = super::error::Problem)))]
+async fn availability(
+    State(s): State<AppState>,
+    MaybeAuthenticated(caller): MaybeAuthenticated,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<AvailabilityView>, ApiError> {
+    let view = policy::see_event(caller.as_ref(), s.event_view(EventId(id)).await?)?;
+    Ok(Json(AvailabilityView::from(&view)))
+}

@@ -1,0 +1,239 @@
+//! Request extractors that fail with problem+json instead of axum's plain-text rejections:
+//! JSON bodies (then validated field by field), typed path and query parameters, the bearer
+//! token, and the request context (correlation id) that goes into event metadata.
+
+use super::error::{ApiError, FieldError};
+use super::AppState;
+use crate::auth::Principal;
+use crate::eventstore::Metadata;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde::de::DeserializeOwned;
+use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+/// A JSON body that decoded and passed its `validator` rules.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned + Validate,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        value.validate().map_err(validation_errors)?;
+        Ok(ApiJson(value))
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::Validation(vec![data_error(&e.body_text())]),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!(
+            "malformed JSON: {}",
+            e.body_text()
+                .trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Turns serde's "path: message" text into a field error.
+fn data_error(text: &str) -> FieldError {
+    let text =
+        text.trim_start_matches("Failed to deserialize the JSON body into the target type: ");
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            return FieldError::new(field, "is required");
+        }
+    }
+    match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') && path != "." => {
+            FieldError::new(path, message)
+        }
+        _ => FieldError::new("body", text),
+    }
+}
+
+/// Flattens nested validator errors into `field`, `venue.name`, `sections[0].capacity` paths.
+pub fn validation_errors(errors: ValidationErrors) -> ApiError {
+    fn walk(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
+        for (field, kind) in errors.errors() {
+            let path = if prefix.is_empty() {
+                field.to_string()
+            } else {
+                format!("{prefix}.{field}")
+            };
+            match kind {
+                ValidationErrorsKind::Field(list) => out.extend(
+                    list.iter()
+                        .map(|e| FieldError::new(path.clone(), describe(e))),
+                ),
+                ValidationErrorsKind::Struct(inner) => walk(&path, inner, out),
+                ValidationErrorsKind::List(items) => {
+                    for (i, inner) in items {
+                        walk(&format!("{path}[{i}]"), inner, out)
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &errors, &mut out);
+    out.sort_by(|a, b| a.field.cmp(&b.field));
+    ApiError::Validation(out)
+}
+
+/// A sentence for one validator failure, from its message or its code and bounds.
+fn describe(e: &validator::ValidationError) -> String {
+    if let Some(message) = &e.message {
+        return message.to_string();
+    }
+    let bound = |name: &str| e.params.get(name).map(|v| v.to_string());
+    match (e.code.as_ref(), bound("min"), bound("max"), bound("equal")) {
+        ("length", _, _, Some(n)) => format!("must be exactly {n} characters long"),
+        ("length", Some(min), Some(max), _) => format!("length must be between {min} and {max}"),
+        ("length", Some(min), None, _) => format!("length must be at least {min}"),
+        ("length", None, Some(max), _) => format!("length must be at most {max}"),
+        ("range", Some(min), Some(max), _) => format!("must be between {min} and {max}"),
+        ("range", Some(min), None, _) => format!("must be at least {min}"),
+        ("range", None, Some(max), _) => format!("must be at most {max}"),
+        ("email", ..) => "must be a valid email address".to_owned(),
+        (code, ..) => format!("is invalid ({code})"),
+    }
+}
+
+/// A typed path parameter; a malformed id is a 400 problem.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::BadRequest(format!("invalid path parameter: {}", e.body_text())))
+    }
+}
+
+/// Typed query parameters; a malformed value is a 400 problem.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// The bearer token, if an `Authorization` header is present; a malformed header is a 401.
+fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// A signed-in caller; 401 otherwise.
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?.ok_or(ApiError::Unauthorized)?;
+        Ok(Authenticated(state.auth.authenticate(token).await?))
+    }
+}
+
+/// An optional caller: anonymous is fine, but a bad token is still a 401.
+pub struct MaybeAuthenticated(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeAuthenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts)? {
+            None => Ok(MaybeAuthenticated(None)),
+            Some(token) => Ok(MaybeAuthenticated(Some(
+                state.auth.authenticate(token).await?,
+            ))),
+        }
+    }
+}
+
+/// Per-request context set by the middleware.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub correlation_id: String,
+    pub request_id: String,
+}
+
+impl RequestContext {
+    /// Event metadata for a command issued by `user` in this request.
+    pub fn metadata(&self, user: &Principal) -> Metadata {
+        Metadata {
+            correlation_id: Some(self.correlation_id.clone()),
+            causation_id: Some(self.request_id.clone()),
+            user_id: Some(user.user_id),
+            traceparent: None,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .unwrap_or_else(|| RequestContext {
+                correlation_id: uuid::Uuid::new_v4().to_string(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            }))
+    }
+}
+
+/// The `Idempotency-Key` header, if any.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(IdempotencyKey(None)),
+            Some(v) => match v.to_str() {
+                Ok(key) if (1..=255).contains(&key.trim().len()) => {
+                    Ok(IdempotencyKey(Some(key.trim().to_owned())))
+                }
+                _ => Err(ApiError::field(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters",
+                )),
+            },
+        }
+    }
+}

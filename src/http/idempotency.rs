@@ -1,0 +1,139 @@
+//! `Idempotency-Key` support: the first request with a key runs; a retry with the same key and
+//! body gets the stored answer (even while the first is still running, it waits for it); the
+//! same key with a different body is a 422. Answers under 500 are kept for 24 hours; a 5xx is
+//! not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
+//! after a lost answer finds what the first attempt created instead of creating it twice.
+
+use super::error::{problem_response, ApiError};
+use crate::domain::UserId;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// A successful answer as a handler produces it.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub location: Option<String>,
+}
+
+#[derive(Clone)]
+struct Stored {
+    fingerprint: [u8; 32],
+    status: StatusCode,
+    body: Value,
+    location: Option<String>,
+    at: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
+
+#[derive(Default)]
+pub struct IdempotencyStore {
+    slots: Mutex<HashMap<(UserId, &'static str, String), Slot>>,
+}
+
+impl IdempotencyStore {
+    fn slot(&self, key: (UserId, &'static str, String)) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if slots.len() > 10_000 {
+            slots.retain(|_, slot| match slot.try_lock() {
+                Ok(stored) => stored.as_ref().is_some_and(|s| s.at.elapsed() < KEEP_FOR),
+                Err(_) => true,
+            });
+        }
+        Arc::clone(slots.entry(key).or_default())
+    }
+
+    /// Runs `work` at most once per (user, scope, key) and body.
+    pub async fn run<F>(
+        &self,
+        user: UserId,
+        scope: &'static str,
+        key: Option<String>,
+        body: &impl serde::Serialize,
+        work: F,
+    ) -> Response
+    where
+        F: std::future::Future<Output = Result<Reply, ApiError>>,
+    {
+        let Some(key) = key else {
+            return respond(work.await);
+        };
+        let fingerprint: [u8; 32] =
+            Sha256::digest(serde_json::to_vec(body).unwrap_or_default()).into();
+        let slot = self.slot((user, scope, key));
+        let mut stored = slot.lock().await;
+        if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
+            if previous.fingerprint != fingerprint {
+                return ApiError::field(
+                    "Idempotency-Key",
+                    "was already used with a different request body",
+                )
+                .into_response();
+            }
+            let mut response = render(
+                previous.status,
+                &previous.body,
+                previous.location.as_deref(),
+            );
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return response;
+        }
+        let result = work.await;
+        let (status, body, location) = match &result {
+            Ok(reply) => (reply.status, reply.body.clone(), reply.location.clone()),
+            Err(e) => {
+                let (status, body) = e.to_problem();
+                (status, body, None)
+            }
+        };
+        if !status.is_server_error() {
+            *stored = Some(Stored {
+                fingerprint,
+                status,
+                body,
+                location,
+                at: Instant::now(),
+            });
+        }
+        respond(result)
+    }
+}
+
+fn respond(result: Result<Reply, ApiError>) -> Response {
+    match result {
+        Ok(reply) => render(reply.status, &reply.body, reply.location.as_deref()),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn render(status: StatusCode, body: &Value, location: Option<&str>) -> Response {
+    if status.is_client_error() || status.is_server_error() {
+        return problem_response(status, body);
+    }
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// A stable id derived from the caller and their idempotency key, or a random one without a key.
+pub fn derived_id(user: UserId, scope: &str, key: Option<&str>) -> uuid::Uuid {
+    match key {
+        Some(key) => uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{scope}:{user}:{key}").as_bytes(),
+        ),
+        None => uuid::Uuid::new_v4(),
+    }
+}

@@ -1,0 +1,235 @@
+//! The HTTP edge: one `router()` per resource, merged here with the middleware every request
+//! passes (request context and correlation ids, metrics by route template, body limit, panic
+//! guard). Handlers stay thin: check access with `policy`, send a command through `Sales` or
+//! query the read models, and map typed errors to problem+json through `ApiError`.
+
+pub mod analytics;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod idempotency;
+pub mod ops;
+pub mod payments;
+pub mod policy;
+pub mod reservations;
+
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::domain::{EventId, PaymentId, ReservationId, SaleCommand};
+use crate::eventstore::Metadata;
+use crate::observability::Metrics;
+use crate::payment::PaymentGateway;
+use crate::projections::{EventView, PageRequest, PaymentView, ReadModel, ReservationView};
+use crate::runtime::subscription::Progress;
+use crate::runtime::{Clock, Committed, Sales};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use error::ApiError;
+use extract::RequestContext;
+use idempotency::IdempotencyStore;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// How long a command handler waits for the read models to show its own write.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub sales: Sales,
+    pub reads: Arc<dyn ReadModel>,
+    pub read_progress: Progress,
+    pub auth: AuthService,
+    pub gateway: Arc<dyn PaymentGateway>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub idempotency: Arc<IdempotencyStore>,
+}
+
+impl AppState {
+    /// Runs a command and waits until the read models reflect it (read-your-writes).
+    pub async fn command(
+        &self,
+        sale: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<Committed, ApiError> {
+        let committed = self.sales.execute(sale, command, metadata).await?;
+        if committed.position > 0
+            && !self
+                .read_progress
+                .wait_for(committed.position, READ_YOUR_WRITES_TIMEOUT)
+                .await
+        {
+            // The write is durable, so the client still gets its 2xx; only the read may lag.
+            tracing::warn!(
+                position = committed.position,
+                "read models lag behind a committed write"
+            );
+        }
+        Ok(committed)
+    }
+
+    pub async fn event_view(&self, id: EventId) -> Result<EventView, ApiError> {
+        self.reads
+            .event(id)
+            .await?
+            .ok_or(ApiError::NotFound("event"))
+    }
+
+    pub async fn reservation_view(&self, id: ReservationId) -> Result<ReservationView, ApiError> {
+        self.reads
+            .reservation(id)
+            .await?
+            .ok_or(ApiError::NotFound("reservation"))
+    }
+
+    pub async fn payment_view(&self, id: PaymentId) -> Result<PaymentView, ApiError> {
+        self.reads
+            .payment(id)
+            .await?
+            .ok_or(ApiError::NotFound("payment"))
+    }
+}
+
+/// Rejects page 0 and page sizes outside 1..=100, naming each bad parameter.
+pub fn valid_page(page: PageRequest) -> Result<PageRequest, ApiError> {
+    let mut errors = Vec::new();
+    if page.page < 1 {
+        errors.push(error::FieldError::new("page", "must be at least 1"));
+    }
+    if !(1..=crate::projections::MAX_PAGE_SIZE).contains(&page.page_size) {
+        errors.push(error::FieldError::new(
+            "page_size",
+            "must be between 1 and 100",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(page)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ticketing API", description = "Events, seat holds, payments and tickets."),
+    modifiers(&BearerAuth),
+    components(schemas(error::Problem, error::FieldError))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(ops::router())
+        .merge(auth::router())
+        .merge(events::router())
+        .merge(reservations::router())
+        .merge(payments::router())
+        .merge(analytics::router())
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    routes
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn(request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .with_state(state)
+}
+
+static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Takes `X-Correlation-ID` from the caller (or makes one), gives each request an
+/// `X-Request-ID`, runs the request inside a span carrying both, and echoes both back.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let correlation_id = request
+        .headers()
+        .get(&CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        correlation_id = %correlation_id,
+        request_id = %request_id,
+    );
+    request.extensions_mut().insert(RequestContext {
+        correlation_id: correlation_id.clone(),
+        request_id: request_id.clone(),
+    });
+    let mut response = next.run(request).instrument(span).await;
+    let headers = response.headers_mut();
+    for (name, value) in [(&CORRELATION_ID, correlation_id), (&REQUEST_ID, request_id)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name.clone(), value);
+        }
+    }
+    response
+}
+
+/// Counts and times requests by method, route template and status.
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = &state.metrics;
+    m.http_duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&method, &route, response.status().as_str()])
+        .inc();
+    response
+}

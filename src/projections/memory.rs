@@ -1,0 +1,420 @@
+//! In-memory read models, the embedded default. One lock guards every view and the checkpoint,
+//! so a batch is applied atomically with its checkpoint, as the PostgreSQL adapter does in one
+//! transaction. At-least-once delivery: events at or below the checkpoint are skipped.
+
+use super::*;
+use crate::domain::events::DomainEvent as E;
+use crate::domain::inventory::Inventory;
+use crate::domain::payment::PaymentStatus;
+use crate::domain::reservation::ReservationStatus;
+use crate::eventstore::codec;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+#[derive(Default)]
+struct Tables {
+    checkpoint: u64,
+    events: HashMap<EventId, (EventView, Inventory)>,
+    reservations: HashMap<ReservationId, ReservationView>,
+    purchased_at: HashMap<ReservationId, DateTime<Utc>>,
+    payments: HashMap<PaymentId, PaymentView>,
+    sales: HashMap<EventId, SalesView>,
+}
+
+#[derive(Default)]
+pub struct MemoryReadModel {
+    tables: Mutex<Tables>,
+}
+
+impl MemoryReadModel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn sections(inventory: &Inventory) -> Vec<SectionView> {
+    inventory
+        .sections
+        .iter()
+        .map(|s| SectionView {
+            name: s.name.clone(),
+            capacity: s.capacity,
+            price_cents: s.price_cents,
+            available: s.available(),
+            held: s.held,
+            sold: s.sold,
+        })
+        .collect()
+}
+
+impl Tables {
+    fn apply(&mut self, recorded: &RecordedEvent, event: &E) {
+        match event {
+            E::EventCreated(e) => {
+                let view = EventView {
+                    id: e.event_id.0,
+                    owner_id: e.owner_id.0,
+                    name: e.details.name.clone(),
+                    description: e.details.description.clone(),
+                    venue: VenueView {
+                        name: e.details.venue.name.clone(),
+                        address: e.details.venue.address.clone(),
+                    },
+                    starts_at: e.details.starts_at,
+                    ends_at: e.details.ends_at,
+                    currency: e.currency.to_string(),
+                    status: EventStatus::Draft,
+                    sections: Vec::new(),
+                    version: recorded.version,
+                    created_at: e.at,
+                    updated_at: e.at,
+                };
+                self.events.insert(e.event_id, (view, Inventory::default()));
+                self.sales.insert(
+                    e.event_id,
+                    SalesView {
+                        event_id: e.event_id.0,
+                        tickets_sold: 0,
+                        revenue_cents: 0,
+                        currency: e.currency.to_string(),
+                        by_section: Vec::new(),
+                    },
+                );
+            }
+            E::EventDetailsChanged(e) => self.with_event(e.event_id, recorded, |v| {
+                v.name = e.details.name.clone();
+                v.description = e.details.description.clone();
+                v.venue = VenueView {
+                    name: e.details.venue.name.clone(),
+                    address: e.details.venue.address.clone(),
+                };
+                v.starts_at = e.details.starts_at;
+                v.ends_at = e.details.ends_at;
+            }),
+            E::EventPublished(e) => {
+                self.with_event(e.event_id, recorded, |v| v.status = EventStatus::Published)
+            }
+            E::EventSalesOpened(e) => {
+                self.with_event(e.event_id, recorded, |v| v.status = EventStatus::OnSale)
+            }
+            E::EventSalesClosed(e) => self.with_event(e.event_id, recorded, |v| {
+                v.status = EventStatus::SalesClosed
+            }),
+            E::EventCancelled(e) => {
+                self.with_event(e.event_id, recorded, |v| v.status = EventStatus::Cancelled)
+            }
+            E::InventoryStocked(e) => self.with_inventory(e.event_id, event),
+            E::SeatsHeld(e) => self.with_inventory(e.event_id, event),
+            E::HeldSeatsReleased(e) => self.with_inventory(e.event_id, event),
+            E::HeldSeatsSold(e) => self.with_inventory(e.event_id, event),
+            E::SoldSeatsReturned(e) => self.with_inventory(e.event_id, event),
+            E::ReservationPlaced(e) => {
+                self.reservations.insert(
+                    e.reservation_id,
+                    ReservationView {
+                        reservation_id: e.reservation_id.0,
+                        event_id: e.event_id.0,
+                        user_id: e.user_id.0,
+                        section: e.section.clone(),
+                        quantity: e.quantity,
+                        status: ReservationStatus::Pending,
+                        total_cents: e.total.amount_cents,
+                        currency: e.total.currency.to_string(),
+                        expires_at: e.expires_at,
+                        payment_id: None,
+                        created_at: e.placed_at,
+                        updated_at: e.placed_at,
+                    },
+                );
+            }
+            E::ReservationConfirmed(e) => {
+                self.set_reservation(e.reservation_id, ReservationStatus::Confirmed, e.at);
+                self.purchased_at.insert(e.reservation_id, e.at);
+                if let Some(r) = self.reservations.get_mut(&e.reservation_id) {
+                    r.payment_id = Some(e.payment_id.0);
+                }
+                self.count_sale(e.reservation_id, 1);
+            }
+            E::ReservationCancelled(e) => {
+                self.set_reservation(e.reservation_id, ReservationStatus::Cancelled, e.at)
+            }
+            E::ReservationExpired(e) => {
+                self.set_reservation(e.reservation_id, ReservationStatus::Expired, e.at)
+            }
+            E::ReservationRefunded(e) => {
+                self.set_reservation(e.reservation_id, ReservationStatus::Refunded, e.at);
+                self.count_sale(e.reservation_id, -1);
+            }
+            E::PaymentCaptured(e) => {
+                self.payments.insert(
+                    e.payment_id,
+                    PaymentView {
+                        payment_id: e.payment_id.0,
+                        reservation_id: e.reservation_id.0,
+                        event_id: e.event_id.0,
+                        user_id: e.user_id.0,
+                        status: PaymentStatus::Captured,
+                        amount_cents: e.amount.amount_cents,
+                        currency: e.amount.currency.to_string(),
+                        reason: None,
+                        created_at: e.at,
+                        updated_at: e.at,
+                    },
+                );
+            }
+            E::PaymentDeclined(e) => {
+                self.payments.insert(
+                    e.payment_id,
+                    PaymentView {
+                        payment_id: e.payment_id.0,
+                        reservation_id: e.reservation_id.0,
+                        event_id: e.event_id.0,
+                        user_id: e.user_id.0,
+                        status: PaymentStatus::Failed,
+                        amount_cents: e.amount.amount_cents,
+                        currency: e.amount.currency.to_string(),
+                        reason: Some(e.reason.clone()),
+                        created_at: e.at,
+                        updated_at: e.at,
+                    },
+                );
+            }
+            E::PaymentRefunded(e) => {
+                if let Some(p) = self.payments.get_mut(&e.payment_id) {
+                    p.status = PaymentStatus::Refunded;
+                    p.reason = Some(e.reason.clone());
+                    p.updated_at = e.at;
+                }
+            }
+        }
+    }
+
+    /// Applies a change of the event stream itself, which also moves its version.
+    fn with_event(
+        &mut self,
+        id: EventId,
+        recorded: &RecordedEvent,
+        change: impl FnOnce(&mut EventView),
+    ) {
+        if let Some((view, _)) = self.events.get_mut(&id) {
+            change(view);
+            view.version = recorded.version;
+            view.updated_at = recorded.recorded_at;
+        }
+    }
+
+    fn with_inventory(&mut self, id: EventId, event: &E) {
+        if let Some((view, inventory)) = self.events.get_mut(&id) {
+            inventory.apply(event);
+            view.sections = sections(inventory);
+        }
+    }
+
+    fn set_reservation(&mut self, id: ReservationId, status: ReservationStatus, at: DateTime<Utc>) {
+        if let Some(r) = self.reservations.get_mut(&id) {
+            r.status = status;
+            r.updated_at = at;
+        }
+    }
+
+    /// Adds (`sign` = 1) or removes (-1) a reservation's tickets and money from its event's sales.
+    fn count_sale(&mut self, id: ReservationId, sign: i64) {
+        let Some(r) = self.reservations.get(&id) else {
+            return;
+        };
+        let Some(sales) = self.sales.get_mut(&EventId(r.event_id)) else {
+            return;
+        };
+        let tickets = u64::from(r.quantity);
+        let apply = |sold: &mut u64, revenue: &mut i64| {
+            if sign > 0 {
+                *sold = sold.saturating_add(tickets);
+            } else {
+                *sold = sold.saturating_sub(tickets);
+            }
+            *revenue = revenue.saturating_add(sign.saturating_mul(r.total_cents));
+        };
+        apply(&mut sales.tickets_sold, &mut sales.revenue_cents);
+        let section = match sales
+            .by_section
+            .iter_mut()
+            .position(|s| s.section == r.section)
+        {
+            Some(i) => &mut sales.by_section[i],
+            None => {
+                sales.by_section.push(SectionSales {
+                    section: r.section.clone(),
+                    tickets_sold: 0,
+                    revenue_cents: 0,
+                });
+                let last = sales.by_section.len() - 1;
+                &mut sales.by_section[last]
+            }
+        };
+        apply(&mut section.tickets_sold, &mut section.revenue_cents);
+    }
+}
+
+#[async_trait]
+impl ReadModel for MemoryReadModel {
+    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
+        // Decode outside the lock; an undecodable event is skipped here and counted by the
+        // caller's metrics (the DLQ takes such events once the bus consumers exist).
+        let decoded: Vec<(&Arc<RecordedEvent>, Result<E, codec::CodecError>)> =
+            events.iter().map(|r| (r, codec::decode(r))).collect();
+        let mut tables = self.lock();
+        for (recorded, event) in decoded {
+            if recorded.position <= tables.checkpoint {
+                continue;
+            }
+            match event {
+                Ok(event) => tables.apply(recorded, &event),
+                Err(e) => {
+                    tracing::error!(position = recorded.position, error = %e, "read model skipped an undecodable event")
+                }
+            }
+            tables.checkpoint = recorded.position;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&self) -> anyhow::Result<u64> {
+        Ok(self.lock().checkpoint)
+    }
+
+    async fn reset(&self) -> anyhow::Result<()> {
+        *self.lock() = Tables::default();
+        Ok(())
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
+        Ok(self.lock().events.get(&id).map(|(v, _)| v.clone()))
+    }
+
+    async fn events(
+        &self,
+        query: &EventQuery,
+        page: PageRequest,
+    ) -> Result<Page<EventView>, ReadError> {
+        let tables = self.lock();
+        let mut items: Vec<EventView> = tables
+            .events
+            .values()
+            .map(|(v, _)| v)
+            .filter(|v| {
+                let own = query.viewer.is_some_and(|u| u.0 == v.owner_id);
+                (v.status != EventStatus::Draft || own || query.viewer_is_admin)
+                    && query.status.is_none_or(|s| s == v.status)
+                    && query.owner_id.is_none_or(|o| o.0 == v.owner_id)
+            })
+            .cloned()
+            .collect();
+        items.sort_by_key(|v| (v.starts_at, v.id));
+        Ok(page.slice(items))
+    }
+
+    async fn reservation(&self, id: ReservationId) -> Result<Option<ReservationView>, ReadError> {
+        Ok(self.lock().reservations.get(&id).cloned())
+    }
+
+    async fn reservations(
+        &self,
+        user: Option<UserId>,
+        page: PageRequest,
+    ) -> Result<Page<ReservationView>, ReadError> {
+        let tables = self.lock();
+        let mut items: Vec<ReservationView> = tables
+            .reservations
+            .values()
+            .filter(|r| user.is_none_or(|u| u.0 == r.user_id))
+            .cloned()
+            .collect();
+        items.sort_by_key(|x| std::cmp::Reverse((x.created_at, x.reservation_id)));
+        Ok(page.slice(items))
+    }
+
+    async fn payment(&self, id: PaymentId) -> Result<Option<PaymentView>, ReadError> {
+        Ok(self.lock().payments.get(&id).cloned())
+    }
+
+    async fn payments_of(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<PaymentView>, ReadError> {
+        let tables = self.lock();
+        let mut items: Vec<PaymentView> = tables
+            .payments
+            .values()
+            .filter(|p| p.user_id == user.0)
+            .cloned()
+            .collect();
+        items.sort_by_key(|x| std::cmp::Reverse((x.created_at, x.payment_id)));
+        Ok(page.slice(items))
+    }
+
+    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError> {
+        Ok(self.lock().sales.get(&event).cloned())
+    }
+
+    async fn history(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, ReadError> {
+        let tables = self.lock();
+        let mut items: Vec<HistoryEntry> = tables
+            .reservations
+            .values()
+            .filter(|r| r.user_id == user.0)
+            .filter_map(|r| {
+                let purchased_at = *tables.purchased_at.get(&ReservationId(r.reservation_id))?;
+                let event_name = tables
+                    .events
+                    .get(&EventId(r.event_id))
+                    .map(|(e, _)| e.name.clone())
+                    .unwrap_or_default();
+                Some(HistoryEntry {
+                    reservation_id: r.reservation_id,
+                    event_id: r.event_id,
+                    event_name,
+                    section: r.section.clone(),
+                    quantity: r.quantity,
+                    total_cents: r.total_cents,
+                    currency: r.currency.clone(),
+                    status: r.status,
+                    payment_id: r.payment_id,
+                    purchased_at,
+                })
+            })
+            .collect();
+        items.sort_by_key(|x| std::cmp::Reverse((x.purchased_at, x.reservation_id)));
+        Ok(page.slice(items))
+    }
+
+    async fn pending_holds(&self) -> Result<Vec<PendingHold>, ReadError> {
+        Ok(self
+            .lock()
+            .reservations
+            .values()
+            .filter(|r| r.status == ReservationStatus::Pending)
+            .map(|r| PendingHold {
+                event_id: EventId(r.event_id),
+                reservation_id: ReservationId(r.reservation_id),
+                expires_at: r.expires_at,
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), ReadError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

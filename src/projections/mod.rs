@@ -1,0 +1,98 @@
+//! The read side: views that HTTP queries answer from, the `ReadModel` port, and its adapters.
+//! Read models are fed by a catch-up subscription (at-least-once delivery): applying an event
+//! at or below the stored checkpoint changes nothing, so replays and duplicates are harmless.
+//! They never decide anything: the write side is the only source of truth.
+
+pub mod memory;
+pub mod views;
+
+use crate::domain::event::EventStatus;
+use crate::domain::{EventId, PaymentId, ReservationId, UserId};
+use crate::eventstore::RecordedEvent;
+use crate::runtime::subscription::Subscriber;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+pub use views::*;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("read model unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Which events a caller may list.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub status: Option<EventStatus>,
+    pub owner_id: Option<UserId>,
+    /// The caller, if signed in: they also see their own drafts.
+    pub viewer: Option<UserId>,
+    /// Admins see every draft.
+    pub viewer_is_admin: bool,
+}
+
+/// A pending hold, as start-up needs it to re-arm expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingHold {
+    pub event_id: EventId,
+    pub reservation_id: ReservationId,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait ReadModel: Send + Sync + 'static {
+    /// Applies `events` in order and moves the checkpoint past them, atomically.
+    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()>;
+    async fn checkpoint(&self) -> anyhow::Result<u64>;
+    /// Empties every view and the checkpoint, for a rebuild from position 0.
+    async fn reset(&self) -> anyhow::Result<()>;
+
+    async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError>;
+    async fn events(
+        &self,
+        query: &EventQuery,
+        page: PageRequest,
+    ) -> Result<Page<EventView>, ReadError>;
+    async fn reservation(&self, id: ReservationId) -> Result<Option<ReservationView>, ReadError>;
+    /// A user's reservations, or everyone's for `None`; newest first.
+    async fn reservations(
+        &self,
+        user: Option<UserId>,
+        page: PageRequest,
+    ) -> Result<Page<ReservationView>, ReadError>;
+    async fn payment(&self, id: PaymentId) -> Result<Option<PaymentView>, ReadError>;
+    async fn payments_of(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<PaymentView>, ReadError>;
+    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError>;
+    /// Purchases (confirmed or refunded reservations) of a customer, newest first.
+    async fn history(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, ReadError>;
+    async fn pending_holds(&self) -> Result<Vec<PendingHold>, ReadError>;
+    async fn ping(&self) -> Result<(), ReadError>;
+    fn kind(&self) -> &'static str;
+}
+
+/// Feeds a read model from the event log.
+pub struct Projector(pub Arc<dyn ReadModel>);
+
+#[async_trait]
+impl Subscriber for Projector {
+    fn name(&self) -> &'static str {
+        "read-models"
+    }
+
+    async fn checkpoint(&self) -> anyhow::Result<u64> {
+        self.0.checkpoint().await
+    }
+
+    async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
+        self.0.apply(events).await
+    }
+}

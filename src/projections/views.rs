@@ -1,0 +1,187 @@
+//! View types: the shapes the read models store and the HTTP API returns.
+
+use crate::domain::event::EventStatus;
+use crate::domain::payment::PaymentStatus;
+use crate::domain::reservation::ReservationStatus;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Largest page a client may ask for.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema, utoipa::IntoParams)]
+pub struct PageRequest {
+    /// Page number, from 1.
+    #[serde(default = "first_page")]
+    pub page: u32,
+    /// Items per page, 1..=100.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+}
+
+fn first_page() -> u32 {
+    1
+}
+fn default_page_size() -> u32 {
+    20
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            page_size: 20,
+        }
+    }
+}
+
+impl PageRequest {
+    pub fn is_valid(&self) -> bool {
+        self.page >= 1 && (1..=MAX_PAGE_SIZE).contains(&self.page_size)
+    }
+
+    /// Cuts one page out of an already ordered list.
+    pub fn slice<T>(self, items: Vec<T>) -> Page<T> {
+        let total_count = items.len() as u64;
+        let skip = (u64::from(self.page.max(1)) - 1) * u64::from(self.page_size);
+        let items = items
+            .into_iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .take(self.page_size as usize)
+            .collect();
+        Page {
+            items,
+            page: self.page,
+            page_size: self.page_size,
+            total_count,
+            total_pages: total_count.div_ceil(u64::from(self.page_size.max(1))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub page: u32,
+    pub page_size: u32,
+    pub total_count: u64,
+    pub total_pages: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VenueView {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SectionView {
+    pub name: String,
+    pub capacity: u32,
+    pub price_cents: i64,
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub venue: VenueView,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub currency: String,
+    #[schema(value_type = String, example = "on_sale")]
+    pub status: EventStatus,
+    pub sections: Vec<SectionView>,
+    /// Version of the event's stream; the `ETag` and `If-Match` value.
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AvailabilityView {
+    pub event_id: Uuid,
+    pub sections: Vec<SectionView>,
+    pub total_available: u64,
+}
+
+impl From<&EventView> for AvailabilityView {
+    fn from(e: &EventView) -> Self {
+        AvailabilityView {
+            event_id: e.id,
+            sections: e.sections.clone(),
+            total_available: e.sections.iter().map(|s| u64::from(s.available)).sum(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ReservationView {
+    pub reservation_id: Uuid,
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub section: String,
+    pub quantity: u32,
+    #[schema(value_type = String, example = "pending")]
+    pub status: ReservationStatus,
+    pub total_cents: i64,
+    pub currency: String,
+    pub expires_at: DateTime<Utc>,
+    pub payment_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PaymentView {
+    pub payment_id: Uuid,
+    pub reservation_id: Uuid,
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    #[schema(value_type = String, example = "captured")]
+    pub status: PaymentStatus,
+    pub amount_cents: i64,
+    pub currency: String,
+    /// Why a payment failed or was refunded.
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SectionSales {
+    pub section: String,
+    pub tickets_sold: u64,
+    pub revenue_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SalesView {
+    pub event_id: Uuid,
+    pub tickets_sold: u64,
+    pub revenue_cents: i64,
+    pub currency: String,
+    pub by_section: Vec<SectionSales>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    pub reservation_id: Uuid,
+    pub event_id: Uuid,
+    pub event_name: String,
+    pub section: String,
+    pub quantity: u32,
+    pub total_cents: i64,
+    pub currency: String,
+    #[schema(value_type = String, example = "confirmed")]
+    pub status: ReservationStatus,
+    pub payment_id: Option<Uuid>,
+    pub purchased_at: DateTime<Utc>,
+}
