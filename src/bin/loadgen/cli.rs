@@ -1,0 +1,55 @@
+//! Command-line options of the load generator.
+//!
+//! Parsing only: the defaults and ranges live here, the behaviour elsewhere.
+
+use clap::Parser;
+use reqwest::Url;
+
+/// Run a flash sale against a running ticketing service and check its invariants.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Cli {
+    /// Base URL of the running service; every request goes here and nowhere else.
+    #[arg(
+        long,
+        env = "LOADGEN_BASE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub base_url: Url,
+
+    /// Seats on sale: the capacity of the event's single section.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub seats: u32,
+
+    /// Buyers registered before the sale; each makes one reservation.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub buyers: u32,
+
+    /// Worker tasks buying in parallel during the measured phase; the connection pool keeps
+    /// at least this many connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+
+    /// Seats per reservation (1..=10).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub quantity: u32,
+
+    /// Only reserve; do not pay, so seats end up held rather than sold.
+    #[arg(long)]
+    pub no_pay: bool,
+
+    /// Print the summary as one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Parallel requests while registering and logging in buyers (not timed).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub setup_concurrency: u32,
+}
+
+impl Cli {
+    /// Whether buyers pay for what they reserve.
+    pub fn pays(&self) -> bool {
+        !self.no_pay
+    }
+}

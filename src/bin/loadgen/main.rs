@@ -1,0 +1,96 @@
+//! Flash-sale load generator for the ticketing service.
+//!
+//! Against an already running service (shared/API.md), it sets up an organizer, an event
+//! with `--seats` seats on sale and `--buyers` logged-in customers (untimed), then lets
+//! `--concurrency` workers reserve and pay for every buyer at once (timed), reads the
+//! event's availability and reports throughput, latency and whether the sale's invariants
+//! held. Exit code 0 only if they held and no request failed in transport.
+//!
+//! ```text
+//! cargo run --release --bin loadgen -- --seats 1000 --buyers 2000 --concurrency 64
+//! cargo run --release --bin loadgen -- --no-pay --json > summary.json
+//! ```
+//!
+//! It talks to `--base-url` only, never retries, never sleeps, and stops by itself.
+
+mod api;
+mod cli;
+mod measure;
+mod report;
+mod setup;
+mod verify;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use uuid::Uuid;
+
+use crate::api::Api;
+use crate::cli::Cli;
+use crate::measure::Sale;
+use crate::report::{RunConfig, Summary};
+
+/// Hex digits of the run id embedded in account e-mails and the event name.
+const RUN_ID_LEN: usize = 8;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let run_id = Uuid::new_v4().simple().to_string()[..RUN_ID_LEN].to_owned();
+    let concurrency = usize::try_from(cli.concurrency).context("--concurrency")?;
+    let setup_parallelism =
+        usize::try_from(cli.setup_concurrency).context("--setup-concurrency")?;
+    let buyer_count = usize::try_from(cli.buyers).context("--buyers")?;
+    // One client for both phases; set-up may run more requests at once than the sale.
+    let api = Api::new(&cli.base_url, concurrency.max(setup_parallelism))?;
+
+    eprintln!("run {run_id}: setting up the sale at {}", cli.base_url);
+    let event_id = setup::open_sale(&api, &run_id, cli.seats)
+        .await
+        .context("setting up the event")?;
+    eprintln!("event {event_id} on sale with {} seats", cli.seats);
+    let buyers = setup::buyers(&api, &run_id, buyer_count, setup_parallelism)
+        .await
+        .context("setting up the buyers")?;
+
+    eprintln!("measured phase: {buyer_count} buyers, {concurrency} workers");
+    let sale = Sale {
+        event_id,
+        quantity: cli.quantity,
+        pay: cli.pays(),
+    };
+    let measured = measure::run(&api, &sale, buyers, concurrency)
+        .await
+        .context("running the measured phase")?;
+    eprintln!(
+        "measured phase done in {:.3} s; verifying",
+        measured.wall.as_secs_f64()
+    );
+    let availability = api
+        .availability(event_id)
+        .await
+        .map_err(|error| format!("{error:#}"));
+
+    let config = RunConfig {
+        run_id,
+        base_url: cli.base_url.to_string(),
+        event_id,
+        seats: cli.seats,
+        buyers: cli.buyers,
+        quantity: cli.quantity,
+        concurrency: cli.concurrency,
+        pay: cli.pays(),
+    };
+    let summary = Summary::new(config, measured, availability);
+    if cli.json {
+        println!("{}", summary.to_json().context("encoding the summary")?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(if summary.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
