@@ -1,0 +1,5 @@
+//! Black-box API tests: each test starts the real application on port 0 and talks HTTP.
+//! One test binary (modules below) so the crate links once.
+
+mod helpers;
+mod smoke;
