@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,22 +33,39 @@ struct Stored {
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
+type Key = (UserId, &'static str, String);
+
+#[derive(Default)]
+struct Slots {
+    by_key: HashMap<Key, Slot>,
+    /// Keys in the order they were first used, so expiry pops from the front in O(1).
+    by_age: VecDeque<(Instant, Key)>,
+}
 
 #[derive(Default)]
 pub struct IdempotencyStore {
-    slots: Mutex<HashMap<(UserId, &'static str, String), Slot>>,
+    slots: Mutex<Slots>,
 }
 
 impl IdempotencyStore {
-    fn slot(&self, key: (UserId, &'static str, String)) -> Slot {
+    fn slot(&self, key: Key) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if slots.len() > 10_000 {
-            slots.retain(|_, slot| match slot.try_lock() {
-                Ok(stored) => stored.as_ref().is_some_and(|s| s.at.elapsed() < KEEP_FOR),
-                Err(_) => true,
-            });
+        while let Some((first_used, _)) = slots.by_age.front() {
+            if first_used.elapsed() < KEEP_FOR {
+                break;
+            }
+            if let Some((_, old)) = slots.by_age.pop_front() {
+                // A request still holding the slot keeps its own Arc; only the index forgets it.
+                slots.by_key.remove(&old);
+            }
         }
-        Arc::clone(slots.entry(key).or_default())
+        if let Some(slot) = slots.by_key.get(&key) {
+            return Arc::clone(slot);
+        }
+        let slot = Slot::default();
+        slots.by_age.push_back((Instant::now(), key.clone()));
+        slots.by_key.insert(key, Arc::clone(&slot));
+        slot
     }
 
     /// Runs `work` at most once per (user, scope, key) and body.

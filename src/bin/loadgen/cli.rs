@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
+    /// Purchases each buyer attempts, one after another; `buyers * rounds` attempts in all.
+    /// Lets a long sale run without registering (slow, Argon2-hashed) accounts for every attempt.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
+
     /// Parallel requests while registering and logging in buyers (not timed).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub setup_concurrency: u32,

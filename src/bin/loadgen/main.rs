@@ -54,13 +54,18 @@ async fn main() -> anyhow::Result<ExitCode> {
         .await
         .context("setting up the buyers")?;
 
-    eprintln!("measured phase: {buyer_count} buyers, {concurrency} workers");
+    let rounds = usize::try_from(cli.rounds).context("--rounds")?;
+    let attempts: Vec<_> = (0..rounds).flat_map(|_| buyers.iter().cloned()).collect();
+    eprintln!(
+        "measured phase: {buyer_count} buyers x {rounds} rounds = {} attempts, {concurrency} workers",
+        attempts.len()
+    );
     let sale = Sale {
         event_id,
         quantity: cli.quantity,
         pay: cli.pays(),
     };
-    let measured = measure::run(&api, &sale, buyers, concurrency)
+    let measured = measure::run(&api, &sale, attempts, concurrency)
         .await
         .context("running the measured phase")?;
     eprintln!(
@@ -77,7 +82,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         base_url: cli.base_url.to_string(),
         event_id,
         seats: cli.seats,
-        buyers: cli.buyers,
+        // Every attempt is a would-be purchase, so demand is buyers x rounds.
+        buyers: cli.buyers.saturating_mul(cli.rounds),
         quantity: cli.quantity,
         concurrency: cli.concurrency,
         pay: cli.pays(),
