@@ -2,5 +2,6 @@
 //! One test binary (modules below) so the crate links once.
 
 mod access;
+mod errors;
 mod helpers;
 mod smoke;
