@@ -3,5 +3,6 @@
 
 mod access;
 mod errors;
+mod events;
 mod helpers;
 mod smoke;
