@@ -2,6 +2,7 @@
 //! One test binary (modules below) so the crate links once.
 
 mod access;
+mod auth;
 mod errors;
 mod events;
 mod helpers;
