@@ -6,4 +6,5 @@ mod auth;
 mod errors;
 mod events;
 mod helpers;
+mod operations;
 mod smoke;
