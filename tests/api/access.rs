@@ -1,0 +1,405 @@
+//! The authorization matrix: every route of API.md's Auth, Events, Reservations and payments,
+//! and Analytics sections, called by every kind of caller, with the exact status each must get.
+//! The table below is the contract; the runner collects every wrong cell before failing.
+
+use super::helpers::*;
+use reqwest::Method;
+use serde_json::Value;
+use std::fmt::Write as _;
+use uuid::Uuid;
+
+/// API.md's Auth, Events, Reservations and payments, and Analytics tables: every route the
+/// matrix must cover (and that `/openapi.json` must document).
+pub const API_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/auth/register"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/logout"),
+    ("GET", "/auth/me"),
+    ("POST", "/api/events"),
+    ("GET", "/api/events"),
+    ("GET", "/api/events/{id}"),
+    ("PUT", "/api/events/{id}"),
+    ("DELETE", "/api/events/{id}"),
+    ("POST", "/api/events/{id}/publish"),
+    ("POST", "/api/events/{id}/open-sales"),
+    ("POST", "/api/events/{id}/close-sales"),
+    ("GET", "/api/events/{id}/availability"),
+    ("POST", "/api/reservations"),
+    ("GET", "/api/reservations"),
+    ("GET", "/api/reservations/{id}"),
+    ("POST", "/api/reservations/{id}/cancel"),
+    ("POST", "/api/payments"),
+    ("GET", "/api/payments/{id}"),
+    ("GET", "/api/payments/user/{user_id}"),
+    ("POST", "/api/payments/{id}/refund"),
+    ("GET", "/api/analytics/events/{id}/sales"),
+    ("GET", "/api/customers/{id}/history"),
+];
+
+/// Who calls. The columns of the matrix, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// No `Authorization` header.
+    Anonymous,
+    /// `Authorization: Bearer nope`.
+    BadToken,
+    /// `Authorization: Basic x`.
+    Malformed,
+    /// The customer who owns the reservations and payments.
+    Owner,
+    /// Another customer.
+    OtherCustomer,
+    /// The organizer who owns the events.
+    EventOrganizer,
+    /// An organizer who owns none of them.
+    OtherOrganizer,
+    Admin,
+}
+
+const CALLERS: [Caller; 8] = [
+    Caller::Anonymous,
+    Caller::BadToken,
+    Caller::Malformed,
+    Caller::Owner,
+    Caller::OtherCustomer,
+    Caller::EventOrganizer,
+    Caller::OtherOrganizer,
+    Caller::Admin,
+];
+
+/// One row: a route with its fixtures and the status for each caller, in `CALLERS` order.
+///
+/// `path` and `body` are templates: `{draft}`, `{published}`, `{on_sale}` are events of the
+/// event organizer; `{reservation}` is a pending reservation and `{payment}` a captured payment
+/// of the owner; `{owner}` is the owner's user id, `{owner_email}` their email, and
+/// `{new_email}` an address never used before.
+struct Case {
+    method: Method,
+    path: &'static str,
+    body: Option<&'static str>,
+    expect: [u16; 8],
+    /// The problem kind of a 409 in this row.
+    conflict: Option<&'static str>,
+    /// The call changes what it touches: every cell gets fresh events, reservation and payment.
+    fresh: bool,
+    /// The call ends the caller's session: every cell signs in anew first.
+    new_session: bool,
+}
+
+fn case(method: Method, path: &'static str, body: Option<&'static str>, expect: [u16; 8]) -> Case {
+    Case {
+        method,
+        path,
+        body,
+        expect,
+        conflict: None,
+        fresh: false,
+        new_session: false,
+    }
+}
+
+impl Case {
+    fn fresh(mut self) -> Self {
+        self.fresh = true;
+        self
+    }
+
+    fn conflict(mut self, kind: &'static str) -> Self {
+        self.conflict = Some(kind);
+        self
+    }
+
+    fn new_session(mut self) -> Self {
+        self.new_session = true;
+        self
+    }
+}
+
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
+const PUT: Method = Method::PUT;
+const DELETE: Method = Method::DELETE;
+
+const NEW_EVENT: &str = r#"{"name": "Matrix Night", "venue": {"name": "Hall", "address": "1 Main St"},
+    "starts_at": "2030-06-01T20:00:00Z", "ends_at": "2030-06-01T23:00:00Z",
+    "sections": [{"name": "floor", "capacity": 10, "price_cents": 2500}]}"#;
+const RESERVE_ON_SALE: &str = r#"{"event_id": "{on_sale}", "section": "floor", "quantity": 1}"#;
+const RESERVE_DRAFT: &str = r#"{"event_id": "{draft}", "section": "floor", "quantity": 1}"#;
+const PAY: &str = r#"{"reservation_id": "{reservation}", "payment_method": {"type": "card", "token": "tok_visa"}}"#;
+const PATCH: &str = r#"{"description": "updated"}"#;
+
+/// The matrix. Columns: anonymous, bad token, malformed header, owner (customer), other
+/// customer, event organizer, other organizer, admin.
+#[rustfmt::skip]
+fn matrix() -> Vec<Case> {
+    vec![
+        // Auth                                                               anon bad  malf own  cust org  oorg adm
+        case(POST, "/auth/register", Some(r#"{"email": "{new_email}", "password": "correct-horse-1"}"#),
+                                                                             [201, 201, 201, 201, 201, 201, 201, 201]),
+        case(POST, "/auth/login", Some(r#"{"email": "{owner_email}", "password": "correct-horse-1"}"#),
+                                                                             [200, 200, 200, 200, 200, 200, 200, 200]),
+        case(GET,  "/auth/me", None,                                         [401, 401, 401, 200, 200, 200, 200, 200]),
+        case(POST, "/auth/logout", None,                                     [401, 401, 401, 204, 204, 204, 204, 204]).new_session(),
+        // Events
+        case(POST, "/api/events", Some(NEW_EVENT),                           [401, 401, 401, 403, 403, 201, 201, 201]),
+        case(GET,  "/api/events", None,                                      [200, 401, 401, 200, 200, 200, 200, 200]),
+        case(GET,  "/api/events/{published}", None,                          [200, 401, 401, 200, 200, 200, 200, 200]),
+        case(GET,  "/api/events/{draft}", None,                              [404, 401, 401, 404, 404, 200, 404, 200]),
+        case(PUT,  "/api/events/{published}", Some(PATCH),                   [401, 401, 401, 403, 403, 200, 403, 200]),
+        case(PUT,  "/api/events/{draft}", Some(PATCH),                       [401, 401, 401, 404, 404, 200, 404, 200]),
+        case(DELETE, "/api/events/{published}", None,                        [401, 401, 401, 403, 403, 204, 403, 204]).fresh(),
+        case(DELETE, "/api/events/{draft}", None,                            [401, 401, 401, 404, 404, 204, 404, 204]).fresh(),
+        case(POST, "/api/events/{draft}/publish", None,                      [401, 401, 401, 404, 404, 200, 404, 200]).fresh(),
+        case(POST, "/api/events/{published}/publish", None,                  [401, 401, 401, 403, 403, 409, 403, 409]).conflict("invalid-state"),
+        case(POST, "/api/events/{published}/open-sales", None,               [401, 401, 401, 403, 403, 200, 403, 200]).fresh(),
+        case(POST, "/api/events/{on_sale}/close-sales", None,                [401, 401, 401, 403, 403, 200, 403, 200]).fresh(),
+        case(GET,  "/api/events/{published}/availability", None,             [200, 401, 401, 200, 200, 200, 200, 200]),
+        case(GET,  "/api/events/{draft}/availability", None,                 [404, 401, 401, 404, 404, 200, 404, 200]),
+        // Reservations and payments
+        case(POST, "/api/reservations", Some(RESERVE_ON_SALE),               [401, 401, 401, 201, 201, 201, 201, 201]),
+        case(POST, "/api/reservations", Some(RESERVE_DRAFT),                 [401, 401, 401, 404, 404, 409, 404, 409]).conflict("sales-not-open"),
+        case(GET,  "/api/reservations", None,                                [401, 401, 401, 200, 200, 200, 200, 200]),
+        case(GET,  "/api/reservations/{reservation}", None,                  [401, 401, 401, 200, 404, 404, 404, 200]),
+        case(POST, "/api/reservations/{reservation}/cancel", None,           [401, 401, 401, 200, 404, 404, 404, 200]).fresh(),
+        case(POST, "/api/payments", Some(PAY),                               [401, 401, 401, 201, 404, 404, 404, 403]).fresh(),
+        case(GET,  "/api/payments/{payment}", None,                          [401, 401, 401, 200, 404, 404, 404, 200]),
+        case(GET,  "/api/payments/user/{owner}", None,                       [401, 401, 401, 200, 403, 403, 403, 200]),
+        case(POST, "/api/payments/{payment}/refund", Some(r#"{"reason": "matrix"}"#),
+                                                                             [401, 401, 401, 200, 404, 404, 404, 200]).fresh(),
+        // Analytics
+        case(GET,  "/api/analytics/events/{published}/sales", None,          [401, 401, 401, 403, 403, 200, 403, 200]),
+        case(GET,  "/api/analytics/events/{draft}/sales", None,              [401, 401, 401, 404, 404, 200, 404, 200]),
+        case(GET,  "/api/customers/{owner}/history", None,                   [401, 401, 401, 200, 403, 403, 403, 200]),
+    ]
+}
+
+/// The accounts every cell uses.
+struct People {
+    owner: User,
+    other_customer: User,
+    organizer: User,
+    other_organizer: User,
+    admin: User,
+}
+
+/// The resources the templates name; all belong to `People::organizer` or `People::owner`.
+struct Resources {
+    draft: Uuid,
+    published: Uuid,
+    on_sale: Uuid,
+    reservation: Uuid,
+    payment: Uuid,
+}
+
+async fn resources(app: &TestApp, people: &People) -> Resources {
+    let draft = app.draft_event(&people.organizer, 100).await;
+    let published = app.draft_event(&people.organizer, 100).await;
+    let answer = app
+        .post(
+            &format!("/api/events/{published}/publish"),
+            Some(&people.organizer.token),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:#}", answer.body);
+    let on_sale = app.event_on_sale(&people.organizer, 100).await;
+    let held = app.reserve(&people.owner, on_sale, 1).await;
+    assert_eq!(held.status, 201, "{:#}", held.body);
+    let paid = app.reserve(&people.owner, on_sale, 1).await;
+    assert_eq!(paid.status, 201, "{:#}", paid.body);
+    let payment = app
+        .pay(&people.owner, paid.id("reservation_id"), "tok_visa")
+        .await;
+    assert_eq!(payment.status, 201, "{:#}", payment.body);
+    Resources {
+        draft,
+        published,
+        on_sale,
+        reservation: held.id("reservation_id"),
+        payment: payment.id("payment_id"),
+    }
+}
+
+/// Everything the resources look like to an admin, to prove a refused call changed nothing.
+async fn snapshot(app: &TestApp, people: &People, r: &Resources) -> Vec<Value> {
+    let mut seen = Vec::new();
+    for path in [
+        format!("/api/events/{}", r.draft),
+        format!("/api/events/{}", r.published),
+        format!("/api/events/{}", r.on_sale),
+        format!("/api/reservations/{}", r.reservation),
+        format!("/api/payments/{}", r.payment),
+    ] {
+        seen.push(app.get(&path, Some(&people.admin.token)).await.body);
+    }
+    seen
+}
+
+fn fill(template: &str, people: &People, r: &Resources) -> String {
+    template
+        .replace("{draft}", &r.draft.to_string())
+        .replace("{published}", &r.published.to_string())
+        .replace("{on_sale}", &r.on_sale.to_string())
+        .replace("{reservation}", &r.reservation.to_string())
+        .replace("{payment}", &r.payment.to_string())
+        .replace("{owner}", &people.owner.id.to_string())
+        .replace("{owner_email}", &people.owner.email)
+        .replace("{new_email}", &unique_email("matrix"))
+}
+
+impl People {
+    fn account(&self, caller: Caller) -> Option<&User> {
+        match caller {
+            Caller::Anonymous | Caller::BadToken | Caller::Malformed => None,
+            Caller::Owner => Some(&self.owner),
+            Caller::OtherCustomer => Some(&self.other_customer),
+            Caller::EventOrganizer => Some(&self.organizer),
+            Caller::OtherOrganizer => Some(&self.other_organizer),
+            Caller::Admin => Some(&self.admin),
+        }
+    }
+}
+
+/// The problem kind an error status of `case` must carry.
+fn kind_for(status: u16, case: &Case) -> &'static str {
+    match status {
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not-found",
+        409 => case.conflict.expect("a 409 row names its problem kind"),
+        other => panic!("the matrix has no kind for {other}"),
+    }
+}
+
+/// Checks one cell; describes what is wrong, if anything.
+fn check_cell(answer: &Answer, expected: u16, case: &Case) -> Option<String> {
+    if answer.status.as_u16() != expected {
+        return Some(format!(
+            "expected {expected}, got {} {}",
+            answer.status.as_u16(),
+            answer.body
+        ));
+    }
+    let content_type = answer.header("content-type");
+    if expected >= 400 {
+        let kind = format!("urn:ticketing:problem:{}", kind_for(expected, case));
+        if content_type != Some("application/problem+json") {
+            return Some(format!("error with content-type {content_type:?}"));
+        }
+        if answer.body["type"] != kind.as_str() || answer.body["status"] != expected {
+            return Some(format!("expected problem {kind}, got {}", answer.body));
+        }
+        if expected == 401 && answer.header("www-authenticate") != Some("Bearer") {
+            return Some("401 without `WWW-Authenticate: Bearer`".to_owned());
+        }
+    } else if expected != 204 && content_type != Some("application/json") {
+        return Some(format!("success with content-type {content_type:?}"));
+    }
+    None
+}
+
+/// Each caller gets exactly the matrix's status on every route, with the right problem on errors.
+#[tokio::test]
+async fn every_route_answers_every_kind_of_caller_as_the_authorization_matrix_says() {
+    let app = spawn_app().await;
+    let people = People {
+        owner: app.customer().await,
+        other_customer: app.customer().await,
+        organizer: app.organizer().await,
+        other_organizer: app.organizer().await,
+        admin: app.admin().await,
+    };
+    let shared = resources(&app, &people).await;
+    let mut failures = String::new();
+    let mut cells = 0;
+
+    for case in matrix() {
+        for (caller, expected) in CALLERS.into_iter().zip(case.expect) {
+            let fresh;
+            let r = if case.fresh {
+                fresh = resources(&app, &people).await;
+                &fresh
+            } else {
+                &shared
+            };
+            let path = fill(case.path, &people, r);
+            let body: Option<Value> = case
+                .body
+                .map(|b| serde_json::from_str(&fill(b, &people, r)).expect("the template is JSON"));
+            let session;
+            let token = match people.account(caller) {
+                Some(user) if case.new_session => {
+                    let password = if caller == Caller::Admin {
+                        ADMIN_PASSWORD
+                    } else {
+                        PASSWORD
+                    };
+                    session = app.login(&user.email, password).await;
+                    Some(session.token.as_str())
+                }
+                Some(user) => Some(user.token.as_str()),
+                None => None,
+            };
+            let header: &[(&str, &str)] = match caller {
+                Caller::BadToken => &[("authorization", "Bearer nope")],
+                Caller::Malformed => &[("authorization", "Basic x")],
+                _ => &[],
+            };
+            let refused_change = case.method != Method::GET && expected >= 400;
+            let before = match refused_change {
+                true => snapshot(&app, &people, r).await,
+                false => Vec::new(),
+            };
+            let answer = app
+                .call_with(case.method.clone(), &path, token, body, header)
+                .await;
+            cells += 1;
+            let problem = match check_cell(&answer, expected, &case) {
+                None if refused_change && snapshot(&app, &people, r).await != before => {
+                    Some(format!("refused with {expected}, yet it changed something"))
+                }
+                other => other,
+            };
+            if let Some(problem) = problem {
+                let _ = writeln!(
+                    failures,
+                    "{} {} as {caller:?}: {problem}",
+                    case.method, case.path
+                );
+            }
+        }
+    }
+
+    assert_eq!(cells, matrix().len() * CALLERS.len());
+    assert!(failures.is_empty(), "wrong cells:\n{failures}");
+}
+
+/// The route template API.md uses for a matrix row's path.
+fn route_of(path: &str) -> String {
+    let path = path.replace("/user/{owner}", "/user/{user_id}");
+    [
+        "{draft}",
+        "{published}",
+        "{on_sale}",
+        "{reservation}",
+        "{payment}",
+        "{owner}",
+    ]
+    .iter()
+    .fold(path, |path, placeholder| path.replace(placeholder, "{id}"))
+}
+
+/// The matrix has rows for exactly the routes of API.md's four tables, none missing.
+#[tokio::test]
+async fn the_matrix_covers_every_route_of_the_contract() {
+    let covered: std::collections::BTreeSet<(String, String)> = matrix()
+        .iter()
+        .map(|c| (c.method.to_string(), route_of(c.path)))
+        .collect();
+    let contract: std::collections::BTreeSet<(String, String)> = API_ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+
+    assert_eq!(covered, contract);
+}
