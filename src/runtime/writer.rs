@@ -133,13 +133,8 @@ impl SaleWriter {
             match result {
                 Ok(position) => {
                     tracing::debug!(position, events = count, "batch committed");
-                    for d in decisions.iter().flatten() {
-                        for e in &d.events {
-                            metrics
-                                .events_appended
-                                .with_label_values(&[e.stream().category()])
-                                .inc();
-                        }
+                    for e in decisions.iter().flatten().flat_map(|d| &d.events) {
+                        record_business_metrics(&metrics, e);
                     }
                     self.run_effects(&decisions);
                     return answer(batch, decisions, position, &metrics);
@@ -233,6 +228,22 @@ fn answer(
 fn reply_all(batch: Vec<Envelope>, error: &CommandError) {
     for envelope in batch {
         let _ = envelope.reply.send(Err(error.clone()));
+    }
+}
+
+/// Counts one committed event: per aggregate, and the sales figures it moves.
+fn record_business_metrics(metrics: &Metrics, event: &DomainEvent) {
+    metrics
+        .events_appended
+        .with_label_values(&[event.stream().category()])
+        .inc();
+    match event {
+        DomainEvent::HeldSeatsSold(e) => metrics.tickets_sold.inc_by(u64::from(e.quantity)),
+        DomainEvent::PaymentCaptured(e) => metrics
+            .revenue_cents
+            .with_label_values(&[e.amount.currency.as_str()])
+            .inc_by(u64::try_from(e.amount.amount_cents).unwrap_or(0)),
+        _ => {}
     }
 }
 
