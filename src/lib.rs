@@ -1,5 +1,6 @@
 //! # Layout
 //! - `config`: typed configuration from the environment.
+//! - `db`: PostgreSQL pools, migrations and test databases shared by the adapters.
 //! - `domain`: pure reducers (event, inventory, reservation, payment, and the sale composing them).
 //! - `eventstore`: the `EventStore` port, its adapters and the event codec.
 //! - `runtime`: clock, per-sale writers with group commit, expiry, subscriptions.
@@ -11,6 +12,7 @@
 //! - `startup`: builds the application from a `Config` and serves it until shutdown.
 pub mod auth;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod eventstore;
 pub mod http;

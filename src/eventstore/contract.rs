@@ -19,6 +19,11 @@ fn event(stream: &str, version: u64) -> NewEvent {
 
 /// Runs every contract check against a fresh, empty store.
 pub async fn run_all(store: &dyn EventStore) {
+    assert_eq!(
+        store.read_all(0, 1).await.unwrap().len(),
+        0,
+        "the contract needs an empty store"
+    );
     appends_are_read_back_in_order(store).await;
     stale_versions_conflict_and_write_nothing(store).await;
     read_all_pages_without_gaps(store).await;
@@ -32,12 +37,18 @@ async fn appends_are_read_back_in_order(store: &dyn EventStore) {
         .append(sale, vec![event(&s, 1), event(&s, 2)])
         .await
         .unwrap();
-    let read = store.read_sale(sale).await.unwrap();
+    let read = store.read_sale(sale, 0).await.unwrap();
     assert_eq!(read.len(), 2);
     assert_eq!(read[1].position, last);
     assert_eq!((read[0].version, read[1].version), (1, 2));
     assert_eq!(read[0].metadata.correlation_id.as_deref(), Some("corr"));
-    assert!(store.read_sale(EventId::random()).await.unwrap().is_empty());
+    let newer = store.read_sale(sale, read[0].position).await.unwrap();
+    assert_eq!(newer.iter().map(|e| e.version).collect::<Vec<_>>(), [2]);
+    assert!(store
+        .read_sale(EventId::random(), 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn stale_versions_conflict_and_write_nothing(store: &dyn EventStore) {
@@ -53,7 +64,7 @@ async fn stale_versions_conflict_and_write_nothing(store: &dyn EventStore) {
         matches!(err, StoreError::Conflict { ref stream_id, attempted: 1, actual: 1 } if *stream_id == a),
         "{err:?}"
     );
-    assert_eq!(store.read_sale(sale).await.unwrap().len(), 1);
+    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
     store
         .append(sale, vec![event(&b, 1), event(&a, 2)])
         .await

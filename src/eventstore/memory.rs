@@ -79,13 +79,20 @@ impl EventStore for MemoryEventStore {
         Ok(last)
     }
 
-    async fn read_sale(&self, sale_id: EventId) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+    async fn read_sale(
+        &self,
+        sale_id: EventId,
+        after: u64,
+    ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(log
             .by_sale
             .get(&sale_id)
             .map(|idx| {
-                idx.iter()
+                // Position = index + 1, so the events after `after` start at index `after`.
+                let start = idx.partition_point(|&i| (i as u64) < after);
+                idx[start..]
+                    .iter()
                     .filter_map(|&i| log.events.get(i).cloned())
                     .collect()
             })

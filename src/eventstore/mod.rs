@@ -7,6 +7,7 @@ pub mod codec;
 #[cfg(test)]
 pub mod contract;
 pub mod memory;
+pub mod postgres;
 
 use crate::domain::{EventId, UserId};
 use async_trait::async_trait;
@@ -72,11 +73,17 @@ pub enum StoreError {
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends all `events` atomically (they may span several streams of one sale) and returns
-    /// the position of the last one. Nothing is written on error.
+    /// the position of the last one; the batch takes consecutive positions ending there.
+    /// Nothing is written on error.
     async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError>;
 
-    /// Every event of one sale, in position order.
-    async fn read_sale(&self, sale_id: EventId) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
+    /// The events of one sale with a position greater than `after`, in position order
+    /// (`after` = 0 for all of them): how a writer hydrates and catches up.
+    async fn read_sale(
+        &self,
+        sale_id: EventId,
+        after: u64,
+    ) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
 
     /// Up to `limit` events with a position greater than `after`, in order, never skipping one.
     async fn read_all(

@@ -53,6 +53,10 @@ pub struct SaleWriter {
     pub max_batch: usize,
     /// `None` until hydrated, and again after a failed append left tentative state behind.
     state: Option<SaleState>,
+    /// Every event of this sale up to this position has been read into `state`.
+    seen: u64,
+    /// Positions of this writer's own appends since the last catch-up: already in `state`.
+    own: Vec<(u64, u64)>,
 }
 
 impl SaleWriter {
@@ -70,6 +74,8 @@ impl SaleWriter {
             metrics,
             max_batch,
             state: None,
+            seen: 0,
+            own: Vec::new(),
         }
     }
 
@@ -80,23 +86,33 @@ impl SaleWriter {
         }
     }
 
-    async fn hydrate(&mut self) -> Result<&mut SaleState, CommandError> {
+    /// Brings the state up to date with the store: hydrates it from scratch after a reset, or
+    /// applies what other instances appended since the last look. Their events touched other
+    /// streams than ours (else our append would have conflicted), so applying them after our
+    /// own commutes.
+    async fn catch_up(&mut self) -> Result<&mut SaleState, CommandError> {
         if self.state.is_none() {
-            let mut state = SaleState::default();
-            for recorded in self
-                .store
-                .read_sale(self.sale_id)
-                .await
-                .map_err(CommandError::Store)?
-            {
+            self.seen = 0;
+            self.own.clear();
+        }
+        let mut state = self.state.take().unwrap_or_default();
+        for recorded in self
+            .store
+            .read_sale(self.sale_id, self.seen)
+            .await
+            .map_err(CommandError::Store)?
+        {
+            let mine = self
+                .own
+                .iter()
+                .any(|&(first, last)| (first..=last).contains(&recorded.position));
+            if !mine {
                 state.apply(&codec::decode(&recorded)?);
             }
-            self.state = Some(state);
+            self.seen = recorded.position;
         }
-        match self.state.as_mut() {
-            Some(state) => Ok(state),
-            None => Err(CommandError::ShuttingDown),
-        }
+        self.own.clear();
+        Ok(self.state.insert(state))
     }
 
     #[tracing::instrument(skip_all, fields(sale_id = %self.sale_id, commands = batch.len()))]
@@ -109,7 +125,7 @@ impl SaleWriter {
         for _attempt in 0..MAX_ATTEMPTS {
             let sale_id = self.sale_id;
             let metrics = Arc::clone(&self.metrics);
-            let state = match self.hydrate().await {
+            let state = match self.catch_up().await {
                 Ok(state) => state,
                 Err(e) => return reply_all(batch, &e),
             };
@@ -133,6 +149,7 @@ impl SaleWriter {
             match result {
                 Ok(position) => {
                     tracing::debug!(position, events = count, "batch committed");
+                    self.own.push((position + 1 - count as u64, position));
                     for e in decisions.iter().flatten().flat_map(|d| &d.events) {
                         record_business_metrics(&metrics, e);
                     }

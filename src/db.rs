@@ -1,0 +1,116 @@
+//! PostgreSQL plumbing shared by the adapters: pool settings, the three migration sets, error
+//! classification, and fresh throw-away databases for tests. The migration sets use disjoint
+//! version ranges (events 1xxx.., projections 2xxx.., auth 3xxx..) and ignore each other's
+//! rows, so they can share one database (and one `_sqlx_migrations` table) or live apart.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Connection pool settings, from `DB_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 20,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Opens a pool; connections are made lazily except `min_connections`.
+pub async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("ticketing");
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(settings.min_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(settings.idle_timeout)
+        .max_lifetime(settings.max_lifetime)
+        .connect_with(options)
+        .await
+}
+
+fn tolerant(mut migrator: Migrator) -> Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// Migrations of the event store (`migrations_events/`).
+pub fn events_migrator() -> Migrator {
+    tolerant(sqlx::migrate!("./migrations_events"))
+}
+
+/// Migrations of the read models (`migrations_projections/`).
+pub fn projections_migrator() -> Migrator {
+    tolerant(sqlx::migrate!("./migrations_projections"))
+}
+
+/// Migrations of accounts, sessions and idempotency keys (`migrations_auth/`).
+pub fn auth_migrator() -> Migrator {
+    tolerant(sqlx::migrate!("./migrations_auth"))
+}
+
+/// True when `error` is a unique violation of the named constraint.
+pub fn violates(error: &sqlx::Error, constraint: &str) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation() && e.constraint() == Some(constraint))
+}
+
+/// Throw-away databases for tests.
+pub mod testing {
+    use sqlx::Connection;
+
+    /// The server tests create their databases on: `TEST_DATABASE_URL`, else a local default.
+    pub fn admin_url() -> String {
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+            "postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable".into()
+        })
+    }
+
+    /// `url` with its database name replaced by `database`.
+    pub fn with_database(url: &str, database: &str) -> String {
+        let (base, query) = url
+            .split_once('?')
+            .map_or((url, None), |(b, q)| (b, Some(q)));
+        let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+        match query {
+            Some(q) => format!("{prefix}/{database}?{q}"),
+            None => format!("{prefix}/{database}"),
+        }
+    }
+
+    /// Creates an empty database with a unique name and returns its URL. Panics with the way
+    /// to start PostgreSQL when the server cannot be reached (tests must not skip silently).
+    pub async fn fresh_database() -> String {
+        let admin = admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                "PostgreSQL is not reachable at {admin} ({e}). Start it with ./scripts/services.sh \
+                 (or set TEST_DATABASE_URL to a server where the user may create databases)"
+            )
+            });
+        let name = format!("ticketing_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database on {admin}: {e}"));
+        with_database(&admin, &name)
+    }
+}
