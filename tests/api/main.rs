@@ -2,4 +2,12 @@
 //! One test binary (modules below) so the crate links once.
 
 mod helpers;
+mod invariants;
+
+mod analytics;
+mod cancellation;
+mod concurrency;
+mod expiry;
+mod idempotency;
+mod purchase;
 mod smoke;
