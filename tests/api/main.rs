@@ -1,10 +1,18 @@
 //! Black-box API tests: each test starts the real application on port 0 and talks HTTP.
 //! One test binary (modules below) so the crate links once.
 
+mod helpers;
+mod invariants;
+
 mod access;
+mod analytics;
 mod auth;
+mod cancellation;
+mod concurrency;
 mod errors;
 mod events;
-mod helpers;
+mod expiry;
+mod idempotency;
 mod operations;
+mod purchase;
 mod smoke;

@@ -1,0 +1,277 @@
+//! Paying for a hold and getting the money back: declines, double payment, refunds, and the
+//! customer's payment list.
+
+use super::helpers::*;
+use super::invariants::{assert_sale_balances, gateway_settles_at};
+use chrono::Duration;
+use serde_json::json;
+use ticketing::domain::PaymentId;
+use ticketing::payment::ChargeOutcome;
+use uuid::Uuid;
+
+/// A declined card answers 402 with the failed payment's id, keeps the hold, and a later card pays.
+#[tokio::test]
+async fn a_declined_card_keeps_the_hold_and_a_second_card_can_still_pay() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let reservation = app.reserve(&buyer, event, 2).await.id("reservation_id");
+
+    let declined = app.pay(&buyer, reservation, "tok_chargeDeclined").await;
+    declined.assert_problem(402, "payment-declined");
+    let declined_id = declined.id("payment_id");
+    let read = app
+        .get(
+            &format!("/api/reservations/{reservation}"),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(read.body["status"], "pending", "{:#}", read.body);
+    assert_eq!(read.body["payment_id"], json!(null));
+    assert_eq!(app.floor(event).await, (8, 2, 0));
+    let failed = app
+        .get(&format!("/api/payments/{declined_id}"), Some(&buyer.token))
+        .await;
+    assert_eq!(failed.status, 200, "{:#}", failed.body);
+    assert_eq!(failed.body["status"], "failed");
+    assert_eq!(failed.body["reservation_id"], reservation.to_string());
+    assert_eq!(failed.body["amount_cents"], 5000);
+    assert_eq!(failed.body["reason"], "card_declined");
+    assert!(matches!(
+        app.gateway
+            .charge_of(PaymentId(declined_id))
+            .unwrap()
+            .outcome,
+        ChargeOutcome::Declined { .. }
+    ));
+    assert_eq!(app.gateway.net_captured_cents(), 0);
+
+    let paid = app.pay(&buyer, reservation, "tok_visa").await;
+    assert_eq!(paid.status, 201, "{:#}", paid.body);
+    assert_eq!(paid.body["status"], "captured");
+    assert_eq!(paid.body["amount_cents"], 5000);
+    let paid_id = paid.id("payment_id");
+    assert_ne!(paid_id, declined_id);
+    let read = app
+        .get(
+            &format!("/api/reservations/{reservation}"),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(read.body["status"], "confirmed");
+    assert_eq!(read.body["payment_id"], paid_id.to_string());
+    assert_eq!(app.floor(event).await, (8, 0, 2));
+    assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
+    assert_eq!(app.gateway.net_captured_cents(), 5000);
+}
+
+/// Paying a confirmed reservation again is a 409 and the card is not charged a second time.
+#[tokio::test]
+async fn paying_a_confirmed_reservation_again_is_a_conflict_and_charges_nothing() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let reservation = app.reserve(&buyer, event, 2).await.id("reservation_id");
+    let first = app.pay(&buyer, reservation, "tok_visa").await;
+    assert_eq!(first.status, 201, "{:#}", first.body);
+
+    let again = app.pay(&buyer, reservation, "tok_visa").await;
+    again.assert_problem(409, "reservation-not-pending");
+
+    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    let payments = app
+        .get(
+            &format!("/api/payments/user/{}", buyer.id),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(payments.body["total_count"], 1, "{:#}", payments.body);
+    assert_eq!(
+        payments.body["items"][0]["payment_id"],
+        first.body["payment_id"]
+    );
+    assert_eq!(app.floor(event).await, (8, 0, 2));
+    assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
+}
+
+/// A refund puts the seats back on sale and the money back at the gateway, and only once.
+#[tokio::test]
+async fn a_refund_returns_seats_and_money_and_cannot_be_repeated() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let reservation = app.reserve(&buyer, event, 3).await.id("reservation_id");
+    let payment = app
+        .pay(&buyer, reservation, "tok_visa")
+        .await
+        .id("payment_id");
+    assert_eq!(app.floor(event).await, (7, 0, 3));
+    assert_eq!(app.gateway.net_captured_cents(), 7500);
+
+    let refund = app
+        .post(
+            &format!("/api/payments/{payment}/refund"),
+            Some(&buyer.token),
+            json!({"reason": "cannot attend"}),
+        )
+        .await;
+    assert_eq!(refund.status, 200, "{:#}", refund.body);
+    assert_eq!(refund.body["status"], "refunded");
+    assert_eq!(refund.body["payment_id"], payment.to_string());
+    assert_eq!(refund.body["amount_cents"], 7500);
+    assert_eq!(refund.body["reason"], "cannot attend");
+
+    let read = app
+        .get(
+            &format!("/api/reservations/{reservation}"),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(read.body["status"], "refunded");
+    assert_eq!(app.floor(event).await, (10, 0, 0));
+    gateway_settles_at(&app, 0).await;
+    assert!(app.gateway.charge_of(PaymentId(payment)).unwrap().refunded);
+    assert_eq!(assert_sale_balances(&app, event, 10).await, 0);
+
+    let twice = app
+        .post(
+            &format!("/api/payments/{payment}/refund"),
+            Some(&buyer.token),
+            json!({"reason": "once more"}),
+        )
+        .await;
+    twice.assert_problem(409, "payment-not-refundable");
+    let read = app
+        .get(&format!("/api/payments/{payment}"), Some(&buyer.token))
+        .await;
+    assert_eq!(read.body["reason"], "cannot attend");
+    assert_eq!(app.floor(event).await, (10, 0, 0));
+
+    // The returned seats are really on sale again.
+    let next = app.customer().await;
+    let again = app.reserve(&next, event, 10).await;
+    assert_eq!(again.status, 201, "{:#}", again.body);
+}
+
+/// Another customer can neither read nor refund someone else's payment.
+#[tokio::test]
+async fn a_stranger_cannot_see_or_refund_someone_elses_payment() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let stranger = app.customer().await;
+    let reservation = app.reserve(&buyer, event, 1).await.id("reservation_id");
+    let payment = app
+        .pay(&buyer, reservation, "tok_visa")
+        .await
+        .id("payment_id");
+
+    app.get(&format!("/api/payments/{payment}"), Some(&stranger.token))
+        .await
+        .assert_problem(404, "not-found");
+    app.post(
+        &format!("/api/payments/{payment}/refund"),
+        Some(&stranger.token),
+        json!({"reason": "mine now"}),
+    )
+    .await
+    .assert_problem(404, "not-found");
+    app.get(
+        &format!("/api/payments/user/{}", buyer.id),
+        Some(&stranger.token),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+
+    assert_eq!(app.floor(event).await, (9, 0, 1));
+    assert_eq!(app.gateway.net_captured_cents(), 2500);
+}
+
+/// `GET /api/payments/user/{id}` pages through exactly that user's payments, newest first.
+#[tokio::test]
+async fn a_customer_lists_their_own_payments_page_by_page_newest_first() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let other = app.customer().await;
+    let other_reservation = app.reserve(&other, event, 1).await.id("reservation_id");
+    assert_eq!(
+        app.pay(&other, other_reservation, "tok_visa").await.status,
+        201
+    );
+
+    // Three payments, a minute apart: declined, then captured, then captured.
+    let first = app.reserve(&buyer, event, 1).await.id("reservation_id");
+    let second = app.reserve(&buyer, event, 2).await.id("reservation_id");
+    let mut made: Vec<Uuid> = Vec::new();
+    for (reservation, card) in [
+        (first, "tok_chargeDeclined"),
+        (first, "tok_visa"),
+        (second, "tok_visa"),
+    ] {
+        app.clock.advance(Duration::minutes(1));
+        let answer = app.pay(&buyer, reservation, card).await;
+        made.push(answer.id("payment_id"));
+    }
+    made.reverse();
+
+    let page1 = app
+        .get(
+            &format!("/api/payments/user/{}?page=1&page_size=2", buyer.id),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(page1.status, 200, "{:#}", page1.body);
+    assert_eq!(page1.body["page"], 1);
+    assert_eq!(page1.body["page_size"], 2);
+    assert_eq!(page1.body["total_count"], 3);
+    assert_eq!(page1.body["total_pages"], 2);
+    let page2 = app
+        .get(
+            &format!("/api/payments/user/{}?page=2&page_size=2", buyer.id),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(page2.body["page"], 2);
+    assert_eq!(page2.body["total_count"], 3);
+
+    let listed: Vec<&serde_json::Value> = page1.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2.body["items"].as_array().unwrap())
+        .collect();
+    let ids: Vec<Uuid> = listed
+        .iter()
+        .map(|p| p["payment_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, made, "newest first, each payment once");
+    assert!(listed.iter().all(|p| p["user_id"] == buyer.id.to_string()));
+    let statuses: Vec<&str> = listed
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["captured", "captured", "failed"]);
+
+    // The admin may read the list too; page_size outside 1..=100 is refused.
+    let admin = app.admin().await;
+    let as_admin = app
+        .get(
+            &format!("/api/payments/user/{}", buyer.id),
+            Some(&admin.token),
+        )
+        .await;
+    assert_eq!(as_admin.body["total_count"], 3);
+    assert_eq!(as_admin.body["page_size"], 20);
+    app.get(
+        &format!("/api/payments/user/{}?page_size=101", buyer.id),
+        Some(&buyer.token),
+    )
+    .await
+    .assert_problem(422, "validation-failed");
+}
