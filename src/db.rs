@@ -106,7 +106,11 @@ pub mod testing {
                  (or set TEST_DATABASE_URL to a server where the user may create databases)"
             )
             });
-        let name = format!("ticketing_test_{}", uuid::Uuid::new_v4().simple());
+        // The creation time in the name lets scripts/services.sh drop stale databases.
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!("ticketing_test_{created}_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await

@@ -114,6 +114,8 @@ pub struct ReservationPlaced {
     pub user_id: UserId,
     pub section: String,
     pub quantity: u32,
+    /// Since v2: the section's price when the seats were held (v1 events are upcast).
+    pub unit_price_cents: i64,
     pub total: Money,
     pub placed_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -240,7 +242,7 @@ catalogue! {
     HeldSeatsReleased => "inventory.held_seats_released", 1;
     HeldSeatsSold => "inventory.held_seats_sold", 1;
     SoldSeatsReturned => "inventory.sold_seats_returned", 1;
-    ReservationPlaced => "reservation.placed", 1;
+    ReservationPlaced => "reservation.placed", 2;
     ReservationConfirmed => "reservation.confirmed", 1;
     ReservationCancelled => "reservation.cancelled", 1;
     ReservationExpired => "reservation.expired", 1;

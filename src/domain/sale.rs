@@ -269,6 +269,7 @@ impl SaleState {
                             user_id: *user_id,
                             section: section.clone(),
                             quantity: *quantity,
+                            unit_price_cents: stock.price_cents,
                             total,
                             placed_at: *now,
                             expires_at,

@@ -54,7 +54,9 @@ pub fn decode_parts(
     event_version: u16,
     payload: &[u8],
 ) -> Result<DomainEvent, CodecError> {
-    match DomainEvent::decode_current(event_type, event_version, payload) {
+    let decoded = DomainEvent::decode_current(event_type, event_version, payload)
+        .or_else(|| upcasters::upcast(event_type, event_version, payload));
+    match decoded {
         Some(Ok(event)) => Ok(event),
         Some(Err(e)) => Err(CodecError::Malformed {
             event_type: event_type.to_owned(),
@@ -65,5 +67,140 @@ pub fn decode_parts(
             event_type: event_type.to_owned(),
             event_version,
         }),
+    }
+}
+
+/// Upcasters: each turns a payload of an old (type, version) into today's event. Adding a
+/// version means keeping the old shape here, frozen, next to a conversion; never editing it.
+mod upcasters {
+    use crate::domain::events::ReservationPlaced;
+    use crate::domain::{DomainEvent, EventId, Money, ReservationId, UserId};
+    use bincode::error::DecodeError;
+    use chrono::{DateTime, Utc};
+    use serde::Deserialize;
+
+    type Upcast = Option<Result<DomainEvent, DecodeError>>;
+
+    pub fn upcast(event_type: &str, event_version: u16, payload: &[u8]) -> Upcast {
+        match (event_type, event_version) {
+            ("reservation.placed", 1) => {
+                Some(decode::<ReservationPlacedV1>(payload).map(|v1| v1.upcast().into()))
+            }
+            _ => None,
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+        bincode::serde::decode_from_slice(payload, bincode::config::standard()).map(|(v, _)| v)
+    }
+
+    /// `reservation.placed` v1, frozen: it had no unit price.
+    #[derive(Deserialize)]
+    struct ReservationPlacedV1 {
+        reservation_id: ReservationId,
+        event_id: EventId,
+        user_id: UserId,
+        section: String,
+        quantity: u32,
+        total: Money,
+        placed_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    }
+
+    impl ReservationPlacedV1 {
+        /// v1 -> v2: every seat of a reservation had the same price, so it is total / quantity.
+        fn upcast(self) -> ReservationPlaced {
+            let unit_price_cents = self
+                .total
+                .amount_cents
+                .checked_div(i64::from(self.quantity))
+                .unwrap_or(0);
+            ReservationPlaced {
+                reservation_id: self.reservation_id,
+                event_id: self.event_id,
+                user_id: self.user_id,
+                section: self.section,
+                quantity: self.quantity,
+                unit_price_cents,
+                total: self.total,
+                placed_at: self.placed_at,
+                expires_at: self.expires_at,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct FixtureRow {
+        event_type: String,
+        event_version: u16,
+        payload_hex: String,
+    }
+
+    fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Every event ever written at v1 (frozen in tests/fixtures/events-v1.json) still decodes:
+    /// unchanged types re-encode to the same bytes, and reservation.placed v1 is upcast to v2.
+    #[test]
+    fn v1_fixture_events_still_decode_after_schema_changes() {
+        let rows: Vec<FixtureRow> =
+            serde_json::from_str(include_str!("../../tests/fixtures/events-v1.json")).unwrap();
+        assert_eq!(
+            rows.len(),
+            DomainEvent::CATALOGUE.len(),
+            "one fixture row per event type"
+        );
+        for row in rows {
+            let payload = bytes(&row.payload_hex);
+            let event = decode_parts(&row.event_type, row.event_version, &payload)
+                .unwrap_or_else(|e| panic!("{} v{}: {e}", row.event_type, row.event_version));
+            assert_eq!(event.event_type(), row.event_type);
+            if event.event_version() == row.event_version {
+                assert_eq!(
+                    event.encode_payload().unwrap(),
+                    payload,
+                    "{} changed shape without a new version",
+                    row.event_type
+                );
+            }
+            if let DomainEvent::ReservationPlaced(placed) = &event {
+                assert_eq!(event.event_version(), 2);
+                assert_eq!(
+                    (
+                        placed.unit_price_cents,
+                        placed.quantity,
+                        placed.total.amount_cents
+                    ),
+                    (2500, 2, 5000)
+                );
+            }
+        }
+    }
+
+    /// A name or version this build does not know is a typed error, never a panic.
+    #[test]
+    fn unknown_types_and_versions_are_typed_errors() {
+        for (event_type, version) in [("reservation.placed", 99), ("ticket.teleported", 1)] {
+            assert_eq!(
+                decode_parts(event_type, version, &[1, 2, 3]),
+                Err(CodecError::Unknown {
+                    event_type: event_type.into(),
+                    event_version: version
+                })
+            );
+        }
+        assert!(matches!(
+            decode_parts("event.published", 1, &[0xff]),
+            Err(CodecError::Malformed { .. })
+        ));
     }
 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests need are up on this machine, starting them (and installing
+# them with apt where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable as
+# postgres/postgres over TCP. Idempotent; prints what it does on stderr.
+set -euo pipefail
+
+PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
+
+log() { echo "services: $*" >&2; }
+
+pg_ready() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; }
+
+ensure_postgres() {
+    if pg_ready; then return; fi
+    if ! ls -d /etc/postgresql/*/main >/dev/null 2>&1; then
+        log "installing PostgreSQL with apt"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq postgresql >/dev/null
+    fi
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    log "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 120); do
+        pg_ready && break
+        sleep 0.5
+    done
+    pg_ready || { log "PostgreSQL did not come up; see /var/log/postgresql/"; exit 1; }
+}
+
+# The tests connect over TCP as postgres/postgres. Trust auth (as on CI machines) accepts that
+# already; a stock Debian install wants a password, so set it once.
+ensure_login() {
+    if psql "$PGURL" -tAc 'SELECT 1' >/dev/null 2>&1; then return; fi
+    log "setting the postgres user's password for TCP logins"
+    su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
+    psql "$PGURL" -tAc 'SELECT 1' >/dev/null
+}
+
+# Test databases are named ticketing_test_<unix seconds>_<id>; drop those over two hours old.
+drop_stale_test_databases() {
+    local cutoff
+    cutoff=$(( $(date +%s) - 7200 ))
+    psql "$PGURL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ticketing\_test\_%'" |
+        while read -r name; do
+            local created=${name#ticketing_test_}
+            created=${created%%_*}
+            if [[ $created =~ ^[0-9]+$ ]] && (( created < cutoff )); then
+                psql "$PGURL" -qtAc "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1 || true
+            fi
+        done
+}
+
+ensure_postgres
+ensure_login
+drop_stale_test_databases
+log "PostgreSQL ready at 127.0.0.1:5432"
