@@ -31,6 +31,8 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub payment_latency: Duration,
     pub payment_failure_rate: f64,
+    /// Pool settings for every PostgreSQL database.
+    pub pool: crate::db::PoolSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,7 @@ impl std::fmt::Debug for Config {
             .field("reservation_ttl_s", &self.reservation_ttl.num_seconds())
             .field("app_env", &self.app_env)
             .field("max_batch", &self.max_batch)
+            .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +81,7 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             payment_latency: Duration::ZERO,
             payment_failure_rate: 0.0,
+            pool: crate::db::PoolSettings::default(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl Config {
             }
             Ok(n)
         };
+        let seconds = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(1));
         let app_env = match get("APP_ENV")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -163,6 +168,13 @@ impl Config {
                 0,
             )?),
             payment_failure_rate: failure_rate,
+            pool: crate::db::PoolSettings {
+                max_connections: u32::try_from(positive("DB_MAX_CONNECTIONS", 20)?).unwrap_or(20),
+                min_connections: parse("DB_MIN_CONNECTIONS", get("DB_MIN_CONNECTIONS"), 1)?,
+                acquire_timeout: seconds(positive("DB_ACQUIRE_TIMEOUT_SECONDS", 3)?),
+                idle_timeout: seconds(positive("DB_IDLE_TIMEOUT_SECONDS", 600)?),
+                max_lifetime: seconds(positive("DB_MAX_LIFETIME_SECONDS", 1800)?),
+            },
         })
     }
 }

@@ -3,9 +3,12 @@
 //! a `ManualClock`, so what they exercise is what production runs.
 
 use crate::auth::memory::MemoryAuthStore;
-use crate::auth::AuthService;
+use crate::auth::postgres::PostgresAuthStore;
+use crate::auth::{AuthService, AuthStore};
 use crate::config::Config;
+use crate::db;
 use crate::eventstore::memory::MemoryEventStore;
+use crate::eventstore::postgres::PostgresEventStore;
 use crate::eventstore::EventStore;
 use crate::http::{self, idempotency::IdempotencyStore, AppState};
 use crate::observability::Metrics;
@@ -13,9 +16,12 @@ use crate::payment::refunds::RefundSettlement;
 use crate::payment::simulated::SimulatedGateway;
 use crate::payment::PaymentGateway;
 use crate::projections::memory::MemoryReadModel;
+use crate::projections::postgres::PostgresReadModel;
 use crate::projections::{Projector, ReadModel};
+use crate::runtime::checkpoints::{Checkpoints, MemoryCheckpoints, PostgresCheckpoints};
 use crate::runtime::{expiry, subscription, Clock, Sales};
 use anyhow::{bail, Context};
+use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,61 +36,115 @@ pub struct App {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The storage adapters: all in memory, or all on PostgreSQL.
+struct Adapters {
+    store: Arc<dyn EventStore>,
+    reads: Arc<dyn ReadModel>,
+    accounts: Arc<dyn AuthStore>,
+    checkpoints: Arc<dyn Checkpoints>,
+    idempotency: IdempotencyStore,
+}
+
+async fn in_memory() -> Adapters {
+    tracing::warn!(
+        "running on IN-MEMORY adapters (event store, read models, accounts): nothing survives \
+         a restart; set DATABASE_URL for durable storage"
+    );
+    Adapters {
+        store: Arc::new(MemoryEventStore::new()),
+        reads: Arc::new(MemoryReadModel::new()),
+        accounts: Arc::new(MemoryAuthStore::new()),
+        checkpoints: Arc::new(MemoryCheckpoints::default()),
+        idempotency: IdempotencyStore::default(),
+    }
+}
+
+/// One pool per distinct database URL.
+struct Pools {
+    settings: db::PoolSettings,
+    open: Vec<(String, PgPool)>,
+}
+
+impl Pools {
+    async fn get(&mut self, url: &str, what: &str) -> anyhow::Result<PgPool> {
+        if let Some((_, pool)) = self.open.iter().find(|(u, _)| u == url) {
+            return Ok(pool.clone());
+        }
+        let pool = db::connect(url, &self.settings)
+            .await
+            .with_context(|| format!("connecting to the {what} database"))?;
+        self.open.push((url.to_owned(), pool.clone()));
+        Ok(pool)
+    }
+}
+
+/// Connects and migrates the three databases (one, unless the URLs tell them apart).
+async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
+    let mut pools = Pools {
+        settings: config.pool.clone(),
+        open: Vec::new(),
+    };
+    let events = pools.get(events_url, "event store").await?;
+    let projections_url = config.projections_database_url.as_deref().unwrap_or(events_url);
+    let projections = pools.get(projections_url, "projections").await?;
+    let auth_url = config.auth_database_url.as_deref().unwrap_or(events_url);
+    let auth = pools.get(auth_url, "auth").await?;
+
+    db::events_migrator().run(&events).await.context("migrating the event store")?;
+    db::projections_migrator().run(&projections).await.context("migrating the projections")?;
+    db::auth_migrator().run(&auth).await.context("migrating the auth database")?;
+    tracing::info!("running on PostgreSQL (event store, read models, accounts)");
+    Ok(Adapters {
+        store: Arc::new(PostgresEventStore::new(events).await?),
+        reads: Arc::new(PostgresReadModel::new(projections.clone())),
+        accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
+        checkpoints: Arc::new(PostgresCheckpoints(projections)),
+        idempotency: IdempotencyStore::durable(auth),
+    })
+}
+
 /// Wires adapters, stores and background tasks.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     for (var, set) in [
-        ("DATABASE_URL", config.database_url.is_some()),
         ("KAFKA_BROKERS", config.kafka_brokers.is_some()),
         ("REDIS_URL", config.redis_url.is_some()),
     ] {
         if set {
-            bail!("{var} is set, but this build only has the in-memory adapters; unset it to run in memory");
+            bail!("{var} is set, but this build has no adapter for it yet; unset it");
         }
     }
-    tracing::warn!(
-        "running on IN-MEMORY adapters (event store, read models, accounts, bus, cache): \
-         nothing survives a restart; set DATABASE_URL for durable storage"
-    );
+    let adapters = match &config.database_url {
+        None => in_memory().await,
+        Some(url) => on_postgres(&config, url).await?,
+    };
+    let Adapters {
+        store,
+        reads,
+        accounts,
+        checkpoints,
+        idempotency,
+    } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let reads: Arc<dyn ReadModel> = Arc::new(MemoryReadModel::new());
-    let gateway = Arc::new(SimulatedGateway::new(
-        config.payment_latency,
-        config.payment_failure_rate,
-    ));
-    let auth = AuthService::new(
-        Arc::new(MemoryAuthStore::new()),
-        Arc::clone(&clock),
-        config.session_ttl,
-    );
+    let gateway = Arc::new(SimulatedGateway::new(config.payment_latency, config.payment_failure_rate));
+    let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
+    let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
-    let sales = Sales::new(
-        Arc::clone(&store),
-        expiry_handle.clone(),
-        Arc::clone(&metrics),
-        config.max_batch,
-    );
-    let (read_progress, projector) =
-        subscription::spawn(Arc::clone(&store), Arc::new(Projector(Arc::clone(&reads))));
+    let sales = Sales::new(Arc::clone(&store), expiry_handle.clone(), Arc::clone(&metrics), config.max_batch);
+    let (read_progress, projector) = subscription::spawn(Arc::clone(&store), Arc::new(Projector(Arc::clone(&reads))));
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
-        Arc::new(RefundSettlement::new(
-            Arc::clone(&gateway) as Arc<dyn PaymentGateway>
-        )),
+        Arc::new(RefundSettlement::new(Arc::clone(&gateway) as Arc<dyn PaymentGateway>, checkpoints)),
     );
-    let mut tasks = vec![projector, refunds];
+    let mut tasks = vec![projector, refunds, tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency)))];
 
     // Holds always end: re-arm every pending hold once the read models caught up.
     let head = *store.subscribe_head().borrow();
-    if !read_progress.wait_for(head, Duration::from_secs(60)).await {
-        bail!("read models did not catch up with the event store within 60 s");
+    if !read_progress.wait_for(head, Duration::from_secs(120)).await {
+        bail!("read models did not catch up with the event store within 120 s");
     }
-    let holds = reads
-        .pending_holds()
-        .await
-        .context("listing pending holds")?;
+    let holds = reads.pending_holds().await.context("listing pending holds")?;
     tracing::info!(count = holds.len(), "re-arming expiry of pending holds");
     for hold in holds {
         expiry_handle.arm(hold.expires_at, hold.event_id, hold.reservation_id);
@@ -113,13 +173,22 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         gateway: Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
         clock,
         metrics,
-        idempotency: Arc::new(IdempotencyStore::default()),
+        idempotency,
     };
-    Ok(App {
-        state,
-        gateway,
-        tasks,
-    })
+    Ok(App { state, gateway, tasks })
+}
+
+/// Deletes idempotent answers older than 24 hours, hourly.
+async fn purge_idempotency_keys(store: Arc<IdempotencyStore>) {
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        match store.purge_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge idempotency keys"),
+        }
+    }
 }
 
 impl App {

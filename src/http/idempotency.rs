@@ -1,8 +1,11 @@
 //! `Idempotency-Key` support: the first request with a key runs; a retry with the same key and
-//! body gets the stored answer (even while the first is still running, it waits for it); the
-//! same key with a different body is a 422. Answers under 500 are kept for 24 hours; a 5xx is
+//! body gets the stored answer (even while the first is still running on this instance, it
+//! waits for it); the same key with a different body is a 422. Answers under 500 are kept for
+//! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` so that a retry
+//! reaching another instance or coming after a restart is still answered the same; a 5xx is
 //! not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
-//! after a lost answer finds what the first attempt created instead of creating it twice.
+//! after a lost answer (or racing on another instance) finds what the first attempt created
+//! instead of creating it twice.
 
 use super::error::{problem_response, ApiError};
 use crate::domain::UserId;
@@ -45,9 +48,71 @@ struct Slots {
 #[derive(Default)]
 pub struct IdempotencyStore {
     slots: Mutex<Slots>,
+    /// Where answers outlive this process, when running on PostgreSQL.
+    durable: Option<sqlx::PgPool>,
 }
 
 impl IdempotencyStore {
+    /// A store that also keeps answers in the `idempotency_keys` table of `pool`.
+    pub fn durable(pool: sqlx::PgPool) -> Self {
+        Self {
+            slots: Mutex::default(),
+            durable: Some(pool),
+        }
+    }
+
+    async fn load(&self, key: &Key) -> Option<Stored> {
+        let pool = self.durable.as_ref()?;
+        let (fingerprint, status, body, location): (Vec<u8>, i16, Value, Option<String>) = sqlx::query_as(
+            "SELECT fingerprint, status, body, location FROM idempotency_keys
+             WHERE user_id = $1 AND scope = $2 AND key = $3 AND created_at > now() - interval '24 hours'",
+        )
+        .bind(key.0 .0)
+        .bind(key.1)
+        .bind(&key.2)
+        .fetch_optional(pool)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot read idempotency keys"))
+        .ok()??;
+        Some(Stored {
+            fingerprint: fingerprint.try_into().ok()?,
+            status: StatusCode::from_u16(u16::try_from(status).ok()?).ok()?,
+            body,
+            location,
+            at: Instant::now(),
+        })
+    }
+
+    async fn save(&self, key: &Key, stored: &Stored) {
+        let Some(pool) = &self.durable else { return };
+        let saved = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(key.0 .0)
+        .bind(key.1)
+        .bind(&key.2)
+        .bind(stored.fingerprint.as_slice())
+        .bind(i16::try_from(stored.status.as_u16()).unwrap_or(i16::MAX))
+        .bind(&stored.body)
+        .bind(&stored.location)
+        .execute(pool)
+        .await;
+        // The answer is already decided; a lost row only weakens replay on other instances.
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot store an idempotent answer");
+        }
+    }
+
+    /// Deletes answers older than 24 hours from the database.
+    pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
+        let Some(pool) = &self.durable else { return Ok(0) };
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+    }
+
     fn slot(&self, key: Key) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((first_used, _)) = slots.by_age.front() {
@@ -85,8 +150,12 @@ impl IdempotencyStore {
         };
         let fingerprint: [u8; 32] =
             Sha256::digest(serde_json::to_vec(body).unwrap_or_default()).into();
-        let slot = self.slot((user, scope, key));
+        let key = (user, scope, key);
+        let slot = self.slot(key.clone());
         let mut stored = slot.lock().await;
+        if stored.is_none() {
+            *stored = self.load(&key).await;
+        }
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
             if previous.fingerprint != fingerprint {
                 return ApiError::field(
@@ -114,13 +183,15 @@ impl IdempotencyStore {
             }
         };
         if !status.is_server_error() {
-            *stored = Some(Stored {
+            let answer = Stored {
                 fingerprint,
                 status,
                 body,
                 location,
                 at: Instant::now(),
-            });
+            };
+            self.save(&key, &answer).await;
+            *stored = Some(answer);
         }
         respond(result)
     }

@@ -143,8 +143,13 @@ async fn create_payment(
                 ctx.metadata(&caller),
             )
             .await?;
+        let counted = match (&outcome, &committed.outcome) {
+            (_, Outcome::Compensated(_)) => "captured_then_refunded",
+            (ChargeOutcome::Captured { .. }, _) => "captured",
+            (ChargeOutcome::Declined { .. }, _) => "declined",
+        };
+        s.metrics.payments.with_label_values(&[counted]).inc();
         if let Outcome::Compensated(cause) = committed.outcome {
-            s.metrics.payments.with_label_values(&["refunded"]).inc();
             return Err(ApiError::Conflict {
                 kind: "reservation-not-pending",
                 detail: format!("{cause}; the charge was refunded"),
@@ -152,17 +157,9 @@ async fn create_payment(
         }
         payment_reply(s.payment_view(payment_id).await?)
     };
-    let response = s
-        .idempotency
+    s.idempotency
         .run(caller.user_id, "payments", key, &body, work)
-        .await;
-    let outcome = match response.status() {
-        StatusCode::CREATED => "captured",
-        StatusCode::PAYMENT_REQUIRED => "declined",
-        _ => "not_attempted",
-    };
-    s.metrics.payments.with_label_values(&[outcome]).inc();
-    response
+        .await
 }
 
 /// 201 for a captured payment, 402 for a declined one.

@@ -131,7 +131,7 @@ impl Metrics {
             payments: counter(
                 &r,
                 "payments_total",
-                "Payment outcomes (captured, declined, refunded, gateway_error).",
+                "Payment outcomes: captured, declined, captured_then_refunded (hold ended first), refunded, gateway_error.",
                 &["outcome"],
             ),
             active_holds: gauge(

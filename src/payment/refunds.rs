@@ -5,21 +5,23 @@
 use super::{GatewayError, PaymentGateway};
 use crate::domain::DomainEvent;
 use crate::eventstore::{codec, RecordedEvent};
+use crate::runtime::checkpoints::Checkpoints;
 use crate::runtime::subscription::Subscriber;
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+const NAME: &str = "refund-settlement";
 
 pub struct RefundSettlement {
     gateway: Arc<dyn PaymentGateway>,
-    checkpoint: AtomicU64,
+    checkpoints: Arc<dyn Checkpoints>,
 }
 
 impl RefundSettlement {
-    pub fn new(gateway: Arc<dyn PaymentGateway>) -> Self {
+    pub fn new(gateway: Arc<dyn PaymentGateway>, checkpoints: Arc<dyn Checkpoints>) -> Self {
         Self {
             gateway,
-            checkpoint: AtomicU64::new(0),
+            checkpoints,
         }
     }
 }
@@ -27,21 +29,27 @@ impl RefundSettlement {
 #[async_trait]
 impl Subscriber for RefundSettlement {
     fn name(&self) -> &'static str {
-        "refund-settlement"
+        NAME
     }
 
     async fn checkpoint(&self) -> anyhow::Result<u64> {
-        Ok(self.checkpoint.load(Ordering::Acquire))
+        self.checkpoints.load(NAME).await
     }
 
     async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
+        let mut handled = None;
         for recorded in events {
             if recorded.event_type == "payment.refunded" {
                 if let Ok(DomainEvent::PaymentRefunded(e)) = codec::decode(recorded) {
                     match self.gateway.refund(e.payment_id).await {
                         Ok(()) => {}
-                        // Transient: fail the batch so the runner retries with backoff.
-                        Err(e @ GatewayError::Unavailable(_)) => return Err(e.into()),
+                        // Transient: keep what was settled, fail so the runner retries the rest.
+                        Err(e @ GatewayError::Unavailable(_)) => {
+                            if let Some(position) = handled {
+                                self.checkpoints.save(NAME, position).await?;
+                            }
+                            return Err(e.into());
+                        }
                         // Permanent: retrying cannot help; it must not block later refunds.
                         Err(e @ GatewayError::RefundRefused(_)) => tracing::error!(
                             position = recorded.position,
@@ -51,8 +59,10 @@ impl Subscriber for RefundSettlement {
                     }
                 }
             }
-            // Progress is kept per event so a failure retries only what is left.
-            self.checkpoint.store(recorded.position, Ordering::Release);
+            handled = Some(recorded.position);
+        }
+        if let Some(position) = handled {
+            self.checkpoints.save(NAME, position).await?;
         }
         Ok(())
     }

@@ -96,3 +96,26 @@ impl Subscriber for Projector {
         self.0.apply(events).await
     }
 }
+
+/// Rebuilds a read model from the event store: empties it, then replays every event from
+/// position 0. Returns the position reached. Run it with the service stopped: a projector
+/// running meanwhile could move the checkpoint past events the replay has not applied yet.
+pub async fn rebuild(
+    store: &dyn crate::eventstore::EventStore,
+    reads: &dyn ReadModel,
+) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    reads.reset().await.context("emptying the read models")?;
+    let mut position = 0;
+    loop {
+        let batch = store
+            .read_all(position, 1000)
+            .await
+            .context("reading the event log")?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            return Ok(position);
+        };
+        reads.apply(&batch).await.context("applying events")?;
+        position = last;
+    }
+}

@@ -2,6 +2,7 @@
 //! and optimistic-concurrency retries, hold expiry, and catch-up subscriptions that drive the
 //! read models and process managers.
 
+pub mod checkpoints;
 pub mod clock;
 pub mod expiry;
 pub mod sales;

@@ -1,0 +1,59 @@
+//! Where process managers (refund settlement, ...) keep their position in the event log, so a
+//! restart resumes instead of replaying history. Read models keep theirs inside their own
+//! transactions instead. PostgreSQL rows live in `projection_checkpoints`
+//! (`migrations_projections/`); a position only ever moves forward.
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+#[async_trait]
+pub trait Checkpoints: Send + Sync + 'static {
+    async fn load(&self, name: &str) -> anyhow::Result<u64>;
+    async fn save(&self, name: &str, position: u64) -> anyhow::Result<()>;
+}
+
+#[derive(Default)]
+pub struct MemoryCheckpoints(Mutex<HashMap<String, u64>>);
+
+#[async_trait]
+impl Checkpoints for MemoryCheckpoints {
+    async fn load(&self, name: &str) -> anyhow::Result<u64> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(map.get(name).copied().unwrap_or(0))
+    }
+
+    async fn save(&self, name: &str, position: u64) -> anyhow::Result<()> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(name.to_owned()).or_insert(0);
+        *entry = (*entry).max(position);
+        Ok(())
+    }
+}
+
+pub struct PostgresCheckpoints(pub PgPool);
+
+#[async_trait]
+impl Checkpoints for PostgresCheckpoints {
+    async fn load(&self, name: &str) -> anyhow::Result<u64> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.0)
+                .await?;
+        Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
+    }
+
+    async fn save(&self, name: &str, position: u64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET position = GREATEST(projection_checkpoints.position, EXCLUDED.position)",
+        )
+        .bind(name)
+        .bind(i64::try_from(position)?)
+        .execute(&self.0)
+        .await?;
+        Ok(())
+    }
+}

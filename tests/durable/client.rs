@@ -1,0 +1,186 @@
+//! A running `ticketing` process and a small HTTP client that speaks its API.
+
+#![allow(dead_code)]
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct-horse-1";
+
+/// One service process on its own port.
+pub struct Service {
+    child: tokio::sync::Mutex<Child>,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Service {
+    /// Starts the binary on `database_url` and waits until `/ready` answers 200.
+    pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Service {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ticketing"));
+        command
+            .env("DATABASE_URL", database_url)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .env("DB_MAX_CONNECTIONS", "10")
+            .env_remove("PROJECTIONS_DATABASE_URL")
+            .env_remove("AUTH_DATABASE_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("ticketing binary starts");
+        let service = Service {
+            child: tokio::sync::Mutex::new(child),
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = service.http.get(format!("{}/ready", service.base)).send().await {
+                if r.status() == StatusCode::OK {
+                    return service;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "service did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown hook, no flush, like a crash. Requests in flight get no answer.
+    pub async fn kill9(&self) {
+        let mut child = self.child.lock().await;
+        child.start_kill().expect("kill");
+        let _ = child.wait().await;
+    }
+
+    /// Logs in an existing account and returns its token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (status, body) = self.post("/auth/login", None, json!({"email": email, "password": password})).await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.json().await.unwrap_or(Value::Null);
+                (status, body)
+            }
+            // The process may be killed mid-request: that is not an answer.
+            Err(_) => (StatusCode::from_u16(599).unwrap(), Value::Null),
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// Registers and logs in; returns (user id, token).
+    pub async fn user(&self, role: &str) -> (Uuid, String) {
+        let email = format!("{role}-{}@durable.example", Uuid::new_v4().simple());
+        let (status, body) = self
+            .post("/auth/register", None, json!({"email": email, "password": PASSWORD, "role": role}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self.post("/auth/login", None, json!({"email": email, "password": PASSWORD})).await;
+        assert_eq!(status, 200, "{body}");
+        (uuid(&body, "user_id"), body["token"].as_str().unwrap().to_owned())
+    }
+
+    /// An event on sale with one section `floor` of `capacity` seats at 25.00.
+    pub async fn event_on_sale(&self, organizer: &str, capacity: u32) -> Uuid {
+        let (status, body) = self
+            .post(
+                "/api/events",
+                Some(organizer),
+                json!({
+                    "name": "Durable Fest", "venue": {"name": "Hall", "address": "1 Main St"},
+                    "starts_at": "2030-06-01T20:00:00Z", "ends_at": "2030-06-01T23:00:00Z",
+                    "sections": [{"name": "floor", "capacity": capacity, "price_cents": 2500}]
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let id = uuid(&body, "id");
+        for step in ["publish", "open-sales"] {
+            let (status, body) = self.post(&format!("/api/events/{id}/{step}"), Some(organizer), json!({})).await;
+            assert_eq!(status, 200, "{step}: {body}");
+        }
+        id
+    }
+
+    pub async fn reserve(&self, token: &str, event: Uuid, quantity: u32) -> (StatusCode, Value) {
+        self.post(
+            "/api/reservations",
+            Some(token),
+            json!({"event_id": event, "section": "floor", "quantity": quantity}),
+        )
+        .await
+    }
+
+    pub async fn pay(&self, token: &str, reservation: Uuid) -> (StatusCode, Value) {
+        self.post(
+            "/api/payments",
+            Some(token),
+            json!({"reservation_id": reservation, "payment_method": {"type": "card", "token": "tok_visa"}}),
+        )
+        .await
+    }
+
+    /// `(available, held, sold)` of section `floor`.
+    pub async fn floor(&self, event: Uuid) -> (u64, u64, u64) {
+        let (status, body) = self.get(&format!("/api/events/{event}/availability"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let s = &body["sections"][0];
+        (s["available"].as_u64().unwrap(), s["held"].as_u64().unwrap(), s["sold"].as_u64().unwrap())
+    }
+}
+
+pub fn uuid(body: &Value, field: &str) -> Uuid {
+    body[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no uuid `{field}` in {body}"))
+}
+
+/// Polls `check` until it holds, failing after `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
+//! SIGKILL and restarted, several instances sharing one database, and projection rebuilds.
+//! Each test creates its own database. They need PostgreSQL: `./scripts/services.sh`.
+
+mod client;
+mod crash;
+mod instances;
+mod rebuild;

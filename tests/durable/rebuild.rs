@@ -1,0 +1,110 @@
+//! Read models are disposable: rebuilt from the event store, they hold exactly the same rows.
+
+use super::client::*;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use ticketing::db::testing::fresh_database;
+use ticketing::eventstore::postgres::PostgresEventStore;
+use ticketing::projections::postgres::PostgresReadModel;
+
+const VIEWS: [&str; 6] = [
+    "event_views",
+    "event_sections",
+    "reservation_views",
+    "payment_views",
+    "sales_by_event",
+    "sales_by_section",
+];
+
+/// Every row of every view, as text, in a stable order.
+async fn dump(pool: &PgPool) -> BTreeMap<&'static str, String> {
+    let mut tables = BTreeMap::new();
+    for table in VIEWS {
+        let rows: String = sqlx::query_scalar(&format!(
+            "SELECT COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        tables.insert(table, rows);
+    }
+    tables
+}
+
+/// Dropping the projections and replaying the event store from position 0 gives the same rows.
+#[tokio::test]
+async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
+    let db = fresh_database().await;
+    let service = Service::start(&db, &[]).await;
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 20).await;
+    for round in 0..6 {
+        let (_, buyer) = service.user("customer").await;
+        let (status, body) = service.reserve(&buyer, event, 2).await;
+        assert_eq!(status, 201, "{body}");
+        let reservation = uuid(&body, "reservation_id");
+        match round {
+            0 => {} // stays pending
+            1 => {
+                let (status, _) = service.post(&format!("/api/reservations/{reservation}/cancel"), Some(&buyer), serde_json::json!({})).await;
+                assert_eq!(status, 200);
+            }
+            _ => {
+                let (status, body) = service.pay(&buyer, reservation).await;
+                assert_eq!(status, 201, "{body}");
+                if round == 2 {
+                    let payment = uuid(&body, "payment_id");
+                    let (status, _) = service
+                        .post(&format!("/api/payments/{payment}/refund"), Some(&buyer), serde_json::json!({"reason": "test"}))
+                        .await;
+                    assert_eq!(status, 200);
+                }
+            }
+        }
+    }
+    service.kill9().await;
+
+    let pool = PgPool::connect(&db).await.unwrap();
+    let before = dump(&pool).await;
+    assert!(before["payment_views"].lines().count() >= 4, "the sale left too little to compare");
+    let store = PostgresEventStore::new(pool.clone()).await.unwrap();
+    let reads = PostgresReadModel::new(pool.clone());
+    let position = ticketing::projections::rebuild(&store, &reads).await.unwrap();
+    assert!(position > 0);
+    let after = dump(&pool).await;
+    for table in VIEWS {
+        assert_eq!(before[table], after[table], "{table} differs after the rebuild");
+    }
+    assert_read_model_invariants(&pool, event).await;
+}
+
+/// Invariant 1 (no oversell) and 2 (every sale balances), checked with SQL on the read models.
+pub async fn assert_read_model_invariants(pool: &PgPool, event: uuid::Uuid) {
+    let zero = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(sql).bind(event).fetch_one(&pool).await.unwrap();
+            assert_eq!(n, 0, "violated: {sql}");
+        }
+    };
+    zero("SELECT COUNT(*) FROM event_sections WHERE event_id = $1 AND held + sold > capacity").await;
+    zero(
+        "SELECT COUNT(*) FROM event_sections s WHERE s.event_id = $1 AND (
+            s.sold <> (SELECT COALESCE(SUM(quantity), 0) FROM reservation_views r
+                       WHERE r.event_id = s.event_id AND r.section = s.name AND r.status = 'confirmed')
+         OR s.held <> (SELECT COALESCE(SUM(quantity), 0) FROM reservation_views r
+                       WHERE r.event_id = s.event_id AND r.section = s.name AND r.status = 'pending'))",
+    )
+    .await;
+    zero(
+        "SELECT COUNT(*) FROM reservation_views r WHERE r.event_id = $1 AND r.status = 'confirmed'
+         AND (SELECT COUNT(*) FROM payment_views p WHERE p.reservation_id = r.reservation_id
+              AND p.status = 'captured' AND p.amount_cents = r.total_cents) <> 1",
+    )
+    .await;
+    zero(
+        "SELECT COUNT(*) FROM payment_views p JOIN reservation_views r USING (reservation_id)
+         WHERE p.event_id = $1 AND p.status = 'captured' AND r.status <> 'confirmed'",
+    )
+    .await;
+}
