@@ -8,6 +8,7 @@
 pub mod contract;
 pub mod memory;
 pub mod password;
+pub mod postgres;
 pub mod service;
 pub mod store;
 pub mod token;

@@ -1,16 +1,47 @@
 //! Password hashing with Argon2id (the `argon2` crate's default parameters) and a random salt
-//! per hash, stored as a PHC string. Hashing is deliberately slow, so it runs on tokio's
-//! blocking pool, never on an async worker. Passwords are never logged or returned.
+//! per hash, stored as a PHC string. Hashing is deliberately slow and memory-hard (~19 MiB
+//! each), so it runs on tokio's blocking pool, never on an async worker, and at most one hash
+//! per core runs at a time: a burst of logins queues instead of exhausting memory.
+//! Passwords are never logged or returned.
 
 use super::store::AuthError;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand::rngs::OsRng;
+use std::sync::{Arc, LazyLock};
+use tokio::sync::Semaphore;
+
+/// Process-wide bound on concurrent hashes and verifications: one per available core (at
+/// least one), since more cannot finish sooner and each holds ~19 MiB while it runs.
+static HASHING: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    Arc::new(Semaphore::new(cores))
+});
+
+/// Runs `work` on the blocking pool once a `HASHING` permit is free. The permit moves into the
+/// blocking task, so it is released when the work ends, not when the caller stops waiting: a
+/// cancelled request (client gone) cannot let more hashes run than the bound.
+async fn bounded<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, AuthError> {
+    let permit = Arc::clone(&HASHING)
+        .acquire_owned()
+        .await
+        .map_err(|e| AuthError::Internal(format!("{what} limiter closed: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop(permit);
+        result
+    })
+    .await
+    .map_err(|e| AuthError::Internal(format!("{what} task failed: {e}")))?
+}
 
 /// Hashes `password` into a PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
 /// Takes the password by value so it can move onto the blocking pool.
 pub async fn hash(password: String) -> Result<String, AuthError> {
-    tokio::task::spawn_blocking(move || {
+    bounded("password hashing", move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -18,14 +49,13 @@ pub async fn hash(password: String) -> Result<String, AuthError> {
             .map_err(|e| AuthError::Internal(format!("password hashing failed: {e}")))
     })
     .await
-    .map_err(|e| AuthError::Internal(format!("password hashing task failed: {e}")))?
 }
 
 /// Whether `password` matches the stored `phc` hash. A mismatch is `Ok(false)`; a stored hash
 /// that cannot be parsed or used is `Internal` (corrupt data, not a wrong password).
 /// The algorithm and parameters are read from `phc`, so older hashes keep verifying.
 pub async fn verify(password: String, phc: String) -> Result<bool, AuthError> {
-    tokio::task::spawn_blocking(move || {
+    bounded("password verification", move || {
         let parsed = PasswordHash::new(&phc)
             .map_err(|e| AuthError::Internal(format!("malformed stored password hash: {e}")))?;
         match Argon2::default().verify_password(password.as_bytes(), &parsed) {
@@ -37,7 +67,6 @@ pub async fn verify(password: String, phc: String) -> Result<bool, AuthError> {
         }
     })
     .await
-    .map_err(|e| AuthError::Internal(format!("password verification task failed: {e}")))?
 }
 
 #[cfg(test)]
@@ -69,5 +98,39 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, AuthError::Internal(_)), "{err:?}");
+    }
+
+    /// A burst far above the bound queues rather than fails: 64 concurrent hashes all finish,
+    /// each with its own salt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_of_concurrent_hashes_all_complete() {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| tokio::spawn(hash(format!("password {i}"))))
+            .collect();
+        let mut hashes = std::collections::HashSet::new();
+        for task in tasks {
+            let phc = task.await.unwrap().unwrap();
+            assert!(phc.starts_with("$argon2id$"), "{phc}");
+            hashes.insert(phc);
+        }
+        assert_eq!(hashes.len(), 64);
+    }
+
+    /// While every permit is taken, a hash waits instead of running; it runs once one is free.
+    #[tokio::test]
+    async fn a_hash_waits_while_every_permit_is_taken() {
+        let permits = u32::try_from(
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        )
+        .unwrap();
+        let all = Arc::clone(&HASHING)
+            .acquire_many_owned(permits)
+            .await
+            .unwrap();
+        let waiting = tokio::spawn(hash("queued".into()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "hashed without a permit");
+        drop(all);
+        assert!(waiting.await.unwrap().unwrap().starts_with("$argon2id$"));
     }
 }

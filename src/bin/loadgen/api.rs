@@ -18,7 +18,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The only section of the generated event.
 pub const SECTION: &str = "general";
 /// Price of a seat in the generated event, in cents.
-const PRICE_CENTS: u32 = 5000;
+pub const PRICE_CENTS: u32 = 5000;
 /// Test card token that the built-in gateway always captures.
 const CARD_TOKEN: &str = "tok_visa";
 

@@ -2,13 +2,43 @@
 //!
 //! Parsing only: the defaults and ranges live here, the behaviour elsewhere.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use reqwest::Url;
+use serde::Serialize;
+
+/// What the load generator sells through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The running service, over HTTP: reserve, then pay.
+    Service,
+    /// The baseline: the same sale straight through SQL, one `SELECT ... FOR UPDATE`
+    /// transaction per purchase, against `--database-url`.
+    Naive,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Service => "service",
+            Mode::Naive => "naive",
+        }
+    }
+}
 
 /// Run a flash sale against a running ticketing service and check its invariants.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", version)]
 pub struct Cli {
+    /// Sell through the running service, or through SQL as a naive CRUD service would.
+    #[arg(long, value_enum, default_value_t = Mode::Service)]
+    pub mode: Mode,
+
+    /// PostgreSQL the naive baseline sells through; required with `--mode naive`. The run
+    /// drops and recreates the schema `loadgen_naive` there.
+    #[arg(long, env = "LOADGEN_DATABASE_URL", required_if_eq("mode", "naive"))]
+    pub database_url: Option<String>,
+
     /// Base URL of the running service; every request goes here and nowhere else.
     #[arg(
         long,
@@ -34,7 +64,7 @@ pub struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub quantity: u32,
 
-    /// Only reserve; do not pay, so seats end up held rather than sold.
+    /// Only reserve; do not pay, so seats end up held rather than sold. Service mode only.
     #[arg(long)]
     pub no_pay: bool,
 

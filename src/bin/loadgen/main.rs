@@ -9,13 +9,20 @@
 //! ```text
 //! cargo run --release --bin loadgen -- --seats 1000 --buyers 2000 --concurrency 64
 //! cargo run --release --bin loadgen -- --no-pay --json > summary.json
+//! cargo run --release --bin loadgen -- --mode naive --database-url postgres://... --seats 2000
 //! ```
 //!
-//! It talks to `--base-url` only, never retries, never sleeps, and stops by itself.
+//! With `--mode naive` it runs the same sale without the service, straight through SQL against
+//! `--database-url` the way a typical CRUD service would (see `naive`), as the baseline the
+//! service's figures are compared with.
+//!
+//! It talks to `--base-url` (or, in naive mode, `--database-url`) only, never retries, never
+//! sleeps, and stops by itself.
 
 mod api;
 mod cli;
 mod measure;
+mod naive;
 mod report;
 mod setup;
 mod verify;
@@ -27,7 +34,7 @@ use clap::Parser;
 use uuid::Uuid;
 
 use crate::api::Api;
-use crate::cli::Cli;
+use crate::cli::{Cli, Mode};
 use crate::measure::Sale;
 use crate::report::{RunConfig, Summary};
 
@@ -38,6 +45,24 @@ const RUN_ID_LEN: usize = 8;
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let run_id = Uuid::new_v4().simple().to_string()[..RUN_ID_LEN].to_owned();
+    let summary = match cli.mode {
+        Mode::Service => service(&cli, run_id).await?,
+        Mode::Naive => naive::run(&cli, run_id).await?,
+    };
+    if cli.json {
+        println!("{}", summary.to_json().context("encoding the summary")?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(if summary.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The sale through the running service: set up over HTTP, reserve and pay, read availability.
+async fn service(cli: &Cli, run_id: String) -> anyhow::Result<Summary> {
     let concurrency = usize::try_from(cli.concurrency).context("--concurrency")?;
     let setup_parallelism =
         usize::try_from(cli.setup_concurrency).context("--setup-concurrency")?;
@@ -79,7 +104,9 @@ async fn main() -> anyhow::Result<ExitCode> {
 
     let config = RunConfig {
         run_id,
-        base_url: cli.base_url.to_string(),
+        mode: Mode::Service,
+        base_url: Some(cli.base_url.to_string()),
+        database_url: None,
         event_id,
         seats: cli.seats,
         // Every attempt is a would-be purchase, so demand is buyers x rounds.
@@ -88,15 +115,5 @@ async fn main() -> anyhow::Result<ExitCode> {
         concurrency: cli.concurrency,
         pay: cli.pays(),
     };
-    let summary = Summary::new(config, measured, availability);
-    if cli.json {
-        println!("{}", summary.to_json().context("encoding the summary")?);
-    } else {
-        print!("{}", summary.to_text());
-    }
-    Ok(if summary.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(Summary::new(config, measured, availability))
 }

@@ -138,27 +138,27 @@ impl Measured {
 }
 
 /// Awaits `request` and measures how long it took.
-async fn timed<T>(request: impl std::future::Future<Output = T>) -> (T, Duration) {
+pub async fn timed<T>(request: impl std::future::Future<Output = T>) -> (T, Duration) {
     let started = Instant::now();
     let answer = request.await;
     (answer, started.elapsed())
 }
 
 /// A fixed list handed out one item at a time to any number of tasks.
-struct Queue<T> {
+pub struct Queue<T> {
     items: Vec<T>,
     next: AtomicUsize,
 }
 
 impl<T> Queue<T> {
-    fn new(items: Vec<T>) -> Self {
+    pub fn new(items: Vec<T>) -> Self {
         Self {
             items,
             next: AtomicUsize::new(0),
         }
     }
 
-    fn next(&self) -> Option<&T> {
+    pub fn next(&self) -> Option<&T> {
         self.items.get(self.next.fetch_add(1, Ordering::Relaxed))
     }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::api::Availability;
+use crate::api::{Availability, SectionAvailability, SECTION};
+use crate::cli::Mode;
 use crate::measure::{Kind, Measured, Outcome, Sample};
-use crate::verify::{self, Plan, Seen};
+use crate::verify::{self, Ledger, Plan, Seen};
 
 /// Status-count key for requests that got no answer.
 const TRANSPORT_KEY: &str = "transport_error";
@@ -21,7 +22,13 @@ const TRANSPORT_KEY: &str = "transport_error";
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     pub run_id: String,
-    pub base_url: String,
+    pub mode: Mode,
+    /// The service sold through (service mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The database sold through, password hidden (naive mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
     pub event_id: Uuid,
     pub seats: u32,
     pub buyers: u32,
@@ -75,6 +82,9 @@ pub struct Summary {
     pub expected_seats: u64,
     pub availability: Option<Availability>,
     pub availability_error: Option<String>,
+    /// The naive baseline's tables after the run (naive mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Ledger>,
     pub invariants: Verdict,
     /// Invariants held and no request failed in transport: the exit code is 0.
     pub passed: bool,
@@ -183,6 +193,52 @@ impl Summary {
             expected_seats: plan.expected_seats(),
             availability,
             availability_error,
+            ledger: None,
+            invariants,
+        }
+    }
+
+    /// Aggregates a naive-baseline run, whose purchase samples are `Reserve` samples (201
+    /// sold, 409 sold out, transport = SQL error), and checks its invariants against `ledger`.
+    pub fn naive(config: RunConfig, measured: Measured, ledger: Result<Ledger, String>) -> Self {
+        let reserve = KindReport::from_samples(&measured.samples, Kind::Reserve, measured.wall);
+        let pay = KindReport::from_samples(&measured.samples, Kind::Pay, measured.wall);
+        let plan = Plan {
+            seats: u64::from(config.seats),
+            buyers: u64::from(config.buyers),
+            quantity: u64::from(config.quantity),
+            pay: true,
+        };
+        let seen = Seen {
+            reserved: reserve.succeeded,
+            ..Seen::default()
+        };
+        let sql_errors = reserve.transport_errors;
+        let violations = verify::naive_violations(
+            plan,
+            seen,
+            sql_errors,
+            ledger.as_ref().map_err(String::as_str),
+        );
+        let invariants = Verdict {
+            ok: violations.is_empty(),
+            violations,
+        };
+        let (availability, availability_error, ledger) = match ledger {
+            Ok(ledger) => (Some(ledger_availability(&ledger)), None, Some(ledger)),
+            Err(error) => (None, Some(error), None),
+        };
+        Self {
+            passed: invariants.ok && sql_errors == 0,
+            config,
+            wall_time_s: measured.wall.as_secs_f64(),
+            reserve,
+            pay,
+            first_transport_error: measured.first_transport_error,
+            expected_seats: plan.expected_seats(),
+            availability,
+            availability_error,
+            ledger,
             invariants,
         }
     }
@@ -200,24 +256,39 @@ impl Summary {
             out.push_str(&text);
             out.push('\n');
         };
+        let naive = c.mode == Mode::Naive;
+        let target = c
+            .base_url
+            .as_deref()
+            .or(c.database_url.as_deref())
+            .unwrap_or("?");
         line(format!(
-            "run {}: event {} at {}",
-            c.run_id, c.event_id, c.base_url
+            "run {} ({} mode): event {} at {target}",
+            c.run_id,
+            c.mode.as_str(),
+            c.event_id,
         ));
+        let pay = match (naive, c.pay) {
+            (true, _) => "in the purchase transaction",
+            (false, true) => "yes",
+            (false, false) => "no",
+        };
         line(format!(
-            "sale: {} seats, {} buyers, quantity {}, concurrency {}, pay {}",
-            c.seats,
-            c.buyers,
-            c.quantity,
-            c.concurrency,
-            if c.pay { "yes" } else { "no" }
+            "sale: {} seats, {} buyers, quantity {}, concurrency {}, pay {pay}",
+            c.seats, c.buyers, c.quantity, c.concurrency,
         ));
         line(format!("wall time: {:.3} s", self.wall_time_s));
-        line(kind_line("reserve", &self.reserve, "succeeded"));
-        if c.pay {
-            line(kind_line("pay", &self.pay, "captured"));
+        if naive {
+            // Each naive attempt is a whole purchase: its success rate is purchases/s.
+            line(kind_line("reserve", &self.reserve, "purchased"));
+            line("pay: none (a naive purchase is one SQL transaction)".to_owned());
         } else {
-            line("pay: skipped (--no-pay)".to_owned());
+            line(kind_line("reserve", &self.reserve, "succeeded"));
+            if c.pay {
+                line(kind_line("pay", &self.pay, "captured"));
+            } else {
+                line("pay: skipped (--no-pay)".to_owned());
+            }
         }
         line(format!("latency reserve: {}", latency_text(&self.reserve)));
         line(format!("latency pay: {}", latency_text(&self.pay)));
@@ -227,7 +298,13 @@ impl Summary {
         for availability_line in self.availability_text() {
             line(availability_line);
         }
-        let settled = if c.pay { "sold" } else { "held" };
+        if let Some(l) = &self.ledger {
+            line(format!(
+                "orders: {} orders, {} seats, {} cents",
+                l.orders, l.ordered_seats, l.amount_cents
+            ));
+        }
+        let settled = if c.pay || naive { "sold" } else { "held" };
         line(format!("expected {settled}: {}", self.expected_seats));
         line(self.verdict_text());
         out
@@ -269,6 +346,25 @@ impl Summary {
                 self.invariants.violations.join("; ")
             )
         }
+    }
+}
+
+/// The naive tables shown as availability figures: sold is what the orders hold; there are
+/// no holds. Negative or oversized figures (a broken sale) are clamped here and reported by
+/// the verdict, which reads the ledger itself.
+fn ledger_availability(ledger: &Ledger) -> Availability {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let available = count(ledger.available);
+    Availability {
+        sections: vec![SectionAvailability {
+            name: SECTION.to_owned(),
+            capacity: count(ledger.capacity),
+            available,
+            held: 0,
+            sold: count(ledger.ordered_seats),
+            price_cents: ledger.price_cents,
+        }],
+        total_available: available,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The invariants a flash sale must hold, checked from the client's counts and the
-//! service's availability figures.
+//! service's availability figures (or, for the naive baseline, its tables).
 //!
 //! Pure: no I/O, so each rule is unit-tested below. Returns what was violated, in words.
+
+use serde::Serialize;
 
 use crate::api::{Availability, SectionAvailability, SECTION};
 
@@ -34,6 +36,89 @@ impl Plan {
         let sellable = self.seats - self.seats % self.quantity;
         sellable.min(self.buyers.saturating_mul(self.quantity))
     }
+}
+
+/// What the naive baseline's tables hold for its event after the measured phase. Signed, as
+/// read from SQL, so that a broken sale (negative `available`) is reported, not clamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ledger {
+    pub capacity: i64,
+    pub available: i64,
+    pub orders: i64,
+    /// Sum of the orders' quantities.
+    pub ordered_seats: i64,
+    /// Sum of the orders' amounts.
+    pub amount_cents: i64,
+    pub price_cents: i64,
+}
+
+/// Every invariant the naive baseline broke: each sale left exactly one order, the orders add
+/// up to the seats taken off the section and to `min(seats, demand)`, nothing was oversold,
+/// and no SQL statement failed (`sql_errors`).
+pub fn naive_violations(
+    plan: Plan,
+    seen: Seen,
+    sql_errors: u64,
+    ledger: Result<&Ledger, &str>,
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    if sql_errors > 0 {
+        broken.push(format!("{sql_errors} SQL errors"));
+    }
+    let granted = seen.reserved.saturating_mul(plan.quantity);
+    if granted > plan.seats {
+        broken.push(format!(
+            "purchases granted {granted} seats of {}",
+            plan.seats
+        ));
+    }
+    let ledger = match ledger {
+        Ok(ledger) => ledger,
+        Err(error) => {
+            broken.push(format!("tables unreadable: {error}"));
+            return broken;
+        }
+    };
+    let seats = i64::try_from(plan.seats).unwrap_or(i64::MAX);
+    let expected = i64::try_from(plan.expected_seats()).unwrap_or(i64::MAX);
+    let granted = i64::try_from(granted).unwrap_or(i64::MAX);
+    let purchases = i64::try_from(seen.reserved).unwrap_or(i64::MAX);
+    let sold = ledger.capacity - ledger.available;
+    if ledger.capacity != seats {
+        broken.push(format!("capacity {} != {seats} seats", ledger.capacity));
+    }
+    if ledger.available < 0 {
+        broken.push(format!("available {} < 0", ledger.available));
+    }
+    if ledger.ordered_seats != sold {
+        broken.push(format!(
+            "orders hold {} seats != capacity - available {sold}",
+            ledger.ordered_seats
+        ));
+    }
+    if ledger.ordered_seats != expected {
+        broken.push(format!(
+            "orders hold {} seats, expected {expected}",
+            ledger.ordered_seats
+        ));
+    }
+    if ledger.ordered_seats != granted {
+        broken.push(format!(
+            "orders hold {} seats != purchased seats {granted}",
+            ledger.ordered_seats
+        ));
+    }
+    if ledger.orders != purchases {
+        broken.push(format!("{} orders != {purchases} purchases", ledger.orders));
+    }
+    let revenue = ledger.ordered_seats.saturating_mul(ledger.price_cents);
+    if ledger.amount_cents != revenue {
+        broken.push(format!(
+            "orders amount to {} cents != seats x price {revenue}",
+            ledger.amount_cents
+        ));
+    }
+    broken
 }
 
 /// Every invariant the run broke; empty when the sale was correct.
@@ -217,5 +302,61 @@ mod tests {
         assert!(broken.iter().any(|b| b == "1 5xx answers"), "{broken:?}");
         let broken = violations(plan(1, 1, 1, true), Seen::default(), Err("timeout"));
         assert_eq!(broken, vec!["availability unreadable: timeout".to_owned()]);
+    }
+
+    fn ledger(capacity: i64, available: i64, orders: i64, ordered_seats: i64) -> Ledger {
+        Ledger {
+            capacity,
+            available,
+            orders,
+            ordered_seats,
+            amount_cents: ordered_seats * 5000,
+            price_cents: 5000,
+        }
+    }
+
+    /// A naive sell-out whose orders match the seats taken off the section breaks nothing.
+    #[test]
+    fn a_clean_naive_sell_out_has_no_violations() {
+        let seen = Seen {
+            reserved: 999 / 3,
+            ..Seen::default()
+        };
+        let broken = naive_violations(
+            plan(1000, 2000, 3, true),
+            seen,
+            0,
+            Ok(&ledger(1000, 1, 333, 999)),
+        );
+        assert!(broken.is_empty(), "{broken:?}");
+    }
+
+    /// Overselling, orders that disagree with the section, and SQL errors are all reported.
+    #[test]
+    fn naive_oversell_mismatch_and_errors_are_violations() {
+        let seen = Seen {
+            reserved: 1001,
+            ..Seen::default()
+        };
+        let broken = naive_violations(
+            plan(1000, 2000, 1, true),
+            seen,
+            2,
+            Ok(&ledger(1000, -1, 1001, 1000)),
+        );
+        for expected in [
+            "2 SQL errors",
+            "purchases granted 1001 seats of 1000",
+            "available -1 < 0",
+            "orders hold 1000 seats != capacity - available 1001",
+            "orders hold 1000 seats != purchased seats 1001",
+        ] {
+            assert!(
+                broken.iter().any(|b| b == expected),
+                "{expected}: {broken:?}"
+            );
+        }
+        let broken = naive_violations(plan(1, 1, 1, true), Seen::default(), 0, Err("gone"));
+        assert_eq!(broken, vec!["tables unreadable: gone".to_owned()]);
     }
 }
