@@ -3,6 +3,8 @@
 //! at or below the stored checkpoint changes nothing, so replays and duplicates are harmless.
 //! They never decide anything: the write side is the only source of truth.
 
+#[cfg(test)]
+pub mod contract;
 pub mod memory;
 pub mod views;
 
