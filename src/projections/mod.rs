@@ -6,6 +6,7 @@
 #[cfg(test)]
 pub mod contract;
 pub mod memory;
+pub mod postgres;
 pub mod views;
 
 use crate::domain::event::EventStatus;
