@@ -418,3 +418,14 @@ impl ReadModel for MemoryReadModel {
         "memory"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory read model honours the shared read-model contract.
+    #[tokio::test]
+    async fn memory_read_model_passes_the_contract() {
+        super::super::contract::run_all(&MemoryReadModel::new()).await;
+    }
+}

@@ -3,7 +3,10 @@
 //! at or below the stored checkpoint changes nothing, so replays and duplicates are harmless.
 //! They never decide anything: the write side is the only source of truth.
 
+#[cfg(test)]
+pub mod contract;
 pub mod memory;
+pub mod postgres;
 pub mod views;
 
 use crate::domain::event::EventStatus;

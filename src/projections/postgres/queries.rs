@@ -1,0 +1,488 @@
+//! The port's queries: rows mapped to the view types, in the orders `memory.rs` returns.
+//! An event and its sections (and sales with their sections) are read in one statement, so
+//! they come from one snapshot. Pages are `LIMIT/OFFSET` with `COUNT(*) OVER ()`; only a page
+//! past the end needs a second statement for its total. Read-only: nothing here writes.
+
+use super::super::*;
+use crate::domain::payment::PaymentStatus;
+use crate::domain::reservation::ReservationStatus;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{FromRow, PgPool, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+pub(super) fn unavailable(e: sqlx::Error) -> ReadError {
+    ReadError::Unavailable(e.to_string())
+}
+
+/// Columns hold u32 values behind CHECK constraints; out of range would be a corrupt row.
+fn to_u32(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Parses a status column through the enum's own names, so the two cannot drift apart.
+fn status<S: Copy>(all: &[S], name: fn(S) -> &'static str, text: &str) -> Result<S, ReadError> {
+    all.iter()
+        .copied()
+        .find(|s| name(*s) == text)
+        .ok_or_else(|| ReadError::Unavailable(format!("unknown status {text:?} in a view row")))
+}
+
+fn event_status(text: &str) -> Result<EventStatus, ReadError> {
+    use EventStatus::*;
+    let all = [Draft, Published, OnSale, SalesClosed, Cancelled];
+    status(&all, EventStatus::as_str, text)
+}
+
+fn reservation_status(text: &str) -> Result<ReservationStatus, ReadError> {
+    use ReservationStatus::*;
+    let all = [Pending, Confirmed, Expired, Cancelled, Refunded];
+    status(&all, ReservationStatus::as_str, text)
+}
+
+fn payment_status(text: &str) -> Result<PaymentStatus, ReadError> {
+    use PaymentStatus::*;
+    status(&[Captured, Failed, Refunded], PaymentStatus::as_str, text)
+}
+
+/// `(LIMIT, OFFSET)` of a page, as `PageRequest::slice` cuts it.
+fn window(page: PageRequest) -> (i64, i64) {
+    let offset = (u64::from(page.page.max(1)) - 1) * u64::from(page.page_size);
+    (
+        i64::from(page.page_size),
+        i64::try_from(offset).unwrap_or(i64::MAX),
+    )
+}
+
+/// Runs a page query (which selects `total_count`) and, only when the page came back empty for
+/// a reason other than an empty result, `count` for the total.
+async fn paged<T>(
+    pool: &PgPool,
+    page: PageRequest,
+    rows: Query<'_, Postgres, PgArguments>,
+    count: Query<'_, Postgres, PgArguments>,
+    map: impl Fn(&PgRow) -> Result<T, ReadError>,
+) -> Result<Page<T>, ReadError> {
+    let rows = rows.fetch_all(pool).await.map_err(unavailable)?;
+    let (limit, offset) = window(page);
+    let total: i64 = match rows.first() {
+        Some(row) => row.try_get("total_count").map_err(unavailable)?,
+        None if offset == 0 && limit > 0 => 0,
+        None => count
+            .fetch_one(pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(unavailable)?,
+    };
+    let total_count = to_u64(total);
+    Ok(Page {
+        items: rows.iter().map(map).collect::<Result<_, _>>()?,
+        page: page.page,
+        page_size: page.page_size,
+        total_count,
+        total_pages: total_count.div_ceil(u64::from(page.page_size.max(1))),
+    })
+}
+
+// ---- events ----
+
+/// An event row with its sections aggregated in `ordinal` order (NULL without sections).
+const EVENT_WITH_SECTIONS: &str = "
+    LEFT JOIN LATERAL (
+        SELECT array_agg(x.name ORDER BY x.ordinal, x.name) AS section_names,
+               array_agg(x.capacity ORDER BY x.ordinal, x.name) AS section_capacities,
+               array_agg(x.price_cents ORDER BY x.ordinal, x.name) AS section_prices,
+               array_agg(x.held ORDER BY x.ordinal, x.name) AS section_held,
+               array_agg(x.sold ORDER BY x.ordinal, x.name) AS section_sold
+          FROM event_sections x
+         WHERE x.event_id = e.event_id) s ON true";
+
+#[derive(FromRow)]
+struct EventRow {
+    event_id: Uuid,
+    owner_id: Uuid,
+    name: String,
+    description: Option<String>,
+    venue_name: String,
+    venue_address: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    currency: String,
+    status: String,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    section_names: Option<Vec<String>>,
+    section_capacities: Option<Vec<i64>>,
+    section_prices: Option<Vec<i64>>,
+    section_held: Option<Vec<i64>>,
+    section_sold: Option<Vec<i64>>,
+}
+
+impl EventRow {
+    fn into_view(self) -> Result<EventView, ReadError> {
+        let names = self.section_names.unwrap_or_default();
+        let columns = [
+            self.section_capacities.unwrap_or_default(),
+            self.section_prices.unwrap_or_default(),
+            self.section_held.unwrap_or_default(),
+            self.section_sold.unwrap_or_default(),
+        ];
+        if columns.iter().any(|c| c.len() != names.len()) {
+            return Err(ReadError::Unavailable("inconsistent section arrays".into()));
+        }
+        let [capacities, prices, held, sold] = columns;
+        let sections = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let capacity = to_u32(capacities[i]);
+                let (held, sold) = (to_u32(held[i]), to_u32(sold[i]));
+                SectionView {
+                    name,
+                    capacity,
+                    price_cents: prices[i],
+                    available: capacity.saturating_sub(held.saturating_add(sold)),
+                    held,
+                    sold,
+                }
+            })
+            .collect();
+        Ok(EventView {
+            id: self.event_id,
+            owner_id: self.owner_id,
+            name: self.name,
+            description: self.description,
+            venue: VenueView {
+                name: self.venue_name,
+                address: self.venue_address,
+            },
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            currency: self.currency,
+            status: event_status(&self.status)?,
+            sections,
+            version: to_u64(self.version),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn event_view(row: &PgRow) -> Result<EventView, ReadError> {
+    EventRow::from_row(row).map_err(unavailable)?.into_view()
+}
+
+pub(super) async fn event(pool: &PgPool, id: EventId) -> Result<Option<EventView>, ReadError> {
+    let sql =
+        format!("SELECT e.*, s.* FROM event_views e {EVENT_WITH_SECTIONS} WHERE e.event_id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(event_view).transpose()
+}
+
+/// The `WHERE` clause of an event listing over `event_views v`: drafts only for their owner
+/// and admins, then the optional filters. Built per call so each shape gets its own plan.
+fn event_filter<'a>(sql: &mut QueryBuilder<'a, Postgres>, query: &'a EventQuery) {
+    sql.push(" WHERE true");
+    if !query.viewer_is_admin {
+        sql.push(" AND (v.status <> ")
+            .push_bind(EventStatus::Draft.as_str());
+        if let Some(viewer) = query.viewer {
+            sql.push(" OR v.owner_id = ").push_bind(viewer.0);
+        }
+        sql.push(")");
+    }
+    if let Some(status) = query.status {
+        sql.push(" AND v.status = ").push_bind(status.as_str());
+    }
+    if let Some(owner) = query.owner_id {
+        sql.push(" AND v.owner_id = ").push_bind(owner.0);
+    }
+}
+
+pub(super) async fn events(
+    pool: &PgPool,
+    query: &EventQuery,
+    page: PageRequest,
+) -> Result<Page<EventView>, ReadError> {
+    let (limit, offset) = window(page);
+    let mut rows = QueryBuilder::new(
+        "SELECT e.*, s.* FROM (SELECT v.*, COUNT(*) OVER () AS total_count FROM event_views v",
+    );
+    event_filter(&mut rows, query);
+    rows.push(" ORDER BY v.starts_at, v.event_id LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset)
+        .push(") e")
+        .push(EVENT_WITH_SECTIONS)
+        .push(" ORDER BY e.starts_at, e.event_id");
+    let mut count = QueryBuilder::new("SELECT COUNT(*) FROM event_views v");
+    event_filter(&mut count, query);
+    paged(pool, page, rows.build(), count.build(), event_view).await
+}
+
+// ---- reservations and history ----
+
+#[derive(FromRow)]
+struct ReservationRow {
+    reservation_id: Uuid,
+    event_id: Uuid,
+    user_id: Uuid,
+    section: String,
+    quantity: i64,
+    status: String,
+    total_cents: i64,
+    currency: String,
+    expires_at: DateTime<Utc>,
+    payment_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn reservation_view(row: &PgRow) -> Result<ReservationView, ReadError> {
+    let r = ReservationRow::from_row(row).map_err(unavailable)?;
+    Ok(ReservationView {
+        reservation_id: r.reservation_id,
+        event_id: r.event_id,
+        user_id: r.user_id,
+        section: r.section,
+        quantity: to_u32(r.quantity),
+        status: reservation_status(&r.status)?,
+        total_cents: r.total_cents,
+        currency: r.currency,
+        expires_at: r.expires_at,
+        payment_id: r.payment_id,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
+
+pub(super) async fn reservation(
+    pool: &PgPool,
+    id: ReservationId,
+) -> Result<Option<ReservationView>, ReadError> {
+    let row = sqlx::query("SELECT * FROM reservation_views WHERE reservation_id = $1")
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(reservation_view).transpose()
+}
+
+pub(super) async fn reservations(
+    pool: &PgPool,
+    user: Option<UserId>,
+    page: PageRequest,
+) -> Result<Page<ReservationView>, ReadError> {
+    let (limit, offset) = window(page);
+    // Two statements rather than `$1 IS NULL OR ..`, so each uses its own index.
+    match user {
+        Some(user) => {
+            let rows = sqlx::query(
+                "SELECT *, COUNT(*) OVER () AS total_count FROM reservation_views
+                  WHERE user_id = $1
+                  ORDER BY created_at DESC, reservation_id DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(user.0)
+            .bind(limit)
+            .bind(offset);
+            let count = sqlx::query("SELECT COUNT(*) FROM reservation_views WHERE user_id = $1")
+                .bind(user.0);
+            paged(pool, page, rows, count, reservation_view).await
+        }
+        None => {
+            let rows = sqlx::query(
+                "SELECT *, COUNT(*) OVER () AS total_count FROM reservation_views
+                  ORDER BY created_at DESC, reservation_id DESC LIMIT $1 OFFSET $2",
+            )
+            .bind(limit)
+            .bind(offset);
+            let count = sqlx::query("SELECT COUNT(*) FROM reservation_views");
+            paged(pool, page, rows, count, reservation_view).await
+        }
+    }
+}
+
+fn history_entry(row: &PgRow) -> Result<HistoryEntry, ReadError> {
+    let r = ReservationRow::from_row(row).map_err(unavailable)?;
+    Ok(HistoryEntry {
+        reservation_id: r.reservation_id,
+        event_id: r.event_id,
+        event_name: row.try_get("event_name").map_err(unavailable)?,
+        section: r.section,
+        quantity: to_u32(r.quantity),
+        total_cents: r.total_cents,
+        currency: r.currency,
+        status: reservation_status(&r.status)?,
+        payment_id: r.payment_id,
+        purchased_at: row.try_get("purchased_at").map_err(unavailable)?,
+    })
+}
+
+pub(super) async fn history(
+    pool: &PgPool,
+    user: UserId,
+    page: PageRequest,
+) -> Result<Page<HistoryEntry>, ReadError> {
+    let (limit, offset) = window(page);
+    // The event name is today's (a renamed event shows its new name), or empty if unknown.
+    let rows = sqlx::query(
+        "SELECT r.*, COALESCE(e.name, '') AS event_name
+           FROM (SELECT *, COUNT(*) OVER () AS total_count FROM reservation_views
+                  WHERE user_id = $1 AND purchased_at IS NOT NULL
+                  ORDER BY purchased_at DESC, reservation_id DESC LIMIT $2 OFFSET $3) r
+           LEFT JOIN event_views e ON e.event_id = r.event_id
+          ORDER BY r.purchased_at DESC, r.reservation_id DESC",
+    )
+    .bind(user.0)
+    .bind(limit)
+    .bind(offset);
+    let count = sqlx::query(
+        "SELECT COUNT(*) FROM reservation_views WHERE user_id = $1 AND purchased_at IS NOT NULL",
+    )
+    .bind(user.0);
+    paged(pool, page, rows, count, history_entry).await
+}
+
+pub(super) async fn pending_holds(pool: &PgPool) -> Result<Vec<PendingHold>, ReadError> {
+    let rows: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT event_id, reservation_id, expires_at FROM reservation_views
+          WHERE status = $1 ORDER BY expires_at, reservation_id",
+    )
+    .bind(ReservationStatus::Pending.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_id, reservation_id, expires_at)| PendingHold {
+            event_id: EventId(event_id),
+            reservation_id: ReservationId(reservation_id),
+            expires_at,
+        })
+        .collect())
+}
+
+// ---- payments and sales ----
+
+#[derive(FromRow)]
+struct PaymentRow {
+    payment_id: Uuid,
+    reservation_id: Uuid,
+    event_id: Uuid,
+    user_id: Uuid,
+    status: String,
+    amount_cents: i64,
+    currency: String,
+    reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn payment_view(row: &PgRow) -> Result<PaymentView, ReadError> {
+    let p = PaymentRow::from_row(row).map_err(unavailable)?;
+    Ok(PaymentView {
+        payment_id: p.payment_id,
+        reservation_id: p.reservation_id,
+        event_id: p.event_id,
+        user_id: p.user_id,
+        status: payment_status(&p.status)?,
+        amount_cents: p.amount_cents,
+        currency: p.currency,
+        reason: p.reason,
+        created_at: p.created_at,
+        updated_at: p.updated_at,
+    })
+}
+
+pub(super) async fn payment(
+    pool: &PgPool,
+    id: PaymentId,
+) -> Result<Option<PaymentView>, ReadError> {
+    let row = sqlx::query("SELECT * FROM payment_views WHERE payment_id = $1")
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(payment_view).transpose()
+}
+
+pub(super) async fn payments_of(
+    pool: &PgPool,
+    user: UserId,
+    page: PageRequest,
+) -> Result<Page<PaymentView>, ReadError> {
+    let (limit, offset) = window(page);
+    let rows = sqlx::query(
+        "SELECT *, COUNT(*) OVER () AS total_count FROM payment_views
+          WHERE user_id = $1
+          ORDER BY created_at DESC, payment_id DESC LIMIT $2 OFFSET $3",
+    )
+    .bind(user.0)
+    .bind(limit)
+    .bind(offset);
+    let count = sqlx::query("SELECT COUNT(*) FROM payment_views WHERE user_id = $1").bind(user.0);
+    paged(pool, page, rows, count, payment_view).await
+}
+
+#[derive(FromRow)]
+struct SalesRow {
+    event_id: Uuid,
+    currency: String,
+    tickets_sold: i64,
+    revenue_cents: i64,
+    sections: Option<Vec<String>>,
+    section_tickets: Option<Vec<i64>>,
+    section_revenue: Option<Vec<i64>>,
+}
+
+pub(super) async fn sales(pool: &PgPool, event: EventId) -> Result<Option<SalesView>, ReadError> {
+    let row: Option<SalesRow> = sqlx::query_as(
+        "SELECT t.*, s.*
+           FROM sales_by_event t
+           LEFT JOIN LATERAL (
+               SELECT array_agg(section ORDER BY first_position, section) AS sections,
+                      array_agg(tickets_sold ORDER BY first_position, section) AS section_tickets,
+                      array_agg(revenue_cents ORDER BY first_position, section) AS section_revenue
+                 FROM sales_by_section WHERE sales_by_section.event_id = t.event_id) s ON true
+          WHERE t.event_id = $1",
+    )
+    .bind(event.0)
+    .fetch_optional(pool)
+    .await
+    .map_err(unavailable)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let names = row.sections.unwrap_or_default();
+    let tickets = row.section_tickets.unwrap_or_default();
+    let revenue = row.section_revenue.unwrap_or_default();
+    if tickets.len() != names.len() || revenue.len() != names.len() {
+        return Err(ReadError::Unavailable("inconsistent sales arrays".into()));
+    }
+    let by_section = names
+        .into_iter()
+        .zip(tickets.into_iter().zip(revenue))
+        .map(|(section, (tickets, revenue))| SectionSales {
+            section,
+            tickets_sold: to_u64(tickets),
+            revenue_cents: revenue,
+        })
+        .collect();
+    Ok(Some(SalesView {
+        event_id: row.event_id,
+        tickets_sold: to_u64(row.tickets_sold),
+        revenue_cents: row.revenue_cents,
+        currency: row.currency,
+        by_section,
+    }))
+}
