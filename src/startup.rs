@@ -85,14 +85,26 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
         open: Vec::new(),
     };
     let events = pools.get(events_url, "event store").await?;
-    let projections_url = config.projections_database_url.as_deref().unwrap_or(events_url);
+    let projections_url = config
+        .projections_database_url
+        .as_deref()
+        .unwrap_or(events_url);
     let projections = pools.get(projections_url, "projections").await?;
     let auth_url = config.auth_database_url.as_deref().unwrap_or(events_url);
     let auth = pools.get(auth_url, "auth").await?;
 
-    db::events_migrator().run(&events).await.context("migrating the event store")?;
-    db::projections_migrator().run(&projections).await.context("migrating the projections")?;
-    db::auth_migrator().run(&auth).await.context("migrating the auth database")?;
+    db::events_migrator()
+        .run(&events)
+        .await
+        .context("migrating the event store")?;
+    db::projections_migrator()
+        .run(&projections)
+        .await
+        .context("migrating the projections")?;
+    db::auth_migrator()
+        .run(&auth)
+        .await
+        .context("migrating the auth database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
     Ok(Adapters {
         store: Arc::new(PostgresEventStore::new(events).await?),
@@ -126,25 +138,44 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let gateway = Arc::new(SimulatedGateway::new(config.payment_latency, config.payment_failure_rate));
+    let gateway = Arc::new(SimulatedGateway::new(
+        config.payment_latency,
+        config.payment_failure_rate,
+    ));
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
     let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
-    let sales = Sales::new(Arc::clone(&store), expiry_handle.clone(), Arc::clone(&metrics), config.max_batch);
-    let (read_progress, projector) = subscription::spawn(Arc::clone(&store), Arc::new(Projector(Arc::clone(&reads))));
+    let sales = Sales::new(
+        Arc::clone(&store),
+        expiry_handle.clone(),
+        Arc::clone(&metrics),
+        config.max_batch,
+    );
+    let (read_progress, projector) =
+        subscription::spawn(Arc::clone(&store), Arc::new(Projector(Arc::clone(&reads))));
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
-        Arc::new(RefundSettlement::new(Arc::clone(&gateway) as Arc<dyn PaymentGateway>, checkpoints)),
+        Arc::new(RefundSettlement::new(
+            Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+            checkpoints,
+        )),
     );
-    let mut tasks = vec![projector, refunds, tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency)))];
+    let mut tasks = vec![
+        projector,
+        refunds,
+        tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
+    ];
 
     // Holds always end: re-arm every pending hold once the read models caught up.
     let head = *store.subscribe_head().borrow();
     if !read_progress.wait_for(head, Duration::from_secs(120)).await {
         bail!("read models did not catch up with the event store within 120 s");
     }
-    let holds = reads.pending_holds().await.context("listing pending holds")?;
+    let holds = reads
+        .pending_holds()
+        .await
+        .context("listing pending holds")?;
     tracing::info!(count = holds.len(), "re-arming expiry of pending holds");
     for hold in holds {
         expiry_handle.arm(hold.expires_at, hold.event_id, hold.reservation_id);
@@ -175,7 +206,11 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         metrics,
         idempotency,
     };
-    Ok(App { state, gateway, tasks })
+    Ok(App {
+        state,
+        gateway,
+        tasks,
+    })
 }
 
 /// Deletes idempotent answers older than 24 hours, hourly.

@@ -106,7 +106,9 @@ impl IdempotencyStore {
 
     /// Deletes answers older than 24 hours from the database.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        let Some(pool) = &self.durable else { return Ok(0) };
+        let Some(pool) = &self.durable else {
+            return Ok(0);
+        };
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
             .execute(pool)
             .await

@@ -2,7 +2,7 @@
 //! put it in the command. Tests drive expiry with `ManualClock` instead of waiting.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use tokio::sync::watch;
 
 #[async_trait]
@@ -12,13 +12,16 @@ pub trait Clock: Send + Sync + 'static {
     async fn sleep_until(&self, at: DateTime<Utc>);
 }
 
-/// The wall clock.
+/// The wall clock, at microsecond precision: what PostgreSQL stores, so that a time read back
+/// from any adapter equals the one that went in.
 pub struct SystemClock;
 
 #[async_trait]
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        let now = Utc::now();
+        now.with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(now)
     }
 
     async fn sleep_until(&self, at: DateTime<Utc>) {

@@ -53,12 +53,20 @@ impl Service {
         };
         let started = Instant::now();
         loop {
-            if let Ok(r) = service.http.get(format!("{}/ready", service.base)).send().await {
+            if let Ok(r) = service
+                .http
+                .get(format!("{}/ready", service.base))
+                .send()
+                .await
+            {
                 if r.status() == StatusCode::OK {
                     return service;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "service did not become ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "service did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -72,12 +80,24 @@ impl Service {
 
     /// Logs in an existing account and returns its token.
     pub async fn login(&self, email: &str, password: &str) -> String {
-        let (status, body) = self.post("/auth/login", None, json!({"email": email, "password": password})).await;
+        let (status, body) = self
+            .post(
+                "/auth/login",
+                None,
+                json!({"email": email, "password": password}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         body["token"].as_str().unwrap().to_owned()
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -97,7 +117,8 @@ impl Service {
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body)).await
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
@@ -108,12 +129,25 @@ impl Service {
     pub async fn user(&self, role: &str) -> (Uuid, String) {
         let email = format!("{role}-{}@durable.example", Uuid::new_v4().simple());
         let (status, body) = self
-            .post("/auth/register", None, json!({"email": email, "password": PASSWORD, "role": role}))
+            .post(
+                "/auth/register",
+                None,
+                json!({"email": email, "password": PASSWORD, "role": role}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
-        let (status, body) = self.post("/auth/login", None, json!({"email": email, "password": PASSWORD})).await;
+        let (status, body) = self
+            .post(
+                "/auth/login",
+                None,
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
-        (uuid(&body, "user_id"), body["token"].as_str().unwrap().to_owned())
+        (
+            uuid(&body, "user_id"),
+            body["token"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// An event on sale with one section `floor` of `capacity` seats at 25.00.
@@ -132,7 +166,13 @@ impl Service {
         assert_eq!(status, 201, "{body}");
         let id = uuid(&body, "id");
         for step in ["publish", "open-sales"] {
-            let (status, body) = self.post(&format!("/api/events/{id}/{step}"), Some(organizer), json!({})).await;
+            let (status, body) = self
+                .post(
+                    &format!("/api/events/{id}/{step}"),
+                    Some(organizer),
+                    json!({}),
+                )
+                .await;
             assert_eq!(status, 200, "{step}: {body}");
         }
         id
@@ -158,10 +198,16 @@ impl Service {
 
     /// `(available, held, sold)` of section `floor`.
     pub async fn floor(&self, event: Uuid) -> (u64, u64, u64) {
-        let (status, body) = self.get(&format!("/api/events/{event}/availability"), None).await;
+        let (status, body) = self
+            .get(&format!("/api/events/{event}/availability"), None)
+            .await;
         assert_eq!(status, 200, "{body}");
         let s = &body["sections"][0];
-        (s["available"].as_u64().unwrap(), s["held"].as_u64().unwrap(), s["sold"].as_u64().unwrap())
+        (
+            s["available"].as_u64().unwrap(),
+            s["held"].as_u64().unwrap(),
+            s["sold"].as_u64().unwrap(),
+        )
     }
 }
 
@@ -180,7 +226,10 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < deadline, "timed out waiting for: {what}");
+        assert!(
+            started.elapsed() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use ticketing::db::testing::fresh_database;
 use uuid::Uuid;
 
-const ADMIN: [(&str, &str); 2] = [("ADMIN_EMAIL", "admin@durable.example"), ("ADMIN_PASSWORD", "admin-password-1")];
+const ADMIN: [(&str, &str); 2] = [
+    ("ADMIN_EMAIL", "admin@durable.example"),
+    ("ADMIN_PASSWORD", "admin-password-1"),
+];
 
 /// What one buyer was told before (or while) the service died.
 #[derive(Debug, Default, Clone)]
@@ -37,7 +40,10 @@ async fn acknowledged_purchases_survive_a_kill_during_a_flash_sale() {
     for token in buyers {
         let (service, purchases) = (Arc::clone(&service), Arc::clone(&purchases));
         tasks.push(tokio::spawn(async move {
-            let mut told = Told { token: token.clone(), ..Told::default() };
+            let mut told = Told {
+                token: token.clone(),
+                ..Told::default()
+            };
             let (status, body) = service.reserve(&token, event, 1).await;
             if status == 201 {
                 told.reservation = Some(uuid(&body, "reservation_id"));
@@ -50,10 +56,14 @@ async fn acknowledged_purchases_survive_a_kill_during_a_flash_sale() {
             told
         }));
     }
-    eventually("some purchases before the kill", Duration::from_secs(60), || {
-        let purchases = Arc::clone(&purchases);
-        async move { purchases.load(Ordering::SeqCst) >= 10 }
-    })
+    eventually(
+        "some purchases before the kill",
+        Duration::from_secs(60),
+        || {
+            let purchases = Arc::clone(&purchases);
+            async move { purchases.load(Ordering::SeqCst) >= 10 }
+        },
+    )
     .await;
     service.kill9().await;
     let mut told = Vec::new();
@@ -68,13 +78,22 @@ async fn acknowledged_purchases_survive_a_kill_during_a_flash_sale() {
         let (status, _) = service.get("/auth/me", Some(&t.token)).await;
         assert_eq!(status, 200, "an old session token stopped working");
         let (status, body) = service
-            .get(&format!("/api/reservations/{}", t.reservation.unwrap()), Some(&t.token))
+            .get(
+                &format!("/api/reservations/{}", t.reservation.unwrap()),
+                Some(&t.token),
+            )
             .await;
         assert_eq!(status, 200, "an acknowledged reservation is gone: {body}");
         match (t.payment, body["status"].as_str()) {
             (Some(payment), Some("confirmed")) => {
-                let (status, body) = service.get(&format!("/api/payments/{payment}"), Some(&t.token)).await;
-                assert_eq!((status.as_u16(), body["status"].as_str()), (200, Some("captured")), "{body}");
+                let (status, body) = service
+                    .get(&format!("/api/payments/{payment}"), Some(&t.token))
+                    .await;
+                assert_eq!(
+                    (status.as_u16(), body["status"].as_str()),
+                    (200, Some("captured")),
+                    "{body}"
+                );
                 confirmed += 1;
             }
             (Some(_), other) => panic!("a paid reservation is {other:?} after the restart"),
@@ -87,16 +106,26 @@ async fn acknowledged_purchases_survive_a_kill_during_a_flash_sale() {
     assert!(confirmed >= 10, "only {confirmed} confirmed");
     // Reservations whose 201 was lost in the kill also count: take them from the admin view.
     let admin = service.login(ADMIN[0].1, ADMIN[1].1).await;
-    let (_, all) = service.get("/api/reservations?page_size=100", Some(&admin)).await;
+    let (_, all) = service
+        .get("/api/reservations?page_size=100", Some(&admin))
+        .await;
     let mut by_status: HashMap<String, u64> = HashMap::new();
     for r in all["items"].as_array().unwrap() {
-        *by_status.entry(r["status"].as_str().unwrap().to_owned()).or_default() += r["quantity"].as_u64().unwrap();
+        *by_status
+            .entry(r["status"].as_str().unwrap().to_owned())
+            .or_default() += r["quantity"].as_u64().unwrap();
     }
     let sold = by_status.get("confirmed").copied().unwrap_or(0);
     let held = by_status.get("pending").copied().unwrap_or(0);
-    assert!(sold >= confirmed, "fewer seats sold than purchases acknowledged");
+    assert!(
+        sold >= confirmed,
+        "fewer seats sold than purchases acknowledged"
+    );
     assert!(held >= pending, "acknowledged holds vanished");
-    assert_eq!(service.floor(event).await, (u64::from(capacity) - sold - held, held, sold));
+    assert_eq!(
+        service.floor(event).await,
+        (u64::from(capacity) - sold - held, held, sold)
+    );
 }
 
 /// A hold taken before a kill -9 still expires on time after the restart: its timer is re-armed
@@ -116,10 +145,14 @@ async fn holds_taken_before_a_kill_still_expire_after_the_restart() {
 
     let service = Service::start(&db, &ttl).await;
     let path = format!("/api/reservations/{reservation}");
-    eventually("the hold expires after the restart", Duration::from_secs(30), || {
-        let (service, path, buyer) = (&service, &path, &buyer);
-        async move { service.get(path, Some(buyer)).await.1["status"] == "expired" }
-    })
+    eventually(
+        "the hold expires after the restart",
+        Duration::from_secs(30),
+        || {
+            let (service, path, buyer) = (&service, &path, &buyer);
+            async move { service.get(path, Some(buyer)).await.1["status"] == "expired" }
+        },
+    )
     .await;
     assert_eq!(service.floor(event).await, (10, 0, 0));
 }

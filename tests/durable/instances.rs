@@ -30,7 +30,10 @@ async fn three_instances_sell_exactly_the_capacity() {
 
     let mut race = JoinSet::new();
     for (i, token) in buyers.into_iter().enumerate() {
-        let (here, there) = (Arc::clone(&instances[i % 3]), Arc::clone(&instances[(i + 1) % 3]));
+        let (here, there) = (
+            Arc::clone(&instances[i % 3]),
+            Arc::clone(&instances[(i + 1) % 3]),
+        );
         race.spawn(async move {
             let (status, body) = here.reserve(&token, event, 1).await;
             if status != 201 {
@@ -68,18 +71,36 @@ async fn assert_invariants_in_sql(db: &str, event: uuid::Uuid) {
     let count = |event_type: &'static str| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM events WHERE sale_id = $1 AND event_type = $2")
-                .bind(event)
-                .bind(event_type)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM events WHERE sale_id = $1 AND event_type = $2",
+            )
+            .bind(event)
+            .bind(event_type)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
         }
     };
-    assert_eq!(count("inventory.seats_held").await, 100, "holds in the event store");
-    assert_eq!(count("inventory.held_seats_sold").await, 100, "sales in the event store");
-    assert_eq!(count("payment.captured").await, 100, "captures in the event store");
-    assert_eq!(count("payment.refunded").await, 0, "nothing needed a refund");
+    assert_eq!(
+        count("inventory.seats_held").await,
+        100,
+        "holds in the event store"
+    );
+    assert_eq!(
+        count("inventory.held_seats_sold").await,
+        100,
+        "sales in the event store"
+    );
+    assert_eq!(
+        count("payment.captured").await,
+        100,
+        "captures in the event store"
+    );
+    assert_eq!(
+        count("payment.refunded").await,
+        0,
+        "nothing needed a refund"
+    );
     // No stream version was taken twice: the unique key held under contention.
     let duplicates: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM (SELECT stream_id, version FROM events GROUP BY 1, 2 HAVING COUNT(*) > 1) d",

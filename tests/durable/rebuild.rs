@@ -46,7 +46,13 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
         match round {
             0 => {} // stays pending
             1 => {
-                let (status, _) = service.post(&format!("/api/reservations/{reservation}/cancel"), Some(&buyer), serde_json::json!({})).await;
+                let (status, _) = service
+                    .post(
+                        &format!("/api/reservations/{reservation}/cancel"),
+                        Some(&buyer),
+                        serde_json::json!({}),
+                    )
+                    .await;
                 assert_eq!(status, 200);
             }
             _ => {
@@ -55,7 +61,11 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
                 if round == 2 {
                     let payment = uuid(&body, "payment_id");
                     let (status, _) = service
-                        .post(&format!("/api/payments/{payment}/refund"), Some(&buyer), serde_json::json!({"reason": "test"}))
+                        .post(
+                            &format!("/api/payments/{payment}/refund"),
+                            Some(&buyer),
+                            serde_json::json!({"reason": "test"}),
+                        )
                         .await;
                     assert_eq!(status, 200);
                 }
@@ -66,14 +76,22 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
 
     let pool = PgPool::connect(&db).await.unwrap();
     let before = dump(&pool).await;
-    assert!(before["payment_views"].lines().count() >= 4, "the sale left too little to compare");
+    assert!(
+        before["payment_views"].lines().count() >= 4,
+        "the sale left too little to compare"
+    );
     let store = PostgresEventStore::new(pool.clone()).await.unwrap();
     let reads = PostgresReadModel::new(pool.clone());
-    let position = ticketing::projections::rebuild(&store, &reads).await.unwrap();
+    let position = ticketing::projections::rebuild(&store, &reads)
+        .await
+        .unwrap();
     assert!(position > 0);
     let after = dump(&pool).await;
     for table in VIEWS {
-        assert_eq!(before[table], after[table], "{table} differs after the rebuild");
+        assert_eq!(
+            before[table], after[table],
+            "{table} differs after the rebuild"
+        );
     }
     assert_read_model_invariants(&pool, event).await;
 }
@@ -83,11 +101,16 @@ pub async fn assert_read_model_invariants(pool: &PgPool, event: uuid::Uuid) {
     let zero = |sql: &'static str| {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar(sql).bind(event).fetch_one(&pool).await.unwrap();
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(event)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             assert_eq!(n, 0, "violated: {sql}");
         }
     };
-    zero("SELECT COUNT(*) FROM event_sections WHERE event_id = $1 AND held + sold > capacity").await;
+    zero("SELECT COUNT(*) FROM event_sections WHERE event_id = $1 AND held + sold > capacity")
+        .await;
     zero(
         "SELECT COUNT(*) FROM event_sections s WHERE s.event_id = $1 AND (
             s.sold <> (SELECT COALESCE(SUM(quantity), 0) FROM reservation_views r
