@@ -169,7 +169,7 @@ impl Config {
             )?),
             payment_failure_rate: failure_rate,
             pool: crate::db::PoolSettings {
-                max_connections: u32::try_from(positive("DB_MAX_CONNECTIONS", 20)?).unwrap_or(20),
+                max_connections: u32::try_from(positive("DB_MAX_CONNECTIONS", 10)?).unwrap_or(10),
                 min_connections: parse("DB_MIN_CONNECTIONS", get("DB_MIN_CONNECTIONS"), 1)?,
                 acquire_timeout: seconds(positive("DB_ACQUIRE_TIMEOUT_SECONDS", 3)?),
                 idle_timeout: seconds(positive("DB_IDLE_TIMEOUT_SECONDS", 600)?),

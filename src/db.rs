@@ -22,7 +22,7 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
-            max_connections: 20,
+            max_connections: 10,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(600),

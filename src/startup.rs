@@ -21,7 +21,6 @@ use crate::projections::{Projector, ReadModel};
 use crate::runtime::checkpoints::{Checkpoints, MemoryCheckpoints, PostgresCheckpoints};
 use crate::runtime::{expiry, subscription, Clock, Sales};
 use anyhow::{bail, Context};
-use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +38,10 @@ pub struct App {
 /// The storage adapters: all in memory, or all on PostgreSQL.
 struct Adapters {
     store: Arc<dyn EventStore>,
+    /// The read models as queries see them.
     reads: Arc<dyn ReadModel>,
+    /// The same read models, as the projector writes them (its own connections).
+    projector: Arc<dyn ReadModel>,
     accounts: Arc<dyn AuthStore>,
     checkpoints: Arc<dyn Checkpoints>,
     idempotency: IdempotencyStore,
@@ -50,48 +52,43 @@ async fn in_memory() -> Adapters {
         "running on IN-MEMORY adapters (event store, read models, accounts): nothing survives \
          a restart; set DATABASE_URL for durable storage"
     );
+    let reads: Arc<dyn ReadModel> = Arc::new(MemoryReadModel::new());
     Adapters {
         store: Arc::new(MemoryEventStore::new()),
-        reads: Arc::new(MemoryReadModel::new()),
+        projector: Arc::clone(&reads),
+        reads,
         accounts: Arc::new(MemoryAuthStore::new()),
         checkpoints: Arc::new(MemoryCheckpoints::default()),
         idempotency: IdempotencyStore::default(),
     }
 }
 
-/// One pool per distinct database URL.
-struct Pools {
-    settings: db::PoolSettings,
-    open: Vec<(String, PgPool)>,
-}
-
-impl Pools {
-    async fn get(&mut self, url: &str, what: &str) -> anyhow::Result<PgPool> {
-        if let Some((_, pool)) = self.open.iter().find(|(u, _)| u == url) {
-            return Ok(pool.clone());
-        }
-        let pool = db::connect(url, &self.settings)
-            .await
-            .with_context(|| format!("connecting to the {what} database"))?;
-        self.open.push((url.to_owned(), pool.clone()));
-        Ok(pool)
-    }
-}
-
-/// Connects and migrates the three databases (one, unless the URLs tell them apart).
+/// Connects and migrates the three databases. Each role gets its own pool, even on one
+/// database, so that request traffic can never queue the work every request waits for
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 2`
+/// connections per instance.
 async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
-    let mut pools = Pools {
-        settings: config.pool.clone(),
-        open: Vec::new(),
+    let connect = |url: &str, settings: db::PoolSettings, what: &'static str| {
+        let url = url.to_owned();
+        async move {
+            db::connect(&url, &settings)
+                .await
+                .with_context(|| format!("connecting to the {what} database"))
+        }
     };
-    let events = pools.get(events_url, "event store").await?;
     let projections_url = config
         .projections_database_url
         .as_deref()
         .unwrap_or(events_url);
-    let projections = pools.get(projections_url, "projections").await?;
     let auth_url = config.auth_database_url.as_deref().unwrap_or(events_url);
-    let auth = pools.get(auth_url, "auth").await?;
+    let events = connect(events_url, config.pool.clone(), "event store").await?;
+    let projections = connect(projections_url, config.pool.clone(), "projections").await?;
+    let projector_settings = db::PoolSettings {
+        max_connections: 2,
+        ..config.pool.clone()
+    };
+    let projector = connect(projections_url, projector_settings, "projections").await?;
+    let auth = connect(auth_url, config.pool.clone(), "auth").await?;
 
     db::events_migrator()
         .run(&events)
@@ -109,6 +106,7 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
     Ok(Adapters {
         store: Arc::new(PostgresEventStore::new(events).await?),
         reads: Arc::new(PostgresReadModel::new(projections.clone())),
+        projector: Arc::new(PostgresReadModel::new(projector)),
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections)),
         idempotency: IdempotencyStore::durable(auth),
@@ -132,6 +130,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     let Adapters {
         store,
         reads,
+        projector,
         accounts,
         checkpoints,
         idempotency,
@@ -152,8 +151,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         Arc::clone(&metrics),
         config.max_batch,
     );
-    let (read_progress, projector) =
-        subscription::spawn(Arc::clone(&store), Arc::new(Projector(Arc::clone(&reads))));
+    let (read_progress, projector) = subscription::spawn(
+        Arc::clone(&store),
+        Arc::new(Projector {
+            reads: projector,
+            metrics: Arc::clone(&metrics),
+        }),
+    );
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(RefundSettlement::new(

@@ -187,6 +187,27 @@ impl AuthStore for PostgresAuthStore {
         .transpose()
     }
 
+    async fn session_user(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(User, DateTime<Utc>)>, AuthError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.email, u.name, u.role, u.password_hash, u.created_at, s.expires_at
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        row.map(|row| {
+            Ok((
+                decode_user(&row)?,
+                row.try_get("expires_at").map_err(failed)?,
+            ))
+        })
+        .transpose()
+    }
+
     async fn delete_session(&self, token_hash: &str) -> Result<(), AuthError> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(token_hash)

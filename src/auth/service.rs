@@ -140,23 +140,21 @@ impl AuthService {
         })
     }
 
-    /// Resolves a bearer token to its caller. Unknown, expired (`now >= expires_at`) and
-    /// orphaned (user gone) sessions are all `InvalidToken`; the latter two are deleted.
+    /// Resolves a bearer token to its caller in one store look-up. Unknown, expired
+    /// (`now >= expires_at`) and orphaned (user gone) sessions are all `InvalidToken`; expired
+    /// ones are deleted (orphans go with their user in PostgreSQL, by foreign key cascade).
     #[tracing::instrument(skip_all, fields(user_id), err(level = "debug"))]
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let key = token::digest(token);
-        let Some((user_id, expires_at)) = self.store.session(&key).await? else {
+        let Some((user, expires_at)) = self.store.session_user(&key).await? else {
+            // Unknown token, or its user is gone (the session row goes with it).
             return Err(AuthError::InvalidToken);
         };
-        tracing::Span::current().record("user_id", tracing::field::display(user_id));
+        tracing::Span::current().record("user_id", tracing::field::display(user.id));
         if self.clock.now() >= expires_at {
             self.forget_session(&key).await;
             return Err(AuthError::InvalidToken);
         }
-        let Some(user) = self.store.user_by_id(user_id).await? else {
-            self.forget_session(&key).await;
-            return Err(AuthError::InvalidToken);
-        };
         Ok(Principal {
             user_id: user.id,
             role: user.role,

@@ -119,6 +119,21 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn session(&self, token_hash: &str)
         -> Result<Option<(UserId, DateTime<Utc>)>, AuthError>;
 
+    /// The session's owner and expiry in one look-up (what every authenticated request needs).
+    /// The default asks `session` then `user_by_id`; adapters may answer in one round trip.
+    async fn session_user(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(User, DateTime<Utc>)>, AuthError> {
+        let Some((user_id, expires_at)) = self.session(token_hash).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .user_by_id(user_id)
+            .await?
+            .map(|user| (user, expires_at)))
+    }
+
     /// Forgets a session. Deleting an unknown session is not an error.
     async fn delete_session(&self, token_hash: &str) -> Result<(), AuthError>;
 

@@ -83,25 +83,32 @@ impl IdempotencyStore {
         })
     }
 
-    async fn save(&self, key: &Key, stored: &Stored) {
-        let Some(pool) = &self.durable else { return };
-        let saved = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        )
-        .bind(key.0 .0)
-        .bind(key.1)
-        .bind(&key.2)
-        .bind(stored.fingerprint.as_slice())
-        .bind(i16::try_from(stored.status.as_u16()).unwrap_or(i16::MAX))
-        .bind(&stored.body)
-        .bind(&stored.location)
-        .execute(pool)
-        .await;
-        // The answer is already decided; a lost row only weakens replay on other instances.
-        if let Err(e) = saved {
-            tracing::warn!(error = %e, "cannot store an idempotent answer");
-        }
+    /// Stores the answer in the database in the background: the client is not kept waiting
+    /// for it. Until the row lands, a retry reaching another instance re-runs the handler,
+    /// which the key-derived ids make harmless (it finds what the first attempt created).
+    fn save_later(&self, key: &Key, stored: &Stored) {
+        let Some(pool) = self.durable.clone() else {
+            return;
+        };
+        let (key, stored) = (key.clone(), stored.clone());
+        tokio::spawn(async move {
+            let saved = sqlx::query(
+                "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(key.0 .0)
+            .bind(key.1)
+            .bind(&key.2)
+            .bind(stored.fingerprint.as_slice())
+            .bind(i16::try_from(stored.status.as_u16()).unwrap_or(i16::MAX))
+            .bind(&stored.body)
+            .bind(&stored.location)
+            .execute(&pool)
+            .await;
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "cannot store an idempotent answer");
+            }
+        });
     }
 
     /// Deletes answers older than 24 hours from the database.
@@ -192,7 +199,7 @@ impl IdempotencyStore {
                 location,
                 at: Instant::now(),
             };
-            self.save(&key, &answer).await;
+            self.save_later(&key, &answer);
             *stored = Some(answer);
         }
         respond(result)

@@ -82,8 +82,11 @@ pub trait ReadModel: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// Feeds a read model from the event log.
-pub struct Projector(pub Arc<dyn ReadModel>);
+/// Feeds a read model from the event log and reports how far it got.
+pub struct Projector {
+    pub reads: Arc<dyn ReadModel>,
+    pub metrics: Arc<crate::observability::Metrics>,
+}
 
 #[async_trait]
 impl Subscriber for Projector {
@@ -92,11 +95,17 @@ impl Subscriber for Projector {
     }
 
     async fn checkpoint(&self) -> anyhow::Result<u64> {
-        self.0.checkpoint().await
+        self.reads.checkpoint().await
     }
 
     async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
-        self.0.apply(events).await
+        self.reads.apply(events).await?;
+        if let Some(last) = events.last() {
+            self.metrics
+                .projection_position
+                .set(i64::try_from(last.position).unwrap_or(i64::MAX));
+        }
+        Ok(())
     }
 }
 

@@ -34,7 +34,7 @@ impl Service {
             .env("DATABASE_URL", database_url)
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
-            .env("DB_MAX_CONNECTIONS", "10")
+            .env("DB_MAX_CONNECTIONS", "6")
             .env_remove("PROJECTIONS_DATABASE_URL")
             .env_remove("AUTH_DATABASE_URL")
             .env_remove("KAFKA_BROKERS")
