@@ -76,29 +76,31 @@ async fn create_payment(
     ApiJson(body): ApiJson<CreatePaymentRequest>,
 ) -> Response {
     let payment_id = PaymentId(derived_id(caller.user_id, "payment", key.as_deref()));
+    // With a key, the payment id is derived from it: a retry can find the first attempt.
+    let retried = key.is_some();
     let work = async {
         let reservation = s
             .reservation_view(ReservationId(body.reservation_id))
             .await?;
         policy::pay_for(&caller, reservation.user_id)?;
-        // A retry after a lost answer: report what the first attempt recorded.
-        if let Some(done) = s.reads.payment(payment_id).await? {
-            return payment_reply(done);
-        }
-        if reservation.status != ReservationStatus::Pending {
-            return Err(ApiError::Conflict {
+        let refusal = if reservation.status != ReservationStatus::Pending {
+            Some(ApiError::Conflict {
                 kind: "reservation-not-pending",
                 detail: format!(
                     "the reservation is {}, not pending",
                     reservation.status.as_str()
                 ),
-            });
-        }
-        if s.clock.now() >= reservation.expires_at {
-            return Err(ApiError::Conflict {
+            })
+        } else if s.clock.now() >= reservation.expires_at {
+            Some(ApiError::Conflict {
                 kind: "reservation-expired",
                 detail: format!("the hold expired at {}", reservation.expires_at),
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return replay_or(&s, retried.then_some(payment_id), refusal).await;
         }
         let currency = Currency::parse(&reservation.currency).map_err(anyhow::Error::from)?;
         let amount = Money::new(reservation.total_cents, currency);
@@ -136,13 +138,20 @@ async fn create_payment(
                 now,
             },
         };
-        let committed = s
+        let committed = match s
             .command(
                 EventId(reservation.event_id),
                 command,
                 ctx.metadata(&caller),
             )
-            .await?;
+            .await
+        {
+            Ok(committed) => committed,
+            Err(e @ ApiError::Conflict { .. }) => {
+                return replay_or(&s, retried.then_some(payment_id), e).await
+            }
+            Err(e) => return Err(e),
+        };
         let counted = match (&outcome, &committed.outcome) {
             (_, Outcome::Compensated(_)) => "captured_then_refunded",
             (ChargeOutcome::Captured { .. }, _) => "captured",
@@ -160,6 +169,22 @@ async fn create_payment(
     s.idempotency
         .run(caller.user_id, "payments", key, &body, work)
         .await
+}
+
+/// A retry whose first attempt already recorded its payment gets that payment's answer
+/// again; anything else gets `refusal`. Asked only when a request is refused, so the happy
+/// path costs no extra query.
+async fn replay_or(
+    s: &AppState,
+    payment_id: Option<PaymentId>,
+    refusal: ApiError,
+) -> Result<Reply, ApiError> {
+    if let Some(payment_id) = payment_id {
+        if let Some(done) = s.reads.payment(payment_id).await? {
+            return payment_reply(done);
+        }
+    }
+    Err(refusal)
 }
 
 /// 201 for a captured payment, 402 for a declined one.
