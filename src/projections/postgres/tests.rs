@@ -54,6 +54,69 @@ async fn postgres_read_model_passes_the_contract() {
     contract::run_all(&model).await;
 }
 
+/// Folding a batch never shows: any cut of a history gives what applying it event by event
+/// in memory gives.
+#[tokio::test]
+async fn postgres_read_model_shows_no_batch_boundaries() {
+    let model = PostgresReadModel::new(database().await);
+    contract::batch_boundaries_change_no_view(&model).await;
+}
+
+/// Below the queries too: one event per batch and one batch for everything leave the same rows
+/// in every table, stream versions, first-sale positions and the checkpoint included.
+#[tokio::test]
+async fn one_batch_leaves_the_rows_that_one_event_per_batch_leaves() {
+    let pool = database().await;
+    let model = PostgresReadModel::new(pool.clone());
+    let busy = contract::generated::busy_sales(400, 11);
+    for event in &busy.log {
+        model.apply(std::slice::from_ref(event)).await.unwrap();
+    }
+    let one_by_one = rows(&pool).await;
+    for size in [busy.log.len(), 512, 33] {
+        model.reset().await.unwrap();
+        for batch in busy.log.chunks(size) {
+            model.apply(batch).await.unwrap();
+        }
+        assert_eq!(rows(&pool).await, one_by_one, "batches of {size}");
+    }
+}
+
+/// The projector's throughput on a flash sale: 50 000 `seats_held + placed` pairs and
+/// `captured + confirmed + held_seats_sold` triples, applied in batches of 512 as the
+/// subscription delivers them. Run with
+/// `cargo test --release --lib bulk_apply_throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a benchmark: run it in release mode"]
+async fn bulk_apply_throughput() {
+    let sale = contract::generated::flash_sale(10_000);
+    let model = PostgresReadModel::new(database().await);
+    let started = std::time::Instant::now();
+    for batch in sale.log.chunks(512) {
+        model.apply(batch).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let events = sale.log.len();
+    println!(
+        "bulk_apply_throughput: {events} events in {:.3} s, {:.0} events/s, {:.1} ms per batch of 512",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / events.div_ceil(512) as f64,
+    );
+    assert_eq!(model.checkpoint().await.unwrap(), events as u64);
+    let sales = model.sales(sale.ids.events[0]).await.unwrap().unwrap();
+    assert_eq!(
+        sales.tickets_sold, 15_000,
+        "every hold of 1 or 2 seats was paid"
+    );
+    let event = model.event(sale.ids.events[0]).await.unwrap().unwrap();
+    let (held, sold): (u32, u32) = event
+        .sections
+        .iter()
+        .fold((0, 0), |(h, s), x| (h + x.held, s + x.sold));
+    assert_eq!((held, sold), (0, 15_000));
+}
+
 /// Two instances applying the same batches at the same time end with exactly the rows one
 /// instance applying them once has: the checkpoint lock makes each batch land once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
