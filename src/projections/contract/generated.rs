@@ -1,15 +1,14 @@
 //! Longer histories than the fixture's, decided by the pure domain the same way: a flash sale
-//! of holds and payments (the shape the projector sees under load, for the benchmark), busy
-//! sales where holds end every possible way around a restock and a cancelled event, and a
-//! hand-made inconsistent log where only saturating counters give the reference answer.
+//! of holds and payments (the shape the projector sees under load, for the benchmark), and
+//! busy sales where holds end every possible way around a restock and a cancelled event.
 
 use super::fixture::{capture, details, reserve, section, t, Log};
-use crate::domain::events::{self as ev, DomainEvent, SectionSpec};
+use crate::domain::events::{DomainEvent, SectionSpec};
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
 use crate::domain::sale::{EventPatch, Lifecycle};
-use crate::domain::{Currency, EventId, Money, PaymentId, ReservationId, SaleCommand, UserId};
-use crate::eventstore::{codec, Metadata, RecordedEvent};
+use crate::domain::{Currency, EventId, PaymentId, ReservationId, SaleCommand, UserId};
+use crate::eventstore::RecordedEvent;
 use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,15 +30,15 @@ pub struct History {
     pub ids: Ids,
 }
 
-fn user(n: u128) -> UserId {
+pub(super) fn user(n: u128) -> UserId {
     UserId(Uuid::from_u128(0x05e2_0000 + n))
 }
 
-fn reservation(n: usize) -> ReservationId {
+pub(super) fn reservation(n: usize) -> ReservationId {
     ReservationId(Uuid::from_u128(0x2e5_0000_0000 + n as u128))
 }
 
-fn payment(n: usize) -> PaymentId {
+pub(super) fn payment(n: usize) -> PaymentId {
     PaymentId(Uuid::from_u128(0xba1_0000_0000 + n as u128))
 }
 
@@ -294,161 +293,6 @@ pub fn busy_sales(steps: usize, seed: u64) -> History {
             reservations: (1..=holds).map(reservation).collect(),
             payments: (1..=payments).map(payment).collect(),
             users,
-        },
-    }
-}
-
-/// The sale of the inconsistent history.
-pub const ODD: EventId = EventId(Uuid::from_u128(0x0dd));
-
-/// A log no domain decides: seats released before they are held, sold seats returned before
-/// any are sold, a reservation refunded before it is confirmed, events for rows that do not
-/// exist. Applied one by one with saturating counters, it leaves `floor` with 2 held and 1
-/// sold, and 2 tickets sold for 0 cents; netting the deltas first would leave zeros.
-pub fn inconsistent() -> History {
-    let owner = user(9);
-    let r = reservation(1);
-    let p = payment(1);
-    let at = t(0);
-    let seats = |quantity| (ODD, r, "floor".to_owned(), quantity);
-    let held = |(event_id, reservation_id, section, quantity)| ev::SeatsHeld {
-        event_id,
-        reservation_id,
-        section,
-        quantity,
-    };
-    let events: Vec<(DomainEvent, u64)> = vec![
-        (
-            ev::EventCreated {
-                event_id: ODD,
-                owner_id: owner,
-                currency: Currency::USD,
-                details: details("Odd", at, vec![section("floor", 10, 1000)]),
-                at,
-            }
-            .into(),
-            1,
-        ),
-        (
-            ev::InventoryStocked {
-                event_id: ODD,
-                sections: vec![section("floor", 10, 1000)],
-            }
-            .into(),
-            1,
-        ),
-        (
-            ev::HeldSeatsReleased {
-                event_id: ODD,
-                reservation_id: r,
-                section: "floor".into(),
-                quantity: 2,
-            }
-            .into(),
-            2,
-        ),
-        (held(seats(3)).into(), 3),
-        (
-            ev::SoldSeatsReturned {
-                event_id: ODD,
-                reservation_id: r,
-                section: "floor".into(),
-                quantity: 1,
-            }
-            .into(),
-            4,
-        ),
-        (
-            ev::HeldSeatsSold {
-                event_id: ODD,
-                reservation_id: r,
-                section: "floor".into(),
-                quantity: 1,
-            }
-            .into(),
-            5,
-        ),
-        (held((ODD, r, "nowhere".to_owned(), 4)).into(), 6),
-        (
-            held((EventId(Uuid::from_u128(0x404)), r, "floor".to_owned(), 4)).into(),
-            1,
-        ),
-        (
-            ev::ReservationPlaced {
-                reservation_id: r,
-                event_id: ODD,
-                user_id: owner,
-                section: "floor".into(),
-                quantity: 2,
-                unit_price_cents: 1000,
-                total: Money::new(2000, Currency::USD),
-                placed_at: at,
-                expires_at: at + Duration::minutes(15),
-            }
-            .into(),
-            1,
-        ),
-        (
-            ev::ReservationRefunded {
-                reservation_id: r,
-                payment_id: p,
-                at: t(1),
-            }
-            .into(),
-            2,
-        ),
-        (
-            ev::ReservationConfirmed {
-                reservation_id: r,
-                payment_id: p,
-                at: t(2),
-            }
-            .into(),
-            3,
-        ),
-        (
-            ev::ReservationConfirmed {
-                reservation_id: reservation(2),
-                payment_id: p,
-                at: t(2),
-            }
-            .into(),
-            2,
-        ),
-        (
-            ev::PaymentRefunded {
-                payment_id: p,
-                reservation_id: r,
-                amount: Money::new(2000, Currency::USD),
-                reason: "never captured".into(),
-                at: t(3),
-            }
-            .into(),
-            2,
-        ),
-    ];
-    let mut log = Log::default();
-    for (event, version) in events {
-        let new = codec::encode(&event, version, &Metadata::default()).expect("encodes");
-        log.push(RecordedEvent {
-            position: 0,
-            sale_id: ODD,
-            stream_id: new.stream_id,
-            version,
-            event_type: new.event_type.to_owned(),
-            event_version: new.event_version,
-            payload: new.payload,
-            metadata: new.metadata,
-            recorded_at: at,
-        });
-    }
-    History {
-        log: log.events,
-        ids: Ids {
-            events: vec![ODD],
-            reservations: vec![r, reservation(2)],
-            payments: vec![p],
-            users: vec![owner],
         },
     }
 }
