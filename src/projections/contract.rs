@@ -1,11 +1,17 @@
 //! The contract every `ReadModel` adapter passes; each adapter's tests call `run_all`. The
 //! history is decided by the pure domain, not hand-written events, so no database or event
 //! store is needed to build it (see `fixture`). Expected values are written out: the contract
-//! checks what the API shows, not one adapter against another.
+//! checks what the API shows, not one adapter against another. `batching` adds that how the
+//! log is cut into batches never shows; `generated` and `inconsistent` hold the
+//! longer histories it uses.
 
+mod batching;
 mod fixture;
+pub mod generated;
+mod inconsistent;
 
 use super::*;
+pub use batching::batch_boundaries_change_no_view;
 pub use fixture::history;
 use fixture::*;
 use uuid::Uuid;

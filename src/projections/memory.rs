@@ -428,4 +428,10 @@ mod tests {
     async fn memory_read_model_passes_the_contract() {
         super::super::contract::run_all(&MemoryReadModel::new()).await;
     }
+
+    /// The reference is indifferent to batch boundaries, as every adapter must be.
+    #[tokio::test]
+    async fn memory_read_model_shows_no_batch_boundaries() {
+        super::super::contract::batch_boundaries_change_no_view(&MemoryReadModel::new()).await;
+    }
 }

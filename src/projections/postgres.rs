@@ -2,10 +2,12 @@
 //! `read-models` row of `projection_checkpoints`. Delivery is at-least-once: a batch is applied
 //! in one transaction that locks the checkpoint row, skips events at or below it and moves it
 //! past the batch, so a duplicate or a batch raced by another instance changes nothing; each
-//! view row also keeps its stream's version and ignores events it already includes. It mirrors
-//! `memory.rs` value for value and never decides anything: the event log is the truth.
+//! view row also keeps its stream's version and ignores events it already includes. The hot
+//! events of a sale are written set-based (`bulk`), the rare ones one by one (`apply`). It
+//! mirrors `memory.rs` value for value and never decides anything: the event log is the truth.
 
 mod apply;
+mod bulk;
 mod queries;
 
 use super::*;
@@ -45,7 +47,15 @@ impl PostgresReadModel {
         Ok(u64::try_from(position).unwrap_or(0))
     }
 
-    #[tracing::instrument(name = "read_model.apply", skip_all, fields(events = events.len()), err)]
+    /// Applies a batch in one transaction with a constant number of statements for the hot
+    /// events: they are gathered in a `bulk::Batch` and written table by table when the batch
+    /// ends or a rare event comes (which is then applied alone, so effects keep log order).
+    #[tracing::instrument(
+        name = "read_model.apply",
+        skip_all,
+        fields(events = events.len(), statements = tracing::field::Empty),
+        err
+    )]
     async fn apply_batch(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -58,26 +68,41 @@ impl PostgresReadModel {
         let start = Self::lock_checkpoint(&mut tx)
             .await
             .context("cannot lock the read-model checkpoint")?;
+        let mut statements = 2; // the checkpoint row: created if missing, then locked
         let mut checkpoint = start;
+        let mut batch = bulk::Batch::default();
         for recorded in events {
             if recorded.position <= checkpoint {
                 continue;
             }
-            match codec::decode(recorded) {
-                Ok(event) => apply::apply(&mut tx, recorded, &event)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot apply {} at position {} to the read models",
-                            recorded.event_type, recorded.position
-                        )
-                    })?,
-                Err(e) => {
-                    tracing::error!(position = recorded.position, error = %e, "read model skipped an undecodable event")
-                }
-            }
             checkpoint = recorded.position;
+            let event = match codec::decode(recorded) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!(position = recorded.position, error = %e, "read model skipped an undecodable event");
+                    continue;
+                }
+            };
+            if batch.add(recorded, &event) {
+                continue;
+            }
+            statements += batch
+                .flush(&mut tx)
+                .await
+                .context("cannot apply a batch of events to the read models")?;
+            statements += apply::apply(&mut tx, recorded, &event)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot apply {} at position {} to the read models",
+                        recorded.event_type, recorded.position
+                    )
+                })?;
         }
+        statements += batch
+            .flush(&mut tx)
+            .await
+            .context("cannot apply a batch of events to the read models")?;
         if checkpoint != start {
             sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = $1")
                 .bind(CHECKPOINT)
@@ -85,7 +110,9 @@ impl PostgresReadModel {
                 .execute(&mut *tx)
                 .await
                 .context("cannot move the read-model checkpoint")?;
+            statements += 1;
         }
+        tracing::Span::current().record("statements", statements);
         tx.commit()
             .await
             .context("cannot commit the read-model transaction")

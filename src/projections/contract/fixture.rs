@@ -52,7 +52,7 @@ pub fn t(minutes: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minutes)
 }
 
-fn section(name: &str, capacity: u32, price_cents: i64) -> SectionSpec {
+pub(super) fn section(name: &str, capacity: u32, price_cents: i64) -> SectionSpec {
     SectionSpec {
         name: name.into(),
         capacity,
@@ -60,7 +60,11 @@ fn section(name: &str, capacity: u32, price_cents: i64) -> SectionSpec {
     }
 }
 
-fn details(name: &str, starts_at: DateTime<Utc>, sections: Vec<SectionSpec>) -> EventDetails {
+pub(super) fn details(
+    name: &str,
+    starts_at: DateTime<Utc>,
+    sections: Vec<SectionSpec>,
+) -> EventDetails {
     EventDetails {
         name: name.into(),
         description: None,
@@ -76,9 +80,9 @@ fn details(name: &str, starts_at: DateTime<Utc>, sections: Vec<SectionSpec>) -> 
 
 /// The log being written: sale states as the writers hold them, and the recorded events.
 #[derive(Default)]
-struct Log {
-    sales: HashMap<EventId, SaleState>,
-    events: Vec<Arc<RecordedEvent>>,
+pub(super) struct Log {
+    pub(super) sales: HashMap<EventId, SaleState>,
+    pub(super) events: Vec<Arc<RecordedEvent>>,
 }
 
 impl Log {
@@ -89,10 +93,21 @@ impl Log {
         at: DateTime<Utc>,
         command: impl FnOnce(DateTime<Utc>) -> SaleCommand,
     ) {
+        if let Err(e) = self.attempt(sale, at, command(at)) {
+            panic!("the contract's history must be valid: {e}");
+        }
+    }
+
+    /// Decides `command` for `sale` and records its events, committed one second after `at`;
+    /// a refused command records nothing.
+    pub(super) fn attempt(
+        &mut self,
+        sale: EventId,
+        at: DateTime<Utc>,
+        command: SaleCommand,
+    ) -> Result<(), crate::domain::sale::SaleError> {
         let state = self.sales.entry(sale).or_default();
-        let decision = state
-            .decide(sale, &command(at))
-            .unwrap_or_else(|e| panic!("the contract's history must be valid: {e}"));
+        let decision = state.decide(sale, &command)?;
         let mut encoded = Vec::new();
         for event in &decision.events {
             let version = state.version(&event.stream()) + 1;
@@ -112,15 +127,16 @@ impl Log {
                 recorded_at: at + Duration::seconds(1),
             });
         }
+        Ok(())
     }
 
-    fn push(&mut self, mut event: RecordedEvent) {
+    pub(super) fn push(&mut self, mut event: RecordedEvent) {
         event.position = self.events.len() as u64 + 1;
         self.events.push(Arc::new(event));
     }
 }
 
-fn reserve(
+pub(super) fn reserve(
     id: ReservationId,
     user: UserId,
     section: &str,
@@ -137,7 +153,7 @@ fn reserve(
     }
 }
 
-fn capture(
+pub(super) fn capture(
     payment: PaymentId,
     reservation: ReservationId,
     cents: i64,

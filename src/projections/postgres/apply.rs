@@ -1,18 +1,14 @@
-//! Applies one decoded event to the view tables, inside the batch transaction that holds the
-//! checkpoint lock. Creations are `INSERT .. ON CONFLICT DO NOTHING`; changes are guarded by the
-//! version of the stream a row follows (`WHERE version < $n`), and counters (seats, sales) move
-//! only when that guard let the change through, so an event applied twice is a no-op even
-//! without the checkpoint. Counts saturate as `memory.rs` does instead of failing the batch.
+//! Applies the rare events one by one (an event's creation, details, lifecycle and restocks),
+//! inside the batch transaction that holds the checkpoint lock, after `bulk` has written the
+//! hot events before them. Creations are `INSERT .. ON CONFLICT DO NOTHING`; changes are
+//! guarded by the version of the stream a row follows (`WHERE version < $n`), so an event
+//! applied twice is a no-op even without the checkpoint.
 
 use crate::domain::event::EventStatus;
 use crate::domain::events::{self as ev, DomainEvent as E};
-use crate::domain::payment::PaymentStatus;
-use crate::domain::reservation::ReservationStatus;
-use crate::domain::{EventId, PaymentId, ReservationId};
+use crate::domain::EventId;
 use crate::eventstore::RecordedEvent;
-use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 type Result = std::result::Result<(), sqlx::Error>;
 
@@ -20,104 +16,41 @@ fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Applies `event`, recorded as `recorded`, to the views.
-pub(super) async fn apply(conn: &mut PgConnection, recorded: &RecordedEvent, event: &E) -> Result {
+/// Applies `event`, recorded as `recorded`, to the views; returns how many statements it ran.
+pub(super) async fn apply(
+    conn: &mut PgConnection,
+    recorded: &RecordedEvent,
+    event: &E,
+) -> std::result::Result<usize, sqlx::Error> {
     let version = big(recorded.version);
-    match event {
-        E::EventCreated(e) => create_event(conn, e, version).await,
-        E::EventDetailsChanged(e) => change_details(conn, e, recorded).await,
-        E::EventPublished(e) => {
-            set_status(conn, e.event_id, EventStatus::Published, recorded).await
-        }
-        E::EventSalesOpened(e) => set_status(conn, e.event_id, EventStatus::OnSale, recorded).await,
-        E::EventSalesClosed(e) => {
-            set_status(conn, e.event_id, EventStatus::SalesClosed, recorded).await
-        }
-        E::EventCancelled(e) => {
-            set_status(conn, e.event_id, EventStatus::Cancelled, recorded).await
-        }
+    let (id, status) = match event {
+        E::EventCreated(e) => return create_event(conn, e, version).await.map(|()| 2),
+        E::EventDetailsChanged(e) => return change_details(conn, e, recorded).await.map(|()| 1),
+        E::EventPublished(e) => (e.event_id, EventStatus::Published),
+        E::EventSalesOpened(e) => (e.event_id, EventStatus::OnSale),
+        E::EventSalesClosed(e) => (e.event_id, EventStatus::SalesClosed),
+        E::EventCancelled(e) => (e.event_id, EventStatus::Cancelled),
         E::InventoryStocked(e) => {
-            if claim_inventory(conn, e.event_id, version).await? {
-                restock(conn, e).await?;
+            if !claim_inventory(conn, e.event_id, version).await? {
+                return Ok(1);
             }
-            Ok(())
+            return restock(conn, e).await.map(|()| 3);
         }
-        E::SeatsHeld(e) => {
-            let q = i64::from(e.quantity);
-            seats(conn, e.event_id, version, &e.section, (q, 0)).await
-        }
-        E::HeldSeatsReleased(e) => {
-            let q = i64::from(e.quantity);
-            seats(conn, e.event_id, version, &e.section, (-q, 0)).await
-        }
-        E::HeldSeatsSold(e) => {
-            let q = i64::from(e.quantity);
-            seats(conn, e.event_id, version, &e.section, (-q, q)).await
-        }
-        E::SoldSeatsReturned(e) => {
-            let q = i64::from(e.quantity);
-            seats(conn, e.event_id, version, &e.section, (0, -q)).await
-        }
-        E::ReservationPlaced(e) => place_reservation(conn, e, version).await,
-        E::ReservationConfirmed(e) => {
-            let change = Transition {
-                status: ReservationStatus::Confirmed,
-                at: e.at,
-                payment_id: Some(e.payment_id),
-                purchased: true,
-            };
-            if let Some(r) = transition(conn, e.reservation_id, version, change).await? {
-                count_sale(conn, &r, 1, recorded.position).await?;
-            }
-            Ok(())
-        }
-        E::ReservationCancelled(e) => {
-            let change = Transition::to(ReservationStatus::Cancelled, e.at);
-            transition(conn, e.reservation_id, version, change)
-                .await
-                .map(drop)
-        }
-        E::ReservationExpired(e) => {
-            let change = Transition::to(ReservationStatus::Expired, e.at);
-            transition(conn, e.reservation_id, version, change)
-                .await
-                .map(drop)
-        }
-        E::ReservationRefunded(e) => {
-            let change = Transition::to(ReservationStatus::Refunded, e.at);
-            if let Some(r) = transition(conn, e.reservation_id, version, change).await? {
-                count_sale(conn, &r, -1, recorded.position).await?;
-            }
-            Ok(())
-        }
-        E::PaymentCaptured(e) => {
-            let p = NewPayment {
-                payment_id: e.payment_id,
-                reservation_id: e.reservation_id.0,
-                event_id: e.event_id.0,
-                user_id: e.user_id.0,
-                status: PaymentStatus::Captured,
-                amount: e.amount,
-                reason: None,
-                at: e.at,
-            };
-            record_payment(conn, p, version).await
-        }
-        E::PaymentDeclined(e) => {
-            let p = NewPayment {
-                payment_id: e.payment_id,
-                reservation_id: e.reservation_id.0,
-                event_id: e.event_id.0,
-                user_id: e.user_id.0,
-                status: PaymentStatus::Failed,
-                amount: e.amount,
-                reason: Some(&e.reason),
-                at: e.at,
-            };
-            record_payment(conn, p, version).await
-        }
-        E::PaymentRefunded(e) => refund_payment(conn, e, version).await,
-    }
+        // Applied set-based by `bulk`, never sent here.
+        E::SeatsHeld(_)
+        | E::HeldSeatsReleased(_)
+        | E::HeldSeatsSold(_)
+        | E::SoldSeatsReturned(_)
+        | E::ReservationPlaced(_)
+        | E::ReservationConfirmed(_)
+        | E::ReservationCancelled(_)
+        | E::ReservationExpired(_)
+        | E::ReservationRefunded(_)
+        | E::PaymentCaptured(_)
+        | E::PaymentDeclined(_)
+        | E::PaymentRefunded(_) => return Ok(0),
+    };
+    set_status(conn, id, status, recorded).await.map(|()| 1)
 }
 
 async fn create_event(conn: &mut PgConnection, e: &ev::EventCreated, version: i64) -> Result {
@@ -250,194 +183,6 @@ async fn restock(conn: &mut PgConnection, e: &ev::InventoryStocked) -> Result {
     .bind(&ordinals)
     .bind(&capacities)
     .bind(&prices)
-    .execute(&mut *conn)
-    .await
-    .map(drop)
-}
-
-/// Moves seat counts by `(held, sold)` deltas, saturating within u32 like `Inventory::apply`.
-async fn seats(
-    conn: &mut PgConnection,
-    event_id: EventId,
-    version: i64,
-    section: &str,
-    (held, sold): (i64, i64),
-) -> Result {
-    if !claim_inventory(conn, event_id, version).await? {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE event_sections
-            SET held = LEAST(GREATEST(held + $3, 0), 4294967295),
-                sold = LEAST(GREATEST(sold + $4, 0), 4294967295)
-          WHERE event_id = $1 AND name = $2",
-    )
-    .bind(event_id.0)
-    .bind(section)
-    .bind(held)
-    .bind(sold)
-    .execute(&mut *conn)
-    .await
-    .map(drop)
-}
-
-async fn place_reservation(
-    conn: &mut PgConnection,
-    e: &ev::ReservationPlaced,
-    version: i64,
-) -> Result {
-    sqlx::query(
-        "INSERT INTO reservation_views (reservation_id, event_id, user_id, section, quantity, status,
-                                        total_cents, currency, expires_at, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-         ON CONFLICT (reservation_id) DO NOTHING",
-    )
-    .bind(e.reservation_id.0)
-    .bind(e.event_id.0)
-    .bind(e.user_id.0)
-    .bind(&e.section)
-    .bind(i64::from(e.quantity))
-    .bind(ReservationStatus::Pending.as_str())
-    .bind(e.total.amount_cents)
-    .bind(e.total.currency.as_str())
-    .bind(e.expires_at)
-    .bind(version)
-    .bind(e.placed_at)
-    .execute(&mut *conn)
-    .await
-    .map(drop)
-}
-
-/// A reservation's move to a final (or refunded) status.
-struct Transition {
-    status: ReservationStatus,
-    at: DateTime<Utc>,
-    payment_id: Option<PaymentId>,
-    /// A confirmation: the reservation becomes a purchase at `at`.
-    purchased: bool,
-}
-
-impl Transition {
-    fn to(status: ReservationStatus, at: DateTime<Utc>) -> Self {
-        Transition {
-            status,
-            at,
-            payment_id: None,
-            purchased: false,
-        }
-    }
-}
-
-/// What a sale counts of a reservation.
-#[derive(sqlx::FromRow)]
-struct Sold {
-    event_id: Uuid,
-    section: String,
-    quantity: i64,
-    total_cents: i64,
-}
-
-/// Applies `change` unless the row already includes `version`; returns the row when it moved.
-async fn transition(
-    conn: &mut PgConnection,
-    id: ReservationId,
-    version: i64,
-    change: Transition,
-) -> std::result::Result<Option<Sold>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE reservation_views
-            SET status = $2, updated_at = $3, version = $4,
-                payment_id = COALESCE($5, payment_id),
-                purchased_at = CASE WHEN $6 THEN $3 ELSE purchased_at END
-          WHERE reservation_id = $1 AND version < $4
-         RETURNING event_id, section, quantity, total_cents",
-    )
-    .bind(id.0)
-    .bind(change.status.as_str())
-    .bind(change.at)
-    .bind(version)
-    .bind(change.payment_id.map(|p| p.0))
-    .bind(change.purchased)
-    .fetch_optional(&mut *conn)
-    .await
-}
-
-/// Adds (`sign` = 1) or takes back (-1) a reservation's tickets and money in its event's sales
-/// and its section's; the section row appears with the first sale counted in it. Nothing moves
-/// for an event without sales (unknown event), as in `memory.rs`.
-async fn count_sale(conn: &mut PgConnection, r: &Sold, sign: i64, position: u64) -> Result {
-    let tickets = sign.saturating_mul(r.quantity);
-    let revenue = sign.saturating_mul(r.total_cents);
-    sqlx::query(
-        "WITH totals AS (
-             UPDATE sales_by_event
-                SET tickets_sold = LEAST(GREATEST(tickets_sold::numeric + $3::bigint, 0), 9223372036854775807)::bigint,
-                    revenue_cents = LEAST(GREATEST(revenue_cents::numeric + $4::bigint, -9223372036854775808),
-                                          9223372036854775807)::bigint
-              WHERE event_id = $1
-             RETURNING event_id)
-         INSERT INTO sales_by_section (event_id, section, first_position, tickets_sold, revenue_cents)
-         SELECT event_id, $2, $5, GREATEST($3::bigint, 0), $4::bigint FROM totals
-         ON CONFLICT (event_id, section) DO UPDATE
-            SET tickets_sold = LEAST(GREATEST(sales_by_section.tickets_sold::numeric + $3::bigint, 0),
-                                     9223372036854775807)::bigint,
-                revenue_cents = LEAST(GREATEST(sales_by_section.revenue_cents::numeric + $4::bigint,
-                                               -9223372036854775808), 9223372036854775807)::bigint",
-    )
-    .bind(r.event_id)
-    .bind(&r.section)
-    .bind(tickets)
-    .bind(revenue)
-    .bind(big(position))
-    .execute(&mut *conn)
-    .await
-    .map(drop)
-}
-
-/// A payment attempt as first recorded.
-struct NewPayment<'a> {
-    payment_id: PaymentId,
-    reservation_id: Uuid,
-    event_id: Uuid,
-    user_id: Uuid,
-    status: PaymentStatus,
-    amount: crate::domain::Money,
-    reason: Option<&'a str>,
-    at: DateTime<Utc>,
-}
-
-async fn record_payment(conn: &mut PgConnection, p: NewPayment<'_>, version: i64) -> Result {
-    sqlx::query(
-        "INSERT INTO payment_views (payment_id, reservation_id, event_id, user_id, status,
-                                    amount_cents, currency, reason, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
-         ON CONFLICT (payment_id) DO NOTHING",
-    )
-    .bind(p.payment_id.0)
-    .bind(p.reservation_id)
-    .bind(p.event_id)
-    .bind(p.user_id)
-    .bind(p.status.as_str())
-    .bind(p.amount.amount_cents)
-    .bind(p.amount.currency.as_str())
-    .bind(p.reason)
-    .bind(version)
-    .bind(p.at)
-    .execute(&mut *conn)
-    .await
-    .map(drop)
-}
-
-async fn refund_payment(conn: &mut PgConnection, e: &ev::PaymentRefunded, version: i64) -> Result {
-    sqlx::query(
-        "UPDATE payment_views SET status = $2, reason = $3, updated_at = $4, version = $5
-          WHERE payment_id = $1 AND version < $5",
-    )
-    .bind(e.payment_id.0)
-    .bind(PaymentStatus::Refunded.as_str())
-    .bind(&e.reason)
-    .bind(e.at)
-    .bind(version)
     .execute(&mut *conn)
     .await
     .map(drop)

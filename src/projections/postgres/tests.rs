@@ -54,6 +54,126 @@ async fn postgres_read_model_passes_the_contract() {
     contract::run_all(&model).await;
 }
 
+/// Folding a batch never shows: any cut of a history gives what applying it event by event
+/// in memory gives.
+#[tokio::test]
+async fn postgres_read_model_shows_no_batch_boundaries() {
+    let model = PostgresReadModel::new(database().await);
+    contract::batch_boundaries_change_no_view(&model).await;
+}
+
+/// Below the queries too: one event per batch and one batch for everything leave the same rows
+/// in every table, stream versions, first-sale positions and the checkpoint included.
+#[tokio::test]
+async fn one_batch_leaves_the_rows_that_one_event_per_batch_leaves() {
+    let pool = database().await;
+    let model = PostgresReadModel::new(pool.clone());
+    let busy = contract::generated::busy_sales(400, 11);
+    for event in &busy.log {
+        model.apply(std::slice::from_ref(event)).await.unwrap();
+    }
+    let one_by_one = rows(&pool).await;
+    for size in [busy.log.len(), 512, 33] {
+        model.reset().await.unwrap();
+        for batch in busy.log.chunks(size) {
+            model.apply(batch).await.unwrap();
+        }
+        assert_eq!(rows(&pool).await, one_by_one, "batches of {size}");
+    }
+}
+
+/// A batch that straddles what the rows already include (the checkpoint was lost half-way)
+/// applies only the events each row has not seen: guards hold per event, not per batch.
+#[tokio::test]
+async fn a_batch_straddling_a_lost_checkpoint_applies_only_what_rows_have_not_seen() {
+    let busy = contract::generated::busy_sales(400, 13);
+    let reference = database().await;
+    PostgresReadModel::new(reference.clone())
+        .apply(&busy.log)
+        .await
+        .unwrap();
+
+    let pool = database().await;
+    let model = PostgresReadModel::new(pool.clone());
+    for cut in [busy.log.len() / 3, busy.log.len() / 2] {
+        model.reset().await.unwrap();
+        model.apply(&busy.log[..cut]).await.unwrap();
+        sqlx::query("UPDATE projection_checkpoints SET position = 0")
+            .execute(&pool)
+            .await
+            .unwrap();
+        model.apply(&busy.log).await.unwrap();
+        assert_eq!(rows(&pool).await, rows(&reference).await, "lost at {cut}");
+    }
+}
+
+/// However large a batch of sale events, the hot path writes it with at most one statement
+/// per table: five, besides locking and moving the checkpoint.
+#[tokio::test]
+async fn a_batch_of_sale_events_takes_a_constant_number_of_statements() {
+    let sale = contract::generated::flash_sale(400);
+    let pool = database().await;
+    let opened = 4; // created, stocked, published, sales opened
+
+    PostgresReadModel::new(pool.clone())
+        .apply(&sale.log[..opened])
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut start = opened;
+    // Holds only; holds and payments, as most batches of a sale are.
+    for (size, statements) in [(8, 2), (512, 4), (512, 4)] {
+        let events = &sale.log[start..start + size];
+        start += size;
+        let mut batch = bulk::Batch::default();
+        for recorded in events {
+            let event = codec::decode(recorded).unwrap();
+            assert!(
+                batch.add(recorded, &event),
+                "{} is hot",
+                recorded.event_type
+            );
+        }
+        let ran = batch.flush(&mut conn).await.unwrap();
+        assert_eq!(ran, statements, "{size} events from {}", events[0].position);
+    }
+}
+
+/// The projector's throughput on a flash sale: 50 000 `seats_held + placed` pairs and
+/// `captured + confirmed + held_seats_sold` triples, applied in batches of 512 as the
+/// subscription delivers them. Run with
+/// `cargo test --release --lib bulk_apply_throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a benchmark: run it in release mode"]
+async fn bulk_apply_throughput() {
+    let sale = contract::generated::flash_sale(10_000);
+    let model = PostgresReadModel::new(database().await);
+    let started = std::time::Instant::now();
+    for batch in sale.log.chunks(512) {
+        model.apply(batch).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let events = sale.log.len();
+    println!(
+        "bulk_apply_throughput: {events} events in {:.3} s, {:.0} events/s, {:.1} ms per batch of 512",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / events.div_ceil(512) as f64,
+    );
+    assert_eq!(model.checkpoint().await.unwrap(), events as u64);
+    let sales = model.sales(sale.ids.events[0]).await.unwrap().unwrap();
+    assert_eq!(
+        sales.tickets_sold, 15_000,
+        "every hold of 1 or 2 seats was paid"
+    );
+    let event = model.event(sale.ids.events[0]).await.unwrap().unwrap();
+    let (held, sold): (u32, u32) = event
+        .sections
+        .iter()
+        .fold((0, 0), |(h, s), x| (h + x.held, s + x.sold));
+    assert_eq!((held, sold), (0, 15_000));
+}
+
 /// Two instances applying the same batches at the same time end with exactly the rows one
 /// instance applying them once has: the checkpoint lock makes each batch land once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
