@@ -9,7 +9,9 @@ use super::idempotency::{derived_id, Reply};
 use super::{policy, AppState};
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
-use crate::domain::{Currency, EventId, Money, Outcome, PaymentId, ReservationId, SaleCommand};
+use crate::domain::{
+    Currency, DomainEvent, EventId, Money, Outcome, PaymentId, ReservationId, SaleCommand,
+};
 use crate::payment::{ChargeOutcome, GatewayError};
 use crate::projections::{Page, PageRequest, PaymentView};
 use axum::extract::State;
@@ -164,7 +166,16 @@ async fn create_payment(
                 detail: format!("{cause}; the charge was refunded"),
             });
         }
-        payment_reply(s.payment_view(payment_id).await?)
+        // The answer comes from the committed event, as the read models will show it.
+        let recorded = committed.events.iter().find_map(|e| match e {
+            DomainEvent::PaymentCaptured(captured) => Some(PaymentView::from(captured)),
+            DomainEvent::PaymentDeclined(declined) => Some(PaymentView::from(declined)),
+            _ => None,
+        });
+        match recorded {
+            Some(view) => payment_reply(view),
+            None => payment_reply(s.payment_view(payment_id).await?),
+        }
     };
     s.idempotency
         .run(caller.user_id, "payments", key, &body, work)

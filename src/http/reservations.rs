@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, IdempotencyKey, RequestContext};
 use super::idempotency::{derived_id, Reply};
 use super::{policy, AppState};
-use crate::domain::{EventId, ReservationId, SaleCommand};
+use crate::domain::{DomainEvent, EventId, ReservationId, SaleCommand};
 use crate::projections::{Page, PageRequest, ReservationView};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -57,18 +57,24 @@ async fn create_reservation(
             hold_for: s.config.reservation_ttl,
             now: s.clock.now(),
         };
-        match s.command(event_id, command, ctx.metadata(&caller)).await {
+        let committed = match s.command(event_id, command, ctx.metadata(&caller)).await {
+            Ok(committed) => Some(committed),
             // A retry after a lost answer: the first attempt already placed it.
-            Err(ApiError::Conflict { .. }) if s.reads.reservation(id).await?.is_some() => {}
-            other => {
-                other?;
-            }
-        }
-        let view = s
-            .reads
-            .reservation(id)
-            .await?
-            .ok_or(ApiError::NotFound("reservation"))?;
+            Err(ApiError::Conflict { .. }) if s.reads.reservation(id).await?.is_some() => None,
+            Err(e) => return Err(e),
+        };
+        // The answer comes from the committed event; a retry reads what the first attempt made.
+        let placed = committed
+            .iter()
+            .flat_map(|c| &c.events)
+            .find_map(|e| match e {
+                DomainEvent::ReservationPlaced(placed) => Some(ReservationView::from(placed)),
+                _ => None,
+            });
+        let view = match placed {
+            Some(view) => view,
+            None => s.reservation_view(id).await?,
+        };
         Ok(Reply {
             status: StatusCode::CREATED,
             location: Some(format!("/api/reservations/{id}")),

@@ -113,23 +113,8 @@ impl Tables {
             E::HeldSeatsSold(e) => self.with_inventory(e.event_id, event),
             E::SoldSeatsReturned(e) => self.with_inventory(e.event_id, event),
             E::ReservationPlaced(e) => {
-                self.reservations.insert(
-                    e.reservation_id,
-                    ReservationView {
-                        reservation_id: e.reservation_id.0,
-                        event_id: e.event_id.0,
-                        user_id: e.user_id.0,
-                        section: e.section.clone(),
-                        quantity: e.quantity,
-                        status: ReservationStatus::Pending,
-                        total_cents: e.total.amount_cents,
-                        currency: e.total.currency.to_string(),
-                        expires_at: e.expires_at,
-                        payment_id: None,
-                        created_at: e.placed_at,
-                        updated_at: e.placed_at,
-                    },
-                );
+                self.reservations
+                    .insert(e.reservation_id, ReservationView::from(e));
             }
             E::ReservationConfirmed(e) => {
                 self.set_reservation(e.reservation_id, ReservationStatus::Confirmed, e.at);
@@ -150,38 +135,10 @@ impl Tables {
                 self.count_sale(e.reservation_id, -1);
             }
             E::PaymentCaptured(e) => {
-                self.payments.insert(
-                    e.payment_id,
-                    PaymentView {
-                        payment_id: e.payment_id.0,
-                        reservation_id: e.reservation_id.0,
-                        event_id: e.event_id.0,
-                        user_id: e.user_id.0,
-                        status: PaymentStatus::Captured,
-                        amount_cents: e.amount.amount_cents,
-                        currency: e.amount.currency.to_string(),
-                        reason: None,
-                        created_at: e.at,
-                        updated_at: e.at,
-                    },
-                );
+                self.payments.insert(e.payment_id, PaymentView::from(e));
             }
             E::PaymentDeclined(e) => {
-                self.payments.insert(
-                    e.payment_id,
-                    PaymentView {
-                        payment_id: e.payment_id.0,
-                        reservation_id: e.reservation_id.0,
-                        event_id: e.event_id.0,
-                        user_id: e.user_id.0,
-                        status: PaymentStatus::Failed,
-                        amount_cents: e.amount.amount_cents,
-                        currency: e.amount.currency.to_string(),
-                        reason: Some(e.reason.clone()),
-                        created_at: e.at,
-                        updated_at: e.at,
-                    },
-                );
+                self.payments.insert(e.payment_id, PaymentView::from(e));
             }
             E::PaymentRefunded(e) => {
                 if let Some(p) = self.payments.get_mut(&e.payment_id) {

@@ -1,6 +1,7 @@
 //! View types: the shapes the read models store and the HTTP API returns.
 
 use crate::domain::event::EventStatus;
+use crate::domain::events::{PaymentCaptured, PaymentDeclined, ReservationPlaced};
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
 use chrono::{DateTime, Utc};
@@ -184,4 +185,59 @@ pub struct HistoryEntry {
     pub status: ReservationStatus,
     pub payment_id: Option<Uuid>,
     pub purchased_at: DateTime<Utc>,
+}
+
+/// A reservation as it is right after it was placed: what the read models store for it and
+/// what the command's answer shows, from the same code.
+impl From<&ReservationPlaced> for ReservationView {
+    fn from(e: &ReservationPlaced) -> Self {
+        ReservationView {
+            reservation_id: e.reservation_id.0,
+            event_id: e.event_id.0,
+            user_id: e.user_id.0,
+            section: e.section.clone(),
+            quantity: e.quantity,
+            status: ReservationStatus::Pending,
+            total_cents: e.total.amount_cents,
+            currency: e.total.currency.to_string(),
+            expires_at: e.expires_at,
+            payment_id: None,
+            created_at: e.placed_at,
+            updated_at: e.placed_at,
+        }
+    }
+}
+
+impl From<&PaymentCaptured> for PaymentView {
+    fn from(e: &PaymentCaptured) -> Self {
+        PaymentView {
+            payment_id: e.payment_id.0,
+            reservation_id: e.reservation_id.0,
+            event_id: e.event_id.0,
+            user_id: e.user_id.0,
+            status: PaymentStatus::Captured,
+            amount_cents: e.amount.amount_cents,
+            currency: e.amount.currency.to_string(),
+            reason: None,
+            created_at: e.at,
+            updated_at: e.at,
+        }
+    }
+}
+
+impl From<&PaymentDeclined> for PaymentView {
+    fn from(e: &PaymentDeclined) -> Self {
+        PaymentView {
+            payment_id: e.payment_id.0,
+            reservation_id: e.reservation_id.0,
+            event_id: e.event_id.0,
+            user_id: e.user_id.0,
+            status: PaymentStatus::Failed,
+            amount_cents: e.amount.amount_cents,
+            currency: e.amount.currency.to_string(),
+            reason: Some(e.reason.clone()),
+            created_at: e.at,
+            updated_at: e.at,
+        }
+    }
 }

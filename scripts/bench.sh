@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The durable flash-sale benchmark: the service on PostgreSQL against the naive baseline (one
+# SELECT ... FOR UPDATE transaction per purchase, same PostgreSQL, same concurrency), in one
+# run so the two figures are comparable. Usage: scripts/bench.sh [seats] [buyers] [rounds] [concurrency]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SEATS=${1:-10000}
+BUYERS=${2:-500}
+ROUNDS=${3:-40}
+CONCURRENCY=${4:-64}
+ADMIN_URL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
+PORT=18090
+
+./scripts/services.sh
+cargo build --release --bins --locked
+
+fresh_db() {
+    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" 2>&1 | grep -v NOTICE || true
+    echo "${ADMIN_URL%/*}/$1?${ADMIN_URL#*\?}"
+}
+
+SERVICE_DB=$(fresh_db bench_service)
+NAIVE_DB=$(fresh_db bench_naive)
+
+DATABASE_URL=$SERVICE_DB BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn ./target/release/ticketing &
+SERVICE=$!
+trap 'kill $SERVICE 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
+    sleep 0.1
+done
+
+echo "== service on PostgreSQL"
+./target/release/loadgen --base-url "http://127.0.0.1:$PORT" \
+    --seats "$SEATS" --buyers "$BUYERS" --rounds "$ROUNDS" --concurrency "$CONCURRENCY" 2>/dev/null
+kill $SERVICE
+wait $SERVICE 2>/dev/null || true
+
+echo "== naive baseline (SELECT ... FOR UPDATE per purchase)"
+./target/release/loadgen --mode naive --database-url "$NAIVE_DB" \
+    --seats "$SEATS" --buyers "$BUYERS" --rounds "$ROUNDS" --concurrency "$CONCURRENCY" 2>/dev/null
