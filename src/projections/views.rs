@@ -208,36 +208,52 @@ impl From<&ReservationPlaced> for ReservationView {
     }
 }
 
+impl PaymentView {
+    /// A payment as its first event records it.
+    fn recorded(
+        ids: (
+            crate::domain::PaymentId,
+            crate::domain::ReservationId,
+            crate::domain::EventId,
+            crate::domain::UserId,
+        ),
+        amount: crate::domain::Money,
+        status: PaymentStatus,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        let (payment, reservation, event, user) = ids;
+        PaymentView {
+            payment_id: payment.0,
+            reservation_id: reservation.0,
+            event_id: event.0,
+            user_id: user.0,
+            status,
+            amount_cents: amount.amount_cents,
+            currency: amount.currency.to_string(),
+            reason,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
 impl From<&PaymentCaptured> for PaymentView {
     fn from(e: &PaymentCaptured) -> Self {
-        PaymentView {
-            payment_id: e.payment_id.0,
-            reservation_id: e.reservation_id.0,
-            event_id: e.event_id.0,
-            user_id: e.user_id.0,
-            status: PaymentStatus::Captured,
-            amount_cents: e.amount.amount_cents,
-            currency: e.amount.currency.to_string(),
-            reason: None,
-            created_at: e.at,
-            updated_at: e.at,
-        }
+        let ids = (e.payment_id, e.reservation_id, e.event_id, e.user_id);
+        PaymentView::recorded(ids, e.amount, PaymentStatus::Captured, None, e.at)
     }
 }
 
 impl From<&PaymentDeclined> for PaymentView {
     fn from(e: &PaymentDeclined) -> Self {
-        PaymentView {
-            payment_id: e.payment_id.0,
-            reservation_id: e.reservation_id.0,
-            event_id: e.event_id.0,
-            user_id: e.user_id.0,
-            status: PaymentStatus::Failed,
-            amount_cents: e.amount.amount_cents,
-            currency: e.amount.currency.to_string(),
-            reason: Some(e.reason.clone()),
-            created_at: e.at,
-            updated_at: e.at,
-        }
+        let ids = (e.payment_id, e.reservation_id, e.event_id, e.user_id);
+        PaymentView::recorded(
+            ids,
+            e.amount,
+            PaymentStatus::Failed,
+            Some(e.reason.clone()),
+            e.at,
+        )
     }
 }
