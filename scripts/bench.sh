@@ -22,20 +22,28 @@ fresh_db() {
 
 SERVICE_DB=$(fresh_db bench_service)
 NAIVE_DB=$(fresh_db bench_naive)
+trap 'pkill -f "target/release/ticketing" 2>/dev/null || true' EXIT
 
-DATABASE_URL=$SERVICE_DB BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn ./target/release/ticketing &
-SERVICE=$!
-trap 'kill $SERVICE 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
-    sleep 0.1
-done
+# run_service NAME DB [loadgen flags...]: the service on a fresh database, one sale.
+run_service() {
+    local name=$1 db=$2
+    shift 2
+    DATABASE_URL=$db BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn ./target/release/ticketing &
+    local service=$!
+    for _ in $(seq 1 100); do
+        curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
+        sleep 0.1
+    done
+    echo "== $name"
+    ./target/release/loadgen --base-url "http://127.0.0.1:$PORT" \
+        --seats "$SEATS" --buyers "$BUYERS" --rounds "$ROUNDS" --concurrency "$CONCURRENCY" "$@" 2>/dev/null || true
+    kill $service
+    wait $service 2>/dev/null || true
+}
 
-echo "== service on PostgreSQL"
-./target/release/loadgen --base-url "http://127.0.0.1:$PORT" \
-    --seats "$SEATS" --buyers "$BUYERS" --rounds "$ROUNDS" --concurrency "$CONCURRENCY" 2>/dev/null
-kill $SERVICE
-wait $SERVICE 2>/dev/null || true
+run_service "service on PostgreSQL: reserve (hold seats + reservation), like the naive transaction" \
+    "$SERVICE_DB" --no-pay
+run_service "service on PostgreSQL: full purchase (reserve, then pay)" "$(fresh_db bench_service_pay)"
 
 echo "== naive baseline (SELECT ... FOR UPDATE per purchase)"
 ./target/release/loadgen --mode naive --database-url "$NAIVE_DB" \
