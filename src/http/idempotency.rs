@@ -234,3 +234,80 @@ pub fn derived_id(user: UserId, scope: &str, key: Option<&str>) -> uuid::Uuid {
         None => uuid::Uuid::new_v4(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    async fn durable_store(url: &str) -> IdempotencyStore {
+        let pool = crate::db::connect(url, &crate::db::PoolSettings::default())
+            .await
+            .unwrap();
+        IdempotencyStore::durable(pool)
+    }
+
+    /// An answer given by one instance is replayed by another (or after a restart) from the
+    /// database, without running the handler again; a different body is refused there too.
+    #[tokio::test]
+    async fn a_stored_answer_is_replayed_by_another_instance() {
+        let url = crate::db::testing::fresh_database().await;
+        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
+            .await
+            .unwrap();
+        crate::db::auth_migrator().run(&pool).await.unwrap();
+        let (first, second) = (durable_store(&url).await, durable_store(&url).await);
+        let runs = AtomicU32::new(0);
+        let user = UserId::random();
+        let work = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(Reply {
+                status: StatusCode::CREATED,
+                body: serde_json::json!({"id": 1}),
+                location: Some("/things/1".into()),
+            })
+        };
+        let body = serde_json::json!({"seats": 2});
+        let answer = first
+            .run(user, "things", Some("k".into()), &body, work())
+            .await;
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        // The row is written after the answer: wait for it, bounded.
+        let started = Instant::now();
+        loop {
+            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if rows == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the answer was never stored"
+            );
+            tokio::task::yield_now().await;
+        }
+        let replay = second
+            .run(user, "things", Some("k".into()), &body, work())
+            .await;
+        assert_eq!(replay.status(), StatusCode::CREATED);
+        assert_eq!(
+            replay
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        assert_eq!(
+            replay.headers().get(header::LOCATION).map(|v| v.as_bytes()),
+            Some(&b"/things/1"[..])
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran twice");
+        let other = serde_json::json!({"seats": 3});
+        let refused = second
+            .run(user, "things", Some("k".into()), &other, work())
+            .await;
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

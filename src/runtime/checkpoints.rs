@@ -57,3 +57,40 @@ impl Checkpoints for PostgresCheckpoints {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract both checkpoint stores keep: unknown names start at 0, positions are kept
+    /// per name and never move backwards.
+    async fn contract(store: &dyn Checkpoints) {
+        assert_eq!(store.load("refunds").await.unwrap(), 0);
+        store.save("refunds", 7).await.unwrap();
+        store.save("other", 3).await.unwrap();
+        store.save("refunds", 5).await.unwrap();
+        assert_eq!(
+            store.load("refunds").await.unwrap(),
+            7,
+            "a checkpoint moved backwards"
+        );
+        assert_eq!(store.load("other").await.unwrap(), 3);
+    }
+
+    /// The in-memory checkpoints keep the contract.
+    #[tokio::test]
+    async fn memory_checkpoints_keep_the_contract() {
+        contract(&MemoryCheckpoints::default()).await;
+    }
+
+    /// The PostgreSQL checkpoints keep the same contract.
+    #[tokio::test]
+    async fn postgres_checkpoints_keep_the_contract() {
+        let url = crate::db::testing::fresh_database().await;
+        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
+            .await
+            .unwrap();
+        crate::db::projections_migrator().run(&pool).await.unwrap();
+        contract(&PostgresCheckpoints(pool)).await;
+    }
+}
