@@ -70,11 +70,24 @@ pub async fn run(
     workers: usize,
 ) -> anyhow::Result<Measured> {
     let queue = Arc::new(Queue::new(buyers));
+    run_workers(workers, || {
+        let (api, sale, queue) = (api.clone(), sale.clone(), Arc::clone(&queue));
+        async move { work(&api, &sale, &queue).await }
+    })
+    .await
+}
+
+/// Runs `workers` copies of a worker at once, merges what they measured, and times the
+/// whole phase; shared by every mode of the load generator.
+pub async fn run_workers<W, F>(workers: usize, mut worker: W) -> anyhow::Result<Measured>
+where
+    W: FnMut() -> F,
+    F: std::future::Future<Output = Measured> + Send + 'static,
+{
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..workers {
-        let (api, sale, queue) = (api.clone(), sale.clone(), Arc::clone(&queue));
-        tasks.spawn(async move { work(&api, &sale, &queue).await });
+        tasks.spawn(worker());
     }
     let mut measured = Measured::default();
     while let Some(joined) = tasks.join_next().await {

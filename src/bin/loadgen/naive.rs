@@ -8,13 +8,12 @@
 //! error. Nothing is retried. Afterwards the tables are read back and checked.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use reqwest::Url;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::api::{PRICE_CENTS, SECTION};
@@ -172,22 +171,11 @@ async fn measure_sale(
     workers: usize,
 ) -> anyhow::Result<Measured> {
     let queue = Arc::new(Queue::new(attempts));
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..workers {
+    measure::run_workers(workers, || {
         let (pool, queue) = (pool.clone(), Arc::clone(&queue));
-        tasks.spawn(async move { work(&pool, sale, &queue).await });
-    }
-    let mut measured = Measured::default();
-    while let Some(joined) = tasks.join_next().await {
-        let part = joined.context("a load worker panicked")?;
-        measured.samples.extend(part.samples);
-        measured.first_transport_error = measured
-            .first_transport_error
-            .or(part.first_transport_error);
-    }
-    measured.wall = started.elapsed();
-    Ok(measured)
+        async move { work(&pool, sale, &queue).await }
+    })
+    .await
 }
 
 /// One worker: buys for the next buyer until the queue is empty.
