@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
-use validator::Validate;
+use validator::{Validate, ValidationError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,7 +49,32 @@ pub struct SectionInput {
     pub price_cents: i64,
 }
 
+/// Rules across fields, checked together with the per-field rules so that one answer lists
+/// every bad field (the domain checks them again before anything is recorded).
+fn dates_in_order(e: &CreateEventRequest) -> Result<(), ValidationError> {
+    if e.ends_at <= e.starts_at {
+        return Err(super::extract::field_rule(
+            "ends_at",
+            "must be after starts_at",
+        ));
+    }
+    Ok(())
+}
+
+fn unique_sections(e: &CreateEventRequest) -> Result<(), ValidationError> {
+    let mut names = std::collections::HashSet::new();
+    match e.sections.iter().position(|s| !names.insert(s.name.trim())) {
+        Some(i) => Err(super::extract::field_rule(
+            &format!("sections[{i}].name"),
+            "must be unique within the event",
+        )),
+        None => Ok(()),
+    }
+}
+
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
+#[validate(schema(function = "dates_in_order", skip_on_field_errors = false))]
+#[validate(schema(function = "unique_sections", skip_on_field_errors = false))]
 pub struct CreateEventRequest {
     #[validate(length(min = 1, max = 200))]
     pub name: String,

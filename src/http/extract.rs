@@ -72,6 +72,13 @@ pub fn validation_errors(errors: ValidationErrors) -> ApiError {
                 format!("{prefix}.{field}")
             };
             match kind {
+                // Struct-level rules report under `__all__`; they name their field in `field`.
+                ValidationErrorsKind::Field(list) if field == "__all__" => {
+                    out.extend(list.iter().map(|e| {
+                        let named = e.params.get("field").and_then(|f| f.as_str());
+                        FieldError::new(named.map_or(prefix, |f| f).to_owned(), describe(e))
+                    }))
+                }
                 ValidationErrorsKind::Field(list) => out.extend(
                     list.iter()
                         .map(|e| FieldError::new(path.clone(), describe(e))),
@@ -89,6 +96,13 @@ pub fn validation_errors(errors: ValidationErrors) -> ApiError {
     walk("", &errors, &mut out);
     out.sort_by(|a, b| a.field.cmp(&b.field));
     ApiError::Validation(out)
+}
+
+/// A failed rule across fields, reported under `field` (see `validation_errors`).
+pub fn field_rule(field: &str, message: &'static str) -> validator::ValidationError {
+    let mut error = validator::ValidationError::new("rule").with_message(message.into());
+    error.add_param("field".into(), &field);
+    error
 }
 
 /// A sentence for one validator failure, from its message or its code and bounds.

@@ -133,6 +133,26 @@ async fn event_validation_reports_every_bad_field_at_once() {
     );
 }
 
+/// Rules across fields (ends after starts, unique section names) are reported in the same
+/// 422 as the per-field rules, not in a second round.
+#[tokio::test]
+async fn cross_field_and_field_errors_come_in_one_answer() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let mut body = TestApp::event_body(10);
+    body["name"] = json!("");
+    body["ends_at"] = json!("2030-06-01T19:00:00Z");
+    body["sections"] = json!([
+        {"name": "floor", "capacity": 10, "price_cents": 100},
+        {"name": "floor", "capacity": 5, "price_cents": 100}
+    ]);
+
+    let answer = app.post("/api/events", Some(&organizer.token), body).await;
+
+    answer.assert_problem(422, "validation-failed");
+    assert_eq!(fields(&answer), ["ends_at", "name", "sections[1].name"]);
+}
+
 /// A reservation with quantity 11 and an empty section gets one 422 naming both fields.
 #[tokio::test]
 async fn reservation_validation_reports_quantity_and_section_together() {
