@@ -61,12 +61,15 @@ fn dates_in_order(e: &CreateEventRequest) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn unique_sections(e: &CreateEventRequest) -> Result<(), ValidationError> {
+fn unique_sections(sections: &[SectionInput]) -> Result<(), ValidationError> {
     let mut names = std::collections::HashSet::new();
-    match e.sections.iter().position(|s| !names.insert(s.name.trim())) {
-        Some(i) => Err(super::extract::field_rule(
-            &format!("sections[{i}].name"),
-            "must be unique within the event",
+    match sections.iter().find(|s| !names.insert(s.name.trim())) {
+        Some(repeated) => Err(ValidationError::new("unique").with_message(
+            format!(
+                "section names must be unique; {:?} repeats",
+                repeated.name.trim()
+            )
+            .into(),
         )),
         None => Ok(()),
     }
@@ -74,7 +77,6 @@ fn unique_sections(e: &CreateEventRequest) -> Result<(), ValidationError> {
 
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 #[validate(schema(function = "dates_in_order", skip_on_field_errors = false))]
-#[validate(schema(function = "unique_sections", skip_on_field_errors = false))]
 pub struct CreateEventRequest {
     #[validate(length(min = 1, max = 200))]
     pub name: String,
@@ -87,7 +89,11 @@ pub struct CreateEventRequest {
     /// ISO 4217 code; USD when omitted.
     #[validate(length(equal = 3))]
     pub currency: Option<String>,
-    #[validate(length(min = 1, max = 100), nested)]
+    #[validate(
+        length(min = 1, max = 100),
+        nested,
+        custom(function = "unique_sections")
+    )]
     pub sections: Vec<SectionInput>,
 }
 
