@@ -184,6 +184,12 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     for hold in holds {
         expiry_handle.arm(hold.expires_at, hold.event_id, hold.reservation_id);
     }
+    tasks.push(tokio::spawn(expiry::sweep(
+        Arc::clone(&reads),
+        expiry_handle.clone(),
+        Arc::clone(&clock),
+        config.expiry_sweep,
+    )));
     tasks.push(tokio::spawn(expiry::run(
         expiry_inbox,
         expiry_handle,

@@ -1,7 +1,9 @@
 //! Hold expiry. Writers arm a timer for every placed reservation; the scheduler sends
 //! `ExpireReservation` when it is due. The reducer decides: a hold that ended meanwhile is a
 //! no-op, so a stale or duplicate timer is harmless. At start-up every pending hold found in
-//! durable state is armed again (invariant 5), so a killed process loses no expiry.
+//! durable state is armed again, and every instance periodically sweeps the read models for
+//! holds that are overdue, so a hold whose instance died is still ended by the others
+//! (invariant 5).
 
 use super::clock::Clock;
 use super::sales::Sales;
@@ -99,6 +101,31 @@ async fn expire(
             // The store is down or busy: try again shortly rather than lose the expiry.
             tracing::warn!(%reservation_id, error = %e, "expiry failed; retrying in 5 s");
             handle.arm(clock.now() + Duration::seconds(5), sale_id, reservation_id);
+        }
+    }
+}
+
+/// Every `every`, arms the pending holds whose end has passed. Their own instance normally
+/// expires them on time; this catches the holds of an instance that died (several instances
+/// share one database). Arming an already armed hold is harmless.
+pub async fn sweep(
+    reads: Arc<dyn crate::projections::ReadModel>,
+    handle: ExpiryHandle,
+    clock: Arc<dyn Clock>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        match reads.pending_holds().await {
+            Ok(holds) => {
+                for hold in holds.into_iter().filter(|h| h.expires_at <= now) {
+                    handle.arm(hold.expires_at, hold.event_id, hold.reservation_id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sweep for overdue holds"),
         }
     }
 }

@@ -156,3 +156,35 @@ async fn holds_taken_before_a_kill_still_expire_after_the_restart() {
     .await;
     assert_eq!(service.floor(event).await, (10, 0, 0));
 }
+
+/// A hold taken through an instance that then dies is ended by another instance that keeps
+/// running (it never re-armed that hold at start-up: only its sweep for overdue holds can).
+#[tokio::test]
+async fn a_hold_of_a_dead_instance_is_expired_by_a_surviving_one() {
+    let db = fresh_database().await;
+    let env = [
+        ("RESERVATION_TTL_SECONDS", "2"),
+        ("EXPIRY_SWEEP_SECONDS", "1"),
+    ];
+    let doomed = Service::start(&db, &env).await;
+    let survivor = Service::start(&db, &env).await;
+    let (_, organizer) = doomed.user("organizer").await;
+    let event = doomed.event_on_sale(&organizer, 10).await;
+    let (_, buyer) = doomed.user("customer").await;
+    let (status, body) = doomed.reserve(&buyer, event, 4).await;
+    assert_eq!(status, 201, "{body}");
+    let reservation = uuid(&body, "reservation_id");
+    doomed.kill9().await;
+
+    let path = format!("/api/reservations/{reservation}");
+    eventually(
+        "the survivor expires the hold",
+        Duration::from_secs(30),
+        || {
+            let (survivor, path, buyer) = (&survivor, &path, &buyer);
+            async move { survivor.get(path, Some(buyer)).await.1["status"] == "expired" }
+        },
+    )
+    .await;
+    assert_eq!(survivor.floor(event).await, (10, 0, 0));
+}
