@@ -2,6 +2,7 @@
 //! SIGKILL and restarted, several instances sharing one database, and projection rebuilds.
 //! Each test creates its own database. They need PostgreSQL: `./scripts/services.sh`.
 
+mod api_on_postgres;
 mod client;
 mod crash;
 mod instances;
