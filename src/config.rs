@@ -35,6 +35,37 @@ pub struct Config {
     pub payment_failure_rate: f64,
     /// Pool settings for every PostgreSQL database.
     pub pool: crate::db::PoolSettings,
+    /// Take the client IP from `X-Forwarded-For` (first address); only behind a trusted proxy.
+    pub trust_proxy: bool,
+    pub rate_limits: RateLimits,
+    /// Origins allowed by CORS in staging and production; development allows any origin.
+    pub cors_allowed_origins: Vec<String>,
+    /// Longest a request may run before it is answered with 503 `request-timeout`.
+    pub request_timeout: Duration,
+}
+
+/// Rate limits of the HTTP edge (GCRA, real time). Operations routes are never limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `/auth/login` and `/auth/register` together, per client IP, per minute.
+    pub auth_per_minute: u32,
+    /// Requests allowed at once before the auth rate applies.
+    pub auth_burst: u32,
+    /// `POST /api/reservations` and `POST /api/payments`, per user, per second (also the burst).
+    pub writes_per_second: u32,
+    /// Every other request, per client IP, per second (also the burst).
+    pub reads_per_second: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            auth_per_minute: 10,
+            auth_burst: 5,
+            writes_per_second: 20,
+            reads_per_second: 200,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +89,10 @@ impl std::fmt::Debug for Config {
             .field("app_env", &self.app_env)
             .field("max_batch", &self.max_batch)
             .field("pool", &self.pool)
+            .field("trust_proxy", &self.trust_proxy)
+            .field("rate_limits", &self.rate_limits)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("request_timeout_s", &self.request_timeout.as_secs())
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +120,10 @@ impl Default for Config {
             payment_latency: Duration::ZERO,
             payment_failure_rate: 0.0,
             pool: crate::db::PoolSettings::default(),
+            trust_proxy: false,
+            rate_limits: RateLimits::default(),
+            cors_allowed_origins: Vec::new(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -148,6 +187,48 @@ impl Config {
                 reason: "must be within 0..=1".into(),
             });
         }
+        let limit = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
+            u32::try_from(positive(var, i64::from(default))?).map_err(|_| ConfigError {
+                var,
+                reason: "too large".into(),
+            })
+        };
+        let rl = RateLimits::default();
+        let rate_limits = RateLimits {
+            auth_per_minute: limit("RATE_LIMIT_AUTH_PER_MINUTE", rl.auth_per_minute)?,
+            auth_burst: limit("RATE_LIMIT_AUTH_BURST", rl.auth_burst)?,
+            writes_per_second: limit("RATE_LIMIT_WRITES_PER_SECOND", rl.writes_per_second)?,
+            reads_per_second: limit("RATE_LIMIT_READS_PER_SECOND", rl.reads_per_second)?,
+        };
+        let trust_proxy = match get("TRUST_PROXY").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
+            Some(v) => {
+                return Err(ConfigError {
+                    var: "TRUST_PROXY",
+                    reason: format!("{v:?} is not true or false"),
+                })
+            }
+        };
+        let mut cors_allowed_origins = Vec::new();
+        for origin in get("CORS_ALLOWED_ORIGINS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+        {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+                || axum::http::HeaderValue::from_str(origin).is_err()
+            {
+                return Err(ConfigError {
+                    var: "CORS_ALLOWED_ORIGINS",
+                    reason: format!("{origin:?} is not an origin like https://example.com"),
+                });
+            }
+            cors_allowed_origins.push(origin.to_owned());
+        }
         Ok(Config {
             bind_addr: parse("BIND_ADDR", get("BIND_ADDR"), d.bind_addr)?,
             projections_database_url: get("PROJECTIONS_DATABASE_URL")
@@ -179,6 +260,10 @@ impl Config {
                 idle_timeout: seconds(positive("DB_IDLE_TIMEOUT_SECONDS", 600)?),
                 max_lifetime: seconds(positive("DB_MAX_LIFETIME_SECONDS", 1800)?),
             },
+            trust_proxy,
+            rate_limits,
+            cors_allowed_origins,
+            request_timeout: seconds(positive("REQUEST_TIMEOUT_SECONDS", 30)?),
         })
     }
 }
@@ -218,5 +303,59 @@ mod tests {
         assert!(
             !format!("{:?}", from(&[("ADMIN_PASSWORD", "hunter2")]).unwrap()).contains("hunter2")
         );
+    }
+
+    /// Rate limits, proxy trust, CORS origins and the request timeout have safe defaults.
+    #[test]
+    fn edge_settings_default_to_safe_values() {
+        let c = from(&[]).unwrap();
+        assert!(!c.trust_proxy);
+        assert_eq!(c.rate_limits, RateLimits::default());
+        assert_eq!(c.rate_limits.auth_per_minute, 10);
+        assert_eq!(c.rate_limits.auth_burst, 5);
+        assert!(c.cors_allowed_origins.is_empty());
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+    }
+
+    /// Edge settings are read from the environment and bad values name their variable.
+    #[test]
+    fn edge_settings_are_read_and_checked() {
+        let c = from(&[
+            ("TRUST_PROXY", "true"),
+            ("RATE_LIMIT_AUTH_PER_MINUTE", "3"),
+            ("RATE_LIMIT_AUTH_BURST", "2"),
+            ("RATE_LIMIT_WRITES_PER_SECOND", "4"),
+            ("RATE_LIMIT_READS_PER_SECOND", "50"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://tickets.example, http://localhost:3000",
+            ),
+            ("REQUEST_TIMEOUT_SECONDS", "5"),
+        ])
+        .unwrap();
+        assert!(c.trust_proxy);
+        assert_eq!(
+            c.rate_limits,
+            RateLimits {
+                auth_per_minute: 3,
+                auth_burst: 2,
+                writes_per_second: 4,
+                reads_per_second: 50
+            }
+        );
+        assert_eq!(
+            c.cors_allowed_origins,
+            ["https://tickets.example", "http://localhost:3000"]
+        );
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        for (var, value) in [
+            ("TRUST_PROXY", "maybe"),
+            ("RATE_LIMIT_AUTH_PER_MINUTE", "0"),
+            ("RATE_LIMIT_READS_PER_SECOND", "-1"),
+            ("CORS_ALLOWED_ORIGINS", "tickets.example"),
+            ("REQUEST_TIMEOUT_SECONDS", "0"),
+        ] {
+            assert_eq!(from(&[(var, value)]).unwrap_err().var, var);
+        }
     }
 }

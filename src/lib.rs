@@ -7,7 +7,8 @@
 //! - `projections`: read models (views the HTTP queries answer from) and their adapters.
 //! - `payment`: the gateway port, the simulated processor, refund settlement.
 //! - `auth`: accounts, login sessions and password hashing behind the `AuthStore` port.
-//! - `http`: the axum router, one module per resource, problem+json errors, access policy.
+//! - `http`: the axum router, one module per resource, problem+json errors, access policy,
+//!   and the edge: rate limits, security headers, CORS, request timeout.
 //! - `observability`: metrics and tracing set-up.
 //! - `startup`: builds the application from a `Config` and serves it until shutdown.
 pub mod auth;

@@ -205,8 +205,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         tracing::info!("bootstrap admin account ready");
     }
 
+    let rate_limiter = Arc::new(http::ratelimit::RateLimiter::new(
+        config.rate_limits,
+        config.trust_proxy,
+    ));
     let state = AppState {
         config,
+        rate_limiter,
         sales,
         reads,
         read_progress,
@@ -246,10 +251,14 @@ impl App {
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, "listening");
         let router = http::router(self.state);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")?;
+        // The peer address is the rate-limit key when no trusted proxy names the client.
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
         for task in self.tasks {
             task.abort();
         }

@@ -85,6 +85,13 @@ pub enum ApiError {
     /// 422: well-formed JSON with invalid fields; lists each one.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
+    /// 429: the caller's rate limit is spent; retry after the given whole seconds (at least 1).
+    #[error("too many requests; retry after {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
+    /// 503 `request-timeout`: the request ran past `REQUEST_TIMEOUT_SECONDS` and was abandoned.
+    /// 503 rather than 408 because the server was slow (usually a dependency), not the client.
+    #[error("the request took too long and was abandoned; it may not have been carried out")]
+    RequestTimeout,
     /// 503: a dependency is down or overloaded; retry after the given seconds.
     #[error("{detail}")]
     Unavailable { detail: String, retry_after: u32 },
@@ -110,7 +117,10 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,6 +139,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::Validation(_) => "validation-failed",
+            ApiError::TooManyRequests { .. } => "rate-limited",
+            ApiError::RequestTimeout => "request-timeout",
             ApiError::Unavailable { .. } => "service-unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -184,10 +196,15 @@ impl IntoResponse for ApiError {
         }
         let (status, body) = self.to_problem();
         let mut response = problem_response(status, &body);
-        if let ApiError::Unavailable { retry_after, .. } = self {
+        let retry_after = match self {
+            ApiError::Unavailable { retry_after, .. } => Some(u64::from(retry_after)),
+            ApiError::TooManyRequests { retry_after } => Some(retry_after.max(1)),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -1,10 +1,12 @@
 //! The HTTP edge: one `router()` per resource, merged here with the middleware every request
-//! passes (request context and correlation ids, metrics by route template, body limit, panic
-//! guard). Handlers stay thin: check access with `policy`, send a command through `Sales` or
-//! query the read models, and map typed errors to problem+json through `ApiError`.
+//! passes (security headers, CORS, panic guard, request context and correlation ids, rate
+//! limits, body limit, metrics by route template, request timeout). Handlers stay thin: check
+//! access with `policy`, send a command through `Sales` or query the read models, and map
+//! typed errors to problem+json through `ApiError`.
 
 pub mod analytics;
 pub mod auth;
+pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -12,6 +14,7 @@ pub mod idempotency;
 pub mod ops;
 pub mod payments;
 pub mod policy;
+pub mod ratelimit;
 pub mod reservations;
 
 use crate::auth::AuthService;
@@ -45,6 +48,7 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    pub rate_limiter: Arc<ratelimit::RateLimiter>,
     pub sales: Sales,
     pub reads: Arc<dyn ReadModel>,
     pub read_progress: Progress,
@@ -156,15 +160,21 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(analytics::router())
 }
 
-/// The whole application.
+/// The whole application. Layers listed first run innermost: the timeout wraps only the
+/// handler (so metrics record the timed-out answer), and the security headers wrap everything
+/// (so 404s, 429s, CORS preflights and panics carry them too).
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_routes().split_for_parts();
     let doc = Arc::new(doc);
-    routes
+    let routes = routes
         .route(
             "/openapi.json",
             get(move || async move { Json(doc.as_ref().clone()) }),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.config.request_timeout,
+            edge::timeout,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -172,11 +182,16 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .layer(middleware::from_fn(request_context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        .with_state(state)
+        .layer(edge::cors(&state.config));
+    edge::security_headers(routes, state.config.app_env).with_state(state)
 }
 
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub active_holds: IntGauge,
     pub projection_position: IntGauge,
     pub projection_errors: IntCounterVec,
+    pub rate_limited: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,6 +148,12 @@ impl Metrics {
                 "projection_errors_total",
                 "Events the read models could not apply, by reason.",
                 &["reason"],
+            ),
+            rate_limited: counter(
+                &r,
+                "rate_limited_total",
+                "Requests refused with 429, by limit scope (auth, writes, reads).",
+                &["scope"],
             ),
             registry: r,
         }

@@ -449,3 +449,22 @@ async fn a_refused_reservation_changes_nothing() {
     let mine = app.get("/api/reservations", Some(&buyer.token)).await;
     assert_eq!(mine.body["total_count"], 0, "{:#}", mine.body);
 }
+
+/// A request that runs past REQUEST_TIMEOUT is answered 503 request-timeout problem+json with Retry-After, not dropped.
+#[tokio::test]
+async fn a_request_past_the_timeout_gets_a_problem_answer_not_a_dropped_connection() {
+    let app = spawn_app_with(|c| {
+        c.request_timeout = std::time::Duration::from_secs(1);
+        c.payment_latency = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let customer = app.customer().await;
+    let reservation = app.reserve(&customer, event, 1).await.id("reservation_id");
+
+    let slow = app.pay(&customer, reservation, "tok_visa").await;
+    slow.assert_problem(503, "request-timeout");
+    assert_eq!(slow.header("retry-after"), Some("1"));
+    assert_eq!(slow.header("x-content-type-options"), Some("nosniff"));
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use ticketing::config::Config;
+use ticketing::config::{Config, RateLimits};
 use ticketing::payment::simulated::SimulatedGateway;
 use ticketing::runtime::ManualClock;
 use tokio::sync::oneshot;
@@ -100,12 +100,22 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Limits no ordinary test reaches: every test talks from the loopback address and signs up
+/// many accounts. Rate-limit tests set `RateLimits::default()` or small limits themselves.
+pub const UNREACHABLE_LIMITS: RateLimits = RateLimits {
+    auth_per_minute: 1_000_000,
+    auth_burst: 1_000_000,
+    writes_per_second: 1_000_000,
+    reads_per_second: 1_000_000,
+};
+
 /// Starts the application with the default config changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config {
         admin_email: Some(ADMIN_EMAIL.into()),
         admin_password: Some(ADMIN_PASSWORD.into()),
         reservation_ttl: Duration::seconds(TTL_SECONDS),
+        rate_limits: UNREACHABLE_LIMITS,
         ..Config::default()
     };
     tweak(&mut config);
