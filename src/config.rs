@@ -35,6 +35,9 @@ pub struct Config {
     pub payment_failure_rate: f64,
     /// Pool settings for every PostgreSQL database.
     pub pool: crate::db::PoolSettings,
+    /// After SIGTERM, how long `/ready` answers 503 (`draining`) while the listener still
+    /// accepts, so a load balancer stops sending traffic before connections are refused.
+    pub shutdown_drain: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("app_env", &self.app_env)
             .field("max_batch", &self.max_batch)
             .field("pool", &self.pool)
+            .field("shutdown_drain", &self.shutdown_drain)
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +89,7 @@ impl Default for Config {
             payment_latency: Duration::ZERO,
             payment_failure_rate: 0.0,
             pool: crate::db::PoolSettings::default(),
+            shutdown_drain: Duration::ZERO,
         }
     }
 }
@@ -179,6 +184,11 @@ impl Config {
                 idle_timeout: seconds(positive("DB_IDLE_TIMEOUT_SECONDS", 600)?),
                 max_lifetime: seconds(positive("DB_MAX_LIFETIME_SECONDS", 1800)?),
             },
+            shutdown_drain: Duration::from_secs(parse(
+                "SHUTDOWN_DRAIN_SECONDS",
+                get("SHUTDOWN_DRAIN_SECONDS"),
+                0,
+            )?),
         })
     }
 }
@@ -217,6 +227,22 @@ mod tests {
         assert_eq!(from(&[("APP_ENV", "moon")]).unwrap_err().var, "APP_ENV");
         assert!(
             !format!("{:?}", from(&[("ADMIN_PASSWORD", "hunter2")]).unwrap()).contains("hunter2")
+        );
+    }
+
+    /// The drain delay defaults to none, may be zero, and a non-number names its variable.
+    #[test]
+    fn shutdown_drain_defaults_to_zero_and_bad_values_are_named() {
+        assert_eq!(from(&[]).unwrap().shutdown_drain, Duration::ZERO);
+        assert_eq!(
+            from(&[("SHUTDOWN_DRAIN_SECONDS", "5")])
+                .unwrap()
+                .shutdown_drain,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            from(&[("SHUTDOWN_DRAIN_SECONDS", "-1")]).unwrap_err().var,
+            "SHUTDOWN_DRAIN_SECONDS"
         );
     }
 }

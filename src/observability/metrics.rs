@@ -2,8 +2,8 @@
 //! kinds, outcomes); never raw paths, user ids or event ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -22,6 +22,18 @@ pub struct Metrics {
     pub active_holds: IntGauge,
     pub projection_position: IntGauge,
     pub projection_errors: IntCounterVec,
+    /// Open connections per PostgreSQL pool; set when `/metrics` is scraped.
+    pub db_pool_connections: IntGaugeVec,
+    /// Idle connections per PostgreSQL pool; set when `/metrics` is scraped.
+    pub db_pool_idle: IntGaugeVec,
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -148,8 +160,30 @@ impl Metrics {
                 "Events the read models could not apply, by reason.",
                 &["reason"],
             ),
+            db_pool_connections: gauges(
+                &r,
+                "db_pool_connections",
+                "Open connections per PostgreSQL pool (events, projections, projector, auth).",
+                &["pool"],
+            ),
+            db_pool_idle: gauges(
+                &r,
+                "db_pool_idle",
+                "Idle connections per PostgreSQL pool (events, projections, projector, auth).",
+                &["pool"],
+            ),
             registry: r,
         }
+    }
+
+    /// Records one pool's size and idle connections.
+    pub fn record_pool(&self, pool: &str, connections: u32, idle: usize) {
+        self.db_pool_connections
+            .with_label_values(&[pool])
+            .set(i64::from(connections));
+        self.db_pool_idle
+            .with_label_values(&[pool])
+            .set(i64::try_from(idle).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.
