@@ -42,6 +42,9 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// Longest a request may run before it is answered with 503 `request-timeout`.
     pub request_timeout: Duration,
+    /// After SIGTERM, how long `/ready` answers 503 (`draining`) while the listener still
+    /// accepts, so a load balancer stops sending traffic before connections are refused.
+    pub shutdown_drain: Duration,
 }
 
 /// Rate limits of the HTTP edge (GCRA, real time). Operations routes are never limited.
@@ -93,6 +96,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("request_timeout_s", &self.request_timeout.as_secs())
+            .field("shutdown_drain", &self.shutdown_drain)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +128,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             cors_allowed_origins: Vec::new(),
             request_timeout: Duration::from_secs(30),
+            shutdown_drain: Duration::ZERO,
         }
     }
 }
@@ -264,6 +269,11 @@ impl Config {
             rate_limits,
             cors_allowed_origins,
             request_timeout: seconds(positive("REQUEST_TIMEOUT_SECONDS", 30)?),
+            shutdown_drain: Duration::from_secs(parse(
+                "SHUTDOWN_DRAIN_SECONDS",
+                get("SHUTDOWN_DRAIN_SECONDS"),
+                0,
+            )?),
         })
     }
 }
@@ -357,5 +367,21 @@ mod tests {
         ] {
             assert_eq!(from(&[(var, value)]).unwrap_err().var, var);
         }
+    }
+
+    /// The drain delay defaults to none, may be zero, and a non-number names its variable.
+    #[test]
+    fn shutdown_drain_defaults_to_zero_and_bad_values_are_named() {
+        assert_eq!(from(&[]).unwrap().shutdown_drain, Duration::ZERO);
+        assert_eq!(
+            from(&[("SHUTDOWN_DRAIN_SECONDS", "5")])
+                .unwrap()
+                .shutdown_drain,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            from(&[("SHUTDOWN_DRAIN_SECONDS", "-1")]).unwrap_err().var,
+            "SHUTDOWN_DRAIN_SECONDS"
+        );
     }
 }

@@ -7,6 +7,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Connection pool settings, from `DB_*` environment variables.
@@ -28,6 +29,24 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(1800),
         }
+    }
+}
+
+/// The pools of one instance by role (`events`, `projections`, `projector`, `auth`): a
+/// fixed, bounded set of names, so they can label metrics.
+#[derive(Clone, Default)]
+pub struct NamedPools(Arc<[(&'static str, PgPool)]>);
+
+impl NamedPools {
+    pub fn new(pools: Vec<(&'static str, PgPool)>) -> Self {
+        NamedPools(pools.into())
+    }
+
+    /// Each role with its pool's `(open connections, idle connections)` right now.
+    pub fn sizes(&self) -> impl Iterator<Item = (&'static str, u32, usize)> + '_ {
+        self.0
+            .iter()
+            .map(|(name, pool)| (*name, pool.size(), pool.num_idle()))
     }
 }
 

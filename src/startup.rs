@@ -21,7 +21,8 @@ use crate::projections::{Projector, ReadModel};
 use crate::runtime::checkpoints::{Checkpoints, MemoryCheckpoints, PostgresCheckpoints};
 use crate::runtime::{expiry, subscription, Clock, Sales};
 use anyhow::{bail, Context};
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,6 +46,7 @@ struct Adapters {
     accounts: Arc<dyn AuthStore>,
     checkpoints: Arc<dyn Checkpoints>,
     idempotency: IdempotencyStore,
+    pools: db::NamedPools,
 }
 
 async fn in_memory() -> Adapters {
@@ -60,6 +62,7 @@ async fn in_memory() -> Adapters {
         accounts: Arc::new(MemoryAuthStore::new()),
         checkpoints: Arc::new(MemoryCheckpoints::default()),
         idempotency: IdempotencyStore::default(),
+        pools: db::NamedPools::default(),
     }
 }
 
@@ -103,7 +106,14 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
         .await
         .context("migrating the auth database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
+    let pools = db::NamedPools::new(vec![
+        ("events", events.clone()),
+        ("projections", projections.clone()),
+        ("projector", projector.clone()),
+        ("auth", auth.clone()),
+    ]);
     Ok(Adapters {
+        pools,
         store: Arc::new(PostgresEventStore::new(events).await?),
         reads: Arc::new(PostgresReadModel::new(projections.clone())),
         projector: Arc::new(PostgresReadModel::new(projector)),
@@ -134,6 +144,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         accounts,
         checkpoints,
         idempotency,
+        pools,
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -220,6 +231,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         clock,
         metrics,
         idempotency,
+        pools,
+        draining: Arc::new(AtomicBool::new(false)),
     };
     Ok(App {
         state,
@@ -241,8 +254,14 @@ async fn purge_idempotency_keys(store: Arc<IdempotencyStore>) {
     }
 }
 
+/// After the listener closes, how long in-flight requests may take before the process stops
+/// anyway: keeps the exit within the 30 s an orchestrator usually grants after SIGTERM.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(20);
+
 impl App {
-    /// Serves HTTP on `listener` until `shutdown` completes, then stops the background tasks.
+    /// Serves HTTP on `listener` until `shutdown` completes, then drains: `/ready` answers 503
+    /// at once, the listener keeps accepting for `SHUTDOWN_DRAIN_SECONDS`, then closes while
+    /// in-flight requests finish (for at most `IN_FLIGHT_GRACE`), and the background tasks stop.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -250,15 +269,39 @@ impl App {
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, "listening");
+        let draining = Arc::clone(&self.state.draining);
+        let drain = self.state.config.shutdown_drain;
+        let (closing, closed) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+            tracing::info!(drain_s = drain.as_secs(), "draining: /ready answers 503");
+            tokio::time::sleep(drain).await;
+            tracing::info!("closing the listener; finishing in-flight requests");
+            let _ = closing.send(());
+        };
         let router = http::router(self.state);
         // The peer address is the rate-limit key when no trusted proxy names the client.
-        axum::serve(
+        let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+        .with_graceful_shutdown(signal)
+        .into_future();
+        let give_up = async {
+            if closed.await.is_err() {
+                // The server ended on its own, before any shutdown signal.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(IN_FLIGHT_GRACE).await;
+        };
+        tokio::select! {
+            served = server => served.context("serving HTTP")?,
+            () = give_up => tracing::warn!(
+                grace_s = IN_FLIGHT_GRACE.as_secs(),
+                "in-flight requests did not finish in time; stopping anyway"
+            ),
+        }
         for task in self.tasks {
             task.abort();
         }

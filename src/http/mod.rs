@@ -57,6 +57,10 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub idempotency: Arc<IdempotencyStore>,
+    /// The PostgreSQL pools by role, for the pool gauges on `/metrics` (empty in memory).
+    pub pools: crate::db::NamedPools,
+    /// Set when shutdown begins: `/ready` answers 503 `draining` from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {

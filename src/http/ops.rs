@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -34,8 +35,9 @@ pub struct Check {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`, `not_ready`, or `draining` once shutdown began.
     pub status: &'static str,
+    /// Every dependency check; empty while draining (none is run then).
     pub checks: Vec<Check>,
 }
 
@@ -67,6 +69,20 @@ async fn check<E: std::fmt::Display>(
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+    if s.draining.load(Ordering::SeqCst) {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Readiness {
+                status: "draining",
+                checks: Vec::new(),
+            }),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return response;
+    }
     let store = s.sales.store();
     let auth = s.auth.store();
     let (events, reads, accounts) = tokio::join!(
@@ -100,6 +116,9 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    for (pool, connections, idle) in s.pools.sizes() {
+        s.metrics.record_pool(pool, connections, idle);
+    }
     (
         [(
             header::CONTENT_TYPE,

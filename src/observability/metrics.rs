@@ -2,8 +2,8 @@
 //! kinds, outcomes); never raw paths, user ids or event ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,6 +23,18 @@ pub struct Metrics {
     pub projection_position: IntGauge,
     pub projection_errors: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    /// Open connections per PostgreSQL pool; set when `/metrics` is scraped.
+    pub db_pool_connections: IntGaugeVec,
+    /// Idle connections per PostgreSQL pool; set when `/metrics` is scraped.
+    pub db_pool_idle: IntGaugeVec,
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -155,8 +167,30 @@ impl Metrics {
                 "Requests refused with 429, by limit scope (auth, writes, reads).",
                 &["scope"],
             ),
+            db_pool_connections: gauges(
+                &r,
+                "db_pool_connections",
+                "Open connections per PostgreSQL pool (events, projections, projector, auth).",
+                &["pool"],
+            ),
+            db_pool_idle: gauges(
+                &r,
+                "db_pool_idle",
+                "Idle connections per PostgreSQL pool (events, projections, projector, auth).",
+                &["pool"],
+            ),
             registry: r,
         }
+    }
+
+    /// Records one pool's size and idle connections.
+    pub fn record_pool(&self, pool: &str, connections: u32, idle: usize) {
+        self.db_pool_connections
+            .with_label_values(&[pool])
+            .set(i64::from(connections));
+        self.db_pool_idle
+            .with_label_values(&[pool])
+            .set(i64::try_from(idle).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.

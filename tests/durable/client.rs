@@ -83,6 +83,25 @@ impl Service {
         let _ = child.wait().await;
     }
 
+    /// Sends SIGTERM, as an orchestrator does to stop a container.
+    pub async fn sigterm(&self) {
+        let child = self.child.lock().await;
+        let pid = child.id().expect("the process still runs");
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill only sends a signal to the child this test started and still owns.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM not sent");
+    }
+
+    /// Waits up to `deadline` for the process to exit and returns its status.
+    pub async fn exit_status(&self, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.lock().await;
+        tokio::time::timeout(deadline, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the process did not exit within {deadline:?}"))
+            .expect("waiting for the process")
+    }
+
     /// Logs in an existing account and returns its token.
     pub async fn login(&self, email: &str, password: &str) -> String {
         let (status, body) = self

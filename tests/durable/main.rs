@@ -1,9 +1,11 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
-//! SIGKILL and restarted, several instances sharing one database, and projection rebuilds.
+//! SIGKILL and restarted, several instances sharing one database, projection rebuilds, a
+//! database outage behind a TCP proxy, and SIGTERM.
 //! Each test creates its own database. They need PostgreSQL: `./scripts/services.sh`.
 
 mod api_on_postgres;
 mod client;
 mod crash;
 mod instances;
+mod outage;
 mod rebuild;

@@ -1,0 +1,336 @@
+//! Losing the database and shutting down: `/ready` and writes answer 503 with `Retry-After`
+//! (never 500, never a hang) while PostgreSQL is unreachable behind a stopped TCP proxy, and
+//! recover by themselves; SIGTERM drains (`/ready` 503 first) and exits 0 in bounded time.
+
+use super::client::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use ticketing::db::testing::fresh_database;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A TCP proxy in front of PostgreSQL that a test can stop (closing its listener and every
+/// open connection) and start again on the same port.
+struct Proxy {
+    port: u16,
+    upstream: String,
+    running: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to `upstream` (`host:port`).
+    async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let port = listener.local_addr().expect("proxy address").port();
+        let mut proxy = Proxy {
+            port,
+            upstream: upstream.to_owned(),
+            running: None,
+        };
+        proxy.running = Some(tokio::spawn(forward(listener, proxy.upstream.clone())));
+        proxy
+    }
+
+    /// Closes the listener and every connection: the database is gone for the service.
+    async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+            let _ = running.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .await
+            .expect("proxy binds its old port again");
+        self.running = Some(tokio::spawn(forward(listener, self.upstream.clone())));
+    }
+}
+
+/// Accepts and pipes connections; aborting it drops the listener and, with the `JoinSet`,
+/// every connection task and its sockets.
+async fn forward(listener: TcpListener, upstream: String) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut client, _)) = accepted else { continue };
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// A fresh database reached through a new proxy: (proxy, URL through the proxy, direct URL).
+async fn database_behind_a_proxy() -> (Proxy, String, String) {
+    let direct = reqwest::Url::parse(&fresh_database().await).expect("database URL");
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().expect("database host"),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = Proxy::start(&upstream).await;
+    let mut proxied = direct.clone();
+    proxied.set_host(Some("127.0.0.1")).expect("host");
+    proxied.set_port(Some(proxy.port)).expect("port");
+    (proxy, proxied.to_string(), direct.to_string())
+}
+
+/// One request bounded by a client timeout: a hang fails the test instead of stalling it.
+async fn bounded(
+    service: &Service,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut request = service
+        .http
+        .request(method, format!("{}{path}", service.base))
+        .timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path} gave no answer within 10 s: {e}"));
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.json().await.unwrap_or(Value::Null);
+    if status == StatusCode::SERVICE_UNAVAILABLE && path != "/ready" {
+        assert_eq!(content_type, "application/problem+json", "{path}: {body}");
+    }
+    (status, retry_after, body)
+}
+
+fn reservation(event: uuid::Uuid) -> Value {
+    json!({"event_id": event, "section": "floor", "quantity": 1})
+}
+
+/// With PostgreSQL unreachable, `/ready` names every failed check within 2 s and writes answer
+/// 503 with `Retry-After`; once it is back both recover without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_and_recovers_by_itself() {
+    let (mut proxy, url, _) = database_behind_a_proxy().await;
+    let service = Service::start(&url, &[]).await;
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 50).await;
+    let (_, buyer) = service.user("customer").await;
+    let email = {
+        let (_, me) = service.get("/auth/me", Some(&buyer)).await;
+        me["email"].as_str().unwrap().to_owned()
+    };
+
+    proxy.stop().await;
+
+    let started = Instant::now();
+    let (status, retry_after, body) =
+        bounded(&service, reqwest::Method::GET, "/ready", None, None).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "/ready took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some(), "/ready 503 without Retry-After");
+    assert_eq!(body["status"], "not_ready", "{body}");
+    for name in ["event_store", "projections", "auth"] {
+        let check = body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {body}"));
+        assert_eq!(check["status"], "fail", "{body}");
+        assert!(
+            check["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+
+    let writes = [
+        (
+            "/api/reservations",
+            Some(buyer.as_str()),
+            reservation(event),
+        ),
+        (
+            "/auth/login",
+            None,
+            json!({"email": email, "password": PASSWORD}),
+        ),
+    ];
+    for (path, token, body) in writes {
+        let (status, retry_after, answer) =
+            bounded(&service, reqwest::Method::POST, path, token, Some(body)).await;
+        assert_eq!(status, 503, "{path}: {answer}");
+        assert!(retry_after.is_some(), "{path}: 503 without Retry-After");
+    }
+
+    proxy.restart().await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    ready_again(&service, deadline).await;
+    reserve_again(&service, &buyer, event, deadline).await;
+}
+
+/// Polls `/ready` until 200, failing after `deadline`.
+async fn ready_again(service: &Service, deadline: Instant) {
+    loop {
+        let (status, _, body) = bounded(service, reqwest::Method::GET, "/ready", None, None).await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/ready did not recover: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Retries a reservation until 201, accepting only 503 meanwhile, failing after `deadline`.
+async fn reserve_again(service: &Service, buyer: &str, event: uuid::Uuid, deadline: Instant) {
+    loop {
+        let (status, _, body) = bounded(
+            service,
+            reqwest::Method::POST,
+            "/api/reservations",
+            Some(buyer),
+            Some(reservation(event)),
+        )
+        .await;
+        match status.as_u16() {
+            201 => return,
+            503 => assert!(Instant::now() < deadline, "writes did not recover: {body}"),
+            other => panic!("a reservation after the outage answered {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With only the event store unreachable (accounts and read models still answer), a
+/// reservation reaches the writer and answers 503 with `Retry-After`; later ones succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_an_event_store_outage_answers_503_and_later_succeeds() {
+    let (mut proxy, url, direct) = database_behind_a_proxy().await;
+    let service = Service::start(
+        &url,
+        &[
+            ("AUTH_DATABASE_URL", &direct),
+            ("PROJECTIONS_DATABASE_URL", &direct),
+        ],
+    )
+    .await;
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 50).await;
+    let (_, buyer) = service.user("customer").await;
+
+    proxy.stop().await;
+
+    let (status, _, body) = bounded(&service, reqwest::Method::GET, "/ready", None, None).await;
+    assert_eq!(status, 503, "{body}");
+    for _ in 0..2 {
+        let (status, retry_after, body) = bounded(
+            &service,
+            reqwest::Method::POST,
+            "/api/reservations",
+            Some(&buyer),
+            Some(reservation(event)),
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("event store")),
+            "the write did not reach the event store: {body}"
+        );
+        assert!(retry_after.is_some(), "503 without Retry-After");
+    }
+
+    proxy.restart().await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    ready_again(&service, deadline).await;
+    reserve_again(&service, &buyer, event, deadline).await;
+    assert_eq!(service.floor(event).await.1, 1, "exactly one seat is held");
+}
+
+/// SIGTERM makes `/ready` answer 503 `draining` while the listener still accepts, then the
+/// process exits 0 well within 30 s.
+#[tokio::test]
+async fn sigterm_turns_ready_to_draining_then_exits_cleanly() {
+    let db = fresh_database().await;
+    let service = Service::start(&db, &[("SHUTDOWN_DRAIN_SECONDS", "3")]).await;
+    service.sigterm().await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, retry_after, body) =
+            bounded(&service, reqwest::Method::GET, "/ready", None, None).await;
+        if status == 503 {
+            assert_eq!(body["status"], "draining", "{body}");
+            assert!(retry_after.is_some(), "draining without Retry-After");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "/ready never said draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = service.exit_status(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Without a drain delay, SIGTERM stops the service with exit status 0 within 30 s.
+#[tokio::test]
+async fn sigterm_exits_with_status_zero_within_thirty_seconds() {
+    let db = fresh_database().await;
+    let service = Service::start(&db, &[]).await;
+    let (_, organizer) = service.user("organizer").await;
+    service.event_on_sale(&organizer, 5).await;
+    service.sigterm().await;
+    let status = service.exit_status(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+/// `/metrics` on PostgreSQL carries the size and idle gauges of each of the four pools.
+#[tokio::test]
+async fn metrics_report_every_database_pool() {
+    let db = fresh_database().await;
+    let service = Service::start(&db, &[]).await;
+    let text = service
+        .http
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    for pool in ["events", "projections", "projector", "auth"] {
+        for gauge in ["ticketing_db_pool_connections", "ticketing_db_pool_idle"] {
+            let series = format!("{gauge}{{pool=\"{pool}\"}} ");
+            assert!(text.contains(&series), "no {series} in:\n{text}");
+        }
+    }
+}
