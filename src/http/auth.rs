@@ -5,7 +5,7 @@ use super::extract::{ApiJson, Authenticated};
 use super::AppState;
 use crate::auth::Role;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -110,12 +110,7 @@ async fn logout(
     _: Authenticated,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .map(|(_, token)| token.trim())
-        .ok_or(ApiError::Unauthorized)?;
+    let token = super::extract::bearer(&headers)?.ok_or(ApiError::Unauthorized)?;
     s.auth.logout(token).await?;
     Ok(StatusCode::NO_CONTENT)
 }

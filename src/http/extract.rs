@@ -153,8 +153,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The bearer token, if an `Authorization` header is present; a malformed header is a 401.
-fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
@@ -183,7 +183,7 @@ impl FromRequestParts<AppState> for Authenticated {
         if let Some(VerifiedPrincipal(principal)) = parts.extensions.get::<VerifiedPrincipal>() {
             return Ok(Authenticated(principal.clone()));
         }
-        let token = bearer(parts)?.ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers)?.ok_or(ApiError::Unauthorized)?;
         Ok(Authenticated(state.auth.authenticate(token).await?))
     }
 }
@@ -195,7 +195,7 @@ impl FromRequestParts<AppState> for MaybeAuthenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts)? {
+        match bearer(&parts.headers)? {
             None => Ok(MaybeAuthenticated(None)),
             Some(token) => Ok(MaybeAuthenticated(Some(
                 state.auth.authenticate(token).await?,

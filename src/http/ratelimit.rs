@@ -10,7 +10,7 @@ use super::AppState;
 use crate::config::RateLimits;
 use crate::domain::UserId;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, Method};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
@@ -144,14 +144,11 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
         request.method() == Method::POST && matches!(path, "/auth/login" | "/auth/register");
     let mut user = None;
     if is_limited_write(request.method(), path) {
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim().to_owned());
-        if let Some(token) = token.filter(|t| !t.is_empty()) {
+        let token = super::extract::bearer(request.headers())
+            .ok()
+            .flatten()
+            .map(str::to_owned);
+        if let Some(token) = token {
             if let Ok(principal) = state.auth.authenticate(&token).await {
                 user = Some(principal.user_id);
                 request
