@@ -12,8 +12,10 @@
 //! - `observability`: metrics and tracing set-up.
 //! - `startup`: builds the application from a `Config` and serves it until shutdown.
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod db;
+pub mod dlq;
 pub mod domain;
 pub mod eventstore;
 pub mod http;

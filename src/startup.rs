@@ -5,8 +5,17 @@
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
+use crate::bus::consumer::{Consumer, Handler, RetryPolicy};
+use crate::bus::kafka::KafkaBus;
+use crate::bus::memory::MemoryBus;
+use crate::bus::relay::{MemoryCursor, PostgresCursor, Relay, RelayCursor};
+use crate::bus::{EventBus, Topics};
 use crate::config::Config;
 use crate::db;
+use crate::dlq::memory::MemoryDeadLetters;
+use crate::dlq::postgres::PostgresDeadLetters;
+use crate::dlq::service::DlqService;
+use crate::dlq::DeadLetters;
 use crate::eventstore::memory::MemoryEventStore;
 use crate::eventstore::postgres::PostgresEventStore;
 use crate::eventstore::EventStore;
@@ -15,6 +24,9 @@ use crate::observability::Metrics;
 use crate::payment::refunds::RefundSettlement;
 use crate::payment::simulated::SimulatedGateway;
 use crate::payment::PaymentGateway;
+use crate::projections::insights::memory::MemoryInsights;
+use crate::projections::insights::postgres::PostgresInsights;
+use crate::projections::insights::{Insights, InsightsProjection};
 use crate::projections::memory::MemoryReadModel;
 use crate::projections::postgres::PostgresReadModel;
 use crate::projections::{Projector, ReadModel};
@@ -47,6 +59,10 @@ struct Adapters {
     checkpoints: Arc<dyn Checkpoints>,
     idempotency: IdempotencyStore,
     pools: db::NamedPools,
+    dlq: Arc<dyn DeadLetters>,
+    insights: Arc<dyn Insights>,
+    /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
+    durable_cursor: Option<Arc<dyn RelayCursor>>,
 }
 
 async fn in_memory() -> Adapters {
@@ -63,6 +79,9 @@ async fn in_memory() -> Adapters {
         checkpoints: Arc::new(MemoryCheckpoints::default()),
         idempotency: IdempotencyStore::default(),
         pools: db::NamedPools::default(),
+        dlq: Arc::new(MemoryDeadLetters::new()),
+        insights: Arc::new(MemoryInsights::new()),
+        durable_cursor: None,
     }
 }
 
@@ -114,24 +133,22 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
     ]);
     Ok(Adapters {
         pools,
-        store: Arc::new(PostgresEventStore::new(events).await?),
+        store: Arc::new(PostgresEventStore::new(events.clone()).await?),
         reads: Arc::new(PostgresReadModel::new(projections.clone())),
         projector: Arc::new(PostgresReadModel::new(projector)),
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
-        checkpoints: Arc::new(PostgresCheckpoints(projections)),
+        checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
         idempotency: IdempotencyStore::durable(auth),
+        dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
+        insights: Arc::new(PostgresInsights::new(projections)),
+        durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
     })
 }
 
 /// Wires adapters, stores and background tasks.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    for (var, set) in [
-        ("KAFKA_BROKERS", config.kafka_brokers.is_some()),
-        ("REDIS_URL", config.redis_url.is_some()),
-    ] {
-        if set {
-            bail!("{var} is set, but this build has no adapter for it yet; unset it");
-        }
+    if config.redis_url.is_some() {
+        bail!("REDIS_URL is set, but this build has no adapter for it yet; unset it");
     }
     let adapters = match &config.database_url {
         None => in_memory().await,
@@ -145,6 +162,9 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         checkpoints,
         idempotency,
         pools,
+        dlq,
+        insights,
+        durable_cursor,
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -181,6 +201,15 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         refunds,
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
+    let (bus, dlq) = start_bus(
+        &config,
+        durable_cursor,
+        dlq,
+        &insights,
+        (&store, &metrics, &clock),
+        &mut tasks,
+    )
+    .await?;
 
     // Holds always end: re-arm every pending hold once the read models caught up.
     let head = *store.subscribe_head().borrow();
@@ -226,6 +255,9 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         sales,
         reads,
         read_progress,
+        insights,
+        bus,
+        dlq,
         auth,
         gateway: Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
         clock,
@@ -239,6 +271,60 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         gateway,
         tasks,
     })
+}
+
+/// Starts the outbox relay and the bus consumers: on Kafka with `KAFKA_BROKERS`, else on the
+/// in-process bus. The in-process bus forgets everything on restart, so its relay starts from
+/// the beginning of the log (consumers skip what they applied); on Kafka the relay's cursor
+/// is durable where the event store is.
+async fn start_bus(
+    config: &Config,
+    durable_cursor: Option<Arc<dyn RelayCursor>>,
+    dlq: Arc<dyn DeadLetters>,
+    insights: &Arc<dyn Insights>,
+    (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<(Arc<dyn EventBus>, DlqService)> {
+    let topics = Topics::new(config.kafka_topic_prefix.clone());
+    let (bus, cursor): (Arc<dyn EventBus>, Arc<dyn RelayCursor>) = match &config.kafka_brokers {
+        None => (
+            Arc::new(MemoryBus::new()),
+            Arc::new(MemoryCursor::default()),
+        ),
+        Some(brokers) => (
+            Arc::new(KafkaBus::new(brokers).context("configuring the Kafka clients")?),
+            durable_cursor.unwrap_or_else(|| Arc::new(MemoryCursor::default())),
+        ),
+    };
+    tracing::info!(bus = bus.kind(), prefix = %config.kafka_topic_prefix, "event bus");
+    // Best effort: a broker that is down now must not stop the service; the relay creates
+    // the topics again before it publishes.
+    if let Err(e) = bus.ensure_topics(&topics.all()).await {
+        tracing::warn!(error = %e, "cannot create the bus topics yet");
+    }
+    tasks.push(
+        Relay {
+            store: Arc::clone(store),
+            bus: Arc::clone(&bus),
+            topics: topics.clone(),
+            cursor,
+            metrics: Arc::clone(metrics),
+            clock: Arc::clone(clock),
+        }
+        .spawn(),
+    );
+    let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(InsightsProjection(Arc::clone(insights)))];
+    for handler in &handlers {
+        let consumer = Consumer {
+            handler: Arc::clone(handler),
+            dlq: Arc::clone(&dlq),
+            metrics: Arc::clone(metrics),
+            clock: Arc::clone(clock),
+            retry: RetryPolicy::default(),
+        };
+        tasks.push(consumer.spawn(Arc::clone(&bus), topics.clone()));
+    }
+    Ok((bus, DlqService::new(dlq, handlers, Arc::clone(clock))))
 }
 
 /// Deletes idempotent answers older than 24 hours, hourly.

@@ -31,6 +31,14 @@ impl ReservationStatus {
             ReservationStatus::Refunded => "refunded",
         }
     }
+
+    /// The status `as_str` names.
+    pub fn parse(text: &str) -> Option<Self> {
+        use ReservationStatus::*;
+        [Pending, Confirmed, Expired, Cancelled, Refunded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -76,6 +76,14 @@ pub enum ApiError {
         reason: String,
         payment_id: uuid::Uuid,
     },
+    /// 422 `retry-failed`: a dead letter's handler failed again; the entry is pending with
+    /// the new error and one more retry.
+    #[error("the retry failed: {error}")]
+    RetryFailed {
+        error: String,
+        retry_count: u32,
+        entry_id: i64,
+    },
     /// 413: the body is over the limit.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -116,7 +124,9 @@ impl ApiError {
             ApiError::PaymentDeclined { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::RetryFailed { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -139,6 +149,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::Validation(_) => "validation-failed",
+            ApiError::RetryFailed { .. } => "retry-failed",
             ApiError::TooManyRequests { .. } => "rate-limited",
             ApiError::RequestTimeout => "request-timeout",
             ApiError::Unavailable { .. } => "service-unavailable",
@@ -166,6 +177,14 @@ impl ApiError {
                 body["actual_version"] = json!(actual);
             }
             ApiError::PaymentDeclined { payment_id, .. } => body["payment_id"] = json!(payment_id),
+            ApiError::RetryFailed {
+                retry_count,
+                entry_id,
+                ..
+            } => {
+                body["retry_count"] = json!(retry_count);
+                body["entry_id"] = json!(entry_id);
+            }
             _ => {}
         }
         (status, body)
@@ -290,6 +309,44 @@ impl From<ReadError> for ApiError {
             detail: "the read models are unavailable".into(),
             retry_after: 2,
         }
+    }
+}
+
+impl From<crate::dlq::DlqError> for ApiError {
+    fn from(e: crate::dlq::DlqError) -> Self {
+        use crate::dlq::DlqError;
+        match e {
+            DlqError::NotFound(_) => ApiError::NotFound("dead letter"),
+            DlqError::WrongStatus { .. } => conflict("dead-letter-not-pending", e),
+            DlqError::Blocked { .. } => conflict("dead-letter-blocked", e),
+            DlqError::Unavailable(_) => {
+                tracing::warn!(error = %e, "dead letter queue failed");
+                ApiError::Unavailable {
+                    detail: "the dead letter queue is unavailable".into(),
+                    retry_after: 2,
+                }
+            }
+        }
+    }
+}
+
+impl From<crate::dlq::service::RetryError> for ApiError {
+    fn from(e: crate::dlq::service::RetryError) -> Self {
+        use crate::dlq::service::RetryError;
+        match e {
+            RetryError::Dlq(e) => e.into(),
+            RetryError::Failed(entry) => ApiError::RetryFailed {
+                error: entry.error,
+                retry_count: entry.retry_count,
+                entry_id: entry.id,
+            },
+        }
+    }
+}
+
+impl From<crate::projections::insights::InsightsError> for ApiError {
+    fn from(e: crate::projections::insights::InsightsError) -> Self {
+        ApiError::Internal(anyhow::Error::new(e))
     }
 }
 

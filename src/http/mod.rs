@@ -4,6 +4,7 @@
 //! access with `policy`, send a command through `Sales` or query the read models, and map
 //! typed errors to problem+json through `ApiError`.
 
+pub mod admin;
 pub mod analytics;
 pub mod auth;
 pub mod edge;
@@ -52,6 +53,10 @@ pub struct AppState {
     pub sales: Sales,
     pub reads: Arc<dyn ReadModel>,
     pub read_progress: Progress,
+    /// Sales analytics and purchase history, fed by the bus.
+    pub insights: Arc<dyn crate::projections::insights::Insights>,
+    pub bus: Arc<dyn crate::bus::EventBus>,
+    pub dlq: crate::dlq::service::DlqService,
     pub auth: AuthService,
     pub gateway: Arc<dyn PaymentGateway>,
     pub clock: Arc<dyn Clock>,
@@ -162,6 +167,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(reservations::router())
         .merge(payments::router())
         .merge(analytics::router())
+        .merge(admin::router())
 }
 
 /// The whole application. Layers listed first run innermost: the timeout wraps only the

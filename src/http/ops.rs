@@ -31,11 +31,15 @@ pub struct Check {
     pub adapter: &'static str,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// Whether a failure makes the instance not ready. The bus is not critical: while it is
+    /// away the outbox keeps every event and sales go on.
+    pub critical: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`, `not_ready`, or `draining` once shutdown began.
+    /// `ready`, `degraded` (a non-critical check failed; still 200), `not_ready`, or
+    /// `draining` once shutdown began.
     pub status: &'static str,
     /// Every dependency check; empty while draining (none is run then).
     pub checks: Vec<Check>,
@@ -63,6 +67,7 @@ async fn check<E: std::fmt::Display>(
         adapter,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         error,
+        critical: true,
     }
 }
 
@@ -85,13 +90,16 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
     let store = s.sales.store();
     let auth = s.auth.store();
-    let (events, reads, accounts) = tokio::join!(
+    let (events, reads, accounts, mut bus) = tokio::join!(
         check("event_store", store.kind(), store.ping()),
         check("projections", s.reads.kind(), s.reads.ping()),
         check("auth", auth.kind(), auth.ping()),
+        check("bus", s.bus.kind(), s.bus.ping()),
     );
-    let checks = vec![events, reads, accounts];
-    let ok = checks.iter().all(|c| c.error.is_none());
+    bus.critical = false;
+    let checks = vec![events, reads, accounts, bus];
+    let ok = checks.iter().all(|c| c.error.is_none() || !c.critical);
+    let degraded = checks.iter().any(|c| c.error.is_some());
     let status = if ok {
         StatusCode::OK
     } else {
@@ -100,7 +108,11 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     let mut response = (
         status,
         Json(Readiness {
-            status: if ok { "ready" } else { "not_ready" },
+            status: match (ok, degraded) {
+                (false, _) => "not_ready",
+                (true, true) => "degraded",
+                (true, false) => "ready",
+            },
             checks,
         }),
     )
@@ -118,6 +130,9 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     for (pool, connections, idle) in s.pools.sizes() {
         s.metrics.record_pool(pool, connections, idle);
+    }
+    if let Ok(Ok(stats)) = tokio::time::timeout(CHECK_TIMEOUT, s.dlq.store().stats()).await {
+        s.metrics.record_dlq(&stats);
     }
     (
         [(

@@ -74,3 +74,12 @@ pub fn user_collection(caller: &Principal, user: Uuid) -> Result<(), ApiError> {
         Err(ApiError::Forbidden("you may only list your own records"))
     }
 }
+
+/// Operating the service (the dead letter queue, dashboards, audit): admins only.
+pub fn administer(caller: &Principal) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("this route is for administrators"))
+    }
+}

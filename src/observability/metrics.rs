@@ -27,6 +27,15 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
     /// Idle connections per PostgreSQL pool; set when `/metrics` is scraped.
     pub db_pool_idle: IntGaugeVec,
+    pub outbox_backlog: IntGauge,
+    pub outbox_publish_lag: prometheus::Gauge,
+    pub bus_published: IntCounterVec,
+    pub bus_publish_errors: IntCounter,
+    pub consumer_events: IntCounterVec,
+    pub consumer_retries: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    /// Dead letters per status; refreshed when `/metrics` is scraped.
+    pub dlq_entries: IntGaugeVec,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -179,6 +188,54 @@ impl Metrics {
                 "Idle connections per PostgreSQL pool (events, projections, projector, auth).",
                 &["pool"],
             ),
+            outbox_backlog: gauge(
+                "outbox_backlog_events",
+                "Committed events the relay has not yet seen acknowledged by the broker.",
+            ),
+            outbox_publish_lag: {
+                let g = prometheus::Gauge::new(
+                    "outbox_publish_lag_seconds",
+                    "Age of the oldest committed event not yet published (0 when none waits).",
+                )
+                .expect("metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            bus_published: counter(
+                &r,
+                "bus_published_total",
+                "Events the outbox relay published and the broker acknowledged, by topic.",
+                &["topic"],
+            ),
+            bus_publish_errors: plain(
+                "bus_publish_errors_total",
+                "Relay batches the broker did not acknowledge (retried with backoff).",
+            ),
+            consumer_events: counter(
+                &r,
+                "consumer_events_total",
+                "Bus messages settled per consumer: applied, duplicate, parked, dead_lettered.",
+                &["consumer", "outcome"],
+            ),
+            consumer_retries: counter(
+                &r,
+                "consumer_retries_total",
+                "Handler attempts retried after a transient failure, per consumer.",
+                &["consumer"],
+            ),
+            consumer_lag: gauges(
+                &r,
+                "consumer_lag_events",
+                "Messages on a consumer's topics that its group has not handled yet.",
+                &["consumer"],
+            ),
+            dlq_entries: gauges(
+                &r,
+                "dlq_entries",
+                "Dead letter queue entries per status.",
+                &["status"],
+            ),
             registry: r,
         }
     }
@@ -191,6 +248,20 @@ impl Metrics {
         self.db_pool_idle
             .with_label_values(&[pool])
             .set(i64::try_from(idle).unwrap_or(i64::MAX));
+    }
+
+    /// Dead letters per status.
+    pub fn record_dlq(&self, stats: &crate::dlq::DlqStats) {
+        for (status, n) in [
+            ("pending", stats.pending),
+            ("processing", stats.processing),
+            ("resolved", stats.resolved),
+            ("discarded", stats.discarded),
+        ] {
+            self.dlq_entries
+                .with_label_values(&[status])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -16,9 +16,7 @@ struct Tables {
     checkpoint: u64,
     events: HashMap<EventId, (EventView, Inventory)>,
     reservations: HashMap<ReservationId, ReservationView>,
-    purchased_at: HashMap<ReservationId, DateTime<Utc>>,
     payments: HashMap<PaymentId, PaymentView>,
-    sales: HashMap<EventId, SalesView>,
 }
 
 #[derive(Default)]
@@ -74,16 +72,6 @@ impl Tables {
                     updated_at: e.at,
                 };
                 self.events.insert(e.event_id, (view, Inventory::default()));
-                self.sales.insert(
-                    e.event_id,
-                    SalesView {
-                        event_id: e.event_id.0,
-                        tickets_sold: 0,
-                        revenue_cents: 0,
-                        currency: e.currency.to_string(),
-                        by_section: Vec::new(),
-                    },
-                );
             }
             E::EventDetailsChanged(e) => self.with_event(e.event_id, recorded, |v| {
                 v.name = e.details.name.clone();
@@ -118,11 +106,9 @@ impl Tables {
             }
             E::ReservationConfirmed(e) => {
                 self.set_reservation(e.reservation_id, ReservationStatus::Confirmed, e.at);
-                self.purchased_at.insert(e.reservation_id, e.at);
                 if let Some(r) = self.reservations.get_mut(&e.reservation_id) {
                     r.payment_id = Some(e.payment_id.0);
                 }
-                self.count_sale(e.reservation_id, 1);
             }
             E::ReservationCancelled(e) => {
                 self.set_reservation(e.reservation_id, ReservationStatus::Cancelled, e.at)
@@ -132,7 +118,6 @@ impl Tables {
             }
             E::ReservationRefunded(e) => {
                 self.set_reservation(e.reservation_id, ReservationStatus::Refunded, e.at);
-                self.count_sale(e.reservation_id, -1);
             }
             E::PaymentCaptured(e) => {
                 self.payments.insert(e.payment_id, PaymentView::from(e));
@@ -176,43 +161,6 @@ impl Tables {
             r.status = status;
             r.updated_at = at;
         }
-    }
-
-    /// Adds (`sign` = 1) or removes (-1) a reservation's tickets and money from its event's sales.
-    fn count_sale(&mut self, id: ReservationId, sign: i64) {
-        let Some(r) = self.reservations.get(&id) else {
-            return;
-        };
-        let Some(sales) = self.sales.get_mut(&EventId(r.event_id)) else {
-            return;
-        };
-        let tickets = u64::from(r.quantity);
-        let apply = |sold: &mut u64, revenue: &mut i64| {
-            if sign > 0 {
-                *sold = sold.saturating_add(tickets);
-            } else {
-                *sold = sold.saturating_sub(tickets);
-            }
-            *revenue = revenue.saturating_add(sign.saturating_mul(r.total_cents));
-        };
-        apply(&mut sales.tickets_sold, &mut sales.revenue_cents);
-        let section = match sales
-            .by_section
-            .iter_mut()
-            .position(|s| s.section == r.section)
-        {
-            Some(i) => &mut sales.by_section[i],
-            None => {
-                sales.by_section.push(SectionSales {
-                    section: r.section.clone(),
-                    tickets_sold: 0,
-                    revenue_cents: 0,
-                });
-                let last = sales.by_section.len() - 1;
-                &mut sales.by_section[last]
-            }
-        };
-        apply(&mut section.tickets_sold, &mut section.revenue_cents);
     }
 }
 
@@ -311,45 +259,6 @@ impl ReadModel for MemoryReadModel {
             .cloned()
             .collect();
         items.sort_by_key(|x| std::cmp::Reverse((x.created_at, x.payment_id)));
-        Ok(page.slice(items))
-    }
-
-    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError> {
-        Ok(self.lock().sales.get(&event).cloned())
-    }
-
-    async fn history(
-        &self,
-        user: UserId,
-        page: PageRequest,
-    ) -> Result<Page<HistoryEntry>, ReadError> {
-        let tables = self.lock();
-        let mut items: Vec<HistoryEntry> = tables
-            .reservations
-            .values()
-            .filter(|r| r.user_id == user.0)
-            .filter_map(|r| {
-                let purchased_at = *tables.purchased_at.get(&ReservationId(r.reservation_id))?;
-                let event_name = tables
-                    .events
-                    .get(&EventId(r.event_id))
-                    .map(|(e, _)| e.name.clone())
-                    .unwrap_or_default();
-                Some(HistoryEntry {
-                    reservation_id: r.reservation_id,
-                    event_id: r.event_id,
-                    event_name,
-                    section: r.section.clone(),
-                    quantity: r.quantity,
-                    total_cents: r.total_cents,
-                    currency: r.currency.clone(),
-                    status: r.status,
-                    payment_id: r.payment_id,
-                    purchased_at,
-                })
-            })
-            .collect();
-        items.sort_by_key(|x| std::cmp::Reverse((x.purchased_at, x.reservation_id)));
         Ok(page.slice(items))
     }
 

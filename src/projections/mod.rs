@@ -5,6 +5,7 @@
 
 #[cfg(test)]
 pub mod contract;
+pub mod insights;
 pub mod memory;
 pub mod postgres;
 pub mod views;
@@ -70,13 +71,6 @@ pub trait ReadModel: Send + Sync + 'static {
         user: UserId,
         page: PageRequest,
     ) -> Result<Page<PaymentView>, ReadError>;
-    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError>;
-    /// Purchases (confirmed or refunded reservations) of a customer, newest first.
-    async fn history(
-        &self,
-        user: UserId,
-        page: PageRequest,
-    ) -> Result<Page<HistoryEntry>, ReadError>;
     async fn pending_holds(&self) -> Result<Vec<PendingHold>, ReadError>;
     async fn ping(&self) -> Result<(), ReadError>;
     fn kind(&self) -> &'static str;
@@ -118,6 +112,19 @@ pub async fn rebuild(
 ) -> anyhow::Result<u64> {
     use anyhow::Context;
     reads.reset().await.context("emptying the read models")?;
+    replay(store, async |batch| {
+        reads.apply(batch).await.context("applying events")
+    })
+    .await
+}
+
+/// Feeds the whole event log, from position 0, to `apply` in batches; returns the position
+/// reached.
+pub async fn replay(
+    store: &dyn crate::eventstore::EventStore,
+    mut apply: impl AsyncFnMut(&[Arc<RecordedEvent>]) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    use anyhow::Context;
     let mut position = 0;
     loop {
         let batch = store
@@ -127,7 +134,7 @@ pub async fn rebuild(
         let Some(last) = batch.last().map(|e| e.position) else {
             return Ok(position);
         };
-        reads.apply(&batch).await.context("applying events")?;
+        apply(&batch).await?;
         position = last;
     }
 }

@@ -129,13 +129,10 @@ impl PostgresReadModel {
         Self::lock_checkpoint(&mut tx)
             .await
             .context("cannot lock the read-model checkpoint")?;
-        sqlx::query(
-            "TRUNCATE event_sections, event_views, reservation_views, payment_views,
-                      sales_by_section, sales_by_event",
-        )
-        .execute(&mut *tx)
-        .await
-        .context("cannot empty the read-model tables")?;
+        sqlx::query("TRUNCATE event_sections, event_views, reservation_views, payment_views")
+            .execute(&mut *tx)
+            .await
+            .context("cannot empty the read-model tables")?;
         // Only this projection's row: other subscribers may keep their checkpoints here too.
         sqlx::query("UPDATE projection_checkpoints SET position = 0 WHERE name = $1")
             .bind(CHECKPOINT)
@@ -202,18 +199,6 @@ impl ReadModel for PostgresReadModel {
         page: PageRequest,
     ) -> Result<Page<PaymentView>, ReadError> {
         queries::payments_of(&self.pool, user, page).await
-    }
-
-    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError> {
-        queries::sales(&self.pool, event).await
-    }
-
-    async fn history(
-        &self,
-        user: UserId,
-        page: PageRequest,
-    ) -> Result<Page<HistoryEntry>, ReadError> {
-        queries::history(&self.pool, user, page).await
     }
 
     async fn pending_holds(&self) -> Result<Vec<PendingHold>, ReadError> {

@@ -43,6 +43,22 @@ impl PageRequest {
         self.page >= 1 && (1..=MAX_PAGE_SIZE).contains(&self.page_size)
     }
 
+    /// The page of `items` (already cut to this page) out of `total_count`.
+    pub fn page_of<T>(self, items: Vec<T>, total_count: u64) -> Page<T> {
+        Page {
+            items,
+            page: self.page,
+            page_size: self.page_size,
+            total_count,
+            total_pages: total_count.div_ceil(u64::from(self.page_size.max(1))),
+        }
+    }
+
+    /// Rows to skip in an SQL `OFFSET` for this page.
+    pub fn offset(self) -> i64 {
+        (i64::from(self.page.max(1)) - 1) * i64::from(self.page_size)
+    }
+
     /// Cuts one page out of an already ordered list.
     pub fn slice<T>(self, items: Vec<T>) -> Page<T> {
         let total_count = items.len() as u64;

@@ -187,6 +187,30 @@ impl TestApp {
         self.call(Method::GET, path, token, None).await
     }
 
+    /// GETs `path` until `settled` holds for the answer: for the asynchronous views (sales,
+    /// history), which follow the bus within moments. Panics after 10 s.
+    pub async fn get_when(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        settled: impl Fn(&Answer) -> bool,
+    ) -> Answer {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = self.get(path, token).await;
+            if settled(&answer) {
+                return answer;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{path} never settled; last answer: {} {:#}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
         self.call(Method::POST, path, token, Some(body)).await
     }

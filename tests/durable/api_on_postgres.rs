@@ -60,10 +60,11 @@ async fn the_purchase_path_reads_back_from_the_postgres_read_models() {
     );
     assert_eq!(service.floor(event).await, (5, 1, 4));
 
-    let (_, sales) = service
-        .get(
+    let sales = service
+        .get_when(
             &format!("/api/analytics/events/{event}/sales"),
             Some(&organizer),
+            |s| s["tickets_sold"] == 4,
         )
         .await;
     assert_eq!(
@@ -74,8 +75,12 @@ async fn the_purchase_path_reads_back_from_the_postgres_read_models() {
         (Some(4), Some(10_000)),
         "{sales}"
     );
-    let (_, history) = service
-        .get(&format!("/api/customers/{buyer_id}/history"), Some(&buyer))
+    let history = service
+        .get_when(
+            &format!("/api/customers/{buyer_id}/history"),
+            Some(&buyer),
+            |h| h["total_count"] == 3,
+        )
         .await;
     assert_eq!(history["total_count"], 3, "{history}");
     assert_eq!(history["items"][0]["event_name"], "Durable Fest");

@@ -149,6 +149,28 @@ impl Service {
         self.call(reqwest::Method::GET, path, token, None).await
     }
 
+    /// GETs `path` until `settled` holds for the body: for the asynchronous views (sales,
+    /// history), which follow the bus within moments. Panics after 30 s.
+    pub async fn get_when(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        settled: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = self.get(path, token).await;
+            if status == 200 && settled(&body) {
+                return body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{path} never settled; last answer: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Registers and logs in; returns (user id, token).
     pub async fn user(&self, role: &str) -> (Uuid, String) {
         let email = format!("{role}-{}@durable.example", Uuid::new_v4().simple());

@@ -5,15 +5,18 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use ticketing::db::testing::fresh_database;
 use ticketing::eventstore::postgres::PostgresEventStore;
+use ticketing::projections::insights::postgres::PostgresInsights;
 use ticketing::projections::postgres::PostgresReadModel;
 
-const VIEWS: [&str; 6] = [
+const VIEWS: [&str; 8] = [
     "event_views",
     "event_sections",
     "reservation_views",
     "payment_views",
-    "sales_by_event",
-    "sales_by_section",
+    "insight_events",
+    "insight_sections",
+    "insight_purchases",
+    "consumer_stream_versions",
 ];
 
 /// Every row of every view, as text, in a stable order.
@@ -72,9 +75,10 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
             }
         }
     }
+    let pool = PgPool::connect(&db).await.unwrap();
+    insights_catch_up(&pool).await;
     service.kill9().await;
 
-    let pool = PgPool::connect(&db).await.unwrap();
     let before = dump(&pool).await;
     assert!(
         before["payment_views"].lines().count() >= 4,
@@ -86,6 +90,13 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
         .await
         .unwrap();
     assert!(position > 0);
+    let insights = PostgresInsights::new(pool.clone());
+    assert_eq!(
+        ticketing::projections::insights::rebuild(&store, &insights)
+            .await
+            .unwrap(),
+        position
+    );
     let after = dump(&pool).await;
     for table in VIEWS {
         assert_eq!(
@@ -94,6 +105,33 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
         );
     }
     assert_read_model_invariants(&pool, event).await;
+}
+
+/// Waits until the bus-fed insights have applied the last version of every stream they follow.
+pub async fn insights_catch_up(pool: &PgPool) {
+    let started = std::time::Instant::now();
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*)
+               FROM (SELECT stream_id, MAX(version) AS version FROM events
+                      WHERE stream_id LIKE 'event-%' OR stream_id LIKE 'reservation-%'
+                      GROUP BY stream_id) e
+               LEFT JOIN consumer_stream_versions c
+                      ON c.consumer = 'insights' AND c.stream_id = e.stream_id
+              WHERE c.version IS DISTINCT FROM e.version",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the insights consumer is {behind} streams behind the event store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Invariant 1 (no oversell) and 2 (every sale balances), checked with SQL on the read models.

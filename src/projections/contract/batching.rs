@@ -4,8 +4,8 @@
 
 use super::fixture::{self, GALA, PAYMENTS, RESERVATIONS, SHOW, USERS};
 use super::generated::{self, History, Ids};
-use super::generated::{payment, reservation, user};
-use super::inconsistent::{inconsistent, GHOST, ODD};
+use super::generated::{payment, reservation};
+use super::inconsistent::{inconsistent, ODD};
 use crate::projections::memory::MemoryReadModel;
 use crate::projections::*;
 
@@ -15,12 +15,10 @@ pub struct Views {
     checkpoint: u64,
     events: Vec<Option<EventView>>,
     listings: Vec<Vec<EventView>>,
-    sales: Vec<Option<SalesView>>,
     reservations: Vec<Option<ReservationView>>,
     reservation_lists: Vec<Vec<ReservationView>>,
     payments: Vec<Option<PaymentView>>,
     payment_lists: Vec<Vec<PaymentView>>,
-    histories: Vec<Vec<HistoryEntry>>,
     pending: Vec<PendingHold>,
 }
 
@@ -56,18 +54,15 @@ pub async fn views(model: &dyn ReadModel, ids: &Ids) -> Views {
         checkpoint: model.checkpoint().await.unwrap(),
         events: Vec::new(),
         listings: Vec::new(),
-        sales: Vec::new(),
         reservations: Vec::new(),
         reservation_lists: vec![all_pages(|p| model.reservations(None, p)).await],
         payments: Vec::new(),
         payment_lists: Vec::new(),
-        histories: Vec::new(),
         pending: model.pending_holds().await.unwrap(),
     };
     v.pending.sort_by_key(|h| (h.expires_at, h.reservation_id));
     for id in &ids.events {
         v.events.push(model.event(*id).await.unwrap());
-        v.sales.push(model.sales(*id).await.unwrap());
     }
     let statuses = [None, Some(EventStatus::Draft), Some(EventStatus::OnSale)];
     for status in statuses.into_iter().chain([Some(EventStatus::Cancelled)]) {
@@ -93,8 +88,6 @@ pub async fn views(model: &dyn ReadModel, ids: &Ids) -> Views {
             .push(all_pages(|p| model.reservations(Some(user), p)).await);
         v.payment_lists
             .push(all_pages(|p| model.payments_of(user, p)).await);
-        v.histories
-            .push(all_pages(|p| model.history(user, p)).await);
     }
     v
 }
@@ -147,30 +140,8 @@ pub async fn batch_boundaries_change_no_view(model: &dyn ReadModel) {
     let odd = model.event(ODD).await.unwrap().unwrap();
     let floor = &odd.sections[0];
     assert_eq!((floor.held, floor.sold, floor.available), (2, 1, 7));
-    let sales = model.sales(ODD).await.unwrap().unwrap();
-    assert_eq!((sales.tickets_sold, sales.revenue_cents), (4, 1000));
-    let by_section: Vec<_> = sales
-        .by_section
-        .iter()
-        .map(|s| (s.section.as_str(), s.tickets_sold, s.revenue_cents))
-        .collect();
-    assert_eq!(by_section, [("floor", 2, 0), ("gallery", 2, 1000)]);
     let twice = model.reservation(reservation(3)).await.unwrap().unwrap();
     assert_eq!(twice.payment_id, Some(payment(3).0));
-    let history = model
-        .history(user(9), PageRequest::default())
-        .await
-        .unwrap();
-    let bought: Vec<_> = history
-        .items
-        .iter()
-        .map(|h| (h.reservation_id, h.purchased_at))
-        .collect();
-    assert!(
-        bought.contains(&(reservation(3).0, fixture::t(4))),
-        "{bought:?}"
-    );
     let refunded = model.payment(payment(1)).await.unwrap().unwrap();
     assert_eq!(refunded.reason.as_deref(), Some("second"));
-    assert_eq!(model.sales(GHOST).await.unwrap(), None);
 }

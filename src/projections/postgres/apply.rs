@@ -73,14 +73,6 @@ async fn create_event(conn: &mut PgConnection, e: &ev::EventCreated, version: i6
     .bind(version)
     .bind(e.at)
     .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO sales_by_event (event_id, currency) VALUES ($1, $2)
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(e.event_id.0)
-    .bind(e.currency.as_str())
-    .execute(&mut *conn)
     .await
     .map(drop)
 }

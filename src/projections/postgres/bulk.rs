@@ -50,8 +50,8 @@ struct Attempts {
     at: Vec<DateTime<Utc>>,
 }
 
-/// Reservation status changes. `sign` is what the change counts in sales: 1 for a
-/// confirmation (which also carries the payment and makes a purchase), -1 for a refund.
+/// Reservation status changes. `sign` is 1 for a confirmation (which carries the payment),
+/// -1 for a refund, 0 otherwise.
 #[derive(Default)]
 struct Moves {
     ids: Vec<Uuid>,

@@ -39,9 +39,8 @@ fn event_status(text: &str) -> Result<EventStatus, ReadError> {
 }
 
 fn reservation_status(text: &str) -> Result<ReservationStatus, ReadError> {
-    use ReservationStatus::*;
-    let all = [Pending, Confirmed, Expired, Cancelled, Refunded];
-    status(&all, ReservationStatus::as_str, text)
+    ReservationStatus::parse(text)
+        .ok_or_else(|| ReadError::Unavailable(format!("unknown status {text:?}")))
 }
 
 fn payment_status(text: &str) -> Result<PaymentStatus, ReadError> {
@@ -78,14 +77,8 @@ async fn paged<T>(
             .and_then(|row| row.try_get(0))
             .map_err(unavailable)?,
     };
-    let total_count = to_u64(total);
-    Ok(Page {
-        items: rows.iter().map(map).collect::<Result<_, _>>()?,
-        page: page.page,
-        page_size: page.page_size,
-        total_count,
-        total_pages: total_count.div_ceil(u64::from(page.page_size.max(1))),
-    })
+    let items = rows.iter().map(map).collect::<Result<_, _>>()?;
+    Ok(page.page_of(items, to_u64(total)))
 }
 
 // ---- events ----
@@ -230,7 +223,7 @@ pub(super) async fn events(
     paged(pool, page, rows.build(), count.build(), event_view).await
 }
 
-// ---- reservations and history ----
+// ---- reservations ----
 
 #[derive(FromRow)]
 struct ReservationRow {
@@ -312,47 +305,6 @@ pub(super) async fn reservations(
     }
 }
 
-fn history_entry(row: &PgRow) -> Result<HistoryEntry, ReadError> {
-    let r = ReservationRow::from_row(row).map_err(unavailable)?;
-    Ok(HistoryEntry {
-        reservation_id: r.reservation_id,
-        event_id: r.event_id,
-        event_name: row.try_get("event_name").map_err(unavailable)?,
-        section: r.section,
-        quantity: to_u32(r.quantity),
-        total_cents: r.total_cents,
-        currency: r.currency,
-        status: reservation_status(&r.status)?,
-        payment_id: r.payment_id,
-        purchased_at: row.try_get("purchased_at").map_err(unavailable)?,
-    })
-}
-
-pub(super) async fn history(
-    pool: &PgPool,
-    user: UserId,
-    page: PageRequest,
-) -> Result<Page<HistoryEntry>, ReadError> {
-    let (limit, offset) = window(page);
-    // The event name is today's (a renamed event shows its new name), or empty if unknown.
-    let rows = sqlx::query(
-        "SELECT r.*, COALESCE(e.name, '') AS event_name
-           FROM (SELECT *, COUNT(*) OVER () AS total_count FROM reservation_views
-                  WHERE user_id = $1 AND purchased_at IS NOT NULL
-                  ORDER BY purchased_at DESC, reservation_id DESC LIMIT $2 OFFSET $3) r
-           LEFT JOIN event_views e ON e.event_id = r.event_id
-          ORDER BY r.purchased_at DESC, r.reservation_id DESC",
-    )
-    .bind(user.0)
-    .bind(limit)
-    .bind(offset);
-    let count = sqlx::query(
-        "SELECT COUNT(*) FROM reservation_views WHERE user_id = $1 AND purchased_at IS NOT NULL",
-    )
-    .bind(user.0);
-    paged(pool, page, rows, count, history_entry).await
-}
-
 pub(super) async fn pending_holds(pool: &PgPool) -> Result<Vec<PendingHold>, ReadError> {
     let rows: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT event_id, reservation_id, expires_at FROM reservation_views
@@ -372,7 +324,7 @@ pub(super) async fn pending_holds(pool: &PgPool) -> Result<Vec<PendingHold>, Rea
         .collect())
 }
 
-// ---- payments and sales ----
+// ---- payments ----
 
 #[derive(FromRow)]
 struct PaymentRow {
@@ -432,57 +384,4 @@ pub(super) async fn payments_of(
     .bind(offset);
     let count = sqlx::query("SELECT COUNT(*) FROM payment_views WHERE user_id = $1").bind(user.0);
     paged(pool, page, rows, count, payment_view).await
-}
-
-#[derive(FromRow)]
-struct SalesRow {
-    event_id: Uuid,
-    currency: String,
-    tickets_sold: i64,
-    revenue_cents: i64,
-    sections: Option<Vec<String>>,
-    section_tickets: Option<Vec<i64>>,
-    section_revenue: Option<Vec<i64>>,
-}
-
-pub(super) async fn sales(pool: &PgPool, event: EventId) -> Result<Option<SalesView>, ReadError> {
-    let row: Option<SalesRow> = sqlx::query_as(
-        "SELECT t.*, s.*
-           FROM sales_by_event t
-           LEFT JOIN LATERAL (
-               SELECT array_agg(section ORDER BY first_position, section) AS sections,
-                      array_agg(tickets_sold ORDER BY first_position, section) AS section_tickets,
-                      array_agg(revenue_cents ORDER BY first_position, section) AS section_revenue
-                 FROM sales_by_section WHERE sales_by_section.event_id = t.event_id) s ON true
-          WHERE t.event_id = $1",
-    )
-    .bind(event.0)
-    .fetch_optional(pool)
-    .await
-    .map_err(unavailable)?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let names = row.sections.unwrap_or_default();
-    let tickets = row.section_tickets.unwrap_or_default();
-    let revenue = row.section_revenue.unwrap_or_default();
-    if tickets.len() != names.len() || revenue.len() != names.len() {
-        return Err(ReadError::Unavailable("inconsistent sales arrays".into()));
-    }
-    let by_section = names
-        .into_iter()
-        .zip(tickets.into_iter().zip(revenue))
-        .map(|(section, (tickets, revenue))| SectionSales {
-            section,
-            tickets_sold: to_u64(tickets),
-            revenue_cents: revenue,
-        })
-        .collect();
-    Ok(Some(SalesView {
-        event_id: row.event_id,
-        tickets_sold: to_u64(row.tickets_sold),
-        revenue_cents: row.revenue_cents,
-        currency: row.currency,
-        by_section,
-    }))
 }

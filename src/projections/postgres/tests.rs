@@ -22,14 +22,12 @@ async fn second_instance(pool: &PgPool) -> PgPool {
     PgPool::connect_with(options).await.unwrap()
 }
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 5] = [
     "projection_checkpoints",
     "event_views",
     "event_sections",
     "reservation_views",
     "payment_views",
-    "sales_by_event",
-    "sales_by_section",
 ];
 
 /// Every row of every read-model table, as sorted JSON lines per table.
@@ -161,11 +159,6 @@ async fn bulk_apply_throughput() {
         elapsed.as_secs_f64() * 1000.0 / events.div_ceil(512) as f64,
     );
     assert_eq!(model.checkpoint().await.unwrap(), events as u64);
-    let sales = model.sales(sale.ids.events[0]).await.unwrap().unwrap();
-    assert_eq!(
-        sales.tickets_sold, 15_000,
-        "every hold of 1 or 2 seats was paid"
-    );
     let event = model.event(sale.ids.events[0]).await.unwrap().unwrap();
     let (held, sold): (u32, u32) = event
         .sections

@@ -105,83 +105,34 @@ fn saturated(x: &str, net: &str, low: &str, max: &str) -> String {
     format!("LEAST(GREATEST({x} + {net}, {net} - {low}), {max})::bigint")
 }
 
-/// Reservation status changes and the sales they count, in one statement. `applied` is every
-/// change newer than its row (as the row stood before this statement); the row takes the last
-/// one's status and time, the last confirmation's payment and purchase time, and sales add
-/// the confirmations and take back the refunds in log order. A section's sales row appears
-/// with its first counted change, and only for an event with a sales row, as in `memory.rs`.
-static MOVE_RESERVATIONS: LazyLock<String> = LazyLock::new(|| {
-    const I64_MAX: &str = "9223372036854775807";
-    const I64_MIN: &str = "-9223372036854775808";
-    let clamp = |x: &str| format!("LEAST(GREATEST({x}, {I64_MIN}), {I64_MAX})::bigint");
-    format!(
-        "WITH applied AS (
-             SELECT m.*, r.event_id, r.section, r.quantity, r.total_cents
-               FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[],
-                           $5::timestamptz[], $6::uuid[], $7::bigint[])
-                    AS m(id, version, position, status, at, payment_id, sign)
-               JOIN reservation_views r ON r.reservation_id = m.id AND r.version < m.version
-              WHERE r.reservation_id = ANY($1)),
-         last AS (
-             SELECT DISTINCT ON (id) id, version, status, at FROM applied
-              ORDER BY id, version DESC),
-         bought AS (
-             SELECT DISTINCT ON (id) id, payment_id, at FROM applied WHERE sign > 0
-              ORDER BY id, version DESC),
-         moved AS (
-             UPDATE reservation_views r
-                SET status = l.status, updated_at = l.at, version = l.version,
-                    payment_id = COALESCE(b.payment_id, r.payment_id),
-                    purchased_at = COALESCE(b.at, r.purchased_at)
-               FROM last l LEFT JOIN bought b ON b.id = l.id
-              WHERE r.reservation_id = l.id),
-         sold AS (
-             SELECT event_id, section, position, sign * quantity AS tickets,
-                    sign * total_cents::numeric AS revenue,
-                    SUM(sign * quantity) OVER (PARTITION BY event_id ORDER BY position
-                                               ROWS UNBOUNDED PRECEDING) AS event_run,
-                    SUM(sign * quantity) OVER (PARTITION BY event_id, section ORDER BY position
-                                               ROWS UNBOUNDED PRECEDING) AS section_run
-               FROM applied WHERE sign <> 0),
-         per_event AS (
-             SELECT event_id, SUM(tickets) AS tickets, MIN(event_run) AS low,
-                    SUM(revenue) AS revenue
-               FROM sold GROUP BY event_id),
-         per_section AS (
-             SELECT event_id, section, MIN(position) AS first_position, SUM(tickets) AS tickets,
-                    MIN(section_run) AS low, SUM(revenue) AS revenue
-               FROM sold GROUP BY event_id, section),
-         totals AS (
-             UPDATE sales_by_event t
-                SET tickets_sold = {event_tickets}, revenue_cents = {event_revenue}
-               FROM per_event s
-              WHERE t.event_id = s.event_id
-             RETURNING t.event_id),
-         counted AS (
-             UPDATE sales_by_section t
-                SET tickets_sold = {section_tickets}, revenue_cents = {section_revenue}
-               FROM per_section s
-              WHERE t.event_id = s.event_id AND t.section = s.section)
-         INSERT INTO sales_by_section (event_id, section, first_position, tickets_sold, revenue_cents)
-         SELECT s.event_id, s.section, s.first_position, {new_tickets}, {new_revenue}
-           FROM per_section s JOIN totals USING (event_id)
-          WHERE NOT EXISTS (SELECT 1 FROM sales_by_section x
-                             WHERE x.event_id = s.event_id AND x.section = s.section)
-         ON CONFLICT (event_id, section) DO NOTHING",
-        event_tickets = saturated("t.tickets_sold", "s.tickets", "s.low", I64_MAX),
-        event_revenue = clamp("t.revenue_cents + s.revenue"),
-        section_tickets = saturated("t.tickets_sold", "s.tickets", "s.low", I64_MAX),
-        section_revenue = clamp("t.revenue_cents + s.revenue"),
-        new_tickets = saturated("0", "s.tickets", "s.low", I64_MAX),
-        new_revenue = clamp("s.revenue"),
-    )
-});
+/// Reservation status changes in one statement. `applied` is every change newer than its row
+/// (as the row stood before this statement); the row takes the last one's status and time,
+/// and the last confirmation's payment. (Sales and purchase history are the asynchronous
+/// `insights` projection's.)
+const MOVE_RESERVATIONS: &str = "WITH applied AS (
+         SELECT m.*
+           FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[],
+                       $5::timestamptz[], $6::uuid[], $7::bigint[])
+                AS m(id, version, position, status, at, payment_id, sign)
+           JOIN reservation_views r ON r.reservation_id = m.id AND r.version < m.version
+          WHERE r.reservation_id = ANY($1)),
+     last AS (
+         SELECT DISTINCT ON (id) id, version, status, at FROM applied
+          ORDER BY id, version DESC),
+     bought AS (
+         SELECT DISTINCT ON (id) id, payment_id FROM applied WHERE sign > 0
+          ORDER BY id, version DESC)
+     UPDATE reservation_views r
+        SET status = l.status, updated_at = l.at, version = l.version,
+            payment_id = COALESCE(b.payment_id, r.payment_id)
+       FROM last l LEFT JOIN bought b ON b.id = l.id
+      WHERE r.reservation_id = l.id";
 
 pub(super) async fn move_reservations(
     conn: &mut PgConnection,
     m: &Moves,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&MOVE_RESERVATIONS)
+    sqlx::query(MOVE_RESERVATIONS)
         .bind(&m.ids)
         .bind(&m.versions)
         .bind(&m.positions)

@@ -1,0 +1,293 @@
+//! The consumer's promises, on the in-process bus with a scripted handler: poison goes to the
+//! dead letter queue while the partition flows on, transient failures are retried then
+//! dead-lettered, later events of a blocked stream are parked and replayed in order once the
+//! cause is fixed, and a consumer killed between its commit and its offset changes nothing.
+
+use super::*;
+use crate::bus::memory::MemoryBus;
+use crate::bus::BusMessage;
+use crate::dlq::memory::MemoryDeadLetters;
+use crate::dlq::service::{DlqService, RetryError};
+use crate::dlq::DlqStatus;
+use crate::domain::events::EventPublished;
+use crate::domain::{DomainEvent, EventId, UserId};
+use crate::eventstore::{codec, Metadata, RecordedEvent};
+use crate::runtime::clock::ManualClock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Applies everything except the streams it is told are broken.
+#[derive(Default)]
+struct Scripted {
+    applied: Mutex<Vec<(String, u64)>>,
+    broken: Mutex<Vec<String>>,
+    permanent: AtomicBool,
+}
+
+#[async_trait]
+impl Handler for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn topics(&self) -> &'static [&'static str] {
+        &["events"]
+    }
+    async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError> {
+        if self.broken.lock().unwrap().contains(&event.stream_id) {
+            let e = format!("{} is broken", event.stream_id);
+            return Err(if self.permanent.load(Ordering::SeqCst) {
+                HandlerError::Permanent(e)
+            } else {
+                HandlerError::Transient(e)
+            });
+        }
+        let mut applied = self.applied.lock().unwrap();
+        let key = (event.stream_id.clone(), event.version);
+        if applied.contains(&key) {
+            return Ok(Applied::Duplicate);
+        }
+        applied.push(key);
+        Ok(Applied::Applied)
+    }
+}
+
+const TOPIC: &str = "t.events";
+
+fn message(sale: EventId, version: u64, position: u64) -> BusMessage {
+    let event = DomainEvent::from(EventPublished {
+        event_id: sale,
+        at: chrono::Utc::now(),
+    });
+    let new = codec::encode(&event, version, &Metadata::default()).unwrap();
+    let recorded = RecordedEvent {
+        position,
+        sale_id: sale,
+        stream_id: new.stream_id,
+        version,
+        event_type: new.event_type.into(),
+        event_version: new.event_version,
+        payload: new.payload,
+        metadata: Metadata::default(),
+        recorded_at: chrono::Utc::now(),
+    };
+    envelope::seal(&Topics::new("t."), &recorded).unwrap()
+}
+
+struct Rig {
+    bus: MemoryBus,
+    handler: Arc<Scripted>,
+    dlq: Arc<MemoryDeadLetters>,
+    consumer: Consumer,
+}
+
+async fn rig() -> Rig {
+    let bus = MemoryBus::new();
+    bus.ensure_topics(&[TOPIC.into()]).await.unwrap();
+    let handler = Arc::new(Scripted::default());
+    let dlq = Arc::new(MemoryDeadLetters::new());
+    let consumer = Consumer {
+        handler: handler.clone(),
+        dlq: dlq.clone(),
+        metrics: Arc::new(Metrics::new()),
+        clock: Arc::new(ManualClock::new(chrono::Utc::now())),
+        retry: RetryPolicy {
+            attempts: 3,
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        },
+    };
+    Rig {
+        bus,
+        handler,
+        dlq,
+        consumer,
+    }
+}
+
+impl Rig {
+    /// Receives and settles `n` messages, committing each, as the running consumer does.
+    async fn consume(&self, n: usize) -> Vec<Outcome> {
+        let mut c = self.bus.subscribe("g", &[TOPIC.into()]).await.unwrap();
+        let mut outcomes = Vec::new();
+        for _ in 0..n {
+            let d = tokio::time::timeout(Duration::from_secs(5), c.next())
+                .await
+                .unwrap()
+                .unwrap();
+            outcomes.push(self.consumer.settle(&d).await);
+            c.commit(&d).await.unwrap();
+        }
+        outcomes
+    }
+
+    fn outcome_count(&self, outcome: Outcome) -> u64 {
+        self.consumer
+            .metrics
+            .consumer_events
+            .with_label_values(&["scripted", outcome.as_str()])
+            .get()
+    }
+}
+
+/// A message nobody can read is dead-lettered at once with its reason, and the next message
+/// of the partition is applied.
+#[tokio::test]
+async fn poison_is_dead_lettered_and_the_partition_flows_on() {
+    let rig = rig().await;
+    let sale = EventId::random();
+    let mut poison = message(sale, 1, 1);
+    poison.payload = vec![0xde, 0xad];
+    let good = message(sale, 2, 2);
+    rig.bus.publish(vec![poison, good]).await.unwrap();
+
+    let outcomes = rig.consume(2).await;
+    assert_eq!(outcomes, vec![Outcome::DeadLettered, Outcome::Parked]);
+    let entry = rig.dlq.get(1).await.unwrap();
+    assert!(entry.error.contains("malformed payload"), "{}", entry.error);
+    assert_eq!(entry.event_type.as_deref(), Some("event.published"));
+    assert_eq!(entry.retry_count, 0);
+    // The second event of the same stream waits behind the poison, not applied out of order.
+    assert_eq!(rig.dlq.get(2).await.unwrap().parked_behind, Some(1));
+    assert!(rig.handler.applied.lock().unwrap().is_empty());
+
+    // Another stream on the same topic is not held up.
+    rig.bus
+        .publish(vec![message(EventId::random(), 1, 3)])
+        .await
+        .unwrap();
+    assert_eq!(rig.consume(1).await, vec![Outcome::Applied]);
+    assert_eq!(rig.outcome_count(Outcome::DeadLettered), 1);
+}
+
+/// A transient failure is retried; one that outlasts the retries is dead-lettered with the
+/// attempts it took, and a permanent one is dead-lettered at once.
+#[tokio::test]
+async fn transient_failures_are_retried_then_dead_lettered() {
+    let rig = rig().await;
+    let sale = EventId::random();
+    let stream = format!("event-{sale}");
+    rig.handler.broken.lock().unwrap().push(stream.clone());
+    rig.bus.publish(vec![message(sale, 1, 1)]).await.unwrap();
+    assert_eq!(rig.consume(1).await, vec![Outcome::DeadLettered]);
+    let entry = rig.dlq.get(1).await.unwrap();
+    assert_eq!(entry.retry_count, 2, "three attempts are two retries");
+    assert!(entry.error.contains("is broken"));
+    let retries = rig
+        .consumer
+        .metrics
+        .consumer_retries
+        .with_label_values(&["scripted"])
+        .get();
+    assert_eq!(retries, 2);
+
+    let other = EventId::random();
+    rig.handler
+        .broken
+        .lock()
+        .unwrap()
+        .push(format!("event-{other}"));
+    rig.handler.permanent.store(true, Ordering::SeqCst);
+    rig.bus.publish(vec![message(other, 1, 2)]).await.unwrap();
+    assert_eq!(rig.consume(1).await, vec![Outcome::DeadLettered]);
+    assert_eq!(rig.dlq.get(2).await.unwrap().retry_count, 0);
+}
+
+/// Once the cause is fixed, retrying the first entry applies it and replays the entries
+/// parked behind it, in stream order; a retry that fails again records the new error.
+#[tokio::test]
+async fn a_retry_after_the_fix_applies_the_stream_in_order() {
+    let rig = rig().await;
+    let sale = EventId::random();
+    let stream = format!("event-{sale}");
+    rig.handler.broken.lock().unwrap().push(stream.clone());
+    rig.handler.permanent.store(true, Ordering::SeqCst);
+    rig.bus
+        .publish(vec![
+            message(sale, 1, 1),
+            message(sale, 2, 2),
+            message(sale, 3, 3),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.consume(3).await,
+        vec![Outcome::DeadLettered, Outcome::Parked, Outcome::Parked]
+    );
+    let service = DlqService::new(
+        rig.dlq.clone(),
+        vec![rig.handler.clone() as Arc<dyn Handler>],
+        rig.consumer.clock.clone(),
+    );
+    let admin = UserId(uuid::Uuid::new_v4());
+
+    // A parked entry cannot jump the queue.
+    assert!(matches!(
+        service.retry(2, admin).await,
+        Err(RetryError::Dlq(DlqError::Blocked { behind: 1, .. }))
+    ));
+    // Still broken: the retry fails, the entry stays pending with one more retry.
+    let Err(RetryError::Failed(failed)) = service.retry(1, admin).await else {
+        panic!("a retry of a still broken handler must fail");
+    };
+    assert_eq!((failed.status, failed.retry_count), (DlqStatus::Pending, 1));
+
+    rig.handler.broken.lock().unwrap().clear();
+    let resolved = service.retry(1, admin).await.unwrap();
+    assert_eq!(resolved.status, DlqStatus::Resolved);
+    assert_eq!(resolved.resolved_by, Some(admin.0));
+    for id in [2, 3] {
+        assert_eq!(rig.dlq.get(id).await.unwrap().status, DlqStatus::Resolved);
+    }
+    assert_eq!(
+        *rig.handler.applied.lock().unwrap(),
+        vec![(stream.clone(), 1), (stream.clone(), 2), (stream, 3)],
+        "the stream is applied in order"
+    );
+}
+
+/// A consumer killed after the handler's commit but before the offset commit gets the event
+/// again on restart, and the read model does not change.
+#[tokio::test]
+async fn a_consumer_killed_before_its_offset_commit_changes_nothing_on_restart() {
+    use crate::projections::insights::{memory::MemoryInsights, Insights, InsightsProjection};
+    let bus = MemoryBus::new();
+    let topics = Topics::new("t.");
+    bus.ensure_topics(&topics.all()).await.unwrap();
+    let insights = Arc::new(MemoryInsights::new());
+    let consumer = Consumer {
+        handler: Arc::new(InsightsProjection(insights.clone())),
+        dlq: Arc::new(MemoryDeadLetters::new()),
+        metrics: Arc::new(Metrics::new()),
+        clock: Arc::new(ManualClock::new(chrono::Utc::now())),
+        retry: RetryPolicy::default(),
+    };
+    let log: Vec<BusMessage> = crate::projections::contract::fixture::history()
+        .iter()
+        .filter_map(|e| envelope::seal(&topics, e))
+        .filter(|m| envelope::open(m).is_ok() && !m.topic.ends_with("inventory"))
+        .filter(|m| !m.topic.ends_with("payments"))
+        .collect();
+    let n = log.len();
+    bus.publish(log).await.unwrap();
+    let names = vec![topics.named("events"), topics.named("reservations")];
+
+    // First life: everything handled, nothing committed (killed before each offset commit).
+    let mut first = bus.subscribe("insights", &names).await.unwrap();
+    for _ in 0..n {
+        let d = first.next().await.unwrap();
+        assert_eq!(consumer.settle(&d).await, Outcome::Applied);
+    }
+    let show = crate::projections::contract::fixture::SHOW;
+    let before = insights.sales(show).await.unwrap();
+    drop(first);
+
+    // Second life: the same events come again and change nothing.
+    let mut second = bus.subscribe("insights", &names).await.unwrap();
+    for _ in 0..n {
+        let d = second.next().await.unwrap();
+        assert_eq!(consumer.settle(&d).await, Outcome::Duplicate);
+        second.commit(&d).await.unwrap();
+    }
+    assert_eq!(insights.sales(show).await.unwrap(), before);
+    assert_eq!(second.lag().await, Some(0));
+}

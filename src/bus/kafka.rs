@@ -1,0 +1,266 @@
+//! The bus on a Kafka-protocol broker (Redpanda in production), through rdkafka.
+//! The producer is idempotent with `acks=all`, so a retried send never duplicates or
+//! reorders a partition; the key is the stream id, so a stream lives on one partition.
+//! Consumers join a group with auto-commit off: an offset is committed only when the caller
+//! says the message was handled.
+
+use super::{BusConsumer, BusError, BusMessage, Delivery, EventBus};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Partitions of the topics this service creates. Order only matters per stream, so more
+/// partitions only buy consumer parallelism.
+const PARTITIONS: i32 = 3;
+/// How long librdkafka keeps retrying one message before the relay hears it failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consumer session timeout: short, so a group forms quickly and a dead member is replaced.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long a metadata request for `/ready` may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct KafkaBus {
+    brokers: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl KafkaBus {
+    /// Configures clients for `brokers` (comma-separated host:port); connects lazily.
+    pub fn new(brokers: &str) -> Result<Self, BusError> {
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            );
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .map_err(|e| BusError::Rejected(e.to_string()))?;
+        Ok(KafkaBus {
+            brokers: brokers.to_owned(),
+            producer: producer
+                .create()
+                .map_err(|e| BusError::Rejected(e.to_string()))?,
+            admin,
+        })
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    async fn publish(&self, messages: Vec<BusMessage>) -> Result<(), BusError> {
+        // Enqueue in order (the idempotent producer keeps that order per partition), then
+        // wait for every acknowledgement.
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let headers = m.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                })
+            });
+            let record = FutureRecord::to(&m.topic)
+                .key(m.key.as_bytes())
+                .payload(m.payload.as_slice())
+                .headers(headers);
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| unavailable(e))?;
+            pending.push(delivery);
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(unavailable(e)),
+                Err(_) => return Err(unavailable("the producer was dropped")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn BusConsumer>, BusError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .map_err(|e| BusError::Rejected(e.to_string()))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| BusError::Rejected(e.to_string()))?;
+        Ok(Box::new(KafkaConsumer(Arc::new(consumer))))
+    }
+
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), BusError> {
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+            .collect();
+        let results = self
+            .admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .map_err(unavailable)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::Unavailable(format!(
+                        "cannot create topic {topic}: {code}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, PING_TIMEOUT)
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+}
+
+struct KafkaConsumer(Arc<StreamConsumer>);
+
+#[async_trait]
+impl BusConsumer for KafkaConsumer {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        let message = self
+            .0
+            .recv()
+            .await
+            .map_err(|e: KafkaError| unavailable(e))?;
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_owned(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Delivery {
+            message: BusMessage {
+                topic: message.topic().to_owned(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                headers,
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            },
+            partition: message.partition(),
+            offset: message.offset(),
+        })
+    }
+
+    async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError> {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &delivery.message.topic,
+                delivery.partition,
+                Offset::Offset(delivery.offset + 1),
+            )
+            .map_err(|e| BusError::Rejected(e.to_string()))?;
+        self.0
+            .commit(&offsets, CommitMode::Async)
+            .map_err(unavailable)
+    }
+
+    async fn lag(&self) -> Option<u64> {
+        let consumer = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let positions = consumer.position().ok()?;
+            let mut lag = 0u64;
+            for p in positions.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(p.topic(), p.partition(), PING_TIMEOUT)
+                    .ok()?;
+                let at = match p.offset() {
+                    Offset::Offset(o) => o,
+                    _ => {
+                        consumer
+                            .fetch_watermarks(p.topic(), p.partition(), PING_TIMEOUT)
+                            .ok()?
+                            .0
+                    }
+                };
+                lag += u64::try_from(high - at).unwrap_or(0);
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// Test support: where the tests' broker is. Public for the integration tests.
+pub mod testing {
+    use std::time::Duration;
+
+    /// The broker tests use: `TEST_KAFKA_BROKERS`, else 127.0.0.1:9092. Panics with the way to
+    /// start one when nothing listens there (tests must not skip silently).
+    pub async fn brokers() -> String {
+        let brokers =
+            std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let first = brokers.split(',').next().unwrap_or_default().to_owned();
+        let reachable = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(first.clone()),
+        )
+        .await;
+        if !matches!(reachable, Ok(Ok(_))) {
+            panic!(
+                "no Kafka-protocol broker at {first}. Start one with ./scripts/services.sh \
+                 (it runs the tansu broker), or set TEST_KAFKA_BROKERS"
+            );
+        }
+        brokers
+    }
+}

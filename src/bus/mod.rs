@@ -1,0 +1,161 @@
+//! The event bus: committed events leave the event store through the outbox relay
+//! (`relay.rs`) onto topics, one per aggregate category, keyed by stream id so that a
+//! stream's events stay in order on one partition. Asynchronous projections and saga steps
+//! consume them through `consumer.rs`, which retries, dead-letters and parks.
+//! Adapters: `memory` (the in-process bus, the default) and `kafka` (rdkafka, any
+//! Kafka-protocol broker such as Redpanda); both pass `contract`.
+
+pub mod consumer;
+#[cfg(test)]
+pub mod contract;
+pub mod envelope;
+pub mod kafka;
+pub mod memory;
+pub mod relay;
+
+use async_trait::async_trait;
+
+/// One message as the bus carries it. Headers are UTF-8 text (see `envelope.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    pub topic: String,
+    pub key: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl BusMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A message as a consumer receives it, with where it sits in its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: BusMessage,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The broker cannot be reached or did not acknowledge in time; try again later.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong (unknown topic, bad configuration).
+    #[error("bus rejected the request: {0}")]
+    Rejected(String),
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes `messages` and returns once the broker acknowledged every one of them.
+    /// Messages with the same key keep their order. On error some may have been published:
+    /// the caller republishes them all (consumers are idempotent).
+    async fn publish(&self, messages: Vec<BusMessage>) -> Result<(), BusError>;
+
+    /// Joins consumer group `group` on `topics`. Each message is delivered to one member of
+    /// the group; what was not committed is delivered again after a restart.
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn BusConsumer>, BusError>;
+
+    /// Creates `topics` where they do not exist yet.
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), BusError>;
+
+    /// Cheap reachability check for `/ready`.
+    async fn ping(&self) -> Result<(), BusError>;
+
+    /// A short name for logs and `/ready` (`memory`, `kafka`).
+    fn kind(&self) -> &'static str;
+}
+
+#[async_trait]
+pub trait BusConsumer: Send + 'static {
+    /// The next message, waiting for one.
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+
+    /// Marks `delivery` (and everything before it on its partition) as handled by the group.
+    async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError>;
+
+    /// Messages published to the subscribed topics that this group has not handled yet,
+    /// where the adapter can tell.
+    async fn lag(&self) -> Option<u64>;
+}
+
+/// Topic names: `<prefix>events`, `<prefix>inventory`, `<prefix>reservations`,
+/// `<prefix>payments`, chosen by the category of the stream id (`reservation-<uuid>`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+/// Aggregate categories and the topic suffix each one is published to.
+const CATEGORIES: [(&str, &str); 4] = [
+    ("event", "events"),
+    ("inventory", "inventory"),
+    ("reservation", "reservations"),
+    ("payment", "payments"),
+];
+
+impl Topics {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Topics {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Every topic the service publishes to.
+    pub fn all(&self) -> Vec<String> {
+        CATEGORIES
+            .iter()
+            .map(|(_, suffix)| format!("{}{suffix}", self.prefix))
+            .collect()
+    }
+
+    /// The topic of one category suffix (`events`, `reservations`, ...).
+    pub fn named(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// The topic a stream's events go to, or `None` for a stream id of no known category.
+    pub fn for_stream(&self, stream_id: &str) -> Option<String> {
+        let (category, _) = stream_id.split_once('-')?;
+        CATEGORIES
+            .iter()
+            .find(|(c, _)| *c == category)
+            .map(|(_, suffix)| self.named(suffix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams map to the topics API.md names, by category.
+    #[test]
+    fn streams_map_to_their_category_topic() {
+        let topics = Topics::new("t.");
+        assert_eq!(
+            topics.for_stream("reservation-8c1e").as_deref(),
+            Some("t.reservations")
+        );
+        assert_eq!(topics.for_stream("event-1").as_deref(), Some("t.events"));
+        assert_eq!(
+            topics.for_stream("inventory-1").as_deref(),
+            Some("t.inventory")
+        );
+        assert_eq!(
+            topics.for_stream("payment-1").as_deref(),
+            Some("t.payments")
+        );
+        assert_eq!(topics.for_stream("ledger-1"), None);
+        assert_eq!(topics.all().len(), 4);
+    }
+}

@@ -1,0 +1,255 @@
+//! The outbox relay. The event log is the outbox: the append transaction that commits an
+//! event is what records that it must be published, so there is no second write to forget
+//! and nothing to keep in step. The relay tails the log from its cursor, publishes each
+//! batch (key = stream id) and waits for the broker's acknowledgement of every message, then
+//! moves the cursor past the batch; "done" is "at or below the cursor". A crash between the
+//! acknowledgement and the cursor update publishes the batch again, which consumers absorb
+//! (they are idempotent by stream and version); nothing is ever skipped.
+//!
+//! Several instances: the cursor is a lease. On PostgreSQL it is the `outbox_relay` row,
+//! locked `FOR UPDATE SKIP LOCKED` for one batch; whoever holds it relays, the others stand by
+//! and take over within a second if it dies. So there is no double publish storm and no gap.
+
+use super::{envelope, EventBus, Topics};
+use crate::eventstore::EventStore;
+use crate::observability::Metrics;
+use crate::runtime::Clock;
+use async_trait::async_trait;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Events per published batch.
+const BATCH: usize = 500;
+/// How often an idle or standing-by relay looks again without being woken.
+const POLL: Duration = Duration::from_secs(1);
+const CURSOR: &str = "outbox";
+
+/// The right to publish the next batch, with the position published so far.
+#[async_trait]
+pub trait Lease: Send {
+    fn position(&self) -> u64;
+    /// Records everything up to `position` as published and gives the lease back.
+    async fn advance(self: Box<Self>, position: u64) -> anyhow::Result<()>;
+}
+
+#[async_trait]
+pub trait RelayCursor: Send + Sync + 'static {
+    /// The lease, or `None` while another relay holds it.
+    async fn lease(&self) -> anyhow::Result<Option<Box<dyn Lease>>>;
+    /// The position published so far, without taking the lease (for metrics).
+    async fn published(&self) -> anyhow::Result<u64>;
+}
+
+/// A cursor in memory: for the in-process bus, which forgets everything on restart, so the
+/// relay must start from the beginning of the log too.
+#[derive(Default)]
+pub struct MemoryCursor(Arc<tokio::sync::Mutex<u64>>);
+
+struct MemoryLease(tokio::sync::OwnedMutexGuard<u64>);
+
+#[async_trait]
+impl Lease for MemoryLease {
+    fn position(&self) -> u64 {
+        *self.0
+    }
+
+    async fn advance(mut self: Box<Self>, position: u64) -> anyhow::Result<()> {
+        *self.0 = (*self.0).max(position);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RelayCursor for MemoryCursor {
+    async fn lease(&self) -> anyhow::Result<Option<Box<dyn Lease>>> {
+        Ok(Arc::clone(&self.0)
+            .try_lock_owned()
+            .ok()
+            .map(|guard| Box::new(MemoryLease(guard)) as Box<dyn Lease>))
+    }
+
+    async fn published(&self) -> anyhow::Result<u64> {
+        Ok(*self.0.lock().await)
+    }
+}
+
+/// The cursor in the event store's database (`outbox_relay`), shared by every instance.
+pub struct PostgresCursor(PgPool);
+
+impl PostgresCursor {
+    pub async fn new(pool: PgPool) -> anyhow::Result<Self> {
+        sqlx::query(
+            "INSERT INTO outbox_relay (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(CURSOR)
+        .execute(&pool)
+        .await?;
+        Ok(PostgresCursor(pool))
+    }
+}
+
+struct PostgresLease {
+    tx: Transaction<'static, Postgres>,
+    position: u64,
+}
+
+#[async_trait]
+impl Lease for PostgresLease {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    async fn advance(mut self: Box<Self>, position: u64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE outbox_relay SET position = GREATEST(position, $2) WHERE name = $1")
+            .bind(CURSOR)
+            .bind(i64::try_from(position)?)
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RelayCursor for PostgresCursor {
+    async fn lease(&self) -> anyhow::Result<Option<Box<dyn Lease>>> {
+        let mut tx = self.0.begin().await?;
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM outbox_relay WHERE name = $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(CURSOR)
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(match position {
+            Some(p) => Some(Box::new(PostgresLease {
+                tx,
+                position: u64::try_from(p)?,
+            })),
+            None => None,
+        })
+    }
+
+    async fn published(&self) -> anyhow::Result<u64> {
+        let p: i64 = sqlx::query_scalar("SELECT position FROM outbox_relay WHERE name = $1")
+            .bind(CURSOR)
+            .fetch_one(&self.0)
+            .await?;
+        Ok(u64::try_from(p)?)
+    }
+}
+
+pub struct Relay {
+    pub store: Arc<dyn EventStore>,
+    pub bus: Arc<dyn EventBus>,
+    pub topics: Topics,
+    pub cursor: Arc<dyn RelayCursor>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What one turn of the relay did.
+enum Turn {
+    /// Published this many events.
+    Published(usize),
+    /// Nothing to publish.
+    Idle,
+    /// Another instance holds the lease.
+    Standby,
+}
+
+impl Relay {
+    /// Relays until the task is aborted.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut head = self.store.subscribe_head();
+            let mut backoff = Duration::from_millis(100);
+            // Topics are (re)created before the first batch and after any failure: a broker
+            // that lost them (a restarted in-memory broker) gets them back.
+            let mut topics_ready = false;
+            loop {
+                head.borrow_and_update();
+                match self.turn(&mut topics_ready).await {
+                    Ok(Turn::Published(n)) if n == BATCH => {}
+                    Ok(_) => {
+                        backoff = Duration::from_millis(100);
+                        let _ = tokio::time::timeout(POLL, head.changed()).await;
+                    }
+                    Err(e) => {
+                        topics_ready = false;
+                        self.metrics.bus_publish_errors.inc();
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            retry_in_ms = backoff.as_millis(),
+                            "outbox relay: cannot publish; the outbox keeps the events"
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+    }
+
+    async fn turn(&self, topics_ready: &mut bool) -> anyhow::Result<Turn> {
+        let head = *self.store.subscribe_head().borrow();
+        let Some(lease) = self.cursor.lease().await? else {
+            let published = self.cursor.published().await?;
+            self.record_backlog(head, published, None);
+            return Ok(Turn::Standby);
+        };
+        let from = lease.position();
+        let events = self.store.read_all(from, BATCH).await?;
+        self.record_backlog(head, from, events.first().map(|e| e.recorded_at));
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(Turn::Idle);
+        };
+        if !*topics_ready {
+            self.bus.ensure_topics(&self.topics.all()).await?;
+            *topics_ready = true;
+        }
+        let mut per_topic: HashMap<String, u64> = HashMap::new();
+        let messages: Vec<_> = events
+            .iter()
+            .filter_map(|e| {
+                let message = envelope::seal(&self.topics, e);
+                if message.is_none() {
+                    tracing::error!(stream = %e.stream_id, position = e.position,
+                        "an event of no known category is not published");
+                }
+                message
+            })
+            .inspect(|m| *per_topic.entry(m.topic.clone()).or_default() += 1)
+            .collect();
+        self.bus.publish(messages).await?;
+        lease.advance(last).await?;
+        for (topic, n) in per_topic {
+            self.metrics
+                .bus_published
+                .with_label_values(&[&topic])
+                .inc_by(n);
+        }
+        self.record_backlog(head.max(last), last, None);
+        Ok(Turn::Published(events.len()))
+    }
+
+    fn record_backlog(
+        &self,
+        head: u64,
+        published: u64,
+        oldest: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let backlog = head.saturating_sub(published);
+        self.metrics
+            .outbox_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let lag = match oldest {
+            Some(at) if backlog > 0 => {
+                (self.clock.now() - at).num_milliseconds().max(0) as f64 / 1000.0
+            }
+            _ => 0.0,
+        };
+        self.metrics.outbox_publish_lag.set(lag);
+    }
+}

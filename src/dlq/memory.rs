@@ -1,0 +1,188 @@
+//! The dead letter queue in memory, for the in-memory service and tests.
+
+use super::{Closing, DeadLetter, DeadLetters, DlqError, DlqStats, DlqStatus, NewDeadLetter};
+use crate::projections::{Page, PageRequest};
+use async_trait::async_trait;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+#[derive(Default)]
+pub struct MemoryDeadLetters(Mutex<Vec<DeadLetter>>);
+
+impl MemoryDeadLetters {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<DeadLetter>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ids start at 1, so an entry's index is `id - 1`.
+fn find(entries: &mut [DeadLetter], id: i64) -> Result<&mut DeadLetter, DlqError> {
+    usize::try_from(id - 1)
+        .ok()
+        .and_then(|i| entries.get_mut(i))
+        .ok_or(DlqError::NotFound(id))
+}
+
+#[async_trait]
+impl DeadLetters for MemoryDeadLetters {
+    async fn park(&self, e: NewDeadLetter) -> Result<i64, DlqError> {
+        let mut entries = self.lock();
+        let id = i64::try_from(entries.len()).unwrap_or(i64::MAX) + 1;
+        entries.push(DeadLetter {
+            id,
+            consumer: e.consumer,
+            topic: e.topic,
+            partition: e.partition,
+            offset: e.offset,
+            message_key: e.message_key,
+            stream_id: e.stream_id,
+            stream_version: e.stream_version,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(&e.payload),
+            metadata: e
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+            error: e.error,
+            causes: e.causes,
+            parked_behind: e.parked_behind,
+            retry_count: e.retry_count,
+            first_failed_at: e.failed_at,
+            last_failed_at: e.failed_at,
+            status: DlqStatus::Pending,
+            resolved_by: None,
+            resolved_at: None,
+            notes: None,
+        });
+        Ok(id)
+    }
+
+    async fn open_entry_of(
+        &self,
+        consumer: &str,
+        stream_id: &str,
+    ) -> Result<Option<i64>, DlqError> {
+        Ok(self
+            .lock()
+            .iter()
+            .find(|e| {
+                e.status.is_open()
+                    && e.consumer == consumer
+                    && e.stream_id.as_deref() == Some(stream_id)
+            })
+            .map(|e| e.id))
+    }
+
+    async fn get(&self, id: i64) -> Result<DeadLetter, DlqError> {
+        find(&mut self.lock(), id).map(|e| e.clone())
+    }
+
+    async fn list(
+        &self,
+        status: Option<DlqStatus>,
+        page: PageRequest,
+    ) -> Result<Page<DeadLetter>, DlqError> {
+        let items: Vec<DeadLetter> = self
+            .lock()
+            .iter()
+            .rev()
+            .filter(|e| status.is_none_or(|s| e.status == s))
+            .cloned()
+            .collect();
+        Ok(page.slice(items))
+    }
+
+    async fn stats(&self) -> Result<DlqStats, DlqError> {
+        let mut stats = DlqStats::default();
+        for e in self.lock().iter() {
+            *match e.status {
+                DlqStatus::Pending => &mut stats.pending,
+                DlqStatus::Processing => &mut stats.processing,
+                DlqStatus::Resolved => &mut stats.resolved,
+                DlqStatus::Discarded => &mut stats.discarded,
+            } += 1;
+        }
+        Ok(stats)
+    }
+
+    async fn claim(&self, id: i64) -> Result<DeadLetter, DlqError> {
+        let mut entries = self.lock();
+        let entry = find(&mut entries, id)?.clone();
+        if entry.status != DlqStatus::Pending {
+            return Err(DlqError::WrongStatus {
+                id,
+                status: entry.status,
+            });
+        }
+        if let Some(earlier) = entries.iter().find(|e| {
+            e.id < id
+                && e.status.is_open()
+                && e.consumer == entry.consumer
+                && entry.stream_id.is_some()
+                && e.stream_id == entry.stream_id
+        }) {
+            return Err(DlqError::Blocked {
+                id,
+                behind: earlier.id,
+            });
+        }
+        let entry = find(&mut entries, id)?;
+        entry.status = DlqStatus::Processing;
+        Ok(entry.clone())
+    }
+
+    async fn retry_failed(
+        &self,
+        id: i64,
+        error: String,
+        causes: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> Result<DeadLetter, DlqError> {
+        let mut entries = self.lock();
+        let entry = find(&mut entries, id)?;
+        if entry.status != DlqStatus::Processing {
+            return Err(DlqError::WrongStatus {
+                id,
+                status: entry.status,
+            });
+        }
+        entry.status = DlqStatus::Pending;
+        entry.error = error;
+        entry.causes = causes;
+        entry.retry_count += 1;
+        entry.last_failed_at = at;
+        Ok(entry.clone())
+    }
+
+    async fn close(
+        &self,
+        id: i64,
+        from: DlqStatus,
+        closing: Closing,
+    ) -> Result<DeadLetter, DlqError> {
+        let mut entries = self.lock();
+        let entry = find(&mut entries, id)?;
+        if entry.status != from {
+            return Err(DlqError::WrongStatus {
+                id,
+                status: entry.status,
+            });
+        }
+        entry.status = closing.status;
+        entry.resolved_by = closing.by.map(|u| u.0);
+        entry.resolved_at = Some(closing.at);
+        entry.notes = closing.notes;
+        Ok(entry.clone())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

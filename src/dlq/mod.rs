@@ -1,0 +1,193 @@
+//! The dead letter queue: messages a bus consumer could not handle, and the later messages of
+//! the same stream parked behind them. The `DeadLetters` port stores entries and their
+//! status transitions (pending -> processing -> resolved | pending, pending -> resolved |
+//! discarded); `service.rs` drives retries through the original handler. Adapters:
+//! `memory`, `postgres` (table in `migrations_events/`); both pass `contract`.
+
+#[cfg(test)]
+pub mod contract;
+pub mod memory;
+pub mod postgres;
+pub mod service;
+
+use crate::domain::UserId;
+use crate::projections::{Page, PageRequest};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqStatus {
+    Pending,
+    Processing,
+    Resolved,
+    Discarded,
+}
+
+impl DlqStatus {
+    pub const ALL: [DlqStatus; 4] = [
+        DlqStatus::Pending,
+        DlqStatus::Processing,
+        DlqStatus::Resolved,
+        DlqStatus::Discarded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqStatus::Pending => "pending",
+            DlqStatus::Processing => "processing",
+            DlqStatus::Resolved => "resolved",
+            DlqStatus::Discarded => "discarded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Pending and processing entries block their stream.
+    pub fn is_open(self) -> bool {
+        matches!(self, DlqStatus::Pending | DlqStatus::Processing)
+    }
+}
+
+/// What a consumer records when it gives up on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub message_key: String,
+    pub stream_id: Option<String>,
+    pub stream_version: Option<u64>,
+    pub event_type: Option<String>,
+    pub event_version: Option<u16>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub error: String,
+    /// The error's cause chain, outermost first.
+    pub causes: Vec<String>,
+    pub parked_behind: Option<i64>,
+    pub retry_count: u32,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// One entry as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub message_key: String,
+    pub stream_id: Option<String>,
+    pub stream_version: Option<u64>,
+    pub event_type: Option<String>,
+    pub event_version: Option<u16>,
+    /// The payload, base64 (standard alphabet).
+    pub payload_base64: String,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub error: String,
+    pub causes: Vec<String>,
+    pub parked_behind: Option<i64>,
+    pub retry_count: u32,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    pub status: DlqStatus,
+    pub resolved_by: Option<uuid::Uuid>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub notes: Option<String>,
+}
+
+impl DeadLetter {
+    /// The message as it was received, for a retry.
+    pub fn message(&self) -> crate::bus::BusMessage {
+        use base64::Engine;
+        crate::bus::BusMessage {
+            topic: self.topic.clone(),
+            key: self.message_key.clone(),
+            headers: self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+            payload: base64::engine::general_purpose::STANDARD
+                .decode(&self.payload_base64)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Entries per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DlqStats {
+    pub pending: u64,
+    pub processing: u64,
+    pub resolved: u64,
+    pub discarded: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DlqError {
+    #[error("dead letter {0} not found")]
+    NotFound(i64),
+    /// The entry is not in a state the action applies to.
+    #[error("dead letter {id} is {status:?}")]
+    WrongStatus { id: i64, status: DlqStatus },
+    /// An earlier entry of the same stream is still open: it goes first.
+    #[error("dead letter {id} waits behind entry {behind} of the same stream")]
+    Blocked { id: i64, behind: i64 },
+    #[error("dead letter queue unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How an entry was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    pub status: DlqStatus,
+    pub by: Option<UserId>,
+    pub notes: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait DeadLetters: Send + Sync + 'static {
+    /// Records a new pending entry and returns its id.
+    async fn park(&self, entry: NewDeadLetter) -> Result<i64, DlqError>;
+    /// The oldest open entry of `stream_id` for `consumer`, if any: later messages of the
+    /// stream must wait behind it.
+    async fn open_entry_of(&self, consumer: &str, stream_id: &str)
+        -> Result<Option<i64>, DlqError>;
+    async fn get(&self, id: i64) -> Result<DeadLetter, DlqError>;
+    /// Newest first, optionally only one status.
+    async fn list(
+        &self,
+        status: Option<DlqStatus>,
+        page: PageRequest,
+    ) -> Result<Page<DeadLetter>, DlqError>;
+    async fn stats(&self) -> Result<DlqStats, DlqError>;
+    /// pending -> processing, for a retry; refused while an earlier entry of the same stream
+    /// is open.
+    async fn claim(&self, id: i64) -> Result<DeadLetter, DlqError>;
+    /// processing -> pending after a failed retry: the new error, one more retry.
+    async fn retry_failed(
+        &self,
+        id: i64,
+        error: String,
+        causes: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> Result<DeadLetter, DlqError>;
+    /// An entry in status `from` (pending or processing) -> resolved or discarded.
+    async fn close(
+        &self,
+        id: i64,
+        from: DlqStatus,
+        closing: Closing,
+    ) -> Result<DeadLetter, DlqError>;
+    fn kind(&self) -> &'static str;
+}

@@ -1,0 +1,153 @@
+//! What admins do with dead letters. A retry claims the entry (pending -> processing), runs
+//! the consumer's own handler on the stored message, and resolves the entry, or puts it back
+//! to pending with the new error and one more retry. Whenever the oldest open entry of a
+//! stream closes (retried, resolved or discarded), the entries parked behind it are replayed
+//! in order, until one fails again; so a stream never skips ahead of its parked events.
+
+use super::{Closing, DeadLetter, DeadLetters, DlqError, DlqStatus};
+use crate::bus::consumer::Handler;
+use crate::bus::envelope;
+use crate::domain::UserId;
+use crate::runtime::Clock;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryError {
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    /// The handler failed again; the entry is pending with the new error.
+    #[error("the retry failed: {}", .0.error)]
+    Failed(Box<DeadLetter>),
+}
+
+#[derive(Clone)]
+pub struct DlqService {
+    store: Arc<dyn DeadLetters>,
+    handlers: HashMap<&'static str, Arc<dyn Handler>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl DlqService {
+    pub fn new(
+        store: Arc<dyn DeadLetters>,
+        handlers: Vec<Arc<dyn Handler>>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        DlqService {
+            store,
+            handlers: handlers.into_iter().map(|h| (h.name(), h)).collect(),
+            clock,
+        }
+    }
+
+    pub fn store(&self) -> &dyn DeadLetters {
+        self.store.as_ref()
+    }
+
+    /// Runs the entry's message through its consumer's handler again.
+    pub async fn retry(&self, id: i64, by: UserId) -> Result<DeadLetter, RetryError> {
+        let resolved = self.replay(id, by, "retried").await?;
+        self.release_followers(&resolved, by).await;
+        Ok(resolved)
+    }
+
+    /// Marks a pending entry handled by other means.
+    pub async fn resolve(
+        &self,
+        id: i64,
+        by: UserId,
+        notes: Option<String>,
+    ) -> Result<DeadLetter, DlqError> {
+        let entry = self.close(id, DlqStatus::Resolved, by, notes).await?;
+        self.release_followers(&entry, by).await;
+        Ok(entry)
+    }
+
+    /// Gives up on a pending entry; `reason` is kept as its notes.
+    pub async fn discard(
+        &self,
+        id: i64,
+        by: UserId,
+        reason: String,
+    ) -> Result<DeadLetter, DlqError> {
+        let entry = self
+            .close(id, DlqStatus::Discarded, by, Some(reason))
+            .await?;
+        self.release_followers(&entry, by).await;
+        Ok(entry)
+    }
+
+    async fn close(
+        &self,
+        id: i64,
+        status: DlqStatus,
+        by: UserId,
+        notes: Option<String>,
+    ) -> Result<DeadLetter, DlqError> {
+        let closing = Closing {
+            status,
+            by: Some(by),
+            notes,
+            at: self.clock.now(),
+        };
+        self.store.close(id, DlqStatus::Pending, closing).await
+    }
+
+    async fn replay(&self, id: i64, by: UserId, notes: &str) -> Result<DeadLetter, RetryError> {
+        let entry = self.store.claim(id).await?;
+        match self.run_handler(&entry).await {
+            Ok(()) => {
+                let closing = Closing {
+                    status: DlqStatus::Resolved,
+                    by: Some(by),
+                    notes: Some(notes.to_owned()),
+                    at: self.clock.now(),
+                };
+                Ok(self.store.close(id, DlqStatus::Processing, closing).await?)
+            }
+            Err(error) => {
+                let failed = self
+                    .store
+                    .retry_failed(id, error, Vec::new(), self.clock.now())
+                    .await?;
+                Err(RetryError::Failed(Box::new(failed)))
+            }
+        }
+    }
+
+    async fn run_handler(&self, entry: &DeadLetter) -> Result<(), String> {
+        let handler = self
+            .handlers
+            .get(entry.consumer.as_str())
+            .ok_or_else(|| format!("no consumer named {:?} runs here", entry.consumer))?;
+        let event = envelope::open(&entry.message()).map_err(|e| e.to_string())?;
+        handler
+            .handle(&event)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Replays, in order, the entries of `closed`'s stream that waited behind it.
+    async fn release_followers(&self, closed: &DeadLetter, by: UserId) {
+        let Some(stream) = &closed.stream_id else {
+            return;
+        };
+        let notes = format!("replayed after dead letter {} closed", closed.id);
+        loop {
+            let next = match self.store.open_entry_of(&closed.consumer, stream).await {
+                Ok(Some(next)) => next,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for parked dead letters");
+                    return;
+                }
+            };
+            if let Err(e) = self.replay(next, by, &notes).await {
+                tracing::warn!(entry = next, error = %e, "a parked dead letter failed again");
+                return;
+            }
+        }
+    }
+}

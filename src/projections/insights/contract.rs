@@ -1,0 +1,175 @@
+//! The contract both insights adapters keep, on the read models' fixture history delivered
+//! as the bus delivers it: the expected sales and history, duplicates that change nothing,
+//! and the same answers whatever order different streams arrive in.
+
+use super::Insights;
+use crate::bus::consumer::Applied;
+use crate::bus::envelope::{self, BusEvent};
+use crate::bus::Topics;
+use crate::domain::EventId;
+use crate::projections::contract::fixture::*;
+use crate::projections::contract::page_of;
+use crate::projections::{PageRequest, SalesView, SectionSales};
+use uuid::Uuid;
+
+/// The fixture as a consumer receives it: events that do not open (the fixture's undecodable
+/// ones) would be dead-lettered, so they are left out.
+fn deliveries() -> Vec<BusEvent> {
+    let topics = Topics::new("t.");
+    history()
+        .iter()
+        .filter_map(|e| envelope::seal(&topics, e))
+        .filter_map(|m| envelope::open(&m).ok())
+        .collect()
+}
+
+async fn apply_all(insights: &dyn Insights, events: &[BusEvent]) -> Vec<Applied> {
+    let mut out = Vec::new();
+    for e in events {
+        out.push(insights.apply(e).await.unwrap());
+    }
+    out
+}
+
+/// Sales count confirmations and take refunds back; history lists purchases, refunded too.
+async fn answers_match_the_fixture(insights: &dyn Insights) {
+    let sold = |section: &str, tickets, revenue| SectionSales {
+        section: section.into(),
+        tickets_sold: tickets,
+        revenue_cents: revenue,
+    };
+    assert_eq!(
+        insights.sales(SHOW).await.unwrap(),
+        Some(SalesView {
+            event_id: SHOW.0,
+            tickets_sold: 4,
+            revenue_cents: 12500,
+            currency: "USD".into(),
+            // In the order sections first sold, not by name.
+            by_section: vec![sold("floor", 1, 5000), sold("balcony", 3, 7500)],
+        })
+    );
+    assert_eq!(
+        insights.sales(GALA).await.unwrap(),
+        Some(SalesView {
+            event_id: GALA.0,
+            tickets_sold: 0,
+            revenue_cents: 0,
+            currency: "EUR".into(),
+            by_section: vec![]
+        })
+    );
+    assert_eq!(
+        insights.sales(EventId(Uuid::from_u128(7))).await.unwrap(),
+        None
+    );
+    let request = |page, page_size| PageRequest { page, page_size };
+    let carol = vec![history_entry(R2, 18), history_entry(R5, 17)];
+    assert_eq!(
+        insights
+            .history(CAROL, PageRequest::default())
+            .await
+            .unwrap(),
+        page_of(carol.clone(), 1, 20, 2)
+    );
+    assert_eq!(
+        insights.history(CAROL, request(2, 1)).await.unwrap(),
+        page_of(carol[1..].to_vec(), 2, 1, 2)
+    );
+    assert_eq!(
+        insights.history(CAROL, request(3, 1)).await.unwrap(),
+        page_of(vec![], 3, 1, 2)
+    );
+    assert_eq!(
+        insights
+            .history(DAVE, PageRequest::default())
+            .await
+            .unwrap(),
+        page_of(vec![history_entry(R6, 34)], 1, 20, 1)
+    );
+    assert_eq!(
+        insights
+            .history(ALICE, PageRequest::default())
+            .await
+            .unwrap(),
+        page_of(vec![], 1, 20, 0)
+    );
+}
+
+/// Runs the contract on two fresh adapters: `in_order` gets the log in position order,
+/// `by_stream` gets it one stream at a time, streams in reverse order of appearance.
+pub async fn run(in_order: &dyn Insights, by_stream: &dyn Insights) {
+    let log = deliveries();
+    assert!(
+        apply_all(in_order, &log)
+            .await
+            .iter()
+            .all(|a| *a == Applied::Applied),
+        "a first delivery is applied"
+    );
+    answers_match_the_fixture(in_order).await;
+
+    // Redelivery, of everything or of an older event of a stream, changes nothing.
+    assert!(
+        apply_all(in_order, &log)
+            .await
+            .iter()
+            .all(|a| *a == Applied::Duplicate),
+        "a redelivery is a duplicate"
+    );
+    answers_match_the_fixture(in_order).await;
+
+    let mut streams: Vec<&str> = Vec::new();
+    for e in &log {
+        if !streams.contains(&e.stream_id.as_str()) {
+            streams.push(&e.stream_id);
+        }
+    }
+    let reordered: Vec<BusEvent> = streams
+        .iter()
+        .rev()
+        .flat_map(|s| log.iter().filter(move |e| e.stream_id == *s).cloned())
+        .collect();
+    apply_all(by_stream, &reordered).await;
+    answers_match_the_fixture(by_stream).await;
+}
+
+#[tokio::test]
+async fn in_memory_insights_keep_the_contract() {
+    run(
+        &super::memory::MemoryInsights::new(),
+        &super::memory::MemoryInsights::new(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_insights_keep_the_contract() {
+    let mut adapters = Vec::new();
+    for _ in 0..2 {
+        let url = crate::db::testing::fresh_database().await;
+        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
+            .await
+            .unwrap();
+        crate::db::projections_migrator().run(&pool).await.unwrap();
+        adapters.push(super::postgres::PostgresInsights::new(pool));
+    }
+    run(&adapters[0], &adapters[1]).await;
+}
+
+/// A reservation event whose reservation was never placed is inconsistent: retrying will not
+/// help, so it is refused without moving the stream's version.
+#[tokio::test]
+async fn an_event_of_an_unknown_reservation_is_refused() {
+    let log = deliveries();
+    let confirm = log
+        .iter()
+        .find(|e| e.event_type == "reservation.confirmed")
+        .unwrap();
+    let insights = super::memory::MemoryInsights::new();
+    let err = insights.apply(confirm).await.unwrap_err();
+    assert!(
+        matches!(err, super::InsightsError::Inconsistent { .. }),
+        "{err}"
+    );
+}

@@ -1,0 +1,233 @@
+//! Insights in memory, for the in-memory service and tests.
+
+use super::{Insights, InsightsError};
+use crate::bus::consumer::Applied;
+use crate::bus::envelope::BusEvent;
+use crate::domain::reservation::ReservationStatus;
+use crate::domain::{DomainEvent, EventId, ReservationId, UserId};
+use crate::projections::{HistoryEntry, Page, PageRequest, ReadError, SalesView, SectionSales};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+#[derive(Default)]
+struct EventRow {
+    name: Option<String>,
+    currency: Option<String>,
+    tickets_sold: u64,
+    revenue_cents: i64,
+    /// (section, position of its first sale, tickets, revenue), in first-sale order.
+    sections: Vec<(String, u64, u64, i64)>,
+}
+
+struct Purchase {
+    event_id: EventId,
+    user_id: UserId,
+    section: String,
+    quantity: u32,
+    total_cents: i64,
+    currency: String,
+    status: ReservationStatus,
+    payment_id: Option<uuid::Uuid>,
+    purchased_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    streams: HashMap<String, u64>,
+    events: HashMap<EventId, EventRow>,
+    purchases: HashMap<ReservationId, Purchase>,
+}
+
+#[derive(Default)]
+pub struct MemoryInsights(Mutex<Tables>);
+
+impl MemoryInsights {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Tables {
+    fn count_sale(&mut self, reservation: ReservationId, sign: i64, position: u64) {
+        let Some(p) = self.purchases.get(&reservation) else {
+            return;
+        };
+        let row = self.events.entry(p.event_id).or_default();
+        row.currency.get_or_insert_with(|| p.currency.clone());
+        let tickets = u64::from(p.quantity);
+        let apply = |count: &mut u64, revenue: &mut i64| {
+            *count = if sign > 0 {
+                *count + tickets
+            } else {
+                count.saturating_sub(tickets)
+            };
+            *revenue += sign * p.total_cents;
+        };
+        apply(&mut row.tickets_sold, &mut row.revenue_cents);
+        match row.sections.iter_mut().find(|s| s.0 == p.section) {
+            Some(s) => {
+                apply(&mut s.2, &mut s.3);
+                if sign > 0 {
+                    s.1 = s.1.min(position);
+                }
+            }
+            None if sign > 0 => {
+                row.sections
+                    .push((p.section.clone(), position, tickets, p.total_cents));
+            }
+            None => {}
+        }
+        row.sections.sort_by_key(|s| s.1);
+    }
+
+    fn apply(&mut self, e: &BusEvent) -> Result<(), InsightsError> {
+        use DomainEvent as E;
+        let missing = || InsightsError::Inconsistent {
+            stream_id: e.stream_id.clone(),
+            version: e.version,
+            reason: "the reservation was never placed".into(),
+        };
+        match &e.event {
+            E::EventCreated(c) => {
+                let row = self.events.entry(c.event_id).or_default();
+                row.name = Some(c.details.name.clone());
+                row.currency = Some(c.currency.to_string());
+            }
+            E::EventDetailsChanged(c) => {
+                self.events.entry(c.event_id).or_default().name = Some(c.details.name.clone());
+            }
+            E::ReservationPlaced(p) => {
+                self.purchases.entry(p.reservation_id).or_insert(Purchase {
+                    event_id: p.event_id,
+                    user_id: p.user_id,
+                    section: p.section.clone(),
+                    quantity: p.quantity,
+                    total_cents: p.total.amount_cents,
+                    currency: p.total.currency.to_string(),
+                    status: ReservationStatus::Pending,
+                    payment_id: None,
+                    purchased_at: None,
+                });
+            }
+            E::ReservationConfirmed(c) => {
+                let p = self
+                    .purchases
+                    .get_mut(&c.reservation_id)
+                    .ok_or_else(missing)?;
+                p.status = ReservationStatus::Confirmed;
+                p.payment_id = Some(c.payment_id.0);
+                p.purchased_at = Some(c.at);
+                self.count_sale(c.reservation_id, 1, e.position);
+            }
+            E::ReservationRefunded(r) => {
+                let p = self
+                    .purchases
+                    .get_mut(&r.reservation_id)
+                    .ok_or_else(missing)?;
+                let was_sold = p.status == ReservationStatus::Confirmed;
+                p.status = ReservationStatus::Refunded;
+                if was_sold {
+                    self.count_sale(r.reservation_id, -1, e.position);
+                }
+            }
+            E::ReservationCancelled(c) => {
+                self.purchases
+                    .get_mut(&c.reservation_id)
+                    .ok_or_else(missing)?
+                    .status = ReservationStatus::Cancelled;
+            }
+            E::ReservationExpired(x) => {
+                self.purchases
+                    .get_mut(&x.reservation_id)
+                    .ok_or_else(missing)?
+                    .status = ReservationStatus::Expired;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Insights for MemoryInsights {
+    async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError> {
+        let mut tables = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if tables
+            .streams
+            .get(&event.stream_id)
+            .is_some_and(|v| *v >= event.version)
+        {
+            return Ok(Applied::Duplicate);
+        }
+        tables.apply(event)?;
+        tables
+            .streams
+            .insert(event.stream_id.clone(), event.version);
+        Ok(Applied::Applied)
+    }
+
+    async fn reset(&self) -> Result<(), InsightsError> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Tables::default();
+        Ok(())
+    }
+
+    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError> {
+        let tables = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(row) = tables.events.get(&event) else {
+            return Ok(None);
+        };
+        let Some(currency) = row.currency.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(SalesView {
+            event_id: event.0,
+            tickets_sold: row.tickets_sold,
+            revenue_cents: row.revenue_cents,
+            currency,
+            by_section: row
+                .sections
+                .iter()
+                .map(|(section, _, tickets_sold, revenue_cents)| SectionSales {
+                    section: section.clone(),
+                    tickets_sold: *tickets_sold,
+                    revenue_cents: *revenue_cents,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, ReadError> {
+        let tables = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut items: Vec<HistoryEntry> = tables
+            .purchases
+            .iter()
+            .filter(|(_, p)| p.user_id == user)
+            .filter_map(|(id, p)| {
+                Some(HistoryEntry {
+                    reservation_id: id.0,
+                    event_id: p.event_id.0,
+                    event_name: tables
+                        .events
+                        .get(&p.event_id)
+                        .and_then(|e| e.name.clone())
+                        .unwrap_or_default(),
+                    section: p.section.clone(),
+                    quantity: p.quantity,
+                    total_cents: p.total_cents,
+                    currency: p.currency.clone(),
+                    status: p.status,
+                    payment_id: p.payment_id,
+                    purchased_at: p.purchased_at?,
+                })
+            })
+            .collect();
+        items.sort_by_key(|x| std::cmp::Reverse((x.purchased_at, x.reservation_id)));
+        Ok(page.slice(items))
+    }
+}

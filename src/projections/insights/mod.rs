@@ -1,0 +1,112 @@
+//! Asynchronous projections fed by the bus, not by the in-process projector: sales analytics
+//! per event and section, and each customer's purchase history. They are eventually
+//! consistent (a purchase shows up once the `insights` consumer has handled its events) and
+//! idempotent by (stream, version): each stream's last applied version is stored in the same
+//! transaction as the change, so a redelivered event changes nothing. Events arrive ordered
+//! per stream but not across streams, so nothing here relies on one stream's event having
+//! been seen before another's. Adapters: `memory`, `postgres`; both pass `contract`.
+
+#[cfg(test)]
+mod contract;
+pub mod memory;
+pub mod postgres;
+
+use super::{HistoryEntry, Page, PageRequest, ReadError, SalesView};
+use crate::bus::consumer::{Applied, Handler, HandlerError};
+use crate::bus::envelope::BusEvent;
+use crate::domain::{EventId, UserId};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InsightsError {
+    #[error("insights store unavailable: {0}")]
+    Unavailable(String),
+    /// The event contradicts what was applied (a bug or corrupt data): retrying will not help.
+    #[error("cannot apply {stream_id} v{version}: {reason}")]
+    Inconsistent {
+        stream_id: String,
+        version: u64,
+        reason: String,
+    },
+}
+
+#[async_trait]
+pub trait Insights: Send + Sync + 'static {
+    /// Applies `event` unless its stream is already at or past its version.
+    async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError>;
+    /// Tickets and revenue of an event, net of refunds; `None` before any of its events.
+    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError>;
+    /// Purchases (confirmed, or refunded after confirmation) of a customer, newest first.
+    async fn history(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, ReadError>;
+    /// Empties every insight and forgets every applied version, for a rebuild.
+    async fn reset(&self) -> Result<(), InsightsError>;
+}
+
+/// Rebuilds the insights straight from the event store, as the bus would deliver each event:
+/// empties them, then applies every event from position 0. Returns the position reached. Run
+/// it with the service stopped; once restarted, the consumer finds everything it is delivered
+/// already applied.
+pub async fn rebuild(
+    store: &dyn crate::eventstore::EventStore,
+    insights: &dyn Insights,
+) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let topics = crate::bus::Topics::new("");
+    let wanted: Vec<String> = InsightsProjection::TOPICS
+        .iter()
+        .map(|t| topics.named(t))
+        .collect();
+    insights.reset().await.context("emptying the insights")?;
+    super::replay(store, async |batch| {
+        for event in batch {
+            let Some(message) = crate::bus::envelope::seal(&topics, event) else {
+                continue;
+            };
+            if !wanted.contains(&message.topic) {
+                continue;
+            }
+            match crate::bus::envelope::open(&message) {
+                Ok(event) => {
+                    insights.apply(&event).await.context("applying an event")?;
+                }
+                Err(e) => tracing::error!(position = event.position, error = %e,
+                    "rebuild skipped an unreadable event (the consumer dead-letters it)"),
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The consumer that keeps `Insights` up to date.
+pub struct InsightsProjection(pub Arc<dyn Insights>);
+
+impl InsightsProjection {
+    const TOPICS: &'static [&'static str] = &["events", "reservations"];
+}
+
+/// Its name: the consumer group and the `consumer` of its dead letters.
+pub const CONSUMER: &str = "insights";
+
+#[async_trait]
+impl Handler for InsightsProjection {
+    fn name(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        Self::TOPICS
+    }
+
+    async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError> {
+        self.0.apply(event).await.map_err(|e| match e {
+            InsightsError::Unavailable(_) => HandlerError::Transient(e.to_string()),
+            InsightsError::Inconsistent { .. } => HandlerError::Permanent(e.to_string()),
+        })
+    }
+}

@@ -1,0 +1,322 @@
+//! Insights on PostgreSQL (`insight_*` and `consumer_stream_versions` in
+//! `migrations_projections/`). Each event is one transaction: the stream's version guard
+//! first (a duplicate rolls back at once), then the change.
+
+use super::{Insights, InsightsError, CONSUMER};
+use crate::bus::consumer::Applied;
+use crate::bus::envelope::BusEvent;
+use crate::domain::{DomainEvent, EventId, UserId};
+use crate::projections::{HistoryEntry, Page, PageRequest, ReadError, SalesView, SectionSales};
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+pub struct PostgresInsights(PgPool);
+
+impl PostgresInsights {
+    pub fn new(pool: PgPool) -> Self {
+        PostgresInsights(pool)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> InsightsError {
+    InsightsError::Unavailable(e.to_string())
+}
+
+fn read_error(e: impl std::fmt::Display) -> ReadError {
+    ReadError::Unavailable(e.to_string())
+}
+
+fn as_i64(n: u64) -> Result<i64, InsightsError> {
+    i64::try_from(n).map_err(unavailable)
+}
+
+/// Adds a confirmed reservation to its event's and section's totals.
+async fn count_sale(
+    tx: &mut Transaction<'_, Postgres>,
+    reservation: uuid::Uuid,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO insight_events (event_id, currency, tickets_sold, revenue_cents)
+         SELECT event_id, currency, quantity, total_cents
+           FROM insight_purchases WHERE reservation_id = $1
+         ON CONFLICT (event_id) DO UPDATE
+            SET currency = COALESCE(insight_events.currency, EXCLUDED.currency),
+                tickets_sold = insight_events.tickets_sold + EXCLUDED.tickets_sold,
+                revenue_cents = insight_events.revenue_cents + EXCLUDED.revenue_cents",
+    )
+    .bind(reservation)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO insight_sections (event_id, section, first_position, tickets_sold, revenue_cents)
+         SELECT event_id, section, $2, quantity, total_cents
+           FROM insight_purchases WHERE reservation_id = $1
+         ON CONFLICT (event_id, section) DO UPDATE
+            SET tickets_sold = insight_sections.tickets_sold + EXCLUDED.tickets_sold,
+                revenue_cents = insight_sections.revenue_cents + EXCLUDED.revenue_cents,
+                first_position = LEAST(insight_sections.first_position, EXCLUDED.first_position)",
+    )
+    .bind(reservation)
+    .bind(position)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Takes a refunded reservation back out of its totals; counts saturate at 0 as in memory.
+async fn uncount_sale(
+    tx: &mut Transaction<'_, Postgres>,
+    reservation: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE insight_events e
+            SET tickets_sold = GREATEST(e.tickets_sold - p.quantity, 0),
+                revenue_cents = e.revenue_cents - p.total_cents
+           FROM insight_purchases p
+          WHERE p.reservation_id = $1 AND e.event_id = p.event_id",
+    )
+    .bind(reservation)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE insight_sections s
+            SET tickets_sold = GREATEST(s.tickets_sold - p.quantity, 0),
+                revenue_cents = s.revenue_cents - p.total_cents
+           FROM insight_purchases p
+          WHERE p.reservation_id = $1 AND s.event_id = p.event_id AND s.section = p.section",
+    )
+    .bind(reservation)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Sets a reservation's status; false when the reservation was never placed.
+async fn set_status(
+    tx: &mut Transaction<'_, Postgres>,
+    reservation: uuid::Uuid,
+    status: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE insight_purchases SET status = $2 WHERE reservation_id = $1")
+        .bind(reservation)
+        .bind(status)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool, sqlx::Error> {
+    use DomainEvent as E;
+    let position = i64::try_from(e.position).unwrap_or(i64::MAX);
+    Ok(match &e.event {
+        E::EventCreated(c) => {
+            sqlx::query(
+                "INSERT INTO insight_events (event_id, name, currency) VALUES ($1, $2, $3)
+                 ON CONFLICT (event_id) DO UPDATE SET name = EXCLUDED.name,
+                     currency = EXCLUDED.currency",
+            )
+            .bind(c.event_id.0)
+            .bind(&c.details.name)
+            .bind(c.currency.to_string())
+            .execute(&mut **tx)
+            .await?;
+            true
+        }
+        E::EventDetailsChanged(c) => {
+            sqlx::query(
+                "INSERT INTO insight_events (event_id, name) VALUES ($1, $2)
+                 ON CONFLICT (event_id) DO UPDATE SET name = EXCLUDED.name",
+            )
+            .bind(c.event_id.0)
+            .bind(&c.details.name)
+            .execute(&mut **tx)
+            .await?;
+            true
+        }
+        E::ReservationPlaced(p) => {
+            sqlx::query(
+                "INSERT INTO insight_purchases (reservation_id, event_id, user_id, section,
+                     quantity, total_cents, currency, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')
+                 ON CONFLICT (reservation_id) DO NOTHING",
+            )
+            .bind(p.reservation_id.0)
+            .bind(p.event_id.0)
+            .bind(p.user_id.0)
+            .bind(&p.section)
+            .bind(i64::from(p.quantity))
+            .bind(p.total.amount_cents)
+            .bind(p.total.currency.to_string())
+            .execute(&mut **tx)
+            .await?;
+            true
+        }
+        E::ReservationConfirmed(c) => {
+            let done = sqlx::query(
+                "UPDATE insight_purchases
+                    SET status = 'confirmed', payment_id = $2, purchased_at = $3
+                  WHERE reservation_id = $1",
+            )
+            .bind(c.reservation_id.0)
+            .bind(c.payment_id.0)
+            .bind(c.at)
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                count_sale(tx, c.reservation_id.0, position).await?;
+            }
+            done.rows_affected() == 1
+        }
+        E::ReservationRefunded(r) => {
+            let was: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM insight_purchases WHERE reservation_id = $1 FOR UPDATE",
+            )
+            .bind(r.reservation_id.0)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if was.as_deref() == Some("confirmed") {
+                uncount_sale(tx, r.reservation_id.0).await?;
+            }
+            set_status(tx, r.reservation_id.0, "refunded").await?
+        }
+        E::ReservationCancelled(c) => set_status(tx, c.reservation_id.0, "cancelled").await?,
+        E::ReservationExpired(x) => set_status(tx, x.reservation_id.0, "expired").await?,
+        _ => true,
+    })
+}
+
+#[async_trait]
+impl Insights for PostgresInsights {
+    async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError> {
+        let mut tx = self.0.begin().await.map_err(unavailable)?;
+        let fresh = sqlx::query(
+            "INSERT INTO consumer_stream_versions (consumer, stream_id, version) VALUES ($1, $2, $3)
+             ON CONFLICT (consumer, stream_id) DO UPDATE SET version = EXCLUDED.version
+              WHERE consumer_stream_versions.version < EXCLUDED.version",
+        )
+        .bind(CONSUMER)
+        .bind(&event.stream_id)
+        .bind(as_i64(event.version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if fresh.rows_affected() == 0 {
+            return Ok(Applied::Duplicate);
+        }
+        if !change(&mut tx, event).await.map_err(unavailable)? {
+            return Err(InsightsError::Inconsistent {
+                stream_id: event.stream_id.clone(),
+                version: event.version,
+                reason: "the reservation was never placed".into(),
+            });
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Applied::Applied)
+    }
+
+    async fn reset(&self) -> Result<(), InsightsError> {
+        let mut tx = self.0.begin().await.map_err(unavailable)?;
+        sqlx::query("TRUNCATE insight_events, insight_sections, insight_purchases")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query("DELETE FROM consumer_stream_versions WHERE consumer = $1")
+            .bind(CONSUMER)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError> {
+        let Some(row) = sqlx::query(
+            "SELECT currency, tickets_sold, revenue_cents FROM insight_events
+              WHERE event_id = $1 AND currency IS NOT NULL",
+        )
+        .bind(event.0)
+        .fetch_optional(&self.0)
+        .await
+        .map_err(read_error)?
+        else {
+            return Ok(None);
+        };
+        let sections = sqlx::query(
+            "SELECT section, tickets_sold, revenue_cents FROM insight_sections
+              WHERE event_id = $1 ORDER BY first_position, section",
+        )
+        .bind(event.0)
+        .fetch_all(&self.0)
+        .await
+        .map_err(read_error)?;
+        let count = |row: &PgRow| -> Result<u64, ReadError> {
+            let n: i64 = row.try_get("tickets_sold").map_err(read_error)?;
+            u64::try_from(n).map_err(read_error)
+        };
+        Ok(Some(SalesView {
+            event_id: event.0,
+            tickets_sold: count(&row)?,
+            revenue_cents: row.try_get("revenue_cents").map_err(read_error)?,
+            currency: row.try_get("currency").map_err(read_error)?,
+            by_section: sections
+                .iter()
+                .map(|s| {
+                    Ok(SectionSales {
+                        section: s.try_get("section").map_err(read_error)?,
+                        tickets_sold: count(s)?,
+                        revenue_cents: s.try_get("revenue_cents").map_err(read_error)?,
+                    })
+                })
+                .collect::<Result<_, ReadError>>()?,
+        }))
+    }
+
+    async fn history(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<HistoryEntry>, ReadError> {
+        let rows = sqlx::query(
+            "SELECT p.reservation_id, p.event_id, COALESCE(e.name, '') AS event_name, p.section,
+                    p.quantity, p.total_cents, p.currency, p.status, p.payment_id, p.purchased_at
+               FROM insight_purchases p LEFT JOIN insight_events e USING (event_id)
+              WHERE p.user_id = $1 AND p.purchased_at IS NOT NULL
+              ORDER BY p.purchased_at DESC, p.reservation_id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(user.0)
+        .bind(i64::from(page.page_size))
+        .bind(page.offset())
+        .fetch_all(&self.0)
+        .await
+        .map_err(read_error)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM insight_purchases WHERE user_id = $1 AND purchased_at IS NOT NULL",
+        )
+        .bind(user.0)
+        .fetch_one(&self.0)
+        .await
+        .map_err(read_error)?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(read_error)?;
+                let quantity: i64 = r.try_get("quantity").map_err(read_error)?;
+                Ok(HistoryEntry {
+                    reservation_id: r.try_get("reservation_id").map_err(read_error)?,
+                    event_id: r.try_get("event_id").map_err(read_error)?,
+                    event_name: r.try_get("event_name").map_err(read_error)?,
+                    section: r.try_get("section").map_err(read_error)?,
+                    quantity: u32::try_from(quantity).map_err(read_error)?,
+                    total_cents: r.try_get("total_cents").map_err(read_error)?,
+                    currency: r.try_get("currency").map_err(read_error)?,
+                    status: crate::domain::reservation::ReservationStatus::parse(&status)
+                        .ok_or_else(|| read_error(format!("unknown status {status}")))?,
+                    payment_id: r.try_get("payment_id").map_err(read_error)?,
+                    purchased_at: r.try_get("purchased_at").map_err(read_error)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ReadError>>()?;
+        Ok(page.page_of(items, u64::try_from(total).unwrap_or(0)))
+    }
+}
