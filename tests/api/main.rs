@@ -9,6 +9,7 @@ mod analytics;
 mod auth;
 mod cancellation;
 mod concurrency;
+mod dead_letters;
 mod errors;
 mod events;
 mod expiry;

@@ -1,11 +1,14 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
 //! SIGKILL and restarted, several instances sharing one database, projection rebuilds, a
 //! database outage behind a TCP proxy, and SIGTERM.
-//! Each test creates its own database. They need PostgreSQL: `./scripts/services.sh`.
+//! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
+//! broker: `./scripts/services.sh` starts both.
 
 mod api_on_postgres;
+mod bus;
 mod client;
 mod crash;
 mod instances;
 mod outage;
+mod proxy;
 mod rebuild;

@@ -3,72 +3,11 @@
 //! recover by themselves; SIGTERM drains (`/ready` 503 first) and exits 0 in bounded time.
 
 use super::client::*;
+use super::proxy::Proxy;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use ticketing::db::testing::fresh_database;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
-
-/// A TCP proxy in front of PostgreSQL that a test can stop (closing its listener and every
-/// open connection) and start again on the same port.
-struct Proxy {
-    port: u16,
-    upstream: String,
-    running: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    /// Listens on a free port of 127.0.0.1 and forwards to `upstream` (`host:port`).
-    async fn start(upstream: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
-        let port = listener.local_addr().expect("proxy address").port();
-        let mut proxy = Proxy {
-            port,
-            upstream: upstream.to_owned(),
-            running: None,
-        };
-        proxy.running = Some(tokio::spawn(forward(listener, proxy.upstream.clone())));
-        proxy
-    }
-
-    /// Closes the listener and every connection: the database is gone for the service.
-    async fn stop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.abort();
-            let _ = running.await;
-        }
-    }
-
-    /// Listens again on the same port.
-    async fn restart(&mut self) {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], self.port)))
-            .await
-            .expect("proxy binds its old port again");
-        self.running = Some(tokio::spawn(forward(listener, self.upstream.clone())));
-    }
-}
-
-/// Accepts and pipes connections; aborting it drops the listener and, with the `JoinSet`,
-/// every connection task and its sockets.
-async fn forward(listener: TcpListener, upstream: String) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((mut client, _)) = accepted else { continue };
-                let upstream = upstream.clone();
-                connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
 
 /// A fresh database reached through a new proxy: (proxy, URL through the proxy, direct URL).
 async fn database_behind_a_proxy() -> (Proxy, String, String) {

