@@ -71,7 +71,7 @@ ensure_broker() {
     local tansu
     tansu=$(tansu_binary)
     log "starting the tansu broker on 127.0.0.1:9092"
-    nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
+    setsid nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 \
         --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
         >"${TMPDIR:-/tmp}/ticketing-tansu.log" 2>&1 &
     for _ in $(seq 1 100); do
