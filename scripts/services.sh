@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need are up on this machine, starting them (and installing
 # them with apt where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable as
-# postgres/postgres over TCP. Idempotent; prints what it does on stderr.
+# postgres/postgres over TCP, and promtool. Idempotent; prints what it does on stderr.
 set -euo pipefail
 
 PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -38,6 +38,15 @@ ensure_login() {
     psql "$PGURL" -tAc 'SELECT 1' >/dev/null
 }
 
+# tests/ops_artifacts.rs runs promtool (Debian package `prometheus`) on prometheus/*.yml.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then return; fi
+    log "installing promtool (Debian package prometheus) with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
 # Test databases are named ticketing_test_<unix seconds>_<id>; drop those over two hours old.
 drop_stale_test_databases() {
     local cutoff
@@ -55,4 +64,5 @@ drop_stale_test_databases() {
 ensure_postgres
 ensure_login
 drop_stale_test_databases
+ensure_promtool
 log "PostgreSQL ready at 127.0.0.1:5432"
