@@ -9,11 +9,19 @@ use ticketing::runtime::SystemClock;
 
 fn main() -> anyhow::Result<()> {
     return_large_allocations_to_the_os();
-    tokio::runtime::Builder::new_multi_thread()
+    let config = Config::from_env()?;
+    let telemetry = telemetry::init(
+        config.app_env == AppEnv::Production,
+        config.otel_endpoint.as_deref(),
+    )?;
+    let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run())
+        .block_on(run(config));
+    // Flush the spans of the last requests, outside the runtime (the exporter blocks).
+    telemetry.shutdown();
+    served
 }
 
 /// Argon2id hashes allocate 19 MiB each. With glibc's default dynamic mmap threshold, freed
@@ -29,9 +37,7 @@ fn return_large_allocations_to_the_os() {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
-    telemetry::init(config.app_env == AppEnv::Production);
+async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await

@@ -11,12 +11,14 @@
 use super::envelope::{self, BusEvent};
 use super::{BusConsumer, Delivery, EventBus, Topics};
 use crate::dlq::{DeadLetters, DlqError, NewDeadLetter};
+use crate::observability::tracecontext::continue_trace;
 use crate::observability::Metrics;
 use crate::runtime::Clock;
 use async_trait::async_trait;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// What a handler did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +192,14 @@ impl Consumer {
     }
 
     async fn try_settle(&self, delivery: &Delivery) -> Result<Outcome, DlqError> {
+        let m = &delivery.message;
+        let span = tracing::info_span!("consume", consumer = self.handler.name(), topic = %m.topic,
+            partition = delivery.partition, offset = delivery.offset);
+        continue_trace(&span, m.header(envelope::TRACEPARENT));
+        self.settle_in_span(delivery).instrument(span).await
+    }
+
+    async fn settle_in_span(&self, delivery: &Delivery) -> Result<Outcome, DlqError> {
         let name = self.handler.name();
         let event = match envelope::open(&delivery.message) {
             Ok(event) => event,

@@ -12,6 +12,7 @@
 
 use super::{envelope, EventBus, Topics};
 use crate::eventstore::EventStore;
+use crate::observability::tracecontext::{continue_trace, traceparent_of};
 use crate::observability::Metrics;
 use crate::runtime::Clock;
 use async_trait::async_trait;
@@ -140,6 +141,33 @@ impl RelayCursor for PostgresCursor {
     }
 }
 
+/// One `publish` span per trace in a batch, each a child of the command that appended the
+/// events; a message carries its publish span's `traceparent` on, so the consumer's span
+/// continues the same trace.
+#[derive(Default)]
+struct PublishSpans(HashMap<String, (tracing::Span, Option<String>)>);
+
+impl PublishSpans {
+    fn carry(&mut self, traceparent: Option<&str>, message: &mut super::BusMessage) {
+        let Some(traceparent) = traceparent else {
+            return;
+        };
+        let (_, carried) = self.0.entry(traceparent.to_owned()).or_insert_with(|| {
+            let span = tracing::info_span!("publish");
+            continue_trace(&span, Some(traceparent));
+            let carried = traceparent_of(&span);
+            (span, carried)
+        });
+        if let Some(carried) = carried {
+            for (name, value) in &mut message.headers {
+                if name == envelope::TRACEPARENT {
+                    value.clone_from(carried);
+                }
+            }
+        }
+    }
+}
+
 pub struct Relay {
     pub store: Arc<dyn EventStore>,
     pub bus: Arc<dyn EventBus>,
@@ -210,19 +238,21 @@ impl Relay {
             *topics_ready = true;
         }
         let mut per_topic: HashMap<String, u64> = HashMap::new();
-        let messages: Vec<_> = events
-            .iter()
-            .filter_map(|e| {
-                let message = envelope::seal(&self.topics, e);
-                if message.is_none() {
-                    tracing::error!(stream = %e.stream_id, position = e.position,
-                        "an event of no known category is not published");
-                }
-                message
-            })
-            .inspect(|m| *per_topic.entry(m.topic.clone()).or_default() += 1)
-            .collect();
+        let mut spans = PublishSpans::default();
+        let mut messages = Vec::with_capacity(events.len());
+        for e in &events {
+            let Some(mut message) = envelope::seal(&self.topics, e) else {
+                tracing::error!(stream = %e.stream_id, position = e.position,
+                    "an event of no known category is not published");
+                continue;
+            };
+            spans.carry(e.metadata.traceparent.as_deref(), &mut message);
+            *per_topic.entry(message.topic.clone()).or_default() += 1;
+            messages.push(message);
+        }
         self.bus.publish(messages).await?;
+        // The publish spans end here, at the broker's acknowledgement.
+        drop(spans);
         lease.advance(last).await?;
         for (topic, n) in per_topic {
             self.metrics

@@ -218,7 +218,8 @@ impl RequestContext {
             correlation_id: Some(self.correlation_id.clone()),
             causation_id: Some(self.request_id.clone()),
             user_id: Some(user.user_id),
-            traceparent: None,
+            // The request's span: the writer, the relay and the consumers continue its trace.
+            traceparent: crate::observability::tracecontext::current_traceparent(),
         }
     }
 }

@@ -225,6 +225,14 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         correlation_id = %correlation_id,
         request_id = %request_id,
     );
+    // A caller's W3C `traceparent` makes this request part of the caller's trace.
+    crate::observability::tracecontext::continue_trace(
+        &span,
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     request.extensions_mut().insert(RequestContext {
         correlation_id: correlation_id.clone(),
         request_id: request_id.clone(),

@@ -1,6 +1,8 @@
-//! Observability: the Prometheus metrics registry and the tracing subscriber set-up.
+//! Observability: the Prometheus metrics registry, the tracing subscriber set-up (logs and
+//! OTLP export), and W3C trace context carried across tasks and the bus.
 
 pub mod metrics;
 pub mod telemetry;
+pub mod tracecontext;
 
 pub use metrics::Metrics;

@@ -7,11 +7,13 @@
 use super::expiry::ExpiryHandle;
 use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
 use crate::eventstore::{codec, EventStore, Metadata, StoreError};
+use crate::observability::tracecontext::{continue_trace, link_trace};
 use crate::observability::Metrics;
 use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// How many times a batch is re-decided after conflicts before callers are told to retry.
 const MAX_ATTEMPTS: usize = 5;
@@ -141,7 +143,11 @@ impl SaleWriter {
             }
             let count = rows.len();
             let started = Instant::now();
-            let result = self.store.append(sale_id, rows).await;
+            let result = self
+                .store
+                .append(sale_id, rows)
+                .instrument(append_span(&batch, count))
+                .await;
             metrics
                 .append_duration
                 .with_label_values(&[store_kind])
@@ -182,6 +188,19 @@ impl SaleWriter {
     }
 }
 
+/// The span of one group commit: a child of the first command's trace, linked to the others'.
+fn append_span(batch: &[Envelope], events: usize) -> tracing::Span {
+    let span = tracing::info_span!("append", commands = batch.len(), events);
+    let mut traces = batch
+        .iter()
+        .filter_map(|e| e.metadata.traceparent.as_deref());
+    continue_trace(&span, traces.next());
+    for other in traces {
+        link_trace(&span, other);
+    }
+    span
+}
+
 type Decided = (
     Vec<Result<Decision, SaleError>>,
     Vec<crate::eventstore::NewEvent>,
@@ -197,11 +216,15 @@ fn decide_batch(
     let mut decisions = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
     for envelope in batch {
+        let name = command_name(&envelope.command);
+        let span = tracing::info_span!("decide", command = name);
+        continue_trace(&span, envelope.metadata.traceparent.as_deref());
+        let _in_span = span.enter();
         let started = Instant::now();
         let decision = state.decide(sale_id, &envelope.command);
         metrics
             .decide_duration
-            .with_label_values(&[command_name(&envelope.command)])
+            .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         if let Ok(decision) = &decision {
             for event in &decision.events {
