@@ -46,6 +46,13 @@ pub struct App {
     /// The simulated processor, exposed so tests can reconcile money against it.
     pub gateway: Arc<SimulatedGateway>,
     tasks: Vec<JoinHandle<()>>,
+    relay: RelayTask,
+}
+
+/// The outbox relay's task and the switch that makes it flush and stop at shutdown.
+struct RelayTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
 /// The storage adapters: all in memory, or all on PostgreSQL.
@@ -201,7 +208,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         refunds,
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
-    let (bus, dlq) = start_bus(
+    let (bus, dlq, relay) = start_bus(
         &config,
         durable_cursor,
         dlq,
@@ -270,6 +277,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         state,
         gateway,
         tasks,
+        relay,
     })
 }
 
@@ -284,7 +292,7 @@ async fn start_bus(
     insights: &Arc<dyn Insights>,
     (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
     tasks: &mut Vec<JoinHandle<()>>,
-) -> anyhow::Result<(Arc<dyn EventBus>, DlqService)> {
+) -> anyhow::Result<(Arc<dyn EventBus>, DlqService, RelayTask)> {
     let topics = Topics::new(config.kafka_topic_prefix.clone());
     let (bus, cursor): (Arc<dyn EventBus>, Arc<dyn RelayCursor>) = match &config.kafka_brokers {
         None => (
@@ -302,8 +310,10 @@ async fn start_bus(
     if let Err(e) = bus.ensure_topics(&topics.all()).await {
         tracing::warn!(error = %e, "cannot create the bus topics yet");
     }
-    tasks.push(
-        Relay {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = RelayTask {
+        stop,
+        task: Relay {
             store: Arc::clone(store),
             bus: Arc::clone(&bus),
             topics: topics.clone(),
@@ -311,8 +321,8 @@ async fn start_bus(
             metrics: Arc::clone(metrics),
             clock: Arc::clone(clock),
         }
-        .spawn(),
-    );
+        .spawn(stopped),
+    };
     let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(InsightsProjection(Arc::clone(insights)))];
     for handler in &handlers {
         let consumer = Consumer {
@@ -324,7 +334,11 @@ async fn start_bus(
         };
         tasks.push(consumer.spawn(Arc::clone(&bus), topics.clone()));
     }
-    Ok((bus, DlqService::new(dlq, handlers, Arc::clone(clock))))
+    Ok((
+        bus,
+        DlqService::new(dlq, handlers, Arc::clone(clock)),
+        relay,
+    ))
 }
 
 /// Deletes idempotent answers older than 24 hours, hourly.
@@ -344,10 +358,15 @@ async fn purge_idempotency_keys(store: Arc<IdempotencyStore>) {
 /// anyway: keeps the exit within the 30 s an orchestrator usually grants after SIGTERM.
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(20);
 
+/// How long the outbox relay may take to publish the last events at shutdown (bounded, so the
+/// exit stays within the 30 s an orchestrator grants; what is left is published later).
+const RELAY_FLUSH: Duration = Duration::from_secs(5);
+
 impl App {
     /// Serves HTTP on `listener` until `shutdown` completes, then drains: `/ready` answers 503
     /// at once, the listener keeps accepting for `SHUTDOWN_DRAIN_SECONDS`, then closes while
-    /// in-flight requests finish (for at most `IN_FLIGHT_GRACE`), and the background tasks stop.
+    /// in-flight requests finish (for at most `IN_FLIGHT_GRACE`), the outbox relay publishes what
+    /// they committed (for at most `RELAY_FLUSH`), and the background tasks stop.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -387,6 +406,14 @@ impl App {
                 grace_s = IN_FLIGHT_GRACE.as_secs(),
                 "in-flight requests did not finish in time; stopping anyway"
             ),
+        }
+        // Publish what the last requests committed before the process goes.
+        let _ = self.relay.stop.send(true);
+        if tokio::time::timeout(RELAY_FLUSH, self.relay.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the outbox relay did not flush in time; the outbox keeps the rest");
         }
         for task in self.tasks {
             task.abort();

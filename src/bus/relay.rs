@@ -20,6 +20,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Events per published batch.
 const BATCH: usize = 500;
@@ -188,21 +189,22 @@ enum Turn {
 }
 
 impl Relay {
-    /// Relays until the task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    /// Relays until `stop` turns true, then publishes what is committed by then (the
+    /// shutdown flush) and returns.
+    pub fn spawn(self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut head = self.store.subscribe_head();
             let mut backoff = Duration::from_millis(100);
             // Topics are (re)created before the first batch and after any failure: a broker
             // that lost them (a restarted in-memory broker) gets them back.
             let mut topics_ready = false;
-            loop {
+            while !*stop.borrow() {
                 head.borrow_and_update();
-                match self.turn(&mut topics_ready).await {
-                    Ok(Turn::Published(n)) if n == BATCH => {}
+                let pause = match self.turn(&mut topics_ready).await {
+                    Ok(Turn::Published(n)) if n == BATCH => continue,
                     Ok(_) => {
                         backoff = Duration::from_millis(100);
-                        let _ = tokio::time::timeout(POLL, head.changed()).await;
+                        POLL
                     }
                     Err(e) => {
                         topics_ready = false;
@@ -212,12 +214,34 @@ impl Relay {
                             retry_in_ms = backoff.as_millis(),
                             "outbox relay: cannot publish; the outbox keeps the events"
                         );
-                        tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff / 2
                     }
+                };
+                tokio::select! {
+                    _ = tokio::time::timeout(pause, head.changed()) => {}
+                    _ = stop.changed() => {}
                 }
             }
+            self.flush(&mut topics_ready).await;
         })
+    }
+
+    /// Publishes until nothing committed is left, or the first failure.
+    async fn flush(&self, topics_ready: &mut bool) {
+        loop {
+            match self.turn(topics_ready).await {
+                Ok(Turn::Published(n)) => tracing::info!(events = n, "outbox relay: flushed"),
+                Ok(Turn::Idle | Turn::Standby) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "outbox relay: cannot flush at shutdown; the outbox keeps the events"
+                    );
+                    return;
+                }
+            }
+        }
     }
 
     async fn turn(&self, topics_ready: &mut bool) -> anyhow::Result<Turn> {

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub commands: IntCounterVec,
     pub decide_duration: HistogramVec,
+    pub effects: IntCounterVec,
     pub append_duration: HistogramVec,
     pub events_appended: IntCounterVec,
     pub store_conflicts: IntCounter,
@@ -118,6 +119,12 @@ impl Metrics {
                 vec![
                     0.000_001, 0.000_005, 0.000_02, 0.000_1, 0.000_5, 0.002, 0.01,
                 ],
+            ),
+            effects: counter(
+                &r,
+                "effects_total",
+                "Effects of committed decisions carried out, by kind (arm_expiry).",
+                &["effect"],
             ),
             append_duration: histogram(
                 &r,

@@ -181,6 +181,10 @@ impl SaleWriter {
         for effect in decisions.iter().flatten().flat_map(|d| &d.effects) {
             match effect {
                 crate::domain::Effect::ArmExpiry { reservation_id, at } => {
+                    self.metrics
+                        .effects
+                        .with_label_values(&["arm_expiry"])
+                        .inc();
                     self.expiry.arm(*at, self.sale_id, *reservation_id)
                 }
             }

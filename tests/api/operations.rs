@@ -239,3 +239,88 @@ async fn a_missing_or_unusable_correlation_id_is_replaced_by_a_new_one() {
     }
     assert_eq!(made.iter().collect::<HashSet<_>>().len(), 3, "{made:?}");
 }
+
+/// After a flash sale (and a poison message), `/metrics` passes `promtool check metrics`
+/// without a word, and the HTTP, reducer, business, bus and DLQ series have moved.
+#[tokio::test]
+async fn metrics_after_a_flash_sale_pass_promtool_and_every_family_moved() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 5).await;
+    for _ in 0..7 {
+        let buyer = app.customer().await;
+        let held = app.reserve(&buyer, event, 1).await;
+        if held.status == 201 {
+            let paid = app.pay(&buyer, held.id("reservation_id"), "tok_visa").await;
+            assert_eq!(paid.status, 201, "{:#}", paid.body);
+        }
+    }
+    app.bus
+        .publish(vec![ticketing::bus::BusMessage {
+            topic: "ticketing.reservations".into(),
+            key: "reservation-x".into(),
+            headers: vec![("event-type".into(), "reservation.placed".into())],
+            payload: vec![1, 2, 3],
+        }])
+        .await
+        .unwrap();
+    let admin = app.admin().await;
+    app.get_when("/admin/dlq/stats", Some(&admin.token), |a| {
+        a.body["pending"] == 1
+    })
+    .await;
+
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for moved in [
+        "ticketing_http_requests_total{method=\"POST\",route=\"/api/payments\",status=\"201\"} 5",
+        "ticketing_reducer_duration_seconds_count{command=\"reserve\"} 7",
+        "ticketing_effects_total{effect=\"arm_expiry\"} 5",
+        "ticketing_tickets_sold_total 5",
+        "ticketing_revenue_cents_total{currency=\"USD\"} 12500",
+        "ticketing_payments_total{outcome=\"captured\"} 5",
+        "ticketing_dlq_entries{status=\"pending\"} 1",
+        "ticketing_consumer_events_total{consumer=\"insights\",outcome=\"dead_lettered\"} 1",
+    ] {
+        assert!(text.contains(moved), "no `{moved}` in:\n{text}");
+    }
+    assert!(text.contains("ticketing_bus_published_total{topic=\"ticketing.reservations\"}"));
+
+    let mut promtool = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "cannot run promtool ({e}): install the Debian package `prometheus`, or run \
+             ./scripts/services.sh"
+        ),
+    };
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}

@@ -436,3 +436,84 @@ async fn a_failed_event_is_retried_by_an_admin_after_the_fix() {
         .await;
     assert_eq!(sales["revenue_cents"], 2 * 2500);
 }
+
+/// SIGTERM in the middle of a flash sale: every purchase that got an answer kept its promise
+/// (a 201 reservation or payment is in the event store), the process exits 0 within 30 s,
+/// and the outbox relay flushed what the last requests committed.
+#[tokio::test]
+async fn sigterm_during_a_flash_sale_keeps_every_answer_and_flushes_the_outbox() {
+    let db = fresh_database().await;
+    let brokers = ticketing::bus::kafka::testing::brokers().await;
+    let service = start(&db, &brokers, &prefix()).await;
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 60).await;
+    let mut buyers = Vec::new();
+    for _ in 0..80 {
+        buyers.push(service.user("customer").await.1);
+    }
+
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut race = JoinSet::new();
+    for token in buyers {
+        let service = Arc::clone(&service);
+        let answered = Arc::clone(&answered);
+        race.spawn(async move {
+            let (status, body) = service.reserve(&token, event, 1).await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if status != 201 {
+                return (None, None);
+            }
+            let reservation = uuid(&body, "reservation_id");
+            let (status, body) = service.pay(&token, reservation).await;
+            let payment = (status == 201).then(|| uuid(&body, "payment_id"));
+            (Some(reservation), payment)
+        });
+    }
+    eventually("the sale is under way", Duration::from_secs(30), || async {
+        answered.load(std::sync::atomic::Ordering::SeqCst) >= 10
+    })
+    .await;
+    service.sigterm().await;
+    let outcomes = race.join_all().await;
+    let status = service.exit_status(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+
+    let pool = PgPool::connect(&db).await.unwrap();
+    let stored = |stream: String, event_type: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM events WHERE stream_id = $1 AND event_type = $2",
+            )
+            .bind(stream)
+            .bind(event_type)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n == 1
+        }
+    };
+    let (mut reserved, mut paid) = (0, 0);
+    for (reservation, payment) in outcomes {
+        if let Some(r) = reservation {
+            reserved += 1;
+            assert!(
+                stored(format!("reservation-{r}"), "reservation.placed").await,
+                "answered 201 for reservation {r}, not in the store"
+            );
+            if payment.is_some() {
+                paid += 1;
+                assert!(
+                    stored(format!("reservation-{r}"), "reservation.confirmed").await,
+                    "answered 201 for the payment of {r}, not confirmed in the store"
+                );
+            }
+        }
+    }
+    assert!(reserved >= 10, "only {reserved} reservations answered");
+    assert_eq!(
+        outbox_backlog(&pool).await,
+        0,
+        "the relay left committed events unpublished at exit ({reserved} reserved, {paid} paid)"
+    );
+}
