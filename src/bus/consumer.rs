@@ -17,7 +17,7 @@ use crate::runtime::Clock;
 use async_trait::async_trait;
 use rand::Rng;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::Instrument;
 
 /// What a handler did with an event.
@@ -142,9 +142,22 @@ impl Consumer {
     async fn consume(&self, consumer: &mut dyn BusConsumer) {
         let name = self.handler.name();
         let mut outage = Backoff::default();
-        let mut lag_measured = Instant::now();
+        let mut lag_tick = tokio::time::interval(LAG_EVERY);
         loop {
-            let delivery = match consumer.next().await {
+            // Both adapters' `next` are cancel-safe: a tick never loses a message.
+            let received = tokio::select! {
+                received = consumer.next() => received,
+                _ = lag_tick.tick() => {
+                    if let Some(lag) = consumer.lag().await {
+                        self.metrics
+                            .consumer_lag
+                            .with_label_values(&[name])
+                            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                    }
+                    continue;
+                }
+            };
+            let delivery = match received {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(consumer = name, error = %e, "cannot receive");
@@ -157,15 +170,6 @@ impl Consumer {
             if let Err(e) = consumer.commit(&delivery).await {
                 // Harmless: the message comes again and is recognised as a duplicate.
                 tracing::warn!(consumer = name, error = %e, "cannot commit the offset");
-            }
-            if lag_measured.elapsed() >= LAG_EVERY {
-                lag_measured = Instant::now();
-                if let Some(lag) = consumer.lag().await {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[name])
-                        .set(i64::try_from(lag).unwrap_or(i64::MAX));
-                }
             }
         }
     }

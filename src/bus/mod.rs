@@ -78,7 +78,8 @@ pub trait EventBus: Send + Sync + 'static {
 
 #[async_trait]
 pub trait BusConsumer: Send + 'static {
-    /// The next message, waiting for one.
+    /// The next message, waiting for one. Cancel-safe: dropping the future before it
+    /// completes loses no message (the consumer measures its lag between waits).
     async fn next(&mut self) -> Result<Delivery, BusError>;
 
     /// Marks `delivery` (and everything before it on its partition) as handled by the group.
