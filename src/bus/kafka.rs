@@ -7,13 +7,16 @@
 use super::{BusConsumer, BusError, BusMessage, Delivery, EventBus};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +27,53 @@ const PARTITIONS: i32 = 3;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer session timeout: short, so a group forms quickly and a dead member is replaced.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// How often librdkafka reports statistics (the consumer lag among them).
+const STATISTICS_EVERY: Duration = Duration::from_secs(5);
 /// How long a metadata request for `/ready` may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Routes librdkafka's own log lines and client errors into our logs (they would otherwise
+/// go to the `log` facade, which nothing here listens to), and keeps the consumer lag that
+/// librdkafka's statistics report (messages behind the high watermark, summed over the
+/// assigned partitions). Lag comes from statistics rather than from watermark requests of
+/// our own: issuing those on a consumer while its broker is away was seen to wedge its fetcher.
+#[derive(Default)]
+struct Logged {
+    lag: Arc<AtomicI64>,
+}
+
+impl ClientContext for Logged {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl ConsumerContext for Logged {}
 
 pub struct KafkaBus {
     brokers: String,
@@ -102,7 +150,7 @@ impl EventBus for KafkaBus {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn BusConsumer>, BusError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<Logged> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -112,7 +160,11 @@ impl EventBus for KafkaBus {
                 SESSION_TIMEOUT.as_millis().to_string(),
             )
             .set("heartbeat.interval.ms", "1000")
-            .create()
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_EVERY.as_millis().to_string(),
+            )
+            .create_with_context(Logged::default())
             .map_err(|e| BusError::Rejected(e.to_string()))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -162,7 +214,7 @@ impl EventBus for KafkaBus {
     }
 }
 
-struct KafkaConsumer(Arc<StreamConsumer>);
+struct KafkaConsumer(Arc<StreamConsumer<Logged>>);
 
 #[async_trait]
 impl BusConsumer for KafkaConsumer {
@@ -213,30 +265,7 @@ impl BusConsumer for KafkaConsumer {
     }
 
     async fn lag(&self) -> Option<u64> {
-        let consumer = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || {
-            let positions = consumer.position().ok()?;
-            let mut lag = 0u64;
-            for p in positions.elements() {
-                let (_, high) = consumer
-                    .fetch_watermarks(p.topic(), p.partition(), PING_TIMEOUT)
-                    .ok()?;
-                let at = match p.offset() {
-                    Offset::Offset(o) => o,
-                    _ => {
-                        consumer
-                            .fetch_watermarks(p.topic(), p.partition(), PING_TIMEOUT)
-                            .ok()?
-                            .0
-                    }
-                };
-                lag += u64::try_from(high - at).unwrap_or(0);
-            }
-            Some(lag)
-        })
-        .await
-        .ok()
-        .flatten()
+        u64::try_from(self.0.context().lag.load(Ordering::Relaxed)).ok()
     }
 }
 

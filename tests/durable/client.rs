@@ -29,11 +29,13 @@ impl Service {
     /// Starts the binary on `database_url` and waits until `/ready` answers 200.
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Service {
         let port = free_port();
+        // SERVICE_RUST_LOG=debug shows the service's own log (quiet by default).
+        let log = std::env::var("SERVICE_RUST_LOG").ok();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ticketing"));
         command
             .env("DATABASE_URL", database_url)
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
             .env("DB_MAX_CONNECTIONS", "6")
             // Every client here is one loopback address signing up many buyers.
             .env("RATE_LIMIT_AUTH_PER_MINUTE", "1000000")
@@ -44,7 +46,11 @@ impl Service {
             .env_remove("AUTH_DATABASE_URL")
             .env_remove("KAFKA_BROKERS")
             .env_remove("REDIS_URL")
-            .stdout(Stdio::null())
+            .stdout(if log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         for (k, v) in env {
