@@ -2,6 +2,9 @@
 //! and serves it until a shutdown future completes. Tests use the same path with port 0 and
 //! a `ManualClock`, so what they exercise is what production runs.
 
+use crate::audit::memory::MemoryAuditStore;
+use crate::audit::postgres::PostgresAuditStore;
+use crate::audit::{AuditLog, AuditStore};
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
@@ -34,7 +37,17 @@ pub struct App {
     /// The simulated processor, exposed so tests can reconcile money against it.
     pub gateway: Arc<SimulatedGateway>,
     tasks: Vec<JoinHandle<()>>,
+    /// Not aborted at shutdown: it ends by itself once the router (every `AuditLog`) is gone
+    /// and the queue is written.
+    audit_writer: JoinHandle<()>,
 }
+
+/// Audit records queued for the background writer before new ones are dropped (and counted):
+/// minutes of the busiest audited traffic, a few MB at most.
+const AUDIT_QUEUE: usize = 10_000;
+
+/// How long shutdown waits for queued audit records to be written.
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
 /// The storage adapters: all in memory, or all on PostgreSQL.
 struct Adapters {
@@ -44,6 +57,7 @@ struct Adapters {
     /// The same read models, as the projector writes them (its own connections).
     projector: Arc<dyn ReadModel>,
     accounts: Arc<dyn AuthStore>,
+    audit: Arc<dyn AuditStore>,
     checkpoints: Arc<dyn Checkpoints>,
     idempotency: IdempotencyStore,
     pools: db::NamedPools,
@@ -60,6 +74,7 @@ async fn in_memory() -> Adapters {
         projector: Arc::clone(&reads),
         reads,
         accounts: Arc::new(MemoryAuthStore::new()),
+        audit: Arc::new(MemoryAuditStore::default()),
         checkpoints: Arc::new(MemoryCheckpoints::default()),
         idempotency: IdempotencyStore::default(),
         pools: db::NamedPools::default(),
@@ -118,6 +133,7 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
         reads: Arc::new(PostgresReadModel::new(projections.clone())),
         projector: Arc::new(PostgresReadModel::new(projector)),
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
+        audit: Arc::new(PostgresAuditStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections)),
         idempotency: IdempotencyStore::durable(auth),
     })
@@ -142,6 +158,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         reads,
         projector,
         accounts,
+        audit,
         checkpoints,
         idempotency,
         pools,
@@ -153,6 +170,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         config.payment_failure_rate,
     ));
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
+    let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
     let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
@@ -232,12 +250,14 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         metrics,
         idempotency,
         pools,
+        audit,
         draining: Arc::new(AtomicBool::new(false)),
     };
     Ok(App {
         state,
         gateway,
         tasks,
+        audit_writer,
     })
 }
 
@@ -304,6 +324,12 @@ impl App {
         }
         for task in self.tasks {
             task.abort();
+        }
+        if tokio::time::timeout(AUDIT_FLUSH, self.audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("queued audit records were not all written before stopping");
         }
         tracing::info!("stopped");
         Ok(())

@@ -4,6 +4,7 @@
 
 use super::error::{ApiError, FieldError};
 use super::AppState;
+use crate::audit::{AuditRecord, AuditResult};
 use crate::auth::Principal;
 use crate::eventstore::Metadata;
 use axum::extract::rejection::JsonRejection;
@@ -209,6 +210,11 @@ impl FromRequestParts<AppState> for MaybeAuthenticated {
 pub struct RequestContext {
     pub correlation_id: String,
     pub request_id: String,
+    /// The client's address as the rate limiter sees it (`X-Forwarded-For` only behind a
+    /// trusted proxy); `None` for an in-process call.
+    pub client_ip: Option<String>,
+    /// The `User-Agent` header, cut to 256 characters.
+    pub user_agent: Option<String>,
 }
 
 impl RequestContext {
@@ -220,6 +226,28 @@ impl RequestContext {
             user_id: Some(user.user_id),
             traceparent: None,
         }
+    }
+
+    /// An audit record of `action` on a `resource_type`, with this request's correlation id,
+    /// client address and user agent, and `caller` (their role as label) as the actor.
+    pub fn audit(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+        caller: Option<&Principal>,
+        action: &str,
+        resource_type: &str,
+        result: AuditResult,
+    ) -> AuditRecord {
+        let mut record = AuditRecord {
+            correlation_id: Some(self.correlation_id.clone()),
+            client_ip: self.client_ip.clone(),
+            user_agent: self.user_agent.clone(),
+            ..AuditRecord::new(at, action, resource_type, result)
+        };
+        if let Some(caller) = caller {
+            record = record.actor(Some(caller.user_id.0), caller.role.as_str());
+        }
+        record
     }
 }
 
@@ -234,6 +262,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .unwrap_or_else(|| RequestContext {
                 correlation_id: uuid::Uuid::new_v4().to_string(),
                 request_id: uuid::Uuid::new_v4().to_string(),
+                client_ip: None,
+                user_agent: None,
             }))
     }
 }

@@ -4,6 +4,7 @@
 //! access with `policy`, send a command through `Sales` or query the read models, and map
 //! typed errors to problem+json through `ApiError`.
 
+pub mod admin;
 pub mod analytics;
 pub mod auth;
 pub mod edge;
@@ -17,7 +18,8 @@ pub mod policy;
 pub mod ratelimit;
 pub mod reservations;
 
-use crate::auth::AuthService;
+use crate::audit::{AuditLog, AuditResult};
+use crate::auth::{AuthService, Principal};
 use crate::config::Config;
 use crate::domain::{EventId, PaymentId, ReservationId, SaleCommand};
 use crate::eventstore::Metadata;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub idempotency: Arc<IdempotencyStore>,
     /// The PostgreSQL pools by role, for the pool gauges on `/metrics` (empty in memory).
     pub pools: crate::db::NamedPools,
+    /// The audit trail: `record` never waits and never fails the request.
+    pub audit: AuditLog,
     /// Set when shutdown begins: `/ready` answers 503 `draining` from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -85,6 +89,41 @@ impl AppState {
             );
         }
         Ok(committed)
+    }
+
+    /// Records an audited action of `caller` (anonymous: `None`) on `resource` that ended with
+    /// `outcome`: 401 and 403 are `denied`, other errors `failure` with their problem type.
+    pub fn audit<T>(
+        &self,
+        ctx: &RequestContext,
+        caller: Option<&Principal>,
+        action: &str,
+        resource: (&str, Option<String>),
+        outcome: &Result<T, ApiError>,
+        details: serde_json::Value,
+    ) {
+        let (result, details) = match outcome {
+            Ok(_) => (AuditResult::Success, details),
+            Err(e) => {
+                let result = match e {
+                    ApiError::Unauthorized | ApiError::Forbidden(_) => AuditResult::Denied,
+                    _ => AuditResult::Failure,
+                };
+                let mut details = details;
+                if let serde_json::Value::Object(map) = &mut details {
+                    let (status, problem) = e.to_problem();
+                    map.insert("status".into(), status.as_u16().into());
+                    map.insert("problem".into(), problem["type"].clone());
+                }
+                (result, details)
+            }
+        };
+        let (resource_type, resource_id) = resource;
+        let mut record = ctx
+            .audit(self.clock.now(), caller, action, resource_type, result)
+            .details(details);
+        record.resource_id = resource_id;
+        self.audit.record(record);
     }
 
     pub async fn event_view(&self, id: EventId) -> Result<EventView, ApiError> {
@@ -162,6 +201,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(reservations::router())
         .merge(payments::router())
         .merge(analytics::router())
+        .merge(admin::router())
 }
 
 /// The whole application. Layers listed first run innermost: the timeout wraps only the
@@ -190,7 +230,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             ratelimit::limit,
         ))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
@@ -203,7 +246,11 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Takes `X-Correlation-ID` from the caller (or makes one), gives each request an
 /// `X-Request-ID`, runs the request inside a span carrying both, and echoes both back.
-async fn request_context(mut request: Request, next: Next) -> Response {
+async fn request_context(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let correlation_id = request
         .headers()
         .get(&CORRELATION_ID)
@@ -219,9 +266,17 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         correlation_id = %correlation_id,
         request_id = %request_id,
     );
+    let client_ip = state.rate_limiter.client_ip(&request);
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect());
     request.extensions_mut().insert(RequestContext {
         correlation_id: correlation_id.clone(),
         request_id: request_id.clone(),
+        client_ip: (!client_ip.is_unspecified()).then(|| client_ip.to_string()),
+        user_agent,
     });
     let mut response = next.run(request).instrument(span).await;
     let headers = response.headers_mut();

@@ -74,3 +74,12 @@ pub fn user_collection(caller: &Principal, user: Uuid) -> Result<(), ApiError> {
         Err(ApiError::Forbidden("you may only list your own records"))
     }
 }
+
+/// Operator routes (`/admin/...`): admins only.
+pub fn admin_only(caller: &Principal) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("only admins may do this"))
+    }
+}

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
     /// Idle connections per PostgreSQL pool; set when `/metrics` is scraped.
     pub db_pool_idle: IntGaugeVec,
+    /// Audit records by outcome: written, dropped (queue full), failed (store refused).
+    pub audit_records: IntCounterVec,
+    /// Cache look-ups by cache (`events`, `availability`) and result (`hit`, `miss`, `error`).
+    pub cache_requests: IntCounterVec,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -178,6 +182,18 @@ impl Metrics {
                 "db_pool_idle",
                 "Idle connections per PostgreSQL pool (events, projections, projector, auth).",
                 &["pool"],
+            ),
+            audit_records: counter(
+                &r,
+                "audit_records_total",
+                "Audit records by outcome: written, dropped (queue full: the audit store is down or behind), failed (the store refused the batch after retries).",
+                &["outcome"],
+            ),
+            cache_requests: counter(
+                &r,
+                "cache_requests_total",
+                "Cache look-ups by cache (events, availability) and result (hit, miss, error: the cache failed and PostgreSQL answered).",
+                &["cache", "result"],
             ),
             registry: r,
         }

@@ -6,6 +6,7 @@ mod invariants;
 
 mod access;
 mod analytics;
+mod audit;
 mod auth;
 mod cancellation;
 mod concurrency;
