@@ -154,7 +154,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The bearer token, if an `Authorization` header is present; a malformed header is a 401.
-pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -169,8 +169,8 @@ pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Ap
     }
 }
 
-/// The caller behind this request's bearer token, already verified by the rate-limit
-/// middleware; only that middleware inserts it, so handlers skip a second token look-up.
+/// The caller behind this request's bearer token, already verified by the rate-limit or the
+/// access middleware; only those insert it, so handlers skip a second token look-up.
 #[derive(Debug, Clone)]
 pub struct VerifiedPrincipal(pub Principal);
 
@@ -196,6 +196,9 @@ impl FromRequestParts<AppState> for MaybeAuthenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(VerifiedPrincipal(principal)) = parts.extensions.get::<VerifiedPrincipal>() {
+            return Ok(MaybeAuthenticated(Some(principal.clone())));
+        }
         match bearer(&parts.headers)? {
             None => Ok(MaybeAuthenticated(None)),
             Some(token) => Ok(MaybeAuthenticated(Some(

@@ -1,9 +1,11 @@
 //! The HTTP edge: one `router()` per resource, merged here with the middleware every request
 //! passes (security headers, CORS, panic guard, request context and correlation ids, rate
-//! limits, body limit, metrics by route template, request timeout). Handlers stay thin: check
-//! access with `policy`, send a command through `Sales` or query the read models, and map
+//! limits, body limit, metrics by route template, request timeout, and the authorization
+//! table of `access`, which admits callers by role). Handlers stay thin: check ownership with
+//! `policy`, send a command through `Sales` or query the read models, and map
 //! typed errors to problem+json through `ApiError`.
 
+pub mod access;
 pub mod admin;
 pub mod analytics;
 pub mod auth;
@@ -215,6 +217,10 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(move || async move { Json(doc.as_ref().clone()) }),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.config.request_timeout,
             edge::timeout,
