@@ -79,6 +79,9 @@ pub enum ApiError {
     /// 413: the body is over the limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 431: the request's headers together are over the limit.
+    #[error("request headers too large: at most {limit} bytes in total")]
+    HeadersTooLarge { limit: usize },
     /// 415: a JSON body without `Content-Type: application/json`.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::PaymentDeclined { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout | ApiError::Unavailable { .. } => {
@@ -138,6 +142,7 @@ impl ApiError {
             ApiError::PaymentDeclined { .. } => "payment-declined",
             ApiError::PayloadTooLarge => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
+            ApiError::HeadersTooLarge { .. } => "headers-too-large",
             ApiError::Validation(_) => "validation-failed",
             ApiError::TooManyRequests { .. } => "rate-limited",
             ApiError::RequestTimeout => "request-timeout",

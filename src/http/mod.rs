@@ -236,6 +236,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             ratelimit::limit,
         ))
+        .layer(middleware::from_fn(edge::header_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,
