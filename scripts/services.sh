@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need are up on this machine, starting them (and installing
 # them with apt where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable as
-# postgres/postgres over TCP. Idempotent; prints what it does on stderr.
+# postgres/postgres over TCP, and Redis on 127.0.0.1:6379 (the cache tests). Idempotent; prints
+# what it does on stderr.
 set -euo pipefail
 
 PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -52,7 +53,29 @@ drop_stale_test_databases() {
         done
 }
 
+redis_ready() { command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+
+ensure_redis() {
+    if redis_ready; then return; fi
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing Redis with apt"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq redis-server >/dev/null
+    fi
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
+    for _ in $(seq 1 60); do
+        redis_ready && break
+        sleep 0.5
+    done
+    redis_ready || { log "Redis did not come up on 127.0.0.1:6379"; exit 1; }
+}
+
 ensure_postgres
 ensure_login
 drop_stale_test_databases
 log "PostgreSQL ready at 127.0.0.1:5432"
+ensure_redis
+log "Redis ready at 127.0.0.1:6379"
+

@@ -8,6 +8,9 @@ use crate::audit::{AuditLog, AuditStore};
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
+use crate::cache::memory::MemoryCache;
+use crate::cache::redis::RedisCache;
+use crate::cache::{Cache, EventCache, Invalidator};
 use crate::config::Config;
 use crate::db;
 use crate::eventstore::memory::MemoryEventStore;
@@ -141,13 +144,8 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
 
 /// Wires adapters, stores and background tasks.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    for (var, set) in [
-        ("KAFKA_BROKERS", config.kafka_brokers.is_some()),
-        ("REDIS_URL", config.redis_url.is_some()),
-    ] {
-        if set {
-            bail!("{var} is set, but this build has no adapter for it yet; unset it");
-        }
+    if config.kafka_brokers.is_some() {
+        bail!("KAFKA_BROKERS is set, but this build has no adapter for it yet; unset it");
     }
     let adapters = match &config.database_url {
         None => in_memory().await,
@@ -180,13 +178,26 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         Arc::clone(&metrics),
         config.max_batch,
     );
+    let invalidator = Invalidator::new(
+        cache_adapter(&config)?,
+        config.cache_ttl,
+        Arc::clone(&metrics),
+    );
     let (read_progress, projector) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(Projector {
             reads: projector,
             metrics: Arc::clone(&metrics),
+            cache: Arc::clone(&invalidator),
         }),
     );
+    let published = read_progress.clone();
+    let cache = Arc::new(EventCache::new(
+        invalidator,
+        Arc::clone(&reads),
+        move || published.position(),
+        config.cache_ttl,
+    ));
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(RefundSettlement::new(
@@ -250,6 +261,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         metrics,
         idempotency,
         pools,
+        cache,
         audit,
         draining: Arc::new(AtomicBool::new(false)),
     };
@@ -258,6 +270,21 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         gateway,
         tasks,
         audit_writer,
+    })
+}
+
+/// Redis with `REDIS_URL` (connected lazily: the service starts while Redis is down, and reads
+/// go to PostgreSQL until it answers), else the in-process cache.
+fn cache_adapter(config: &Config) -> anyhow::Result<Arc<dyn Cache>> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            tracing::info!(prefix = %config.redis_key_prefix, "caching event reads in Redis");
+            Arc::new(
+                RedisCache::new(url, &config.redis_key_prefix, config.cache_timeout)
+                    .context("REDIS_URL")?,
+            )
+        }
+        None => Arc::new(MemoryCache::default()),
     })
 }
 

@@ -5,6 +5,7 @@ use super::extract::{
     ApiJson, ApiPath, ApiQuery, Authenticated, MaybeAuthenticated, RequestContext,
 };
 use super::{policy, AppState};
+use crate::cache::CacheName;
 use crate::domain::event::EventStatus;
 use crate::domain::events::{EventDetails, SectionSpec, Venue};
 use crate::domain::sale::{EventPatch, Lifecycle};
@@ -242,7 +243,8 @@ async fn get_event(
     MaybeAuthenticated(caller): MaybeAuthenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let view = policy::see_event(caller.as_ref(), s.event_view(EventId(id)).await?)?;
+    let view = s.cached_event_view(EventId(id), CacheName::Events).await?;
+    let view = policy::see_event(caller.as_ref(), view)?;
     Ok(with_etag(StatusCode::OK, view))
 }
 
@@ -397,6 +399,9 @@ async fn availability(
     MaybeAuthenticated(caller): MaybeAuthenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<AvailabilityView>, ApiError> {
-    let view = policy::see_event(caller.as_ref(), s.event_view(EventId(id)).await?)?;
+    let view = s
+        .cached_event_view(EventId(id), CacheName::Availability)
+        .await?;
+    let view = policy::see_event(caller.as_ref(), view)?;
     Ok(Json(AvailabilityView::from(&view)))
 }

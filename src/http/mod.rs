@@ -63,6 +63,8 @@ pub struct AppState {
     pub idempotency: Arc<IdempotencyStore>,
     /// The PostgreSQL pools by role, for the pool gauges on `/metrics` (empty in memory).
     pub pools: crate::db::NamedPools,
+    /// Event views through the cache (in process, or Redis with `REDIS_URL`).
+    pub cache: Arc<crate::cache::EventCache>,
     /// The audit trail: `record` never waits and never fails the request.
     pub audit: AuditLog,
     /// Set when shutdown begins: `/ready` answers 503 `draining` from then on.
@@ -126,6 +128,18 @@ impl AppState {
             .details(details);
         record.resource_id = resource_id;
         self.audit.record(record);
+    }
+
+    /// The event's view through the cache, for the public reads; `name` labels the metric.
+    pub async fn cached_event_view(
+        &self,
+        id: EventId,
+        name: crate::cache::CacheName,
+    ) -> Result<EventView, ApiError> {
+        self.cache
+            .event(id, name)
+            .await?
+            .ok_or(ApiError::NotFound("event"))
     }
 
     pub async fn event_view(&self, id: EventId) -> Result<EventView, ApiError> {

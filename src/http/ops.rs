@@ -25,7 +25,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Check {
     pub name: &'static str,
-    /// `pass` or `fail`.
+    /// `pass` or `fail`; `warn` for a check that does not decide readiness (the cache: when
+    /// it fails, reads go to PostgreSQL).
     pub status: &'static str,
     /// Which adapter answered (`memory`, `postgres`, ...).
     pub adapter: &'static str,
@@ -85,13 +86,20 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
     let store = s.sales.store();
     let auth = s.auth.store();
-    let (events, reads, accounts) = tokio::join!(
+    let cache = s.cache.cache();
+    let (events, reads, accounts, mut cached) = tokio::join!(
         check("event_store", store.kind(), store.ping()),
         check("projections", s.reads.kind(), s.reads.ping()),
         check("auth", auth.kind(), auth.ping()),
+        check("cache", cache.kind(), cache.ping()),
     );
-    let checks = vec![events, reads, accounts];
-    let ok = checks.iter().all(|c| c.error.is_none());
+    let ok = [&events, &reads, &accounts]
+        .iter()
+        .all(|c| c.error.is_none());
+    if cached.error.is_some() {
+        cached.status = "warn";
+    }
+    let checks = vec![events, reads, accounts, cached];
     let status = if ok {
         StatusCode::OK
     } else {

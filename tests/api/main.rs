@@ -8,6 +8,7 @@ mod access;
 mod analytics;
 mod audit;
 mod auth;
+mod cache;
 mod cancellation;
 mod concurrency;
 mod errors;
