@@ -20,6 +20,8 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     pub kafka_topic_prefix: String,
     pub redis_url: Option<String>,
+    /// `false` sends every event read to the read models (to measure what the cache saves).
+    pub cache_enabled: bool,
     /// Prefix of every Redis key this service writes.
     pub redis_key_prefix: String,
     /// How long a cached event view lives at most (invalidation usually ends it sooner).
@@ -118,6 +120,7 @@ impl Default for Config {
             kafka_brokers: None,
             kafka_topic_prefix: "ticketing.".into(),
             redis_url: None,
+            cache_enabled: true,
             redis_key_prefix: "ticketing:".into(),
             cache_ttl: Duration::from_secs(30),
             cache_timeout: Duration::from_millis(50),
@@ -252,6 +255,7 @@ impl Config {
             kafka_brokers: get("KAFKA_BROKERS"),
             kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or(d.kafka_topic_prefix),
             redis_url: get("REDIS_URL"),
+            cache_enabled: parse("CACHE_ENABLED", get("CACHE_ENABLED"), true)?,
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or(d.redis_key_prefix.clone()),
             cache_ttl: seconds(positive("CACHE_TTL_SECONDS", 30)?),
             cache_timeout: Duration::from_millis(

@@ -197,6 +197,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         Arc::clone(&reads),
         move || published.position(),
         config.cache_ttl,
+        config.cache_enabled,
     ));
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),

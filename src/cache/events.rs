@@ -141,6 +141,8 @@ pub struct EventCache {
     /// The projector's published position (`Progress::position`).
     position: Box<dyn Fn() -> u64 + Send + Sync>,
     ttl: Duration,
+    /// `false`: every read goes to the read models (`CACHE_ENABLED=false`, for measuring).
+    enabled: bool,
     /// One async lock per key being loaded (single flight); removed when no one waits.
     loading: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -151,12 +153,14 @@ impl EventCache {
         reads: Arc<dyn ReadModel>,
         position: impl Fn() -> u64 + Send + Sync + 'static,
         ttl: Duration,
+        enabled: bool,
     ) -> Self {
         EventCache {
             shared,
             reads,
             position: Box::new(position),
             ttl,
+            enabled,
             loading: Mutex::new(HashMap::new()),
         }
     }
@@ -174,9 +178,12 @@ impl EventCache {
         name: CacheName,
     ) -> Result<Option<EventView>, ReadError> {
         let shared = &self.shared;
+        if !self.enabled {
+            return self.read_model(id).await;
+        }
         if shared.is_open() {
             shared.count(name, "error");
-            return self.reads.event(id).await;
+            return self.read_model(id).await;
         }
         match self.lookup(id.0).await {
             Ok(Some(view)) => {
@@ -187,7 +194,7 @@ impl EventCache {
             Err(e) => {
                 shared.count(name, "error");
                 shared.trip(&e, "get");
-                return self.reads.event(id).await;
+                return self.read_model(id).await;
             }
         }
         let flight = Arc::clone(lock(&self.loading).entry(id.0).or_default());
@@ -212,13 +219,18 @@ impl EventCache {
         }
         // Read the position first: the view loaded next reflects at least this much.
         let seen = (self.position)();
-        let view = self.reads.event(id).await?;
+        let view = self.read_model(id).await?;
         if let Some(view) = &view {
             if !self.shared.is_open() {
                 self.store(id.0, seen, view).await;
             }
         }
         Ok(view)
+    }
+
+    async fn read_model(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
+        self.shared.metrics.event_view_loads.inc();
+        self.reads.event(id).await
     }
 
     async fn lookup(&self, id: Uuid) -> Result<Option<EventView>, CacheError> {
@@ -394,6 +406,7 @@ mod tests {
             reads.clone(),
             move || seen.load(Ordering::SeqCst),
             Duration::from_secs(60),
+            true,
         ));
         Fixture {
             reads,

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     /// Cache look-ups by cache (`events`, `availability`) and result (`hit`, `miss`, `error`).
     pub cache_requests: IntCounterVec,
+    /// Event views loaded from the read models by the cached reads (one SQL statement each on
+    /// PostgreSQL): what the cache did not save.
+    pub event_view_loads: IntCounter,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -194,6 +197,10 @@ impl Metrics {
                 "cache_requests_total",
                 "Cache look-ups by cache (events, availability) and result (hit, miss, error: the cache failed and PostgreSQL answered).",
                 &["cache", "result"],
+            ),
+            event_view_loads: plain(
+                "event_view_loads_total",
+                "Event views the event-details and availability reads loaded from the read models (one PostgreSQL statement each), cache misses and errors included.",
             ),
             registry: r,
         }
