@@ -145,3 +145,89 @@ async fn with_redis_unreachable_reads_come_from_the_read_models_and_ready_warns(
     assert_eq!(cache["adapter"], "redis");
     assert!(cache["error"].is_string());
 }
+
+/// A TCP relay to Redis that a test can cut (live connections dropped, new ones closed at
+/// once) and restore, to stop Redis for one app without stopping it for the other tests.
+struct RedisRelay {
+    port: u16,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl RedisRelay {
+    async fn start() -> RedisRelay {
+        let upstream = ticketing::cache::redis::test_url()
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(tokio::sync::watch::channel(true).0);
+        let state = Arc::clone(&up);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*state.borrow() {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let mut cut = state.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        RedisRelay { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// Redis stops mid-sale and comes back: meanwhile the API answers correctly from the read
+/// models and `/ready` warns; afterwards the cache is used again, and the entry written before
+/// the outage (its invalidation could not reach Redis) is never served.
+#[tokio::test]
+async fn redis_going_away_and_back_never_serves_a_stale_view() {
+    let relay = RedisRelay::start().await;
+    let port = relay.port;
+    let app = spawn_app_with(move |config| {
+        config.redis_url = Some(format!("redis://127.0.0.1:{port}/0"));
+        config.redis_key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    })
+    .await;
+    let organizer = app.organizer().await;
+    let buyer = app.customer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    assert_eq!(app.floor(event).await, (10, 0, 0));
+    assert_eq!(app.floor(event).await, (10, 0, 0));
+    assert!(cache_count(&app, "availability", "hit").await >= 1);
+
+    relay.set(false);
+    assert_eq!(app.reserve(&buyer, event, 3).await.status, 201);
+    assert_eq!(app.floor(event).await, (7, 3, 0));
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.status, 200, "{:#}", ready.body);
+    let checks = ready.body["checks"].as_array().unwrap();
+    let cache = checks.iter().find(|c| c["name"] == "cache").unwrap();
+    assert_eq!(cache["status"], "warn", "{cache:#}");
+
+    relay.set(true);
+    let hits = cache_count(&app, "availability", "hit").await;
+    let started = std::time::Instant::now();
+    while cache_count(&app, "availability", "hit").await <= hits {
+        assert_eq!(app.floor(event).await, (7, 3, 0), "a stale view was served");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the cache was not used again after Redis came back"
+        );
+    }
+    assert_eq!(app.floor(event).await, (7, 3, 0));
+}
