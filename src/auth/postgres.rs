@@ -40,7 +40,7 @@ const UNAVAILABLE_SQLSTATES: [&str; 3] = ["08", "53", "57P"];
 
 /// Whether `error` says the database cannot be reached or used right now (worth a retry),
 /// as opposed to a bug or corrupt data.
-fn is_unavailable(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

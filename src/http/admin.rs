@@ -1,138 +1,14 @@
-//! Admin routes: the dead letter queue (`/admin/dlq`). Admins only; every action records
-//! who took it and when on the entry itself (`resolved_by`, `resolved_at`, `notes`) and in
-//! the log.
+//! `/admin`: operator routes, admins only (the access table enforces it; the handlers check
+//! again): the dead letter queue (`dlq.rs`) and the audit trail (`audit.rs`).
 
-use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
-use super::{policy, AppState};
-use crate::dlq::{DeadLetter, DlqStats, DlqStatus};
-use crate::projections::{Page, PageRequest};
-use axum::extract::State;
-use axum::Json;
-use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::{router::OpenApiRouter, routes};
-use validator::Validate;
+mod audit;
+mod dlq;
+
+use super::AppState;
+use utoipa_axum::router::OpenApiRouter;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_dead_letters))
-        .routes(routes!(dead_letter_stats))
-        .routes(routes!(get_dead_letter))
-        .routes(routes!(retry_dead_letter))
-        .routes(routes!(resolve_dead_letter))
-        .routes(routes!(discard_dead_letter))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct DlqFilter {
-    /// pending, processing, resolved or discarded.
-    #[param(value_type = Option<String>)]
-    pub status: Option<DlqStatus>,
-}
-
-#[derive(Debug, Deserialize, Validate, ToSchema)]
-pub struct ResolveRequest {
-    #[validate(length(max = 2000))]
-    pub notes: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Validate, ToSchema)]
-pub struct DiscardRequest {
-    #[validate(length(min = 1, max = 2000))]
-    pub reason: String,
-}
-
-#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(DlqFilter, PageRequest),
-    responses((status = 200, body = Page<DeadLetter>), (status = 403, body = super::error::Problem)),
-    security(("bearer" = [])))]
-async fn list_dead_letters(
-    State(s): State<AppState>,
-    Authenticated(caller): Authenticated,
-    ApiQuery(filter): ApiQuery<DlqFilter>,
-    ApiQuery(page): ApiQuery<PageRequest>,
-) -> Result<Json<Page<DeadLetter>>, ApiError> {
-    policy::administer(&caller)?;
-    let page = super::valid_page(page)?;
-    Ok(Json(s.dlq.store().list(filter.status, page).await?))
-}
-
-#[utoipa::path(get, path = "/admin/dlq/stats", tag = "admin",
-    responses((status = 200, body = DlqStats), (status = 403, body = super::error::Problem)),
-    security(("bearer" = [])))]
-async fn dead_letter_stats(
-    State(s): State<AppState>,
-    Authenticated(caller): Authenticated,
-) -> Result<Json<DlqStats>, ApiError> {
-    policy::administer(&caller)?;
-    Ok(Json(s.dlq.store().stats().await?))
-}
-
-#[utoipa::path(get, path = "/admin/dlq/{id}", tag = "admin", params(("id" = i64, Path)),
-    responses((status = 200, body = DeadLetter), (status = 404, body = super::error::Problem)),
-    security(("bearer" = [])))]
-async fn get_dead_letter(
-    State(s): State<AppState>,
-    Authenticated(caller): Authenticated,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    policy::administer(&caller)?;
-    Ok(Json(s.dlq.store().get(id).await?))
-}
-
-#[utoipa::path(post, path = "/admin/dlq/{id}/retry", tag = "admin", params(("id" = i64, Path)),
-    responses((status = 200, body = DeadLetter, description = "applied and resolved"),
-              (status = 409, body = super::error::Problem, description = "not pending, or an earlier entry of the stream is open"),
-              (status = 422, body = super::error::Problem, description = "failed again; retry_count grew")),
-    security(("bearer" = [])))]
-async fn retry_dead_letter(
-    State(s): State<AppState>,
-    Authenticated(caller): Authenticated,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    policy::administer(&caller)?;
-    let outcome = s.dlq.retry(id, caller.user_id).await;
-    tracing::info!(entry = id, admin = %caller.user_id, ok = outcome.is_ok(), "dead letter retried");
-    Ok(Json(outcome?))
-}
-
-#[utoipa::path(post, path = "/admin/dlq/{id}/resolve", tag = "admin", params(("id" = i64, Path)),
-    request_body = ResolveRequest,
-    responses((status = 200, body = DeadLetter), (status = 409, body = super::error::Problem)),
-    security(("bearer" = [])))]
-async fn resolve_dead_letter(
-    State(s): State<AppState>,
-    Authenticated(caller): Authenticated,
-    ApiPath(id): ApiPath<i64>,
-    ApiJson(body): ApiJson<ResolveRequest>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    policy::administer(&caller)?;
-    let notes = body
-        .notes
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty());
-    let entry = s.dlq.resolve(id, caller.user_id, notes).await?;
-    tracing::info!(entry = id, admin = %caller.user_id, "dead letter resolved");
-    Ok(Json(entry))
-}
-
-#[utoipa::path(post, path = "/admin/dlq/{id}/discard", tag = "admin", params(("id" = i64, Path)),
-    request_body = DiscardRequest,
-    responses((status = 200, body = DeadLetter), (status = 409, body = super::error::Problem),
-              (status = 422, body = super::error::Problem, description = "no reason given")),
-    security(("bearer" = [])))]
-async fn discard_dead_letter(
-    State(s): State<AppState>,
-    Authenticated(caller): Authenticated,
-    ApiPath(id): ApiPath<i64>,
-    ApiJson(body): ApiJson<DiscardRequest>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    policy::administer(&caller)?;
-    let reason = body.reason.trim();
-    if reason.is_empty() {
-        return Err(ApiError::field("reason", "must not be blank"));
-    }
-    let entry = s.dlq.discard(id, caller.user_id, reason.to_owned()).await?;
-    tracing::info!(entry = id, admin = %caller.user_id, "dead letter discarded");
-    Ok(Json(entry))
+        .merge(dlq::router())
+        .merge(audit::router())
 }

@@ -1,8 +1,9 @@
 //! `/auth`: registration, login, logout and the current account.
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Authenticated};
+use super::extract::{ApiJson, Authenticated, RequestContext};
 use super::AppState;
+use crate::audit::AuditResult;
 use crate::auth::Role;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -62,6 +63,7 @@ pub struct LoginView {
               (status = 422, body = super::error::Problem)))]
 async fn register(
     State(s): State<AppState>,
+    ctx: RequestContext,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let role = match body.role.as_deref() {
@@ -73,10 +75,31 @@ async fn register(
         .name
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty());
-    let user = s
+    let registered = s
         .auth
         .register(&body.email, &body.password, name, role)
-        .await?;
+        .await
+        .map_err(ApiError::from);
+    let mut record = ctx.audit(
+        s.clock.now(),
+        None,
+        "auth.register",
+        "user",
+        match &registered {
+            Ok(_) => AuditResult::Success,
+            Err(_) => AuditResult::Failure,
+        },
+    );
+    record = match &registered {
+        Ok(user) => record
+            .actor(Some(user.id.0), user.role.as_str())
+            .resource_id(user.id.0),
+        Err(e) => record
+            .actor(None, attempted(&body.email))
+            .details(serde_json::json!({"problem": e.to_problem().1["type"]})),
+    };
+    s.audit.record(record);
+    let user = registered?;
     Ok((
         StatusCode::CREATED,
         Json(AccountView {
@@ -91,9 +114,35 @@ async fn register(
     responses((status = 200, body = LoginView), (status = 401, body = super::error::Problem)))]
 async fn login(
     State(s): State<AppState>,
+    ctx: RequestContext,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginView>, ApiError> {
-    let session = s.auth.login(&body.email, &body.password).await?;
+    let login = s.auth.login(&body.email, &body.password).await;
+    // The attempted email is kept for a failure (who is being guessed); never the password.
+    let record = match &login {
+        Ok(session) => ctx
+            .audit(
+                s.clock.now(),
+                None,
+                "auth.login",
+                "user",
+                AuditResult::Success,
+            )
+            .actor(Some(session.user.id.0), session.user.role.as_str())
+            .resource_id(session.user.id.0),
+        Err(e) => ctx
+            .audit(
+                s.clock.now(),
+                None,
+                "auth.login",
+                "user",
+                AuditResult::Failure,
+            )
+            .actor(None, attempted(&body.email))
+            .details(serde_json::json!({"error": e.to_string()})),
+    };
+    s.audit.record(record);
+    let session = login?;
     Ok(Json(LoginView {
         token: session.token,
         user_id: session.user.id.0,
@@ -107,12 +156,27 @@ async fn login(
     security(("bearer" = [])))]
 async fn logout(
     State(s): State<AppState>,
-    _: Authenticated,
+    Authenticated(caller): Authenticated,
+    ctx: RequestContext,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let token = super::extract::bearer(&headers)?.ok_or(ApiError::Unauthorized)?;
-    s.auth.logout(token).await?;
+    let outcome = s.auth.logout(token).await.map_err(ApiError::from);
+    s.audit(
+        &ctx,
+        Some(&caller),
+        "auth.logout",
+        ("user", Some(caller.user_id.0.to_string())),
+        &outcome,
+        serde_json::json!({}),
+    );
+    outcome?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The email of a failed attempt as the audit log keeps it: normalised and bounded.
+fn attempted(email: &str) -> String {
+    email.trim().to_lowercase().chars().take(254).collect()
 }
 
 #[utoipa::path(get, path = "/auth/me", tag = "auth",

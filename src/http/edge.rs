@@ -1,6 +1,6 @@
 //! Response hardening every answer gets, errors included: security headers (HSTS only in
-//! production), CORS per `APP_ENV`, and the request timeout that answers problem+json rather
-//! than dropping the connection. It never adds a `Server` header or any version string.
+//! production), CORS per `APP_ENV`, the request-header size limit (431 problem+json), and the
+//! request timeout that answers problem+json rather than dropping the connection. It never adds a `Server` header or any version string.
 
 use super::error::ApiError;
 use crate::config::{AppEnv, Config};
@@ -98,4 +98,27 @@ pub async fn timeout(State(timeout): State<Duration>, request: Request, next: Ne
             ApiError::RequestTimeout.into_response()
         }
     }
+}
+
+/// Most bytes all request headers together may take (names, values and `": "` + CRLF each).
+/// Bearer tokens, cookies and forwarding headers fit many times over; beyond this a request is
+/// abuse or a bug. (hyper itself refuses more than 100 headers, or ~400 KB, with a bare 431.)
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Answers 431 `headers-too-large` problem+json when the request's headers exceed
+/// `MAX_HEADER_BYTES`, before any other work (rate limit, token look-up) is spent on it.
+pub async fn header_limit(request: Request, next: Next) -> Response {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        tracing::warn!(size, limit = MAX_HEADER_BYTES, "request headers too large");
+        return ApiError::HeadersTooLarge {
+            limit: MAX_HEADER_BYTES,
+        }
+        .into_response();
+    }
+    next.run(request).await
 }

@@ -87,6 +87,9 @@ pub enum ApiError {
     /// 413: the body is over the limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 431: the request's headers together are over the limit.
+    #[error("request headers too large: at most {limit} bytes in total")]
+    HeadersTooLarge { limit: usize },
     /// 415: a JSON body without `Content-Type: application/json`.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
@@ -127,6 +130,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::RetryFailed { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -148,6 +152,7 @@ impl ApiError {
             ApiError::PaymentDeclined { .. } => "payment-declined",
             ApiError::PayloadTooLarge => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
+            ApiError::HeadersTooLarge { .. } => "headers-too-large",
             ApiError::Validation(_) => "validation-failed",
             ApiError::RetryFailed { .. } => "retry-failed",
             ApiError::TooManyRequests { .. } => "rate-limited",

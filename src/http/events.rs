@@ -5,6 +5,7 @@ use super::extract::{
     ApiJson, ApiPath, ApiQuery, Authenticated, MaybeAuthenticated, RequestContext,
 };
 use super::{policy, AppState};
+use crate::cache::CacheName;
 use crate::domain::event::EventStatus;
 use crate::domain::events::{EventDetails, SectionSpec, Venue};
 use crate::domain::sale::{EventPatch, Lifecycle};
@@ -178,29 +179,42 @@ async fn create_event(
     ctx: RequestContext,
     ApiJson(body): ApiJson<CreateEventRequest>,
 ) -> Result<Response, ApiError> {
-    policy::create_events(&caller)?;
-    let currency = match body.currency.as_deref() {
-        None => Currency::USD,
-        Some(code) => {
-            Currency::parse(code).map_err(|e| ApiError::field("currency", &e.to_string()))?
-        }
-    };
     let id = EventId::random();
-    let command = SaleCommand::CreateEvent {
-        owner_id: caller.user_id,
-        currency,
-        details: EventDetails {
-            name: body.name.trim().to_owned(),
-            description: body.description.map(|d| d.trim().to_owned()),
-            venue: venue(body.venue),
-            starts_at: body.starts_at,
-            ends_at: body.ends_at,
-            sections: sections(body.sections),
-        },
-        now: s.clock.now(),
-    };
-    s.command(id, command, ctx.metadata(&caller)).await?;
-    Ok(with_etag(StatusCode::CREATED, s.event_view(id).await?))
+    let name = body.name.trim().to_owned();
+    let outcome = async {
+        policy::create_events(&caller)?;
+        let currency = match body.currency.as_deref() {
+            None => Currency::USD,
+            Some(code) => {
+                Currency::parse(code).map_err(|e| ApiError::field("currency", &e.to_string()))?
+            }
+        };
+        let command = SaleCommand::CreateEvent {
+            owner_id: caller.user_id,
+            currency,
+            details: EventDetails {
+                name: name.clone(),
+                description: body.description.map(|d| d.trim().to_owned()),
+                venue: venue(body.venue),
+                starts_at: body.starts_at,
+                ends_at: body.ends_at,
+                sections: sections(body.sections),
+            },
+            now: s.clock.now(),
+        };
+        s.command(id, command, ctx.metadata(&caller)).await?;
+        s.event_view(id).await
+    }
+    .await;
+    s.audit(
+        &ctx,
+        Some(&caller),
+        "event.create",
+        ("event", Some(id.0.to_string())),
+        &outcome,
+        serde_json::json!({ "name": name }),
+    );
+    Ok(with_etag(StatusCode::CREATED, outcome?))
 }
 
 #[utoipa::path(get, path = "/api/events", tag = "events", params(EventFilters, PageRequest),
@@ -229,7 +243,8 @@ async fn get_event(
     MaybeAuthenticated(caller): MaybeAuthenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let view = policy::see_event(caller.as_ref(), s.event_view(EventId(id)).await?)?;
+    let view = s.cached_event_view(EventId(id), CacheName::Events).await?;
+    let view = policy::see_event(caller.as_ref(), view)?;
     Ok(with_etag(StatusCode::OK, view))
 }
 
@@ -247,23 +262,35 @@ async fn update_event(
     ApiJson(body): ApiJson<UpdateEventRequest>,
 ) -> Result<Response, ApiError> {
     let id = EventId(id);
-    policy::manage_event(&caller, s.event_view(id).await?)?;
-    let expected_version = if_match(&headers)?.or(body.expected_version);
-    let patch = EventPatch {
-        name: body.name.map(|n| n.trim().to_owned()),
-        description: body.description.map(|d| Some(d.trim().to_owned())),
-        venue: body.venue.map(venue),
-        starts_at: body.starts_at,
-        ends_at: body.ends_at,
-        sections: body.sections.map(sections),
-    };
-    let command = SaleCommand::UpdateEvent {
-        expected_version,
-        patch,
-        now: s.clock.now(),
-    };
-    s.command(id, command, ctx.metadata(&caller)).await?;
-    Ok(with_etag(StatusCode::OK, s.event_view(id).await?))
+    let outcome = async {
+        policy::manage_event(&caller, s.event_view(id).await?)?;
+        let expected_version = if_match(&headers)?.or(body.expected_version);
+        let patch = EventPatch {
+            name: body.name.map(|n| n.trim().to_owned()),
+            description: body.description.map(|d| Some(d.trim().to_owned())),
+            venue: body.venue.map(venue),
+            starts_at: body.starts_at,
+            ends_at: body.ends_at,
+            sections: body.sections.map(sections),
+        };
+        let command = SaleCommand::UpdateEvent {
+            expected_version,
+            patch,
+            now: s.clock.now(),
+        };
+        s.command(id, command, ctx.metadata(&caller)).await?;
+        s.event_view(id).await
+    }
+    .await;
+    s.audit(
+        &ctx,
+        Some(&caller),
+        "event.update",
+        ("event", Some(id.0.to_string())),
+        &outcome,
+        serde_json::json!({}),
+    );
+    Ok(with_etag(StatusCode::OK, outcome?))
 }
 
 #[utoipa::path(delete, path = "/api/events/{id}", tag = "events", params(("id" = Uuid, Path)),
@@ -277,9 +304,21 @@ async fn cancel_event(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let id = EventId(id);
-    policy::manage_event(&caller, s.event_view(id).await?)?;
-    let command = SaleCommand::CancelEvent { now: s.clock.now() };
-    s.command(id, command, ctx.metadata(&caller)).await?;
+    let outcome = async {
+        policy::manage_event(&caller, s.event_view(id).await?)?;
+        let command = SaleCommand::CancelEvent { now: s.clock.now() };
+        s.command(id, command, ctx.metadata(&caller)).await
+    }
+    .await;
+    s.audit(
+        &ctx,
+        Some(&caller),
+        "event.cancel",
+        ("event", Some(id.0.to_string())),
+        &outcome,
+        serde_json::json!({}),
+    );
+    outcome?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -291,13 +330,30 @@ async fn lifecycle(
     action: Lifecycle,
 ) -> Result<Response, ApiError> {
     let id = EventId(id);
-    policy::manage_event(&caller, s.event_view(id).await?)?;
-    let command = SaleCommand::ChangeLifecycle {
-        action,
-        now: s.clock.now(),
+    let name = match action {
+        Lifecycle::Publish => "event.publish",
+        Lifecycle::OpenSales => "event.open_sales",
+        Lifecycle::CloseSales => "event.close_sales",
     };
-    s.command(id, command, ctx.metadata(&caller)).await?;
-    Ok(with_etag(StatusCode::OK, s.event_view(id).await?))
+    let outcome = async {
+        policy::manage_event(&caller, s.event_view(id).await?)?;
+        let command = SaleCommand::ChangeLifecycle {
+            action,
+            now: s.clock.now(),
+        };
+        s.command(id, command, ctx.metadata(&caller)).await?;
+        s.event_view(id).await
+    }
+    .await;
+    s.audit(
+        &ctx,
+        Some(&caller),
+        name,
+        ("event", Some(id.0.to_string())),
+        &outcome,
+        serde_json::json!({}),
+    );
+    Ok(with_etag(StatusCode::OK, outcome?))
 }
 
 #[utoipa::path(post, path = "/api/events/{id}/publish", tag = "events", params(("id" = Uuid, Path)),
@@ -343,6 +399,9 @@ async fn availability(
     MaybeAuthenticated(caller): MaybeAuthenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<AvailabilityView>, ApiError> {
-    let view = policy::see_event(caller.as_ref(), s.event_view(EventId(id)).await?)?;
+    let view = s
+        .cached_event_view(EventId(id), CacheName::Availability)
+        .await?;
+    let view = policy::see_event(caller.as_ref(), view)?;
     Ok(Json(AvailabilityView::from(&view)))
 }

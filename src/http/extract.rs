@@ -4,6 +4,7 @@
 
 use super::error::{ApiError, FieldError};
 use super::AppState;
+use crate::audit::{AuditRecord, AuditResult};
 use crate::auth::Principal;
 use crate::eventstore::Metadata;
 use axum::extract::rejection::JsonRejection;
@@ -153,7 +154,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The bearer token, if an `Authorization` header is present; a malformed header is a 401.
-pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -168,8 +169,8 @@ pub(super) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Ap
     }
 }
 
-/// The caller behind this request's bearer token, already verified by the rate-limit
-/// middleware; only that middleware inserts it, so handlers skip a second token look-up.
+/// The caller behind this request's bearer token, already verified by the rate-limit or the
+/// access middleware; only those insert it, so handlers skip a second token look-up.
 #[derive(Debug, Clone)]
 pub struct VerifiedPrincipal(pub Principal);
 
@@ -195,6 +196,9 @@ impl FromRequestParts<AppState> for MaybeAuthenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(VerifiedPrincipal(principal)) = parts.extensions.get::<VerifiedPrincipal>() {
+            return Ok(MaybeAuthenticated(Some(principal.clone())));
+        }
         match bearer(&parts.headers)? {
             None => Ok(MaybeAuthenticated(None)),
             Some(token) => Ok(MaybeAuthenticated(Some(
@@ -209,6 +213,11 @@ impl FromRequestParts<AppState> for MaybeAuthenticated {
 pub struct RequestContext {
     pub correlation_id: String,
     pub request_id: String,
+    /// The client's address as the rate limiter sees it (`X-Forwarded-For` only behind a
+    /// trusted proxy); `None` for an in-process call.
+    pub client_ip: Option<String>,
+    /// The `User-Agent` header, cut to 256 characters.
+    pub user_agent: Option<String>,
 }
 
 impl RequestContext {
@@ -221,6 +230,28 @@ impl RequestContext {
             // The request's span: the writer, the relay and the consumers continue its trace.
             traceparent: crate::observability::tracecontext::current_traceparent(),
         }
+    }
+
+    /// An audit record of `action` on a `resource_type`, with this request's correlation id,
+    /// client address and user agent, and `caller` (their role as label) as the actor.
+    pub fn audit(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+        caller: Option<&Principal>,
+        action: &str,
+        resource_type: &str,
+        result: AuditResult,
+    ) -> AuditRecord {
+        let mut record = AuditRecord {
+            correlation_id: Some(self.correlation_id.clone()),
+            client_ip: self.client_ip.clone(),
+            user_agent: self.user_agent.clone(),
+            ..AuditRecord::new(at, action, resource_type, result)
+        };
+        if let Some(caller) = caller {
+            record = record.actor(Some(caller.user_id.0), caller.role.as_str());
+        }
+        record
     }
 }
 
@@ -235,6 +266,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .unwrap_or_else(|| RequestContext {
                 correlation_id: uuid::Uuid::new_v4().to_string(),
                 request_id: uuid::Uuid::new_v4().to_string(),
+                client_ip: None,
+                user_agent: None,
             }))
     }
 }

@@ -1,9 +1,11 @@
 //! The HTTP edge: one `router()` per resource, merged here with the middleware every request
 //! passes (security headers, CORS, panic guard, request context and correlation ids, rate
-//! limits, body limit, metrics by route template, request timeout). Handlers stay thin: check
-//! access with `policy`, send a command through `Sales` or query the read models, and map
+//! limits, body limit, metrics by route template, request timeout, and the authorization
+//! table of `access`, which admits callers by role). Handlers stay thin: check ownership with
+//! `policy`, send a command through `Sales` or query the read models, and map
 //! typed errors to problem+json through `ApiError`.
 
+pub mod access;
 pub mod admin;
 pub mod analytics;
 pub mod auth;
@@ -18,7 +20,8 @@ pub mod policy;
 pub mod ratelimit;
 pub mod reservations;
 
-use crate::auth::AuthService;
+use crate::audit::{AuditLog, AuditResult};
+use crate::auth::{AuthService, Principal};
 use crate::config::Config;
 use crate::domain::{EventId, PaymentId, ReservationId, SaleCommand};
 use crate::eventstore::Metadata;
@@ -64,6 +67,10 @@ pub struct AppState {
     pub idempotency: Arc<IdempotencyStore>,
     /// The PostgreSQL pools by role, for the pool gauges on `/metrics` (empty in memory).
     pub pools: crate::db::NamedPools,
+    /// Event views through the cache (in process, or Redis with `REDIS_URL`).
+    pub cache: Arc<crate::cache::EventCache>,
+    /// The audit trail: `record` never waits and never fails the request.
+    pub audit: AuditLog,
     /// Set when shutdown begins: `/ready` answers 503 `draining` from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -90,6 +97,53 @@ impl AppState {
             );
         }
         Ok(committed)
+    }
+
+    /// Records an audited action of `caller` (anonymous: `None`) on `resource` that ended with
+    /// `outcome`: 401 and 403 are `denied`, other errors `failure` with their problem type.
+    pub fn audit<T>(
+        &self,
+        ctx: &RequestContext,
+        caller: Option<&Principal>,
+        action: &str,
+        resource: (&str, Option<String>),
+        outcome: &Result<T, ApiError>,
+        details: serde_json::Value,
+    ) {
+        let (result, details) = match outcome {
+            Ok(_) => (AuditResult::Success, details),
+            Err(e) => {
+                let result = match e {
+                    ApiError::Unauthorized | ApiError::Forbidden(_) => AuditResult::Denied,
+                    _ => AuditResult::Failure,
+                };
+                let mut details = details;
+                if let serde_json::Value::Object(map) = &mut details {
+                    let (status, problem) = e.to_problem();
+                    map.insert("status".into(), status.as_u16().into());
+                    map.insert("problem".into(), problem["type"].clone());
+                }
+                (result, details)
+            }
+        };
+        let (resource_type, resource_id) = resource;
+        let mut record = ctx
+            .audit(self.clock.now(), caller, action, resource_type, result)
+            .details(details);
+        record.resource_id = resource_id;
+        self.audit.record(record);
+    }
+
+    /// The event's view through the cache, for the public reads; `name` labels the metric.
+    pub async fn cached_event_view(
+        &self,
+        id: EventId,
+        name: crate::cache::CacheName,
+    ) -> Result<EventView, ApiError> {
+        self.cache
+            .event(id, name)
+            .await?
+            .ok_or(ApiError::NotFound("event"))
     }
 
     pub async fn event_view(&self, id: EventId) -> Result<EventView, ApiError> {
@@ -182,6 +236,10 @@ pub fn router(state: AppState) -> Router {
             get(move || async move { Json(doc.as_ref().clone()) }),
         )
         .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
+        .route_layer(middleware::from_fn_with_state(
             state.config.request_timeout,
             edge::timeout,
         ))
@@ -196,7 +254,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             ratelimit::limit,
         ))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn(edge::header_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
@@ -209,7 +271,11 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Takes `X-Correlation-ID` from the caller (or makes one), gives each request an
 /// `X-Request-ID`, runs the request inside a span carrying both, and echoes both back.
-async fn request_context(mut request: Request, next: Next) -> Response {
+async fn request_context(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let correlation_id = request
         .headers()
         .get(&CORRELATION_ID)
@@ -233,9 +299,17 @@ async fn request_context(mut request: Request, next: Next) -> Response {
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
     );
+    let client_ip = state.rate_limiter.client_ip(&request);
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect());
     request.extensions_mut().insert(RequestContext {
         correlation_id: correlation_id.clone(),
         request_id: request_id.clone(),
+        client_ip: (!client_ip.is_unspecified()).then(|| client_ip.to_string()),
+        user_agent,
     });
     let mut response = next.run(request).instrument(span).await;
     let headers = response.headers_mut();

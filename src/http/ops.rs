@@ -25,15 +25,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Check {
     pub name: &'static str,
-    /// `pass` or `fail`.
+    /// `pass` or `fail`; `warn` when a check that does not decide readiness fails.
     pub status: &'static str,
     /// Which adapter answered (`memory`, `postgres`, ...).
     pub adapter: &'static str,
     pub duration_ms: u64,
     pub error: Option<String>,
-    /// Whether a failure makes the instance not ready. The bus is not critical: while it is
-    /// away the outbox keeps every event and sales go on.
+    /// Whether a failure makes the instance not ready. The bus and the cache are not: while
+    /// the broker is away the outbox keeps every event and sales go on; while the cache is
+    /// away reads go to PostgreSQL.
     pub critical: bool,
+}
+
+impl Check {
+    /// The same check, reported as `warn` rather than `fail` and not deciding readiness.
+    fn non_critical(mut self) -> Check {
+        self.critical = false;
+        if self.error.is_some() {
+            self.status = "warn";
+        }
+        self
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,14 +102,18 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
     let store = s.sales.store();
     let auth = s.auth.store();
-    let (events, reads, accounts, mut bus) = tokio::join!(
+    let cache = s.cache.cache();
+    let (events, reads, accounts, bus, cached) = tokio::join!(
         check("event_store", store.kind(), store.ping()),
         check("projections", s.reads.kind(), s.reads.ping()),
         check("auth", auth.kind(), auth.ping()),
         check("bus", s.bus.kind(), s.bus.ping()),
+        check("cache", cache.kind(), cache.ping()),
     );
-    bus.critical = false;
-    let checks = vec![events, reads, accounts, bus];
+    let checks: Vec<Check> = [events, reads, accounts]
+        .into_iter()
+        .chain([bus, cached].into_iter().map(Check::non_critical))
+        .collect();
     let ok = checks.iter().all(|c| c.error.is_none() || !c.critical);
     let degraded = checks.iter().any(|c| c.error.is_some());
     let status = if ok {

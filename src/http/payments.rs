@@ -257,15 +257,37 @@ async fn refund_payment(
     ApiJson(body): ApiJson<RefundRequest>,
 ) -> Result<Json<PaymentView>, ApiError> {
     let id = PaymentId(id);
-    let view = s.payment_view(id).await?;
-    policy::own_record(&caller, view.user_id, "payment")?;
-    let command = SaleCommand::RefundPayment {
-        payment_id: id,
-        reason: body.reason.trim().to_owned(),
-        now: s.clock.now(),
+    let reason = body.reason.trim().to_owned();
+    let outcome = async {
+        let view = s.payment_view(id).await?;
+        policy::own_record(&caller, view.user_id, "payment")?;
+        let command = SaleCommand::RefundPayment {
+            payment_id: id,
+            reason: reason.clone(),
+            now: s.clock.now(),
+        };
+        s.command(EventId(view.event_id), command, ctx.metadata(&caller))
+            .await?;
+        s.metrics.payments.with_label_values(&["refunded"]).inc();
+        s.payment_view(id).await
+    }
+    .await;
+    let details = match &outcome {
+        Ok(view) => serde_json::json!({
+            "reason": reason,
+            "amount_cents": view.amount_cents,
+            "currency": view.currency,
+            "reservation_id": view.reservation_id,
+        }),
+        Err(_) => serde_json::json!({ "reason": reason }),
     };
-    s.command(EventId(view.event_id), command, ctx.metadata(&caller))
-        .await?;
-    s.metrics.payments.with_label_values(&["refunded"]).inc();
-    Ok(Json(s.payment_view(id).await?))
+    s.audit(
+        &ctx,
+        Some(&caller),
+        "payment.refund",
+        ("payment", Some(id.0.to_string())),
+        &outcome,
+        details,
+    );
+    Ok(Json(outcome?))
 }

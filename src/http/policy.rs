@@ -75,11 +75,11 @@ pub fn user_collection(caller: &Principal, user: Uuid) -> Result<(), ApiError> {
     }
 }
 
-/// Operating the service (the dead letter queue, dashboards, audit): admins only.
-pub fn administer(caller: &Principal) -> Result<(), ApiError> {
+/// Operator routes (`/admin/...`): admins only.
+pub fn admin_only(caller: &Principal) -> Result<(), ApiError> {
     if caller.is_admin() {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("this route is for administrators"))
+        Err(ApiError::Forbidden("only admins may do this"))
     }
 }

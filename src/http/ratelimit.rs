@@ -78,7 +78,7 @@ impl RateLimiter {
 
     /// The client's address: the socket peer, or the first `X-Forwarded-For` entry when a
     /// trusted proxy sets it. Without either (an in-process call) all such callers share one key.
-    fn client_ip(&self, request: &Request) -> IpAddr {
+    pub fn client_ip(&self, request: &Request) -> IpAddr {
         if self.trust_proxy {
             let forwarded = request
                 .headers()

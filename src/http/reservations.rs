@@ -4,6 +4,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, IdempotencyKey, RequestContext};
 use super::idempotency::{derived_id, Reply};
 use super::{policy, AppState};
+use crate::domain::reservation::ReservationStatus;
 use crate::domain::{DomainEvent, EventId, ReservationId, SaleCommand};
 use crate::projections::{Page, PageRequest, ReservationView};
 use axum::extract::State;
@@ -123,13 +124,32 @@ async fn cancel_reservation(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = ReservationId(id);
-    let view = s.reservation_view(id).await?;
-    policy::own_record(&caller, view.user_id, "reservation")?;
-    let command = SaleCommand::CancelReservation {
-        reservation_id: id,
-        now: s.clock.now(),
+    let mut was = None;
+    let outcome = async {
+        let view = s.reservation_view(id).await?;
+        policy::own_record(&caller, view.user_id, "reservation")?;
+        was = Some(view.status);
+        let command = SaleCommand::CancelReservation {
+            reservation_id: id,
+            now: s.clock.now(),
+        };
+        s.command(EventId(view.event_id), command, ctx.metadata(&caller))
+            .await?;
+        s.reservation_view(id).await
+    }
+    .await;
+    // Cancelling a confirmed reservation refunds its payment: audited as a refund.
+    let action = match was {
+        Some(ReservationStatus::Confirmed) => "reservation.refund",
+        _ => "reservation.cancel",
     };
-    s.command(EventId(view.event_id), command, ctx.metadata(&caller))
-        .await?;
-    Ok(Json(s.reservation_view(id).await?))
+    s.audit(
+        &ctx,
+        Some(&caller),
+        action,
+        ("reservation", Some(id.0.to_string())),
+        &outcome,
+        serde_json::json!({}),
+    );
+    Ok(Json(outcome?))
 }

@@ -37,6 +37,13 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Dead letters per status; refreshed when `/metrics` is scraped.
     pub dlq_entries: IntGaugeVec,
+    /// Audit records by outcome: written, dropped (queue full), failed (store refused).
+    pub audit_records: IntCounterVec,
+    /// Cache look-ups by cache (`events`, `availability`) and result (`hit`, `miss`, `error`).
+    pub cache_requests: IntCounterVec,
+    /// Event views loaded from the read models by the cached reads (one SQL statement each on
+    /// PostgreSQL): what the cache did not save.
+    pub event_view_loads: IntCounter,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -242,6 +249,22 @@ impl Metrics {
                 "dlq_entries",
                 "Dead letter queue entries per status.",
                 &["status"],
+            ),
+            audit_records: counter(
+                &r,
+                "audit_records_total",
+                "Audit records by outcome: written, dropped (queue full: the audit store is down or behind), failed (the store refused the batch after retries).",
+                &["outcome"],
+            ),
+            cache_requests: counter(
+                &r,
+                "cache_requests_total",
+                "Cache look-ups by cache (events, availability) and result (hit, miss, error: the cache failed and PostgreSQL answered).",
+                &["cache", "result"],
+            ),
+            event_view_loads: plain(
+                "event_view_loads_total",
+                "Event views the event-details and availability reads loaded from the read models (one PostgreSQL statement each), cache misses and errors included.",
             ),
             registry: r,
         }

@@ -76,10 +76,14 @@ pub trait ReadModel: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// Feeds a read model from the event log and reports how far it got.
+/// Feeds a read model from the event log and reports how far it got. After each batch it
+/// invalidates the cached views of the events the batch touched, before the subscription
+/// publishes the new position (what command handlers wait for): read-your-writes holds
+/// through the cache.
 pub struct Projector {
     pub reads: Arc<dyn ReadModel>,
     pub metrics: Arc<crate::observability::Metrics>,
+    pub cache: Arc<crate::cache::Invalidator>,
 }
 
 #[async_trait]
@@ -95,6 +99,10 @@ impl Subscriber for Projector {
     async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
         self.reads.apply(events).await?;
         if let Some(last) = events.last() {
+            let mut touched: Vec<EventId> = events.iter().map(|e| e.sale_id).collect();
+            touched.sort_unstable_by_key(|id| id.0);
+            touched.dedup();
+            self.cache.invalidate(&touched, last.position).await;
             self.metrics
                 .projection_position
                 .set(i64::try_from(last.position).unwrap_or(i64::MAX));

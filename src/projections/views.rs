@@ -93,7 +93,7 @@ pub struct VenueView {
     pub address: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SectionView {
     pub name: String,
     pub capacity: u32,
@@ -103,7 +103,7 @@ pub struct SectionView {
     pub sold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub id: Uuid,
     pub owner_id: Uuid,

@@ -1,11 +1,16 @@
-//! The authorization matrix: every route of API.md's Auth, Events, Reservations and payments,
-//! and Analytics sections, called by every kind of caller, with the exact status each must get.
-//! The table below is the contract; the runner collects every wrong cell before failing.
+//! The authorization matrix: every route of API.md, called by every kind of caller, with the
+//! exact status each must get. The expected statuses come from the one authorization table in
+//! the code (`ticketing::http::access::TABLE`, which the router enforces): this file only adds
+//! fixtures (which resource a row names, its body, what an allowed call answers). The runner
+//! collects every wrong cell before failing. Routes the table lists but this build does not
+//! serve yet (`PENDING`: the dashboard routes) are skipped, and a test proves they
+//! are still absent, so the day they arrive it fails until they get rows here.
 
 use super::helpers::*;
 use reqwest::Method;
 use serde_json::Value;
 use std::fmt::Write as _;
+use ticketing::http::access::{self, Audience, Decision};
 use uuid::Uuid;
 
 /// API.md's Auth, Events, Reservations and payments, and Analytics tables: every route the
@@ -67,17 +72,41 @@ const CALLERS: [Caller; 8] = [
     Caller::Admin,
 ];
 
-/// One row: a route with its fixtures and the status for each caller, in `CALLERS` order.
+/// Routes of the table with no handler in this build yet: admin-only by the table, skipped by
+/// the matrix until they exist (`pending_routes_are_not_served_yet` notices when they do).
+pub const PENDING: &[(&str, &str)] = &[
+    ("GET", "/admin/dashboard/system"),
+    ("GET", "/admin/dashboard/sales"),
+];
+
+/// API.md's Operations and Admin tables.
+const OPERATIONS_AND_ADMIN: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/admin/dlq"),
+    ("GET", "/admin/dlq/stats"),
+    ("GET", "/admin/dlq/{id}"),
+    ("POST", "/admin/dlq/{id}/retry"),
+    ("POST", "/admin/dlq/{id}/resolve"),
+    ("POST", "/admin/dlq/{id}/discard"),
+    ("GET", "/admin/audit"),
+];
+
+/// One row: a route with its fixtures and the status an allowed caller gets.
 ///
 /// `path` and `body` are templates: `{draft}`, `{published}`, `{on_sale}` are events of the
 /// event organizer; `{reservation}` is a pending reservation and `{payment}` a captured payment
-/// of the owner; `{owner}` is the owner's user id, `{owner_email}` their email, and
-/// `{new_email}` an address never used before.
+/// of the owner; `{owner}` is the owner's user id, `{owner_email}` their email,
+/// `{new_email}` an address never used before, and `{dead_letter}` the id of a dead letter
+/// that does not exist.
 struct Case {
     method: Method,
     path: &'static str,
     body: Option<&'static str>,
-    expect: [u16; 8],
+    /// The status of a caller the table allows (a success, or a state conflict).
+    success: u16,
     /// The problem kind of a 409 in this row.
     conflict: Option<&'static str>,
     /// The call changes what it touches: every cell gets fresh events, reservation and payment.
@@ -86,12 +115,12 @@ struct Case {
     new_session: bool,
 }
 
-fn case(method: Method, path: &'static str, body: Option<&'static str>, expect: [u16; 8]) -> Case {
+fn case(method: Method, path: &'static str, body: Option<&'static str>, success: u16) -> Case {
     Case {
         method,
         path,
         body,
-        expect,
+        success,
         conflict: None,
         fresh: false,
         new_session: false,
@@ -99,6 +128,40 @@ fn case(method: Method, path: &'static str, body: Option<&'static str>, expect: 
 }
 
 impl Case {
+    /// The table's rule for this row.
+    fn rule(&self) -> &'static access::Rule {
+        access::find(&self.method, &route_of(self.path))
+            .unwrap_or_else(|| panic!("no rule for {} {}", self.method, self.path))
+    }
+
+    /// Whether the event this row concerns is a draft (in the path or the body).
+    fn on_draft(&self) -> bool {
+        self.path.contains("{draft}") || self.body.is_some_and(|b| b.contains("{draft}"))
+    }
+
+    /// The status `caller` must get, from the table.
+    fn expected(&self, caller: Caller) -> u16 {
+        let rule = self.rule();
+        let who = match caller {
+            Caller::BadToken | Caller::Malformed if rule.audience == Audience::Public => {
+                return self.success
+            }
+            Caller::BadToken | Caller::Malformed => return 401,
+            Caller::Anonymous => access::Caller::Anonymous,
+            Caller::Owner => access::Caller::RecordOwner,
+            Caller::OtherCustomer => access::Caller::OtherCustomer,
+            Caller::EventOrganizer => access::Caller::EventOwner,
+            Caller::OtherOrganizer => access::Caller::OtherOrganizer,
+            Caller::Admin => access::Caller::Admin,
+        };
+        match rule.decide(who, self.on_draft()) {
+            Decision::Allow => self.success,
+            Decision::Unauthorized => 401,
+            Decision::Forbidden => 403,
+            Decision::NotFound => 404,
+        }
+    }
+
     fn fresh(mut self) -> Self {
         self.fresh = true;
         self
@@ -128,48 +191,59 @@ const RESERVE_DRAFT: &str = r#"{"event_id": "{draft}", "section": "floor", "quan
 const PAY: &str = r#"{"reservation_id": "{reservation}", "payment_method": {"type": "card", "token": "tok_visa"}}"#;
 const PATCH: &str = r#"{"description": "updated"}"#;
 
-/// The matrix. Columns: anonymous, bad token, malformed header, owner (customer), other
-/// customer, event organizer, other organizer, admin.
+/// The matrix rows: a fixture per route (and per event state where drafts answer
+/// differently) with the status of an allowed call; who is allowed comes from the table.
 #[rustfmt::skip]
 fn matrix() -> Vec<Case> {
     vec![
-        // Auth                                                               anon bad  malf own  cust org  oorg adm
-        case(POST, "/auth/register", Some(r#"{"email": "{new_email}", "password": "correct-horse-1"}"#),
-                                                                             [201, 201, 201, 201, 201, 201, 201, 201]),
-        case(POST, "/auth/login", Some(r#"{"email": "{owner_email}", "password": "correct-horse-1"}"#),
-                                                                             [200, 200, 200, 200, 200, 200, 200, 200]),
-        case(GET,  "/auth/me", None,                                         [401, 401, 401, 200, 200, 200, 200, 200]),
-        case(POST, "/auth/logout", None,                                     [401, 401, 401, 204, 204, 204, 204, 204]).new_session(),
+        // Operations
+        case(GET,  "/health", None, 200),
+        case(GET,  "/ready", None, 200),
+        case(GET,  "/metrics", None, 200),
+        case(GET,  "/openapi.json", None, 200),
+        // Auth
+        case(POST, "/auth/register", Some(r#"{"email": "{new_email}", "password": "correct-horse-1"}"#), 201),
+        case(POST, "/auth/login", Some(r#"{"email": "{owner_email}", "password": "correct-horse-1"}"#), 200),
+        case(GET,  "/auth/me", None, 200),
+        case(POST, "/auth/logout", None, 204).new_session(),
         // Events
-        case(POST, "/api/events", Some(NEW_EVENT),                           [401, 401, 401, 403, 403, 201, 201, 201]),
-        case(GET,  "/api/events", None,                                      [200, 401, 401, 200, 200, 200, 200, 200]),
-        case(GET,  "/api/events/{published}", None,                          [200, 401, 401, 200, 200, 200, 200, 200]),
-        case(GET,  "/api/events/{draft}", None,                              [404, 401, 401, 404, 404, 200, 404, 200]),
-        case(PUT,  "/api/events/{published}", Some(PATCH),                   [401, 401, 401, 403, 403, 200, 403, 200]),
-        case(PUT,  "/api/events/{draft}", Some(PATCH),                       [401, 401, 401, 404, 404, 200, 404, 200]),
-        case(DELETE, "/api/events/{published}", None,                        [401, 401, 401, 403, 403, 204, 403, 204]).fresh(),
-        case(DELETE, "/api/events/{draft}", None,                            [401, 401, 401, 404, 404, 204, 404, 204]).fresh(),
-        case(POST, "/api/events/{draft}/publish", None,                      [401, 401, 401, 404, 404, 200, 404, 200]).fresh(),
-        case(POST, "/api/events/{published}/publish", None,                  [401, 401, 401, 403, 403, 409, 403, 409]).conflict("invalid-state"),
-        case(POST, "/api/events/{published}/open-sales", None,               [401, 401, 401, 403, 403, 200, 403, 200]).fresh(),
-        case(POST, "/api/events/{on_sale}/close-sales", None,                [401, 401, 401, 403, 403, 200, 403, 200]).fresh(),
-        case(GET,  "/api/events/{published}/availability", None,             [200, 401, 401, 200, 200, 200, 200, 200]),
-        case(GET,  "/api/events/{draft}/availability", None,                 [404, 401, 401, 404, 404, 200, 404, 200]),
+        case(POST, "/api/events", Some(NEW_EVENT), 201),
+        case(GET,  "/api/events", None, 200),
+        case(GET,  "/api/events/{published}", None, 200),
+        case(GET,  "/api/events/{draft}", None, 200),
+        case(PUT,  "/api/events/{published}", Some(PATCH), 200),
+        case(PUT,  "/api/events/{draft}", Some(PATCH), 200),
+        case(DELETE, "/api/events/{published}", None, 204).fresh(),
+        case(DELETE, "/api/events/{draft}", None, 204).fresh(),
+        case(POST, "/api/events/{draft}/publish", None, 200).fresh(),
+        case(POST, "/api/events/{published}/publish", None, 409).conflict("invalid-state"),
+        case(POST, "/api/events/{published}/open-sales", None, 200).fresh(),
+        case(POST, "/api/events/{on_sale}/close-sales", None, 200).fresh(),
+        case(GET,  "/api/events/{published}/availability", None, 200),
+        case(GET,  "/api/events/{draft}/availability", None, 200),
         // Reservations and payments
-        case(POST, "/api/reservations", Some(RESERVE_ON_SALE),               [401, 401, 401, 201, 201, 201, 201, 201]),
-        case(POST, "/api/reservations", Some(RESERVE_DRAFT),                 [401, 401, 401, 404, 404, 409, 404, 409]).conflict("sales-not-open"),
-        case(GET,  "/api/reservations", None,                                [401, 401, 401, 200, 200, 200, 200, 200]),
-        case(GET,  "/api/reservations/{reservation}", None,                  [401, 401, 401, 200, 404, 404, 404, 200]),
-        case(POST, "/api/reservations/{reservation}/cancel", None,           [401, 401, 401, 200, 404, 404, 404, 200]).fresh(),
-        case(POST, "/api/payments", Some(PAY),                               [401, 401, 401, 201, 404, 404, 404, 403]).fresh(),
-        case(GET,  "/api/payments/{payment}", None,                          [401, 401, 401, 200, 404, 404, 404, 200]),
-        case(GET,  "/api/payments/user/{owner}", None,                       [401, 401, 401, 200, 403, 403, 403, 200]),
-        case(POST, "/api/payments/{payment}/refund", Some(r#"{"reason": "matrix"}"#),
-                                                                             [401, 401, 401, 200, 404, 404, 404, 200]).fresh(),
+        case(POST, "/api/reservations", Some(RESERVE_ON_SALE), 201),
+        case(POST, "/api/reservations", Some(RESERVE_DRAFT), 409).conflict("sales-not-open"),
+        case(GET,  "/api/reservations", None, 200),
+        case(GET,  "/api/reservations/{reservation}", None, 200),
+        case(POST, "/api/reservations/{reservation}/cancel", None, 200).fresh(),
+        case(POST, "/api/payments", Some(PAY), 201).fresh(),
+        case(GET,  "/api/payments/{payment}", None, 200),
+        case(GET,  "/api/payments/user/{owner}", None, 200),
+        case(POST, "/api/payments/{payment}/refund", Some(r#"{"reason": "matrix"}"#), 200).fresh(),
         // Analytics
-        case(GET,  "/api/analytics/events/{published}/sales", None,          [401, 401, 401, 403, 403, 200, 403, 200]),
-        case(GET,  "/api/analytics/events/{draft}/sales", None,              [401, 401, 401, 404, 404, 200, 404, 200]),
-        case(GET,  "/api/customers/{owner}/history", None,                   [401, 401, 401, 200, 403, 403, 403, 200]),
+        case(GET,  "/api/analytics/events/{published}/sales", None, 200),
+        case(GET,  "/api/analytics/events/{draft}/sales", None, 200),
+        case(GET,  "/api/customers/{owner}/history", None, 200),
+        // Admin (the dashboard routes are PENDING). No dead letter exists in the fixture, so
+        // an admin reaches the handler and gets 404 for an entry.
+        case(GET,  "/admin/dlq", None, 200),
+        case(GET,  "/admin/dlq/stats", None, 200),
+        case(GET,  "/admin/dlq/{dead_letter}", None, 404),
+        case(POST, "/admin/dlq/{dead_letter}/retry", None, 404),
+        case(POST, "/admin/dlq/{dead_letter}/resolve", Some(r#"{"notes": "matrix"}"#), 404),
+        case(POST, "/admin/dlq/{dead_letter}/discard", Some(r#"{"reason": "matrix"}"#), 404),
+        case(GET,  "/admin/audit", None, 200),
     ]
 }
 
@@ -242,6 +316,8 @@ fn fill(template: &str, people: &People, r: &Resources) -> String {
         .replace("{on_sale}", &r.on_sale.to_string())
         .replace("{reservation}", &r.reservation.to_string())
         .replace("{payment}", &r.payment.to_string())
+        // No dead letter exists: the id of one that never did.
+        .replace("{dead_letter}", "4242")
         .replace("{owner}", &people.owner.id.to_string())
         .replace("{owner_email}", &people.owner.email)
         .replace("{new_email}", &unique_email("matrix"))
@@ -292,7 +368,10 @@ fn check_cell(answer: &Answer, expected: u16, case: &Case) -> Option<String> {
         if expected == 401 && answer.header("www-authenticate") != Some("Bearer") {
             return Some("401 without `WWW-Authenticate: Bearer`".to_owned());
         }
-    } else if expected != 204 && content_type != Some("application/json") {
+    } else if expected != 204
+        && !content_type
+            .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/plain"))
+    {
         return Some(format!("success with content-type {content_type:?}"));
     }
     None
@@ -314,7 +393,8 @@ async fn every_route_answers_every_kind_of_caller_as_the_authorization_matrix_sa
     let mut cells = 0;
 
     for case in matrix() {
-        for (caller, expected) in CALLERS.into_iter().zip(case.expect) {
+        for caller in CALLERS {
+            let expected = case.expected(caller);
             let fresh;
             let r = if case.fresh {
                 fresh = resources(&app, &people).await;
@@ -384,22 +464,62 @@ fn route_of(path: &str) -> String {
         "{reservation}",
         "{payment}",
         "{owner}",
+        "{dead_letter}",
     ]
     .iter()
     .fold(path, |path, placeholder| path.replace(placeholder, "{id}"))
 }
 
-/// The matrix has rows for exactly the routes of API.md's four tables, none missing.
+fn pairs<'a>(
+    routes: impl IntoIterator<Item = &'a (&'a str, &'a str)>,
+) -> std::collections::BTreeSet<(String, String)> {
+    routes
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect()
+}
+
+/// The table has a rule for exactly the routes of API.md, and the matrix a row for every rule
+/// except the `PENDING` ones (skipped: not served by this build).
 #[tokio::test]
-async fn the_matrix_covers_every_route_of_the_contract() {
+async fn the_table_and_the_matrix_cover_every_route_of_the_contract() {
+    let table: std::collections::BTreeSet<(String, String)> = access::TABLE
+        .iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
+    let contract = pairs(API_ROUTES.iter().chain(OPERATIONS_AND_ADMIN).chain(PENDING));
+    assert_eq!(table, contract);
+
     let covered: std::collections::BTreeSet<(String, String)> = matrix()
         .iter()
         .map(|c| (c.method.to_string(), route_of(c.path)))
         .collect();
-    let contract: std::collections::BTreeSet<(String, String)> = API_ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
+    let expected: std::collections::BTreeSet<_> =
+        table.difference(&pairs(PENDING)).cloned().collect();
+    assert_eq!(covered, expected);
+}
 
-    assert_eq!(covered, contract);
+/// The skipped routes are really not served yet (404 `not-found` for an admin); once one is,
+/// this fails until the matrix gets its row and it leaves `PENDING`.
+#[tokio::test]
+async fn pending_routes_are_not_served_yet() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    for (method, path) in PENDING {
+        let path = path.replace("{id}", &Uuid::new_v4().to_string());
+        let method: Method = method.parse().unwrap();
+        let answer = app
+            .call(
+                method.clone(),
+                &path,
+                Some(&admin.token),
+                Some(serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(
+            answer.status, 404,
+            "{method} {path} is served now: give it matrix rows and remove it from PENDING"
+        );
+        assert_eq!(answer.body["detail"], "route not found", "{method} {path}");
+    }
 }

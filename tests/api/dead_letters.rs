@@ -1,7 +1,7 @@
 //! The dead letter queue over HTTP, on the in-process bus: a poison message produced straight
 //! onto a topic shows up in `/admin/dlq` with a useful error while the partition keeps
-//! flowing; stats count it; discard (with a reason) and resolve close entries and record who;
-//! only admins get in.
+//! flowing; stats count it; discard (with a reason) and resolve close entries and record who,
+//! on the entry and in the audit trail; only admins get in.
 
 use crate::helpers::*;
 use serde_json::{json, Value};
@@ -175,6 +175,31 @@ async fn poison_messages_are_dead_lettered_and_admins_work_through_them() {
     app.get("/admin/dlq?status=lost", Some(&admin.token))
         .await
         .assert_problem(400, "bad-request");
+
+    // Every action is in the audit trail with its actor and result.
+    for (action, entry, result) in [
+        ("dlq.retry", id, "failure"),
+        ("dlq.discard", id, "success"),
+        ("dlq.resolve", other, "success"),
+    ] {
+        let query = format!("/admin/audit?action={action}&resource_id={entry}");
+        let trail = app
+            .get_when(&query, Some(&admin.token), |a| {
+                a.body["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|r| r["result"] == result))
+            })
+            .await;
+        let record = trail.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["result"] == result)
+            .unwrap()
+            .clone();
+        assert_eq!(record["actor_id"], admin.id.to_string(), "{record:#}");
+        assert_eq!(record["resource_type"], "dlq_entry", "{record:#}");
+    }
 
     // The DLQ series moved on /metrics.
     let metrics = app

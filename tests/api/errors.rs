@@ -115,6 +115,53 @@ async fn a_two_mebibyte_body_is_a_413_payload_too_large_problem() {
     assert_eq!(mine.body["total_count"], 0, "{:#}", mine.body);
 }
 
+/// Headers over 16 KiB in total get 431 `headers-too-large` problem+json (with the security
+/// headers) on any route, and change nothing; headers just under the limit pass.
+#[tokio::test]
+async fn headers_over_sixteen_kibibytes_are_a_431_problem() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let big = "x".repeat(17 * 1024);
+    let fine = "x".repeat(12 * 1024);
+
+    for path in ["/api/events", "/auth/me", "/no/such/route"] {
+        let answer = app
+            .call_with(
+                Method::GET,
+                path,
+                Some(&organizer.token),
+                None,
+                &[("x-padding", &big)],
+            )
+            .await;
+        answer.assert_problem(431, "headers-too-large");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+    }
+    let refused = app
+        .call_with(
+            Method::POST,
+            "/api/events",
+            Some(&organizer.token),
+            Some(TestApp::event_body(5)),
+            &[("x-padding", &big)],
+        )
+        .await;
+    refused.assert_problem(431, "headers-too-large");
+    let mine = app.get("/api/events", Some(&organizer.token)).await;
+    assert_eq!(mine.body["total_count"], 0, "{:#}", mine.body);
+
+    let answer = app
+        .call_with(
+            Method::GET,
+            "/auth/me",
+            Some(&organizer.token),
+            None,
+            &[("x-padding", &fine)],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:#}", answer.body);
+}
+
 /// An event body with several bad fields gets one 422 that names every one of them.
 #[tokio::test]
 async fn event_validation_reports_every_bad_field_at_once() {

@@ -6,7 +6,9 @@ mod invariants;
 
 mod access;
 mod analytics;
+mod audit;
 mod auth;
+mod cache;
 mod cancellation;
 mod concurrency;
 mod dead_letters;

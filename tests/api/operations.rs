@@ -40,7 +40,7 @@ async fn health_answers_200() {
 }
 
 /// `/ready` answers 200 with a passing, timed check for the event store, projections, auth
-/// and the bus.
+/// the bus and the cache.
 #[tokio::test]
 async fn ready_answers_200_with_each_dependency_check_passing() {
     let app = spawn_app().await;
@@ -52,7 +52,10 @@ async fn ready_answers_200_with_each_dependency_check_passing() {
     let checks = answer.body["checks"].as_array().expect("a checks array");
     let mut names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["auth", "bus", "event_store", "projections"]);
+    assert_eq!(
+        names,
+        ["auth", "bus", "cache", "event_store", "projections"]
+    );
     for check in checks {
         assert_eq!(check["status"], "pass", "{check}");
         assert!(check["duration_ms"].is_u64(), "{check}");

@@ -175,6 +175,17 @@ impl Api {
     }
 
     /// `GET /api/events/{id}/availability`, expecting 200.
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self.client.get(self.url("/metrics")).send().await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::OK,
+            "/metrics answered {}",
+            response.status()
+        );
+        Ok(response.text().await?)
+    }
+
     pub async fn availability(&self, event_id: Uuid) -> anyhow::Result<Availability> {
         let url = self.url(&format!("/api/events/{event_id}/availability"));
         expect_json(self.client.get(url), StatusCode::OK).await

@@ -77,6 +77,13 @@ pub struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: u32,
 
+    /// Read-heavy scenario: this many extra clients poll the event's availability (anonymous
+    /// `GET /api/events/{id}/availability`, back to back) for as long as the sale runs; the
+    /// summary then adds reads per second and the read-model loads per read from `/metrics`.
+    /// Service mode only.
+    #[arg(long, default_value_t = 0)]
+    pub pollers: u32,
+
     /// Parallel requests while registering and logging in buyers (not timed).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub setup_concurrency: u32,

@@ -16,6 +16,10 @@
 //! `--database-url` the way a typical CRUD service would (see `naive`), as the baseline the
 //! service's figures are compared with.
 //!
+//! With `--pollers N` (the read-heavy scenario) N more clients poll the event's availability
+//! while the sale runs, and the run reports how many read-model loads (PostgreSQL statements)
+//! each read cost, from the service's `/metrics`.
+//!
 //! It talks to `--base-url` (or, in naive mode, `--database-url`) only, never retries, never
 //! sleeps, and stops by itself.
 
@@ -23,6 +27,7 @@ mod api;
 mod cli;
 mod measure;
 mod naive;
+mod polling;
 mod report;
 mod setup;
 mod verify;
@@ -90,9 +95,13 @@ async fn service(cli: &Cli, run_id: String) -> anyhow::Result<Summary> {
         quantity: cli.quantity,
         pay: cli.pays(),
     };
+    let pollers = polling::Pollers::start(&api, event_id, cli.pollers).await?;
     let measured = measure::run(&api, &sale, attempts, concurrency)
         .await
         .context("running the measured phase")?;
+    if let Some(pollers) = pollers {
+        eprint!("{}", pollers.stop(&api).await?);
+    }
     eprintln!(
         "measured phase done in {:.3} s; verifying",
         measured.wall.as_secs_f64()

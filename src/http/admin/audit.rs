@@ -1,0 +1,76 @@
+//! `GET /admin/audit`: the audit trail, filtered and paginated. Admins only.
+
+use crate::audit::{AuditError, AuditFilter, AuditRecord};
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiQuery, Authenticated};
+use crate::http::{policy, AppState};
+use crate::projections::{Page, PageRequest};
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(audit_log))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only actions of this user id (the actor).
+    pub user: Option<Uuid>,
+    /// Only this action, e.g. `auth.login`, `payment.refund`, `dlq.retry`.
+    pub action: Option<String>,
+    /// Only this resource type, e.g. `user`, `event`, `payment`, `reservation`, `dlq_entry`.
+    pub resource: Option<String>,
+    /// Only this resource id (with or without `resource`).
+    pub resource_id: Option<String>,
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(_) => {
+                tracing::warn!(error = %e, "audit store unavailable");
+                ApiError::Unavailable {
+                    detail: "the audit log is unavailable".into(),
+                    retry_after: 2,
+                }
+            }
+            AuditError::Internal(_) => ApiError::Internal(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// Bounds a free-text filter so a query cannot carry an arbitrarily long string.
+fn bounded(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.len() > 200 => Err(ApiError::field(field, "length must be at most 200")),
+        other => Ok(other.filter(|v| !v.is_empty())),
+    }
+}
+
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AuditQuery, PageRequest),
+    responses((status = 200, body = Page<AuditRecord>), (status = 401, body = crate::http::error::Problem),
+              (status = 403, body = crate::http::error::Problem)),
+    security(("bearer" = [])))]
+async fn audit_log(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+    ApiQuery(page): ApiQuery<PageRequest>,
+) -> Result<Json<Page<AuditRecord>>, ApiError> {
+    policy::admin_only(&caller)?;
+    let filter = AuditFilter {
+        actor_id: query.user,
+        action: bounded("action", query.action)?,
+        resource_type: bounded("resource", query.resource)?,
+        resource_id: bounded("resource_id", query.resource_id)?,
+    };
+    Ok(Json(
+        s.audit
+            .list(&filter, crate::http::valid_page(page)?)
+            .await?,
+    ))
+}
