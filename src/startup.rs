@@ -147,6 +147,7 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
 
 /// Wires adapters, stores and background tasks.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let started_at = std::time::Instant::now();
     if config.redis_url.is_some() {
         bail!("REDIS_URL is set, but this build has no adapter for it yet; unset it");
     }
@@ -265,6 +266,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         idempotency,
         pools,
         draining: Arc::new(AtomicBool::new(false)),
+        started_at,
     };
     Ok(App {
         state,

@@ -1,6 +1,8 @@
-//! Admin routes: the dead letter queue (`/admin/dlq`). Admins only; every action records
-//! who took it and when on the entry itself (`resolved_by`, `resolved_at`, `notes`) and in
-//! the log.
+//! Admin routes: the dead letter queue (`/admin/dlq`) and the operators' dashboard
+//! (`/admin/dashboard/*`, in `dashboard`). Admins only; every DLQ action records who took it
+//! and when on the entry itself (`resolved_by`, `resolved_at`, `notes`) and in the log.
+
+mod dashboard;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
@@ -22,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_dead_letter))
         .routes(routes!(resolve_dead_letter))
         .routes(routes!(discard_dead_letter))
+        .merge(dashboard::router())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

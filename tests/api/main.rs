@@ -9,6 +9,7 @@ mod analytics;
 mod auth;
 mod cancellation;
 mod concurrency;
+mod dashboard;
 mod dead_letters;
 mod errors;
 mod events;
