@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1
 #
-# The `ticketing` service (and the `loadgen` load generator) in a small runtime image.
+# The `ticketing` service (with the `ticketing-admin` CLI and the `loadgen` load generator) in a
+# small runtime image.
 #
 #   docker build -t ticketing .
 #   docker run --rm -p 8080:8080 ticketing                 # the service, in-memory mode
 #   docker run --rm --entrypoint loadgen ticketing --help  # the load generator
+#   docker compose exec ticketing ticketing-admin --help   # the operator's CLI
 #
 # Nothing here needs a database at build time: the crate uses no `sqlx::query!` macros, and the
 # three migration sets are embedded into the binary by `sqlx::migrate!` at compile time, so the
@@ -30,13 +32,15 @@ WORKDIR /app
 # 1. Dependencies only: a manifest with stub sources, so this layer is rebuilt only when
 #    Cargo.toml or Cargo.lock change (librdkafka alone takes minutes to compile).
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir -p src/bin/loadgen migrations_events migrations_projections migrations_auth \
+RUN mkdir -p src/bin/loadgen src/bin/ticketing-admin migrations_events migrations_projections migrations_auth \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > src/bin/loadgen/main.rs \
+ && echo 'fn main() {}' > src/bin/ticketing-admin/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked --bin ticketing --bin loadgen \
- && rm -rf src target/release/ticketing target/release/loadgen \
-           target/release/deps/ticketing-* target/release/deps/libticketing-* \
+ && cargo build --release --locked --bin ticketing --bin ticketing-admin --bin loadgen \
+ && rm -rf src target/release/ticketing target/release/ticketing-admin target/release/loadgen \
+           target/release/deps/ticketing-* target/release/deps/ticketing_admin-* \
+           target/release/deps/libticketing-* \
            target/release/deps/loadgen-* target/release/.fingerprint/ticketing-*
 
 # 2. The crate itself. The migrations are compiled in (sqlx::migrate!), so they are part of
@@ -48,12 +52,12 @@ COPY src ./src
 # COPY keeps the sources' modification times, which may be older than the stub build: touch
 # them so cargo cannot mistake the stub artifacts for up to date.
 RUN find src migrations_events migrations_projections migrations_auth build.rs -exec touch {} + \
- && cargo build --release --locked --bin ticketing --bin loadgen
+ && cargo build --release --locked --bin ticketing --bin ticketing-admin --bin loadgen
 
 ############################ runtime ############################
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
-# ca-certificates: for TLS to managed dependencies; curl: the health check below. Both
+# ca-certificates: for TLS to managed dependencies; curl: the health check below. The
 # binaries link only glibc, libgcc_s and (through librdkafka) zlib, all in the slim base.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
@@ -62,7 +66,8 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid ticketing --no-create-home \
             --home-dir /nonexistent --shell /usr/sbin/nologin ticketing
 
-COPY --from=builder /app/target/release/ticketing /app/target/release/loadgen /usr/local/bin/
+COPY --from=builder /app/target/release/ticketing /app/target/release/ticketing-admin \
+     /app/target/release/loadgen /usr/local/bin/
 
 # The service's default BIND_ADDR is 127.0.0.1:8080 (config.rs), which is unreachable from
 # outside a container: listen on every interface, same port.

@@ -52,7 +52,17 @@ impl NamedPools {
 
 /// Opens a pool; connections are made lazily except `min_connections`.
 pub async fn connect(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("ticketing");
+    connect_as(url, settings, "ticketing").await
+}
+
+/// Opens a pool whose connections show up in `pg_stat_activity` as `application_name`, so
+/// that tools (`ticketing-admin`) are not mistaken for the service.
+pub async fn connect_as(
+    url: &str,
+    settings: &PoolSettings,
+    application_name: &str,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name(application_name);
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(settings.min_connections)

@@ -173,6 +173,7 @@ async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapte
 
 /// Wires adapters, stores and background tasks.
 pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let started_at = std::time::Instant::now();
     let adapters = match &config.database_url {
         None => in_memory().await,
         Some(url) => on_postgres(&config, url).await?,
@@ -306,6 +307,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         cache,
         audit,
         draining: Arc::new(AtomicBool::new(false)),
+        started_at,
     };
     Ok(App {
         state,

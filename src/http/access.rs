@@ -99,9 +99,7 @@ const fn rule(
 use Audience::{Admin, Anyone, Public, Staff, User};
 use Ownership as O;
 
-/// The table: API.md's routes, in its order. `/admin/dlq*` and `/admin/dashboard/*` are
-/// listed although their handlers are not in this build yet: they are admin-only whenever
-/// they arrive.
+/// The table: API.md's routes, in its order.
 #[rustfmt::skip]
 pub const TABLE: &[Rule] = &[
     // Operations

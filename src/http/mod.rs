@@ -73,6 +73,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// Set when shutdown begins: `/ready` answers 503 `draining` from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// When this instance was built, for the uptime on `/admin/dashboard/system`.
+    pub started_at: Instant,
 }
 
 impl AppState {

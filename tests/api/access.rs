@@ -2,9 +2,7 @@
 //! exact status each must get. The expected statuses come from the one authorization table in
 //! the code (`ticketing::http::access::TABLE`, which the router enforces): this file only adds
 //! fixtures (which resource a row names, its body, what an allowed call answers). The runner
-//! collects every wrong cell before failing. Routes the table lists but this build does not
-//! serve yet (`PENDING`: the dashboard routes) are skipped, and a test proves they
-//! are still absent, so the day they arrive it fails until they get rows here.
+//! collects every wrong cell before failing.
 
 use super::helpers::*;
 use reqwest::Method;
@@ -72,13 +70,6 @@ const CALLERS: [Caller; 8] = [
     Caller::Admin,
 ];
 
-/// Routes of the table with no handler in this build yet: admin-only by the table, skipped by
-/// the matrix until they exist (`pending_routes_are_not_served_yet` notices when they do).
-pub const PENDING: &[(&str, &str)] = &[
-    ("GET", "/admin/dashboard/system"),
-    ("GET", "/admin/dashboard/sales"),
-];
-
 /// API.md's Operations and Admin tables.
 const OPERATIONS_AND_ADMIN: &[(&str, &str)] = &[
     ("GET", "/health"),
@@ -91,6 +82,8 @@ const OPERATIONS_AND_ADMIN: &[(&str, &str)] = &[
     ("POST", "/admin/dlq/{id}/retry"),
     ("POST", "/admin/dlq/{id}/resolve"),
     ("POST", "/admin/dlq/{id}/discard"),
+    ("GET", "/admin/dashboard/system"),
+    ("GET", "/admin/dashboard/sales"),
     ("GET", "/admin/audit"),
 ];
 
@@ -235,14 +228,16 @@ fn matrix() -> Vec<Case> {
         case(GET,  "/api/analytics/events/{published}/sales", None, 200),
         case(GET,  "/api/analytics/events/{draft}/sales", None, 200),
         case(GET,  "/api/customers/{owner}/history", None, 200),
-        // Admin (the dashboard routes are PENDING). No dead letter exists in the fixture, so
-        // an admin reaches the handler and gets 404 for an entry.
+        // Admin. No dead letter exists in the fixture, so an admin reaches the handler and
+        // gets 404 for an entry.
         case(GET,  "/admin/dlq", None, 200),
         case(GET,  "/admin/dlq/stats", None, 200),
         case(GET,  "/admin/dlq/{dead_letter}", None, 404),
         case(POST, "/admin/dlq/{dead_letter}/retry", None, 404),
         case(POST, "/admin/dlq/{dead_letter}/resolve", Some(r#"{"notes": "matrix"}"#), 404),
         case(POST, "/admin/dlq/{dead_letter}/discard", Some(r#"{"reason": "matrix"}"#), 404),
+        case(GET,  "/admin/dashboard/system", None, 200),
+        case(GET,  "/admin/dashboard/sales", None, 200),
         case(GET,  "/admin/audit", None, 200),
     ]
 }
@@ -479,47 +474,19 @@ fn pairs<'a>(
         .collect()
 }
 
-/// The table has a rule for exactly the routes of API.md, and the matrix a row for every rule
-/// except the `PENDING` ones (skipped: not served by this build).
+/// The table has a rule for exactly the routes of API.md, and the matrix a row for every rule.
 #[tokio::test]
 async fn the_table_and_the_matrix_cover_every_route_of_the_contract() {
     let table: std::collections::BTreeSet<(String, String)> = access::TABLE
         .iter()
         .map(|r| (r.method.to_owned(), r.path.to_owned()))
         .collect();
-    let contract = pairs(API_ROUTES.iter().chain(OPERATIONS_AND_ADMIN).chain(PENDING));
+    let contract = pairs(API_ROUTES.iter().chain(OPERATIONS_AND_ADMIN));
     assert_eq!(table, contract);
 
     let covered: std::collections::BTreeSet<(String, String)> = matrix()
         .iter()
         .map(|c| (c.method.to_string(), route_of(c.path)))
         .collect();
-    let expected: std::collections::BTreeSet<_> =
-        table.difference(&pairs(PENDING)).cloned().collect();
-    assert_eq!(covered, expected);
-}
-
-/// The skipped routes are really not served yet (404 `not-found` for an admin); once one is,
-/// this fails until the matrix gets its row and it leaves `PENDING`.
-#[tokio::test]
-async fn pending_routes_are_not_served_yet() {
-    let app = spawn_app().await;
-    let admin = app.admin().await;
-    for (method, path) in PENDING {
-        let path = path.replace("{id}", &Uuid::new_v4().to_string());
-        let method: Method = method.parse().unwrap();
-        let answer = app
-            .call(
-                method.clone(),
-                &path,
-                Some(&admin.token),
-                Some(serde_json::json!({})),
-            )
-            .await;
-        assert_eq!(
-            answer.status, 404,
-            "{method} {path} is served now: give it matrix rows and remove it from PENDING"
-        );
-        assert_eq!(answer.body["detail"], "route not found", "{method} {path}");
-    }
+    assert_eq!(covered, table);
 }

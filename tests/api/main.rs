@@ -11,6 +11,7 @@ mod auth;
 mod cache;
 mod cancellation;
 mod concurrency;
+mod dashboard;
 mod dead_letters;
 mod errors;
 mod events;

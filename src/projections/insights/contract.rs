@@ -2,7 +2,7 @@
 //! as the bus delivers it: the expected sales and history, duplicates that change nothing,
 //! and the same answers whatever order different streams arrive in.
 
-use super::Insights;
+use super::{Insights, RecentSales, Revenue};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::{self, BusEvent};
 use crate::bus::Topics;
@@ -94,6 +94,37 @@ async fn answers_match_the_fixture(insights: &dyn Insights) {
             .unwrap(),
         page_of(vec![], 1, 20, 0)
     );
+
+    // Recent sales: confirmed purchases from `since` on; R5's refund takes it back out.
+    let usd = |amount_cents| Revenue {
+        currency: "USD".into(),
+        amount_cents,
+    };
+    let since = |minutes| async move { insights.sales_since(t(minutes)).await.unwrap() };
+    assert_eq!(
+        since(0).await,
+        RecentSales {
+            tickets_sold: 4,
+            revenue: vec![usd(12500)]
+        },
+        "everything the sales view counts"
+    );
+    assert_eq!(
+        since(18).await,
+        RecentSales {
+            tickets_sold: 4,
+            revenue: vec![usd(12500)]
+        },
+        "a purchase confirmed at `since` counts"
+    );
+    assert_eq!(
+        since(19).await,
+        RecentSales {
+            tickets_sold: 1,
+            revenue: vec![usd(5000)]
+        }
+    );
+    assert_eq!(since(35).await, RecentSales::default());
 }
 
 /// Runs the contract on two fresh adapters: `in_order` gets the log in position order,

@@ -1,6 +1,6 @@
 //! Insights in memory, for the in-memory service and tests.
 
-use super::{Insights, InsightsError};
+use super::{Insights, InsightsError, RecentSales, Revenue};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
 use crate::domain::reservation::ReservationStatus;
@@ -196,6 +196,28 @@ impl Insights for MemoryInsights {
                 })
                 .collect(),
         }))
+    }
+
+    async fn sales_since(&self, since: DateTime<Utc>) -> Result<RecentSales, ReadError> {
+        let tables = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut recent = RecentSales::default();
+        let mut revenue = std::collections::BTreeMap::<&str, i64>::new();
+        for p in tables.purchases.values() {
+            if p.status == ReservationStatus::Confirmed
+                && p.purchased_at.is_some_and(|at| at >= since)
+            {
+                recent.tickets_sold += u64::from(p.quantity);
+                *revenue.entry(&p.currency).or_default() += p.total_cents;
+            }
+        }
+        recent.revenue = revenue
+            .into_iter()
+            .map(|(currency, amount_cents)| Revenue {
+                currency: currency.to_owned(),
+                amount_cents,
+            })
+            .collect();
+        Ok(recent)
     }
 
     async fn history(

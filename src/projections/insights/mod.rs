@@ -16,7 +16,10 @@ use crate::bus::consumer::{Applied, Handler, HandlerError};
 use crate::bus::envelope::BusEvent;
 use crate::domain::{EventId, UserId};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InsightsError {
@@ -43,8 +46,26 @@ pub trait Insights: Send + Sync + 'static {
         user: UserId,
         page: PageRequest,
     ) -> Result<Page<HistoryEntry>, ReadError>;
+    /// Tickets and revenue of the purchases confirmed at or after `since` and not refunded
+    /// since, over every event: what the operators' dashboard shows for the last 24 hours.
+    async fn sales_since(&self, since: DateTime<Utc>) -> Result<RecentSales, ReadError>;
     /// Empties every insight and forgets every applied version, for a rebuild.
     async fn reset(&self) -> Result<(), InsightsError>;
+}
+
+/// Sales over a window, across events. Events sell in different currencies, so revenue is
+/// one total per currency rather than one sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RecentSales {
+    pub tickets_sold: u64,
+    /// One entry per currency that sold, ordered by currency code.
+    pub revenue: Vec<Revenue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Revenue {
+    pub currency: String,
+    pub amount_cents: i64,
 }
 
 /// Rebuilds the insights straight from the event store, as the bus would deliver each event:

@@ -2,12 +2,13 @@
 //! `migrations_projections/`). Each event is one transaction: the stream's version guard
 //! first (a duplicate rolls back at once), then the change.
 
-use super::{Insights, InsightsError, CONSUMER};
+use super::{Insights, InsightsError, RecentSales, Revenue, CONSUMER};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
 use crate::domain::{DomainEvent, EventId, UserId};
 use crate::projections::{HistoryEntry, Page, PageRequest, ReadError, SalesView, SectionSales};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -270,6 +271,29 @@ impl Insights for PostgresInsights {
                 })
                 .collect::<Result<_, ReadError>>()?,
         }))
+    }
+
+    async fn sales_since(&self, since: DateTime<Utc>) -> Result<RecentSales, ReadError> {
+        let rows = sqlx::query(
+            "SELECT currency, SUM(quantity)::BIGINT AS tickets, SUM(total_cents)::BIGINT AS revenue
+               FROM insight_purchases
+              WHERE status = 'confirmed' AND purchased_at >= $1
+              GROUP BY currency ORDER BY currency",
+        )
+        .bind(since)
+        .fetch_all(&self.0)
+        .await
+        .map_err(read_error)?;
+        let mut recent = RecentSales::default();
+        for row in &rows {
+            let tickets: i64 = row.try_get("tickets").map_err(read_error)?;
+            recent.tickets_sold += u64::try_from(tickets).map_err(read_error)?;
+            recent.revenue.push(Revenue {
+                currency: row.try_get("currency").map_err(read_error)?,
+                amount_cents: row.try_get("revenue").map_err(read_error)?,
+            });
+        }
+        Ok(recent)
     }
 
     async fn history(

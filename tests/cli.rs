@@ -1,0 +1,264 @@
+//! `ticketing-admin` against the real `ticketing` binary on a fresh PostgreSQL database: every
+//! `--help` answers, accounts made by the CLI can sign in, DLQ and event commands go through
+//! the HTTP API, diagnostics name every dependency, and a projection rebuild with the service
+//! stopped leaves a database the service restarts on.
+
+#[path = "durable/client.rs"]
+mod client;
+
+use client::Service;
+use serde_json::{json, Value};
+use std::process::Output;
+use std::time::Duration;
+use ticketing::db::testing::fresh_database;
+
+const ADMIN_EMAIL: &str = "boot-admin@cli.example";
+const ADMIN_PASSWORD: &str = "boot-admin-password";
+
+/// Runs `ticketing-admin` with `args` and only the environment given in `env`.
+async fn admin_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketing-admin"));
+    command.args(args).env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().await.expect("ticketing-admin runs")
+}
+
+/// Asserts exit 0 and returns stdout as JSON.
+#[track_caller]
+fn json_of(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Every command and subcommand prints its help and exits 0, without any service or database.
+#[tokio::test]
+async fn every_subcommand_has_help() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["dlq"],
+        &["dlq", "list"],
+        &["dlq", "show"],
+        &["dlq", "stats"],
+        &["dlq", "retry"],
+        &["dlq", "resolve"],
+        &["dlq", "discard"],
+        &["events"],
+        &["events", "list"],
+        &["events", "show"],
+        &["events", "cancel"],
+        &["projections"],
+        &["projections", "rebuild"],
+        &["cache"],
+        &["cache", "stats"],
+        &["cache", "clear"],
+        &["users"],
+        &["users", "create-admin"],
+        &["diagnostics"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let output = admin_cli(&args, &[]).await;
+        assert!(
+            output.status.success() && !output.stdout.is_empty(),
+            "{args:?}: {output:?}"
+        );
+    }
+}
+
+/// The whole operator's round trip on one database: create an admin, work the DLQ and an
+/// event over HTTP, diagnose, refuse a rebuild while the service runs, rebuild once it is
+/// stopped, and restart on the rebuilt read models.
+#[tokio::test]
+async fn the_cli_operates_a_service_on_postgres() {
+    let database = fresh_database().await;
+    let boot = [
+        ("ADMIN_EMAIL", ADMIN_EMAIL),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ];
+    let service = Service::start(&database, &boot).await;
+    let db = [("DATABASE_URL", database.as_str())];
+
+    // users create-admin writes through AuthService; the account signs in over HTTP.
+    let created = json_of(
+        &admin_cli(
+            &[
+                "users",
+                "create-admin",
+                "--email",
+                "Ops@CLI.example",
+                "--password",
+                "ops-password-1",
+            ],
+            &db,
+        )
+        .await,
+    );
+    assert_eq!(created["email"], "ops@cli.example", "{created}");
+    assert_eq!(created["role"], "admin");
+    let (status, me) = service
+        .post(
+            "/auth/login",
+            None,
+            json!({"email": "ops@cli.example", "password": "ops-password-1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["role"], "admin");
+
+    // DLQ and events commands sign in with the new admin and go through the API.
+    let signed_in = [
+        ("TICKETING_API", service.base.as_str()),
+        ("TICKETING_ADMIN_EMAIL", "ops@cli.example"),
+        ("TICKETING_ADMIN_PASSWORD", "ops-password-1"),
+    ];
+    let stats = json_of(&admin_cli(&["dlq", "stats"], &signed_in).await);
+    assert_eq!(
+        stats,
+        json!({"pending": 0, "processing": 0, "resolved": 0, "discarded": 0})
+    );
+    let list = json_of(&admin_cli(&["dlq", "list", "--status", "pending"], &signed_in).await);
+    assert_eq!(list["total_count"], 0, "{list}");
+    let missing = admin_cli(&["dlq", "show", "999"], &signed_in).await;
+    assert!(!missing.status.success());
+    let problem: Value = serde_json::from_slice(
+        missing
+            .stderr
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .flat_map(|line| line.iter().copied().chain([b'\n']))
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    )
+    .unwrap_or_else(|e| panic!("no problem+json on stderr ({e}): {missing:?}"));
+    assert_eq!(problem["status"], 404, "{problem}");
+    let anonymous = admin_cli(&["dlq", "stats"], &[("TICKETING_API", &service.base)]).await;
+    assert!(!anonymous.status.success());
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("no credentials"),
+        "{anonymous:?}"
+    );
+
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 10).await;
+    let listed = json_of(&admin_cli(&["events", "list", "--status", "on_sale"], &signed_in).await);
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == event.to_string()),
+        "{listed}"
+    );
+    let cancelled =
+        json_of(&admin_cli(&["events", "cancel", &event.to_string()], &signed_in).await);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let (_, shown) = service.get(&format!("/api/events/{event}"), None).await;
+    assert_eq!(shown["status"], "cancelled", "{shown}");
+
+    // The cache: the instance's figures over HTTP; Redis entries under the prefix cleared.
+    let cache = json_of(&admin_cli(&["cache", "stats"], &signed_in).await);
+    assert_eq!(
+        (cache["kind"].clone(), cache["status"].clone()),
+        (json!("memory"), json!("pass")),
+        "{cache}"
+    );
+    let prefix = format!("cli-test-{}:", uuid::Uuid::new_v4().simple());
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    for key in ["a", "b", "c"] {
+        let () = redis::cmd("SET")
+            .arg(format!("{prefix}{key}"))
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let () = redis::cmd("SET")
+        .arg(format!("other-{prefix}kept"))
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let on_redis = [
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+    ];
+    let cleared = json_of(&admin_cli(&["cache", "clear"], &on_redis).await);
+    assert_eq!(cleared["deleted"], 3, "{cleared}");
+    let kept: i64 = redis::cmd("EXISTS")
+        .arg(format!("other-{prefix}kept"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "a key outside the prefix was deleted");
+
+    // Diagnostics: the service, the database and the broker.
+    let mut diagnose = db.to_vec();
+    diagnose.push(("TICKETING_API", &service.base));
+    diagnose.push(("KAFKA_BROKERS", "127.0.0.1:9092"));
+    let report = json_of(&admin_cli(&["diagnostics"], &diagnose).await);
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["service"]["status"], "ready", "{report:#}");
+    let postgres = &report["postgres"][0];
+    assert_eq!(postgres["status"], "pass", "{report:#}");
+    assert_eq!(postgres["roles"], json!(["events", "projections", "auth"]));
+    assert!(postgres["tables"]["public.events"].as_i64().unwrap() > 0);
+    assert!(postgres["event_log"]["head_position"].as_i64().unwrap() > 0);
+    assert!(postgres["dlq"]["pending"].is_u64(), "{report:#}");
+    assert_eq!(
+        report["kafka"]["status"], "pass",
+        "the Kafka broker on 127.0.0.1:9092 does not answer: start it with ./scripts/services.sh\n{report:#}"
+    );
+
+    // A rebuild is refused while the service answers, and runs once it is stopped.
+    let rebuild_env = [
+        ("DATABASE_URL", database.as_str()),
+        ("TICKETING_API", service.base.as_str()),
+    ];
+    let refused = admin_cli(&["projections", "rebuild"], &rebuild_env).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop every instance"),
+        "{refused:?}"
+    );
+    service.sigterm().await;
+    assert!(service.exit_status(Duration::from_secs(30)).await.success());
+    let rebuilt = json_of(&admin_cli(&["projections", "rebuild"], &rebuild_env).await);
+    let head = postgres["event_log"]["head_position"].as_u64().unwrap();
+    assert!(
+        rebuilt["read_models"]["position"].as_u64().unwrap() >= head,
+        "{rebuilt}"
+    );
+    assert!(
+        rebuilt["insights"]["position"].as_u64().unwrap() >= head,
+        "{rebuilt}"
+    );
+
+    let restarted = Service::start(&database, &boot).await;
+    let (status, shown) = restarted.get(&format!("/api/events/{event}"), None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["status"], "cancelled", "{shown}");
+    let token = restarted.login("ops@cli.example", "ops-password-1").await;
+    let (status, page) = restarted
+        .get("/api/events?status=cancelled", Some(&token))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total_count"], 1, "{page}");
+}
