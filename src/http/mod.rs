@@ -45,6 +45,9 @@ use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+/// Attempts of `AppState::record` (backing off from 20 ms: about 5 s in all).
+const RECORD_ATTEMPTS: u32 = 8;
+
 /// How long a command handler waits for the read models to show its own write.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -86,6 +89,39 @@ impl AppState {
         metadata: Metadata,
     ) -> Result<Committed, ApiError> {
         let committed = self.sales.execute(sale, command, metadata).await?;
+        Ok(self.visible(committed).await)
+    }
+
+    /// Like `command`, for a command that records what already happened outside (a capture
+    /// at the gateway): when writers of several instances keep out-racing each other on the
+    /// sale, try again for a while rather than answer 503 and leave the fact unrecorded.
+    pub async fn record(
+        &self,
+        sale: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<Committed, ApiError> {
+        let mut pause = Duration::from_millis(20);
+        for _ in 1..RECORD_ATTEMPTS {
+            match self
+                .sales
+                .execute(sale, command.clone(), metadata.clone())
+                .await
+            {
+                Err(crate::runtime::CommandError::Contended) => {
+                    tracing::info!(%sale, "writers contended; recording again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return Ok(self.visible(other?).await),
+            }
+        }
+        self.command(sale, command, metadata).await
+    }
+
+    /// Waits until the read models show `committed` (read-your-writes), at most
+    /// `READ_YOUR_WRITES_TIMEOUT`.
+    async fn visible(&self, committed: Committed) -> Committed {
         if committed.position > 0
             && !self
                 .read_progress
@@ -98,7 +134,7 @@ impl AppState {
                 "read models lag behind a committed write"
             );
         }
-        Ok(committed)
+        committed
     }
 
     /// Records an audited action of `caller` (anonymous: `None`) on `resource` that ended with

@@ -140,8 +140,9 @@ async fn create_payment(
                 now,
             },
         };
+        // The gateway has answered: record it, also through contention between instances.
         let committed = match s
-            .command(
+            .record(
                 EventId(reservation.event_id),
                 command,
                 ctx.metadata(&caller),

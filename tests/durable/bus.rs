@@ -47,7 +47,7 @@ async fn buy(service: &Arc<Service>, event: Uuid, n: usize) -> usize {
         let service = Arc::clone(service);
         race.spawn(async move {
             let (_, token) = service.user("customer").await;
-            let (status, body) = service.reserve(&token, event, 1).await;
+            let (status, body) = service.reserve_retrying(&token, event, 1).await;
             if status != 201 {
                 assert_eq!(status, 409, "{body}");
                 return 0;
@@ -137,14 +137,23 @@ async fn every_event_of_a_flash_sale_reaches_its_topic_in_stream_order() {
         .await;
     assert_eq!(sales["revenue_cents"], 20 * 2500);
 
-    every_event_is_on_its_topic_in_stream_order(&pool, &brokers, &prefix).await;
+    let duplicates = every_event_is_on_its_topic_in_stream_order(&pool, &brokers, &prefix).await;
+    assert_eq!(
+        duplicates, 0,
+        "a run without failures publishes each event once"
+    );
     assert_eq!(outbox_backlog(&pool).await, 0);
 }
 
 /// Reads every topic back with a group of its own: each stored (stream, version) arrives on
 /// its category's topic, keyed by its stream, and each stream's versions arrive in order
-/// (duplicates of an already seen version are allowed: delivery is at-least-once).
-async fn every_event_is_on_its_topic_in_stream_order(pool: &PgPool, brokers: &str, prefix: &str) {
+/// (duplicates of an already seen version are allowed: delivery is at-least-once). Returns how
+/// many duplicates it met on the way.
+async fn every_event_is_on_its_topic_in_stream_order(
+    pool: &PgPool,
+    brokers: &str,
+    prefix: &str,
+) -> usize {
     let stored: Vec<(String, i64)> =
         sqlx::query_as("SELECT stream_id, version FROM events ORDER BY position")
             .fetch_all(pool)
@@ -158,6 +167,7 @@ async fn every_event_is_on_its_topic_in_stream_order(pool: &PgPool, brokers: &st
         .unwrap();
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     let mut distinct = 0;
+    let mut duplicates = 0;
     while distinct < stored.len() {
         let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
             .await
@@ -181,6 +191,8 @@ async fn every_event_is_on_its_topic_in_stream_order(pool: &PgPool, brokers: &st
             );
             versions.push(version);
             distinct += 1;
+        } else {
+            duplicates += 1;
         }
     }
     let mut expected: HashMap<String, u64> = HashMap::new();
@@ -193,6 +205,35 @@ async fn every_event_is_on_its_topic_in_stream_order(pool: &PgPool, brokers: &st
         .map(|(s, v)| (s.clone(), v.len() as u64))
         .collect();
     assert_eq!(got, expected, "each stream arrives whole");
+    duplicates
+}
+
+/// Two instances on one database and one broker: one relay publishes at a time (each event
+/// once, none lost), and the insights consumers of both share the group.
+#[tokio::test]
+async fn two_instances_publish_each_event_once_and_share_the_consumers() {
+    let db = fresh_database().await;
+    let brokers = ticketing::bus::kafka::testing::brokers().await;
+    let prefix = prefix();
+    let first = start(&db, &brokers, &prefix).await;
+    let second = start(&db, &brokers, &prefix).await;
+    let (_, organizer) = first.user("organizer").await;
+    let event = first.event_on_sale(&organizer, 30).await;
+    let (a, b) = tokio::join!(buy(&first, event, 20), buy(&second, event, 20));
+    assert_eq!(
+        a + b,
+        30,
+        "exactly the capacity sells across both instances"
+    );
+
+    let pool = PgPool::connect(&db).await.unwrap();
+    eventually("the outbox drains", Duration::from_secs(60), || async {
+        outbox_backlog(&pool).await == 0
+    })
+    .await;
+    let duplicates = every_event_is_on_its_topic_in_stream_order(&pool, &brokers, &prefix).await;
+    assert_eq!(duplicates, 0, "two relays published the same events");
+    insights_match_a_rebuild(&pool).await;
 }
 
 /// A tansu broker of one test's own, so that the test can take it away.

@@ -239,6 +239,25 @@ impl Service {
         .await
     }
 
+    /// `reserve`, retried while the answer is 503: instances racing on one sale may answer
+    /// that (contended, nothing written) with `Retry-After`, and a client tries again.
+    pub async fn reserve_retrying(
+        &self,
+        token: &str,
+        event: Uuid,
+        quantity: u32,
+    ) -> (StatusCode, Value) {
+        let mut answer = self.reserve(token, event, quantity).await;
+        for _ in 0..20 {
+            if answer.0 != 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            answer = self.reserve(token, event, quantity).await;
+        }
+        answer
+    }
+
     pub async fn pay(&self, token: &str, reservation: Uuid) -> (StatusCode, Value) {
         self.post(
             "/api/payments",

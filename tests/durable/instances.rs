@@ -35,7 +35,7 @@ async fn three_instances_sell_exactly_the_capacity() {
             Arc::clone(&instances[(i + 1) % 3]),
         );
         race.spawn(async move {
-            let (status, body) = here.reserve(&token, event, 1).await;
+            let (status, body) = here.reserve_retrying(&token, event, 1).await;
             if status != 201 {
                 return (status.as_u16(), None, body);
             }
