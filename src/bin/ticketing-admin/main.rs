@@ -77,8 +77,10 @@ fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
+/// Prints the answer; a reader that went away (`| head`) is not an error worth a panic.
 fn print_json(value: &Value) {
-    println!("{}", pretty(value));
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{}", pretty(value));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
