@@ -1,5 +1,5 @@
 //! The audit trail of sensitive actions (logins, registrations, event changes, refunds, and
-//! later every DLQ action): the `AuditRecord` type, the `AuditStore` port with its memory and
+//! every DLQ action): the `AuditRecord` type, the `AuditStore` port with its memory and
 //! PostgreSQL adapters, and `AuditLog`, the handle request handlers use. Recording never
 //! blocks or fails a request: `AuditLog::record` puts the record on a bounded channel that a
 //! background task writes in batches; a full channel or a failed write is counted in
