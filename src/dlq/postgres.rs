@@ -65,6 +65,18 @@ fn entry(row: &PgRow) -> Result<DeadLetter, DlqError> {
 }
 
 impl PostgresDeadLetters {
+    /// The entry a conditional `UPDATE ... RETURNING` changed, or why it matched nothing.
+    async fn transitioned(
+        &self,
+        id: i64,
+        row: Result<Option<PgRow>, sqlx::Error>,
+    ) -> Result<DeadLetter, DlqError> {
+        match row.map_err(unavailable)? {
+            Some(row) => entry(&row),
+            None => Err(self.refusal(id).await),
+        }
+    }
+
     /// Explains why a conditional UPDATE matched nothing.
     async fn refusal(&self, id: i64) -> DlqError {
         match self.get(id).await {
@@ -214,12 +226,8 @@ impl DeadLetters for PostgresDeadLetters {
         ))
         .bind(id)
         .fetch_optional(&self.0)
-        .await
-        .map_err(unavailable)?;
-        match row {
-            Some(row) => entry(&row),
-            None => Err(self.refusal(id).await),
-        }
+        .await;
+        self.transitioned(id, row).await
     }
 
     async fn retry_failed(
@@ -240,12 +248,8 @@ impl DeadLetters for PostgresDeadLetters {
         .bind(serde_json::json!(causes))
         .bind(at)
         .fetch_optional(&self.0)
-        .await
-        .map_err(unavailable)?;
-        match row {
-            Some(row) => entry(&row),
-            None => Err(self.refusal(id).await),
-        }
+        .await;
+        self.transitioned(id, row).await
     }
 
     async fn close(
@@ -266,12 +270,8 @@ impl DeadLetters for PostgresDeadLetters {
         .bind(closing.at)
         .bind(closing.notes)
         .fetch_optional(&self.0)
-        .await
-        .map_err(unavailable)?;
-        match row {
-            Some(row) => entry(&row),
-            None => Err(self.refusal(id).await),
-        }
+        .await;
+        self.transitioned(id, row).await
     }
 
     fn kind(&self) -> &'static str {

@@ -22,6 +22,14 @@ pub enum EventStatus {
 }
 
 impl EventStatus {
+    pub const ALL: [EventStatus; 5] = [
+        EventStatus::Draft,
+        EventStatus::Published,
+        EventStatus::OnSale,
+        EventStatus::SalesClosed,
+        EventStatus::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventStatus::Draft => "draft",

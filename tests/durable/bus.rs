@@ -7,7 +7,7 @@ use super::client::*;
 use super::proxy::Proxy;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,31 +60,19 @@ async fn buy(service: &Arc<Service>, event: Uuid, n: usize) -> usize {
     race.join_all().await.into_iter().sum()
 }
 
-/// Every row of the insight tables, as text.
-async fn insight_rows(pool: &PgPool) -> BTreeMap<&'static str, String> {
-    let mut tables = BTreeMap::new();
-    for table in [
-        "insight_events",
-        "insight_sections",
-        "insight_purchases",
-        "consumer_stream_versions",
-    ] {
-        let rows: String = sqlx::query_scalar(&format!(
-            "SELECT COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        tables.insert(table, rows);
-    }
-    tables
-}
+/// The bus-fed insights, and the versions their consumer applied.
+const INSIGHTS: [&str; 4] = [
+    "insight_events",
+    "insight_sections",
+    "insight_purchases",
+    "consumer_stream_versions",
+];
 
 /// What the consumer built equals a replay of the event store: no event missing, none
 /// counted twice.
 async fn insights_match_a_rebuild(pool: &PgPool) {
     insights_catch_up(pool).await;
-    let consumed = insight_rows(pool).await;
+    let consumed = table_rows(pool, &INSIGHTS).await;
     assert!(
         consumed["insight_purchases"].lines().count() > 0,
         "nothing to compare"
@@ -95,7 +83,7 @@ async fn insights_match_a_rebuild(pool: &PgPool) {
         .unwrap();
     assert_eq!(
         consumed,
-        insight_rows(pool).await,
+        table_rows(pool, &INSIGHTS).await,
         "the bus lost or doubled an event"
     );
 }
@@ -279,13 +267,6 @@ impl Broker {
             .expect("tansu starts");
         Broker { _process: child }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// Broker unreachable mid-sale: purchases still succeed, the outbox grows, `/ready` says the

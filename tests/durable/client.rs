@@ -18,7 +18,8 @@ pub struct Service {
     pub http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -330,4 +331,22 @@ pub async fn insights_catch_up(pool: &sqlx::PgPool) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Every row of each of `tables`, as sorted text: two states compare equal row for row.
+pub async fn table_rows(
+    pool: &sqlx::PgPool,
+    tables: &[&'static str],
+) -> std::collections::BTreeMap<&'static str, String> {
+    let mut rows = std::collections::BTreeMap::new();
+    for table in tables {
+        let text: String = sqlx::query_scalar(&format!(
+            "SELECT COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        rows.insert(*table, text);
+    }
+    rows
 }

@@ -2,7 +2,6 @@
 
 use super::client::*;
 use sqlx::PgPool;
-use std::collections::BTreeMap;
 use ticketing::db::testing::fresh_database;
 use ticketing::eventstore::postgres::PostgresEventStore;
 use ticketing::projections::insights::postgres::PostgresInsights;
@@ -18,21 +17,6 @@ const VIEWS: [&str; 8] = [
     "insight_purchases",
     "consumer_stream_versions",
 ];
-
-/// Every row of every view, as text, in a stable order.
-async fn dump(pool: &PgPool) -> BTreeMap<&'static str, String> {
-    let mut tables = BTreeMap::new();
-    for table in VIEWS {
-        let rows: String = sqlx::query_scalar(&format!(
-            "SELECT COALESCE(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        tables.insert(table, rows);
-    }
-    tables
-}
 
 /// Dropping the projections and replaying the event store from position 0 gives the same rows.
 #[tokio::test]
@@ -79,7 +63,7 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
     insights_catch_up(&pool).await;
     service.kill9().await;
 
-    let before = dump(&pool).await;
+    let before = table_rows(&pool, &VIEWS).await;
     assert!(
         before["payment_views"].lines().count() >= 4,
         "the sale left too little to compare"
@@ -97,7 +81,7 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
             .unwrap(),
         position
     );
-    let after = dump(&pool).await;
+    let after = table_rows(&pool, &VIEWS).await;
     for table in VIEWS {
         assert_eq!(
             before[table], after[table],

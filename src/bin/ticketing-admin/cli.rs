@@ -1,7 +1,10 @@
 //! Command-line options of `ticketing-admin`: parsing only; `main.rs` dispatches and the
 //! other modules do the work.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand};
+use ticketing::dlq::DlqStatus;
+use ticketing::domain::event::EventStatus;
 use uuid::Uuid;
 
 /// Operate a ticketing service: the dead letter queue, events, projection rebuilds, admin
@@ -66,25 +69,6 @@ pub enum Command {
     Diagnostics,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DlqStatus {
-    Pending,
-    Processing,
-    Resolved,
-    Discarded,
-}
-
-impl DlqStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DlqStatus::Pending => "pending",
-            DlqStatus::Processing => "processing",
-            DlqStatus::Resolved => "resolved",
-            DlqStatus::Discarded => "discarded",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct PageArgs {
     /// Page number, from 1.
@@ -100,8 +84,8 @@ pub enum DlqCommand {
     /// Entries, newest first.
     List {
         /// Only entries with this status.
-        #[arg(long, value_enum)]
-        status: Option<DlqStatus>,
+        #[arg(long, value_parser = one_of(DlqStatus::ALL.map(DlqStatus::as_str)))]
+        status: Option<String>,
         #[command(flatten)]
         page: PageArgs,
     },
@@ -127,34 +111,13 @@ pub enum DlqCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum EventStatus {
-    Draft,
-    Published,
-    OnSale,
-    SalesClosed,
-    Cancelled,
-}
-
-impl EventStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventStatus::Draft => "draft",
-            EventStatus::Published => "published",
-            EventStatus::OnSale => "on_sale",
-            EventStatus::SalesClosed => "sales_closed",
-            EventStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Events, drafts included (as an admin sees them).
     List {
-        #[arg(long, value_enum)]
-        status: Option<EventStatus>,
+        /// Only events with this status.
+        #[arg(long, value_parser = one_of(EventStatus::ALL.map(EventStatus::as_str)))]
+        status: Option<String>,
         /// Only the events of this organizer.
         #[arg(long)]
         owner_id: Option<Uuid>,
@@ -200,4 +163,9 @@ pub enum UsersCommand {
         #[arg(long, env = "TICKETING_NEW_ADMIN_PASSWORD", hide_env_values = true)]
         password: String,
     },
+}
+
+/// Accepts exactly the names the service uses (and lists them in `--help`).
+fn one_of<const N: usize>(names: [&'static str; N]) -> PossibleValuesParser {
+    PossibleValuesParser::new(names)
 }

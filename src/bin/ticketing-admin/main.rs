@@ -134,7 +134,7 @@ async fn dlq(api: Api, command: DlqCommand) -> Result<Value, ApiError> {
             api.list(
                 "/admin/dlq",
                 &[
-                    ("status", status.map(|s| s.as_str().to_owned())),
+                    ("status", status),
                     ("page", Some(page.page.to_string())),
                     ("page_size", Some(page.page_size.to_string())),
                 ],
@@ -171,7 +171,7 @@ async fn events(api: Api, command: EventsCommand) -> anyhow::Result<Value> {
             api.list(
                 "/api/events",
                 &[
-                    ("status", status.map(|s| s.as_str().to_owned())),
+                    ("status", status),
                     ("owner_id", owner_id.map(|id| id.to_string())),
                     ("page", Some(page.page.to_string())),
                     ("page_size", Some(page.page_size.to_string())),

@@ -33,9 +33,7 @@ fn status<S: Copy>(all: &[S], name: fn(S) -> &'static str, text: &str) -> Result
 }
 
 fn event_status(text: &str) -> Result<EventStatus, ReadError> {
-    use EventStatus::*;
-    let all = [Draft, Published, OnSale, SalesClosed, Cancelled];
-    status(&all, EventStatus::as_str, text)
+    status(&EventStatus::ALL, EventStatus::as_str, text)
 }
 
 fn reservation_status(text: &str) -> Result<ReservationStatus, ReadError> {
