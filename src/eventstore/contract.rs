@@ -1,6 +1,6 @@
 //! The contract every `EventStore` adapter passes. Each adapter's tests call `run_all`.
 
-use super::{EventStore, Metadata, NewEvent, StoreError};
+use super::{EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
 use crate::domain::EventId;
 
 fn event(stream: &str, version: u64) -> NewEvent {
@@ -28,6 +28,9 @@ pub async fn run_all(store: &dyn EventStore) {
     stale_versions_conflict_and_write_nothing(store).await;
     read_all_pages_without_gaps(store).await;
     malformed_appends_are_rejected(store).await;
+    a_turn_reads_what_is_new_and_appends_what_it_decides(store).await;
+    concurrent_turns_on_one_sale_queue_instead_of_conflicting(store).await;
+    a_stale_turn_still_conflicts_and_writes_nothing(store).await;
 }
 
 async fn appends_are_read_back_in_order(store: &dyn EventStore) {
@@ -93,4 +96,94 @@ async fn malformed_appends_are_rejected(store: &dyn EventStore) {
     assert!(matches!(gap, Err(StoreError::InvalidAppend(_))));
     let zero = store.append(sale, vec![event(&s, 0)]).await;
     assert!(matches!(zero, Err(StoreError::InvalidAppend(_))));
+}
+
+async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventStore) {
+    let sale = EventId::random();
+    let s = format!("inventory-{sale}");
+    let first = store
+        .append(sale, vec![event(&s, 1), event(&s, 2)])
+        .await
+        .unwrap();
+    let mut given = Vec::new();
+    let appended = store
+        .take_turn(sale, first - 1, &mut |fresh| {
+            given = fresh.iter().map(|e| e.version).collect();
+            vec![event(&s, 3)]
+        })
+        .await
+        .unwrap()
+        .expect("the turn appended");
+    assert_eq!(
+        given,
+        [2],
+        "the turn is given the events after `after` only"
+    );
+    let read = store.read_sale(sale, 0).await.unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(read[2].position, appended);
+    // Deciding nothing writes nothing.
+    let nothing = store.take_turn(sale, 0, &mut |_| Vec::new()).await.unwrap();
+    assert_eq!(nothing, None);
+    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 3);
+    // Malformed decisions are refused like malformed appends.
+    let gap = store
+        .take_turn(sale, appended, &mut |_| vec![event(&s, 4), event(&s, 6)])
+        .await;
+    assert!(matches!(gap, Err(StoreError::InvalidAppend(_))), "{gap:?}");
+    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 3);
+}
+
+/// One turn: reads the whole sale and appends the inventory's next version.
+async fn next_version_in_a_turn(store: &dyn EventStore, sale: EventId) -> Result<u64, StoreError> {
+    let stream = format!("inventory-{sale}");
+    let decide = |fresh: &[std::sync::Arc<RecordedEvent>]| {
+        let version = fresh.iter().filter(|e| e.stream_id == stream).count() as u64 + 1;
+        vec![event(&stream, version)]
+    };
+    let mut decide = decide;
+    store
+        .take_turn(sale, 0, &mut decide)
+        .await
+        .map(|p| p.unwrap_or(0))
+}
+
+async fn concurrent_turns_on_one_sale_queue_instead_of_conflicting(store: &dyn EventStore) {
+    let sale = EventId::random();
+    let (a, b, c, d) = tokio::join!(
+        next_version_in_a_turn(store, sale),
+        next_version_in_a_turn(store, sale),
+        next_version_in_a_turn(store, sale),
+        next_version_in_a_turn(store, sale),
+    );
+    for result in [a, b, c, d] {
+        assert!(result.is_ok(), "a turn failed: {result:?}");
+    }
+    let versions: Vec<u64> = store
+        .read_sale(sale, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4], "each turn saw the one before");
+}
+
+async fn a_stale_turn_still_conflicts_and_writes_nothing(store: &dyn EventStore) {
+    let sale = EventId::random();
+    let (a, b) = (format!("inventory-{sale}"), format!("reservation-{sale}"));
+    store.append(sale, vec![event(&a, 1)]).await.unwrap();
+    // A decision that ignores what it was given (as a writer that skips turns would).
+    let err = store
+        .take_turn(sale, 0, &mut |_| vec![event(&b, 1), event(&a, 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { ref stream_id, attempted: 1, actual: 1 } if *stream_id == a),
+        "{err:?}"
+    );
+    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
 }

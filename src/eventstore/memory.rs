@@ -1,7 +1,7 @@
 //! In-memory `EventStore`: the embedded default. Same semantics as the PostgreSQL adapter
 //! (atomic multi-stream appends, typed conflicts, gap-free positions), none of the durability.
 
-use super::{check_contiguous, EventStore, NewEvent, RecordedEvent, StoreError};
+use super::{check_contiguous, Decide, EventStore, NewEvent, RecordedEvent, StoreError};
 use crate::domain::EventId;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -37,46 +37,89 @@ impl MemoryEventStore {
     }
 }
 
+impl Log {
+    /// Checks the expected versions and appends; nothing is written on error.
+    fn append(&mut self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+        check_contiguous(&events)?;
+        let mut seen = HashSet::new();
+        // Only the first event of each stream needs checking: the rest are contiguous.
+        for e in events.iter().filter(|e| seen.insert(e.stream_id.as_str())) {
+            let actual = self.versions.get(&e.stream_id).copied().unwrap_or(0);
+            if e.version != actual + 1 {
+                return Err(StoreError::Conflict {
+                    stream_id: e.stream_id.clone(),
+                    attempted: e.version,
+                    actual,
+                });
+            }
+        }
+        let now = Utc::now();
+        for e in events {
+            let position = self.events.len() as u64 + 1;
+            self.versions.insert(e.stream_id.clone(), e.version);
+            let index = self.events.len();
+            self.by_sale.entry(sale_id).or_default().push(index);
+            self.events.push(Arc::new(RecordedEvent {
+                position,
+                sale_id,
+                stream_id: e.stream_id,
+                version: e.version,
+                event_type: e.event_type.to_owned(),
+                event_version: e.event_version,
+                payload: e.payload,
+                metadata: e.metadata,
+                recorded_at: now,
+            }));
+        }
+        Ok(self.events.len() as u64)
+    }
+
+    fn read_sale(&self, sale_id: EventId, after: u64) -> Vec<Arc<RecordedEvent>> {
+        self.by_sale
+            .get(&sale_id)
+            .map(|idx| {
+                // Position = index + 1, so the events after `after` start at index `after`.
+                let start = idx.partition_point(|&i| (i as u64) < after);
+                idx[start..]
+                    .iter()
+                    .filter_map(|&i| self.events.get(i).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryEventStore {
     async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
-        check_contiguous(&events)?;
-        let last = {
-            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut seen = HashSet::new();
-            // Only the first event of each stream needs checking: the rest are contiguous.
-            for e in events.iter().filter(|e| seen.insert(e.stream_id.as_str())) {
-                let actual = log.versions.get(&e.stream_id).copied().unwrap_or(0);
-                if e.version != actual + 1 {
-                    return Err(StoreError::Conflict {
-                        stream_id: e.stream_id.clone(),
-                        attempted: e.version,
-                        actual,
-                    });
-                }
-            }
-            let now = Utc::now();
-            for e in events {
-                let position = log.events.len() as u64 + 1;
-                log.versions.insert(e.stream_id.clone(), e.version);
-                let index = log.events.len();
-                log.by_sale.entry(sale_id).or_default().push(index);
-                log.events.push(Arc::new(RecordedEvent {
-                    position,
-                    sale_id,
-                    stream_id: e.stream_id,
-                    version: e.version,
-                    event_type: e.event_type.to_owned(),
-                    event_version: e.event_version,
-                    payload: e.payload,
-                    metadata: e.metadata,
-                    recorded_at: now,
-                }));
-            }
-            log.events.len() as u64
-        };
+        let last = self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(sale_id, events)?;
         self.head.send_replace(last);
         Ok(last)
+    }
+
+    /// The whole turn runs under the log's mutex (`decide` is synchronous), which is all the
+    /// turn-taking one process needs.
+    async fn take_turn(
+        &self,
+        sale_id: EventId,
+        after: u64,
+        decide: &mut Decide<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        let last = {
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            let fresh = log.read_sale(sale_id, after);
+            let events = decide(&fresh);
+            if events.is_empty() {
+                return Ok(None);
+            }
+            log.append(sale_id, events)?
+        };
+        self.head.send_replace(last);
+        Ok(Some(last))
     }
 
     async fn read_sale(
@@ -84,19 +127,11 @@ impl EventStore for MemoryEventStore {
         sale_id: EventId,
         after: u64,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(log
-            .by_sale
-            .get(&sale_id)
-            .map(|idx| {
-                // Position = index + 1, so the events after `after` start at index `after`.
-                let start = idx.partition_point(|&i| (i as u64) < after);
-                idx[start..]
-                    .iter()
-                    .filter_map(|&i| log.events.get(i).cloned())
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read_sale(sale_id, after))
     }
 
     async fn read_all(

@@ -1,7 +1,9 @@
 //! The `EventStore` port: an append-only log of versioned events, one stream per aggregate
 //! instance, with a global position. Appends carry the version each event will take, and a
-//! stale version is a typed `Conflict` (optimistic concurrency). Adapters: `memory` here,
-//! PostgreSQL later; both must pass `contract`.
+//! stale version is a typed `Conflict` (optimistic concurrency). Writers of one sale take
+//! turns (`take_turn`): read what others appended, decide, append, with no other writer of the
+//! sale in between, so the conflict is a safety net. Adapters: `memory` and `postgres`; both
+//! must pass `contract`.
 
 pub mod codec;
 #[cfg(test)]
@@ -53,6 +55,10 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// A writer's decision in its turn (`EventStore::take_turn`): given the sale's events that it
+/// has not seen yet, the events to append (none: nothing is written).
+pub type Decide<'a> = dyn for<'e> FnMut(&'e [Arc<RecordedEvent>]) -> Vec<NewEvent> + Send + 'a;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// Someone else appended to `stream_id` first.
@@ -76,6 +82,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// the position of the last one; the batch takes consecutive positions ending there.
     /// Nothing is written on error.
     async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError>;
+
+    /// One writer's turn on a sale: while it lasts, no other turn on the same sale (in any
+    /// process sharing the store) reads or appends. The store reads the sale's events with a
+    /// position greater than `after` and hands them to `decide`, which returns the events to
+    /// append (it may keep whatever else it decided in its captures); they are appended
+    /// atomically before the turn ends. Returns the position of the last appended event, or
+    /// `None` when `decide` returned nothing (nothing is written). Stale versions still fail
+    /// with `Conflict` (a writer that does not take turns got in first); nothing is written then.
+    async fn take_turn(
+        &self,
+        sale_id: EventId,
+        after: u64,
+        decide: &mut Decide<'_>,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// The events of one sale with a position greater than `after`, in position order
     /// (`after` = 0 for all of them): how a writer hydrates and catches up.

@@ -3,10 +3,14 @@
 //! commit. Holding the lock until commit makes positions gap-free *and* visible in order, so a
 //! reader paging by position can never skip an event that commits late (the classic bug of
 //! sequence-numbered logs under concurrency). The price is that appends of different sales
-//! take turns at the lock; group commit in the writers keeps that cheap. A stale expected
-//! version is the `events_stream_version_key` unique violation, reported as `Conflict`.
+//! take turns at the lock; group commit in the writers keeps that cheap. A writer's turn on a
+//! sale (`take_turn`) is one transaction too: it first takes the sale's own advisory lock, then
+//! reads what other instances appended, decides, and appends as above, so writers of one sale
+//! on different instances queue instead of racing. A stale expected version is the
+//! `events_stream_version_key` unique violation, reported as `Conflict`: with turns, only a
+//! writer that skips them (an older binary during a rolling deploy) can cause one.
 
-use super::{check_contiguous, EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
+use super::{check_contiguous, Decide, EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
 use crate::db;
 use crate::domain::EventId;
 use async_trait::async_trait;
@@ -20,6 +24,9 @@ use tokio::task::JoinHandle;
 
 /// Advisory lock key that serializes appends ("tkt-evts").
 const APPEND_LOCK: i64 = 0x746b_742d_6576_7473;
+/// First key of the per-sale advisory locks ("tkts"); the second is folded from the sale id.
+/// The two-key form lives in another key space than `APPEND_LOCK`'s, so they never collide.
+const SALE_LOCK_CLASS: i32 = 0x746b_7473;
 /// Channel on which every append announces its last position.
 const CHANNEL: &str = "ticketing_events";
 
@@ -67,43 +74,85 @@ impl PostgresEventStore {
 
     async fn try_append(&self, sale_id: EventId, events: &[NewEvent]) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let positions: Vec<i64> = (1..=count).map(|i| start + i).collect();
-        let metadata: Vec<String> = events
-            .iter()
-            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
-            .collect();
-        sqlx::query(
-            "INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
-             SELECT p, $2, s, v, t, tv, pl, m::jsonb
-             FROM UNNEST($1::bigint[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bytea[], $8::text[])
-                  AS x(p, s, v, t, tv, pl, m)",
-        )
-        .bind(&positions)
-        .bind(sale_id.0)
-        .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| i64::try_from(e.version).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| i32::from(e.event_version)).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
-        .bind(&metadata)
-        .execute(&mut *tx)
-        .await?;
-        let last = start + count;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let last = insert(&mut tx, sale_id, events).await?;
         tx.commit().await?;
-        Ok(to_u64(last))
+        Ok(last)
+    }
+
+    /// The turn's transaction. `Ok(Err(..))` is a store error found before anything was
+    /// sent (malformed events); `Err` is a database error.
+    async fn try_turn(
+        &self,
+        sale_id: EventId,
+        after: u64,
+        decide: &mut Decide<'_>,
+        events: &mut Vec<NewEvent>,
+    ) -> Result<Result<Option<u64>, StoreError>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Its own statement: a statement's snapshot is taken when it starts, so the read
+        // below must start after the lock was granted to see the previous holder's commit.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(SALE_LOCK_CLASS)
+            .bind(sale_lock_key(sale_id))
+            .execute(&mut *tx)
+            .await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE sale_id = $1 AND position > $2 ORDER BY position"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(sale_id.0)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        let fresh = match rows
+            .iter()
+            .map(|row| decode_row(row).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            }
+        };
+        *events = decide(&fresh);
+        if events.is_empty() {
+            tx.rollback().await?;
+            return Ok(Ok(None));
+        }
+        if let Err(e) = check_contiguous(events) {
+            tx.rollback().await?;
+            return Ok(Err(e));
+        }
+        let last = insert(&mut tx, sale_id, events).await?;
+        tx.commit().await?;
+        Ok(Ok(Some(last)))
+    }
+
+    /// Maps a failed append of `events`: the unique violation on (stream, version) is a
+    /// `Conflict` naming the first stream of the batch that is behind.
+    async fn append_error(&self, e: sqlx::Error, events: &[NewEvent]) -> StoreError {
+        if !db::violates(&e, "events_stream_version_key") {
+            return unavailable(e);
+        }
+        for event in events {
+            let actual = self.actual_version(&event.stream_id).await;
+            if actual >= event.version {
+                return StoreError::Conflict {
+                    stream_id: event.stream_id.clone(),
+                    attempted: event.version,
+                    actual,
+                };
+            }
+        }
+        let Some(first) = events.first() else {
+            return unavailable(e);
+        };
+        StoreError::Conflict {
+            stream_id: first.stream_id.clone(),
+            attempted: first.version,
+            actual: self.actual_version(&first.stream_id).await,
+        }
     }
 
     async fn fetch(
@@ -115,6 +164,62 @@ impl PostgresEventStore {
             .map(|row| decode_row(row).map(Arc::new))
             .collect()
     }
+}
+
+/// Inside `tx`: takes the append lock, numbers `events` after the current maximum position,
+/// inserts them and notifies listeners. Returns the last position; the lock ends with `tx`.
+async fn insert(
+    tx: &mut sqlx::PgConnection,
+    sale_id: EventId,
+    events: &[NewEvent],
+) -> Result<u64, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let positions: Vec<i64> = (1..=count).map(|i| start + i).collect();
+    let metadata: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
+        .collect();
+    let last = start + count;
+    // One round trip for the rows and the notification (sent at commit).
+    sqlx::query(
+        "WITH inserted AS (
+             INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
+             SELECT p, $2, s, v, t, tv, pl, m::jsonb
+             FROM UNNEST($1::bigint[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bytea[], $8::text[])
+                  AS x(p, s, v, t, tv, pl, m)
+             RETURNING 1)
+         SELECT pg_notify($9, $10)",
+    )
+    .bind(&positions)
+    .bind(sale_id.0)
+    .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| i64::try_from(e.version).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| i32::from(e.event_version)).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+    .bind(&metadata)
+    .bind(CHANNEL)
+    .bind(last.to_string())
+    .execute(&mut *tx)
+    .await?;
+    Ok(to_u64(last))
+}
+
+/// The second key of a sale's advisory lock: the sale id's four 32-bit words folded with XOR.
+/// Two sales sharing a key only take turns needlessly; the fold is the same in every process.
+fn sale_lock_key(sale_id: EventId) -> i32 {
+    let bits = sale_id.0.as_u128();
+    let folded = (0..4).fold(0u32, |acc, i| {
+        acc ^ u32::try_from((bits >> (32 * i)) & u128::from(u32::MAX)).unwrap_or(0)
+    });
+    i32::from_be_bytes(folded.to_be_bytes())
 }
 
 fn to_u64(n: i64) -> u64 {
@@ -201,25 +306,24 @@ impl EventStore for PostgresEventStore {
                 self.head.send_if_modified(|h| raise(h, last));
                 Ok(last)
             }
-            Err(e) if db::violates(&e, "events_stream_version_key") => {
-                // Report the first stream of the batch that is behind; the writer reloads anyway.
-                for event in &events {
-                    let actual = self.actual_version(&event.stream_id).await;
-                    if actual >= event.version {
-                        return Err(StoreError::Conflict {
-                            stream_id: event.stream_id.clone(),
-                            attempted: event.version,
-                            actual,
-                        });
-                    }
-                }
-                Err(StoreError::Conflict {
-                    stream_id: events[0].stream_id.clone(),
-                    attempted: events[0].version,
-                    actual: self.actual_version(&events[0].stream_id).await,
-                })
+            Err(e) => Err(self.append_error(e, &events).await),
+        }
+    }
+
+    async fn take_turn(
+        &self,
+        sale_id: EventId,
+        after: u64,
+        decide: &mut Decide<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut events = Vec::new();
+        match self.try_turn(sale_id, after, decide, &mut events).await {
+            Ok(Ok(Some(last))) => {
+                self.head.send_if_modified(|h| raise(h, last));
+                Ok(Some(last))
             }
-            Err(e) => Err(unavailable(e)),
+            Ok(other) => other,
+            Err(e) => Err(self.append_error(e, &events).await),
         }
     }
 

@@ -1,8 +1,11 @@
 //! One writer task per sale (event id). It keeps the sale's folded state in memory, decides
 //! commands one after another, and appends the events of every command that queued up while
 //! the previous append was in flight in one transaction (group commit). Callers are answered
-//! only after that commit (invariant 3). On a version conflict (another instance wrote first)
-//! it reloads the sale and re-decides the whole batch, a bounded number of times.
+//! only after that commit (invariant 3). Each batch is one turn on the sale
+//! (`EventStore::take_turn`): writers of the same sale on other instances wait for it, and it
+//! first applies what they appended, so it decides on the whole truth. A version conflict can
+//! then only come from a writer that does not take turns; it reloads the sale and re-decides
+//! the batch, a bounded number of times.
 
 use super::expiry::ExpiryHandle;
 use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
@@ -88,35 +91,6 @@ impl SaleWriter {
         }
     }
 
-    /// Brings the state up to date with the store: hydrates it from scratch after a reset, or
-    /// applies what other instances appended since the last look. Their events touched other
-    /// streams than ours (else our append would have conflicted), so applying them after our
-    /// own commutes.
-    async fn catch_up(&mut self) -> Result<&mut SaleState, CommandError> {
-        if self.state.is_none() {
-            self.seen = 0;
-            self.own.clear();
-        }
-        let mut state = self.state.take().unwrap_or_default();
-        for recorded in self
-            .store
-            .read_sale(self.sale_id, self.seen)
-            .await
-            .map_err(CommandError::Store)?
-        {
-            let mine = self
-                .own
-                .iter()
-                .any(|&(first, last)| (first..=last).contains(&recorded.position));
-            if !mine {
-                state.apply(&codec::decode(&recorded)?);
-            }
-            self.seen = recorded.position;
-        }
-        self.own.clear();
-        Ok(self.state.insert(state))
-    }
-
     #[tracing::instrument(skip_all, fields(sale_id = %self.sale_id, commands = batch.len()))]
     async fn process(&mut self, batch: Vec<Envelope>) {
         let store_kind = self.store.kind();
@@ -125,56 +99,105 @@ impl SaleWriter {
             .with_label_values(&[store_kind])
             .observe(batch.len() as f64);
         for _attempt in 0..MAX_ATTEMPTS {
-            let sale_id = self.sale_id;
-            let metrics = Arc::clone(&self.metrics);
-            let state = match self.catch_up().await {
-                Ok(state) => state,
-                Err(e) => return reply_all(batch, &e),
-            };
-            let (decisions, rows) = match decide_batch(sale_id, state, &batch, &metrics) {
-                Ok(decided) => decided,
-                Err(e) => {
-                    self.state = None;
-                    return reply_all(batch, &e);
-                }
-            };
-            if rows.is_empty() {
-                return answer(batch, decisions, 0, &metrics);
-            }
-            let count = rows.len();
             let started = Instant::now();
-            let result = self
-                .store
-                .append(sale_id, rows)
-                .instrument(append_span(&batch, count))
-                .await;
-            metrics
+            let turn = self.turn(&batch).instrument(append_span(&batch)).await;
+            self.metrics
                 .append_duration
                 .with_label_values(&[store_kind])
                 .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(position) => {
+            match turn {
+                Ok((decisions, None)) => return answer(batch, decisions, 0, &self.metrics),
+                Ok((decisions, Some((position, count)))) => {
                     tracing::debug!(position, events = count, "batch committed");
-                    self.own.push((position + 1 - count as u64, position));
+                    self.own.push((position + 1 - count, position));
                     for e in decisions.iter().flatten().flat_map(|d| &d.events) {
-                        record_business_metrics(&metrics, e);
+                        record_business_metrics(&self.metrics, e);
                     }
                     self.run_effects(&decisions);
-                    return answer(batch, decisions, position, &metrics);
+                    return answer(batch, decisions, position, &self.metrics);
                 }
-                Err(StoreError::Conflict { stream_id, .. }) => {
-                    metrics.store_conflicts.inc();
-                    tracing::info!(%stream_id, "version conflict; reloading and re-deciding");
-                    self.state = None;
+                Err(Failed::Store(StoreError::Conflict { stream_id, .. })) => {
+                    self.metrics.store_conflicts.inc();
+                    tracing::warn!(%stream_id, "version conflict inside a turn; reloading and re-deciding");
                 }
-                Err(e) => {
+                Err(Failed::Store(e)) => {
                     tracing::warn!(error = %e, "append failed");
-                    self.state = None;
                     return reply_all(batch, &CommandError::Store(e));
                 }
+                Err(Failed::Command(e)) => return reply_all(batch, &e),
             }
         }
         reply_all(batch, &CommandError::Contended)
+    }
+
+    /// One turn on the sale: apply what other instances appended since the last look (a fresh
+    /// hydration after a reset), decide the batch against it, append. Returns the decisions
+    /// and, when something was appended, (last position, events appended). On any error the
+    /// state is dropped (it may hold tentative events) and the next turn hydrates again.
+    async fn turn(&mut self, batch: &[Envelope]) -> Result<TurnResult, Failed> {
+        let mut state = match self.state.take() {
+            Some(state) => state,
+            None => {
+                self.seen = 0;
+                self.own.clear();
+                SaleState::default()
+            }
+        };
+        let (sale_id, metrics, own) = (self.sale_id, Arc::clone(&self.metrics), &self.own);
+        let mut seen = self.seen;
+        let mut decided: Option<Result<Vec<Result<Decision, SaleError>>, CommandError>> = None;
+        let result = self
+            .store
+            .take_turn(sale_id, seen, &mut |fresh| {
+                for recorded in fresh {
+                    seen = recorded.position;
+                    // Our own appends since the last look are in `state` already.
+                    if own
+                        .iter()
+                        .any(|&(a, b)| (a..=b).contains(&recorded.position))
+                    {
+                        continue;
+                    }
+                    match codec::decode(recorded) {
+                        Ok(event) => state.apply(&event),
+                        Err(e) => {
+                            decided = Some(Err(e.into()));
+                            return Vec::new();
+                        }
+                    }
+                }
+                match decide_batch(sale_id, &mut state, batch, &metrics) {
+                    Ok((decisions, rows)) => {
+                        decided = Some(Ok(decisions));
+                        rows
+                    }
+                    Err(e) => {
+                        decided = Some(Err(e));
+                        Vec::new()
+                    }
+                }
+            })
+            .await;
+        let decisions = match (result, decided) {
+            (Ok(appended), Some(Ok(decisions))) => {
+                let count = decisions
+                    .iter()
+                    .flatten()
+                    .map(|d| d.events.len() as u64)
+                    .sum::<u64>();
+                self.seen = seen;
+                self.own.clear();
+                self.state = Some(state);
+                tracing::Span::current().record("events", count);
+                return Ok((decisions, appended.map(|position| (position, count))));
+            }
+            (Ok(_), Some(Err(e))) => Failed::Command(e),
+            (Err(e), _) => Failed::Store(e),
+            (Ok(_), None) => Failed::Store(StoreError::Unavailable(
+                "the turn ended before its decision".into(),
+            )),
+        };
+        Err(decisions)
     }
 
     fn run_effects(&self, decisions: &[Result<Decision, SaleError>]) {
@@ -192,9 +215,14 @@ impl SaleWriter {
     }
 }
 
-/// The span of one group commit: a child of the first command's trace, linked to the others'.
-fn append_span(batch: &[Envelope], events: usize) -> tracing::Span {
-    let span = tracing::info_span!("append", commands = batch.len(), events);
+/// The span of one group commit (the whole turn): a child of the first command's trace,
+/// linked to the others'.
+fn append_span(batch: &[Envelope]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "append",
+        commands = batch.len(),
+        events = tracing::field::Empty
+    );
     let mut traces = batch
         .iter()
         .filter_map(|e| e.metadata.traceparent.as_deref());
@@ -203,6 +231,15 @@ fn append_span(batch: &[Envelope], events: usize) -> tracing::Span {
         link_trace(&span, other);
     }
     span
+}
+
+/// What a turn decided and, when it appended, (last position, events appended).
+type TurnResult = (Vec<Result<Decision, SaleError>>, Option<(u64, u64)>);
+
+/// Why a turn failed: the store, or the batch itself (undecodable history).
+enum Failed {
+    Store(StoreError),
+    Command(CommandError),
 }
 
 type Decided = (

@@ -178,6 +178,12 @@ impl Service {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.base)).send();
+        response.await.unwrap().text().await.unwrap()
+    }
+
     /// Registers and logs in; returns (user id, token).
     pub async fn user(&self, role: &str) -> (Uuid, String) {
         let email = format!("{role}-{}@durable.example", Uuid::new_v4().simple());
