@@ -38,38 +38,60 @@ fn return_large_allocations_to_the_os() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Listen for the signals before start-up: a stop that arrives while the app is built then
+    // takes effect as soon as it serves, through the graceful path (the bus consumers finish
+    // joining and leave their groups), instead of killing the process on the spot.
+    let shutdown = shutdown_signal();
     tracing::info!(?config, "starting");
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;
     let app = ticketing::startup::build(config, Arc::new(SystemClock)).await?;
-    app.serve(listener, shutdown_signal()).await
+    app.serve(listener, shutdown).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers the handlers now (not when first polled) and completes on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let ctrl_c = received(interrupt.as_mut(), "Ctrl-C");
+            let terminate = received(terminate.as_mut(), "SIGTERM");
+            tokio::select! {
+                () = ctrl_c => {},
+                () = terminate => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
+}
+
+/// Completes when the registered signal arrives; never, when it could not be registered.
+#[cfg(unix)]
+async fn received(
+    signal: Result<&mut tokio::signal::unix::Signal, &mut std::io::Error>,
+    name: &str,
+) {
+    match signal {
+        Ok(signal) => {
+            signal.recv().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for {name}");
+            std::future::pending::<()>().await;
+        }
+    }
 }

@@ -8,7 +8,7 @@ use crate::audit::{AuditLog, AuditStore};
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
-use crate::bus::consumer::{Consumer, Handler, RetryPolicy};
+use crate::bus::consumer::{Consumer, ConsumerHealth, Handler, RetryPolicy, Supervision};
 use crate::bus::kafka::KafkaBus;
 use crate::bus::memory::MemoryBus;
 use crate::bus::relay::{MemoryCursor, PostgresCursor, Relay, RelayCursor};
@@ -53,6 +53,7 @@ pub struct App {
     pub gateway: Arc<SimulatedGateway>,
     tasks: Vec<JoinHandle<()>>,
     relay: RelayTask,
+    consumers: ConsumersTask,
     /// Not aborted at shutdown: it ends by itself once the router (every `AuditLog`) is gone
     /// and the queue is written.
     audit_writer: JoinHandle<()>,
@@ -62,6 +63,12 @@ pub struct App {
 struct RelayTask {
     stop: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// The bus consumers' tasks and the switch that makes them leave their groups and stop.
+struct ConsumersTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Audit records queued for the background writer before new ones are dropped (and counted):
@@ -241,13 +248,14 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         refunds,
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
-    let (bus, dlq, relay) = start_bus(
+    let consumer_health = Arc::new(ConsumerHealth::default());
+    let (bus, dlq, relay, consumers) = start_bus(
         &config,
         durable_cursor,
         dlq,
         &insights,
         (&store, &metrics, &clock),
-        &mut tasks,
+        &consumer_health,
     )
     .await?;
 
@@ -308,12 +316,14 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         audit,
         draining: Arc::new(AtomicBool::new(false)),
         started_at,
+        consumer_health,
     };
     Ok(App {
         state,
         gateway,
         tasks,
         relay,
+        consumers,
         audit_writer,
     })
 }
@@ -343,8 +353,8 @@ async fn start_bus(
     dlq: Arc<dyn DeadLetters>,
     insights: &Arc<dyn Insights>,
     (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> anyhow::Result<(Arc<dyn EventBus>, DlqService, RelayTask)> {
+    health: &Arc<ConsumerHealth>,
+) -> anyhow::Result<(Arc<dyn EventBus>, DlqService, RelayTask, ConsumersTask)> {
     let topics = Topics::new(config.kafka_topic_prefix.clone());
     let (bus, cursor): (Arc<dyn EventBus>, Arc<dyn RelayCursor>) = match &config.kafka_brokers {
         None => (
@@ -376,6 +386,11 @@ async fn start_bus(
         .spawn(stopped),
     };
     let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(InsightsProjection(Arc::clone(insights)))];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut consumers = ConsumersTask {
+        stop,
+        tasks: Vec::new(),
+    };
     for handler in &handlers {
         let consumer = Consumer {
             handler: Arc::clone(handler),
@@ -384,12 +399,20 @@ async fn start_bus(
             clock: Arc::clone(clock),
             retry: RetryPolicy::default(),
         };
-        tasks.push(consumer.spawn(Arc::clone(&bus), topics.clone()));
+        let supervision = Supervision {
+            stall: config.consumer_stall,
+            health: Arc::clone(health),
+            stop: stopped.clone(),
+        };
+        consumers
+            .tasks
+            .push(consumer.spawn(Arc::clone(&bus), topics.clone(), supervision));
     }
     Ok((
         bus,
         DlqService::new(dlq, handlers, Arc::clone(clock)),
         relay,
+        consumers,
     ))
 }
 
@@ -409,6 +432,16 @@ async fn purge_idempotency_keys(store: Arc<IdempotencyStore>) {
 /// After the listener closes, how long in-flight requests may take before the process stops
 /// anyway: keeps the exit within the 30 s an orchestrator usually grants after SIGTERM.
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(20);
+
+/// How long the bus consumers may take at shutdown to finish joining and leave their groups.
+const CONSUMERS_LEAVE: Duration = Duration::from_secs(15);
+
+/// Waits for every task in turn (each is running already; the order does not matter).
+async fn futures_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
 
 /// How long the outbox relay may take to publish the last events at shutdown (bounded, so the
 /// exit stays within the 30 s an orchestrator grants; what is left is published later).
@@ -459,13 +492,20 @@ impl App {
                 "in-flight requests did not finish in time; stopping anyway"
             ),
         }
-        // Publish what the last requests committed before the process goes.
+        // Publish what the last requests committed before the process goes, and meanwhile
+        // let the consumers leave their groups (a member that vanishes instead delays or,
+        // on some brokers, wedges its group's next rebalance).
         let _ = self.relay.stop.send(true);
+        let _ = self.consumers.stop.send(true);
         if tokio::time::timeout(RELAY_FLUSH, self.relay.task)
             .await
             .is_err()
         {
             tracing::warn!("the outbox relay did not flush in time; the outbox keeps the rest");
+        }
+        let left = futures_all(self.consumers.tasks);
+        if tokio::time::timeout(CONSUMERS_LEAVE, left).await.is_err() {
+            tracing::warn!("a bus consumer did not leave its group in time");
         }
         for task in self.tasks {
             task.abort();

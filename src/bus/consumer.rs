@@ -6,7 +6,10 @@
 //! A message of a stream that already has an open dead letter is parked behind it, so a
 //! stream is never applied out of order. If even the dead letter queue cannot be written,
 //! nothing is committed and the message is tried again later: the consumer pauses rather
-//! than loses anything.
+//! than loses anything. A consumer that gets no partitions, or receives nothing while it is
+//! behind, for longer than its `StallPolicy` allows is reported stalled (`ConsumerHealth`,
+//! metrics) and, unless recovery is off, leaves and joins its group again as a new member.
+//! At shutdown it leaves its group cleanly.
 
 use super::envelope::{self, BusEvent};
 use super::{BusConsumer, Delivery, EventBus, Topics};
@@ -16,8 +19,10 @@ use crate::observability::Metrics;
 use crate::runtime::Clock;
 use async_trait::async_trait;
 use rand::Rng;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 /// What a handler did with an event.
@@ -111,48 +116,178 @@ impl Outcome {
     }
 }
 
-/// How often the consumer's lag is measured.
-const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How often the consumer measures its lag and looks for a stall.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// When a consumer counts as stalled, and whether it then rejoins its group
+/// (`CONSUMER_STALL_SECONDS`, `CONSUMER_STALL_RECOVERY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallPolicy {
+    /// Longest a consumer may go without partitions, or without receiving anything while it
+    /// is behind; zero turns the detection off.
+    pub after: Duration,
+    /// Leave and join again as a new member when stalled (else only report it).
+    pub recover: bool,
+}
+
+impl Default for StallPolicy {
+    fn default() -> Self {
+        StallPolicy {
+            after: Duration::from_secs(15),
+            recover: true,
+        }
+    }
+}
+
+/// The consumers' stalls, for `/ready`: the reason per stalled consumer, absent once it
+/// recovered.
+#[derive(Debug, Default)]
+pub struct ConsumerHealth(Mutex<BTreeMap<&'static str, String>>);
+
+impl ConsumerHealth {
+    /// `"<consumer>: <reason>"` for every consumer stalled right now.
+    pub fn stalls(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .map(|(name, reason)| format!("{name}: {reason}"))
+            .collect()
+    }
+
+    fn set(&self, name: &'static str, reason: Option<String>) {
+        match reason {
+            Some(reason) => self.lock().insert(name, reason),
+            None => self.lock().remove(name),
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How a running consumer is watched and stopped.
+pub struct Supervision {
+    pub stall: StallPolicy,
+    pub health: Arc<ConsumerHealth>,
+    /// Becomes `true` at shutdown (or its sender is dropped): leave the group and end.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Why one membership in the group ended.
+enum Ended {
+    Stopped,
+    Stalled,
+}
 
 impl Consumer {
-    /// Joins the group and consumes until the task is aborted.
-    pub fn spawn(self, bus: Arc<dyn EventBus>, topics: Topics) -> tokio::task::JoinHandle<()> {
+    /// Joins the group and consumes until `supervision.stop` says so; then leaves the group.
+    pub fn spawn(
+        self,
+        bus: Arc<dyn EventBus>,
+        topics: Topics,
+        mut supervision: Supervision,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let group = topics.named(self.handler.name());
+            let name = self.handler.name();
+            let group = topics.named(name);
             let names: Vec<String> = self
                 .handler
                 .topics()
                 .iter()
                 .map(|t| topics.named(t))
                 .collect();
-            let mut outage = Backoff::default();
-            let mut consumer = loop {
-                match bus.subscribe(&group, &names).await {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        tracing::warn!(consumer = self.handler.name(), error = %e, "cannot join the group");
-                        outage.wait().await;
+            self.metrics
+                .consumer_stalled
+                .with_label_values(&[name])
+                .set(0);
+            self.metrics.consumer_rejoins.with_label_values(&[name]);
+            self.report_lag(None);
+            loop {
+                let joined = tokio::select! {
+                    joined = self.join(bus.as_ref(), &group, &names) => joined,
+                    () = stopping(&mut supervision.stop) => return,
+                };
+                let mut consumer = joined;
+                let ended = self.consume(consumer.as_mut(), &mut supervision).await;
+                consumer.close().await;
+                self.report_lag(None);
+                match ended {
+                    Ended::Stopped => return,
+                    Ended::Stalled => {
+                        self.metrics
+                            .consumer_rejoins
+                            .with_label_values(&[name])
+                            .inc();
+                        tracing::warn!(
+                            consumer = name,
+                            "stalled: joining the group again as a new member"
+                        );
                     }
                 }
-            };
-            self.consume(consumer.as_mut()).await;
+            }
         })
     }
 
-    async fn consume(&self, consumer: &mut dyn BusConsumer) {
+    /// Subscribes, however long the bus stays away.
+    async fn join(
+        &self,
+        bus: &dyn EventBus,
+        group: &str,
+        names: &[String],
+    ) -> Box<dyn BusConsumer> {
+        let mut outage = Backoff::default();
+        loop {
+            match bus.subscribe(group, names).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    tracing::warn!(consumer = self.handler.name(), error = %e, "cannot join the group");
+                    outage.wait().await;
+                }
+            }
+        }
+    }
+
+    async fn consume(
+        &self,
+        consumer: &mut dyn BusConsumer,
+        supervision: &mut Supervision,
+    ) -> Ended {
         let name = self.handler.name();
         let mut outage = Backoff::default();
-        let mut lag_tick = tokio::time::interval(LAG_EVERY);
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last time the consumer received a message, or had nothing to receive.
+        let mut progress = Instant::now();
+        let mut was_stalled = false;
         loop {
             // Both adapters' `next` are cancel-safe: a tick never loses a message.
             let received = tokio::select! {
                 received = consumer.next() => received,
-                _ = lag_tick.tick() => {
-                    if let Some(lag) = consumer.lag().await {
-                        self.metrics
-                            .consumer_lag
-                            .with_label_values(&[name])
-                            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                () = stopping(&mut supervision.stop) => return Ended::Stopped,
+                _ = watch.tick() => {
+                    let lag = consumer.lag().await;
+                    self.report_lag(lag);
+                    let joining = consumer.joining_since();
+                    if lag == Some(0) || joining.is_some() {
+                        progress = Instant::now();
+                    }
+                    let stall = stall(supervision.stall.after, joining, lag, progress);
+                    let stalled = stall.is_some();
+                    match &stall {
+                        Some(reason) if !was_stalled => {
+                            tracing::warn!(consumer = name, reason = %reason, "consumer stalled");
+                        }
+                        None if was_stalled => tracing::info!(consumer = name, "consumer recovered"),
+                        _ => {}
+                    }
+                    was_stalled = stalled;
+                    self.metrics
+                        .consumer_stalled
+                        .with_label_values(&[name])
+                        .set(i64::from(stalled));
+                    supervision.health.set(name, stall);
+                    if stalled && supervision.stall.recover {
+                        return Ended::Stalled;
                     }
                     continue;
                 }
@@ -166,10 +301,32 @@ impl Consumer {
                 }
             };
             outage = Backoff::default();
+            progress = Instant::now();
             self.settle(&delivery).await;
             if let Err(e) = consumer.commit(&delivery).await {
                 // Harmless: the message comes again and is recognised as a duplicate.
                 tracing::warn!(consumer = name, error = %e, "cannot commit the offset");
+            }
+        }
+    }
+
+    /// The lag gauge while the lag is known; while it is not, no series at all (and
+    /// `consumer_lag_known` 0), so that nothing reads an unknown lag as 0.
+    fn report_lag(&self, lag: Option<u64>) {
+        let name = self.handler.name();
+        let known = self.metrics.consumer_lag_known.with_label_values(&[name]);
+        match lag {
+            Some(lag) => {
+                known.set(1);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[name])
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+            None => {
+                known.set(0);
+                // Absent already is fine.
+                let _ = self.metrics.consumer_lag.remove_label_values(&[name]);
             }
         }
     }
@@ -301,6 +458,37 @@ fn causes(error: &(dyn std::error::Error + Sync)) -> Vec<String> {
     out
 }
 
+/// Why a consumer counts as stalled, if it does: still without partitions `after` its join
+/// began, or behind and without a message for longer than `after` (`after` zero: never).
+fn stall(
+    after: Duration,
+    joining_since: Option<Instant>,
+    lag: Option<u64>,
+    progress: Instant,
+) -> Option<String> {
+    if after.is_zero() {
+        return None;
+    }
+    if let Some(since) = joining_since {
+        let waited = since.elapsed();
+        return (waited > after)
+            .then(|| format!("no partitions assigned for {} s", waited.as_secs()));
+    }
+    let idle = progress.elapsed();
+    match lag {
+        Some(lag) if lag > 0 && idle > after => Some(format!(
+            "{lag} messages behind and none received for {} s",
+            idle.as_secs()
+        )),
+        _ => None,
+    }
+}
+
+/// Completes once shutdown began (the switch is on, or its sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
 /// Exponential backoff from 100 ms to 5 s while the bus or the dead letter queue is away.
 struct Backoff(Duration);
 
@@ -317,5 +505,7 @@ impl Backoff {
     }
 }
 
+#[cfg(test)]
+mod stall_tests;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,9 @@
 //! The producer is idempotent with `acks=all`, so a retried send never duplicates or
 //! reorders a partition; the key is the stream id, so a stream lives on one partition.
 //! Consumers join a group with auto-commit off: an offset is committed only when the caller
-//! says the message was handled.
+//! says the message was handled. A consumer tells whether it is still joining its group and
+//! its lag over its own partitions (unknown until measured), and leaves the group on close
+//! only after its join completed.
 
 use super::{BusConsumer, BusError, BusMessage, Delivery, EventBus};
 use async_trait::async_trait;
@@ -10,15 +12,17 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Partitions of the topics this service creates. Order only matters per stream, so more
 /// partitions only buy consumer parallelism.
@@ -29,29 +33,85 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// How often librdkafka reports statistics (the consumer lag among them).
 const STATISTICS_EVERY: Duration = Duration::from_secs(5);
+/// At shutdown, how long a consumer still joining its group may take to finish the join
+/// before it leaves (tansu, for one, never completes a rebalance whose leader left mid-join).
+const JOIN_BEFORE_LEAVING: Duration = Duration::from_secs(8);
+/// How long leaving the group may take before shutdown goes on without the confirmation.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a metadata request for `/ready` may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Routes librdkafka's own log lines and client errors into our logs (they would otherwise
-/// go to the `log` facade, which nothing here listens to), and keeps the consumer lag that
-/// librdkafka's statistics report (messages behind the high watermark, summed over the
-/// assigned partitions). Lag comes from statistics rather than from watermark requests of
-/// our own: issuing those on a consumer while its broker is away was seen to wedge its fetcher.
+/// go to the `log` facade, which nothing here listens to). For a consumer it also keeps where
+/// the consumer stands in its group (from the rebalance callbacks) and its lag, from
+/// librdkafka's statistics, over the partitions assigned to it. Lag comes from statistics
+/// rather than from watermark requests of our own: issuing those on a consumer while its
+/// broker is away was seen to wedge its fetcher.
 #[derive(Default)]
 struct Logged {
-    lag: Arc<AtomicI64>,
+    standing: Standing,
+}
+
+/// A consumer's place in its group. The callbacks run on librdkafka's and the poller's
+/// threads, hence the std locks (never held across an await).
+#[derive(Default)]
+struct Standing {
+    /// Since when the consumer waits for an assignment; `None` once it has one.
+    joining_since: Mutex<Option<Instant>>,
+    /// (topic, partition) assigned by the last rebalance.
+    assigned: Mutex<Vec<(String, i32)>>,
+    /// Messages behind over the assigned partitions; -1 while unknown.
+    lag: AtomicI64,
+}
+
+impl Standing {
+    fn joining() -> Standing {
+        let standing = Standing::default();
+        *lock(&standing.joining_since) = Some(Instant::now());
+        standing.lag.store(UNKNOWN, Ordering::Relaxed);
+        standing
+    }
+}
+
+/// The lag of a consumer that has not measured it since its last rebalance.
+const UNKNOWN: i64 = -1;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Messages a partition's consumer has still to handle, if the statistics tell: librdkafka's
+/// own figure, or for a partition the group never committed (read from the earliest offset)
+/// everything the broker keeps of it.
+fn partition_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    if p.consumer_lag >= 0 {
+        Some(p.consumer_lag)
+    } else if p.committed_offset < 0 && p.lo_offset >= 0 && p.hi_offset >= p.lo_offset {
+        Some(p.hi_offset - p.lo_offset)
+    } else {
+        None
+    }
 }
 
 impl ClientContext for Logged {
     fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .sum();
-        self.lag.store(lag, Ordering::Relaxed);
+        let standing = &self.standing;
+        if lock(&standing.joining_since).is_some() {
+            return;
+        }
+        let lag = lock(&standing.assigned)
+            .iter()
+            .map(|(topic, partition)| {
+                statistics
+                    .topics
+                    .get(topic)
+                    .and_then(|t| t.partitions.get(partition))
+                    .and_then(partition_lag)
+            })
+            .sum::<Option<i64>>();
+        standing
+            .lag
+            .store(lag.unwrap_or(UNKNOWN), Ordering::Relaxed);
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -73,7 +133,32 @@ impl ClientContext for Logged {
     }
 }
 
-impl ConsumerContext for Logged {}
+impl ConsumerContext for Logged {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let standing = &self.standing;
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                let assigned: Vec<(String, i32)> = partitions
+                    .elements()
+                    .iter()
+                    .map(|p| (p.topic().to_owned(), p.partition()))
+                    .collect();
+                tracing::info!(partitions = assigned.len(), "consumer group assignment");
+                // No partitions, nothing behind; otherwise unknown until the next statistics.
+                let lag = if assigned.is_empty() { 0 } else { UNKNOWN };
+                *lock(&standing.assigned) = assigned;
+                standing.lag.store(lag, Ordering::Relaxed);
+                *lock(&standing.joining_since) = None;
+            }
+            Rebalance::Revoke(_) => {
+                lock(&standing.assigned).clear();
+                standing.lag.store(UNKNOWN, Ordering::Relaxed);
+                *lock(&standing.joining_since) = Some(Instant::now());
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
+        }
+    }
+}
 
 pub struct KafkaBus {
     brokers: String,
@@ -164,7 +249,9 @@ impl EventBus for KafkaBus {
                 "statistics.interval.ms",
                 STATISTICS_EVERY.as_millis().to_string(),
             )
-            .create_with_context(Logged::default())
+            .create_with_context(Logged {
+                standing: Standing::joining(),
+            })
             .map_err(|e| BusError::Rejected(e.to_string()))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -265,7 +352,42 @@ impl BusConsumer for KafkaConsumer {
     }
 
     async fn lag(&self) -> Option<u64> {
-        u64::try_from(self.0.context().lag.load(Ordering::Relaxed)).ok()
+        u64::try_from(self.0.context().standing.lag.load(Ordering::Relaxed)).ok()
+    }
+
+    fn joining_since(&self) -> Option<Instant> {
+        *lock(&self.0.context().standing.joining_since)
+    }
+
+    async fn close(self: Box<Self>) {
+        let give_up = Instant::now() + JOIN_BEFORE_LEAVING;
+        while self.joining_since().is_some() && Instant::now() < give_up {
+            // Polling serves the rebalance callbacks. A message received meanwhile is not
+            // committed, so the partition's next owner gets it.
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.0.recv()).await;
+        }
+        if self.joining_since().is_some() {
+            tracing::warn!("leaving the consumer group while still joining it");
+        }
+        // Dropping the last handle closes the consumer: librdkafka leaves the group and waits
+        // for the answer, blocking. On a thread of its own, so that a broker that does not
+        // answer cannot hold the exit (the thread ends with the process).
+        let consumer = self.0;
+        let (left, gone) = tokio::sync::oneshot::channel();
+        let closing = std::thread::Builder::new()
+            .name("kafka-consumer-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = left.send(());
+            });
+        match closing {
+            Ok(_) => {
+                if tokio::time::timeout(LEAVE_TIMEOUT, gone).await.is_err() {
+                    tracing::warn!("the broker did not confirm that the consumer left its group");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot close the consumer on a thread"),
+        }
     }
 }
 

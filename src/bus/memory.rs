@@ -99,6 +99,7 @@ impl EventBus for MemoryBus {
             cursors,
             turn: 0,
             published: self.published.subscribe(),
+            polled: false,
         }))
     }
 
@@ -130,6 +131,9 @@ struct MemoryConsumer {
     /// Where the next scan starts, so that no partition starves the others.
     turn: usize,
     published: watch::Receiver<u64>,
+    /// Whether `next` was called: lag is known from then on (a broker's consumer only learns
+    /// its partitions while it is polled, and the contract holds both to that).
+    polled: bool,
 }
 
 impl MemoryConsumer {
@@ -162,6 +166,7 @@ impl MemoryConsumer {
 #[async_trait]
 impl BusConsumer for MemoryConsumer {
     async fn next(&mut self) -> Result<Delivery, BusError> {
+        self.polled = true;
         loop {
             self.published.borrow_and_update();
             if let Some(delivery) = self.take() {
@@ -190,6 +195,9 @@ impl BusConsumer for MemoryConsumer {
     }
 
     async fn lag(&self) -> Option<u64> {
+        if !self.polled {
+            return None;
+        }
         let state = self.bus.lock();
         let lag = self
             .cursors

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod relay;
 
 use async_trait::async_trait;
+use std::time::Instant;
 
 /// One message as the bus carries it. Headers are UTF-8 text (see `envelope.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +86,23 @@ pub trait BusConsumer: Send + 'static {
     /// Marks `delivery` (and everything before it on its partition) as handled by the group.
     async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError>;
 
-    /// Messages published to the subscribed topics that this group has not handled yet,
-    /// where the adapter can tell.
+    /// Messages published to the partitions this consumer reads that its group has not
+    /// handled yet; `None` while unknown (not joined yet, no measurement since the last
+    /// rebalance), never a guessed 0.
     async fn lag(&self) -> Option<u64>;
+
+    /// Since when the consumer has been waiting for its group to give it partitions (joining,
+    /// or rejoining after a rebalance began); `None` once it has its assignment, even an
+    /// empty one (more members than partitions). Adapters without groups are never joining.
+    fn joining_since(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Leaves the group cleanly: a member that is still joining first completes the join
+    /// (for a bounded time), since some brokers keep a member that left mid-join as the
+    /// group's leader and never finish the rebalance. Uncommitted messages come again to the
+    /// group's next owner of their partition.
+    async fn close(self: Box<Self>) {}
 }
 
 /// Topic names: `<prefix>events`, `<prefix>inventory`, `<prefix>reservations`,

@@ -78,6 +78,8 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// When this instance was built, for the uptime on `/admin/dashboard/system`.
     pub started_at: Instant,
+    /// Stalled bus consumers, for the bus check of `/ready`.
+    pub consumer_health: Arc<crate::bus::consumer::ConsumerHealth>,
 }
 
 impl AppState {

@@ -83,6 +83,15 @@ async fn check<E: std::fmt::Display>(
     }
 }
 
+/// The broker answers, and no consumer is stalled (the reasons otherwise).
+async fn bus_ready(s: &AppState) -> Result<(), String> {
+    s.bus.ping().await.map_err(|e| e.to_string())?;
+    match s.consumer_health.stalls() {
+        stalls if stalls.is_empty() => Ok(()),
+        stalls => Err(format!("stalled consumer: {}", stalls.join("; "))),
+    }
+}
+
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
@@ -107,7 +116,7 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
         check("event_store", store.kind(), store.ping()),
         check("projections", s.reads.kind(), s.reads.ping()),
         check("auth", auth.kind(), auth.ping()),
-        check("bus", s.bus.kind(), s.bus.ping()),
+        check("bus", s.bus.kind(), bus_ready(&s)),
         check("cache", cache.kind(), cache.ping()),
     );
     let checks: Vec<Check> = [events, reads, accounts]

@@ -34,7 +34,11 @@ pub struct Metrics {
     pub bus_publish_errors: IntCounter,
     pub consumer_events: IntCounterVec,
     pub consumer_retries: IntCounterVec,
+    /// Absent for a consumer while its lag is unknown (see `consumer_lag_known`).
     pub consumer_lag: IntGaugeVec,
+    pub consumer_lag_known: IntGaugeVec,
+    pub consumer_stalled: IntGaugeVec,
+    pub consumer_rejoins: IntCounterVec,
     /// Dead letters per status; refreshed when `/metrics` is scraped.
     pub dlq_entries: IntGaugeVec,
     /// Audit records by outcome: written, dropped (queue full), failed (store refused).
@@ -241,7 +245,25 @@ impl Metrics {
             consumer_lag: gauges(
                 &r,
                 "consumer_lag_events",
-                "Messages on a consumer's topics that its group has not handled yet.",
+                "Messages on a consumer's partitions that its group has not handled yet; absent while unknown.",
+                &["consumer"],
+            ),
+            consumer_lag_known: gauges(
+                &r,
+                "consumer_lag_known",
+                "1 when the consumer's lag is measured, 0 while it is unknown (not joined, no statistics since the last rebalance).",
+                &["consumer"],
+            ),
+            consumer_stalled: gauges(
+                &r,
+                "consumer_stalled",
+                "1 while the consumer has had no partitions assigned, or received nothing while behind, for longer than CONSUMER_STALL_SECONDS.",
+                &["consumer"],
+            ),
+            consumer_rejoins: counter(
+                &r,
+                "consumer_rejoins_total",
+                "Times a stalled consumer left its group and joined again as a new member.",
                 &["consumer"],
             ),
             dlq_entries: gauges(

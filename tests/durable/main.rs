@@ -8,6 +8,7 @@ mod api_on_postgres;
 mod bus;
 mod client;
 mod crash;
+mod group;
 mod instances;
 mod outage;
 mod proxy;
