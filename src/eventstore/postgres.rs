@@ -88,13 +88,16 @@ impl PostgresEventStore {
         decide: &mut Decide<'_>,
         events: &mut Vec<NewEvent>,
     ) -> Result<Result<Option<u64>, StoreError>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Its own statement: a statement's snapshot is taken when it starts, so the read
-        // below must start after the lock was granted to see the previous holder's commit.
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(SALE_LOCK_CLASS)
-            .bind(sale_lock_key(sale_id))
-            .execute(&mut *tx)
+        // One round trip: BEGIN and the sale's lock, as two statements of one simple query (the
+        // key is an integer, formatted, nothing to escape). The lock must be a statement of
+        // its own: a statement's snapshot is taken when it starts, so the read below must
+        // start after the lock was granted to see the previous holder's commit.
+        let mut tx = self
+            .pool
+            .begin_with(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({SALE_LOCK_CLASS}, {})",
+                sale_lock_key(sale_id)
+            ))
             .await?;
         let sql = format!(
             "SELECT {COLUMNS} FROM events WHERE sale_id = $1 AND position > $2 ORDER BY position"
@@ -177,27 +180,24 @@ async fn insert(
         .bind(APPEND_LOCK)
         .execute(&mut *tx)
         .await?;
-    let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
-    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let positions: Vec<i64> = (1..=count).map(|i| start + i).collect();
     let metadata: Vec<String> = events
         .iter()
         .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
         .collect();
-    let last = start + count;
-    // One round trip for the rows and the notification (sent at commit).
-    sqlx::query(
-        "WITH inserted AS (
+    // One round trip for numbering, the rows and the notification (sent at commit). The
+    // statement's snapshot is taken after the lock was granted, so MAX sees every commit.
+    let last: i64 = sqlx::query_scalar(
+        "WITH head AS (SELECT COALESCE(MAX(position), 0) AS start FROM events),
+         inserted AS (
              INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
-             SELECT p, $2, s, v, t, tv, pl, m::jsonb
-             FROM UNNEST($1::bigint[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bytea[], $8::text[])
-                  AS x(p, s, v, t, tv, pl, m)
-             RETURNING 1)
-         SELECT pg_notify($9, $10)",
+             SELECT head.start + x.n, $1, x.s, x.v, x.t, x.tv, x.pl, x.m::jsonb
+             FROM head,
+                  UNNEST($2::text[], $3::bigint[], $4::text[], $5::int[], $6::bytea[], $7::text[])
+                      WITH ORDINALITY AS x(s, v, t, tv, pl, m, n)
+             RETURNING position)
+         SELECT l.last FROM (SELECT MAX(position) AS last FROM inserted) l,
+                LATERAL (SELECT pg_notify($8, l.last::text)) n",
     )
-    .bind(&positions)
     .bind(sale_id.0)
     .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| i64::try_from(e.version).unwrap_or(i64::MAX)).collect::<Vec<_>>())
@@ -206,8 +206,7 @@ async fn insert(
     .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
     .bind(&metadata)
     .bind(CHANNEL)
-    .bind(last.to_string())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     Ok(to_u64(last))
 }

@@ -3,6 +3,8 @@
 //! Set-up calls fail with an `anyhow` error on any unexpected answer; the measured calls
 //! never fail, they return an [`Answer`] so that every request can be counted.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -91,27 +93,45 @@ impl Role {
     }
 }
 
-/// The service at `--base-url`, behind one pooled HTTP client.
+/// The service at `--base-url`, behind one pooled HTTP client. With several base URLs
+/// (instances of one service), the sale's requests (sign-ups, reservations, payments) take
+/// them in turn, as a round-robin load balancer would; set-up of the event and the reads
+/// (availability, metrics) go to the first.
 #[derive(Debug, Clone)]
 pub struct Api {
     client: Client,
-    base: String,
+    bases: Arc<[String]>,
+    turn: Arc<AtomicUsize>,
 }
 
 impl Api {
     /// Builds the shared client; `pool_size` idle connections are kept for reuse.
-    pub fn new(base_url: &Url, pool_size: usize) -> anyhow::Result<Self> {
+    pub fn new(base_urls: &[Url], pool_size: usize) -> anyhow::Result<Self> {
         let client = Client::builder()
             .pool_max_idle_per_host(pool_size)
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("building the HTTP client")?;
-        let base = base_url.as_str().trim_end_matches('/').to_owned();
-        Ok(Self { client, base })
+        let bases: Arc<[String]> = base_urls
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "no --base-url");
+        Ok(Self {
+            client,
+            bases,
+            turn: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.bases[0])
+    }
+
+    /// The next instance's URL for a request of the sale.
+    fn spread(&self, path: &str) -> String {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % self.bases.len();
+        format!("{}{path}", self.bases[turn])
     }
 
     /// `POST /auth/register`, expecting 201.
@@ -122,7 +142,7 @@ impl Api {
             "name": email.split('@').next().unwrap_or(email),
             "role": role.as_str(),
         });
-        let request = self.client.post(self.url("/auth/register")).json(&body);
+        let request = self.client.post(self.spread("/auth/register")).json(&body);
         expect_status(request, StatusCode::CREATED).await?;
         Ok(())
     }
@@ -130,7 +150,7 @@ impl Api {
     /// `POST /auth/login`, expecting 200; returns the bearer token.
     pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<String> {
         let body = json!({ "email": email, "password": password });
-        let request = self.client.post(self.url("/auth/login")).json(&body);
+        let request = self.client.post(self.spread("/auth/login")).json(&body);
         let login: Login = expect_json(request, StatusCode::OK).await?;
         Ok(login.token)
     }
@@ -196,7 +216,7 @@ impl Api {
         let body = json!({ "event_id": event_id, "section": SECTION, "quantity": quantity });
         let request = self
             .client
-            .post(self.url("/api/reservations"))
+            .post(self.spread("/api/reservations"))
             .bearer_auth(token)
             .header("Idempotency-Key", Uuid::new_v4().to_string())
             .json(&body);
@@ -211,7 +231,7 @@ impl Api {
         });
         let request = self
             .client
-            .post(self.url("/api/payments"))
+            .post(self.spread("/api/payments"))
             .bearer_auth(token)
             .header("Idempotency-Key", Uuid::new_v4().to_string())
             .json(&body);

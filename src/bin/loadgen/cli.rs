@@ -39,13 +39,16 @@ pub struct Cli {
     #[arg(long, env = "LOADGEN_DATABASE_URL", required_if_eq("mode", "naive"))]
     pub database_url: Option<String>,
 
-    /// Base URL of the running service; every request goes here and nowhere else.
+    /// Base URL of the running service; every request goes here and nowhere else. Several
+    /// (comma-separated or repeated): instances of one service, which the sale's requests
+    /// take in turn (round robin); set-up and reads go to the first.
     #[arg(
         long,
         env = "LOADGEN_BASE_URL",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
     )]
-    pub base_url: Url,
+    pub base_url: Vec<Url>,
 
     /// Seats on sale: the capacity of the event's single section.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]

@@ -75,7 +75,13 @@ async fn service(cli: &Cli, run_id: String) -> anyhow::Result<Summary> {
     // One client for both phases; set-up may run more requests at once than the sale.
     let api = Api::new(&cli.base_url, concurrency.max(setup_parallelism))?;
 
-    eprintln!("run {run_id}: setting up the sale at {}", cli.base_url);
+    let targets = cli
+        .base_url
+        .iter()
+        .map(reqwest::Url::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    eprintln!("run {run_id}: setting up the sale at {targets}");
     let event_id = setup::open_sale(&api, &run_id, cli.seats)
         .await
         .context("setting up the event")?;
@@ -114,7 +120,7 @@ async fn service(cli: &Cli, run_id: String) -> anyhow::Result<Summary> {
     let config = RunConfig {
         run_id,
         mode: Mode::Service,
-        base_url: Some(cli.base_url.to_string()),
+        base_url: Some(targets),
         database_url: None,
         event_id,
         seats: cli.seats,
