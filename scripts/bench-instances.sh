@@ -6,7 +6,8 @@
 # are comparable. Usage:
 #   scripts/bench-instances.sh [seats] [buyers] [rounds] [concurrency]
 # Environment: DB_MAX_CONNECTIONS per instance (default 6: three instances then open at most
-# 3 x 20 connections, under PostgreSQL's default max_connections of 100), PROFILE (release).
+# 3 x 20 connections, under PostgreSQL's default max_connections of 100), PROFILE (release),
+# PAIRS (1): how many times to run the pair, alternating, to see the machine's noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,5 +77,7 @@ run() {
     stop_all
 }
 
-run "1 instance: reserve (hold seats + reservation)" 1
-run "3 instances, requests round robin: reserve (hold seats + reservation)" 3
+for pair in $(seq 1 "${PAIRS:-1}"); do
+    run "pair $pair, 1 instance: reserve (hold seats + reservation)" 1
+    run "pair $pair, 3 instances, requests round robin: reserve (hold seats + reservation)" 3
+done

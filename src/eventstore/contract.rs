@@ -109,6 +109,8 @@ async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventS
     let appended = store
         .take_turn(sale, first - 1, &mut |fresh| {
             given = fresh.iter().map(|e| e.version).collect();
+            assert_eq!(fresh[0].payload, event(&s, 2).payload, "payload intact");
+            assert_eq!(fresh[0].metadata.correlation_id.as_deref(), Some("corr"));
             vec![event(&s, 3)]
         })
         .await

@@ -88,27 +88,26 @@ impl PostgresEventStore {
         decide: &mut Decide<'_>,
         events: &mut Vec<NewEvent>,
     ) -> Result<Result<Option<u64>, StoreError>, sqlx::Error> {
-        // One round trip: BEGIN and the sale's lock, as two statements of one simple query (the
-        // key is an integer, formatted, nothing to escape). The lock must be a statement of
-        // its own: a statement's snapshot is taken when it starts, so the read below must
-        // start after the lock was granted to see the previous holder's commit.
-        let mut tx = self
-            .pool
-            .begin_with(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({SALE_LOCK_CLASS}, {})",
-                sale_lock_key(sale_id)
-            ))
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        // The sale's lock and the read in one round trip: two statements of one simple query
+        // (values formatted: a UUID and integers, nothing to escape), so the lock is held for
+        // no extra trip between them. The lock must be a statement of its own: a statement's
+        // snapshot is taken when it starts, so the read must start after the lock was granted
+        // to see the previous holder's commit. Only the read's rows have more than one column.
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE sale_id = $1 AND position > $2 ORDER BY position"
+            "SELECT pg_advisory_xact_lock({SALE_LOCK_CLASS}, {key});
+             SELECT {COLUMNS} FROM events WHERE sale_id = '{sale}' AND position > {after}
+             ORDER BY position",
+            key = sale_lock_key(sale_id),
+            sale = sale_id.0,
+            after = i64::try_from(after).unwrap_or(i64::MAX),
         );
-        let rows = sqlx::query(&sql)
-            .bind(sale_id.0)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
+        // A `&str` without arguments goes as a simple query, several statements allowed.
+        let conn: &mut sqlx::PgConnection = &mut tx;
+        let rows = sqlx::Executor::fetch_all(conn, sql.as_str()).await?;
         let fresh = match rows
             .iter()
+            .filter(|row| row.len() > 1)
             .map(|row| decode_row(row).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
         {

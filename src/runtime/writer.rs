@@ -87,24 +87,29 @@ impl SaleWriter {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         while inbox.recv_many(&mut batch, self.max_batch).await > 0 {
-            self.process(std::mem::take(&mut batch)).await;
+            self.process(std::mem::take(&mut batch), &mut inbox).await;
         }
     }
 
-    #[tracing::instrument(skip_all, fields(sale_id = %self.sale_id, commands = batch.len()))]
-    async fn process(&mut self, batch: Vec<Envelope>) {
+    /// Decides and appends `batch` in one turn, together with whatever else arrived in
+    /// `inbox` by the time the turn began (up to `max_batch`): with writers of other
+    /// instances ahead in the queue for the sale, that is most of what waited meanwhile.
+    #[tracing::instrument(skip_all, fields(sale_id = %self.sale_id, commands = tracing::field::Empty))]
+    async fn process(&mut self, mut batch: Vec<Envelope>, inbox: &mut mpsc::Receiver<Envelope>) {
         let store_kind = self.store.kind();
-        self.metrics
-            .batch_size
-            .with_label_values(&[store_kind])
-            .observe(batch.len() as f64);
         for _attempt in 0..MAX_ATTEMPTS {
             let started = Instant::now();
-            let turn = self.turn(&batch).instrument(append_span(&batch)).await;
+            let span = append_span(&batch);
+            let turn = self.turn(&mut batch, inbox).instrument(span).await;
             self.metrics
                 .append_duration
                 .with_label_values(&[store_kind])
                 .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .batch_size
+                .with_label_values(&[store_kind])
+                .observe(batch.len() as f64);
+            tracing::Span::current().record("commands", batch.len());
             match turn {
                 Ok((decisions, None)) => return answer(batch, decisions, 0, &self.metrics),
                 Ok((decisions, Some((position, count)))) => {
@@ -134,7 +139,11 @@ impl SaleWriter {
     /// hydration after a reset), decide the batch against it, append. Returns the decisions
     /// and, when something was appended, (last position, events appended). On any error the
     /// state is dropped (it may hold tentative events) and the next turn hydrates again.
-    async fn turn(&mut self, batch: &[Envelope]) -> Result<TurnResult, Failed> {
+    async fn turn(
+        &mut self,
+        batch: &mut Vec<Envelope>,
+        inbox: &mut mpsc::Receiver<Envelope>,
+    ) -> Result<TurnResult, Failed> {
         let mut state = match self.state.take() {
             Some(state) => state,
             None => {
@@ -144,6 +153,7 @@ impl SaleWriter {
             }
         };
         let (sale_id, metrics, own) = (self.sale_id, Arc::clone(&self.metrics), &self.own);
+        let max_batch = self.max_batch;
         let mut seen = self.seen;
         let mut decided: Option<Result<Vec<Result<Decision, SaleError>>, CommandError>> = None;
         let result = self
@@ -165,6 +175,13 @@ impl SaleWriter {
                             return Vec::new();
                         }
                     }
+                }
+                while batch.len() < max_batch {
+                    let Ok(late) = inbox.try_recv() else { break };
+                    if let Some(traceparent) = late.metadata.traceparent.as_deref() {
+                        link_trace(&tracing::Span::current(), traceparent);
+                    }
+                    batch.push(late);
                 }
                 match decide_batch(sale_id, &mut state, batch, &metrics) {
                     Ok((decisions, rows)) => {
