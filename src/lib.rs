@@ -13,10 +13,13 @@
 //!   and the edge: rate limits, security headers, CORS, request timeout.
 //! - `observability`: metrics and tracing set-up.
 //! - `startup`: builds the application from a `Config` and serves it until shutdown.
+pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dlq;
@@ -24,6 +27,7 @@ pub mod domain;
 pub mod eventstore;
 pub mod http;
 pub mod observability;
+pub mod paging;
 pub mod payment;
 pub mod projections;
 pub mod runtime;

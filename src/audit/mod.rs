@@ -11,8 +11,9 @@ pub mod contract;
 pub mod memory;
 pub mod postgres;
 
+use crate::backoff::Backoff;
 use crate::observability::Metrics;
-use crate::projections::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -244,6 +245,7 @@ async fn write_batches(
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut attempt = 0;
+        let mut backoff = Backoff::doubling(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             attempt += 1;
             match store.insert(&batch).await {
@@ -256,7 +258,7 @@ async fn write_batches(
                 }
                 Err(e) if attempt < WRITE_ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "audit write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt))).await;
+                    backoff.wait().await;
                 }
                 Err(e) => {
                     metrics

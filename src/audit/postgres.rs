@@ -4,7 +4,7 @@
 
 use super::{AuditError, AuditFilter, AuditRecord, AuditResult, AuditStore};
 use crate::auth::postgres::is_unavailable;
-use crate::projections::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};

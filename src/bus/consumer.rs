@@ -10,10 +10,10 @@
 
 use super::envelope::{self, BusEvent};
 use super::{BusConsumer, Delivery, EventBus, Topics};
+use crate::clock::Clock;
 use crate::dlq::{DeadLetters, DlqError, NewDeadLetter};
 use crate::observability::tracecontext::continue_trace;
 use crate::observability::Metrics;
-use crate::runtime::Clock;
 use async_trait::async_trait;
 use rand::Rng;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! one entry cannot both win.
 
 use super::{Closing, DeadLetter, DeadLetters, DlqError, DlqStats, DlqStatus, NewDeadLetter};
-use crate::projections::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use base64::Engine;
 use chrono::{DateTime, Utc};

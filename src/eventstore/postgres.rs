@@ -7,6 +7,7 @@
 //! version is the `events_stream_version_key` unique violation, reported as `Conflict`.
 
 use super::{check_contiguous, EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
+use crate::backoff::Backoff;
 use crate::db;
 use crate::domain::EventId;
 use async_trait::async_trait;
@@ -154,7 +155,7 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 /// Follows the appends of every instance (LISTEN), and re-reads the head after a reconnect,
 /// so subscriptions here wake for events written elsewhere.
 async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let listener = match PgListener::connect_with(&pool).await {
             Ok(mut listener) => listener.listen(CHANNEL).await.map(|()| listener),
@@ -162,7 +163,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
         };
         match listener {
             Ok(mut listener) => {
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 if let Ok(max) = max_position(&pool).await {
                     head.send_if_modified(|h| raise(h, max));
                 }
@@ -175,8 +176,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
             }
             _ => tracing::warn!("cannot listen for event notifications; retrying"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 

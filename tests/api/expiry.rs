@@ -5,7 +5,7 @@ use super::helpers::*;
 use super::invariants::{assert_sale_balances, gateway_settles_at};
 use chrono::{DateTime, Duration, Utc};
 use std::time::Duration as Wait;
-use ticketing::runtime::Clock;
+use ticketing::clock::Clock;
 use uuid::Uuid;
 
 async fn status_of(app: &TestApp, user: &User, reservation: Uuid) -> String {

@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use ticketing::clock::ManualClock;
 use ticketing::config::{Config, RateLimits};
 use ticketing::payment::simulated::SimulatedGateway;
-use ticketing::runtime::ManualClock;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
