@@ -270,7 +270,7 @@ impl EventCache {
 mod tests {
     use super::*;
     use crate::cache::memory::MemoryCache;
-    use crate::domain::event::EventStatus;
+    use crate::domain::concert::EventStatus;
     use crate::domain::{PaymentId, ReservationId, UserId};
     use crate::eventstore::RecordedEvent;
     use crate::projections::*;

@@ -2,7 +2,7 @@
 //! composes them. Nothing in here performs I/O, reads a clock or draws random numbers
 //! (except `Id::random()`, which only callers at the edge use).
 
-pub mod event;
+pub mod concert;
 pub mod events;
 pub mod ids;
 pub mod inventory;

@@ -3,7 +3,7 @@
 //! all streams it touches, so a step that spans streams (hold seats + place reservation) is one
 //! atomic append. Pure: no clock, no ids minted, no I/O.
 
-use super::event::{validate_details, Event, EventError, EventStatus};
+use super::concert::{validate_details, Event, EventError, EventStatus};
 use super::events::*;
 use super::ids::{EventId, PaymentId, ReservationId, UserId};
 use super::inventory::{Inventory, InventoryError};

@@ -2,7 +2,7 @@
 //! answer with a stable `type`; 5xx bodies stay generic while the cause goes to the log.
 
 use crate::auth::AuthError;
-use crate::domain::event::EventError;
+use crate::domain::concert::EventError;
 use crate::domain::inventory::InventoryError;
 use crate::domain::payment::PaymentError;
 use crate::domain::reservation::ReservationError;

@@ -1,6 +1,8 @@
-//! The `Event` aggregate (`event-<id>`): what an organizer sells and its lifecycle
-//! draft -> published -> on_sale -> sales_closed, with cancellation from any live state.
-//! Pure: validation and transitions only; seat counts live in `inventory`.
+//! The concert aggregate `Event` (stream `event-<id>`): what an organizer sells and its
+//! lifecycle draft -> published -> on_sale -> sales_closed, with cancellation from any live
+//! state. Named `concert` so it is never mistaken for `events` (the event catalogue); the types
+//! keep the API's word "event". Pure: validation and transitions only; it never counts seats
+//! (that is `inventory`) and never reads a clock or performs I/O.
 
 use super::events::{DomainEvent, EventDetails, SectionSpec};
 use super::ids::{EventId, UserId};
