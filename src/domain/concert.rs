@@ -4,7 +4,7 @@
 //! keep the API's word "event". Pure: validation and transitions only; it never counts seats
 //! (that is `inventory`) and never reads a clock or performs I/O.
 
-use super::events::{DomainEvent, EventDetails, SectionSpec};
+use super::events::{DomainEvent, EventDetails};
 use super::ids::{EventId, UserId};
 use super::money::Currency;
 use serde::{Deserialize, Serialize};
@@ -171,9 +171,4 @@ pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
     } else {
         Err(EventError::Invalid(problems))
     }
-}
-
-/// Sections as the inventory needs them.
-pub fn section_specs(details: &EventDetails) -> Vec<SectionSpec> {
-    details.sections.clone()
 }
