@@ -3,7 +3,7 @@
 //! all streams it touches, so a step that spans streams (hold seats + place reservation) is one
 //! atomic append. Pure: no clock, no ids minted, no I/O.
 
-use super::concert::{validate_details, Event, EventError, EventStatus};
+use super::concert::{validate_details, Event, EventError, EventStatus, LifecycleAction};
 use super::events::*;
 use super::ids::{EventId, PaymentId, ReservationId, UserId};
 use super::inventory::{Inventory, InventoryError};
@@ -218,15 +218,15 @@ impl SaleState {
                 let at = *now;
                 let fact: DomainEvent = match action {
                     Lifecycle::Publish => {
-                        event.transition("publish")?;
+                        event.transition(LifecycleAction::Publish)?;
                         EventPublished { event_id, at }.into()
                     }
                     Lifecycle::OpenSales => {
-                        event.transition("open sales for")?;
+                        event.transition(LifecycleAction::OpenSales)?;
                         EventSalesOpened { event_id, at }.into()
                     }
                     Lifecycle::CloseSales => {
-                        event.transition("close sales for")?;
+                        event.transition(LifecycleAction::CloseSales)?;
                         EventSalesClosed { event_id, at }.into()
                     }
                 };
@@ -390,7 +390,7 @@ impl SaleState {
                 return Err(EventError::VersionConflict { expected, actual }.into());
             }
         }
-        event.transition("update")?;
+        event.transition(LifecycleAction::Update)?;
         let current = &event.details;
         let details = EventDetails {
             name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
@@ -565,7 +565,7 @@ impl SaleState {
     }
 
     fn cancel_event(&self, event_id: EventId, now: DateTime<Utc>) -> Result<Decision, SaleError> {
-        self.event()?.transition("cancel")?;
+        self.event()?.transition(LifecycleAction::Cancel)?;
         let mut events: SmallVec<[DomainEvent; 4]> = SmallVec::new();
         events.push(EventCancelled { event_id, at: now }.into());
         // Deterministic order keeps replays and tests stable.
