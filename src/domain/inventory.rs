@@ -2,7 +2,6 @@
 //! invariant 1: `held + sold <= capacity` in every section, whatever the command order.
 
 use super::events::{DomainEvent, SectionSpec};
-use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InventoryError {
@@ -15,7 +14,7 @@ pub enum InventoryError {
 }
 
 /// Counts for one section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stock {
     pub name: String,
     pub capacity: u32,

@@ -11,7 +11,7 @@ pub mod payment;
 pub mod reservation;
 pub mod sale;
 
-pub use events::{DomainEvent, StreamId};
+pub use events::DomainEvent;
 pub use ids::{EventId, PaymentId, ReservationId, UserId};
 pub use money::{Currency, Money};
 pub use sale::{Decision, Effect, Outcome, SaleCommand, SaleError, SaleState};
