@@ -169,7 +169,10 @@ pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
         problem("ends_at", "must be after starts_at");
     }
     if details.sections.is_empty() || details.sections.len() > MAX_SECTIONS {
-        problem("sections", "must list between 1 and 100 sections");
+        problem(
+            "sections",
+            &format!("must list between 1 and {MAX_SECTIONS} sections"),
+        );
     }
     let mut seen = HashSet::new();
     for (i, section) in details.sections.iter().enumerate() {
