@@ -1,5 +1,7 @@
 //! The `Inventory` aggregate (`inventory-<event id>`): seat counts per section. It owns
 //! invariant 1: `held + sold <= capacity` in every section, whatever the command order.
+//! It never knows who holds the seats (that is `reservation`), and its `apply` saturates
+//! instead of panicking.
 
 use super::events::{DomainEvent, SectionSpec};
 

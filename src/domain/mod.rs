@@ -1,6 +1,7 @@
-//! The pure domain: ids, money, the event catalogue, the four aggregates and the sale that
-//! composes them. Nothing in here performs I/O, reads a clock or draws random numbers
-//! (except `Id::random()`, which only callers at the edge use).
+//! The pure domain: ids, money, the event catalogue (`events`), the four aggregates
+//! (`concert` for the `Event`, `inventory`, `reservation`, `payment`) and the `sale` that
+//! composes them into one decision. Nothing in here performs I/O, reads a clock or draws
+//! random numbers (except `Id::random()`, which only callers at the edge use).
 
 pub mod concert;
 pub mod events;
