@@ -1,7 +1,7 @@
 //! # Layout
 //! - `config`: typed configuration from the environment.
 //! - `db`: PostgreSQL pools, migrations and test databases shared by the adapters.
-//! - `domain`: pure reducers (event, inventory, reservation, payment, and the sale composing them).
+//! - `domain`: pure reducers (concert, inventory, reservation, payment, and the sale composing them).
 //! - `eventstore`: the `EventStore` port, its adapters and the event codec.
 //! - `runtime`: clock, per-sale writers with group commit, expiry, subscriptions.
 //! - `projections`: read models (views the HTTP queries answer from) and their adapters.

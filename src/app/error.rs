@@ -4,7 +4,7 @@
 //! problem+json, and 5xx causes go to the log, never to the caller.
 
 use crate::auth::AuthError;
-use crate::domain::event::EventError;
+use crate::domain::concert::EventError;
 use crate::domain::inventory::InventoryError;
 use crate::domain::payment::PaymentError;
 use crate::domain::reservation::ReservationError;

@@ -4,7 +4,7 @@
 
 use super::AppError;
 use crate::auth::{Principal, Role};
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::projections::EventView;
 use uuid::Uuid;
 

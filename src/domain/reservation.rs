@@ -1,6 +1,7 @@
 //! The `Reservation` aggregate (`reservation-<id>`): a hold that ends exactly once, as
 //! confirmed (then possibly refunded), cancelled or expired. Invariant 5 (holds always end)
-//! rests on `expires_at` being recorded here, in durable state.
+//! rests on `expires_at` being recorded here, in durable state. It never counts seats (that
+//! is `inventory`).
 
 use super::events::DomainEvent;
 use super::ids::{EventId, PaymentId, ReservationId, UserId};

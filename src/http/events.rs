@@ -6,7 +6,7 @@ use super::extract::{
 };
 use super::AppState;
 use crate::cache::CacheName;
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::events::{EventDetails, SectionSpec, Venue};
 use crate::domain::sale::{EventPatch, Lifecycle};
 use crate::domain::EventId;

@@ -10,7 +10,7 @@ pub mod memory;
 pub mod postgres;
 pub mod views;
 
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::{EventId, PaymentId, ReservationId, UserId};
 use crate::eventstore::RecordedEvent;
 use crate::paging::{Page, PageRequest};

@@ -1,6 +1,6 @@
 //! View types: the shapes the read models store and the HTTP API returns.
 
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::events::{PaymentCaptured, PaymentDeclined, ReservationPlaced};
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;

@@ -1,7 +1,7 @@
 //! Cache-aside tests: freshness through invalidation marks, single flight, degradation.
 use super::*;
 use crate::cache::memory::MemoryCache;
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::projections::*;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};

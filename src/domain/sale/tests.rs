@@ -1,7 +1,14 @@
 //! Given / when / then tests of the sale, plus a property test of invariants 1 and 2.
 
-use super::*;
-use chrono::TimeZone;
+use super::{Decision, Effect, EventPatch, Lifecycle, Outcome, SaleCommand, SaleError, SaleState};
+use crate::domain::concert::{EventError, EventStatus};
+use crate::domain::events::{DomainEvent, EventDetails, SectionSpec, Venue};
+use crate::domain::ids::{EventId, PaymentId, ReservationId, UserId};
+use crate::domain::inventory::InventoryError;
+use crate::domain::money::{Currency, Money};
+use crate::domain::payment::{Payment, PaymentStatus};
+use crate::domain::reservation::{ReservationError, ReservationStatus};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 
 fn t(minute: i64) -> DateTime<Utc> {
