@@ -46,7 +46,15 @@ impl AuditResult {
 
     /// The stored text back; anything else is corrupt data.
     pub fn parse(text: &str) -> Result<Self, AuditError> {
-        match text {
+        Self::try_from(text.to_owned())
+    }
+}
+
+impl TryFrom<String> for AuditResult {
+    type Error = AuditError;
+
+    fn try_from(text: String) -> Result<Self, AuditError> {
+        match text.as_str() {
             "success" => Ok(AuditResult::Success),
             "failure" => Ok(AuditResult::Failure),
             "denied" => Ok(AuditResult::Denied),
@@ -60,7 +68,7 @@ impl AuditResult {
 /// One audited action. General on purpose: `action` is a dotted name (`auth.login`,
 /// `event.cancel`, `payment.refund`, `dlq.retry`) and the resource a type (`user`, `event`,
 /// `payment`, `reservation`, `dlq_entry`) plus an id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     pub id: Uuid,
     pub at: DateTime<Utc>,
@@ -71,6 +79,7 @@ pub struct AuditRecord {
     pub action: String,
     pub resource_type: String,
     pub resource_id: Option<String>,
+    #[sqlx(try_from = "String")]
     pub result: AuditResult,
     pub correlation_id: Option<String>,
     pub client_ip: Option<String>,
