@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+#[path = "../common/metrics.rs"]
+pub mod metrics;
+
 pub const PASSWORD: &str = "correct-horse-1";
 
 /// One service process on its own port.
@@ -176,6 +179,20 @@ impl Service {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// One figure of `/metrics`: the sum of `name`'s samples carrying `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics scraped")
+            .text()
+            .await
+            .expect("metrics text");
+        metrics::sample(&text, name, labels)
     }
 
     /// Registers and logs in; returns (user id, token).
