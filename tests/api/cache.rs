@@ -97,7 +97,8 @@ async fn reads_after_acknowledged_holds_are_never_stale(app: TestApp) -> uuid::U
 /// In-process cache: no read after an acknowledged change is stale.
 #[tokio::test]
 async fn the_in_process_cache_never_serves_a_state_older_than_an_acknowledged_change() {
-    reads_after_acknowledged_holds_are_never_stale(spawn_app().await).await;
+    let app = spawn_app_with(|config| config.redis_url = None).await;
+    reads_after_acknowledged_holds_are_never_stale(app).await;
 }
 
 /// Redis cache: no read after an acknowledged change is stale, and the entries are in Redis.
