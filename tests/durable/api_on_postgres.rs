@@ -106,4 +106,7 @@ async fn the_purchase_path_reads_back_from_the_postgres_read_models() {
         "{page}"
     );
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    // A refunded and a declined payment on record, and the sale still balances in SQL.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    assert_eq!(assert_sales_balance_in_sql(&pool).await, 10_000);
 }
