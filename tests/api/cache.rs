@@ -122,21 +122,11 @@ async fn the_redis_cache_never_serves_a_state_older_than_an_acknowledged_change(
 
 /// The sum of `ticketing_cache_requests_total` samples with these labels.
 async fn cache_count(app: &TestApp, cache: &str, result: &str) -> u64 {
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let wanted = format!("ticketing_cache_requests_total{{cache=\"{cache}\",result=\"{result}\"}}");
-    response
-        .lines()
-        .filter_map(|line| line.strip_prefix(&wanted))
-        .filter_map(|value| value.trim().parse::<u64>().ok())
-        .sum()
+    app.metric(
+        "ticketing_cache_requests_total",
+        &[("cache", cache), ("result", result)],
+    )
+    .await as u64
 }
 
 /// A repeated read is a hit, counted per cache; a change makes the next read a miss.

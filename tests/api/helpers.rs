@@ -15,6 +15,9 @@ use ticketing::runtime::ManualClock;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+#[path = "../common/metrics.rs"]
+pub mod metrics;
+
 pub const ADMIN_EMAIL: &str = "admin@tests.example";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 pub const PASSWORD: &str = "correct-horse-1";
@@ -210,6 +213,16 @@ impl TestApp {
             headers,
             body,
         }
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        metrics::scrape(&self.client, &self.base).await
+    }
+
+    /// One figure of `/metrics`: the sum of `name`'s samples carrying `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metrics::sample(&self.metrics_text().await, name, labels)
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {

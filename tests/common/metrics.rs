@@ -3,6 +3,17 @@
 
 #![allow(dead_code)]
 
+/// The Prometheus text the service at `base` serves on `/metrics`.
+pub async fn scrape(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics scraped")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// The sum of the samples of `name` whose labels include every `(label, value)` of `labels`
 /// (0 when there is none).
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

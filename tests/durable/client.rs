@@ -183,15 +183,7 @@ impl Service {
 
     /// One figure of `/metrics`: the sum of `name`'s samples carrying `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics scraped")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = metrics::scrape(&self.http, &self.base).await;
         metrics::sample(&text, name, labels)
     }
 
