@@ -245,6 +245,9 @@ async fn redis_going_away_and_back_never_serves_a_stale_view() {
     let app = spawn_app_with(move |config| {
         config.redis_url = Some(format!("redis://127.0.0.1:{port}/0"));
         config.redis_key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        // The outage below cuts connections (errors at once); a slow machine must not turn
+        // the healthy reads before it into timeouts that open the breaker.
+        config.cache_timeout = std::time::Duration::from_secs(2);
     })
     .await;
     let organizer = app.organizer().await;

@@ -6,7 +6,6 @@
 use chrono::{Duration, TimeZone, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use ticketing::clock::ManualClock;
@@ -17,6 +16,9 @@ use uuid::Uuid;
 
 #[path = "../common/metrics.rs"]
 pub mod metrics;
+#[path = "../common/poll.rs"]
+mod poll;
+pub use poll::eventually;
 
 pub const ADMIN_EMAIL: &str = "admin@tests.example";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -370,22 +372,5 @@ impl TestApp {
             s["held"].as_u64().unwrap(),
             s["sold"].as_u64().unwrap(),
         )
-    }
-}
-
-/// Polls `check` until it holds or `deadline` passes (then panics with `what`). No fixed sleeps:
-/// it yields between polls and gives up on a deadline.
-pub async fn eventually<F, Fut>(what: &str, deadline: std::time::Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 #[path = "../common/metrics.rs"]
 pub mod metrics;
+#[path = "../common/poll.rs"]
+mod poll;
+pub use poll::eventually;
 
 pub const PASSWORD: &str = "correct-horse-1";
 
@@ -297,22 +300,6 @@ pub fn uuid(body: &Value, field: &str) -> Uuid {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no uuid `{field}` in {body}"))
-}
-
-/// Polls `check` until it holds, failing after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until the bus-fed insights have applied the last version of every stream they follow.
