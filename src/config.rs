@@ -19,8 +19,10 @@ pub struct Config {
     pub auth_database_url: Option<String>,
     pub kafka_brokers: Option<String>,
     pub kafka_topic_prefix: String,
-    /// When a bus consumer counts as stalled and whether it then rejoins its group.
-    pub consumer_stall: crate::bus::consumer::StallPolicy,
+    /// When a bus consumer counts as stalled (`CONSUMER_STALL_SECONDS`; zero: never).
+    pub consumer_stall_after: Duration,
+    /// Whether a stalled consumer rejoins its group (else it only reports the stall).
+    pub consumer_stall_recovery: bool,
     pub redis_url: Option<String>,
     /// `false` sends every event read to the read models (to measure what the cache saves).
     pub cache_enabled: bool,
@@ -121,7 +123,8 @@ impl Default for Config {
             auth_database_url: None,
             kafka_brokers: None,
             kafka_topic_prefix: "ticketing.".into(),
-            consumer_stall: crate::bus::consumer::StallPolicy::default(),
+            consumer_stall_after: Duration::from_secs(15),
+            consumer_stall_recovery: true,
             redis_url: None,
             cache_enabled: true,
             redis_key_prefix: "ticketing:".into(),
@@ -257,18 +260,16 @@ impl Config {
             database_url,
             kafka_brokers: get("KAFKA_BROKERS"),
             kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or(d.kafka_topic_prefix),
-            consumer_stall: crate::bus::consumer::StallPolicy {
-                after: Duration::from_secs(parse(
-                    "CONSUMER_STALL_SECONDS",
-                    get("CONSUMER_STALL_SECONDS"),
-                    d.consumer_stall.after.as_secs(),
-                )?),
-                recover: parse(
-                    "CONSUMER_STALL_RECOVERY",
-                    get("CONSUMER_STALL_RECOVERY"),
-                    d.consumer_stall.recover,
-                )?,
-            },
+            consumer_stall_after: Duration::from_secs(parse(
+                "CONSUMER_STALL_SECONDS",
+                get("CONSUMER_STALL_SECONDS"),
+                d.consumer_stall_after.as_secs(),
+            )?),
+            consumer_stall_recovery: parse(
+                "CONSUMER_STALL_RECOVERY",
+                get("CONSUMER_STALL_RECOVERY"),
+                d.consumer_stall_recovery,
+            )?,
             redis_url: get("REDIS_URL"),
             cache_enabled: parse("CACHE_ENABLED", get("CACHE_ENABLED"), true)?,
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or(d.redis_key_prefix.clone()),

@@ -93,6 +93,52 @@ pub fn auth_migrator() -> Migrator {
     tolerant(sqlx::migrate!("./migrations_auth"))
 }
 
+/// The service's three databases (they may be one): each has its own migration set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Events,
+    Projections,
+    Auth,
+}
+
+impl Database {
+    fn migrator(self) -> Migrator {
+        match self {
+            Database::Events => events_migrator(),
+            Database::Projections => projections_migrator(),
+            Database::Auth => auth_migrator(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Database::Events => "event store",
+            Database::Projections => "projections",
+            Database::Auth => "auth",
+        }
+    }
+}
+
+/// Connects to `database` at `url` (as `application_name`) and runs its migrations, a no-op
+/// on a database already migrated. Errors say which database failed and at which step.
+pub async fn connect_and_migrate(
+    database: Database,
+    url: &str,
+    settings: &PoolSettings,
+    application_name: &str,
+) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    let pool = connect_as(url, settings, application_name)
+        .await
+        .with_context(|| format!("connecting to the {} database", database.name()))?;
+    database
+        .migrator()
+        .run(&pool)
+        .await
+        .with_context(|| format!("migrating the {} database", database.name()))?;
+    Ok(pool)
+}
+
 /// True when `error` is a unique violation of the named constraint.
 pub fn violates(error: &sqlx::Error, constraint: &str) -> bool {
     error

@@ -1,7 +1,7 @@
 //! # Layout
 //! - `config`: typed configuration from the environment.
 //! - `db`: PostgreSQL pools, migrations and test databases shared by the adapters.
-//! - `domain`: pure reducers (event, inventory, reservation, payment, and the sale composing them).
+//! - `domain`: pure reducers (concert, inventory, reservation, payment, and the sale composing them).
 //! - `eventstore`: the `EventStore` port, its adapters and the event codec.
 //! - `runtime`: clock, per-sale writers with group commit, expiry, subscriptions.
 //! - `projections`: read models (views the HTTP queries answer from) and their adapters.
@@ -13,10 +13,13 @@
 //!   and the edge: rate limits, security headers, CORS, request timeout.
 //! - `observability`: metrics and tracing set-up.
 //! - `startup`: builds the application from a `Config` and serves it until shutdown.
+pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dlq;
@@ -24,6 +27,7 @@ pub mod domain;
 pub mod eventstore;
 pub mod http;
 pub mod observability;
+pub mod paging;
 pub mod payment;
 pub mod projections;
 pub mod runtime;

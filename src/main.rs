@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use std::sync::Arc;
+use ticketing::clock::SystemClock;
 use ticketing::config::{AppEnv, Config};
 use ticketing::observability::telemetry;
-use ticketing::runtime::SystemClock;
 
 fn main() -> anyhow::Result<()> {
     return_large_allocations_to_the_os();

@@ -2,7 +2,7 @@
 //! Every check uses its own fresh action names, so the store may be shared and non-empty.
 
 use super::{AuditFilter, AuditRecord, AuditResult, AuditStore};
-use crate::projections::PageRequest;
+use crate::paging::PageRequest;
 use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 

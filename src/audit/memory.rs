@@ -2,7 +2,7 @@
 //! Not durable; like every adapter it stores only what it is given.
 
 use super::{AuditError, AuditFilter, AuditRecord, AuditStore};
-use crate::projections::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use std::sync::Mutex;
 

@@ -6,8 +6,8 @@
 
 use super::store::{AuthError, AuthStore, Role, User};
 use super::{password, token};
+use crate::clock::Clock;
 use crate::domain::UserId;
-use crate::runtime::Clock;
 use chrono::{DateTime, Utc};
 use std::fmt;
 use std::sync::Arc;

@@ -25,6 +25,18 @@ pub struct BusMessage {
     pub payload: Vec<u8>,
 }
 
+impl From<&crate::dlq::DeadLetter> for BusMessage {
+    /// The message as it was received, for a retry of its dead letter.
+    fn from(entry: &crate::dlq::DeadLetter) -> Self {
+        BusMessage {
+            topic: entry.topic.clone(),
+            key: entry.message_key.clone(),
+            headers: entry.headers(),
+            payload: entry.payload(),
+        }
+    }
+}
+
 impl BusMessage {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

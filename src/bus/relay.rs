@@ -11,10 +11,11 @@
 //! and take over within a second if it dies. So there is no double publish storm and no gap.
 
 use super::{envelope, EventBus, Topics};
+use crate::backoff::Backoff;
+use crate::clock::Clock;
 use crate::eventstore::EventStore;
 use crate::observability::tracecontext::{continue_trace, traceparent_of};
 use crate::observability::Metrics;
-use crate::runtime::Clock;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
@@ -194,7 +195,8 @@ impl Relay {
     pub fn spawn(self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut head = self.store.subscribe_head();
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff =
+                Backoff::doubling(Duration::from_millis(100), Duration::from_millis(2500));
             // Topics are (re)created before the first batch and after any failure: a broker
             // that lost them (a restarted in-memory broker) gets them back.
             let mut topics_ready = false;
@@ -203,19 +205,19 @@ impl Relay {
                 let pause = match self.turn(&mut topics_ready).await {
                     Ok(Turn::Published(n)) if n == BATCH => continue,
                     Ok(_) => {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         POLL
                     }
                     Err(e) => {
                         topics_ready = false;
+                        let pause = backoff.next_delay();
                         self.metrics.bus_publish_errors.inc();
                         tracing::warn!(
                             error = format!("{e:#}"),
-                            retry_in_ms = backoff.as_millis(),
+                            retry_in_ms = pause.as_millis(),
                             "outbox relay: cannot publish; the outbox keeps the events"
                         );
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        backoff / 2
+                        pause
                     }
                 };
                 tokio::select! {

@@ -12,7 +12,7 @@
 use super::{Cache, CacheError};
 use crate::domain::EventId;
 use crate::observability::Metrics;
-use crate::projections::{EventView, ReadError, ReadModel};
+use crate::projections::{EventLookup, EventView, ReadError, ViewInvalidation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,6 +57,13 @@ pub struct Invalidator {
     keep_marks: Duration,
     open_until: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl ViewInvalidation for Invalidator {
+    async fn invalidate(&self, sale_ids: &[EventId], position: u64) {
+        Invalidator::invalidate(self, sale_ids, position).await
+    }
 }
 
 impl Invalidator {
@@ -137,7 +144,7 @@ struct Entry {
 /// Event views through the cache.
 pub struct EventCache {
     shared: Arc<Invalidator>,
-    reads: Arc<dyn ReadModel>,
+    reads: Arc<dyn EventLookup>,
     /// The projector's published position (`Progress::position`).
     position: Box<dyn Fn() -> u64 + Send + Sync>,
     ttl: Duration,
@@ -150,7 +157,7 @@ pub struct EventCache {
 impl EventCache {
     pub fn new(
         shared: Arc<Invalidator>,
-        reads: Arc<dyn ReadModel>,
+        reads: Arc<dyn EventLookup>,
         position: impl Fn() -> u64 + Send + Sync + 'static,
         ttl: Duration,
         enabled: bool,
@@ -267,250 +274,4 @@ impl EventCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::memory::MemoryCache;
-    use crate::domain::event::EventStatus;
-    use crate::domain::{PaymentId, ReservationId, UserId};
-    use crate::eventstore::RecordedEvent;
-    use crate::projections::*;
-    use async_trait::async_trait;
-    use chrono::{TimeZone, Utc};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    fn view(id: Uuid, sold: u32) -> EventView {
-        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-        EventView {
-            id,
-            owner_id: Uuid::nil(),
-            name: "Gig".into(),
-            description: None,
-            venue: VenueView {
-                name: "Hall".into(),
-                address: "1 Main St".into(),
-            },
-            starts_at: at,
-            ends_at: at,
-            currency: "USD".into(),
-            status: EventStatus::OnSale,
-            sections: vec![SectionView {
-                name: "floor".into(),
-                capacity: 100,
-                price_cents: 100,
-                available: 100 - sold,
-                held: 0,
-                sold,
-            }],
-            version: u64::from(sold),
-            created_at: at,
-            updated_at: at,
-        }
-    }
-
-    /// A read model whose event reads count and, while `gate` is closed, wait.
-    struct Counting {
-        sold: AtomicU64,
-        loads: AtomicU64,
-        gate: tokio::sync::Semaphore,
-    }
-
-    #[async_trait]
-    impl ReadModel for Counting {
-        async fn apply(&self, _: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
-            unimplemented!()
-        }
-        async fn checkpoint(&self) -> anyhow::Result<u64> {
-            unimplemented!()
-        }
-        async fn reset(&self) -> anyhow::Result<()> {
-            unimplemented!()
-        }
-        async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
-            // Read the state first, then wait at the gate: a slow load of an old state.
-            let sold = self.sold.load(Ordering::SeqCst);
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            let _pass = self.gate.acquire().await.unwrap();
-            Ok(Some(view(id.0, u32::try_from(sold).unwrap())))
-        }
-        async fn events(
-            &self,
-            _: &EventQuery,
-            _: PageRequest,
-        ) -> Result<Page<EventView>, ReadError> {
-            unimplemented!()
-        }
-        async fn reservation(
-            &self,
-            _: ReservationId,
-        ) -> Result<Option<ReservationView>, ReadError> {
-            unimplemented!()
-        }
-        async fn reservations(
-            &self,
-            _: Option<UserId>,
-            _: PageRequest,
-        ) -> Result<Page<ReservationView>, ReadError> {
-            unimplemented!()
-        }
-        async fn payment(&self, _: PaymentId) -> Result<Option<PaymentView>, ReadError> {
-            unimplemented!()
-        }
-        async fn payments_of(
-            &self,
-            _: UserId,
-            _: PageRequest,
-        ) -> Result<Page<PaymentView>, ReadError> {
-            unimplemented!()
-        }
-        async fn pending_holds(&self) -> Result<Vec<PendingHold>, ReadError> {
-            unimplemented!()
-        }
-        async fn ping(&self) -> Result<(), ReadError> {
-            Ok(())
-        }
-        fn kind(&self) -> &'static str {
-            "counting"
-        }
-    }
-
-    struct Fixture {
-        reads: Arc<Counting>,
-        position: Arc<AtomicU64>,
-        shared: Arc<Invalidator>,
-        cache: Arc<EventCache>,
-        metrics: Arc<Metrics>,
-    }
-
-    fn fixture(store: Arc<dyn Cache>, open: bool) -> Fixture {
-        let reads = Arc::new(Counting {
-            sold: AtomicU64::new(0),
-            loads: AtomicU64::new(0),
-            gate: tokio::sync::Semaphore::new(if open { 1_000 } else { 0 }),
-        });
-        let position = Arc::new(AtomicU64::new(0));
-        let metrics = Arc::new(Metrics::new());
-        let shared = Invalidator::new(store, Duration::from_secs(60), Arc::clone(&metrics));
-        let seen = Arc::clone(&position);
-        let cache = Arc::new(EventCache::new(
-            Arc::clone(&shared),
-            reads.clone(),
-            move || seen.load(Ordering::SeqCst),
-            Duration::from_secs(60),
-            true,
-        ));
-        Fixture {
-            reads,
-            position,
-            shared,
-            cache,
-            metrics,
-        }
-    }
-
-    fn counted(m: &Metrics, result: &str) -> u64 {
-        m.cache_requests
-            .with_label_values(&["availability", result])
-            .get()
-    }
-
-    /// Fifty concurrent readers of a cold key cause one load; the rest wait for it.
-    #[tokio::test]
-    async fn concurrent_misses_of_one_key_load_it_once() {
-        let f = fixture(Arc::new(MemoryCache::default()), false);
-        let id = EventId(Uuid::new_v4());
-        let readers: Vec<_> = (0..50)
-            .map(|_| {
-                let cache = Arc::clone(&f.cache);
-                tokio::spawn(async move { cache.event(id, CacheName::Availability).await })
-            })
-            .collect();
-        // Let the first load through once every reader has looked (all missed).
-        let started = Instant::now();
-        while counted(&f.metrics, "miss") < 50 {
-            assert!(started.elapsed() < Duration::from_secs(5));
-            tokio::task::yield_now().await;
-        }
-        f.reads.gate.add_permits(1_000);
-        for reader in readers {
-            assert_eq!(reader.await.unwrap().unwrap().unwrap().id, id.0);
-        }
-        assert_eq!(f.reads.loads.load(Ordering::SeqCst), 1);
-        assert_eq!(
-            f.cache
-                .event(id, CacheName::Availability)
-                .await
-                .unwrap()
-                .unwrap()
-                .id,
-            id.0
-        );
-        assert_eq!(counted(&f.metrics, "hit"), 1);
-        assert!(f.cache.loading.lock().unwrap().is_empty());
-    }
-
-    /// A load that read the old state before a change, and stores it after the change was
-    /// invalidated, is refused: readers after the invalidation see the new state.
-    #[tokio::test]
-    async fn a_stale_view_written_back_after_an_invalidation_is_refused() {
-        let f = fixture(Arc::new(MemoryCache::default()), false);
-        let id = EventId(Uuid::new_v4());
-        let slow = {
-            let cache = Arc::clone(&f.cache);
-            tokio::spawn(async move { cache.event(id, CacheName::Availability).await })
-        };
-        let started = Instant::now();
-        while f.reads.loads.load(Ordering::SeqCst) < 1 {
-            assert!(started.elapsed() < Duration::from_secs(5));
-            tokio::task::yield_now().await;
-        }
-        // The change lands: read model first, then invalidation, then progress.
-        f.reads.sold.store(3, Ordering::SeqCst);
-        f.shared.invalidate(&[id], 7).await;
-        f.position.store(7, Ordering::SeqCst);
-        f.reads.gate.add_permits(1_000);
-        let old = slow.await.unwrap().unwrap().unwrap();
-        assert_eq!(
-            old.sections[0].sold, 0,
-            "that reader started before the change"
-        );
-
-        let now = f
-            .cache
-            .event(id, CacheName::Availability)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(now.sections[0].sold, 3);
-        assert_eq!(f.reads.loads.load(Ordering::SeqCst), 2);
-        let again = f
-            .cache
-            .event(id, CacheName::Availability)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(again.sections[0].sold, 3);
-        assert_eq!(counted(&f.metrics, "hit"), 1);
-    }
-
-    /// A cache that fails answers from the read models, counts errors, and stops being asked
-    /// for a while (the breaker).
-    #[tokio::test]
-    async fn a_failing_cache_is_bypassed_and_counted() {
-        let down = crate::cache::redis::RedisCache::new(
-            "redis://127.0.0.1:1/0",
-            "x:",
-            Duration::from_millis(100),
-        )
-        .unwrap();
-        let f = fixture(Arc::new(down), true);
-        let id = EventId(Uuid::new_v4());
-        for _ in 0..3 {
-            let view = f.cache.event(id, CacheName::Availability).await.unwrap();
-            assert_eq!(view.unwrap().id, id.0);
-        }
-        assert_eq!(counted(&f.metrics, "error"), 3);
-        assert_eq!(f.reads.loads.load(Ordering::SeqCst), 3);
-        // Invalidation with the cache down does not fail either.
-        f.shared.invalidate(&[id], 1).await;
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 
 use super::{Closing, DeadLetters, DlqError, DlqStatus, NewDeadLetter};
 use crate::domain::UserId;
-use crate::projections::PageRequest;
+use crate::paging::PageRequest;
 use chrono::{DateTime, Utc};
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -45,8 +45,10 @@ pub async fn run(dlq: &dyn DeadLetters) {
     // Round trip.
     let e = dlq.get(first).await.unwrap();
     assert_eq!(e.status, DlqStatus::Pending);
-    assert_eq!(e.message().payload, vec![1, 2, 3, 255]);
-    assert_eq!(e.message().header("correlation-id"), Some("c-1"));
+    assert_eq!(e.payload(), vec![1, 2, 3, 255]);
+    assert!(e
+        .headers()
+        .contains(&("correlation-id".to_owned(), "c-1".to_owned())));
     assert_eq!(e.causes, vec!["outer", "inner"]);
     assert_eq!((e.partition, e.offset), (2, 7));
     assert_eq!(e.event_version, Some(9));

@@ -1,7 +1,7 @@
 //! The dead letter queue in memory, for the in-memory service and tests.
 
 use super::{Closing, DeadLetter, DeadLetters, DlqError, DlqStats, DlqStatus, NewDeadLetter};
-use crate::projections::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use base64::Engine;
 use chrono::{DateTime, Utc};

@@ -1,17 +1,16 @@
 //! The dead letter queue: messages a bus consumer could not handle, and the later messages of
 //! the same stream parked behind them. The `DeadLetters` port stores entries and their
 //! status transitions (pending -> processing -> resolved | pending, pending -> resolved |
-//! discarded); `service.rs` drives retries through the original handler. Adapters:
+//! discarded); `app::dead_letters` drives retries through the original handler. Adapters:
 //! `memory`, `postgres` (table in `migrations_events/`); both pass `contract`.
 
 #[cfg(test)]
 pub mod contract;
 pub mod memory;
 pub mod postgres;
-pub mod service;
 
 use crate::domain::UserId;
-use crate::projections::{Page, PageRequest};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -105,21 +104,20 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The message as it was received, for a retry.
-    pub fn message(&self) -> crate::bus::BusMessage {
+    /// The message's payload as it was received.
+    pub fn payload(&self) -> Vec<u8> {
         use base64::Engine;
-        crate::bus::BusMessage {
-            topic: self.topic.clone(),
-            key: self.message_key.clone(),
-            headers: self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                .collect(),
-            payload: base64::engine::general_purpose::STANDARD
-                .decode(&self.payload_base64)
-                .unwrap_or_default(),
-        }
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.payload_base64)
+            .unwrap_or_default()
+    }
+
+    /// The message's headers as they were received.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect()
     }
 }
 
@@ -130,6 +128,23 @@ pub struct DlqStats {
     pub processing: u64,
     pub resolved: u64,
     pub discarded: u64,
+}
+
+impl DlqStats {
+    /// Sets `ticketing_dlq_entries{status}` to these counts.
+    pub fn record(&self, metrics: &crate::observability::Metrics) {
+        for (status, n) in [
+            ("pending", self.pending),
+            ("processing", self.processing),
+            ("resolved", self.resolved),
+            ("discarded", self.discarded),
+        ] {
+            metrics
+                .dlq_entries
+                .with_label_values(&[status])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! The `Inventory` aggregate (`inventory-<event id>`): seat counts per section. It owns
 //! invariant 1: `held + sold <= capacity` in every section, whatever the command order.
+//! It never knows who holds the seats (that is `reservation`), and its `apply` saturates
+//! instead of panicking.
 
 use super::events::{DomainEvent, SectionSpec};
-use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InventoryError {
@@ -15,7 +16,7 @@ pub enum InventoryError {
 }
 
 /// Counts for one section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stock {
     pub name: String,
     pub capacity: u32,

@@ -1,8 +1,9 @@
-//! The pure domain: ids, money, the event catalogue, the four aggregates and the sale that
-//! composes them. Nothing in here performs I/O, reads a clock or draws random numbers
-//! (except `Id::random()`, which only callers at the edge use).
+//! The pure domain: ids, money, the event catalogue (`events`), the four aggregates
+//! (`concert` for the `Event`, `inventory`, `reservation`, `payment`) and the `sale` that
+//! composes them into one decision. Nothing in here performs I/O, reads a clock or draws
+//! random numbers (except `Id::random()`, which only callers at the edge use).
 
-pub mod event;
+pub mod concert;
 pub mod events;
 pub mod ids;
 pub mod inventory;
@@ -11,7 +12,7 @@ pub mod payment;
 pub mod reservation;
 pub mod sale;
 
-pub use events::{DomainEvent, StreamId};
+pub use events::DomainEvent;
 pub use ids::{EventId, PaymentId, ReservationId, UserId};
 pub use money::{Currency, Money};
 pub use sale::{Decision, Effect, Outcome, SaleCommand, SaleError, SaleState};

@@ -1,6 +1,7 @@
 //! The `Reservation` aggregate (`reservation-<id>`): a hold that ends exactly once, as
 //! confirmed (then possibly refunded), cancelled or expired. Invariant 5 (holds always end)
-//! rests on `expires_at` being recorded here, in durable state.
+//! rests on `expires_at` being recorded here, in durable state. It never counts seats (that
+//! is `inventory`).
 
 use super::events::DomainEvent;
 use super::ids::{EventId, PaymentId, ReservationId, UserId};
@@ -80,17 +81,7 @@ pub struct Reservation {
 impl Reservation {
     /// A pending hold that may still be paid at `now`.
     pub fn ensure_payable(&self, now: DateTime<Utc>) -> Result<(), ReservationError> {
-        if self.status != ReservationStatus::Pending {
-            return Err(ReservationError::NotPending {
-                status: self.status,
-            });
-        }
-        if now >= self.expires_at {
-            return Err(ReservationError::HoldExpired {
-                expires_at: self.expires_at,
-            });
-        }
-        Ok(())
+        ensure_payable(self.status, self.expires_at, now)
     }
 
     /// Folds an event of this aggregate into `state` (which holds every reservation of one event).
@@ -145,4 +136,19 @@ impl Reservation {
             _ => {}
         }
     }
+}
+
+/// A hold can be paid while it is pending and has not expired.
+pub fn ensure_payable(
+    status: ReservationStatus,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), ReservationError> {
+    if status != ReservationStatus::Pending {
+        return Err(ReservationError::NotPending { status });
+    }
+    if now >= expires_at {
+        return Err(ReservationError::HoldExpired { expires_at });
+    }
+    Ok(())
 }

@@ -10,13 +10,17 @@
 //! `events_stream_version_key` unique violation, reported as `Conflict`: with turns, only a
 //! writer that skips them (an older binary during a rolling deploy) can cause one.
 
+mod append;
+
 use super::{check_contiguous, Decide, EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
+use crate::backoff::Backoff;
 use crate::db;
 use crate::domain::EventId;
+use append::{insert, sale_lock_key, SALE_LOCK_CLASS};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -24,9 +28,6 @@ use tokio::task::JoinHandle;
 
 /// Advisory lock key that serializes appends ("tkt-evts").
 const APPEND_LOCK: i64 = 0x746b_742d_6576_7473;
-/// First key of the per-sale advisory locks ("tkts"); the second is folded from the sale id.
-/// The two-key form lives in another key space than `APPEND_LOCK`'s, so they never collide.
-const SALE_LOCK_CLASS: i32 = 0x746b_7473;
 /// Channel on which every append announces its last position.
 const CHANNEL: &str = "ticketing_events";
 
@@ -62,14 +63,15 @@ impl PostgresEventStore {
         &self.pool
     }
 
-    async fn actual_version(&self, stream_id: &str) -> u64 {
-        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM events WHERE stream_id = $1")
-            .bind(stream_id)
-            .fetch_one(&self.pool)
-            .await
-            .ok()
-            .flatten()
-            .map_or(0, to_u64)
+    async fn actual_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        let version = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MAX(version) FROM events WHERE stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(version.map_or(0, to_u64))
     }
 
     async fn try_append(&self, sale_id: EventId, events: &[NewEvent]) -> Result<u64, sqlx::Error> {
@@ -108,7 +110,11 @@ impl PostgresEventStore {
         let fresh = match rows
             .iter()
             .filter(|row| row.len() > 1)
-            .map(|row| decode_row(row).map(Arc::new))
+            .map(|row| {
+                let row = EventRow::from_row(row)
+                    .map_err(|e| StoreError::Corrupt(format!("unreadable event row: {e}")))?;
+                RecordedEvent::try_from(row).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(fresh) => fresh,
@@ -138,7 +144,10 @@ impl PostgresEventStore {
             return unavailable(e);
         }
         for event in events {
-            let actual = self.actual_version(&event.stream_id).await;
+            let actual = match self.actual_version(&event.stream_id).await {
+                Ok(actual) => actual,
+                Err(e) => return e,
+            };
             if actual >= event.version {
                 return StoreError::Conflict {
                     stream_id: event.stream_id.clone(),
@@ -150,10 +159,13 @@ impl PostgresEventStore {
         let Some(first) = events.first() else {
             return unavailable(e);
         };
-        StoreError::Conflict {
-            stream_id: first.stream_id.clone(),
-            attempted: first.version,
-            actual: self.actual_version(&first.stream_id).await,
+        match self.actual_version(&first.stream_id).await {
+            Ok(actual) => StoreError::Conflict {
+                stream_id: first.stream_id.clone(),
+                attempted: first.version,
+                actual,
+            },
+            Err(e) => e,
         }
     }
 
@@ -163,84 +175,54 @@ impl PostgresEventStore {
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter()
-            .map(|row| decode_row(row).map(Arc::new))
+            .map(|row| {
+                let row = EventRow::from_row(row)
+                    .map_err(|e| StoreError::Corrupt(format!("unreadable event row: {e}")))?;
+                RecordedEvent::try_from(row).map(Arc::new)
+            })
             .collect()
     }
-}
-
-/// Inside `tx`: takes the append lock, numbers `events` after the current maximum position,
-/// inserts them and notifies listeners. Returns the last position; the lock ends with `tx`.
-async fn insert(
-    tx: &mut sqlx::PgConnection,
-    sale_id: EventId,
-    events: &[NewEvent],
-) -> Result<u64, sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let metadata: Vec<String> = events
-        .iter()
-        .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
-        .collect();
-    // One round trip for numbering, the rows and the notification (sent at commit). The
-    // statement's snapshot is taken after the lock was granted, so MAX sees every commit.
-    let last: i64 = sqlx::query_scalar(
-        "WITH head AS (SELECT COALESCE(MAX(position), 0) AS start FROM events),
-         inserted AS (
-             INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
-             SELECT head.start + x.n, $1, x.s, x.v, x.t, x.tv, x.pl, x.m::jsonb
-             FROM head,
-                  UNNEST($2::text[], $3::bigint[], $4::text[], $5::int[], $6::bytea[], $7::text[])
-                      WITH ORDINALITY AS x(s, v, t, tv, pl, m, n)
-             RETURNING position)
-         SELECT l.last FROM (SELECT MAX(position) AS last FROM inserted) l,
-                LATERAL (SELECT pg_notify($8, l.last::text)) n",
-    )
-    .bind(sale_id.0)
-    .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| i64::try_from(e.version).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| i32::from(e.event_version)).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
-    .bind(&metadata)
-    .bind(CHANNEL)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(to_u64(last))
-}
-
-/// The second key of a sale's advisory lock: the sale id's four 32-bit words folded with XOR.
-/// Two sales sharing a key only take turns needlessly; the fold is the same in every process.
-fn sale_lock_key(sale_id: EventId) -> i32 {
-    let bits = sale_id.0.as_u128();
-    let folded = (0..4).fold(0u32, |acc, i| {
-        acc ^ u32::try_from((bits >> (32 * i)) & u128::from(u32::MAX)).unwrap_or(0)
-    });
-    i32::from_be_bytes(folded.to_be_bytes())
 }
 
 fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn decode_row(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
-    let corrupt = |e: sqlx::Error| StoreError::Unavailable(format!("unreadable event row: {e}"));
-    let metadata: String = row.try_get("metadata").map_err(corrupt)?;
-    Ok(RecordedEvent {
-        position: to_u64(row.try_get("position").map_err(corrupt)?),
-        sale_id: EventId(row.try_get("sale_id").map_err(corrupt)?),
-        stream_id: row.try_get("stream_id").map_err(corrupt)?,
-        version: to_u64(row.try_get("version").map_err(corrupt)?),
-        event_type: row.try_get("event_type").map_err(corrupt)?,
-        event_version: u16::try_from(row.try_get::<i32, _>("event_version").map_err(corrupt)?)
-            .unwrap_or(u16::MAX),
-        payload: row.try_get("payload").map_err(corrupt)?,
-        metadata: serde_json::from_str::<Metadata>(&metadata).unwrap_or_default(),
-        recorded_at: row
-            .try_get::<DateTime<Utc>, _>("recorded_at")
-            .map_err(corrupt)?,
-    })
+/// An `events` row as stored; `TryFrom` checks every value it narrows.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    sale_id: uuid::Uuid,
+    stream_id: String,
+    version: i64,
+    event_type: String,
+    event_version: i32,
+    payload: Vec<u8>,
+    metadata: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for RecordedEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!("event at position {} has {what}", row.position))
+        };
+        Ok(RecordedEvent {
+            position: u64::try_from(row.position).map_err(|_| corrupt("a negative position"))?,
+            sale_id: EventId(row.sale_id),
+            version: u64::try_from(row.version).map_err(|_| corrupt("a negative version"))?,
+            event_version: u16::try_from(row.event_version)
+                .map_err(|_| corrupt("an event version out of range"))?,
+            metadata: serde_json::from_str::<Metadata>(&row.metadata)
+                .map_err(|e| corrupt(&format!("unreadable metadata ({e})")))?,
+            stream_id: row.stream_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            recorded_at: row.recorded_at,
+        })
+    }
 }
 
 const COLUMNS: &str =
@@ -257,7 +239,7 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 /// Follows the appends of every instance (LISTEN), and re-reads the head after a reconnect,
 /// so subscriptions here wake for events written elsewhere.
 async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let listener = match PgListener::connect_with(&pool).await {
             Ok(mut listener) => listener.listen(CHANNEL).await.map(|()| listener),
@@ -265,7 +247,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
         };
         match listener {
             Ok(mut listener) => {
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 if let Ok(max) = max_position(&pool).await {
                     head.send_if_modified(|h| raise(h, max));
                 }
@@ -278,8 +260,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
             }
             _ => tracing::warn!("cannot listen for event notifications; retrying"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 

@@ -2,10 +2,11 @@
 //! it (`Audience`, enforced here by the `enforce` middleware before any handler runs) and the
 //! ownership rule on the resource it names (`Ownership`, enforced by the handler through
 //! `policy`, because it needs the resource). `Rule::decide` says what each kind of caller
-//! gets; the access-matrix API test walks this same table. A route missing from the table is
-//! refused (fail closed); a unit test keeps the router and the table in step.
+//! gets; the access-matrix API test checks every route against its own, independent table.
+//! A route missing from the table is refused (fail closed); a unit test keeps the router and
+//! the table in step.
 
-use super::error::ApiError;
+use super::error::{ApiError, AppError};
 use super::extract::{bearer, VerifiedPrincipal};
 use super::AppState;
 use crate::auth::{Principal, Role};
@@ -222,7 +223,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
             // Another method of a known route: the router answers 405.
             return next.run(request).await;
         }
-        return ApiError::Internal(anyhow::anyhow!(
+        return AppError::Internal(anyhow::anyhow!(
             "route {} {template} has no access rule",
             request.method()
         ))
@@ -238,9 +239,9 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
     };
     match principal {
         None if rule.audience.admits_anonymous() => {}
-        None => return ApiError::Unauthorized.into_response(),
+        None => return AppError::Unauthorized.into_response(),
         Some(p) if !rule.audience.admits(p.role) => {
-            return ApiError::Forbidden(match rule.audience {
+            return AppError::Forbidden(match rule.audience {
                 Staff => "only organizers and admins may do this",
                 _ => "only admins may do this",
             })

@@ -3,9 +3,9 @@
 
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery, Authenticated};
-use super::{policy, AppState};
-use crate::domain::EventId;
-use crate::projections::{HistoryEntry, Page, PageRequest, SalesView};
+use super::AppState;
+use crate::paging::{Page, PageRequest};
+use crate::projections::{HistoryEntry, SalesView};
 use axum::extract::State;
 use axum::Json;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -26,18 +26,7 @@ async fn event_sales(
     Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<SalesView>, ApiError> {
-    let id = EventId(id);
-    let event = s.event_view(id).await?;
-    policy::manage_event(&caller, event.clone())?;
-    // Before the consumer has seen the event, nothing has been sold that it could show.
-    let sales = s.insights.sales(id).await?.unwrap_or_else(|| SalesView {
-        event_id: id.0,
-        tickets_sold: 0,
-        revenue_cents: 0,
-        currency: event.currency,
-        by_section: Vec::new(),
-    });
-    Ok(Json(sales))
+    Ok(Json(s.app.event_sales(&caller, id).await?))
 }
 
 #[utoipa::path(get, path = "/api/customers/{id}/history", tag = "analytics",
@@ -50,10 +39,5 @@ async fn customer_history(
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(page): ApiQuery<PageRequest>,
 ) -> Result<Json<Page<HistoryEntry>>, ApiError> {
-    policy::user_collection(&caller, id)?;
-    Ok(Json(
-        s.insights
-            .history(id.into(), super::valid_page(page)?)
-            .await?,
-    ))
+    Ok(Json(s.app.purchase_history(&caller, id, page).await?))
 }

@@ -1,6 +1,6 @@
 //! `/auth`: registration, login, logout and the current account.
 
-use super::error::ApiError;
+use super::error::{ApiError, AppError};
 use super::extract::{ApiJson, Authenticated, RequestContext};
 use super::AppState;
 use crate::audit::AuditResult;
@@ -160,7 +160,7 @@ async fn logout(
     ctx: RequestContext,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let token = super::extract::bearer(&headers)?.ok_or(ApiError::Unauthorized)?;
+    let token = super::extract::bearer(&headers)?.ok_or(AppError::Unauthorized)?;
     let outcome = s.auth.logout(token).await.map_err(ApiError::from);
     s.audit(
         &ctx,

@@ -4,13 +4,14 @@ use super::error::ApiError;
 use super::extract::{
     ApiJson, ApiPath, ApiQuery, Authenticated, MaybeAuthenticated, RequestContext,
 };
-use super::{policy, AppState};
+use super::AppState;
 use crate::cache::CacheName;
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::events::{EventDetails, SectionSpec, Venue};
 use crate::domain::sale::{EventPatch, Lifecycle};
-use crate::domain::{Currency, EventId, SaleCommand};
-use crate::projections::{AvailabilityView, EventQuery, EventView, Page, PageRequest};
+use crate::domain::EventId;
+use crate::paging::{Page, PageRequest};
+use crate::projections::{AvailabilityView, EventQuery, EventView};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -181,31 +182,25 @@ async fn create_event(
 ) -> Result<Response, ApiError> {
     let id = EventId::random();
     let name = body.name.trim().to_owned();
-    let outcome = async {
-        policy::create_events(&caller)?;
-        let currency = match body.currency.as_deref() {
-            None => Currency::USD,
-            Some(code) => {
-                Currency::parse(code).map_err(|e| ApiError::field("currency", &e.to_string()))?
-            }
-        };
-        let command = SaleCommand::CreateEvent {
-            owner_id: caller.user_id,
-            currency,
-            details: EventDetails {
-                name: name.clone(),
-                description: body.description.map(|d| d.trim().to_owned()),
-                venue: venue(body.venue),
-                starts_at: body.starts_at,
-                ends_at: body.ends_at,
-                sections: sections(body.sections),
-            },
-            now: s.clock.now(),
-        };
-        s.command(id, command, ctx.metadata(&caller)).await?;
-        s.event_view(id).await
-    }
-    .await;
+    let details = EventDetails {
+        name: name.clone(),
+        description: body.description.map(|d| d.trim().to_owned()),
+        venue: venue(body.venue),
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        sections: sections(body.sections),
+    };
+    let outcome = s
+        .app
+        .create_event(
+            &caller,
+            id,
+            body.currency.as_deref(),
+            details,
+            ctx.metadata(&caller),
+        )
+        .await
+        .map_err(ApiError::from);
     s.audit(
         &ctx,
         Some(&caller),
@@ -228,12 +223,9 @@ async fn list_events(
     let query = EventQuery {
         status: filters.status,
         owner_id: filters.owner_id.map(Into::into),
-        viewer: caller.as_ref().map(|p| p.user_id),
-        viewer_is_admin: caller.as_ref().is_some_and(|p| p.is_admin()),
+        ..EventQuery::default()
     };
-    Ok(Json(
-        s.reads.events(&query, super::valid_page(page)?).await?,
-    ))
+    Ok(Json(s.app.list_events(caller.as_ref(), query, page).await?))
 }
 
 #[utoipa::path(get, path = "/api/events/{id}", tag = "events", params(("id" = Uuid, Path)),
@@ -243,8 +235,10 @@ async fn get_event(
     MaybeAuthenticated(caller): MaybeAuthenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let view = s.cached_event_view(EventId(id), CacheName::Events).await?;
-    let view = policy::see_event(caller.as_ref(), view)?;
+    let view = s
+        .app
+        .visible_event(caller.as_ref(), id, CacheName::Events)
+        .await?;
     Ok(with_etag(StatusCode::OK, view))
 }
 
@@ -263,7 +257,6 @@ async fn update_event(
 ) -> Result<Response, ApiError> {
     let id = EventId(id);
     let outcome = async {
-        policy::manage_event(&caller, s.event_view(id).await?)?;
         let expected_version = if_match(&headers)?.or(body.expected_version);
         let patch = EventPatch {
             name: body.name.map(|n| n.trim().to_owned()),
@@ -273,13 +266,10 @@ async fn update_event(
             ends_at: body.ends_at,
             sections: body.sections.map(sections),
         };
-        let command = SaleCommand::UpdateEvent {
-            expected_version,
-            patch,
-            now: s.clock.now(),
-        };
-        s.command(id, command, ctx.metadata(&caller)).await?;
-        s.event_view(id).await
+        let metadata = ctx.metadata(&caller);
+        Ok(s.app
+            .update_event(&caller, id, expected_version, patch, metadata)
+            .await?)
     }
     .await;
     s.audit(
@@ -304,12 +294,11 @@ async fn cancel_event(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let id = EventId(id);
-    let outcome = async {
-        policy::manage_event(&caller, s.event_view(id).await?)?;
-        let command = SaleCommand::CancelEvent { now: s.clock.now() };
-        s.command(id, command, ctx.metadata(&caller)).await
-    }
-    .await;
+    let outcome = s
+        .app
+        .cancel_event(&caller, id, ctx.metadata(&caller))
+        .await
+        .map_err(ApiError::from);
     s.audit(
         &ctx,
         Some(&caller),
@@ -335,16 +324,11 @@ async fn lifecycle(
         Lifecycle::OpenSales => "event.open_sales",
         Lifecycle::CloseSales => "event.close_sales",
     };
-    let outcome = async {
-        policy::manage_event(&caller, s.event_view(id).await?)?;
-        let command = SaleCommand::ChangeLifecycle {
-            action,
-            now: s.clock.now(),
-        };
-        s.command(id, command, ctx.metadata(&caller)).await?;
-        s.event_view(id).await
-    }
-    .await;
+    let outcome = s
+        .app
+        .change_lifecycle(&caller, id, action, ctx.metadata(&caller))
+        .await
+        .map_err(ApiError::from);
     s.audit(
         &ctx,
         Some(&caller),
@@ -400,8 +384,8 @@ async fn availability(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<AvailabilityView>, ApiError> {
     let view = s
-        .cached_event_view(EventId(id), CacheName::Availability)
+        .app
+        .visible_event(caller.as_ref(), id, CacheName::Availability)
         .await?;
-    let view = policy::see_event(caller.as_ref(), view)?;
     Ok(Json(AvailabilityView::from(&view)))
 }

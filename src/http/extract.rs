@@ -2,7 +2,7 @@
 //! JSON bodies (then validated field by field), typed path and query parameters, the bearer
 //! token, and the request context (correlation id) that goes into event metadata.
 
-use super::error::{ApiError, FieldError};
+use super::error::{ApiError, AppError, FieldError};
 use super::AppState;
 use crate::audit::{AuditRecord, AuditResult};
 use crate::auth::Principal;
@@ -34,7 +34,9 @@ where
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::Validation(vec![data_error(&e.body_text())]),
+        JsonRejection::JsonDataError(e) => {
+            AppError::Validation(vec![data_error(&e.body_text())]).into()
+        }
         JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!(
             "malformed JSON: {}",
             e.body_text()
@@ -96,7 +98,7 @@ pub fn validation_errors(errors: ValidationErrors) -> ApiError {
     let mut out = Vec::new();
     walk("", &errors, &mut out);
     out.sort_by(|a, b| a.field.cmp(&b.field));
-    ApiError::Validation(out)
+    AppError::Validation(out).into()
 }
 
 /// A failed rule across fields, reported under `field` (see `validation_errors`).
@@ -158,14 +160,14 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Ap
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+    let value = value.to_str().map_err(|_| AppError::Unauthorized)?;
     match value.split_once(' ') {
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
             Ok(Some(token.trim()))
         }
-        _ => Err(ApiError::Unauthorized),
+        _ => Err(AppError::Unauthorized.into()),
     }
 }
 
@@ -184,7 +186,7 @@ impl FromRequestParts<AppState> for Authenticated {
         if let Some(VerifiedPrincipal(principal)) = parts.extensions.get::<VerifiedPrincipal>() {
             return Ok(Authenticated(principal.clone()));
         }
-        let token = bearer(&parts.headers)?.ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers)?.ok_or(AppError::Unauthorized)?;
         Ok(Authenticated(state.auth.authenticate(token).await?))
     }
 }

@@ -1,9 +1,8 @@
 //! The HTTP edge: one `router()` per resource, merged here with the middleware every request
 //! passes (security headers, CORS, panic guard, request context and correlation ids, rate
 //! limits, body limit, metrics by route template, request timeout, and the authorization
-//! table of `access`, which admits callers by role). Handlers stay thin: check ownership with
-//! `policy`, send a command through `Sales` or query the read models, and map
-//! typed errors to problem+json through `ApiError`.
+//! table of `access`, which admits callers by role). Handlers stay thin: extract, call a use
+//! case of `app`, and map its answer (or its typed error, through `ApiError`) to HTTP.
 
 pub mod access;
 pub mod admin;
@@ -13,65 +12,62 @@ pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
-pub mod idempotency;
 pub mod ops;
 pub mod payments;
-pub mod policy;
 pub mod ratelimit;
+pub mod replies;
 pub mod reservations;
 
+use crate::app::App;
 use crate::audit::{AuditLog, AuditResult};
 use crate::auth::{AuthService, Principal};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::domain::{EventId, PaymentId, ReservationId, SaleCommand};
-use crate::eventstore::Metadata;
 use crate::observability::Metrics;
-use crate::payment::PaymentGateway;
-use crate::projections::{EventView, PageRequest, PaymentView, ReadModel, ReservationView};
-use crate::runtime::subscription::Progress;
-use crate::runtime::{Clock, Committed, Sales};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use error::ApiError;
+use error::{ApiError, AppError};
 use extract::RequestContext;
-use idempotency::IdempotencyStore;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-/// Attempts of `AppState::record` (backing off from 20 ms: about 5 s in all).
-const RECORD_ATTEMPTS: u32 = 8;
-
-/// How long a command handler waits for the read models to show its own write.
-const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Everything a handler may use; cheap to clone.
+/// Everything a handler may use, shared behind one `Arc`: cloning it (once per middleware
+/// layer and handler) costs one reference count, not a copy of every field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub rate_limiter: Arc<ratelimit::RateLimiter>,
-    pub sales: Sales,
-    pub reads: Arc<dyn ReadModel>,
-    pub read_progress: Progress,
-    /// Sales analytics and purchase history, fed by the bus.
-    pub insights: Arc<dyn crate::projections::insights::Insights>,
+    /// The use cases: every command and query goes through it.
+    pub app: Arc<App>,
     pub bus: Arc<dyn crate::bus::EventBus>,
-    pub dlq: crate::dlq::service::DlqService,
     pub auth: AuthService,
-    pub gateway: Arc<dyn PaymentGateway>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    pub idempotency: Arc<IdempotencyStore>,
     /// The PostgreSQL pools by role, for the pool gauges on `/metrics` (empty in memory).
     pub pools: crate::db::NamedPools,
-    /// Event views through the cache (in process, or Redis with `REDIS_URL`).
-    pub cache: Arc<crate::cache::EventCache>,
     /// The audit trail: `record` never waits and never fails the request.
     pub audit: AuditLog,
     /// Set when shutdown begins: `/ready` answers 503 `draining` from then on.
@@ -82,63 +78,7 @@ pub struct AppState {
     pub consumer_health: Arc<crate::bus::consumer::ConsumerHealth>,
 }
 
-impl AppState {
-    /// Runs a command and waits until the read models reflect it (read-your-writes).
-    pub async fn command(
-        &self,
-        sale: EventId,
-        command: SaleCommand,
-        metadata: Metadata,
-    ) -> Result<Committed, ApiError> {
-        let committed = self.sales.execute(sale, command, metadata).await?;
-        Ok(self.visible(committed).await)
-    }
-
-    /// Like `command`, for a command that records what already happened outside (a capture
-    /// at the gateway): when writers of several instances keep out-racing each other on the
-    /// sale, try again for a while rather than answer 503 and leave the fact unrecorded.
-    pub async fn record(
-        &self,
-        sale: EventId,
-        command: SaleCommand,
-        metadata: Metadata,
-    ) -> Result<Committed, ApiError> {
-        let mut pause = Duration::from_millis(20);
-        for _ in 1..RECORD_ATTEMPTS {
-            match self
-                .sales
-                .execute(sale, command.clone(), metadata.clone())
-                .await
-            {
-                Err(crate::runtime::CommandError::Contended) => {
-                    tracing::info!(%sale, "writers contended; recording again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                other => return Ok(self.visible(other?).await),
-            }
-        }
-        self.command(sale, command, metadata).await
-    }
-
-    /// Waits until the read models show `committed` (read-your-writes), at most
-    /// `READ_YOUR_WRITES_TIMEOUT`.
-    async fn visible(&self, committed: Committed) -> Committed {
-        if committed.position > 0
-            && !self
-                .read_progress
-                .wait_for(committed.position, READ_YOUR_WRITES_TIMEOUT)
-                .await
-        {
-            // The write is durable, so the client still gets its 2xx; only the read may lag.
-            tracing::warn!(
-                position = committed.position,
-                "read models lag behind a committed write"
-            );
-        }
-        committed
-    }
-
+impl Shared {
     /// Records an audited action of `caller` (anonymous: `None`) on `resource` that ended with
     /// `outcome`: 401 and 403 are `denied`, other errors `failure` with their problem type.
     pub fn audit<T>(
@@ -154,7 +94,9 @@ impl AppState {
             Ok(_) => (AuditResult::Success, details),
             Err(e) => {
                 let result = match e {
-                    ApiError::Unauthorized | ApiError::Forbidden(_) => AuditResult::Denied,
+                    ApiError::App(AppError::Unauthorized | AppError::Forbidden(_)) => {
+                        AuditResult::Denied
+                    }
                     _ => AuditResult::Failure,
                 };
                 let mut details = details;
@@ -172,58 +114,6 @@ impl AppState {
             .details(details);
         record.resource_id = resource_id;
         self.audit.record(record);
-    }
-
-    /// The event's view through the cache, for the public reads; `name` labels the metric.
-    pub async fn cached_event_view(
-        &self,
-        id: EventId,
-        name: crate::cache::CacheName,
-    ) -> Result<EventView, ApiError> {
-        self.cache
-            .event(id, name)
-            .await?
-            .ok_or(ApiError::NotFound("event"))
-    }
-
-    pub async fn event_view(&self, id: EventId) -> Result<EventView, ApiError> {
-        self.reads
-            .event(id)
-            .await?
-            .ok_or(ApiError::NotFound("event"))
-    }
-
-    pub async fn reservation_view(&self, id: ReservationId) -> Result<ReservationView, ApiError> {
-        self.reads
-            .reservation(id)
-            .await?
-            .ok_or(ApiError::NotFound("reservation"))
-    }
-
-    pub async fn payment_view(&self, id: PaymentId) -> Result<PaymentView, ApiError> {
-        self.reads
-            .payment(id)
-            .await?
-            .ok_or(ApiError::NotFound("payment"))
-    }
-}
-
-/// Rejects page 0 and page sizes outside 1..=100, naming each bad parameter.
-pub fn valid_page(page: PageRequest) -> Result<PageRequest, ApiError> {
-    let mut errors = Vec::new();
-    if page.page < 1 {
-        errors.push(error::FieldError::new("page", "must be at least 1"));
-    }
-    if !(1..=crate::projections::MAX_PAGE_SIZE).contains(&page.page_size) {
-        errors.push(error::FieldError::new(
-            "page_size",
-            "must be between 1 and 100",
-        ));
-    }
-    if errors.is_empty() {
-        Ok(page)
-    } else {
-        Err(ApiError::Validation(errors))
     }
 }
 
@@ -287,7 +177,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             record_metrics,
         ))
-        .fallback(|| async { ApiError::NotFound("route") })
+        .fallback(|| async { AppError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(
@@ -300,7 +190,7 @@ pub fn router(state: AppState) -> Router {
             request_context,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+            AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
         .layer(edge::cors(&state.config));
     edge::security_headers(routes, state.config.app_env).with_state(state)

@@ -109,12 +109,16 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         return response;
     }
-    let store = s.sales.store();
+    let store = s.app.event_store();
     let auth = s.auth.store();
-    let cache = s.cache.cache();
+    let cache = s.app.event_cache().cache();
     let (events, reads, accounts, bus, cached) = tokio::join!(
         check("event_store", store.kind(), store.ping()),
-        check("projections", s.reads.kind(), s.reads.ping()),
+        check(
+            "projections",
+            s.app.read_model().kind(),
+            s.app.read_model().ping()
+        ),
         check("auth", auth.kind(), auth.ping()),
         check("bus", s.bus.kind(), bus_ready(&s)),
         check("cache", cache.kind(), cache.ping()),
@@ -156,8 +160,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     for (pool, connections, idle) in s.pools.sizes() {
         s.metrics.record_pool(pool, connections, idle);
     }
-    if let Ok(Ok(stats)) = tokio::time::timeout(CHECK_TIMEOUT, s.dlq.store().stats()).await {
-        s.metrics.record_dlq(&stats);
+    if let Ok(Ok(stats)) =
+        tokio::time::timeout(CHECK_TIMEOUT, s.app.dead_letters().store().stats()).await
+    {
+        stats.record(&s.metrics);
     }
     (
         [(

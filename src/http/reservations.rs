@@ -2,13 +2,13 @@
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, IdempotencyKey, RequestContext};
-use super::idempotency::{derived_id, Reply};
-use super::{policy, AppState};
+use super::replies::{idempotent, Reply};
+use super::AppState;
+use crate::app::checkout::HoldRequest;
 use crate::domain::reservation::ReservationStatus;
-use crate::domain::{DomainEvent, EventId, ReservationId, SaleCommand};
-use crate::projections::{Page, PageRequest, ReservationView};
+use crate::paging::{Page, PageRequest};
+use crate::projections::ReservationView;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -46,45 +46,19 @@ async fn create_reservation(
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(body): ApiJson<CreateReservationRequest>,
 ) -> Response {
-    let id = ReservationId(derived_id(caller.user_id, "reservation", key.as_deref()));
-    let work = async {
-        let event_id = EventId(body.event_id);
-        policy::see_event(Some(&caller), s.event_view(event_id).await?)?;
-        let command = SaleCommand::Reserve {
-            reservation_id: id,
-            user_id: caller.user_id,
-            section: body.section.trim().to_owned(),
-            quantity: body.quantity,
-            hold_for: s.config.reservation_ttl,
-            now: s.clock.now(),
-        };
-        let committed = match s.command(event_id, command, ctx.metadata(&caller)).await {
-            Ok(committed) => Some(committed),
-            // A retry after a lost answer: the first attempt already placed it.
-            Err(ApiError::Conflict { .. }) if s.reads.reservation(id).await?.is_some() => None,
-            Err(e) => return Err(e),
-        };
-        // The answer comes from the committed event; a retry reads what the first attempt made.
-        let placed = committed
-            .iter()
-            .flat_map(|c| &c.events)
-            .find_map(|e| match e {
-                DomainEvent::ReservationPlaced(placed) => Some(ReservationView::from(placed)),
-                _ => None,
-            });
-        let view = match placed {
-            Some(view) => view,
-            None => s.reservation_view(id).await?,
-        };
-        Ok(Reply {
-            status: StatusCode::CREATED,
-            location: Some(format!("/api/reservations/{id}")),
-            body: serde_json::to_value(view).map_err(anyhow::Error::from)?,
-        })
+    let hold = HoldRequest {
+        event_id: body.event_id,
+        section: body.section.clone(),
+        quantity: body.quantity,
     };
-    s.idempotency
-        .run(caller.user_id, "reservations", key, &body, work)
-        .await
+    let work = async {
+        let view = s
+            .app
+            .reserve(&caller, key.as_deref(), hold, ctx.metadata(&caller))
+            .await?;
+        Reply::created(format!("/api/reservations/{}", view.reservation_id), &view)
+    };
+    idempotent(&s, caller.user_id, "reservations", key.clone(), &body, work).await
 }
 
 #[utoipa::path(get, path = "/api/reservations", tag = "reservations", params(PageRequest),
@@ -94,10 +68,7 @@ async fn list_reservations(
     Authenticated(caller): Authenticated,
     ApiQuery(page): ApiQuery<PageRequest>,
 ) -> Result<Json<Page<ReservationView>>, ApiError> {
-    let user = (!caller.is_admin()).then_some(caller.user_id);
-    Ok(Json(
-        s.reads.reservations(user, super::valid_page(page)?).await?,
-    ))
+    Ok(Json(s.app.list_reservations(&caller, page).await?))
 }
 
 #[utoipa::path(get, path = "/api/reservations/{id}", tag = "reservations", params(("id" = Uuid, Path)),
@@ -108,9 +79,7 @@ async fn get_reservation(
     Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let view = s.reservation_view(ReservationId(id)).await?;
-    policy::own_record(&caller, view.user_id, "reservation")?;
-    Ok(Json(view))
+    Ok(Json(s.app.own_reservation(&caller, id).await?))
 }
 
 #[utoipa::path(post, path = "/api/reservations/{id}/cancel", tag = "reservations", params(("id" = Uuid, Path)),
@@ -123,31 +92,20 @@ async fn cancel_reservation(
     ctx: RequestContext,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let id = ReservationId(id);
-    let mut was = None;
-    let outcome = async {
-        let view = s.reservation_view(id).await?;
-        policy::own_record(&caller, view.user_id, "reservation")?;
-        was = Some(view.status);
-        let command = SaleCommand::CancelReservation {
-            reservation_id: id,
-            now: s.clock.now(),
-        };
-        s.command(EventId(view.event_id), command, ctx.metadata(&caller))
-            .await?;
-        s.reservation_view(id).await
-    }
-    .await;
+    let outcome = s.app.cancel(&caller, id, ctx.metadata(&caller)).await;
     // Cancelling a confirmed reservation refunds its payment: audited as a refund.
-    let action = match was {
-        Some(ReservationStatus::Confirmed) => "reservation.refund",
+    let action = match &outcome {
+        Ok(cancelled) if cancelled.was == ReservationStatus::Confirmed => "reservation.refund",
         _ => "reservation.cancel",
     };
+    let outcome = outcome
+        .map(|cancelled| cancelled.view)
+        .map_err(ApiError::from);
     s.audit(
         &ctx,
         Some(&caller),
         action,
-        ("reservation", Some(id.0.to_string())),
+        ("reservation", Some(id.to_string())),
         &outcome,
         serde_json::json!({}),
     );

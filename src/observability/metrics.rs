@@ -302,20 +302,6 @@ impl Metrics {
             .set(i64::try_from(idle).unwrap_or(i64::MAX));
     }
 
-    /// Dead letters per status.
-    pub fn record_dlq(&self, stats: &crate::dlq::DlqStats) {
-        for (status, n) in [
-            ("pending", stats.pending),
-            ("processing", stats.processing),
-            ("resolved", stats.resolved),
-            ("discarded", stats.discarded),
-        ] {
-            self.dlq_entries
-                .with_label_values(&[status])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

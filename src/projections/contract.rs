@@ -12,6 +12,10 @@ mod inconsistent;
 
 use super::*;
 pub use batching::batch_boundaries_change_no_view;
+
+/// Both sides of a read model, as the suite writes and then reads it.
+pub trait Projection: ReadModel + ProjectionWriter {}
+impl<T: ReadModel + ProjectionWriter> Projection for T {}
 pub use fixture::history;
 use fixture::*;
 use uuid::Uuid;
@@ -47,7 +51,7 @@ fn listing(
 // ---- the contract ----
 
 /// Runs every contract check against a fresh, empty read model.
-pub async fn run_all(model: &dyn ReadModel) {
+pub async fn run_all(model: &dyn Projection) {
     assert_eq!(
         model.checkpoint().await.unwrap(),
         0,
@@ -64,7 +68,7 @@ pub async fn run_all(model: &dyn ReadModel) {
 }
 
 /// After the whole log, every query answers exactly what the fixture expects.
-async fn every_query_shows_the_history(model: &dyn ReadModel, last: u64) {
+async fn every_query_shows_the_history(model: &dyn Projection, last: u64) {
     assert_eq!(
         model.checkpoint().await.unwrap(),
         last,
@@ -78,7 +82,7 @@ async fn every_query_shows_the_history(model: &dyn ReadModel, last: u64) {
 }
 
 /// Events with their sections; drafts only for their owner and admins; filters; pages.
-async fn events_show_their_seats_and_list_by_visibility(model: &dyn ReadModel) {
+async fn events_show_their_seats_and_list_by_visibility(model: &dyn Projection) {
     assert_eq!(model.event(GALA).await.unwrap(), Some(gala_view()));
     assert_eq!(model.event(SHOW).await.unwrap(), Some(show_view()));
     assert_eq!(
@@ -134,7 +138,7 @@ async fn events_show_their_seats_and_list_by_visibility(model: &dyn ReadModel) {
 }
 
 /// Reservations in every final status, by id and listed newest first (ties by id).
-async fn reservations_are_found_and_listed_newest_first(model: &dyn ReadModel) {
+async fn reservations_are_found_and_listed_newest_first(model: &dyn Projection) {
     for id in RESERVATIONS {
         assert_eq!(
             model.reservation(id).await.unwrap(),
@@ -186,7 +190,7 @@ async fn reservations_are_found_and_listed_newest_first(model: &dyn ReadModel) {
 }
 
 /// Payments, declined and refunded ones too, by id and per customer, newest first.
-async fn payments_are_found_and_listed_newest_first(model: &dyn ReadModel) {
+async fn payments_are_found_and_listed_newest_first(model: &dyn Projection) {
     for id in PAYMENTS {
         assert_eq!(model.payment(id).await.unwrap(), Some(payment_view(id)));
     }
@@ -218,7 +222,7 @@ async fn payments_are_found_and_listed_newest_first(model: &dyn ReadModel) {
 }
 
 /// Pending holds are what start-up re-arms.
-async fn pending_holds_are_listed(model: &dyn ReadModel) {
+async fn pending_holds_are_listed(model: &dyn Projection) {
     let pending = PendingHold {
         event_id: SHOW,
         reservation_id: R1,
@@ -241,7 +245,7 @@ pub struct Snapshot {
 }
 
 /// Asks every query of the port about every id and user of the fixture.
-pub async fn snapshot(model: &dyn ReadModel) -> Snapshot {
+pub async fn snapshot(model: &dyn Projection) -> Snapshot {
     let all = PageRequest::default();
     let mut s = Snapshot {
         checkpoint: model.checkpoint().await.unwrap(),
@@ -285,7 +289,7 @@ pub async fn snapshot(model: &dyn ReadModel) -> Snapshot {
 
 /// At-least-once delivery: the whole log, an older batch and an empty one, again.
 async fn duplicate_delivery_changes_nothing(
-    model: &dyn ReadModel,
+    model: &dyn Projection,
     log: &[Arc<RecordedEvent>],
     once: &Snapshot,
 ) {
@@ -301,7 +305,7 @@ async fn duplicate_delivery_changes_nothing(
 
 /// However the log is cut into overlapping batches, the views end the same.
 async fn overlapping_batches_give_the_same_views(
-    model: &dyn ReadModel,
+    model: &dyn Projection,
     log: &[Arc<RecordedEvent>],
     once: &Snapshot,
 ) {
@@ -327,7 +331,7 @@ async fn overlapping_batches_give_the_same_views(
 
 /// A rebuild: `reset` empties every view and the checkpoint, a replay gives the same answers.
 async fn a_reset_empties_every_view_and_a_replay_rebuilds_them(
-    model: &dyn ReadModel,
+    model: &dyn Projection,
     log: &[Arc<RecordedEvent>],
     once: &Snapshot,
 ) {

@@ -8,6 +8,7 @@ use crate::domain::inventory::Inventory;
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
 use crate::eventstore::codec;
+use crate::paging::{Page, PageRequest};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -165,7 +166,7 @@ impl Tables {
 }
 
 #[async_trait]
-impl ReadModel for MemoryReadModel {
+impl ProjectionWriter for MemoryReadModel {
     async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
         // Decode outside the lock; an undecodable event is skipped here and counted by the
         // caller's metrics (the DLQ takes such events once the bus consumers exist).
@@ -195,11 +196,17 @@ impl ReadModel for MemoryReadModel {
         *self.lock() = Tables::default();
         Ok(())
     }
+}
 
+#[async_trait]
+impl EventLookup for MemoryReadModel {
     async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
         Ok(self.lock().events.get(&id).map(|(v, _)| v.clone()))
     }
+}
 
+#[async_trait]
+impl ReadModel for MemoryReadModel {
     async fn events(
         &self,
         query: &EventQuery,

@@ -10,9 +10,10 @@ pub mod memory;
 pub mod postgres;
 pub mod views;
 
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::{EventId, PaymentId, ReservationId, UserId};
 use crate::eventstore::RecordedEvent;
+use crate::paging::{Page, PageRequest};
 use crate::runtime::subscription::Subscriber;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -44,15 +45,25 @@ pub struct PendingHold {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The write side of the read models: what the projector and a rebuild do to them.
 #[async_trait]
-pub trait ReadModel: Send + Sync + 'static {
+pub trait ProjectionWriter: Send + Sync + 'static {
     /// Applies `events` in order and moves the checkpoint past them, atomically.
     async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()>;
     async fn checkpoint(&self) -> anyhow::Result<u64>;
     /// Empties every view and the checkpoint, for a rebuild from position 0.
     async fn reset(&self) -> anyhow::Result<()>;
+}
 
+/// One event's view: the only read the cache of event views needs.
+#[async_trait]
+pub trait EventLookup: Send + Sync + 'static {
     async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError>;
+}
+
+/// The query side of the read models: what the use cases ask.
+#[async_trait]
+pub trait ReadModel: EventLookup {
     async fn events(
         &self,
         query: &EventQuery,
@@ -76,14 +87,22 @@ pub trait ReadModel: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// Told after each applied batch which events' views changed, before progress is published:
+/// the cache of event views implements it.
+#[async_trait]
+pub trait ViewInvalidation: Send + Sync + 'static {
+    /// The views of `sale_ids` changed at `position`. Never fails (a failure is logged).
+    async fn invalidate(&self, sale_ids: &[EventId], position: u64);
+}
+
 /// Feeds a read model from the event log and reports how far it got. After each batch it
 /// invalidates the cached views of the events the batch touched, before the subscription
 /// publishes the new position (what command handlers wait for): read-your-writes holds
 /// through the cache.
 pub struct Projector {
-    pub reads: Arc<dyn ReadModel>,
+    pub reads: Arc<dyn ProjectionWriter>,
     pub metrics: Arc<crate::observability::Metrics>,
-    pub cache: Arc<crate::cache::Invalidator>,
+    pub cache: Arc<dyn ViewInvalidation>,
 }
 
 #[async_trait]
@@ -116,7 +135,7 @@ impl Subscriber for Projector {
 /// running meanwhile could move the checkpoint past events the replay has not applied yet.
 pub async fn rebuild(
     store: &dyn crate::eventstore::EventStore,
-    reads: &dyn ReadModel,
+    reads: &dyn ProjectionWriter,
 ) -> anyhow::Result<u64> {
     use anyhow::Context;
     reads.reset().await.context("emptying the read models")?;

@@ -12,6 +12,7 @@ mod queries;
 
 use super::*;
 use crate::eventstore::codec;
+use crate::paging::{Page, PageRequest};
 use anyhow::Context;
 use sqlx::PgPool;
 
@@ -146,7 +147,7 @@ impl PostgresReadModel {
 }
 
 #[async_trait]
-impl ReadModel for PostgresReadModel {
+impl ProjectionWriter for PostgresReadModel {
     async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
         self.apply_batch(events).await
     }
@@ -164,11 +165,17 @@ impl ReadModel for PostgresReadModel {
     async fn reset(&self) -> anyhow::Result<()> {
         self.reset_all().await
     }
+}
 
+#[async_trait]
+impl EventLookup for PostgresReadModel {
     async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
         queries::event(&self.pool, id).await
     }
+}
 
+#[async_trait]
+impl ReadModel for PostgresReadModel {
     async fn events(
         &self,
         query: &EventQuery,

@@ -2,17 +2,14 @@
 //! `ExpireReservation` when it is due. The reducer decides: a hold that ended meanwhile is a
 //! no-op, so a stale or duplicate timer is harmless. At start-up every pending hold found in
 //! durable state is armed again, and every instance periodically sweeps the read models for
-//! holds that are overdue, so a hold whose instance died is still ended by the others
-//! (invariant 5).
+//! holds that are overdue (`app::holds`), so a hold whose instance died is still ended by the
+//! others (invariant 5). The scheduler ends a hold through `EndHold`, which `Sales`
+//! implements, so it never needs to know the writers.
 
-use super::clock::Clock;
-use super::sales::Sales;
-use crate::domain::{
-    reservation::ReservationError, EventId, ReservationId, SaleCommand, SaleError,
-};
-use crate::eventstore::Metadata;
+use crate::clock::Clock;
+use crate::domain::{EventId, ReservationId};
 use crate::observability::Metrics;
-use crate::runtime::writer::CommandError;
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,6 +17,30 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 type Entry = (DateTime<Utc>, EventId, ReservationId);
+
+/// How an attempt to end a due hold went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// Ended now, or it had ended already (a stale timer).
+    Ended,
+    /// Not due yet (the hold was extended, or clocks differ): try again at that time.
+    NotYet(DateTime<Utc>),
+    /// The reducer refused for another reason; there is nothing to retry.
+    Refused(String),
+    /// The store is down or busy; worth another try shortly.
+    Failed(String),
+}
+
+/// Ends a due hold by sending `ExpireReservation` through the sale's writer.
+#[async_trait]
+pub trait EndHold: Send + Sync + 'static {
+    async fn end_hold(
+        &self,
+        sale_id: EventId,
+        reservation_id: ReservationId,
+        now: DateTime<Utc>,
+    ) -> HoldEnd;
+}
 
 /// Arms expiry timers; cheap to clone.
 #[derive(Clone)]
@@ -44,7 +65,7 @@ pub fn channel() -> (ExpiryHandle, mpsc::UnboundedReceiver<Entry>) {
 pub async fn run(
     mut inbox: mpsc::UnboundedReceiver<Entry>,
     rearm: ExpiryHandle,
-    sales: Sales,
+    ender: Arc<dyn EndHold>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) {
@@ -64,7 +85,7 @@ pub async fn run(
                         break;
                     }
                     due.pop();
-                    tokio::spawn(expire(sales.clone(), Arc::clone(&clock), rearm.clone(), sale_id, reservation_id));
+                    tokio::spawn(expire(Arc::clone(&ender), Arc::clone(&clock), rearm.clone(), sale_id, reservation_id));
                 }
             }
         }
@@ -79,53 +100,22 @@ async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
 }
 
 async fn expire(
-    sales: Sales,
+    ender: Arc<dyn EndHold>,
     clock: Arc<dyn Clock>,
     handle: ExpiryHandle,
     sale_id: EventId,
     reservation_id: ReservationId,
 ) {
-    let command = SaleCommand::ExpireReservation {
-        reservation_id,
-        now: clock.now(),
-    };
-    match sales.execute(sale_id, command, Metadata::default()).await {
-        Ok(_) => {}
-        Err(CommandError::Rejected(SaleError::Reservation(ReservationError::NotYetExpired {
-            expires_at,
-        }))) => handle.arm(expires_at, sale_id, reservation_id),
-        Err(CommandError::Rejected(e)) => {
+    match ender.end_hold(sale_id, reservation_id, clock.now()).await {
+        HoldEnd::Ended => {}
+        HoldEnd::NotYet(expires_at) => handle.arm(expires_at, sale_id, reservation_id),
+        HoldEnd::Refused(e) => {
             tracing::warn!(%reservation_id, error = %e, "expiry refused; not re-armed")
         }
-        Err(e) => {
+        HoldEnd::Failed(e) => {
             // The store is down or busy: try again shortly rather than lose the expiry.
             tracing::warn!(%reservation_id, error = %e, "expiry failed; retrying in 5 s");
             handle.arm(clock.now() + Duration::seconds(5), sale_id, reservation_id);
-        }
-    }
-}
-
-/// Every `every`, arms the pending holds whose end has passed. Their own instance normally
-/// expires them on time; this catches the holds of an instance that died (several instances
-/// share one database). Arming an already armed hold is harmless.
-pub async fn sweep(
-    reads: Arc<dyn crate::projections::ReadModel>,
-    handle: ExpiryHandle,
-    clock: Arc<dyn Clock>,
-    every: std::time::Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = clock.now();
-        match reads.pending_holds().await {
-            Ok(holds) => {
-                for hold in holds.into_iter().filter(|h| h.expires_at <= now) {
-                    handle.arm(hold.expires_at, hold.event_id, hold.reservation_id);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot sweep for overdue holds"),
         }
     }
 }

@@ -3,12 +3,10 @@
 //! read models and process managers.
 
 pub mod checkpoints;
-pub mod clock;
 pub mod expiry;
 pub mod sales;
 pub mod subscription;
 pub mod writer;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use sales::Sales;
 pub use writer::{CommandError, Committed};

@@ -2,11 +2,15 @@
 //! spawning (and hydrating) the writer on first use, so different events never wait on each
 //! other while one hot event is serialized without a global lock.
 
-use super::expiry::ExpiryHandle;
+use super::expiry::{EndHold, ExpiryHandle, HoldEnd};
 use super::writer::{CommandError, Committed, Envelope, SaleWriter};
-use crate::domain::{EventId, SaleCommand};
+use crate::domain::{
+    reservation::ReservationError, EventId, ReservationId, SaleCommand, SaleError,
+};
 use crate::eventstore::{EventStore, Metadata};
 use crate::observability::Metrics;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
@@ -99,5 +103,28 @@ impl Sales {
         tokio::spawn(writer.run(rx));
         writers.insert(sale_id, tx.clone());
         tx
+    }
+}
+
+#[async_trait]
+impl EndHold for Sales {
+    async fn end_hold(
+        &self,
+        sale_id: EventId,
+        reservation_id: ReservationId,
+        now: DateTime<Utc>,
+    ) -> HoldEnd {
+        let command = SaleCommand::ExpireReservation {
+            reservation_id,
+            now,
+        };
+        match self.execute(sale_id, command, Metadata::default()).await {
+            Ok(_) => HoldEnd::Ended,
+            Err(CommandError::Rejected(SaleError::Reservation(
+                ReservationError::NotYetExpired { expires_at },
+            ))) => HoldEnd::NotYet(expires_at),
+            Err(CommandError::Rejected(e)) => HoldEnd::Refused(e.to_string()),
+            Err(e) => HoldEnd::Failed(e.to_string()),
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! that a command handler can wait until its own write is visible (read-your-writes).
 //! Delivery is at-least-once: subscribers must be idempotent by position.
 
+use crate::backoff::Backoff;
 use crate::eventstore::{EventStore, RecordedEvent};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -60,7 +61,7 @@ async fn run(
 ) {
     let name = subscriber.name();
     let mut head = store.subscribe_head();
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::doubling(Duration::from_millis(50), Duration::from_secs(5));
     let mut position = loop {
         match subscriber.checkpoint().await {
             Ok(p) => break p,
@@ -90,7 +91,7 @@ async fn run(
         };
         match subscriber.handle(&events).await {
             Ok(()) => {
-                backoff = Backoff::default();
+                backoff.reset();
                 position = last;
                 progress.send_replace(position);
             }
@@ -103,21 +104,5 @@ async fn run(
                 backoff.wait().await;
             }
         }
-    }
-}
-
-/// Exponential backoff from 50 ms to 5 s.
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(Duration::from_millis(50))
-    }
-}
-
-impl Backoff {
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
 }

@@ -4,7 +4,7 @@
 use super::helpers::*;
 use reqwest::Method;
 use serde_json::{json, Value};
-use ticketing::runtime::Clock;
+use ticketing::clock::Clock;
 
 async fn register(app: &TestApp, body: Value) -> Answer {
     app.post("/auth/register", None, body).await

@@ -85,7 +85,7 @@ async fn three_instances_sell_exactly_the_capacity() {
     assert_invariants_in_sql(&db, event, 100).await;
     assert_eq!(
         conflicts(&instances).await,
-        0,
+        0.0,
         "the conflict check is a safety net that never fires"
     );
 }
@@ -282,15 +282,10 @@ async fn keyed_post(
 }
 
 /// `ticketing_store_conflicts_total` summed over the instances that still answer.
-async fn conflicts(instances: &[Arc<Service>]) -> u64 {
-    let mut total = 0;
+async fn conflicts(instances: &[Arc<Service>]) -> f64 {
+    let mut total = 0.0;
     for service in instances {
-        let text = service.metrics().await;
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("ticketing_store_conflicts_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64);
+        total += service.metric("ticketing_store_conflicts_total", &[]).await;
     }
     total
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::auth::memory::MemoryAuthStore;
-use crate::runtime::ManualClock;
+use crate::clock::ManualClock;
 use chrono::{Duration, TimeZone};
 
 struct Harness {

@@ -4,7 +4,7 @@
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 use ticketing::dlq::DlqStatus;
-use ticketing::domain::event::EventStatus;
+use ticketing::domain::concert::EventStatus;
 use uuid::Uuid;
 
 /// Operate a ticketing service: the dead letter queue, events, projection rebuilds, admin

@@ -9,12 +9,12 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use ticketing::auth::postgres::PostgresAuthStore;
 use ticketing::auth::AuthService;
+use ticketing::clock::SystemClock;
 use ticketing::config::Config;
-use ticketing::db;
+use ticketing::db::{self, Database};
 use ticketing::eventstore::postgres::PostgresEventStore;
 use ticketing::projections::insights::postgres::PostgresInsights;
 use ticketing::projections::postgres::PostgresReadModel;
-use ticketing::runtime::SystemClock;
 
 /// The application name of the tool's connections in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "ticketing-admin";
@@ -26,6 +26,15 @@ pub fn pool_settings(config: &Config) -> db::PoolSettings {
         min_connections: 0,
         ..config.pool.clone()
     }
+}
+
+/// Connects to one of the service's databases and migrates it.
+async fn connect_and_migrate(
+    config: &Config,
+    database: Database,
+    url: &str,
+) -> anyhow::Result<PgPool> {
+    db::connect_and_migrate(database, url, &pool_settings(config), APPLICATION_NAME).await
 }
 
 pub async fn connect(config: &Config, url: &str, what: &str) -> anyhow::Result<PgPool> {
@@ -49,17 +58,9 @@ pub async fn rebuild_projections(config: &Config) -> anyhow::Result<Value> {
         .projections_database_url
         .as_deref()
         .unwrap_or(events_url);
-    let events = connect(config, events_url, "event store").await?;
-    let projections = connect(config, projections_url, "projections").await?;
     // Same binary, same migrations: a no-op on a database the service already migrated.
-    db::events_migrator()
-        .run(&events)
-        .await
-        .context("migrating the event store")?;
-    db::projections_migrator()
-        .run(&projections)
-        .await
-        .context("migrating the projections")?;
+    let events = connect_and_migrate(config, Database::Events, events_url).await?;
+    let projections = connect_and_migrate(config, Database::Projections, projections_url).await?;
     let store = PostgresEventStore::new(events)
         .await
         .context("opening the event store")?;
@@ -89,11 +90,7 @@ pub async fn create_admin(config: &Config, email: &str, password: &str) -> anyho
              its accounts in its own memory: start it with ADMIN_EMAIL and ADMIN_PASSWORD instead"
         );
     };
-    let pool = connect(config, url, "auth").await?;
-    db::auth_migrator()
-        .run(&pool)
-        .await
-        .context("migrating the auth database")?;
+    let pool = connect_and_migrate(config, Database::Auth, url).await?;
     let auth = AuthService::new(
         Arc::new(PostgresAuthStore::new(pool)),
         Arc::new(SystemClock),

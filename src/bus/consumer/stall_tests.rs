@@ -4,9 +4,10 @@
 
 use super::*;
 use crate::bus::BusMessage;
+use crate::clock::ManualClock;
 use crate::dlq::memory::MemoryDeadLetters;
-use crate::runtime::clock::ManualClock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::watch;
 
 /// A bus whose first `stuck` subscriptions never get partitions; later ones join at once and
 /// have nothing to deliver.

@@ -4,15 +4,15 @@
 //! cause is fixed, and a consumer killed between its commit and its offset changes nothing.
 
 use super::*;
+use crate::app::dead_letters::{DeadLetterAdmin, RetryError};
 use crate::bus::memory::MemoryBus;
 use crate::bus::BusMessage;
+use crate::clock::ManualClock;
 use crate::dlq::memory::MemoryDeadLetters;
-use crate::dlq::service::{DlqService, RetryError};
 use crate::dlq::DlqStatus;
 use crate::domain::events::EventPublished;
 use crate::domain::{DomainEvent, EventId, UserId};
 use crate::eventstore::{codec, Metadata, RecordedEvent};
-use crate::runtime::clock::ManualClock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -213,7 +213,7 @@ async fn a_retry_after_the_fix_applies_the_stream_in_order() {
         rig.consume(3).await,
         vec![Outcome::DeadLettered, Outcome::Parked, Outcome::Parked]
     );
-    let service = DlqService::new(
+    let service = DeadLetterAdmin::new(
         rig.dlq.clone(),
         vec![rig.handler.clone() as Arc<dyn Handler>],
         rig.consumer.clock.clone(),
@@ -289,7 +289,7 @@ async fn killed_before_the_offset_commit(
     }
     let show = crate::projections::contract::fixture::SHOW;
     let carol = crate::projections::contract::fixture::CAROL;
-    let page = crate::projections::PageRequest::default();
+    let page = crate::paging::PageRequest::default();
     let before = (
         insights.sales(show).await.unwrap(),
         insights.history(carol, page).await.unwrap(),

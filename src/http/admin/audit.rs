@@ -1,10 +1,11 @@
 //! `GET /admin/audit`: the audit trail, filtered and paginated. Admins only.
 
-use crate::audit::{AuditError, AuditFilter, AuditRecord};
+use crate::app::policy;
+use crate::audit::{AuditFilter, AuditRecord};
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiQuery, Authenticated};
-use crate::http::{policy, AppState};
-use crate::projections::{Page, PageRequest};
+use crate::http::AppState;
+use crate::paging::{Page, PageRequest};
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
@@ -26,21 +27,6 @@ pub struct AuditQuery {
     pub resource: Option<String>,
     /// Only this resource id (with or without `resource`).
     pub resource_id: Option<String>,
-}
-
-impl From<AuditError> for ApiError {
-    fn from(e: AuditError) -> Self {
-        match e {
-            AuditError::Unavailable(_) => {
-                tracing::warn!(error = %e, "audit store unavailable");
-                ApiError::Unavailable {
-                    detail: "the audit log is unavailable".into(),
-                    retry_after: 2,
-                }
-            }
-            AuditError::Internal(_) => ApiError::Internal(anyhow::Error::new(e)),
-        }
-    }
 }
 
 /// Bounds a free-text filter so a query cannot carry an arbitrarily long string.
@@ -70,7 +56,7 @@ async fn audit_log(
     };
     Ok(Json(
         s.audit
-            .list(&filter, crate::http::valid_page(page)?)
+            .list(&filter, crate::app::queries::valid_page(page)?)
             .await?,
     ))
 }

@@ -3,10 +3,11 @@
 //! gauges and read models). Admins only. It reads and never changes anything; a dependency
 //! that does not answer is reported in the body, not turned into an error.
 
+use crate::app::policy;
 use crate::dlq::DlqStats;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Authenticated;
-use crate::http::{policy, AppState};
+use crate::http::AppState;
 use crate::projections::insights::Revenue;
 use axum::extract::State;
 use axum::Json;
@@ -125,14 +126,14 @@ async fn system(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<SystemDashboard>, ApiError> {
     policy::admin_only(&caller)?;
-    let store = s.sales.store();
+    let store = s.app.event_store();
     let head_position = *store.subscribe_head().borrow();
-    let projection_position = s.read_progress.position();
-    let cache = s.cache.cache();
+    let projection_position = s.app.read_position();
+    let cache = s.app.event_cache().cache();
     let (bus_ping, cache_ping, dlq) = tokio::join!(
         tokio::time::timeout(PING_TIMEOUT, s.bus.ping()),
         tokio::time::timeout(PING_TIMEOUT, cache.ping()),
-        s.dlq.store().stats()
+        s.app.dead_letters().store().stats()
     );
     let looked_up = |result: &str| {
         ["events", "availability"]
@@ -187,12 +188,11 @@ async fn sales(
 ) -> Result<Json<SalesDashboard>, ApiError> {
     policy::admin_only(&caller)?;
     let since = s.clock.now() - chrono::Duration::hours(SALES_WINDOW_HOURS);
-    let (recent, holds) = tokio::join!(s.insights.sales_since(since), s.reads.pending_holds());
-    let recent = recent?;
+    let (recent, holds) = s.app.sales_overview(since).await?;
     Ok(Json(SalesDashboard {
         since,
         tickets_sold: recent.tickets_sold,
         revenue: recent.revenue,
-        active_holds: u64::try_from(holds?.len()).unwrap_or(u64::MAX),
+        active_holds: u64::try_from(holds).unwrap_or(u64::MAX),
     }))
 }

@@ -1,11 +1,12 @@
 //! `/admin/dlq`: the dead letter queue. Every action records who took it and when, on the
 //! entry itself (`resolved_by`, `resolved_at`, `notes`) and in the audit trail.
 
+use crate::app::policy;
 use crate::dlq::{DeadLetter, DlqStats, DlqStatus};
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, RequestContext};
-use crate::http::{policy, AppState};
-use crate::projections::{Page, PageRequest};
+use crate::http::AppState;
+use crate::paging::{Page, PageRequest};
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
@@ -52,8 +53,14 @@ async fn list_dead_letters(
     ApiQuery(page): ApiQuery<PageRequest>,
 ) -> Result<Json<Page<DeadLetter>>, ApiError> {
     policy::admin_only(&caller)?;
-    let page = crate::http::valid_page(page)?;
-    Ok(Json(s.dlq.store().list(filter.status, page).await?))
+    let page = crate::app::queries::valid_page(page)?;
+    Ok(Json(
+        s.app
+            .dead_letters()
+            .store()
+            .list(filter.status, page)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/admin/dlq/stats", tag = "admin",
@@ -64,7 +71,7 @@ async fn dead_letter_stats(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<DlqStats>, ApiError> {
     policy::admin_only(&caller)?;
-    Ok(Json(s.dlq.store().stats().await?))
+    Ok(Json(s.app.dead_letters().store().stats().await?))
 }
 
 #[utoipa::path(get, path = "/admin/dlq/{id}", tag = "admin", params(("id" = i64, Path)),
@@ -76,7 +83,7 @@ async fn get_dead_letter(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<DeadLetter>, ApiError> {
     policy::admin_only(&caller)?;
-    Ok(Json(s.dlq.store().get(id).await?))
+    Ok(Json(s.app.dead_letters().store().get(id).await?))
 }
 
 #[utoipa::path(post, path = "/admin/dlq/{id}/retry", tag = "admin", params(("id" = i64, Path)),
@@ -92,7 +99,8 @@ async fn retry_dead_letter(
 ) -> Result<Json<DeadLetter>, ApiError> {
     policy::admin_only(&caller)?;
     let outcome = s
-        .dlq
+        .app
+        .dead_letters()
         .retry(id, caller.user_id)
         .await
         .map_err(ApiError::from);
@@ -125,7 +133,8 @@ async fn resolve_dead_letter(
         .filter(|n| !n.is_empty());
     let details = serde_json::json!({ "notes": notes });
     let outcome = s
-        .dlq
+        .app
+        .dead_letters()
         .resolve(id, caller.user_id, notes)
         .await
         .map_err(ApiError::from);
@@ -159,7 +168,8 @@ async fn discard_dead_letter(
     }
     let details = serde_json::json!({ "reason": reason });
     let outcome = s
-        .dlq
+        .app
+        .dead_letters()
         .discard(id, caller.user_id, reason)
         .await
         .map_err(ApiError::from);

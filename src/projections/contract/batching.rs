@@ -6,6 +6,8 @@ use super::fixture::{self, GALA, PAYMENTS, RESERVATIONS, SHOW, USERS};
 use super::generated::{self, History, Ids};
 use super::generated::{payment, reservation};
 use super::inconsistent::{inconsistent, ODD};
+use super::Projection;
+use crate::paging::MAX_PAGE_SIZE;
 use crate::projections::memory::MemoryReadModel;
 use crate::projections::*;
 
@@ -49,7 +51,7 @@ where
 }
 
 /// Asks every query of the port about every id and user of `ids`.
-pub async fn views(model: &dyn ReadModel, ids: &Ids) -> Views {
+pub async fn views(model: &dyn Projection, ids: &Ids) -> Views {
     let mut v = Views {
         checkpoint: model.checkpoint().await.unwrap(),
         events: Vec::new(),
@@ -106,7 +108,7 @@ fn fixture_history() -> History {
 }
 
 /// Applies `log` from an empty model in batches of `size`.
-async fn apply_in_batches(model: &dyn ReadModel, log: &[Arc<RecordedEvent>], size: usize) {
+async fn apply_in_batches(model: &dyn Projection, log: &[Arc<RecordedEvent>], size: usize) {
     model.reset().await.unwrap();
     for batch in log.chunks(size) {
         model.apply(batch).await.unwrap();
@@ -116,7 +118,7 @@ async fn apply_in_batches(model: &dyn ReadModel, log: &[Arc<RecordedEvent>], siz
 /// Each history, applied one event per batch, in small and odd-sized batches, and as one
 /// batch, shows exactly what the in-memory reference shows after applying it event by event;
 /// for the inconsistent history, that is counters that saturated at zero along the way.
-pub async fn batch_boundaries_change_no_view(model: &dyn ReadModel) {
+pub async fn batch_boundaries_change_no_view(model: &dyn Projection) {
     let histories = [
         ("the fixture", fixture_history()),
         ("busy sales", generated::busy_sales(400, 7)),

@@ -2,7 +2,7 @@
 //! (`SaleState`) and encoded as the log delivers it, and the views the API must show after it.
 //! Ids are fixed so that orders and ties are known in advance.
 
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::events::{EventDetails, SectionSpec, Venue};
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;

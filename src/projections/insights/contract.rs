@@ -7,9 +7,10 @@ use crate::bus::consumer::Applied;
 use crate::bus::envelope::{self, BusEvent};
 use crate::bus::Topics;
 use crate::domain::EventId;
+use crate::paging::PageRequest;
 use crate::projections::contract::fixture::*;
 use crate::projections::contract::page_of;
-use crate::projections::{PageRequest, SalesView, SectionSales};
+use crate::projections::{SalesView, SectionSales};
 use uuid::Uuid;
 
 /// The fixture as a consumer receives it: events that do not open (the fixture's undecodable

@@ -11,10 +11,11 @@ mod contract;
 pub mod memory;
 pub mod postgres;
 
-use super::{HistoryEntry, Page, PageRequest, ReadError, SalesView};
+use super::{HistoryEntry, ReadError, SalesView};
 use crate::bus::consumer::{Applied, Handler, HandlerError};
 use crate::bus::envelope::BusEvent;
 use crate::domain::{EventId, UserId};
+use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;

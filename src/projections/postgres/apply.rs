@@ -4,7 +4,7 @@
 //! guarded by the version of the stream a row follows (`WHERE version < $n`), so an event
 //! applied twice is a no-op even without the checkpoint.
 
-use crate::domain::event::EventStatus;
+use crate::domain::concert::EventStatus;
 use crate::domain::events::{self as ev, DomainEvent as E};
 use crate::domain::EventId;
 use crate::eventstore::RecordedEvent;

@@ -6,6 +6,7 @@
 use super::super::*;
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
+use crate::paging::{Page, PageRequest};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder, Row};

@@ -1,12 +1,15 @@
-//! The `Event` aggregate (`event-<id>`): what an organizer sells and its lifecycle
-//! draft -> published -> on_sale -> sales_closed, with cancellation from any live state.
-//! Pure: validation and transitions only; seat counts live in `inventory`.
+//! The concert aggregate `Event` (stream `event-<id>`): what an organizer sells and its
+//! lifecycle draft -> published -> on_sale -> sales_closed, with cancellation from any live
+//! state. Named `concert` so it is never mistaken for `events` (the event catalogue); the types
+//! keep the API's word "event". Pure: validation and transitions only; it never counts seats
+//! (that is `inventory`) and never reads a clock or performs I/O.
 
-use super::events::{DomainEvent, EventDetails, SectionSpec};
+use super::events::{DomainEvent, EventDetails};
 use super::ids::{EventId, UserId};
 use super::money::Currency;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::fmt;
 
 /// Longest accepted section list; an event with more is almost certainly a client bug.
 pub const MAX_SECTIONS: usize = 100;
@@ -41,6 +44,29 @@ impl EventStatus {
     }
 }
 
+/// What may be done to an event, checked against its status by `Event::transition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleAction {
+    Publish,
+    OpenSales,
+    CloseSales,
+    Update,
+    Cancel,
+}
+
+impl fmt::Display for LifecycleAction {
+    /// The verb as it reads in "cannot {action} an event that is {status}" (API problem text).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LifecycleAction::Publish => "publish",
+            LifecycleAction::OpenSales => "open sales for",
+            LifecycleAction::CloseSales => "close sales for",
+            LifecycleAction::Update => "update",
+            LifecycleAction::Cancel => "cancel",
+        })
+    }
+}
+
 /// A field that broke a rule, as the HTTP edge reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldProblem {
@@ -57,7 +83,7 @@ pub enum EventError {
     #[error("cannot {action} an event that is {}", status.as_str())]
     InvalidTransition {
         status: EventStatus,
-        action: &'static str,
+        action: LifecycleAction,
     },
     #[error("the event is {}: tickets are not on sale", status.as_str())]
     SalesNotOpen { status: EventStatus },
@@ -99,15 +125,16 @@ impl Event {
         }
     }
 
-    /// Checks that `action` may move the event from its current status.
-    pub fn transition(&self, action: &'static str) -> Result<EventStatus, EventError> {
+    /// Checks that `action` may move the event from its current status, and to which.
+    pub fn transition(&self, action: LifecycleAction) -> Result<EventStatus, EventError> {
         use EventStatus::*;
+        use LifecycleAction as A;
         let next = match (action, self.status) {
-            ("publish", Draft) => Published,
-            ("open sales for", Published | SalesClosed) => OnSale,
-            ("close sales for", OnSale) => SalesClosed,
-            ("cancel", Draft | Published | OnSale | SalesClosed) => Cancelled,
-            ("update", Draft | Published | OnSale | SalesClosed) => self.status,
+            (A::Publish, Draft) => Published,
+            (A::OpenSales, Published | SalesClosed) => OnSale,
+            (A::CloseSales, OnSale) => SalesClosed,
+            (A::Cancel, Draft | Published | OnSale | SalesClosed) => Cancelled,
+            (A::Update, Draft | Published | OnSale | SalesClosed) => self.status,
             _ => {
                 return Err(EventError::InvalidTransition {
                     status: self.status,
@@ -142,7 +169,10 @@ pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
         problem("ends_at", "must be after starts_at");
     }
     if details.sections.is_empty() || details.sections.len() > MAX_SECTIONS {
-        problem("sections", "must list between 1 and 100 sections");
+        problem(
+            "sections",
+            &format!("must list between 1 and {MAX_SECTIONS} sections"),
+        );
     }
     let mut seen = HashSet::new();
     for (i, section) in details.sections.iter().enumerate() {
@@ -171,7 +201,86 @@ pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
     }
 }
 
-/// Sections as the inventory needs them.
-pub fn section_specs(details: &EventDetails) -> Vec<SectionSpec> {
-    details.sections.clone()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::events::Venue;
+    use chrono::{TimeZone, Utc};
+
+    fn event(status: EventStatus) -> Event {
+        let starts_at = Utc.with_ymd_and_hms(2030, 1, 1, 20, 0, 0).unwrap();
+        Event {
+            id: EventId::random(),
+            owner_id: UserId::random(),
+            currency: Currency::USD,
+            details: EventDetails {
+                name: "Concert".into(),
+                description: None,
+                venue: Venue {
+                    name: "Hall".into(),
+                    address: "1 Main St".into(),
+                },
+                starts_at,
+                ends_at: starts_at + chrono::Duration::hours(2),
+                sections: Vec::new(),
+            },
+            status,
+        }
+    }
+
+    /// A refused transition reads exactly as the API has always reported it.
+    #[test]
+    fn refused_transitions_keep_their_problem_text() {
+        use EventStatus::*;
+        use LifecycleAction as A;
+        for (status, action, text) in [
+            (
+                OnSale,
+                A::Publish,
+                "cannot publish an event that is on_sale",
+            ),
+            (
+                Draft,
+                A::OpenSales,
+                "cannot open sales for an event that is draft",
+            ),
+            (
+                Published,
+                A::CloseSales,
+                "cannot close sales for an event that is published",
+            ),
+            (
+                Cancelled,
+                A::Update,
+                "cannot update an event that is cancelled",
+            ),
+            (
+                Cancelled,
+                A::Cancel,
+                "cannot cancel an event that is cancelled",
+            ),
+        ] {
+            let refused = event(status).transition(action).unwrap_err();
+            assert_eq!(refused.to_string(), text);
+        }
+    }
+
+    /// Given a draft, publishing, opening, closing and reopening sales walk the lifecycle.
+    #[test]
+    fn the_lifecycle_moves_forward_and_sales_can_reopen() {
+        use EventStatus::*;
+        use LifecycleAction as A;
+        let mut e = event(Draft);
+        for (action, next) in [
+            (A::Publish, Published),
+            (A::OpenSales, OnSale),
+            (A::CloseSales, SalesClosed),
+            (A::OpenSales, OnSale),
+            (A::Update, OnSale),
+            (A::Cancel, Cancelled),
+        ] {
+            e.status = e.transition(action).unwrap();
+            assert_eq!(e.status, next);
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` support: the first request with a key runs; a retry with the same key and
+//! `Idempotency-Key` support, independent of HTTP: the first request with a key runs; a retry with the same key and
 //! body gets the stored answer (even while the first is still running on this instance, it
 //! waits for it); the same key with a different body is a 422. Answers under 500 are kept for
 //! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` so that a retry
@@ -7,10 +7,8 @@
 //! after a lost answer (or racing on another instance) finds what the first attempt created
 //! instead of creating it twice.
 
-use super::error::{problem_response, ApiError};
+use super::AppError;
 use crate::domain::UserId;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -19,19 +17,34 @@ use std::time::{Duration, Instant};
 
 const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
 
-/// A successful answer as a handler produces it.
-pub struct Reply {
-    pub status: StatusCode,
+/// An answer as the edge gives it to the client (a status code, a JSON body and where the
+/// created resource lives), success or refusal alike: a retry gets exactly this again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
     pub body: Value,
     pub location: Option<String>,
+}
+
+impl Answer {
+    /// A 5xx is not kept: the client may retry it.
+    fn worth_keeping(&self) -> bool {
+        self.status < 500
+    }
+}
+
+/// What `IdempotencyStore::run` gives back: the answer, and whether it is a replay of an
+/// earlier request's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub answer: Answer,
+    pub replayed: bool,
 }
 
 #[derive(Clone)]
 struct Stored {
     fingerprint: [u8; 32],
-    status: StatusCode,
-    body: Value,
-    location: Option<String>,
+    answer: Answer,
     at: Instant,
 }
 
@@ -76,9 +89,11 @@ impl IdempotencyStore {
         .ok()??;
         Some(Stored {
             fingerprint: fingerprint.try_into().ok()?,
-            status: StatusCode::from_u16(u16::try_from(status).ok()?).ok()?,
-            body,
-            location,
+            answer: Answer {
+                status: u16::try_from(status).ok()?,
+                body,
+                location,
+            },
             at: Instant::now(),
         })
     }
@@ -100,9 +115,9 @@ impl IdempotencyStore {
             .bind(key.1)
             .bind(&key.2)
             .bind(stored.fingerprint.as_slice())
-            .bind(i16::try_from(stored.status.as_u16()).unwrap_or(i16::MAX))
-            .bind(&stored.body)
-            .bind(&stored.location)
+            .bind(i16::try_from(stored.answer.status).unwrap_or(i16::MAX))
+            .bind(&stored.answer.body)
+            .bind(&stored.answer.location)
             .execute(&pool)
             .await;
             if let Err(e) = saved {
@@ -142,7 +157,8 @@ impl IdempotencyStore {
         slot
     }
 
-    /// Runs `work` at most once per (user, scope, key) and body.
+    /// Runs `work` at most once per (user, scope, key) and body. The same key with another
+    /// body is refused (422 `validation-failed` on `Idempotency-Key`).
     pub async fn run<F>(
         &self,
         user: UserId,
@@ -150,12 +166,15 @@ impl IdempotencyStore {
         key: Option<String>,
         body: &impl serde::Serialize,
         work: F,
-    ) -> Response
+    ) -> Result<Outcome, AppError>
     where
-        F: std::future::Future<Output = Result<Reply, ApiError>>,
+        F: std::future::Future<Output = Answer>,
     {
         let Some(key) = key else {
-            return respond(work.await);
+            return Ok(Outcome {
+                answer: work.await,
+                replayed: false,
+            });
         };
         let fingerprint: [u8; 32] =
             Sha256::digest(serde_json::to_vec(body).unwrap_or_default()).into();
@@ -167,61 +186,31 @@ impl IdempotencyStore {
         }
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
             if previous.fingerprint != fingerprint {
-                return ApiError::field(
+                return Err(AppError::field(
                     "Idempotency-Key",
                     "was already used with a different request body",
-                )
-                .into_response();
+                ));
             }
-            let mut response = render(
-                previous.status,
-                &previous.body,
-                previous.location.as_deref(),
-            );
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return response;
+            return Ok(Outcome {
+                answer: previous.answer.clone(),
+                replayed: true,
+            });
         }
-        let result = work.await;
-        let (status, body, location) = match &result {
-            Ok(reply) => (reply.status, reply.body.clone(), reply.location.clone()),
-            Err(e) => {
-                let (status, body) = e.to_problem();
-                (status, body, None)
-            }
-        };
-        if !status.is_server_error() {
-            let answer = Stored {
+        let answer = work.await;
+        if answer.worth_keeping() {
+            let kept = Stored {
                 fingerprint,
-                status,
-                body,
-                location,
+                answer: answer.clone(),
                 at: Instant::now(),
             };
-            self.save_later(&key, &answer);
-            *stored = Some(answer);
+            self.save_later(&key, &kept);
+            *stored = Some(kept);
         }
-        respond(result)
+        Ok(Outcome {
+            answer,
+            replayed: false,
+        })
     }
-}
-
-fn respond(result: Result<Reply, ApiError>) -> Response {
-    match result {
-        Ok(reply) => render(reply.status, &reply.body, reply.location.as_deref()),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn render(status: StatusCode, body: &Value, location: Option<&str>) -> Response {
-    if status.is_client_error() || status.is_server_error() {
-        return problem_response(status, body);
-    }
-    let mut response = (status, axum::Json(body)).into_response();
-    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
 }
 
 /// A stable id derived from the caller and their idempotency key, or a random one without a key.
@@ -259,19 +248,22 @@ mod tests {
         let (first, second) = (durable_store(&url).await, durable_store(&url).await);
         let runs = AtomicU32::new(0);
         let user = UserId::random();
+        let created = Answer {
+            status: 201,
+            body: serde_json::json!({"id": 1}),
+            location: Some("/things/1".into()),
+        };
         let work = || async {
             runs.fetch_add(1, Ordering::SeqCst);
-            Ok(Reply {
-                status: StatusCode::CREATED,
-                body: serde_json::json!({"id": 1}),
-                location: Some("/things/1".into()),
-            })
+            created.clone()
         };
         let body = serde_json::json!({"seats": 2});
         let answer = first
             .run(user, "things", Some("k".into()), &body, work())
-            .await;
-        assert_eq!(answer.status(), StatusCode::CREATED);
+            .await
+            .unwrap();
+        assert_eq!(answer.answer, created);
+        assert!(!answer.replayed);
         // The row is written after the answer: wait for it, bounded.
         let started = Instant::now();
         loop {
@@ -290,24 +282,15 @@ mod tests {
         }
         let replay = second
             .run(user, "things", Some("k".into()), &body, work())
-            .await;
-        assert_eq!(replay.status(), StatusCode::CREATED);
-        assert_eq!(
-            replay
-                .headers()
-                .get("idempotent-replayed")
-                .map(|v| v.as_bytes()),
-            Some(&b"true"[..])
-        );
-        assert_eq!(
-            replay.headers().get(header::LOCATION).map(|v| v.as_bytes()),
-            Some(&b"/things/1"[..])
-        );
+            .await
+            .unwrap();
+        assert_eq!(replay.answer, created);
+        assert!(replay.replayed);
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran twice");
         let other = serde_json::json!({"seats": 3});
         let refused = second
             .run(user, "things", Some("k".into()), &other, work())
             .await;
-        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(matches!(refused, Err(AppError::Validation(_))));
     }
 }

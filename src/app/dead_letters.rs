@@ -4,11 +4,12 @@
 //! stream closes (retried, resolved or discarded), the entries parked behind it are replayed
 //! in order, until one fails again; so a stream never skips ahead of its parked events.
 
-use super::{Closing, DeadLetter, DeadLetters, DlqError, DlqStatus};
 use crate::bus::consumer::Handler;
 use crate::bus::envelope;
+use crate::bus::BusMessage;
+use crate::clock::Clock;
+use crate::dlq::{Closing, DeadLetter, DeadLetters, DlqError, DlqStatus};
 use crate::domain::UserId;
-use crate::runtime::Clock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,19 +23,19 @@ pub enum RetryError {
 }
 
 #[derive(Clone)]
-pub struct DlqService {
+pub struct DeadLetterAdmin {
     store: Arc<dyn DeadLetters>,
     handlers: HashMap<&'static str, Arc<dyn Handler>>,
     clock: Arc<dyn Clock>,
 }
 
-impl DlqService {
+impl DeadLetterAdmin {
     pub fn new(
         store: Arc<dyn DeadLetters>,
         handlers: Vec<Arc<dyn Handler>>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        DlqService {
+        DeadLetterAdmin {
             store,
             handlers: handlers.into_iter().map(|h| (h.name(), h)).collect(),
             clock,
@@ -121,7 +122,7 @@ impl DlqService {
             .handlers
             .get(entry.consumer.as_str())
             .ok_or_else(|| format!("no consumer named {:?} runs here", entry.consumer))?;
-        let event = envelope::open(&entry.message()).map_err(|e| e.to_string())?;
+        let event = envelope::open(&BusMessage::from(entry)).map_err(|e| e.to_string())?;
         handler
             .handle(&event)
             .await

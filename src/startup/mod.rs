@@ -2,13 +2,20 @@
 //! and serves it until a shutdown future completes. Tests use the same path with port 0 and
 //! a `ManualClock`, so what they exercise is what production runs.
 
+use crate::app::dead_letters::DeadLetterAdmin;
+use crate::app::idempotency::IdempotencyStore;
+use crate::app::{holds, App};
+mod adapters;
+
 use crate::audit::memory::MemoryAuditStore;
 use crate::audit::postgres::PostgresAuditStore;
 use crate::audit::{AuditLog, AuditStore};
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
-use crate::bus::consumer::{Consumer, ConsumerHealth, Handler, RetryPolicy, Supervision};
+use crate::bus::consumer::{
+    Consumer, ConsumerHealth, Handler, RetryPolicy, StallPolicy, Supervision,
+};
 use crate::bus::kafka::KafkaBus;
 use crate::bus::memory::MemoryBus;
 use crate::bus::relay::{MemoryCursor, PostgresCursor, Relay, RelayCursor};
@@ -16,16 +23,16 @@ use crate::bus::{EventBus, Topics};
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::RedisCache;
 use crate::cache::{Cache, EventCache, Invalidator};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::db;
 use crate::dlq::memory::MemoryDeadLetters;
 use crate::dlq::postgres::PostgresDeadLetters;
-use crate::dlq::service::DlqService;
 use crate::dlq::DeadLetters;
 use crate::eventstore::memory::MemoryEventStore;
 use crate::eventstore::postgres::PostgresEventStore;
 use crate::eventstore::EventStore;
-use crate::http::{self, idempotency::IdempotencyStore, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::observability::Metrics;
 use crate::payment::refunds::RefundSettlement;
 use crate::payment::simulated::SimulatedGateway;
@@ -35,9 +42,10 @@ use crate::projections::insights::postgres::PostgresInsights;
 use crate::projections::insights::{Insights, InsightsProjection};
 use crate::projections::memory::MemoryReadModel;
 use crate::projections::postgres::PostgresReadModel;
-use crate::projections::{Projector, ReadModel};
+use crate::projections::{EventLookup, ProjectionWriter, Projector, ReadModel};
 use crate::runtime::checkpoints::{Checkpoints, MemoryCheckpoints, PostgresCheckpoints};
-use crate::runtime::{expiry, subscription, Clock, Sales};
+use crate::runtime::{expiry, subscription, Sales};
+use adapters::{cache_adapter, in_memory, on_postgres, Adapters};
 use anyhow::{bail, Context};
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +54,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A built application: its state and the background tasks it runs.
-pub struct App {
+/// A built service: its state and the background tasks it runs.
+pub struct Service {
     pub state: AppState,
     /// The simulated processor, exposed so tests can reconcile money against it.
     pub gateway: Arc<SimulatedGateway>,
@@ -78,108 +86,8 @@ const AUDIT_QUEUE: usize = 10_000;
 /// How long shutdown waits for queued audit records to be written.
 const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
-/// The storage adapters: all in memory, or all on PostgreSQL.
-struct Adapters {
-    store: Arc<dyn EventStore>,
-    /// The read models as queries see them.
-    reads: Arc<dyn ReadModel>,
-    /// The same read models, as the projector writes them (its own connections).
-    projector: Arc<dyn ReadModel>,
-    accounts: Arc<dyn AuthStore>,
-    audit: Arc<dyn AuditStore>,
-    checkpoints: Arc<dyn Checkpoints>,
-    idempotency: IdempotencyStore,
-    pools: db::NamedPools,
-    dlq: Arc<dyn DeadLetters>,
-    insights: Arc<dyn Insights>,
-    /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
-    durable_cursor: Option<Arc<dyn RelayCursor>>,
-}
-
-async fn in_memory() -> Adapters {
-    tracing::warn!(
-        "running on IN-MEMORY adapters (event store, read models, accounts): nothing survives \
-         a restart; set DATABASE_URL for durable storage"
-    );
-    let reads: Arc<dyn ReadModel> = Arc::new(MemoryReadModel::new());
-    Adapters {
-        store: Arc::new(MemoryEventStore::new()),
-        projector: Arc::clone(&reads),
-        reads,
-        accounts: Arc::new(MemoryAuthStore::new()),
-        audit: Arc::new(MemoryAuditStore::default()),
-        checkpoints: Arc::new(MemoryCheckpoints::default()),
-        idempotency: IdempotencyStore::default(),
-        pools: db::NamedPools::default(),
-        dlq: Arc::new(MemoryDeadLetters::new()),
-        insights: Arc::new(MemoryInsights::new()),
-        durable_cursor: None,
-    }
-}
-
-/// Connects and migrates the three databases. Each role gets its own pool, even on one
-/// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 2`
-/// connections per instance.
-async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
-    let connect = |url: &str, settings: db::PoolSettings, what: &'static str| {
-        let url = url.to_owned();
-        async move {
-            db::connect(&url, &settings)
-                .await
-                .with_context(|| format!("connecting to the {what} database"))
-        }
-    };
-    let projections_url = config
-        .projections_database_url
-        .as_deref()
-        .unwrap_or(events_url);
-    let auth_url = config.auth_database_url.as_deref().unwrap_or(events_url);
-    let events = connect(events_url, config.pool.clone(), "event store").await?;
-    let projections = connect(projections_url, config.pool.clone(), "projections").await?;
-    let projector_settings = db::PoolSettings {
-        max_connections: 2,
-        ..config.pool.clone()
-    };
-    let projector = connect(projections_url, projector_settings, "projections").await?;
-    let auth = connect(auth_url, config.pool.clone(), "auth").await?;
-
-    db::events_migrator()
-        .run(&events)
-        .await
-        .context("migrating the event store")?;
-    db::projections_migrator()
-        .run(&projections)
-        .await
-        .context("migrating the projections")?;
-    db::auth_migrator()
-        .run(&auth)
-        .await
-        .context("migrating the auth database")?;
-    tracing::info!("running on PostgreSQL (event store, read models, accounts)");
-    let pools = db::NamedPools::new(vec![
-        ("events", events.clone()),
-        ("projections", projections.clone()),
-        ("projector", projector.clone()),
-        ("auth", auth.clone()),
-    ]);
-    Ok(Adapters {
-        pools,
-        store: Arc::new(PostgresEventStore::new(events.clone()).await?),
-        reads: Arc::new(PostgresReadModel::new(projections.clone())),
-        projector: Arc::new(PostgresReadModel::new(projector)),
-        accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
-        audit: Arc::new(PostgresAuditStore::new(auth.clone())),
-        checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
-        idempotency: IdempotencyStore::durable(auth),
-        dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
-        insights: Arc::new(PostgresInsights::new(projections)),
-        durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
-    })
-}
-
 /// Wires adapters, stores and background tasks.
-pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
     let started_at = std::time::Instant::now();
     let adapters = match &config.database_url {
         None => in_memory().await,
@@ -225,13 +133,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         Arc::new(Projector {
             reads: projector,
             metrics: Arc::clone(&metrics),
-            cache: Arc::clone(&invalidator),
+            cache: Arc::clone(&invalidator) as Arc<dyn crate::projections::ViewInvalidation>,
         }),
     );
     let published = read_progress.clone();
     let cache = Arc::new(EventCache::new(
         invalidator,
-        Arc::clone(&reads),
+        Arc::clone(&reads) as Arc<dyn EventLookup>,
         move || published.position(),
         config.cache_ttl,
         config.cache_enabled,
@@ -264,15 +172,11 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     if !read_progress.wait_for(head, Duration::from_secs(120)).await {
         bail!("read models did not catch up with the event store within 120 s");
     }
-    let holds = reads
-        .pending_holds()
+    let rearmed = holds::rearm_pending(reads.as_ref(), &expiry_handle)
         .await
         .context("listing pending holds")?;
-    tracing::info!(count = holds.len(), "re-arming expiry of pending holds");
-    for hold in holds {
-        expiry_handle.arm(hold.expires_at, hold.event_id, hold.reservation_id);
-    }
-    tasks.push(tokio::spawn(expiry::sweep(
+    tracing::info!(count = rearmed, "re-armed expiry of pending holds");
+    tasks.push(tokio::spawn(holds::sweep(
         Arc::clone(&reads),
         expiry_handle.clone(),
         Arc::clone(&clock),
@@ -281,7 +185,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
     tasks.push(tokio::spawn(expiry::run(
         expiry_inbox,
         expiry_handle,
-        sales.clone(),
+        Arc::new(sales.clone()),
         Arc::clone(&clock),
         Arc::clone(&metrics),
     )));
@@ -297,49 +201,40 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App>
         config.rate_limits,
         config.trust_proxy,
     ));
-    let state = AppState {
-        config,
-        rate_limiter,
+    let app = App {
         sales,
         reads,
         read_progress,
         insights,
-        bus,
-        dlq,
-        auth,
         gateway: Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+        cache,
+        idempotency,
+        dead_letters: dlq,
+        clock: Arc::clone(&clock),
+        metrics: Arc::clone(&metrics),
+        hold_for: config.reservation_ttl,
+    };
+    let state = AppState::new(Shared {
+        config,
+        rate_limiter,
+        app: Arc::new(app),
+        bus,
+        auth,
         clock,
         metrics,
-        idempotency,
         pools,
-        cache,
         audit,
         draining: Arc::new(AtomicBool::new(false)),
         started_at,
         consumer_health,
-    };
-    Ok(App {
+    });
+    Ok(Service {
         state,
         gateway,
         tasks,
         relay,
         consumers,
         audit_writer,
-    })
-}
-
-/// Redis with `REDIS_URL` (connected lazily: the service starts while Redis is down, and reads
-/// go to PostgreSQL until it answers), else the in-process cache.
-fn cache_adapter(config: &Config) -> anyhow::Result<Arc<dyn Cache>> {
-    Ok(match &config.redis_url {
-        Some(url) => {
-            tracing::info!(prefix = %config.redis_key_prefix, "caching event reads in Redis");
-            Arc::new(
-                RedisCache::new(url, &config.redis_key_prefix, config.cache_timeout)
-                    .context("REDIS_URL")?,
-            )
-        }
-        None => Arc::new(MemoryCache::default()),
     })
 }
 
@@ -354,7 +249,7 @@ async fn start_bus(
     insights: &Arc<dyn Insights>,
     (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
     health: &Arc<ConsumerHealth>,
-) -> anyhow::Result<(Arc<dyn EventBus>, DlqService, RelayTask, ConsumersTask)> {
+) -> anyhow::Result<(Arc<dyn EventBus>, DeadLetterAdmin, RelayTask, ConsumersTask)> {
     let topics = Topics::new(config.kafka_topic_prefix.clone());
     let (bus, cursor): (Arc<dyn EventBus>, Arc<dyn RelayCursor>) = match &config.kafka_brokers {
         None => (
@@ -400,7 +295,10 @@ async fn start_bus(
             retry: RetryPolicy::default(),
         };
         let supervision = Supervision {
-            stall: config.consumer_stall,
+            stall: StallPolicy {
+                after: config.consumer_stall_after,
+                recover: config.consumer_stall_recovery,
+            },
             health: Arc::clone(health),
             stop: stopped.clone(),
         };
@@ -410,7 +308,7 @@ async fn start_bus(
     }
     Ok((
         bus,
-        DlqService::new(dlq, handlers, Arc::clone(clock)),
+        DeadLetterAdmin::new(dlq, handlers, Arc::clone(clock)),
         relay,
         consumers,
     ))
@@ -447,7 +345,7 @@ async fn futures_all(tasks: Vec<JoinHandle<()>>) {
 /// exit stays within the 30 s an orchestrator grants; what is left is published later).
 const RELAY_FLUSH: Duration = Duration::from_secs(5);
 
-impl App {
+impl Service {
     /// Serves HTTP on `listener` until `shutdown` completes, then drains: `/ready` answers 503
     /// at once, the listener keeps accepting for `SHUTDOWN_DRAIN_SECONDS`, then closes while
     /// in-flight requests finish (for at most `IN_FLIGHT_GRACE`), the outbox relay publishes what

@@ -1,0 +1,251 @@
+//! Checkout: holding seats, paying for a hold, cancelling and refunding. The charge happens
+//! before anything is recorded; a capture that can no longer confirm its reservation (it
+//! expired meanwhile) is refunded in the same commit, so money and seats always balance.
+//! Ids derive from the caller's `Idempotency-Key` when there is one, so a retry (even on
+//! another instance) finds what its first attempt made instead of making it twice.
+
+use super::idempotency::derived_id;
+use super::{policy, App, AppError};
+use crate::auth::Principal;
+use crate::domain::reservation::{ensure_payable, ReservationStatus};
+use crate::domain::{
+    Currency, DomainEvent, EventId, Money, Outcome, PaymentId, ReservationId, SaleCommand,
+    SaleError,
+};
+use crate::eventstore::Metadata;
+use crate::payment::{ChargeOutcome, GatewayError};
+use crate::projections::{PaymentView, ReservationView};
+use uuid::Uuid;
+
+/// What a customer asks to hold.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub event_id: Uuid,
+    pub section: String,
+    pub quantity: u32,
+}
+
+/// What a customer pays with: a reservation and a card token.
+#[derive(Debug, Clone)]
+pub struct PayRequest {
+    pub reservation_id: Uuid,
+    pub card_token: String,
+}
+
+/// A cancelled reservation, and what it was before (a confirmed one was refunded).
+pub struct Cancelled {
+    pub view: ReservationView,
+    pub was: ReservationStatus,
+}
+
+impl App {
+    /// Holds seats for `caller`; the hold lasts `RESERVATION_TTL_SECONDS` unless paid.
+    pub async fn reserve(
+        &self,
+        caller: &Principal,
+        key: Option<&str>,
+        hold: HoldRequest,
+        metadata: Metadata,
+    ) -> Result<ReservationView, AppError> {
+        let id = ReservationId(derived_id(caller.user_id, "reservation", key));
+        let event_id = EventId(hold.event_id);
+        policy::see_event(Some(caller), self.event_view(event_id).await?)?;
+        let command = SaleCommand::Reserve {
+            reservation_id: id,
+            user_id: caller.user_id,
+            section: hold.section.trim().to_owned(),
+            quantity: hold.quantity,
+            hold_for: self.hold_for,
+            now: self.clock.now(),
+        };
+        let committed = match self.command(event_id, command, metadata).await {
+            Ok(committed) => committed,
+            // A retry after a lost answer: the first attempt already placed it.
+            Err(AppError::Conflict { .. }) if key.is_some() && self.has_reservation(id).await? => {
+                return self.reservation_view(id).await
+            }
+            Err(e) => return Err(e),
+        };
+        // The answer comes from the committed event, as the read models will show it.
+        let placed = committed.events.iter().find_map(|e| match e {
+            DomainEvent::ReservationPlaced(placed) => Some(ReservationView::from(placed)),
+            _ => None,
+        });
+        match placed {
+            Some(view) => Ok(view),
+            None => self.reservation_view(id).await,
+        }
+    }
+
+    /// Charges the card for a pending hold of the caller and records the gateway's answer:
+    /// a capture confirms the reservation, a decline is `PaymentDeclined` and the hold stays.
+    pub async fn pay(
+        &self,
+        caller: &Principal,
+        key: Option<&str>,
+        order: PayRequest,
+        metadata: Metadata,
+    ) -> Result<PaymentView, AppError> {
+        let payment_id = PaymentId(derived_id(caller.user_id, "payment", key));
+        // With a key, the payment id is derived from it: a retry can find the first attempt.
+        let retried = key.is_some().then_some(payment_id);
+        let reservation = self
+            .reservation_view(ReservationId(order.reservation_id))
+            .await?;
+        policy::pay_for(caller, reservation.user_id)?;
+        // The writer decides again when the capture is recorded (a capture that lost the
+        // race is refunded); asking first spares the card a charge refunded at once.
+        if let Err(refusal) =
+            ensure_payable(reservation.status, reservation.expires_at, self.clock.now())
+        {
+            let refusal = AppError::from(SaleError::from(refusal));
+            return self.replay_or(retried, refusal).await;
+        }
+        let currency = Currency::parse(&reservation.currency).map_err(anyhow::Error::from)?;
+        let amount = Money::new(reservation.total_cents, currency);
+        let outcome = self
+            .gateway
+            .charge(payment_id, amount, &order.card_token)
+            .await
+            .map_err(|e| self.gateway_failed(e))?;
+        let now = self.clock.now();
+        let reservation_id = ReservationId(reservation.reservation_id);
+        let command = match &outcome {
+            ChargeOutcome::Captured { charge_id } => SaleCommand::RecordCapture {
+                payment_id,
+                reservation_id,
+                amount,
+                charge_id: charge_id.clone(),
+                now,
+            },
+            ChargeOutcome::Declined { reason } => SaleCommand::RecordDecline {
+                payment_id,
+                reservation_id,
+                amount,
+                reason: reason.clone(),
+                now,
+            },
+        };
+        // The gateway has answered: record it, also through contention between instances.
+        let committed = match self
+            .record(EventId(reservation.event_id), command, metadata)
+            .await
+        {
+            Ok(committed) => committed,
+            Err(e @ AppError::Conflict { .. }) => return self.replay_or(retried, e).await,
+            Err(e) => return Err(e),
+        };
+        let counted = match (&outcome, &committed.outcome) {
+            (_, Outcome::Compensated(_)) => "captured_then_refunded",
+            (ChargeOutcome::Captured { .. }, _) => "captured",
+            (ChargeOutcome::Declined { .. }, _) => "declined",
+        };
+        self.metrics.payments.with_label_values(&[counted]).inc();
+        if let Outcome::Compensated(cause) = committed.outcome {
+            return Err(AppError::Conflict {
+                kind: "reservation-not-pending",
+                detail: format!("{cause}; the charge was refunded"),
+            });
+        }
+        // The answer comes from the committed event, as the read models will show it.
+        let recorded = committed.events.iter().find_map(|e| match e {
+            DomainEvent::PaymentCaptured(captured) => Some(PaymentView::from(captured)),
+            DomainEvent::PaymentDeclined(declined) => Some(PaymentView::from(declined)),
+            _ => None,
+        });
+        match recorded {
+            Some(view) => paid(view),
+            None => paid(self.payment_view(payment_id).await?),
+        }
+    }
+
+    /// Cancels the caller's reservation: a pending hold is released, a confirmed one refunded.
+    pub async fn cancel(
+        &self,
+        caller: &Principal,
+        id: Uuid,
+        metadata: Metadata,
+    ) -> Result<Cancelled, AppError> {
+        let id = ReservationId(id);
+        let view = self.reservation_view(id).await?;
+        policy::own_record(caller, view.user_id, "reservation")?;
+        let command = SaleCommand::CancelReservation {
+            reservation_id: id,
+            now: self.clock.now(),
+        };
+        self.command(EventId(view.event_id), command, metadata)
+            .await?;
+        Ok(Cancelled {
+            view: self.reservation_view(id).await?,
+            was: view.status,
+        })
+    }
+
+    /// Refunds the caller's captured payment; the seats go back on sale.
+    pub async fn refund(
+        &self,
+        caller: &Principal,
+        id: Uuid,
+        reason: &str,
+        metadata: Metadata,
+    ) -> Result<PaymentView, AppError> {
+        let id = PaymentId(id);
+        let view = self.payment_view(id).await?;
+        policy::own_record(caller, view.user_id, "payment")?;
+        let command = SaleCommand::RefundPayment {
+            payment_id: id,
+            reason: reason.to_owned(),
+            now: self.clock.now(),
+        };
+        self.command(EventId(view.event_id), command, metadata)
+            .await?;
+        self.metrics.payments.with_label_values(&["refunded"]).inc();
+        self.payment_view(id).await
+    }
+
+    async fn has_reservation(&self, id: ReservationId) -> Result<bool, AppError> {
+        Ok(self.reads.reservation(id).await?.is_some())
+    }
+
+    /// A retry whose first attempt already recorded its payment gets that payment's answer
+    /// again; anything else gets `refusal`. Asked only when a request is refused, so the
+    /// happy path costs no extra query.
+    async fn replay_or(
+        &self,
+        payment_id: Option<PaymentId>,
+        refusal: AppError,
+    ) -> Result<PaymentView, AppError> {
+        if let Some(payment_id) = payment_id {
+            if let Some(done) = self.reads.payment(payment_id).await? {
+                return paid(done);
+            }
+        }
+        Err(refusal)
+    }
+
+    fn gateway_failed(&self, e: GatewayError) -> AppError {
+        match e {
+            GatewayError::Unavailable(_) | GatewayError::RefundRefused(_) => {
+                self.metrics
+                    .payments
+                    .with_label_values(&["gateway_error"])
+                    .inc();
+                AppError::Unavailable {
+                    detail: "the payment gateway is unavailable; you were not charged".into(),
+                    retry_after: 2,
+                }
+            }
+        }
+    }
+}
+
+/// A declined payment is `PaymentDeclined`; anything else is the payment's view.
+fn paid(view: PaymentView) -> Result<PaymentView, AppError> {
+    match view.status {
+        crate::domain::payment::PaymentStatus::Failed => Err(AppError::PaymentDeclined {
+            reason: view.reason.unwrap_or_default(),
+            payment_id: view.payment_id,
+        }),
+        _ => Ok(view),
+    }
+}

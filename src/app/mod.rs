@@ -1,0 +1,143 @@
+//! The application layer: the use cases that HTTP (and anything else that drives the service)
+//! calls, one module per family: `checkout` (reserve, pay, cancel, refund), `events` (event
+//! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
+//! (what admins do with the DLQ), `holds` (ending holds whose instance died). It owns running
+//! commands with read-your-writes, recording a gateway capture through writer contention,
+//! the charge-then-record flow and idempotency. It never decides a business rule (the domain
+//! does) and never knows about HTTP.
+
+pub mod checkout;
+pub mod dead_letters;
+pub mod error;
+pub mod events;
+pub mod holds;
+pub mod idempotency;
+pub mod policy;
+pub mod queries;
+
+pub use error::{AppError, FieldError};
+
+use crate::backoff::Backoff;
+use crate::cache::EventCache;
+use crate::clock::Clock;
+use crate::domain::{EventId, SaleCommand};
+use crate::eventstore::{EventStore, Metadata};
+use crate::observability::Metrics;
+use crate::payment::PaymentGateway;
+use crate::projections::insights::Insights;
+use crate::projections::ReadModel;
+use crate::runtime::subscription::Progress;
+use crate::runtime::{CommandError, Committed, Sales};
+use dead_letters::DeadLetterAdmin;
+use idempotency::IdempotencyStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts of `App::record` (backing off from 20 ms: about 5 s in all).
+const RECORD_ATTEMPTS: u32 = 8;
+
+/// How long a command waits for the read models to show its own write.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the use cases work with: the write side, the read side and the outside services.
+pub struct App {
+    pub(crate) sales: Sales,
+    pub(crate) reads: Arc<dyn ReadModel>,
+    pub(crate) read_progress: Progress,
+    pub(crate) insights: Arc<dyn Insights>,
+    pub(crate) gateway: Arc<dyn PaymentGateway>,
+    pub(crate) cache: Arc<EventCache>,
+    pub(crate) idempotency: Arc<IdempotencyStore>,
+    pub(crate) dead_letters: DeadLetterAdmin,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// How long a hold lasts (`RESERVATION_TTL_SECONDS`).
+    pub(crate) hold_for: chrono::Duration,
+}
+
+impl App {
+    /// The event store, for readiness checks.
+    pub fn event_store(&self) -> &Arc<dyn EventStore> {
+        self.sales.store()
+    }
+
+    /// The read models, for readiness checks.
+    pub fn read_model(&self) -> &Arc<dyn ReadModel> {
+        &self.reads
+    }
+
+    /// The cached event views, for readiness checks and cache statistics.
+    pub fn event_cache(&self) -> &EventCache {
+        &self.cache
+    }
+
+    /// The answers kept for `Idempotency-Key` retries.
+    pub fn idempotency(&self) -> &IdempotencyStore {
+        &self.idempotency
+    }
+
+    /// The dead letter queue's admin operations.
+    pub fn dead_letters(&self) -> &DeadLetterAdmin {
+        &self.dead_letters
+    }
+
+    /// How far the read models are (the global log position they applied).
+    pub fn read_position(&self) -> u64 {
+        self.read_progress.position()
+    }
+
+    /// Runs a command and waits until the read models reflect it (read-your-writes).
+    pub(crate) async fn command(
+        &self,
+        sale: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<Committed, AppError> {
+        let committed = self.sales.execute(sale, command, metadata).await?;
+        Ok(self.visible(committed).await)
+    }
+
+    /// Like `command`, for a command that records what already happened outside (a capture
+    /// at the gateway): when writers of several instances keep out-racing each other on the
+    /// sale, try again for a while rather than answer 503 and leave the fact unrecorded.
+    pub(crate) async fn record(
+        &self,
+        sale: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<Committed, AppError> {
+        let mut backoff = Backoff::doubling(Duration::from_millis(20), Duration::from_secs(5));
+        for _ in 1..RECORD_ATTEMPTS {
+            match self
+                .sales
+                .execute(sale, command.clone(), metadata.clone())
+                .await
+            {
+                Err(CommandError::Contended) => {
+                    tracing::info!(%sale, "writers contended; recording again");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => return Ok(self.visible(other?).await),
+            }
+        }
+        self.command(sale, command, metadata).await
+    }
+
+    /// Waits until the read models show `committed` (read-your-writes), at most
+    /// `READ_YOUR_WRITES_TIMEOUT`.
+    async fn visible(&self, committed: Committed) -> Committed {
+        if committed.position > 0
+            && !self
+                .read_progress
+                .wait_for(committed.position, READ_YOUR_WRITES_TIMEOUT)
+                .await
+        {
+            // The write is durable, so the client still gets its 2xx; only the read may lag.
+            tracing::warn!(
+                position = committed.position,
+                "read models lag behind a committed write"
+            );
+        }
+        committed
+    }
+}

@@ -1,0 +1,183 @@
+//! The sale: one event's consistency boundary, composed of its `Event`, its `Inventory`, and
+//! every `Reservation` and `Payment` made for it. `decide` turns a command into the events of
+//! all streams it touches, so a step that spans streams (hold seats + place reservation) is one
+//! atomic append; it only routes, each command's rules live once in `lifecycle` or `checkout`.
+//! Pure: never reads a clock, mints an id or performs I/O.
+
+mod checkout;
+mod commands;
+mod lifecycle;
+
+pub use commands::{EventPatch, Lifecycle, SaleCommand};
+
+use super::concert::{Event, EventError};
+use super::events::{DomainEvent, StreamId};
+use super::ids::{EventId, PaymentId, ReservationId};
+use super::inventory::{Inventory, InventoryError};
+use super::payment::{Payment, PaymentError};
+use super::reservation::{Reservation, ReservationError};
+use chrono::{DateTime, Utc};
+use smallvec::SmallVec;
+use std::collections::HashMap;
+
+/// Anything a sale command can be refused for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaleError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Reservation(#[from] ReservationError),
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+}
+
+/// Work to do after the decision's events are committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Wake the sale at `at` to expire the hold if it is still pending.
+    ArmExpiry {
+        reservation_id: ReservationId,
+        at: DateTime<Utc>,
+    },
+}
+
+/// What the caller is told once the events are committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// The events were recorded, but the caller's intent failed and was compensated
+    /// (a capture that came after the hold ended is refunded at once).
+    Compensated(SaleError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub events: SmallVec<[DomainEvent; 4]>,
+    pub effects: SmallVec<[Effect; 1]>,
+    pub outcome: Outcome,
+}
+
+impl Decision {
+    fn done(events: impl IntoIterator<Item = DomainEvent>) -> Self {
+        Decision {
+            events: events.into_iter().collect(),
+            effects: SmallVec::new(),
+            outcome: Outcome::Done,
+        }
+    }
+}
+
+/// The folded state of one sale.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaleState {
+    pub event: Option<Event>,
+    pub inventory: Inventory,
+    pub reservations: HashMap<ReservationId, Reservation>,
+    pub payments: HashMap<PaymentId, Payment>,
+    /// Current version of every stream of this sale (0 = empty stream).
+    pub versions: HashMap<StreamId, u64>,
+}
+
+impl SaleState {
+    pub fn version(&self, stream: &StreamId) -> u64 {
+        self.versions.get(stream).copied().unwrap_or(0)
+    }
+
+    /// Folds one committed event. Handles every event and cannot panic.
+    pub fn apply(&mut self, event: &DomainEvent) {
+        *self.versions.entry(event.stream()).or_insert(0) += 1;
+        Event::apply(&mut self.event, event);
+        self.inventory.apply(event);
+        Reservation::apply(&mut self.reservations, event);
+        Payment::apply(&mut self.payments, event);
+    }
+
+    fn event(&self) -> Result<&Event, SaleError> {
+        Ok(self.event.as_ref().ok_or(EventError::NotFound)?)
+    }
+
+    fn reservation(&self, id: &ReservationId) -> Result<&Reservation, SaleError> {
+        Ok(self
+            .reservations
+            .get(id)
+            .ok_or(ReservationError::NotFound)?)
+    }
+
+    /// Decides `command` against the current state of the sale of `event_id`.
+    pub fn decide(&self, event_id: EventId, command: &SaleCommand) -> Result<Decision, SaleError> {
+        let sale = Deciding {
+            state: self,
+            event_id,
+        };
+        use SaleCommand as C;
+        match command {
+            C::CreateEvent {
+                owner_id,
+                currency,
+                details,
+                now,
+            } => sale.create_event(*owner_id, *currency, details, *now),
+            C::UpdateEvent {
+                expected_version,
+                patch,
+                now,
+            } => sale.update_event(*expected_version, patch, *now),
+            C::ChangeLifecycle { action, now } => sale.change_lifecycle(*action, *now),
+            C::CancelEvent { now } => sale.cancel_event(*now),
+            C::Reserve {
+                reservation_id,
+                user_id,
+                section,
+                quantity,
+                hold_for,
+                now,
+            } => sale.reserve(
+                *reservation_id,
+                *user_id,
+                section,
+                *quantity,
+                *hold_for,
+                *now,
+            ),
+            C::RecordCapture {
+                payment_id,
+                reservation_id,
+                amount,
+                charge_id,
+                now,
+            } => sale.record_capture(*payment_id, *reservation_id, *amount, charge_id, *now),
+            C::RecordDecline {
+                payment_id,
+                reservation_id,
+                amount,
+                reason,
+                now,
+            } => sale.record_decline(*payment_id, *reservation_id, *amount, reason, *now),
+            C::CancelReservation {
+                reservation_id,
+                now,
+            } => sale.cancel_reservation(*reservation_id, *now),
+            C::ExpireReservation {
+                reservation_id,
+                now,
+            } => sale.expire_reservation(*reservation_id, *now),
+            C::RefundPayment {
+                payment_id,
+                reason,
+                now,
+            } => sale.refund(*payment_id, reason, *now),
+        }
+    }
+}
+
+/// One decision in progress: the state it reads and the event whose sale it is. The command
+/// handlers are its methods, so none of them needs the event id passed again.
+struct Deciding<'a> {
+    state: &'a SaleState,
+    event_id: EventId,
+}
+
+#[cfg(test)]
+mod tests;

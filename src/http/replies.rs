@@ -1,0 +1,119 @@
+//! Answers of the command routes: `201 Created` with `Location`, and the `Idempotency-Key`
+//! wrapper that stores each answer through `app::idempotency` and replays it (marked
+//! `Idempotent-Replayed: true`) for a retry with the same key and body.
+
+use super::error::{problem_response, ApiError};
+use super::AppState;
+use crate::app::idempotency::{Answer, Outcome};
+use crate::domain::UserId;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+/// A successful answer as a handler produces it.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub location: Option<String>,
+}
+
+impl Reply {
+    /// `201 Created` for a new resource at `location`.
+    pub fn created(location: String, view: &impl Serialize) -> Result<Reply, ApiError> {
+        Ok(Reply {
+            status: StatusCode::CREATED,
+            location: Some(location),
+            body: serde_json::to_value(view).map_err(anyhow::Error::from)?,
+        })
+    }
+}
+
+/// Runs `work` at most once per (user, scope, key) and body, and answers with its result,
+/// or with the stored answer of the first request that used the key.
+pub async fn idempotent<F>(
+    s: &AppState,
+    user: UserId,
+    scope: &'static str,
+    key: Option<String>,
+    body: &impl Serialize,
+    work: F,
+) -> Response
+where
+    F: std::future::Future<Output = Result<Reply, ApiError>>,
+{
+    let mut fresh = None;
+    let stored = s
+        .app
+        .idempotency()
+        .run(user, scope, key, body, async {
+            let result = work.await;
+            let answer = answer_of(&result);
+            fresh = Some(result);
+            answer
+        })
+        .await;
+    match stored {
+        Err(refused) => ApiError::from(refused).into_response(),
+        Ok(Outcome {
+            replayed: true,
+            answer,
+        }) => {
+            let mut response = render(&answer);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+        Ok(Outcome { answer, .. }) => match fresh {
+            Some(result) => respond(result),
+            None => render(&answer),
+        },
+    }
+}
+
+fn answer_of(result: &Result<Reply, ApiError>) -> Answer {
+    match result {
+        Ok(reply) => Answer {
+            status: reply.status.as_u16(),
+            body: reply.body.clone(),
+            location: reply.location.clone(),
+        },
+        Err(e) => {
+            let (status, body) = e.to_problem();
+            Answer {
+                status: status.as_u16(),
+                body,
+                location: None,
+            }
+        }
+    }
+}
+
+fn respond(result: Result<Reply, ApiError>) -> Response {
+    match result {
+        Ok(reply) => with_location(
+            (reply.status, axum::Json(reply.body)).into_response(),
+            reply.location.as_deref(),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn render(answer: &Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    if status.is_client_error() || status.is_server_error() {
+        return problem_response(status, &answer.body);
+    }
+    with_location(
+        (status, axum::Json(&answer.body)).into_response(),
+        answer.location.as_deref(),
+    )
+}
+
+fn with_location(mut response: Response, location: Option<&str>) -> Response {
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}

@@ -1,0 +1,103 @@
+//! The storage adapters the service runs on: all in memory (no `DATABASE_URL`), or all on
+//! PostgreSQL (each database connected and migrated, one pool per role); and the cache
+//! adapter, Redis with `REDIS_URL` or in process.
+
+use super::*;
+use crate::db::Database;
+
+/// The storage adapters: all in memory, or all on PostgreSQL.
+pub(super) struct Adapters {
+    pub(super) store: Arc<dyn EventStore>,
+    /// The read models as queries see them.
+    pub(super) reads: Arc<dyn ReadModel>,
+    /// The same read models, as the projector writes them (its own connections).
+    pub(super) projector: Arc<dyn ProjectionWriter>,
+    pub(super) accounts: Arc<dyn AuthStore>,
+    pub(super) audit: Arc<dyn AuditStore>,
+    pub(super) checkpoints: Arc<dyn Checkpoints>,
+    pub(super) idempotency: IdempotencyStore,
+    pub(super) pools: db::NamedPools,
+    pub(super) dlq: Arc<dyn DeadLetters>,
+    pub(super) insights: Arc<dyn Insights>,
+    /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
+    pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
+}
+
+pub(super) async fn in_memory() -> Adapters {
+    tracing::warn!(
+        "running on IN-MEMORY adapters (event store, read models, accounts): nothing survives \
+         a restart; set DATABASE_URL for durable storage"
+    );
+    let reads = Arc::new(MemoryReadModel::new());
+    Adapters {
+        store: Arc::new(MemoryEventStore::new()),
+        projector: Arc::clone(&reads) as Arc<dyn ProjectionWriter>,
+        reads,
+        accounts: Arc::new(MemoryAuthStore::new()),
+        audit: Arc::new(MemoryAuditStore::default()),
+        checkpoints: Arc::new(MemoryCheckpoints::default()),
+        idempotency: IdempotencyStore::default(),
+        pools: db::NamedPools::default(),
+        dlq: Arc::new(MemoryDeadLetters::new()),
+        insights: Arc::new(MemoryInsights::new()),
+        durable_cursor: None,
+    }
+}
+
+/// Connects and migrates the three databases. Each role gets its own pool, even on one
+/// database, so that request traffic can never queue the work every request waits for
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 2`
+/// connections per instance.
+pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
+    let projections_url = config
+        .projections_database_url
+        .as_deref()
+        .unwrap_or(events_url);
+    let auth_url = config.auth_database_url.as_deref().unwrap_or(events_url);
+    let open = |database, url| db::connect_and_migrate(database, url, &config.pool, "ticketing");
+    let events = open(Database::Events, events_url).await?;
+    let projections = open(Database::Projections, projections_url).await?;
+    let auth = open(Database::Auth, auth_url).await?;
+    let projector_settings = db::PoolSettings {
+        max_connections: 2,
+        ..config.pool.clone()
+    };
+    let projector = db::connect(projections_url, &projector_settings)
+        .await
+        .context("connecting to the projections database")?;
+    tracing::info!("running on PostgreSQL (event store, read models, accounts)");
+    let pools = db::NamedPools::new(vec![
+        ("events", events.clone()),
+        ("projections", projections.clone()),
+        ("projector", projector.clone()),
+        ("auth", auth.clone()),
+    ]);
+    Ok(Adapters {
+        pools,
+        store: Arc::new(PostgresEventStore::new(events.clone()).await?),
+        reads: Arc::new(PostgresReadModel::new(projections.clone())),
+        projector: Arc::new(PostgresReadModel::new(projector)),
+        accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
+        audit: Arc::new(PostgresAuditStore::new(auth.clone())),
+        checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
+        idempotency: IdempotencyStore::durable(auth),
+        dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
+        insights: Arc::new(PostgresInsights::new(projections)),
+        durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
+    })
+}
+
+/// Redis with `REDIS_URL` (connected lazily: the service starts while Redis is down, and reads
+/// go to PostgreSQL until it answers), else the in-process cache.
+pub(super) fn cache_adapter(config: &Config) -> anyhow::Result<Arc<dyn Cache>> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            tracing::info!(prefix = %config.redis_key_prefix, "caching event reads in Redis");
+            Arc::new(
+                RedisCache::new(url, &config.redis_key_prefix, config.cache_timeout)
+                    .context("REDIS_URL")?,
+            )
+        }
+        None => Arc::new(MemoryCache::default()),
+    })
+}
