@@ -169,6 +169,25 @@ pub mod testing {
         }
     }
 
+    /// Drops the database `url` names (made by [`fresh_database`]), closing its connections.
+    /// Best effort: a left-over is dropped by `scripts/services.sh` later.
+    pub async fn drop_database(url: &str) {
+        let Some(name) = url
+            .split('?')
+            .next()
+            .and_then(|base| base.rsplit_once('/'))
+            .map(|(_, name)| name.to_owned())
+            .filter(|name| name.starts_with("ticketing_test_"))
+        else {
+            return;
+        };
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+
     /// Creates an empty database with a unique name and returns its URL. Panics with the way
     /// to start PostgreSQL when the server cannot be reached (tests must not skip silently).
     pub async fn fresh_database() -> String {

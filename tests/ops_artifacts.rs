@@ -1,7 +1,9 @@
 //! Checks the operations artifacts against the code: every metric an alert rule or a Grafana
 //! panel names exists in the catalogue (`src/observability/metrics.rs`), every alert links a
 //! section of `RUNBOOK.md`, and `promtool` accepts the rules and the scrape configuration.
-//! Needs `promtool` on PATH (Debian package `prometheus`; `scripts/services.sh` installs it).
+//! A fresh service's first scrape shows every series they read, at 0 if nothing happened.
+//! Needs `promtool` on PATH (Debian package `prometheus`; `scripts/services.sh` installs it)
+//! and PostgreSQL (the pool series exist only on it; `scripts/services.sh` starts it).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -236,4 +238,83 @@ fn metric_names_are_extracted_whole() {
         names.into_iter().collect::<Vec<_>>(),
         ["ticketing_a_total", "ticketing_c_bucket"]
     );
+}
+
+/// The series names of a Prometheus text exposition (a histogram's `_bucket`, `_sum` and
+/// `_count` lines, and its bare name through them).
+fn exposed_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..end];
+        names.insert(name.to_owned());
+        if let Some(base) = name.strip_suffix("_bucket") {
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
+
+/// Starts the real binary on a fresh PostgreSQL database, waits for `/health` and returns the
+/// body of its very first `/metrics` scrape.
+async fn first_scrape() -> String {
+    let url = ticketing::db::testing::fresh_database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .env("DATABASE_URL", &url)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("REDIS_URL")
+        .env_remove("PROJECTIONS_DATABASE_URL")
+        .env_remove("AUTH_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the ticketing binary starts");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while !http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the service did not answer /health"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let body = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a text body");
+    child.kill().await.expect("the service stops");
+    ticketing::db::testing::drop_database(&url).await;
+    body
+}
+
+/// Every series an alert rule or a dashboard reads is on a fresh service's first scrape, so
+/// panels show 0 instead of "no data" and `rate()` sees the first increment.
+#[tokio::test]
+async fn a_fresh_scrape_shows_every_series_the_dashboards_and_alerts_read() {
+    let exposed = exposed_names(&first_scrape().await);
+    let mut missing = Vec::new();
+    for (path, text) in artifacts() {
+        for name in metric_names(&text) {
+            if !exposed.contains(&name) {
+                missing.push(format!("{name} (in {})", path.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not on the first scrape: {missing:#?}");
 }

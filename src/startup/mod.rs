@@ -31,6 +31,7 @@ use crate::eventstore::memory::MemoryEventStore;
 use crate::eventstore::postgres::PostgresEventStore;
 use crate::eventstore::EventStore;
 use crate::http::{self, AppState, Shared};
+use crate::observability::metrics::KnownLabels;
 use crate::observability::Metrics;
 use crate::payment::refunds::RefundSettlement;
 use crate::payment::simulated::SimulatedGateway;
@@ -99,6 +100,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    initialise_metrics(&metrics, &config, store.kind(), &pools);
     let gateway = Arc::new(SimulatedGateway::new(
         config.payment_latency,
         config.payment_failure_rate,
@@ -284,6 +286,41 @@ async fn start_bus(
         DeadLetterAdmin::new(dlq, handlers, Arc::clone(clock)),
         relay,
     ))
+}
+
+/// Every sale command's metric label (`runtime::writer::command_name`).
+const COMMANDS: [&str; 10] = [
+    "create_event",
+    "update_event",
+    "change_lifecycle",
+    "cancel_event",
+    "reserve",
+    "record_capture",
+    "record_decline",
+    "cancel_reservation",
+    "expire_reservation",
+    "refund_payment",
+];
+
+/// Every stream category (`domain::StreamId::category`).
+const AGGREGATES: [&str; 4] = ["event", "inventory", "reservation", "payment"];
+
+/// Creates the labelled series the dashboards and alerts read at 0 (see `Metrics::initialise`).
+fn initialise_metrics(metrics: &Metrics, config: &Config, store: &str, pools: &db::NamedPools) {
+    let routes: Vec<(&str, &str)> = http::access::TABLE
+        .iter()
+        .map(|rule| (rule.method, rule.path))
+        .collect();
+    let pools: Vec<&str> = pools.sizes().map(|(name, _, _)| name).collect();
+    metrics.initialise(&KnownLabels {
+        routes: &routes,
+        commands: &COMMANDS,
+        aggregates: &AGGREGATES,
+        store,
+        topics: &Topics::new(config.kafka_topic_prefix.clone()).all(),
+        consumers: &[crate::projections::insights::CONSUMER],
+        pools: &pools,
+    });
 }
 
 /// Deletes idempotent answers older than 24 hours, hourly.
