@@ -196,7 +196,23 @@ impl Config {
                 })
             }
         };
-        let database_url = get("DATABASE_URL");
+        let postgres_url = |var: &'static str| -> Result<Option<String>, ConfigError> {
+            let Some(url) = get(var) else {
+                return Ok(None);
+            };
+            match <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url) {
+                Ok(_) => Ok(Some(url)),
+                // The value may hold a password: name the variable, never echo it.
+                Err(e) => Err(ConfigError {
+                    var,
+                    reason: format!(
+                        "not a PostgreSQL URL like postgres://user:password@host:5432/database \
+                         ({e})"
+                    ),
+                }),
+            }
+        };
+        let database_url = postgres_url("DATABASE_URL")?;
         let failure_rate: f64 = parse("PAYMENT_FAILURE_RATE", get("PAYMENT_FAILURE_RATE"), 0.0)?;
         if !(0.0..=1.0).contains(&failure_rate) {
             return Err(ConfigError {
@@ -248,9 +264,9 @@ impl Config {
         }
         Ok(Config {
             bind_addr: parse("BIND_ADDR", get("BIND_ADDR"), d.bind_addr)?,
-            projections_database_url: get("PROJECTIONS_DATABASE_URL")
+            projections_database_url: postgres_url("PROJECTIONS_DATABASE_URL")?
                 .or_else(|| database_url.clone()),
-            auth_database_url: get("AUTH_DATABASE_URL").or_else(|| database_url.clone()),
+            auth_database_url: postgres_url("AUTH_DATABASE_URL")?.or_else(|| database_url.clone()),
             database_url,
             kafka_brokers: get("KAFKA_BROKERS"),
             kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or(d.kafka_topic_prefix),
