@@ -6,6 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/services.sh
+
+# The tests make throw-away databases ticketing_test_<unix seconds>_<id>; drop those this run
+# made, also when a step fails. One still in use (another run's, on a shared server) refuses
+# the DROP and stays; scripts/services.sh drops leftovers after two hours.
+started=$(date +%s)
+drop_test_databases() {
+    local url=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
+    psql "$url" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ticketing\_test\_%'" |
+        while read -r name; do
+            local created=${name#ticketing_test_}
+            created=${created%%_*}
+            if [[ $created =~ ^[0-9]+$ ]] && (( created >= started )); then
+                psql "$url" -qtAc "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1 || true
+            fi
+        done
+}
+trap drop_test_databases EXIT
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
