@@ -277,8 +277,7 @@ mod tests {
     fn every_routed_path_has_exactly_one_rule() {
         let doc = crate::http::openapi();
         let mut routed = vec![("GET".to_owned(), "/openapi.json".to_owned())];
-        for (path, item) in &doc.paths.paths {
-            let item = serde_json::to_value(item).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
             for method in ["get", "post", "put", "delete", "patch"] {
                 if item.get(method).is_some() {
                     routed.push((method.to_uppercase(), path.clone()));

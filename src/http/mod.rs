@@ -12,6 +12,7 @@ pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod payments;
 pub mod ratelimit;
@@ -136,9 +137,15 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI document generated from the handlers' annotations.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document generated from the handlers' annotations alone.
+pub fn raw_openapi() -> utoipa::openapi::OpenApi {
     api_routes().split_for_parts().1
+}
+
+/// The OpenAPI document served at `/openapi.json`: the annotations completed by
+/// `openapi::complete` with what the edge does to every operation.
+pub fn openapi() -> serde_json::Value {
+    openapi::complete(&raw_openapi())
 }
 
 fn api_routes() -> OpenApiRouter<AppState> {
@@ -157,7 +164,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// (so 404s, 429s, CORS preflights and panics carry them too).
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_routes().split_for_parts();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(openapi::complete(&doc));
     let routes = routes
         .route(
             "/openapi.json",
