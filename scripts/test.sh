@@ -26,3 +26,5 @@ trap drop_test_databases EXIT
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+# The HTTP contract from outside: a generated client and schemathesis against the binary.
+./tests/conformance/run.sh
