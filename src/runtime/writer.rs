@@ -146,7 +146,7 @@ impl SaleWriter {
             let result = self
                 .store
                 .append(sale_id, rows)
-                .instrument(append_span(&batch, count))
+                .instrument(append_span(&batch, count, store_kind))
                 .await;
             metrics
                 .append_duration
@@ -193,8 +193,23 @@ impl SaleWriter {
 }
 
 /// The span of one group commit: a child of the first command's trace, linked to the others'.
-fn append_span(batch: &[Envelope], events: usize) -> tracing::Span {
-    let span = tracing::info_span!("append", commands = batch.len(), events);
+/// A CLIENT span by the database semantic conventions ("INSERT events").
+fn append_span(batch: &[Envelope], events: usize, store: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "append",
+        otel.name = "INSERT events",
+        otel.kind = "client",
+        db.system.name = if store == "postgres" {
+            "postgresql"
+        } else {
+            store
+        },
+        db.operation.name = "INSERT",
+        db.collection.name = "events",
+        db.operation.batch.size = events,
+        commands = batch.len(),
+        events,
+    );
     let mut traces = batch
         .iter()
         .filter_map(|e| e.metadata.traceparent.as_deref());
