@@ -35,7 +35,12 @@ pub struct Config {
     pub expiry_sweep: Duration,
     pub session_ttl: chrono::Duration,
     pub app_env: AppEnv,
+    /// Where spans go over OTLP/HTTP: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`; none with `OTEL_SDK_DISABLED=true`.
     pub otel_endpoint: Option<String>,
+    /// Which spans are exported (`OTEL_TRACES_FILTER`, `RUST_LOG` syntax, default `info`):
+    /// independent of the log level, so `RUST_LOG=warn` still exports every request's trace.
+    pub otel_traces_filter: String,
     /// Most commands decided and appended together for one event.
     pub max_batch: usize,
     pub body_limit_bytes: usize,
@@ -131,6 +136,7 @@ impl Default for Config {
             session_ttl: chrono::Duration::hours(24),
             app_env: AppEnv::Development,
             otel_endpoint: None,
+            otel_traces_filter: "info".into(),
             max_batch: 256,
             body_limit_bytes: 1024 * 1024,
             payment_latency: Duration::ZERO,
@@ -283,7 +289,14 @@ impl Config {
             expiry_sweep: seconds(positive("EXPIRY_SWEEP_SECONDS", 30)?),
             session_ttl: chrono::Duration::seconds(positive("SESSION_TTL_SECONDS", 86_400)?),
             app_env,
-            otel_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otel_endpoint: match get("OTEL_SDK_DISABLED").map(|v| v.trim().to_ascii_lowercase()) {
+                Some(v) if v == "true" => None,
+                _ => get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+                    get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+                }),
+            },
+            otel_traces_filter: get("OTEL_TRACES_FILTER").unwrap_or_else(|| "info".into()),
             max_batch: usize::try_from(positive("MAX_BATCH", 256)?).unwrap_or(256),
             body_limit_bytes: d.body_limit_bytes,
             payment_latency: Duration::from_millis(parse(

@@ -9,6 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/service.rs"]
+mod service;
+
 /// The registry adds this prefix; the catalogue's source names metrics without it.
 const PREFIX: &str = "ticketing_";
 
@@ -259,46 +262,14 @@ fn exposed_names(exposition: &str) -> BTreeSet<String> {
 /// body of its very first `/metrics` scrape.
 async fn first_scrape() -> String {
     let url = ticketing::db::testing::fresh_database().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketing"))
-        .env("DATABASE_URL", &url)
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .env_remove("KAFKA_BROKERS")
-        .env_remove("REDIS_URL")
-        .env_remove("PROJECTIONS_DATABASE_URL")
-        .env_remove("AUTH_DATABASE_URL")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the ticketing binary starts");
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = std::time::Instant::now();
-    while !http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "the service did not answer /health"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let body = http
-        .get(format!("{base}/metrics"))
-        .send()
+    let mut service = service::start(&[("DATABASE_URL", &url)], "/health").await;
+    let body = reqwest::get(format!("{}/metrics", service.base))
         .await
         .expect("/metrics answers")
         .text()
         .await
         .expect("a text body");
-    child.kill().await.expect("the service stops");
+    service.process.kill().await.expect("the service stops");
     ticketing::db::testing::drop_database(&url).await;
     body
 }
