@@ -32,7 +32,94 @@ pub fn complete(doc: &utoipa::openapi::OpenApi) -> Value {
             }
         }
     }
+    add_links(&mut doc);
     doc
+}
+
+/// OpenAPI links along a sale (event -> publish -> open sales -> reservation -> payment ->
+/// refund), so stateful clients and fuzzers can follow it: each names the operation the
+/// answer's ids feed.
+fn add_links(doc: &mut Value) {
+    let id = |pointer: &str| json!({"id": format!("$response.body#/{pointer}")});
+    let reserve = json!({"operationId": "create_reservation", "requestBody": {
+        "event_id": "$response.body#/id",
+        "section": "$response.body#/sections/0/name",
+        "quantity": 1,
+    }});
+    let by_event = |ops: &[&str]| {
+        let mut links: Map<String, Value> = ops
+            .iter()
+            .map(|op| {
+                (
+                    (*op).to_owned(),
+                    json!({"operationId": op, "parameters": id("id")}),
+                )
+            })
+            .collect();
+        links.insert("create_reservation".into(), reserve.clone());
+        Value::Object(links)
+    };
+    let links = [
+        (
+            "/api/events",
+            "post",
+            "201",
+            by_event(&[
+                "get_event",
+                "update_event",
+                "publish",
+                "cancel_event",
+                "availability",
+                "event_sales",
+            ]),
+        ),
+        (
+            "/api/events/{id}/publish",
+            "post",
+            "200",
+            by_event(&["open_sales"]),
+        ),
+        (
+            "/api/events/{id}/open-sales",
+            "post",
+            "200",
+            by_event(&["close_sales", "availability"]),
+        ),
+        (
+            "/api/reservations",
+            "post",
+            "201",
+            json!({
+                "get_reservation": {"operationId": "get_reservation",
+                    "parameters": id("reservation_id")},
+                "cancel_reservation": {"operationId": "cancel_reservation",
+                    "parameters": id("reservation_id")},
+                "create_payment": {"operationId": "create_payment", "requestBody": {
+                    "reservation_id": "$response.body#/reservation_id",
+                    "payment_method": {"type": "card", "token": "tok_visa"},
+                }},
+            }),
+        ),
+        (
+            "/api/payments",
+            "post",
+            "201",
+            json!({
+                "get_payment": {"operationId": "get_payment", "parameters": id("payment_id")},
+                "refund_payment": {"operationId": "refund_payment",
+                    "parameters": id("payment_id")},
+            }),
+        ),
+    ];
+    for (path, method, status, links) in links {
+        let pointer = format!(
+            "/paths/{}/{method}/responses/{status}",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        if let Some(response) = doc.pointer_mut(&pointer) {
+            response["links"] = links;
+        }
+    }
 }
 
 /// Rewrites `{"type": [T, "null"], "format": F, ...}` (how utoipa spells an `Option` of a
@@ -269,6 +356,27 @@ mod tests {
             (quantity["minimum"].as_u64(), quantity["maximum"].as_u64()),
             (Some(1), Some(10))
         );
+        let ids: Vec<&Value> = paths
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|operation| &operation["operationId"])
+            .collect();
+        let mut linked = 0;
+        for item in paths.values() {
+            for operation in item.as_object().unwrap().values() {
+                for response in operation["responses"].as_object().unwrap().values() {
+                    for link in response["links"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|l| l.values())
+                    {
+                        assert!(ids.contains(&&link["operationId"]), "{link}");
+                        linked += 1;
+                    }
+                }
+            }
+        }
+        assert!(linked >= 10, "{linked} links");
         let email = &doc["components"]["schemas"]["RegisterRequest"]["properties"]["email"];
         assert_eq!(email["format"], "email");
     }
