@@ -1,12 +1,13 @@
 //! `ticketing-admin` against the real `ticketing` binary on a fresh PostgreSQL database: every
 //! `--help` answers, accounts made by the CLI can sign in, DLQ and event commands go through
 //! the HTTP API, diagnostics name every dependency, and a projection rebuild with the service
-//! stopped leaves a database the service restarts on.
+//! stopped leaves a database the service restarts on; `dlq retry`, `resolve` and `discard`
+//! work real dead letters, and `events show` reads an event.
 
 #[path = "durable/client.rs"]
 mod client;
 
-use client::Service;
+use client::{eventually, Service};
 use serde_json::{json, Value};
 use std::process::Output;
 use std::time::Duration;
@@ -261,4 +262,124 @@ async fn the_cli_operates_a_service_on_postgres() {
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["total_count"], 1, "{page}");
+}
+
+/// The DLQ commands on real dead letters (poison produced onto the service's topics on the
+/// Kafka broker): `retry` re-runs the handler and, failing again, exits non-zero with the
+/// problem and a grown retry count; `resolve` and `discard` close their entries with the notes
+/// and reason given; `dlq stats` and `dlq show` follow. `events show` reads one event.
+#[tokio::test]
+async fn dlq_commands_work_dead_letters_and_events_show_reads_an_event() {
+    use ticketing::bus::EventBus;
+    let database = fresh_database().await;
+    let brokers = ticketing::bus::kafka::testing::brokers().await;
+    let prefix = format!("cli{}.", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("ADMIN_EMAIL", ADMIN_EMAIL),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("KAFKA_BROKERS", brokers.as_str()),
+        ("KAFKA_TOPIC_PREFIX", prefix.as_str()),
+    ];
+    let service = Service::start(&database, &env).await;
+    let signed_in = [
+        ("TICKETING_API", service.base.as_str()),
+        ("TICKETING_ADMIN_EMAIL", ADMIN_EMAIL),
+        ("TICKETING_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ];
+    let cli = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        admin_cli(&args, &signed_in).await
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+
+    // events show: the event as the API shows it.
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 10).await;
+    let shown = json_of(&cli(args(&["events", "show", &event.to_string()])).await);
+    let (_, api) = service.get(&format!("/api/events/{event}"), None).await;
+    assert_eq!(shown, api);
+    assert_eq!(shown["status"], "on_sale");
+
+    // Three poison messages: three pending dead letters.
+    let bus = ticketing::bus::kafka::KafkaBus::new(&brokers).unwrap();
+    let poison = |n: usize| ticketing::bus::BusMessage {
+        topic: format!("{prefix}reservations"),
+        key: format!("reservation-poison-{n}"),
+        headers: vec![
+            ("event-type".into(), "reservation.placed".into()),
+            ("event-version".into(), "7".into()),
+            ("stream-id".into(), format!("reservation-poison-{n}")),
+        ],
+        payload: b"not bincode".to_vec(),
+    };
+    bus.publish((0..3).map(poison).collect()).await.unwrap();
+    eventually("three dead letters", Duration::from_secs(60), || async {
+        json_of(&cli(args(&["dlq", "stats"])).await)["pending"] == 3
+    })
+    .await;
+    let listed = json_of(&cli(args(&["dlq", "list", "--status", "pending"])).await);
+    let ids: Vec<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{listed}");
+
+    // retry: the handler fails again; non-zero exit, the problem on stderr, one more retry.
+    let before = json_of(&cli(args(&["dlq", "show", &ids[0]])).await);
+    let retried = cli(args(&["dlq", "retry", &ids[0]])).await;
+    assert!(!retried.status.success(), "{retried:?}");
+    let stderr = String::from_utf8_lossy(&retried.stderr);
+    assert!(stderr.contains("409") || stderr.contains("422"), "{stderr}");
+    let after = json_of(&cli(args(&["dlq", "show", &ids[0]])).await);
+    assert_eq!(after["status"], "pending", "{after}");
+    assert_eq!(
+        after["retry_count"].as_u64(),
+        before["retry_count"].as_u64().map(|n| n + 1),
+        "{after}"
+    );
+
+    // resolve and discard close their entries with what the operator said.
+    let resolved = json_of(
+        &cli(args(&[
+            "dlq",
+            "resolve",
+            &ids[1],
+            "--notes",
+            "fixed by hand",
+        ]))
+        .await,
+    );
+    assert_eq!(resolved["status"], "resolved", "{resolved}");
+    let discarded = json_of(
+        &cli(args(&[
+            "dlq",
+            "discard",
+            &ids[2],
+            "--reason",
+            "a test's garbage",
+        ]))
+        .await,
+    );
+    assert_eq!(discarded["status"], "discarded", "{discarded}");
+    let stats = json_of(&cli(args(&["dlq", "stats"])).await);
+    assert_eq!(
+        stats,
+        json!({"pending": 1, "processing": 0, "resolved": 1, "discarded": 1})
+    );
+    let resolved = json_of(&cli(args(&["dlq", "show", &ids[1]])).await);
+    let discarded = json_of(&cli(args(&["dlq", "show", &ids[2]])).await);
+    assert_eq!(resolved["status"], "resolved", "{resolved}");
+    assert_eq!(discarded["status"], "discarded", "{discarded}");
+    assert!(
+        resolved.to_string().contains("fixed by hand"),
+        "the notes are kept: {resolved}"
+    );
+    assert!(
+        discarded.to_string().contains("a test's garbage"),
+        "the reason is kept: {discarded}"
+    );
+    // A closed entry is not retried.
+    assert!(!cli(args(&["dlq", "retry", &ids[2]])).await.status.success());
 }

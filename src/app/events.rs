@@ -47,13 +47,12 @@ impl App {
         patch: EventPatch,
         metadata: Metadata,
     ) -> Result<EventView, AppError> {
-        policy::manage_event(caller, self.event_view(id).await?)?;
         let command = SaleCommand::UpdateEvent {
             expected_version,
             patch,
             now: self.clock.now(),
         };
-        self.command(id, command, metadata).await?;
+        self.manage(caller, id, command, metadata).await?;
         self.event_view(id).await
     }
 
@@ -65,12 +64,11 @@ impl App {
         action: Lifecycle,
         metadata: Metadata,
     ) -> Result<EventView, AppError> {
-        policy::manage_event(caller, self.event_view(id).await?)?;
         let command = SaleCommand::ChangeLifecycle {
             action,
             now: self.clock.now(),
         };
-        self.command(id, command, metadata).await?;
+        self.manage(caller, id, command, metadata).await?;
         self.event_view(id).await
     }
 
@@ -81,11 +79,21 @@ impl App {
         id: EventId,
         metadata: Metadata,
     ) -> Result<(), AppError> {
-        policy::manage_event(caller, self.event_view(id).await?)?;
         let command = SaleCommand::CancelEvent {
             now: self.clock.now(),
         };
-        self.command(id, command, metadata).await?;
-        Ok(())
+        self.manage(caller, id, command, metadata).await
+    }
+
+    /// Runs `command` on event `id` if `caller` may manage it (its organizer or an admin).
+    async fn manage(
+        &self,
+        caller: &Principal,
+        id: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<(), AppError> {
+        policy::manage_event(caller, self.event_view(id).await?)?;
+        self.command(id, command, metadata).await.map(drop)
     }
 }

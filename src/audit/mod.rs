@@ -46,7 +46,15 @@ impl AuditResult {
 
     /// The stored text back; anything else is corrupt data.
     pub fn parse(text: &str) -> Result<Self, AuditError> {
-        match text {
+        Self::try_from(text.to_owned())
+    }
+}
+
+impl TryFrom<String> for AuditResult {
+    type Error = AuditError;
+
+    fn try_from(text: String) -> Result<Self, AuditError> {
+        match text.as_str() {
             "success" => Ok(AuditResult::Success),
             "failure" => Ok(AuditResult::Failure),
             "denied" => Ok(AuditResult::Denied),
@@ -60,7 +68,7 @@ impl AuditResult {
 /// One audited action. General on purpose: `action` is a dotted name (`auth.login`,
 /// `event.cancel`, `payment.refund`, `dlq.retry`) and the resource a type (`user`, `event`,
 /// `payment`, `reservation`, `dlq_entry`) plus an id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     pub id: Uuid,
     pub at: DateTime<Utc>,
@@ -71,6 +79,7 @@ pub struct AuditRecord {
     pub action: String,
     pub resource_type: String,
     pub resource_id: Option<String>,
+    #[sqlx(try_from = "String")]
     pub result: AuditResult,
     pub correlation_id: Option<String>,
     pub client_ip: Option<String>,
@@ -289,24 +298,73 @@ async fn write_batches(
 mod tests {
     use super::*;
 
-    /// A record queued through the handle lands in the store, and a full queue counts a drop.
+    /// A store whose inserts wait at a gate the test opens, counting the calls that arrived.
+    struct GatedStore {
+        inner: memory::MemoryAuditStore,
+        gate: tokio::sync::Semaphore,
+        entered: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl AuditStore for GatedStore {
+        async fn insert(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.gate.acquire().await.expect("gate open").forget();
+            self.inner.insert(records).await
+        }
+        async fn list(
+            &self,
+            filter: &AuditFilter,
+            page: PageRequest,
+        ) -> Result<Page<AuditRecord>, AuditError> {
+            self.inner.list(filter, page).await
+        }
+        async fn ping(&self) -> Result<(), AuditError> {
+            Ok(())
+        }
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+    }
+
+    /// A record queued through the handle lands in the store, and a full queue drops and
+    /// counts: with the writer stuck in the store and a queue of one, the first record is in
+    /// the writer's batch, the next one fills the queue, and the 49 after it must be dropped.
     #[tokio::test]
     async fn queued_records_are_written_and_overflow_is_counted() {
-        let store = Arc::new(memory::MemoryAuditStore::default());
+        let store = Arc::new(GatedStore {
+            inner: memory::MemoryAuditStore::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            entered: Default::default(),
+        });
         let metrics = Arc::new(Metrics::new());
         let (log, task) = AuditLog::spawn(store.clone(), Arc::clone(&metrics), 1);
         let record = AuditRecord::new(Utc::now(), "auth.login", "user", AuditResult::Success);
         log.record(record.clone());
-        // Filling the queue faster than it drains: some of these may be dropped, none lost
-        // without being counted.
+        // The writer takes it and waits in the store (this runtime has one thread, so nothing
+        // else runs between the `record` calls below).
+        let started = std::time::Instant::now();
+        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the writer never wrote"
+            );
+            tokio::task::yield_now().await;
+        }
         for _ in 0..50 {
             log.record(AuditRecord::new(Utc::now(), "x", "y", AuditResult::Failure));
         }
+        let dropped = metrics.audit_records.with_label_values(&["dropped"]).get();
+        assert_eq!(
+            dropped, 49,
+            "a full queue drops and counts every record it refuses"
+        );
+        store.gate.add_permits(1_000);
         drop(log);
         task.await.unwrap();
         let written = metrics.audit_records.with_label_values(&["written"]).get();
-        let dropped = metrics.audit_records.with_label_values(&["dropped"]).get();
-        assert_eq!(written + dropped, 51);
+        assert_eq!(written, 2);
         let page = store
             .list(
                 &AuditFilter::default(),

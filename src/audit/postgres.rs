@@ -2,12 +2,12 @@
 //! database). A batch is one multi-row `INSERT`; rows are never updated or deleted here.
 //! Newest first means by `at`, then by insertion order (`seq`).
 
-use super::{AuditError, AuditFilter, AuditRecord, AuditResult, AuditStore};
+use super::{AuditError, AuditFilter, AuditRecord, AuditStore};
 use crate::auth::postgres::is_unavailable;
 use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
 
 pub struct PostgresAuditStore {
     pool: PgPool,
@@ -51,21 +51,7 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &AuditFilter) {
 }
 
 fn decode(row: &PgRow) -> Result<AuditRecord, AuditError> {
-    let result: String = row.try_get("result").map_err(failed)?;
-    Ok(AuditRecord {
-        id: row.try_get("id").map_err(failed)?,
-        at: row.try_get("at").map_err(failed)?,
-        actor_id: row.try_get("actor_id").map_err(failed)?,
-        actor_label: row.try_get("actor_label").map_err(failed)?,
-        action: row.try_get("action").map_err(failed)?,
-        resource_type: row.try_get("resource_type").map_err(failed)?,
-        resource_id: row.try_get("resource_id").map_err(failed)?,
-        result: AuditResult::parse(&result)?,
-        correlation_id: row.try_get("correlation_id").map_err(failed)?,
-        client_ip: row.try_get("client_ip").map_err(failed)?,
-        user_agent: row.try_get("user_agent").map_err(failed)?,
-        details: row.try_get("details").map_err(failed)?,
-    })
+    AuditRecord::from_row(row).map_err(failed)
 }
 
 #[async_trait]
@@ -144,7 +130,7 @@ impl AuditStore for PostgresAuditStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditLog;
+    use crate::audit::{AuditLog, AuditResult};
     use crate::db::{self, testing::fresh_database};
     use crate::observability::Metrics;
     use std::sync::Arc;

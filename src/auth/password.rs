@@ -116,24 +116,55 @@ mod tests {
         assert_eq!(hashes.len(), 64);
     }
 
-    /// While every permit is taken, a hash waits instead of running; it runs once one is free.
-    #[tokio::test]
-    async fn a_hash_waits_while_every_permit_is_taken() {
-        let permits = u32::try_from(
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        )
-        .unwrap();
-        let all = Arc::clone(&HASHING)
-            .acquire_many_owned(permits)
-            .await
-            .unwrap();
-        let waiting = tokio::spawn(hash("queued".into()));
-        // Without a permit the task cannot get past `acquire`: give it every chance to run.
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
+    /// At most one hash per core runs at once, however many are asked for: probes through
+    /// `bounded` hold their slot until the test lets them go, one at a time, and record how
+    /// many ran together. Without the bound all of them would start at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_more_hashes_run_at_once_than_the_bound() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let bound = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(std::sync::Mutex::new(gate));
+        let probes = 3 * bound + 2;
+        let tasks: Vec<_> = (0..probes)
+            .map(|_| {
+                let (running, most, finished, gate) = (
+                    Arc::clone(&running),
+                    Arc::clone(&most),
+                    Arc::clone(&finished),
+                    Arc::clone(&gate),
+                );
+                tokio::spawn(bounded("probe", move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    gate.lock().unwrap().recv().unwrap();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }))
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        for done in 1..=probes {
+            release.send(()).unwrap();
+            while finished.load(Ordering::SeqCst) < done {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(30),
+                    "probe {done} never finished"
+                );
+                tokio::task::yield_now().await;
+            }
         }
-        assert!(!waiting.is_finished(), "hashed without a permit");
-        drop(all);
-        assert!(waiting.await.unwrap().unwrap().starts_with("$argon2id$"));
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (1..=bound).contains(&most),
+            "{most} ran at once, the bound is {bound}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool};
 
 pub struct PostgresDeadLetters(PgPool);
 
@@ -26,42 +26,82 @@ const COLUMNS: &str = "id, consumer, topic, partition, \"offset\", message_key, 
      stream_version, event_type, event_version, payload, metadata, error, causes, parked_behind, \
      retry_count, first_failed_at, last_failed_at, status, resolved_by, resolved_at, notes";
 
+/// A `dead_letter_queue` row as stored; `TryFrom` checks every value it narrows.
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    id: i64,
+    consumer: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    message_key: String,
+    stream_id: Option<String>,
+    stream_version: Option<i64>,
+    event_type: Option<String>,
+    event_version: Option<i32>,
+    payload: Vec<u8>,
+    metadata: serde_json::Value,
+    error: String,
+    causes: serde_json::Value,
+    parked_behind: Option<i64>,
+    retry_count: i32,
+    first_failed_at: DateTime<Utc>,
+    last_failed_at: DateTime<Utc>,
+    status: String,
+    resolved_by: Option<uuid::Uuid>,
+    resolved_at: Option<DateTime<Utc>>,
+    notes: Option<String>,
+}
+
+impl TryFrom<EntryRow> for DeadLetter {
+    type Error = DlqError;
+
+    fn try_from(row: EntryRow) -> Result<Self, DlqError> {
+        let id = row.id;
+        let corrupt = |what: String| DlqError::Unavailable(format!("dead letter {id}: {what}"));
+        let serde_json::Value::Object(metadata) = row.metadata else {
+            return Err(corrupt("metadata is not an object".into()));
+        };
+        Ok(DeadLetter {
+            id,
+            consumer: row.consumer,
+            topic: row.topic,
+            partition: row.partition,
+            offset: row.offset,
+            message_key: row.message_key,
+            stream_id: row.stream_id,
+            stream_version: row
+                .stream_version
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|e| corrupt(format!("stream version: {e}")))?,
+            event_type: row.event_type,
+            event_version: row
+                .event_version
+                .map(u16::try_from)
+                .transpose()
+                .map_err(|e| corrupt(format!("event version: {e}")))?,
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(row.payload),
+            metadata,
+            error: row.error,
+            causes: serde_json::from_value(row.causes)
+                .map_err(|e| corrupt(format!("causes: {e}")))?,
+            parked_behind: row.parked_behind,
+            retry_count: u32::try_from(row.retry_count)
+                .map_err(|e| corrupt(format!("retry count: {e}")))?,
+            first_failed_at: row.first_failed_at,
+            last_failed_at: row.last_failed_at,
+            status: DlqStatus::parse(&row.status)
+                .ok_or_else(|| corrupt(format!("unknown status {}", row.status)))?,
+            resolved_by: row.resolved_by,
+            resolved_at: row.resolved_at,
+            notes: row.notes,
+        })
+    }
+}
+
 fn entry(row: &PgRow) -> Result<DeadLetter, DlqError> {
-    let status: String = row.try_get("status").map_err(unavailable)?;
-    let payload: Vec<u8> = row.try_get("payload").map_err(unavailable)?;
-    let metadata: serde_json::Value = row.try_get("metadata").map_err(unavailable)?;
-    let causes: serde_json::Value = row.try_get("causes").map_err(unavailable)?;
-    let version: Option<i64> = row.try_get("stream_version").map_err(unavailable)?;
-    let event_version: Option<i32> = row.try_get("event_version").map_err(unavailable)?;
-    let retry_count: i32 = row.try_get("retry_count").map_err(unavailable)?;
-    Ok(DeadLetter {
-        id: row.try_get("id").map_err(unavailable)?,
-        consumer: row.try_get("consumer").map_err(unavailable)?,
-        topic: row.try_get("topic").map_err(unavailable)?,
-        partition: row.try_get("partition").map_err(unavailable)?,
-        offset: row.try_get("offset").map_err(unavailable)?,
-        message_key: row.try_get("message_key").map_err(unavailable)?,
-        stream_id: row.try_get("stream_id").map_err(unavailable)?,
-        stream_version: version.and_then(|v| u64::try_from(v).ok()),
-        event_type: row.try_get("event_type").map_err(unavailable)?,
-        event_version: event_version.and_then(|v| u16::try_from(v).ok()),
-        payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
-        metadata: match metadata {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        },
-        error: row.try_get("error").map_err(unavailable)?,
-        causes: serde_json::from_value(causes).unwrap_or_default(),
-        parked_behind: row.try_get("parked_behind").map_err(unavailable)?,
-        retry_count: u32::try_from(retry_count).unwrap_or(0),
-        first_failed_at: row.try_get("first_failed_at").map_err(unavailable)?,
-        last_failed_at: row.try_get("last_failed_at").map_err(unavailable)?,
-        status: DlqStatus::parse(&status)
-            .ok_or_else(|| unavailable(format!("unknown status {status}")))?,
-        resolved_by: row.try_get("resolved_by").map_err(unavailable)?,
-        resolved_at: row.try_get("resolved_at").map_err(unavailable)?,
-        notes: row.try_get("notes").map_err(unavailable)?,
-    })
+    DeadLetter::try_from(EntryRow::from_row(row).map_err(unavailable)?)
 }
 
 impl PostgresDeadLetters {

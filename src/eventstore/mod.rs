@@ -68,6 +68,10 @@ pub enum StoreError {
     /// The backing store cannot be reached or failed; the append may be retried.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// A stored event cannot be read back as it was written: a bug or damaged data, never
+    /// worth a retry.
+    #[error("stored event unreadable: {0}")]
+    Corrupt(String),
 }
 
 #[async_trait]

@@ -13,7 +13,7 @@ use crate::domain::EventId;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -56,14 +56,15 @@ impl PostgresEventStore {
         &self.pool
     }
 
-    async fn actual_version(&self, stream_id: &str) -> u64 {
-        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM events WHERE stream_id = $1")
-            .bind(stream_id)
-            .fetch_one(&self.pool)
-            .await
-            .ok()
-            .flatten()
-            .map_or(0, to_u64)
+    async fn actual_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        let version = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MAX(version) FROM events WHERE stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(version.map_or(0, to_u64))
     }
 
     async fn try_append(&self, sale_id: EventId, events: &[NewEvent]) -> Result<u64, sqlx::Error> {
@@ -77,10 +78,11 @@ impl PostgresEventStore {
             .await?;
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let positions: Vec<i64> = (1..=count).map(|i| start + i).collect();
-        let metadata: Vec<String> = events
+        let metadata = events
             .iter()
-            .map(|e| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
-            .collect();
+            .map(|e| serde_json::to_string(&e.metadata))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(
             "INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
              SELECT p, $2, s, v, t, tv, pl, m::jsonb
@@ -113,7 +115,11 @@ impl PostgresEventStore {
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter()
-            .map(|row| decode_row(row).map(Arc::new))
+            .map(|row| {
+                let row = EventRow::from_row(row)
+                    .map_err(|e| StoreError::Corrupt(format!("unreadable event row: {e}")))?;
+                RecordedEvent::try_from(row).map(Arc::new)
+            })
             .collect()
     }
 }
@@ -122,23 +128,41 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn decode_row(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
-    let corrupt = |e: sqlx::Error| StoreError::Unavailable(format!("unreadable event row: {e}"));
-    let metadata: String = row.try_get("metadata").map_err(corrupt)?;
-    Ok(RecordedEvent {
-        position: to_u64(row.try_get("position").map_err(corrupt)?),
-        sale_id: EventId(row.try_get("sale_id").map_err(corrupt)?),
-        stream_id: row.try_get("stream_id").map_err(corrupt)?,
-        version: to_u64(row.try_get("version").map_err(corrupt)?),
-        event_type: row.try_get("event_type").map_err(corrupt)?,
-        event_version: u16::try_from(row.try_get::<i32, _>("event_version").map_err(corrupt)?)
-            .unwrap_or(u16::MAX),
-        payload: row.try_get("payload").map_err(corrupt)?,
-        metadata: serde_json::from_str::<Metadata>(&metadata).unwrap_or_default(),
-        recorded_at: row
-            .try_get::<DateTime<Utc>, _>("recorded_at")
-            .map_err(corrupt)?,
-    })
+/// An `events` row as stored; `TryFrom` checks every value it narrows.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    sale_id: uuid::Uuid,
+    stream_id: String,
+    version: i64,
+    event_type: String,
+    event_version: i32,
+    payload: Vec<u8>,
+    metadata: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for RecordedEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!("event at position {} has {what}", row.position))
+        };
+        Ok(RecordedEvent {
+            position: u64::try_from(row.position).map_err(|_| corrupt("a negative position"))?,
+            sale_id: EventId(row.sale_id),
+            version: u64::try_from(row.version).map_err(|_| corrupt("a negative version"))?,
+            event_version: u16::try_from(row.event_version)
+                .map_err(|_| corrupt("an event version out of range"))?,
+            metadata: serde_json::from_str::<Metadata>(&row.metadata)
+                .map_err(|e| corrupt(&format!("unreadable metadata ({e})")))?,
+            stream_id: row.stream_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            recorded_at: row.recorded_at,
+        })
+    }
 }
 
 const COLUMNS: &str =
@@ -204,7 +228,7 @@ impl EventStore for PostgresEventStore {
             Err(e) if db::violates(&e, "events_stream_version_key") => {
                 // Report the first stream of the batch that is behind; the writer reloads anyway.
                 for event in &events {
-                    let actual = self.actual_version(&event.stream_id).await;
+                    let actual = self.actual_version(&event.stream_id).await?;
                     if actual >= event.version {
                         return Err(StoreError::Conflict {
                             stream_id: event.stream_id.clone(),
@@ -216,7 +240,7 @@ impl EventStore for PostgresEventStore {
                 Err(StoreError::Conflict {
                     stream_id: events[0].stream_id.clone(),
                     attempted: events[0].version,
-                    actual: self.actual_version(&events[0].stream_id).await,
+                    actual: self.actual_version(&events[0].stream_id).await?,
                 })
             }
             Err(e) => Err(unavailable(e)),

@@ -2,8 +2,9 @@
 //! it (`Audience`, enforced here by the `enforce` middleware before any handler runs) and the
 //! ownership rule on the resource it names (`Ownership`, enforced by the handler through
 //! `policy`, because it needs the resource). `Rule::decide` says what each kind of caller
-//! gets; the access-matrix API test walks this same table. A route missing from the table is
-//! refused (fail closed); a unit test keeps the router and the table in step.
+//! gets; the access-matrix API test checks every route against its own, independent table.
+//! A route missing from the table is refused (fail closed); a unit test keeps the router and
+//! the table in step.
 
 use super::error::{ApiError, AppError};
 use super::extract::{bearer, VerifiedPrincipal};

@@ -93,6 +93,16 @@ async fn event_sales_are_net_of_refunds_in_total_and_by_section() {
         )
         .await;
     assert_eq!(unpaid.status, 201, "{:#}", unpaid.body);
+    // Every purchase is counted before the refund: 4 tickets, 9 000 cents. From here on only
+    // the refund can bring the figures down, so waiting for 3 below proves the netting.
+    let before = app
+        .get_when(
+            &format!("/api/analytics/events/{event}/sales"),
+            Some(&organizer.token),
+            |a| a.body["tickets_sold"] == 4,
+        )
+        .await;
+    assert_eq!(before.body["revenue_cents"], 2 * 2500 + 1500 + 2500);
     let refund = app
         .post(
             &format!("/api/payments/{refunded}/refund"),

@@ -202,15 +202,7 @@ async fn poison_messages_are_dead_lettered_and_admins_work_through_them() {
     }
 
     // The DLQ series moved on /metrics.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics::scrape(&app.client, &app.base).await;
     assert!(
         metrics.contains("ticketing_dlq_entries{status=\"discarded\"} 1"),
         "{metrics}"

@@ -21,15 +21,7 @@ async fn status_of(app: &TestApp, user: &User, reservation: Uuid) -> String {
 
 /// How many `ExpireReservation` commands the writers have decided, from `/metrics`.
 async fn expiries_decided(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics::scrape(&app.client, &app.base).await;
     text.lines()
         .filter(|l| l.starts_with("ticketing_commands_total{") && l.contains("expire_reservation"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -6,7 +6,6 @@
 use chrono::{Duration, TimeZone, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use ticketing::clock::ManualClock;
@@ -14,6 +13,12 @@ use ticketing::config::{Config, RateLimits};
 use ticketing::payment::simulated::SimulatedGateway;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+#[path = "../common/metrics.rs"]
+pub mod metrics;
+#[path = "../common/poll.rs"]
+mod poll;
+pub use poll::eventually;
 
 pub const ADMIN_EMAIL: &str = "admin@tests.example";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -111,7 +116,25 @@ pub const UNREACHABLE_LIMITS: RateLimits = RateLimits {
     reads_per_second: 1_000_000,
 };
 
-/// Starts the application with the default config changed by `tweak`.
+/// The adapter set the API suite runs on, chosen by `TEST_BACKEND`: `memory` (the default:
+/// in-memory stores, in-process cache) or `postgres` (every store on a fresh PostgreSQL
+/// database, the cache on Redis). The test bodies are the same on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("memory") => Backend::Memory,
+        Ok("postgres") => Backend::Postgres,
+        Ok(other) => panic!("TEST_BACKEND must be memory or postgres, not {other:?}"),
+    }
+}
+
+/// Starts the application with the default config changed by `tweak`, on the adapter set
+/// `TEST_BACKEND` names.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config {
         admin_email: Some(ADMIN_EMAIL.into()),
@@ -120,6 +143,13 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         rate_limits: UNREACHABLE_LIMITS,
         ..Config::default()
     };
+    if backend() == Backend::Postgres {
+        config.database_url = Some(ticketing::db::testing::fresh_database().await);
+        config.redis_url = Some(ticketing::cache::redis::test_url());
+        config.redis_key_prefix = format!("test:{}:", Uuid::new_v4().simple());
+        // Two tests run at once, each with its own pools: stay far below max_connections.
+        config.pool.max_connections = 4;
+    }
     tweak(&mut config);
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap(),
@@ -185,6 +215,16 @@ impl TestApp {
             headers,
             body,
         }
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        metrics::scrape(&self.client, &self.base).await
+    }
+
+    /// One figure of `/metrics`: the sum of `name`'s samples carrying `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metrics::sample(&self.metrics_text().await, name, labels)
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
@@ -332,22 +372,5 @@ impl TestApp {
             s["held"].as_u64().unwrap(),
             s["sold"].as_u64().unwrap(),
         )
-    }
-}
-
-/// Polls `check` until it holds or `deadline` passes (then panics with `what`). No fixed sleeps:
-/// it yields between polls and gives up on a deadline.
-pub async fn eventually<F, Fut>(what: &str, deadline: std::time::Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -273,15 +273,7 @@ async fn metrics_after_a_flash_sale_pass_promtool_and_every_family_moved() {
     })
     .await;
 
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics::scrape(&app.client, &app.base).await;
     for moved in [
         "ticketing_http_requests_total{method=\"POST\",route=\"/api/payments\",status=\"201\"} 5",
         "ticketing_reducer_duration_seconds_count{command=\"reserve\"} 7",

@@ -275,3 +275,77 @@ async fn a_customer_lists_their_own_payments_page_by_page_newest_first() {
     .await
     .assert_problem(422, "validation-failed");
 }
+
+/// The card processor is down: paying answers 503 problem+json with `Retry-After`, says the
+/// customer was not charged, and nothing is charged or recorded: the gateway keeps nothing,
+/// no payment is listed, the hold stays pending with its seats held, and the attempt is
+/// counted as a gateway error. Both payment paths (with and without `Idempotency-Key`).
+#[tokio::test]
+async fn a_gateway_outage_answers_503_with_retry_after_and_charges_nothing() {
+    let app = spawn_app_with(|config| config.payment_failure_rate = 1.0).await;
+    let organizer = app.organizer().await;
+    let buyer = app.customer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let held = app.reserve(&buyer, event, 2).await;
+    assert_eq!(held.status, 201, "{:#}", held.body);
+    let reservation = held.id("reservation_id");
+    let body = json!({"reservation_id": reservation,
+        "payment_method": {"type": "card", "token": "tok_visa"}});
+
+    let plain = app
+        .post("/api/payments", Some(&buyer.token), body.clone())
+        .await;
+    let keyed = app
+        .call_with(
+            reqwest::Method::POST,
+            "/api/payments",
+            Some(&buyer.token),
+            Some(body),
+            &[("idempotency-key", "gateway-outage-1")],
+        )
+        .await;
+    for answer in [&plain, &keyed] {
+        answer.assert_problem(503, "service-unavailable");
+        let retry_after: u64 = answer
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("503 without Retry-After: {:?}", answer.headers));
+        assert!(retry_after >= 1);
+        assert!(
+            answer.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("not charged")),
+            "{:#}",
+            answer.body
+        );
+    }
+
+    assert_eq!(app.gateway.net_captured_cents(), 0, "money was taken");
+    let payments = app
+        .get(
+            &format!("/api/payments/user/{}", buyer.id),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(payments.status, 200, "{:#}", payments.body);
+    assert_eq!(payments.body["total_count"], 0, "{:#}", payments.body);
+    let after = app
+        .get(
+            &format!("/api/reservations/{reservation}"),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!(after.body["status"], "pending", "{:#}", after.body);
+    assert_eq!(after.body["payment_id"], serde_json::Value::Null);
+    assert_eq!(app.floor(event).await, (8, 2, 0));
+    assert_eq!(
+        app.metric("ticketing_payments_total", &[("outcome", "gateway_error")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        app.metric("ticketing_payments_total", &[("outcome", "captured")])
+            .await,
+        0.0
+    );
+}

@@ -20,18 +20,6 @@ async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> Ans
     .await
 }
 
-/// The Prometheus text of the app.
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// After the login burst one IP gets 429 with Retry-After, counted in /metrics, while another IP still logs in.
 #[tokio::test]
 async fn hammering_login_from_one_ip_is_refused_after_the_burst_while_another_ip_still_logs_in() {
@@ -72,7 +60,7 @@ async fn hammering_login_from_one_ip_is_refused_after_the_burst_while_another_ip
     let other_ip = login_from(&app, "203.0.113.9", &email, PASSWORD).await;
     assert_eq!(other_ip.status, 200, "{:#}", other_ip.body);
     assert!(
-        metrics_text(&app)
+        app.metrics_text()
             .await
             .contains("ticketing_rate_limited_total{scope=\"auth\"} 1"),
         "the refusal is counted under scope auth"
@@ -131,7 +119,8 @@ async fn reservations_are_limited_per_user_not_per_address() {
     assert_eq!(other_user.status, 201, "{:#}", other_user.body);
     let reads = app.get("/api/reservations", Some(&eager.token)).await;
     assert_eq!(reads.status, 200, "reads are not spent by writes");
-    assert!(metrics_text(&app)
+    assert!(app
+        .metrics_text()
         .await
         .contains("ticketing_rate_limited_total{scope=\"writes\"} 1"));
 }

@@ -47,6 +47,16 @@ async fn the_purchase_path_reads_back_from_the_postgres_read_models() {
     assert_eq!(declined.0, 402, "{}", declined.1);
     assert_eq!(service.floor(event).await, (3, 1, 6));
 
+    // Every purchase is counted before the refund (6 tickets); from here on only the refund
+    // can bring the figures down to 4, so waiting for 4 below proves the netting.
+    let before = service
+        .get_when(
+            &format!("/api/analytics/events/{event}/sales"),
+            Some(&organizer),
+            |s| s["tickets_sold"] == 6,
+        )
+        .await;
+    assert_eq!(before["revenue_cents"], 15_000, "{before}");
     let (status, refunded) = service
         .post(
             &format!("/api/payments/{}/refund", payments[0]),
@@ -96,4 +106,7 @@ async fn the_purchase_path_reads_back_from_the_postgres_read_models() {
         "{page}"
     );
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    // A refunded and a declined payment on record, and the sale still balances in SQL.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    assert_eq!(assert_sales_balance_in_sql(&pool).await, 10_000);
 }

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+#[path = "../common/metrics.rs"]
+pub mod metrics;
+#[path = "../common/poll.rs"]
+mod poll;
+pub use poll::eventually;
+
 pub const PASSWORD: &str = "correct-horse-1";
 
 /// One service process on its own port.
@@ -178,6 +184,12 @@ impl Service {
         }
     }
 
+    /// One figure of `/metrics`: the sum of `name`'s samples carrying `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = metrics::scrape(&self.http, &self.base).await;
+        metrics::sample(&text, name, labels)
+    }
+
     /// Registers and logs in; returns (user id, token).
     pub async fn user(&self, role: &str) -> (Uuid, String) {
         let email = format!("{role}-{}@durable.example", Uuid::new_v4().simple());
@@ -290,22 +302,6 @@ pub fn uuid(body: &Value, field: &str) -> Uuid {
         .unwrap_or_else(|| panic!("no uuid `{field}` in {body}"))
 }
 
-/// Polls `check` until it holds, failing after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the bus-fed insights have applied the last version of every stream they follow.
 pub async fn insights_catch_up(pool: &sqlx::PgPool) {
     let started = std::time::Instant::now();
@@ -349,4 +345,106 @@ pub async fn table_rows(
         rows.insert(*table, text);
     }
     rows
+}
+
+/// Rows of `sql` (each row's columns as text, joined by ` | `): for the balance checks, whose
+/// queries list what is wrong, so an empty result is a pass and a failure shows the rows.
+async fn rows(pool: &sqlx::PgPool, sql: &str) -> Vec<String> {
+    use sqlx::Row;
+    sqlx::query(&format!("SELECT CONCAT_WS(' | ', q.*) FROM ({sql}) q"))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"))
+        .iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect()
+}
+
+/// Invariant 2 (every sale balances) in SQL, on the read models and the event log, once the
+/// read models have applied the whole log: every confirmed reservation has one captured
+/// payment of exactly its total, and no captured payment stands behind anything but the
+/// confirmed reservation it pays (so no refunded or failed payment is behind a sold seat and
+/// no money is kept for a seat not sold); each section's sold and held seats are the
+/// confirmed and pending reservations; the money captured is the price of the seats sold; and
+/// the log agrees: the payments captured and not refunded there are those the views show
+/// captured. Returns the money kept, in cents.
+pub async fn assert_sales_balance_in_sql(pool: &sqlx::PgPool) -> i64 {
+    eventually(
+        "the read models apply the whole log",
+        Duration::from_secs(60),
+        || async {
+            let behind: bool = sqlx::query_scalar(
+                "SELECT COALESCE((SELECT MAX(position) FROM events), 0)
+                      > COALESCE((SELECT position FROM projection_checkpoints
+                                   WHERE name = 'read-models'), 0)",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            !behind
+        },
+    )
+    .await;
+    let unpaid = rows(
+        pool,
+        "SELECT r.reservation_id, r.total_cents, p.payment_id, p.status, p.amount_cents
+           FROM reservation_views r LEFT JOIN payment_views p ON p.payment_id = r.payment_id
+          WHERE r.status = 'confirmed'
+            AND (p.payment_id IS NULL OR p.status <> 'captured'
+                 OR p.amount_cents <> r.total_cents OR p.reservation_id <> r.reservation_id)",
+    )
+    .await;
+    assert_eq!(
+        unpaid,
+        Vec::<String>::new(),
+        "confirmed without its payment"
+    );
+    let kept_for_nothing = rows(
+        pool,
+        "SELECT p.payment_id, p.amount_cents, r.status, r.payment_id
+           FROM payment_views p LEFT JOIN reservation_views r ON r.reservation_id = p.reservation_id
+          WHERE p.status = 'captured'
+            AND (r.status IS DISTINCT FROM 'confirmed' OR r.payment_id IS DISTINCT FROM p.payment_id)",
+    )
+    .await;
+    assert_eq!(
+        kept_for_nothing,
+        Vec::<String>::new(),
+        "money kept for a seat not sold"
+    );
+    let seats = rows(
+        pool,
+        "SELECT s.event_id, s.name, s.sold, s.held, COALESCE(c.sold, 0), COALESCE(c.held, 0)
+           FROM event_sections s
+           LEFT JOIN (SELECT event_id, section,
+                             SUM(quantity) FILTER (WHERE status = 'confirmed') AS sold,
+                             SUM(quantity) FILTER (WHERE status = 'pending') AS held
+                        FROM reservation_views GROUP BY event_id, section) c
+                  ON c.event_id = s.event_id AND c.section = s.name
+          WHERE s.sold <> COALESCE(c.sold, 0) OR s.held <> COALESCE(c.held, 0)",
+    )
+    .await;
+    assert_eq!(seats, Vec::<String>::new(), "seat counts vs reservations");
+    let (kept, price): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(SUM(amount_cents), 0) FROM payment_views
+                  WHERE status = 'captured')::BIGINT,
+                (SELECT COALESCE(SUM(sold * price_cents), 0) FROM event_sections)::BIGINT",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, price, "money captured vs the price of the seats sold");
+    let log_vs_views = rows(
+        pool,
+        "(SELECT stream_id FROM events WHERE event_type = 'payment.captured'
+          EXCEPT SELECT stream_id FROM events WHERE event_type = 'payment.refunded')
+         EXCEPT (SELECT 'payment-' || payment_id FROM payment_views WHERE status = 'captured')",
+    )
+    .await;
+    assert_eq!(
+        log_vs_views,
+        Vec::<String>::new(),
+        "captured in the log, not in the views"
+    );
+    kept
 }

@@ -126,6 +126,12 @@ async fn acknowledged_purchases_survive_a_kill_during_a_flash_sale() {
         service.floor(event).await,
         (u64::from(capacity) - sold - held, held, sold)
     );
+    // Invariant 2 in SQL: each sold seat is paid by a captured payment of its total, nothing
+    // is kept for a seat not sold. (The simulated gateway's ledger died with the process; the
+    // log's captures and refunds stand in for it.)
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let kept = assert_sales_balance_in_sql(&pool).await;
+    assert_eq!(kept, i64::try_from(sold).unwrap() * 2500);
 }
 
 /// A hold taken before a kill -9 still expires on time after the restart: its timer is re-armed

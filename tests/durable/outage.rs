@@ -257,15 +257,7 @@ async fn sigterm_exits_with_status_zero_within_thirty_seconds() {
 async fn metrics_report_every_database_pool() {
     let db = fresh_database().await;
     let service = Service::start(&db, &[]).await;
-    let text = service
-        .http
-        .get(format!("{}/metrics", service.base))
-        .send()
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics::scrape(&service.http, &service.base).await;
     for pool in ["events", "projections", "projector", "auth"] {
         for gauge in ["ticketing_db_pool_connections", "ticketing_db_pool_idle"] {
             let series = format!("{gauge}{{pool=\"{pool}\"}} ");

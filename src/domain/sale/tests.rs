@@ -310,24 +310,51 @@ fn shrinking_capacity_below_committed_seats_is_refused() {
 
 // ---- property test: invariants 1 and 2 after every step of a random interleaving ----
 
+/// The sections of the property test's event: (name, capacity, price in cents).
+const SECTIONS: [(&str, u32, i64); 3] =
+    [("floor", 12, 2500), ("balcony", 6, 1500), ("box", 3, 9000)];
+
+/// What the card processor does with a payment attempt.
+#[derive(Debug, Clone, Copy)]
+enum Gateway {
+    /// Captures the amount due.
+    Captures,
+    /// Declines the card.
+    Declines,
+    /// Is unavailable: nothing is charged, so no command reaches the sale.
+    Fails,
+    /// Captures a different amount (a client bug or a tampered request).
+    CapturesWrongAmount,
+}
+
 #[derive(Debug, Clone)]
 enum Step {
-    Reserve(u32),
-    Pay(usize, bool),
+    Reserve(usize, u32),
+    Pay(usize, Gateway),
     Cancel(usize),
     Expire(usize),
     Refund(usize),
     Wait(i64),
+    CloseSales,
+    CancelEvent,
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    let gateway = prop_oneof![
+        6 => Just(Gateway::Captures),
+        2 => Just(Gateway::Declines),
+        1 => Just(Gateway::Fails),
+        1 => Just(Gateway::CapturesWrongAmount),
+    ];
     prop_oneof![
-        3 => (1u32..=4).prop_map(Step::Reserve),
-        3 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::Pay(i, ok)),
-        1 => any::<usize>().prop_map(Step::Cancel),
-        1 => any::<usize>().prop_map(Step::Expire),
-        1 => any::<usize>().prop_map(Step::Refund),
-        1 => (1i64..20).prop_map(Step::Wait),
+        60 => (0..SECTIONS.len(), 1u32..=4).prop_map(|(s, q)| Step::Reserve(s, q)),
+        60 => (any::<usize>(), gateway).prop_map(|(i, g)| Step::Pay(i, g)),
+        16 => any::<usize>().prop_map(Step::Cancel),
+        16 => any::<usize>().prop_map(Step::Expire),
+        16 => any::<usize>().prop_map(Step::Refund),
+        20 => (1i64..20).prop_map(Step::Wait),
+        1 => Just(Step::CloseSales),
+        1 => Just(Step::CancelEvent),
     ]
 }
 
@@ -367,50 +394,175 @@ fn assert_invariants(state: &SaleState) {
             );
         }
     }
+    // The money kept is exactly the price of the seats sold.
+    let kept: i64 = state
+        .payments
+        .values()
+        .filter(|p| p.status == PaymentStatus::Captured)
+        .map(|p| p.amount.amount_cents)
+        .sum();
+    let sold: i64 = state
+        .inventory
+        .sections
+        .iter()
+        .map(|s| i64::from(s.sold) * s.price_cents)
+        .sum();
+    assert_eq!(kept, sold, "money kept differs from the seats sold");
+    if state.event.as_ref().map(|e| e.status) == Some(EventStatus::Cancelled) {
+        assert!(
+            state.reservations.values().all(|r| !matches!(
+                r.status,
+                ReservationStatus::Pending | ReservationStatus::Confirmed
+            )),
+            "a cancelled event keeps a hold or a ticket"
+        );
+    }
+}
+
+/// Builds the command a step sends, or `None` when it sends none (a wait, or a payment the
+/// gateway failed before anything was charged).
+fn command_of(
+    step: &Step,
+    state: &SaleState,
+    ids: &mut Vec<ReservationId>,
+    now: &mut DateTime<Utc>,
+) -> Option<SaleCommand> {
+    let pick = |i: usize| ids.get(i % ids.len().max(1)).copied();
+    let now_ = *now;
+    match *step {
+        Step::Reserve(section, quantity) => {
+            let id = ReservationId::random();
+            ids.push(id);
+            Some(SaleCommand::Reserve {
+                reservation_id: id,
+                user_id: UserId::random(),
+                section: SECTIONS[section].0.into(),
+                quantity,
+                hold_for: Duration::minutes(15),
+                now: now_,
+            })
+        }
+        Step::Pay(i, gateway) => {
+            let r = pick(i)?;
+            let due = state
+                .reservations
+                .get(&r)
+                .map_or(0, |x| x.total.amount_cents);
+            match gateway {
+                Gateway::Captures => Some(capture(PaymentId::random(), r, due, now_)),
+                Gateway::CapturesWrongAmount => {
+                    Some(capture(PaymentId::random(), r, due + 1, now_))
+                }
+                Gateway::Declines => Some(SaleCommand::RecordDecline {
+                    payment_id: PaymentId::random(),
+                    reservation_id: r,
+                    amount: Money::new(due, Currency::USD),
+                    reason: "declined".into(),
+                    now: now_,
+                }),
+                Gateway::Fails => None,
+            }
+        }
+        Step::Cancel(i) => pick(i).map(|r| SaleCommand::CancelReservation {
+            reservation_id: r,
+            now: now_,
+        }),
+        Step::Expire(i) => pick(i).map(|r| SaleCommand::ExpireReservation {
+            reservation_id: r,
+            now: now_,
+        }),
+        Step::Refund(i) => pick(i)
+            .and_then(|r| state.reservations.get(&r).and_then(|x| x.payment_id))
+            .map(|p| SaleCommand::RefundPayment {
+                payment_id: p,
+                reason: "test".into(),
+                now: now_,
+            }),
+        Step::Wait(minutes) => {
+            *now += Duration::minutes(minutes);
+            None
+        }
+        Step::CloseSales => Some(SaleCommand::ChangeLifecycle {
+            action: Lifecycle::CloseSales,
+            now: now_,
+        }),
+        Step::CancelEvent => Some(SaleCommand::CancelEvent { now: now_ }),
+    }
+}
+
+/// What must be refused, whatever else happened: a hold when sales are not open or more seats
+/// than the section has left.
+fn must_refuse(state: &SaleState, command: &SaleCommand) -> Option<&'static str> {
+    let SaleCommand::Reserve {
+        section, quantity, ..
+    } = command
+    else {
+        return None;
+    };
+    if state.event.as_ref().map(|e| e.status) != Some(EventStatus::OnSale) {
+        return Some("a hold while sales are not open");
+    }
+    let stock = state
+        .inventory
+        .sections
+        .iter()
+        .find(|s| &s.name == section)?;
+    (stock.held + stock.sold + quantity > stock.capacity).then_some("more seats than are left")
+}
+
+fn event_of_sections() -> EventDetails {
+    EventDetails {
+        sections: SECTIONS
+            .iter()
+            .map(|(name, capacity, price_cents)| SectionSpec {
+                name: (*name).into(),
+                capacity: *capacity,
+                price_cents: *price_cents,
+            })
+            .collect(),
+        ..details(1)
+    }
 }
 
 proptest! {
-    /// Random interleavings of reserve, pay, cancel, expire and refund never break invariants 1 and 2.
+    // Cases: proptest's default (256), or PROPTEST_CASES (CI sets 1024). A failure prints the
+    // minimal failing steps and the seed (`cc ...`), also saved under proptest-regressions/.
+
+    /// Random interleavings of reserve, pay (captured, declined, failed, wrong amount), cancel,
+    /// expire, refund, closing sales and cancelling the event, over several sections, never
+    /// break invariants 1 and 2; a refused command changes nothing.
     #[test]
-    fn random_interleavings_keep_invariants(steps in proptest::collection::vec(step(), 1..60)) {
-        let mut sale = Sale::on_sale(12);
+    fn random_interleavings_keep_invariants(steps in proptest::collection::vec(step(), 1..150)) {
+        let mut sale = Sale::new()
+            .given(SaleCommand::CreateEvent {
+                owner_id: UserId::random(),
+                currency: Currency::USD,
+                details: event_of_sections(),
+                now: t(0),
+            })
+            .given(SaleCommand::ChangeLifecycle { action: Lifecycle::Publish, now: t(0) })
+            .given(SaleCommand::ChangeLifecycle { action: Lifecycle::OpenSales, now: t(0) });
         let mut now = t(1);
         let mut ids: Vec<ReservationId> = Vec::new();
         for step in steps {
-            let pick = |i: usize| ids.get(i % ids.len().max(1)).copied();
-            let command = match step {
-                Step::Reserve(q) => {
-                    let id = ReservationId::random();
-                    ids.push(id);
-                    Some(reserve(id, q, now))
-                }
-                Step::Pay(i, ok) => pick(i).map(|r| {
-                    let due = sale.state.reservations.get(&r).map_or(0, |x| x.total.amount_cents);
-                    if ok {
-                        capture(PaymentId::random(), r, due, now)
-                    } else {
-                        SaleCommand::RecordDecline {
-                            payment_id: PaymentId::random(),
-                            reservation_id: r,
-                            amount: Money::new(due, Currency::USD),
-                            reason: "declined".into(),
-                            now,
-                        }
-                    }
-                }),
-                Step::Cancel(i) => pick(i).map(|r| SaleCommand::CancelReservation { reservation_id: r, now }),
-                Step::Expire(i) => pick(i).map(|r| SaleCommand::ExpireReservation { reservation_id: r, now }),
-                Step::Refund(i) => pick(i)
-                    .and_then(|r| sale.state.reservations.get(&r).and_then(|x| x.payment_id))
-                    .map(|p| SaleCommand::RefundPayment { payment_id: p, reason: "test".into(), now }),
-                Step::Wait(minutes) => {
-                    now += Duration::minutes(minutes);
-                    None
-                }
+            let before = sale.state.clone();
+            let Some(command) = command_of(&step, &sale.state, &mut ids, &mut now) else {
+                prop_assert_eq!(&sale.state, &before, "a step without a command changed the sale");
+                continue;
             };
-            if let Some(command) = command {
-                if let Ok(decision) = sale.when(&command) {
+            let refuse = must_refuse(&sale.state, &command);
+            match sale.when(&command) {
+                Ok(decision) => {
+                    prop_assert!(refuse.is_none(), "accepted {}: {:?}", refuse.unwrap_or_default(), command);
                     sale.commit(&decision);
+                    if decision.events.is_empty() {
+                        prop_assert_eq!(&sale.state, &before, "no events, yet the sale changed");
+                    }
+                }
+                Err(refused) => {
+                    // Refused: nothing to commit, and the same command is refused again.
+                    prop_assert_eq!(&sale.state, &before);
+                    prop_assert_eq!(sale.when(&command).err(), Some(refused));
                 }
             }
             assert_invariants(&sale.state);
