@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, property, contract and API tests, with the
-# API suite twice: on the in-memory adapters and on PostgreSQL + Redis (TEST_BACKEND).
+# API suite twice: on the in-memory adapters and on PostgreSQL + Redis (TEST_BACKEND); then the
+# HTTP contract from outside (tests/conformance/run.sh).
 # Starts (or installs) the services the tests need first, so a fresh machine with only the
 # Rust toolchain passes with this one command.
 set -euo pipefail
@@ -10,17 +11,24 @@ PGURL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?
 started=$(date +%s)
 
 # The tests create databases named ticketing_test_<unix seconds>_<id>; drop the ones this run
-# created once it ends (a database still in use, e.g. another run's, refuses and is kept;
-# services.sh drops leftovers over two hours old).
+# created once it ends. One still in use refuses the DROP: a test service killed moments
+# before still holds connections that close soon after, so refused drops are tried again for
+# a few seconds; one that stays in use (another run's) is kept, and services.sh drops
+# leftovers over two hours old.
 drop_this_runs_databases() {
-    psql "$PGURL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ticketing\_test\_%'" 2>/dev/null |
-        while read -r name; do
-            local created=${name#ticketing_test_}
+    local attempt name created left
+    for attempt in 1 2 3 4 5; do
+        left=0
+        for name in $(psql "$PGURL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'ticketing\_test\_%'" 2>/dev/null); do
+            created=${name#ticketing_test_}
             created=${created%%_*}
             if [[ $created =~ ^[0-9]+$ ]] && (( created >= started )); then
-                psql "$PGURL" -qtAc "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1 || true
+                psql "$PGURL" -qtAc "DROP DATABASE IF EXISTS $name" >/dev/null 2>&1 || left=1
             fi
         done
+        (( left == 0 )) && return
+        sleep 1
+    done
 }
 trap drop_this_runs_databases EXIT
 
@@ -33,3 +41,5 @@ TEST_BACKEND=memory cargo test --all-targets --locked
 api_started=$(date +%s)
 TEST_BACKEND=postgres cargo test --locked --test api
 echo "test.sh: the API suite on PostgreSQL + Redis took $(( $(date +%s) - api_started )) s"
+# The HTTP contract from outside: a generated client and schemathesis against the binary.
+./tests/conformance/run.sh

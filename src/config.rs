@@ -39,7 +39,12 @@ pub struct Config {
     pub expiry_sweep: Duration,
     pub session_ttl: chrono::Duration,
     pub app_env: AppEnv,
+    /// Where spans go over OTLP/HTTP: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`; none with `OTEL_SDK_DISABLED=true`.
     pub otel_endpoint: Option<String>,
+    /// Which spans are exported (`OTEL_TRACES_FILTER`, `RUST_LOG` syntax, default `info`):
+    /// independent of the log level, so `RUST_LOG=warn` still exports every request's trace.
+    pub otel_traces_filter: String,
     /// Most commands decided and appended together for one event.
     pub max_batch: usize,
     pub body_limit_bytes: usize,
@@ -137,6 +142,7 @@ impl Default for Config {
             session_ttl: chrono::Duration::hours(24),
             app_env: AppEnv::Development,
             otel_endpoint: None,
+            otel_traces_filter: "info".into(),
             max_batch: 256,
             body_limit_bytes: 1024 * 1024,
             payment_latency: Duration::ZERO,
@@ -202,7 +208,23 @@ impl Config {
                 })
             }
         };
-        let database_url = get("DATABASE_URL");
+        let postgres_url = |var: &'static str| -> Result<Option<String>, ConfigError> {
+            let Some(url) = get(var) else {
+                return Ok(None);
+            };
+            match <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url) {
+                Ok(_) => Ok(Some(url)),
+                // The value may hold a password: name the variable, never echo it.
+                Err(e) => Err(ConfigError {
+                    var,
+                    reason: format!(
+                        "not a PostgreSQL URL like postgres://user:password@host:5432/database \
+                         ({e})"
+                    ),
+                }),
+            }
+        };
+        let database_url = postgres_url("DATABASE_URL")?;
         let failure_rate: f64 = parse("PAYMENT_FAILURE_RATE", get("PAYMENT_FAILURE_RATE"), 0.0)?;
         if !(0.0..=1.0).contains(&failure_rate) {
             return Err(ConfigError {
@@ -254,9 +276,9 @@ impl Config {
         }
         Ok(Config {
             bind_addr: parse("BIND_ADDR", get("BIND_ADDR"), d.bind_addr)?,
-            projections_database_url: get("PROJECTIONS_DATABASE_URL")
+            projections_database_url: postgres_url("PROJECTIONS_DATABASE_URL")?
                 .or_else(|| database_url.clone()),
-            auth_database_url: get("AUTH_DATABASE_URL").or_else(|| database_url.clone()),
+            auth_database_url: postgres_url("AUTH_DATABASE_URL")?.or_else(|| database_url.clone()),
             database_url,
             kafka_brokers: get("KAFKA_BROKERS"),
             kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or(d.kafka_topic_prefix),
@@ -283,7 +305,14 @@ impl Config {
             expiry_sweep: seconds(positive("EXPIRY_SWEEP_SECONDS", 30)?),
             session_ttl: chrono::Duration::seconds(positive("SESSION_TTL_SECONDS", 86_400)?),
             app_env,
-            otel_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otel_endpoint: match get("OTEL_SDK_DISABLED").map(|v| v.trim().to_ascii_lowercase()) {
+                Some(v) if v == "true" => None,
+                _ => get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+                    get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+                }),
+            },
+            otel_traces_filter: get("OTEL_TRACES_FILTER").unwrap_or_else(|| "info".into()),
             max_batch: usize::try_from(positive("MAX_BATCH", 256)?).unwrap_or(256),
             body_limit_bytes: d.body_limit_bytes,
             payment_latency: Duration::from_millis(parse(
@@ -313,138 +342,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
-    }
-
-    /// An empty environment is the in-memory development default on 127.0.0.1:8080.
-    #[test]
-    fn empty_environment_gives_the_in_memory_default() {
-        let c = from(&[]).unwrap();
-        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
-        assert!(c.database_url.is_none());
-        assert_eq!(c.reservation_ttl.num_seconds(), 900);
-    }
-
-    /// The projections and auth databases default to DATABASE_URL; bad values name their variable.
-    #[test]
-    fn derived_urls_default_and_bad_values_are_named() {
-        let c = from(&[("DATABASE_URL", "postgres://x/db")]).unwrap();
-        assert_eq!(c.auth_database_url.as_deref(), Some("postgres://x/db"));
-        assert_eq!(
-            from(&[("RESERVATION_TTL_SECONDS", "0")]).unwrap_err().var,
-            "RESERVATION_TTL_SECONDS"
-        );
-        assert_eq!(from(&[("APP_ENV", "moon")]).unwrap_err().var, "APP_ENV");
-        assert!(
-            !format!("{:?}", from(&[("ADMIN_PASSWORD", "hunter2")]).unwrap()).contains("hunter2")
-        );
-    }
-
-    /// Rate limits, proxy trust, CORS origins and the request timeout have safe defaults.
-    #[test]
-    fn edge_settings_default_to_safe_values() {
-        let c = from(&[]).unwrap();
-        assert!(!c.trust_proxy);
-        assert_eq!(c.rate_limits, RateLimits::default());
-        assert_eq!(c.rate_limits.auth_per_minute, 10);
-        assert_eq!(c.rate_limits.auth_burst, 5);
-        assert!(c.cors_allowed_origins.is_empty());
-        assert_eq!(c.request_timeout, Duration::from_secs(30));
-    }
-
-    /// Edge settings are read from the environment and bad values name their variable.
-    #[test]
-    fn edge_settings_are_read_and_checked() {
-        let c = from(&[
-            ("TRUST_PROXY", "true"),
-            ("RATE_LIMIT_AUTH_PER_MINUTE", "3"),
-            ("RATE_LIMIT_AUTH_BURST", "2"),
-            ("RATE_LIMIT_WRITES_PER_SECOND", "4"),
-            ("RATE_LIMIT_READS_PER_SECOND", "50"),
-            (
-                "CORS_ALLOWED_ORIGINS",
-                "https://tickets.example, http://localhost:3000",
-            ),
-            ("REQUEST_TIMEOUT_SECONDS", "5"),
-        ])
-        .unwrap();
-        assert!(c.trust_proxy);
-        assert_eq!(
-            c.rate_limits,
-            RateLimits {
-                auth_per_minute: 3,
-                auth_burst: 2,
-                writes_per_second: 4,
-                reads_per_second: 50
-            }
-        );
-        assert_eq!(
-            c.cors_allowed_origins,
-            ["https://tickets.example", "http://localhost:3000"]
-        );
-        assert_eq!(c.request_timeout, Duration::from_secs(5));
-        for (var, value) in [
-            ("TRUST_PROXY", "maybe"),
-            ("RATE_LIMIT_AUTH_PER_MINUTE", "0"),
-            ("RATE_LIMIT_READS_PER_SECOND", "-1"),
-            ("CORS_ALLOWED_ORIGINS", "tickets.example"),
-            ("REQUEST_TIMEOUT_SECONDS", "0"),
-        ] {
-            assert_eq!(from(&[(var, value)]).unwrap_err().var, var);
-        }
-    }
-
-    /// The drain delay defaults to none, may be zero, and a non-number names its variable.
-    #[test]
-    fn shutdown_drain_defaults_to_zero_and_bad_values_are_named() {
-        assert_eq!(from(&[]).unwrap().shutdown_drain, Duration::ZERO);
-        assert_eq!(
-            from(&[("SHUTDOWN_DRAIN_SECONDS", "5")])
-                .unwrap()
-                .shutdown_drain,
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            from(&[("SHUTDOWN_DRAIN_SECONDS", "-1")]).unwrap_err().var,
-            "SHUTDOWN_DRAIN_SECONDS"
-        );
-    }
-
-    /// Cache settings default to 30 s TTL, 50 ms Redis timeout, `ticketing:` keys; bad values
-    /// name their variable.
-    #[test]
-    fn cache_settings_default_and_are_checked() {
-        let d = from(&[]).unwrap();
-        assert_eq!(
-            (d.cache_ttl, d.cache_timeout, d.redis_key_prefix.as_str()),
-            (
-                Duration::from_secs(30),
-                Duration::from_millis(50),
-                "ticketing:"
-            )
-        );
-        let c = from(&[
-            ("CACHE_TTL_SECONDS", "5"),
-            ("CACHE_TIMEOUT_MS", "20"),
-            ("REDIS_KEY_PREFIX", "t1:"),
-        ])
-        .unwrap();
-        assert_eq!(
-            (c.cache_ttl, c.cache_timeout, c.redis_key_prefix.as_str()),
-            (Duration::from_secs(5), Duration::from_millis(20), "t1:")
-        );
-        assert_eq!(
-            from(&[("CACHE_TIMEOUT_MS", "0")]).unwrap_err().var,
-            "CACHE_TIMEOUT_MS"
-        );
-    }
-}
+mod tests;

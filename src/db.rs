@@ -110,6 +110,15 @@ impl Database {
         }
     }
 
+    /// The variable that names its URL (the others fall back to `DATABASE_URL`).
+    fn variable(self) -> &'static str {
+        match self {
+            Database::Events => "DATABASE_URL",
+            Database::Projections => "PROJECTIONS_DATABASE_URL or DATABASE_URL",
+            Database::Auth => "AUTH_DATABASE_URL or DATABASE_URL",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Database::Events => "event store",
@@ -128,9 +137,32 @@ pub async fn connect_and_migrate(
     application_name: &str,
 ) -> anyhow::Result<PgPool> {
     use anyhow::Context;
+    use sqlx::Connection;
+    let (name, variable) = (database.name(), database.variable());
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("{variable} is not a PostgreSQL URL"))?;
+    // One direct attempt first: the pool would retry a refused connection until its acquire
+    // timeout and then say only "pool timed out", without the cause or the address.
+    let (host, port) = (options.get_host().to_owned(), options.get_port());
+    let at = format!("the {name} database ({variable}: host {host}, port {port})");
+    match tokio::time::timeout(
+        settings.acquire_timeout,
+        sqlx::PgConnection::connect_with(&options),
+    )
+    .await
+    {
+        Err(_) => anyhow::bail!(
+            "cannot connect to {at}: no answer within {:?}",
+            settings.acquire_timeout
+        ),
+        Ok(Err(e)) => return Err(e).with_context(|| format!("cannot connect to {at}")),
+        Ok(Ok(probe)) => {
+            let _ = probe.close().await;
+        }
+    }
     let pool = connect_as(url, settings, application_name)
         .await
-        .with_context(|| format!("connecting to the {} database", database.name()))?;
+        .with_context(|| format!("connecting to {at}"))?;
     database
         .migrator()
         .run(&pool)
@@ -166,6 +198,25 @@ pub mod testing {
         match query {
             Some(q) => format!("{prefix}/{database}?{q}"),
             None => format!("{prefix}/{database}"),
+        }
+    }
+
+    /// Drops the database `url` names (made by [`fresh_database`]), closing its connections.
+    /// Best effort: a left-over is dropped by `scripts/services.sh` later.
+    pub async fn drop_database(url: &str) {
+        let Some(name) = url
+            .split('?')
+            .next()
+            .and_then(|base| base.rsplit_once('/'))
+            .map(|(_, name)| name.to_owned())
+            .filter(|name| name.starts_with("ticketing_test_"))
+        else {
+            return;
+        };
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
         }
     }
 

@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(
         config.app_env == AppEnv::Production,
         config.otel_endpoint.as_deref(),
+        &config.otel_traces_filter,
     )?;
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,14 +7,19 @@ use utoipa::ToSchema;
 
 /// Largest page a client may ask for.
 pub const MAX_PAGE_SIZE: u32 = 100;
+/// Highest page number a client may ask for (the OpenAPI `int32` range).
+pub const MAX_PAGE: u32 = i32::MAX as u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageRequest {
     /// Page number, from 1.
     #[serde(default = "first_page")]
+    #[param(minimum = 1, maximum = 2_147_483_647, default = 1)]
     pub page: u32,
     /// Items per page, 1..=100.
     #[serde(default = "default_page_size")]
+    #[param(minimum = 1, maximum = 100, default = 20)]
     pub page_size: u32,
 }
 
@@ -36,7 +41,7 @@ impl Default for PageRequest {
 
 impl PageRequest {
     pub fn is_valid(&self) -> bool {
-        self.page >= 1 && (1..=MAX_PAGE_SIZE).contains(&self.page_size)
+        (1..=MAX_PAGE).contains(&self.page) && (1..=MAX_PAGE_SIZE).contains(&self.page_size)
     }
 
     /// The page of `items` (already cut to this page) out of `total_count`.

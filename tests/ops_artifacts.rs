@@ -1,11 +1,16 @@
 //! Checks the operations artifacts against the code: every metric an alert rule or a Grafana
 //! panel names exists in the catalogue (`src/observability/metrics.rs`), every alert links a
 //! section of `RUNBOOK.md`, and `promtool` accepts the rules and the scrape configuration.
-//! Needs `promtool` on PATH (Debian package `prometheus`; `scripts/services.sh` installs it).
+//! A fresh service's first scrape shows every series they read, at 0 if nothing happened.
+//! Needs `promtool` on PATH (Debian package `prometheus`; `scripts/services.sh` installs it)
+//! and PostgreSQL (the pool series exist only on it; `scripts/services.sh` starts it).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "support/service.rs"]
+mod service;
 
 /// The registry adds this prefix; the catalogue's source names metrics without it.
 const PREFIX: &str = "ticketing_";
@@ -236,4 +241,51 @@ fn metric_names_are_extracted_whole() {
         names.into_iter().collect::<Vec<_>>(),
         ["ticketing_a_total", "ticketing_c_bucket"]
     );
+}
+
+/// The series names of a Prometheus text exposition (a histogram's `_bucket`, `_sum` and
+/// `_count` lines, and its bare name through them).
+fn exposed_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..end];
+        names.insert(name.to_owned());
+        if let Some(base) = name.strip_suffix("_bucket") {
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
+
+/// Starts the real binary on a fresh PostgreSQL database, waits for `/health` and returns the
+/// body of its very first `/metrics` scrape.
+async fn first_scrape() -> String {
+    let url = ticketing::db::testing::fresh_database().await;
+    let mut service = service::start(&[("DATABASE_URL", &url)], "/health").await;
+    let body = reqwest::get(format!("{}/metrics", service.base))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a text body");
+    service.process.kill().await.expect("the service stops");
+    ticketing::db::testing::drop_database(&url).await;
+    body
+}
+
+/// Every series an alert rule or a dashboard reads is on a fresh service's first scrape, so
+/// panels show 0 instead of "no data" and `rate()` sees the first increment.
+#[tokio::test]
+async fn a_fresh_scrape_shows_every_series_the_dashboards_and_alerts_read() {
+    let exposed = exposed_names(&first_scrape().await);
+    let mut missing = Vec::new();
+    for (path, text) in artifacts() {
+        for name in metric_names(&text) {
+            if !exposed.contains(&name) {
+                missing.push(format!("{name} (in {})", path.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not on the first scrape: {missing:#?}");
 }

@@ -61,8 +61,18 @@ impl Client {
     }
 }
 
-fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
-    spans.iter().filter(|s| s.name == name).collect()
+/// The spans of one hop. Names follow the OpenTelemetry semantic conventions: "METHOD route"
+/// for a request, "INSERT events" for an append, "send <topic>" and "process <topic>" on the
+/// bus; the reducer's span is "decide".
+fn named<'a>(spans: &'a [SpanData], hop: &str) -> Vec<&'a SpanData> {
+    let is = |name: &str| match hop {
+        "http_request" => name.starts_with("POST ") || name.starts_with("GET "),
+        "append" => name == "INSERT events",
+        "publish" => name.starts_with("send "),
+        "consume" => name.starts_with("process "),
+        other => name == other,
+    };
+    spans.iter().filter(|s| is(&s.name)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

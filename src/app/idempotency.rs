@@ -1,6 +1,8 @@
-//! `Idempotency-Key` support, independent of HTTP: the first request with a key runs; a retry with the same key and
-//! body gets the stored answer (even while the first is still running on this instance, it
-//! waits for it); the same key with a different body is a 422. Answers under 500 are kept for
+//! `Idempotency-Key` support, independent of HTTP, as the IETF draft
+//! (`draft-ietf-httpapi-idempotency-key-header`) has it: the first request with a key runs; a
+//! retry with the same key and body gets the stored answer; a retry while the first is still
+//! running on this instance is refused at once (409 `idempotency-key-in-use`: retry later);
+//! the same key with a different body is a 422. Answers under 500 are kept for
 //! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` so that a retry
 //! reaching another instance or coming after a restart is still answered the same; a 5xx is
 //! not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
@@ -158,7 +160,8 @@ impl IdempotencyStore {
     }
 
     /// Runs `work` at most once per (user, scope, key) and body. The same key with another
-    /// body is refused (422 `validation-failed` on `Idempotency-Key`).
+    /// body is refused (422 `validation-failed` on `Idempotency-Key`); the same key while its
+    /// first request still runs, too (409 `idempotency-key-in-use`), without waiting for it.
     pub async fn run<F>(
         &self,
         user: UserId,
@@ -180,7 +183,14 @@ impl IdempotencyStore {
             Sha256::digest(serde_json::to_vec(body).unwrap_or_default()).into();
         let key = (user, scope, key);
         let slot = self.slot(key.clone());
-        let mut stored = slot.lock().await;
+        let Ok(mut stored) = slot.try_lock() else {
+            return Err(AppError::Conflict {
+                kind: "idempotency-key-in-use",
+                detail: "a request with this Idempotency-Key is still being processed; \
+                         retry it later to get its answer"
+                    .into(),
+            });
+        };
         if stored.is_none() {
             *stored = self.load(&key).await;
         }
@@ -228,6 +238,57 @@ pub fn derived_id(user: UserId, scope: &str, key: Option<&str>) -> uuid::Uuid {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A retry that arrives while the first request with its key still runs is refused with a
+    /// conflict at once (it does not wait); once the first answered, a retry replays it.
+    #[tokio::test]
+    async fn a_retry_while_the_first_still_runs_is_a_conflict() {
+        let store = IdempotencyStore::default();
+        let user = UserId::random();
+        let body = serde_json::json!({"seats": 2});
+        let created = Answer {
+            status: 201,
+            body: serde_json::json!({"id": 1}),
+            location: None,
+        };
+        let (running, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = store.run(user, "things", Some("k".into()), &body, async {
+            let _ = running.send(());
+            let _ = released.await;
+            created.clone()
+        });
+        let retry = async {
+            started.await.unwrap();
+            let refused = store
+                .run(user, "things", Some("k".into()), &body, async {
+                    unreachable!("the retry must not run the work")
+                })
+                .await;
+            release.send(()).unwrap();
+            refused
+        };
+        let (first, retry) = tokio::join!(first, retry);
+        assert_eq!(first.unwrap().answer, created);
+        assert!(
+            matches!(
+                retry,
+                Err(AppError::Conflict {
+                    kind: "idempotency-key-in-use",
+                    ..
+                })
+            ),
+            "{retry:?}"
+        );
+        let replay = store
+            .run(user, "things", Some("k".into()), &body, async {
+                unreachable!("a finished key replays")
+            })
+            .await
+            .unwrap();
+        assert!(replay.replayed);
+        assert_eq!(replay.answer, created);
+    }
 
     async fn durable_store(url: &str) -> IdempotencyStore {
         let pool = crate::db::connect(url, &crate::db::PoolSettings::default())

@@ -14,11 +14,15 @@ use crate::projections::{
 };
 use uuid::Uuid;
 
-/// Rejects page 0 and page sizes outside 1..=100, naming each bad parameter.
+/// Rejects pages outside 1..=`MAX_PAGE` and page sizes outside 1..=100, naming each bad
+/// parameter.
 pub fn valid_page(page: PageRequest) -> Result<PageRequest, AppError> {
     let mut errors = Vec::new();
-    if page.page < 1 {
-        errors.push(super::FieldError::new("page", "must be at least 1"));
+    if !(1..=crate::paging::MAX_PAGE).contains(&page.page) {
+        errors.push(super::FieldError::new(
+            "page",
+            "must be between 1 and 2147483647",
+        ));
     }
     if !(1..=crate::paging::MAX_PAGE_SIZE).contains(&page.page_size) {
         errors.push(super::FieldError::new(

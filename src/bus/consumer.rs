@@ -156,7 +156,9 @@ impl Consumer {
                     () = stopping(&mut supervision.stop) => return,
                 };
                 let mut consumer = joined;
-                let ended = self.consume(consumer.as_mut(), &mut supervision).await;
+                let ended = self
+                    .consume(consumer.as_mut(), &mut supervision, bus.kind())
+                    .await;
                 consumer.close().await;
                 self.report_lag(None);
                 match ended {
@@ -199,6 +201,7 @@ impl Consumer {
         &self,
         consumer: &mut dyn BusConsumer,
         supervision: &mut Supervision,
+        system: &'static str,
     ) -> Ended {
         let name = self.handler.name();
         let mut outage = Backoff::default();
@@ -250,7 +253,8 @@ impl Consumer {
             };
             outage = Backoff::default();
             progress = Instant::now();
-            self.settle(&delivery).await;
+            let span = process_span(name, system, &delivery);
+            self.settle(&delivery).instrument(span).await;
             if let Err(e) = consumer.commit(&delivery).await {
                 // Harmless: the message comes again and is recognised as a duplicate.
                 tracing::warn!(consumer = name, error = %e, "cannot commit the offset");
@@ -301,11 +305,7 @@ impl Consumer {
     }
 
     async fn try_settle(&self, delivery: &Delivery) -> Result<Outcome, DlqError> {
-        let m = &delivery.message;
-        let span = tracing::info_span!("consume", consumer = self.handler.name(), topic = %m.topic,
-            partition = delivery.partition, offset = delivery.offset);
-        continue_trace(&span, m.header(envelope::TRACEPARENT));
-        self.settle_in_span(delivery).instrument(span).await
+        self.settle_in_span(delivery).await
     }
 
     async fn settle_in_span(&self, delivery: &Delivery) -> Result<Outcome, DlqError> {
@@ -426,3 +426,23 @@ impl Backoff {
 mod stall_tests;
 #[cfg(test)]
 mod tests;
+
+/// The CONSUMER span of one delivery, retries included ("process <topic>", by the messaging
+/// semantic conventions), continuing the producer's trace from the message's `traceparent`.
+fn process_span(consumer: &str, system: &'static str, delivery: &Delivery) -> tracing::Span {
+    let m = &delivery.message;
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = format!("process {}", m.topic),
+        otel.kind = "consumer",
+        messaging.system = system,
+        messaging.destination.name = %m.topic,
+        messaging.destination.partition.id = %delivery.partition,
+        messaging.kafka.offset = delivery.offset,
+        messaging.consumer.group.name = consumer,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+    );
+    continue_trace(&span, m.header(envelope::TRACEPARENT));
+    span
+}

@@ -143,19 +143,28 @@ impl RelayCursor for PostgresCursor {
     }
 }
 
-/// One `publish` span per trace in a batch, each a child of the command that appended the
-/// events; a message carries its publish span's `traceparent` on, so the consumer's span
-/// continues the same trace.
+/// One PRODUCER span ("send <topic>", by the messaging semantic conventions) per trace and
+/// topic in a batch, each a child of the command that appended the events; a message carries
+/// its span's `traceparent` on, so the consumer's span continues the same trace.
 #[derive(Default)]
-struct PublishSpans(HashMap<String, (tracing::Span, Option<String>)>);
+struct PublishSpans(HashMap<(String, String), (tracing::Span, Option<String>)>);
 
 impl PublishSpans {
-    fn carry(&mut self, traceparent: Option<&str>, message: &mut super::BusMessage) {
+    fn carry(&mut self, system: &str, traceparent: Option<&str>, message: &mut super::BusMessage) {
         let Some(traceparent) = traceparent else {
             return;
         };
-        let (_, carried) = self.0.entry(traceparent.to_owned()).or_insert_with(|| {
-            let span = tracing::info_span!("publish");
+        let key = (traceparent.to_owned(), message.topic.clone());
+        let (_, carried) = self.0.entry(key).or_insert_with(|| {
+            let span = tracing::info_span!(
+                "publish",
+                otel.name = format!("send {}", message.topic),
+                otel.kind = "producer",
+                messaging.system = system,
+                messaging.destination.name = %message.topic,
+                messaging.operation.type = "send",
+                messaging.operation.name = "send",
+            );
             continue_trace(&span, Some(traceparent));
             let carried = traceparent_of(&span);
             (span, carried)
@@ -272,7 +281,11 @@ impl Relay {
                     "an event of no known category is not published");
                 continue;
             };
-            spans.carry(e.metadata.traceparent.as_deref(), &mut message);
+            spans.carry(
+                self.bus.kind(),
+                e.metadata.traceparent.as_deref(),
+                &mut message,
+            );
             *per_topic.entry(message.topic.clone()).or_default() += 1;
             messages.push(message);
         }

@@ -54,6 +54,13 @@ pub async fn run(dlq: &dyn DeadLetters) {
     assert_eq!(e.event_version, Some(9));
     assert_eq!(dlq.get(second).await.unwrap().parked_behind, Some(first));
     assert!(matches!(dlq.get(9999).await, Err(DlqError::NotFound(9999))));
+    // Ids a client can send that no entry has (found by fuzzing: `i64::MIN - 1` overflowed).
+    for id in [0, -1, i64::MIN, i64::MAX] {
+        assert!(
+            matches!(dlq.get(id).await, Err(DlqError::NotFound(_))),
+            "{id}"
+        );
+    }
 
     // The oldest open entry blocks its stream, and only its stream.
     assert_eq!(

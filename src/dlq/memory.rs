@@ -22,8 +22,8 @@ impl MemoryDeadLetters {
 
 /// Ids start at 1, so an entry's index is `id - 1`.
 fn find(entries: &mut [DeadLetter], id: i64) -> Result<&mut DeadLetter, DlqError> {
-    usize::try_from(id - 1)
-        .ok()
+    id.checked_sub(1)
+        .and_then(|i| usize::try_from(i).ok())
         .and_then(|i| entries.get_mut(i))
         .ok_or(DlqError::NotFound(id))
 }

@@ -26,20 +26,35 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 pub struct RegisterRequest {
     #[validate(email, length(max = 254))]
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     #[validate(length(max = 100))]
+    #[schema(max_length = 100)]
     pub name: Option<String>,
     /// `customer` (default) or `organizer`; admins are not self-registered.
+    #[schema(value_type = Option<RegisterRole>)]
     pub role: Option<String>,
+}
+
+/// The roles one may register with, for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum RegisterRole {
+    Customer,
+    Organizer,
 }
 
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 pub struct LoginRequest {
     #[validate(length(min = 1, max = 254))]
+    #[schema(min_length = 1, max_length = 254)]
     pub email: String,
     #[validate(length(min = 1, max = 128))]
+    #[schema(min_length = 1, max_length = 128)]
     pub password: String,
 }
 

@@ -36,18 +36,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 pub struct VenueInput {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[validate(length(min = 1, max = 500))]
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub address: String,
 }
 
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 pub struct SectionInput {
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     #[validate(range(min = 1, max = 1_000_000))]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "super::extract::whole_number")]
     pub capacity: u32,
     #[validate(range(min = 0, max = 100_000_000))]
+    #[schema(minimum = 0, maximum = 100_000_000)]
+    #[serde(deserialize_with = "super::extract::whole_number")]
     pub price_cents: i64,
 }
 
@@ -81,8 +88,10 @@ fn unique_sections(sections: &[SectionInput]) -> Result<(), ValidationError> {
 #[validate(schema(function = "dates_in_order", skip_on_field_errors = false))]
 pub struct CreateEventRequest {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[validate(length(max = 5000))]
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     #[validate(nested)]
     pub venue: VenueInput,
@@ -90,37 +99,57 @@ pub struct CreateEventRequest {
     pub ends_at: DateTime<Utc>,
     /// ISO 4217 code; USD when omitted.
     #[validate(length(equal = 3))]
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
+    /// Section names are unique within the event.
     #[validate(
         length(min = 1, max = 100),
         nested,
         custom(function = "unique_sections")
     )]
+    #[schema(min_items = 1, max_items = 100)]
     pub sections: Vec<SectionInput>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 pub struct UpdateEventRequest {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     #[validate(length(max = 5000))]
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     #[validate(nested)]
     pub venue: Option<VenueInput>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     #[validate(length(min = 1, max = 100), nested)]
+    #[schema(min_items = 1, max_items = 100)]
     pub sections: Option<Vec<SectionInput>>,
     /// Alternative to `If-Match`: the version the client last read.
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub expected_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventFilters {
     /// draft, published, on_sale, sales_closed or cancelled.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<EventStatusName>, inline)]
     pub status: Option<EventStatus>,
     pub owner_id: Option<Uuid>,
+}
+
+/// An event's status as the API spells it (`domain::EventStatus`), for the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum EventStatusName {
+    Draft,
+    Published,
+    OnSale,
+    SalesClosed,
+    Cancelled,
 }
 
 fn venue(v: VenueInput) -> Venue {
@@ -160,7 +189,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default().trim();
-    if text == "*" {
+    // An empty value states no precondition, like an absent header.
+    if text.is_empty() || text == "*" {
         return Ok(None);
     }
     text.trim_start_matches("W/")

@@ -295,3 +295,47 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         }
     }
 }
+
+/// JSON Schema counts `5.0` as an integer, serde does not: integer fields of request bodies
+/// take this, so that every body the OpenAPI document allows decodes (a fraction or a value
+/// out of the field's range is still a 422 naming the field).
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    let number = <serde_json::Number as serde::Deserialize>::deserialize(deserializer)?;
+    whole(&number).ok_or_else(|| {
+        serde::de::Error::custom(format!("expected a whole number in range, got {number}"))
+    })
+}
+
+/// `whole_number` for an optional field.
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    match <Option<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => whole(&number).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a whole number in range, got {number}"))
+        }),
+    }
+}
+
+fn whole<T: TryFrom<i64> + TryFrom<u64>>(number: &serde_json::Number) -> Option<T> {
+    if let Some(n) = number.as_u64() {
+        return T::try_from(n).ok();
+    }
+    if let Some(n) = number.as_i64() {
+        return T::try_from(n).ok();
+    }
+    // Beyond 2^53 a float is not exact; no field of ours goes that far.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let f = number
+        .as_f64()
+        .filter(|f| f.fract() == 0.0 && f.abs() < EXACT)?;
+    #[allow(clippy::cast_possible_truncation)]
+    T::try_from(f as i64).ok()
+}

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod payments;
 pub mod ratelimit;
@@ -138,9 +139,15 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI document generated from the handlers' annotations.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document generated from the handlers' annotations alone.
+pub fn raw_openapi() -> utoipa::openapi::OpenApi {
     api_routes().split_for_parts().1
+}
+
+/// The OpenAPI document served at `/openapi.json`: the annotations completed by
+/// `openapi::complete` with what the edge does to every operation.
+pub fn openapi() -> serde_json::Value {
+    openapi::complete(&raw_openapi())
 }
 
 fn api_routes() -> OpenApiRouter<AppState> {
@@ -159,7 +166,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// (so 404s, 429s, CORS preflights and panics carry them too).
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_routes().split_for_parts();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(openapi::complete(&doc));
     let routes = routes
         .route(
             "/openapi.json",
@@ -214,10 +221,24 @@ async fn request_context(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let request_id = uuid::Uuid::new_v4().to_string();
+    // An HTTP server span by the OpenTelemetry semantic conventions: "METHOD route" (the
+    // method alone for a path of no route), status error on 5xx. The name is fixed when the
+    // span starts, so the route comes from the authorization table, before routing.
+    let route = access::template_of(request.uri().path());
+    let name = match route {
+        Some(route) => format!("{} {route}", request.method()),
+        None => request.method().to_string(),
+    };
     let span = tracing::info_span!(
         "http_request",
-        method = %request.method(),
-        path = %request.uri().path(),
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
         correlation_id = %correlation_id,
         request_id = %request_id,
     );
@@ -241,7 +262,13 @@ async fn request_context(
         client_ip: (!client_ip.is_unspecified()).then(|| client_ip.to_string()),
         user_agent,
     });
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.as_str());
+    }
     let headers = response.headers_mut();
     for (name, value) in [(&CORRELATION_ID, correlation_id), (&REQUEST_ID, request_id)] {
         if let Ok(value) = HeaderValue::from_str(&value) {

@@ -38,9 +38,11 @@ pub struct PaymentMethod {
     /// Always `card`.
     #[serde(rename = "type")]
     #[validate(custom(function = "card_only"))]
+    #[schema(value_type = String, pattern = "^card$")]
     pub kind: String,
     /// A test token: `tok_visa` succeeds, `tok_chargeDeclined` is declined.
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub token: String,
 }
 
@@ -54,6 +56,7 @@ pub struct CreatePaymentRequest {
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
 pub struct RefundRequest {
     #[validate(length(min = 1, max = 500))]
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
 }
 

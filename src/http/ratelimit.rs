@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Paths that are never limited: probes and scrapers must always get through.
-const OPERATIONS: [&str; 4] = ["/health", "/ready", "/metrics", "/openapi.json"];
+pub(crate) const OPERATIONS: [&str; 4] = ["/health", "/ready", "/metrics", "/openapi.json"];
 
 /// Forget idle keys every this many checks, so the key maps stay bounded by recent clients.
 const SWEEP_EVERY: u64 = 4096;

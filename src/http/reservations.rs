@@ -28,8 +28,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct CreateReservationRequest {
     pub event_id: Uuid,
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     pub section: String,
     #[validate(range(min = 1, max = 10))]
+    #[schema(minimum = 1, maximum = 10)]
+    #[serde(deserialize_with = "super::extract::whole_number")]
     pub quantity: u32,
 }
 

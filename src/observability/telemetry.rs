@@ -1,6 +1,9 @@
-//! Tracing set-up: human-readable logs in development, JSON in production, and, when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, every span exported over OTLP/HTTP (protobuf) in
-//! batches. `Telemetry::shutdown` flushes what is still buffered when the process stops.
+//! Tracing set-up: human-readable logs in development, JSON in production, filtered by
+//! `RUST_LOG`; and, when an OTLP endpoint is configured, spans exported over OTLP/HTTP
+//! (protobuf) in batches, filtered by their own filter (`OTEL_TRACES_FILTER`), so the log level
+//! does not decide what is traced. The service name is `ticketing` unless `OTEL_SERVICE_NAME`
+//! says otherwise (read by the SDK, like `OTEL_RESOURCE_ATTRIBUTES`). `Telemetry::shutdown`
+//! flushes what is still buffered when the process stops.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -31,35 +34,50 @@ impl Telemetry {
 
 /// Installs the global subscriber; a second call (tests) keeps the first one. Call it before
 /// the async runtime starts (the OTLP client must not be created inside it).
-pub fn init(json: bool, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(
+    json: bool,
+    otlp_endpoint: Option<&str>,
+    traces_filter: &str,
+) -> anyhow::Result<Telemetry> {
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = if json {
-        fmt::layer().json().boxed()
+        fmt::layer().json().with_filter(log_filter).boxed()
     } else {
-        fmt::layer().with_target(false).boxed()
+        fmt::layer()
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed()
     };
+    let traces_filter = EnvFilter::try_new(traces_filter)
+        .with_context(|| format!("OTEL_TRACES_FILTER {traces_filter:?} is not a filter"))?;
     let provider = otlp_endpoint.map(otlp_provider).transpose()?;
-    let spans = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ticketing")));
+    let spans = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("ticketing"))
+            .with_filter(traces_filter)
+    });
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(logs)
         .with(spans)
         .try_init();
     Ok(Telemetry { provider })
 }
 
-/// A batch exporter to `<endpoint>/v1/traces` (the OTLP/HTTP path; a collector or Jaeger
-/// listens on port 4318).
+/// A batch exporter to `endpoint`, the full OTLP/HTTP traces URL (a collector or Jaeger
+/// listens on `http://host:4318/v1/traces`).
 fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_endpoint(endpoint)
         .build()
         .context("configuring the OTLP trace exporter")?;
+    let resource = if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+        Resource::builder().build()
+    } else {
+        Resource::builder().with_service_name("ticketing").build()
+    };
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name("ticketing").build())
+        .with_resource(resource)
         .build())
 }

@@ -116,7 +116,13 @@ impl Subscriber for Projector {
     }
 
     async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
-        self.reads.apply(events).await?;
+        if let Err(e) = self.reads.apply(events).await {
+            self.metrics
+                .projection_errors
+                .with_label_values(&[crate::observability::metrics::PROJECTION_APPLY_FAILED])
+                .inc();
+            return Err(e);
+        }
         if let Some(last) = events.last() {
             let mut touched: Vec<EventId> = events.iter().map(|e| e.sale_id).collect();
             touched.sort_unstable_by_key(|id| id.0);

@@ -54,7 +54,15 @@ impl PostgresReadModel {
     #[tracing::instrument(
         name = "read_model.apply",
         skip_all,
-        fields(events = events.len(), statements = tracing::field::Empty),
+        fields(
+            otel.name = "BATCH read_models",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "BATCH",
+            db.collection.name = "read_models",
+            events = events.len(),
+            statements = tracing::field::Empty,
+        ),
         err
     )]
     async fn apply_batch(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {

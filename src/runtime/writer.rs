@@ -99,7 +99,7 @@ impl SaleWriter {
         let store_kind = self.store.kind();
         for _attempt in 0..MAX_ATTEMPTS {
             let started = Instant::now();
-            let span = append_span(&batch);
+            let span = append_span(&batch, store_kind);
             let turn = self.turn(&mut batch, inbox).instrument(span).await;
             self.metrics
                 .append_duration
@@ -205,7 +205,9 @@ impl SaleWriter {
                 self.seen = seen;
                 self.own.clear();
                 self.state = Some(state);
-                tracing::Span::current().record("events", count);
+                let span = tracing::Span::current();
+                span.record("events", count);
+                span.record("db.operation.batch.size", count);
                 return Ok((decisions, appended.map(|position| (position, count))));
             }
             (Ok(_), Some(Err(e))) => Failed::Command(e),
@@ -233,12 +235,23 @@ impl SaleWriter {
 }
 
 /// The span of one group commit (the whole turn): a child of the first command's trace,
-/// linked to the others'.
-fn append_span(batch: &[Envelope]) -> tracing::Span {
+/// linked to the others'. A CLIENT span by the database semantic conventions ("INSERT
+/// events"); the events count is recorded once the turn decided.
+fn append_span(batch: &[Envelope], store: &str) -> tracing::Span {
     let span = tracing::info_span!(
         "append",
+        otel.name = "INSERT events",
+        otel.kind = "client",
+        db.system.name = if store == "postgres" {
+            "postgresql"
+        } else {
+            store
+        },
+        db.operation.name = "INSERT",
+        db.collection.name = "events",
+        db.operation.batch.size = tracing::field::Empty,
         commands = batch.len(),
-        events = tracing::field::Empty
+        events = tracing::field::Empty,
     );
     let mut traces = batch
         .iter()

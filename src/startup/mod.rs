@@ -13,9 +13,7 @@ use crate::audit::{AuditLog, AuditStore};
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
 use crate::auth::{AuthService, AuthStore};
-use crate::bus::consumer::{
-    Consumer, ConsumerHealth, Handler, RetryPolicy, StallPolicy, Supervision,
-};
+use crate::bus::consumer::{Consumer, ConsumerHealth, Handler, RetryPolicy, Supervision};
 use crate::bus::kafka::KafkaBus;
 use crate::bus::memory::MemoryBus;
 use crate::bus::relay::{MemoryCursor, PostgresCursor, Relay, RelayCursor};
@@ -33,6 +31,7 @@ use crate::eventstore::memory::MemoryEventStore;
 use crate::eventstore::postgres::PostgresEventStore;
 use crate::eventstore::EventStore;
 use crate::http::{self, AppState, Shared};
+use crate::observability::metrics::KnownLabels;
 use crate::observability::Metrics;
 use crate::payment::refunds::RefundSettlement;
 use crate::payment::simulated::SimulatedGateway;
@@ -108,6 +107,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    initialise_metrics(&metrics, &config, store.kind(), &pools);
     let gateway = Arc::new(SimulatedGateway::new(
         config.payment_latency,
         config.payment_failure_rate,
@@ -282,10 +282,11 @@ async fn start_bus(
     };
     let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(InsightsProjection(Arc::clone(insights)))];
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut consumers = ConsumersTask {
-        stop,
-        tasks: Vec::new(),
+    let stall = crate::bus::consumer::StallPolicy {
+        after: config.consumer_stall_after,
+        recover: config.consumer_stall_recovery,
     };
+    let mut tasks = Vec::new();
     for handler in &handlers {
         let consumer = Consumer {
             handler: Arc::clone(handler),
@@ -294,24 +295,56 @@ async fn start_bus(
             clock: Arc::clone(clock),
             retry: RetryPolicy::default(),
         };
+        let (health, stop) = (Arc::clone(health), stopped.clone());
         let supervision = Supervision {
-            stall: StallPolicy {
-                after: config.consumer_stall_after,
-                recover: config.consumer_stall_recovery,
-            },
-            health: Arc::clone(health),
-            stop: stopped.clone(),
+            stall,
+            health,
+            stop,
         };
-        consumers
-            .tasks
-            .push(consumer.spawn(Arc::clone(&bus), topics.clone(), supervision));
+        tasks.push(consumer.spawn(Arc::clone(&bus), topics.clone(), supervision));
     }
+    let consumers = ConsumersTask { stop, tasks };
     Ok((
         bus,
         DeadLetterAdmin::new(dlq, handlers, Arc::clone(clock)),
         relay,
         consumers,
     ))
+}
+
+/// Every sale command's metric label (`runtime::writer::command_name`).
+const COMMANDS: [&str; 10] = [
+    "create_event",
+    "update_event",
+    "change_lifecycle",
+    "cancel_event",
+    "reserve",
+    "record_capture",
+    "record_decline",
+    "cancel_reservation",
+    "expire_reservation",
+    "refund_payment",
+];
+
+/// Every stream category (`domain::StreamId::category`).
+const AGGREGATES: [&str; 4] = ["event", "inventory", "reservation", "payment"];
+
+/// Creates the labelled series the dashboards and alerts read at 0 (see `Metrics::initialise`).
+fn initialise_metrics(metrics: &Metrics, config: &Config, store: &str, pools: &db::NamedPools) {
+    let routes: Vec<(&str, &str)> = http::access::TABLE
+        .iter()
+        .map(|rule| (rule.method, rule.path))
+        .collect();
+    let pools: Vec<&str> = pools.sizes().map(|(name, _, _)| name).collect();
+    metrics.initialise(&KnownLabels {
+        routes: &routes,
+        commands: &COMMANDS,
+        aggregates: &AGGREGATES,
+        store,
+        topics: &Topics::new(config.kafka_topic_prefix.clone()).all(),
+        consumers: &[crate::projections::insights::CONSUMER],
+        pools: &pools,
+    });
 }
 
 /// Deletes idempotent answers older than 24 hours, hourly.
@@ -333,13 +366,6 @@ const IN_FLIGHT_GRACE: Duration = Duration::from_secs(20);
 
 /// How long the bus consumers may take at shutdown to finish joining and leave their groups.
 const CONSUMERS_LEAVE: Duration = Duration::from_secs(15);
-
-/// Waits for every task in turn (each is running already; the order does not matter).
-async fn futures_all(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
-    }
-}
 
 /// How long the outbox relay may take to publish the last events at shutdown (bounded, so the
 /// exit stays within the 30 s an orchestrator grants; what is left is published later).
@@ -390,9 +416,8 @@ impl Service {
                 "in-flight requests did not finish in time; stopping anyway"
             ),
         }
-        // Publish what the last requests committed before the process goes, and meanwhile
-        // let the consumers leave their groups (a member that vanishes instead delays or,
-        // on some brokers, wedges its group's next rebalance).
+        // Publish what the last requests committed before the process goes; meanwhile the
+        // consumers leave their groups (a member that vanishes can wedge a rebalance).
         let _ = self.relay.stop.send(true);
         let _ = self.consumers.stop.send(true);
         if tokio::time::timeout(RELAY_FLUSH, self.relay.task)
@@ -401,7 +426,11 @@ impl Service {
         {
             tracing::warn!("the outbox relay did not flush in time; the outbox keeps the rest");
         }
-        let left = futures_all(self.consumers.tasks);
+        let left = async {
+            for task in self.consumers.tasks {
+                let _ = task.await;
+            }
+        };
         if tokio::time::timeout(CONSUMERS_LEAVE, left).await.is_err() {
             tracing::warn!("a bus consumer did not leave its group in time");
         }

@@ -18,14 +18,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only actions of this user id (the actor).
     pub user: Option<Uuid>,
     /// Only this action, e.g. `auth.login`, `payment.refund`, `dlq.retry`.
+    #[param(max_length = 200)]
     pub action: Option<String>,
     /// Only this resource type, e.g. `user`, `event`, `payment`, `reservation`, `dlq_entry`.
+    #[param(max_length = 200)]
     pub resource: Option<String>,
     /// Only this resource id (with or without `resource`).
+    #[param(max_length = 200)]
     pub resource_id: Option<String>,
 }
 

@@ -25,21 +25,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DlqFilter {
     /// pending, processing, resolved or discarded.
-    #[param(value_type = Option<String>)]
     pub status: Option<DlqStatus>,
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct ResolveRequest {
     #[validate(length(max = 2000))]
+    #[schema(max_length = 2000)]
     pub notes: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub struct DiscardRequest {
     #[validate(length(min = 1, max = 2000))]
+    #[schema(min_length = 1, max_length = 2000)]
     pub reason: String,
 }
 
@@ -74,7 +76,7 @@ async fn dead_letter_stats(
     Ok(Json(s.app.dead_letters().store().stats().await?))
 }
 
-#[utoipa::path(get, path = "/admin/dlq/{id}", tag = "admin", params(("id" = i64, Path)),
+#[utoipa::path(get, path = "/admin/dlq/{id}", tag = "admin", params(("id" = i64, Path, minimum = 1)),
     responses((status = 200, body = DeadLetter), (status = 404, body = crate::http::error::Problem)),
     security(("bearer" = [])))]
 async fn get_dead_letter(
@@ -86,7 +88,7 @@ async fn get_dead_letter(
     Ok(Json(s.app.dead_letters().store().get(id).await?))
 }
 
-#[utoipa::path(post, path = "/admin/dlq/{id}/retry", tag = "admin", params(("id" = i64, Path)),
+#[utoipa::path(post, path = "/admin/dlq/{id}/retry", tag = "admin", params(("id" = i64, Path, minimum = 1)),
     responses((status = 200, body = DeadLetter, description = "applied and resolved"),
               (status = 409, body = crate::http::error::Problem, description = "not pending, or an earlier entry of the stream is open"),
               (status = 422, body = crate::http::error::Problem, description = "failed again; retry_count grew")),
@@ -115,7 +117,7 @@ async fn retry_dead_letter(
     Ok(Json(outcome?))
 }
 
-#[utoipa::path(post, path = "/admin/dlq/{id}/resolve", tag = "admin", params(("id" = i64, Path)),
+#[utoipa::path(post, path = "/admin/dlq/{id}/resolve", tag = "admin", params(("id" = i64, Path, minimum = 1)),
     request_body = ResolveRequest,
     responses((status = 200, body = DeadLetter), (status = 409, body = crate::http::error::Problem)),
     security(("bearer" = [])))]
@@ -149,7 +151,7 @@ async fn resolve_dead_letter(
     Ok(Json(outcome?))
 }
 
-#[utoipa::path(post, path = "/admin/dlq/{id}/discard", tag = "admin", params(("id" = i64, Path)),
+#[utoipa::path(post, path = "/admin/dlq/{id}/discard", tag = "admin", params(("id" = i64, Path, minimum = 1)),
     request_body = DiscardRequest,
     responses((status = 200, body = DeadLetter), (status = 409, body = crate::http::error::Problem),
               (status = 422, body = crate::http::error::Problem, description = "no reason given")),
