@@ -13,12 +13,12 @@
 
 use super::envelope::{self, BusEvent};
 use super::{BusConsumer, Delivery, EventBus, Topics};
+use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::dlq::{DeadLetters, DlqError, NewDeadLetter};
 use crate::observability::tracecontext::continue_trace;
 use crate::observability::Metrics;
 use async_trait::async_trait;
-use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use supervision::{stall, stopping};
@@ -79,12 +79,9 @@ impl RetryPolicy {
     /// capped at `max` ("full jitter"), so that many consumers failing together do not retry
     /// in lockstep.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-            .min(self.max);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+        Backoff::doubling(self.base, self.max)
+            .with_full_jitter()
+            .delay_for(attempt)
     }
 }
 
@@ -185,7 +182,7 @@ impl Consumer {
         group: &str,
         names: &[String],
     ) -> Box<dyn BusConsumer> {
-        let mut outage = Backoff::default();
+        let mut outage = outage_backoff();
         loop {
             match bus.subscribe(group, names).await {
                 Ok(c) => return c,
@@ -204,7 +201,7 @@ impl Consumer {
         system: &'static str,
     ) -> Ended {
         let name = self.handler.name();
-        let mut outage = Backoff::default();
+        let mut outage = outage_backoff();
         let mut watch = tokio::time::interval(WATCH_EVERY);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The last time the consumer received a message, or had nothing to receive.
@@ -251,7 +248,7 @@ impl Consumer {
                     continue;
                 }
             };
-            outage = Backoff::default();
+            outage = outage_backoff();
             progress = Instant::now();
             let span = process_span(name, system, &delivery);
             self.settle(&delivery).instrument(span).await;
@@ -286,7 +283,7 @@ impl Consumer {
     /// Settles one message, however long the dead letter queue stays unwritable.
     pub async fn settle(&self, delivery: &Delivery) -> Outcome {
         let name = self.handler.name();
-        let mut outage = Backoff::default();
+        let mut outage = outage_backoff();
         loop {
             match self.try_settle(delivery).await {
                 Ok(outcome) => {
@@ -407,19 +404,8 @@ fn causes(error: &(dyn std::error::Error + Sync)) -> Vec<String> {
 }
 
 /// Exponential backoff from 100 ms to 5 s while the bus or the dead letter queue is away.
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-}
-
-impl Backoff {
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-    }
+fn outage_backoff() -> Backoff {
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 #[cfg(test)]
