@@ -32,3 +32,4 @@ pub mod payment;
 pub mod projections;
 pub mod runtime;
 pub mod startup;
+pub mod webhooks;
