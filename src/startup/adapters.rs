@@ -4,6 +4,9 @@
 
 use super::*;
 use crate::db::Database;
+use crate::webhooks::memory::MemoryWebhooks;
+use crate::webhooks::postgres::PostgresWebhooks;
+use crate::webhooks::WebhookStore;
 
 /// The storage adapters: all in memory, or all on PostgreSQL.
 pub(super) struct Adapters {
@@ -19,6 +22,7 @@ pub(super) struct Adapters {
     pub(super) pools: db::NamedPools,
     pub(super) dlq: Arc<dyn DeadLetters>,
     pub(super) insights: Arc<dyn Insights>,
+    pub(super) webhooks: Arc<dyn WebhookStore>,
     /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
     pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
 }
@@ -40,6 +44,7 @@ pub(super) async fn in_memory() -> Adapters {
         pools: db::NamedPools::default(),
         dlq: Arc::new(MemoryDeadLetters::new()),
         insights: Arc::new(MemoryInsights::new()),
+        webhooks: Arc::new(MemoryWebhooks::default()),
         durable_cursor: None,
     }
 }
@@ -82,6 +87,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
         idempotency: IdempotencyStore::durable(auth),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
+        webhooks: Arc::new(PostgresWebhooks::new(events.clone())),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
     })
