@@ -347,3 +347,6 @@ fn is_refused(error: &reqwest::Error) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests;

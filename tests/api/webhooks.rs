@@ -476,3 +476,36 @@ async fn production_refuses_private_addresses() {
     let listed = app.get("/api/webhooks", Some(&organizer.token)).await;
     assert_eq!(listed.body["total_count"], 0);
 }
+
+/// The webhook metrics exist from start-up, at zero, and count deliveries by outcome.
+#[tokio::test]
+async fn webhook_metrics_start_at_zero_and_count_outcomes() {
+    let app = fast_retries().await;
+    let text = app.metrics_text().await;
+    for outcome in ["succeeded", "retried", "failed", "disabled", "refused"] {
+        let series = format!("ticketing_webhook_deliveries_total{{outcome=\"{outcome}\"}} 0");
+        assert!(text.contains(&series), "{series} missing");
+    }
+    assert!(text.contains("ticketing_webhook_delivery_duration_seconds_count 0"));
+    assert!(text.contains("ticketing_webhook_queue_depth 0"));
+
+    let rx = Receiver::start().await;
+    let organizer = app.organizer().await;
+    register(&app, &organizer, &rx.url("/ok/m"), &["event.created"]).await;
+    app.draft_event(&organizer, 5).await;
+    rx.until("a delivery", |s| s.iter().any(|r| r.answered))
+        .await;
+    eventually(
+        "the success is counted",
+        Duration::from_secs(10),
+        || async {
+            app.metric(
+                "ticketing_webhook_deliveries_total",
+                &[("outcome", "succeeded")],
+            )
+            .await
+                == 1.0
+        },
+    )
+    .await;
+}
