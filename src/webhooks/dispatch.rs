@@ -14,7 +14,7 @@ use super::{Attempt, Delivery, DeliveryStatus, Endpoint, EndpointStatus, Webhook
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::observability::Metrics;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -50,6 +50,9 @@ impl Default for DeliverySettings {
         }
     }
 }
+
+/// Pending deliveries a worker takes from the store at a time.
+const BATCH: usize = 64;
 
 /// How often pending deliveries are looked for and the queue depth is published.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -148,27 +151,23 @@ enum Sent {
 }
 
 impl Inner {
-    /// The worker of one endpoint: keeps up to `per_endpoint` deliveries in flight.
+    /// The worker of one endpoint: keeps up to `per_endpoint` deliveries in flight, taking
+    /// pending ones from the store `BATCH` at a time (with the endpoint as it is then).
     async fn work(self: Arc<Self>, endpoint: Uuid, wake: Arc<Notify>) {
         let mut in_flight: HashSet<Uuid> = HashSet::new();
+        let mut queue: VecDeque<Delivery> = VecDeque::new();
+        let mut current: Option<Endpoint> = None;
         let mut tasks: JoinSet<Uuid> = JoinSet::new();
         loop {
-            let room = self.settings.per_endpoint.saturating_sub(tasks.len());
-            if room > 0 {
-                let limit = u32::try_from(room + in_flight.len()).unwrap_or(u32::MAX);
-                match self.store.pending(endpoint, limit).await {
-                    Ok(pending) => {
-                        for delivery in pending {
-                            if !in_flight.insert(delivery.id) {
-                                continue;
-                            }
-                            tasks.spawn(Arc::clone(&self).deliver(delivery));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(%endpoint, error = %e, "cannot read pending webhook deliveries")
-                    }
+            while tasks.len() < self.settings.per_endpoint {
+                if queue.is_empty() {
+                    current = self.refill(endpoint, &in_flight, &mut queue).await;
                 }
+                let (Some(target), Some(delivery)) = (&current, queue.pop_front()) else {
+                    break;
+                };
+                in_flight.insert(delivery.id);
+                tasks.spawn(Arc::clone(&self).deliver(target.clone(), delivery));
             }
             tokio::select! {
                 Some(done) = tasks.join_next() => {
@@ -181,21 +180,54 @@ impl Inner {
         }
     }
 
-    /// Tries one delivery until it succeeds, is given up or its endpoint is gone.
-    async fn deliver(self: Arc<Self>, delivery: Delivery) -> Uuid {
+    /// Reads the endpoint and its next pending deliveries that are not in flight.
+    async fn refill(
+        &self,
+        endpoint: Uuid,
+        in_flight: &HashSet<Uuid>,
+        queue: &mut VecDeque<Delivery>,
+    ) -> Option<Endpoint> {
+        let limit = u32::try_from(BATCH + in_flight.len()).unwrap_or(u32::MAX);
+        let read = async {
+            let found = self.store.get(endpoint).await?;
+            let pending = match &found {
+                Some(_) => self.store.pending(endpoint, limit).await?,
+                None => Vec::new(),
+            };
+            Ok::<_, super::WebhookError>((found, pending))
+        };
+        match read.await {
+            Ok((found, pending)) => {
+                queue.extend(pending.into_iter().filter(|d| !in_flight.contains(&d.id)));
+                found
+            }
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "cannot read pending webhook deliveries");
+                None
+            }
+        }
+    }
+
+    /// Tries one delivery until it succeeds, is given up or its endpoint is gone. The first
+    /// attempt uses the endpoint as the worker read it; retries read it again.
+    async fn deliver(self: Arc<Self>, endpoint: Endpoint, delivery: Delivery) -> Uuid {
         let backoff =
             Backoff::doubling(self.settings.retry_base, self.settings.retry_max).with_full_jitter();
         let mut attempt = 0;
+        let mut known = Some(endpoint);
         loop {
             attempt += 1;
-            let endpoint = match self.store.get(delivery.endpoint_id).await {
-                Ok(Some(e)) => e,
-                Ok(None) => return delivery.id,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read a webhook endpoint");
-                    tokio::time::sleep(backoff.delay_for(attempt)).await;
-                    continue;
-                }
+            let endpoint = match known.take() {
+                Some(e) => e,
+                None => match self.store.get(delivery.endpoint_id).await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return delivery.id,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read a webhook endpoint");
+                        tokio::time::sleep(backoff.delay_for(attempt)).await;
+                        continue;
+                    }
+                },
             };
             if endpoint.status == EndpointStatus::Disabled {
                 self.finish(&delivery, DeliveryStatus::Failed, None, "disabled")

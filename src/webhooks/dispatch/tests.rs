@@ -79,7 +79,7 @@ async fn production_never_connects_to_a_private_address() {
             store.enqueue(std::slice::from_ref(&d)).await.unwrap();
             // The worker's own delivery task is what we wait for: run it directly.
             let inner = Arc::clone(&dispatcher.0);
-            inner.deliver(d).await;
+            inner.deliver(e.clone(), d).await;
             let logged = store.deliveries(e.id, Default::default()).await.unwrap();
             assert_eq!(logged.items[0].status, expected, "{host}, strict {strict}");
         }
