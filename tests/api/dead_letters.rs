@@ -59,10 +59,14 @@ async fn poison_messages_are_dead_lettered_and_admins_work_through_them() {
         .await
         .unwrap();
 
-    eventually("two dead letters per consumer", Duration::from_secs(10), || async {
-        pending_entries(&app, &admin, "insights").await.len() == 2
-            && pending_entries(&app, &admin, "webhooks").await.len() == 2
-    })
+    eventually(
+        "two dead letters per consumer",
+        Duration::from_secs(10),
+        || async {
+            pending_entries(&app, &admin, "insights").await.len() == 2
+                && pending_entries(&app, &admin, "webhooks").await.len() == 2
+        },
+    )
     .await;
     let entries = pending_entries(&app, &admin, "insights").await;
     let by_stream = |s: &str| {
