@@ -10,7 +10,9 @@ CREATE TABLE webhook_endpoints (
     secret                 TEXT NOT NULL,
     previous_secret        TEXT,
     previous_secret_until  TIMESTAMPTZ,
-    created_at             TIMESTAMPTZ NOT NULL
+    created_at             TIMESTAMPTZ NOT NULL,
+    -- The event log's head at registration: only later events are delivered.
+    from_position          BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX webhook_endpoints_owner ON webhook_endpoints (owner_id, created_at);
 

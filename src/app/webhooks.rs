@@ -120,6 +120,7 @@ impl App {
             secret: signing::new_secret(),
             previous_secret: None,
             created_at: self.clock.now(),
+            from_position: *self.event_store().subscribe_head().borrow(),
         };
         self.webhooks.store.create(&endpoint).await?;
         Ok(WithSecret {

@@ -22,6 +22,7 @@ fn endpoint(owner: Uuid, types: &[&str], event: Option<Uuid>, minute: u32) -> En
         secret: signing::new_secret(),
         previous_secret: None,
         created_at: at(minute),
+        from_position: u64::from(minute) * 1000,
     }
 }
 

@@ -158,11 +158,12 @@ impl Handler for WebhookFanout {
         }
         let sale = event.sale_id.0;
         let owner = self.owner_of(sale).await?;
-        let endpoints = self
+        let mut endpoints = self
             .store
             .subscribed(owner, sale, &event.event_type)
             .await
             .map_err(store_error)?;
+        endpoints.retain(|e| event.position > e.from_position);
         if endpoints.is_empty() {
             return Ok(Applied::Applied);
         }

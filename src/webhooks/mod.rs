@@ -70,6 +70,9 @@ pub struct Endpoint {
     /// The secret before the last rotation, and until when it still signs.
     pub previous_secret: Option<(String, DateTime<Utc>)>,
     pub created_at: DateTime<Utc>,
+    /// The event log's head when the endpoint was registered: it hears only of later events
+    /// (a bus that replays the log, as the in-process one does at start-up, sends no history).
+    pub from_position: u64,
 }
 
 impl std::fmt::Debug for Endpoint {

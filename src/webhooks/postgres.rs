@@ -24,7 +24,7 @@ fn unavailable(e: sqlx::Error) -> WebhookError {
 }
 
 const ENDPOINT_COLUMNS: &str = "id, owner_id, url, event_types, event_id, description, status, \
-     secret, previous_secret, previous_secret_until, created_at";
+     secret, previous_secret, previous_secret_until, created_at, from_position";
 
 #[derive(sqlx::FromRow)]
 struct EndpointRow {
@@ -39,6 +39,7 @@ struct EndpointRow {
     previous_secret: Option<String>,
     previous_secret_until: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    from_position: i64,
 }
 
 impl TryFrom<EndpointRow> for Endpoint {
@@ -58,6 +59,8 @@ impl TryFrom<EndpointRow> for Endpoint {
             secret: r.secret,
             previous_secret: r.previous_secret.zip(r.previous_secret_until),
             created_at: r.created_at,
+            from_position: u64::try_from(r.from_position)
+                .map_err(|_| WebhookError::Corrupt(format!("endpoint {} position", r.id)))?,
         })
     }
 }
@@ -121,7 +124,7 @@ impl WebhookStore for PostgresWebhooks {
         let (previous, until) = e.previous_secret.clone().unzip();
         sqlx::query(&format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(e.id)
         .bind(e.owner_id)
@@ -134,6 +137,7 @@ impl WebhookStore for PostgresWebhooks {
         .bind(previous)
         .bind(until)
         .bind(e.created_at)
+        .bind(i64::try_from(e.from_position).map_err(|_| WebhookError::Corrupt("position".into()))?)
         .execute(&self.0)
         .await
         .map_err(unavailable)?;

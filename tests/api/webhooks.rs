@@ -509,3 +509,21 @@ async fn webhook_metrics_start_at_zero_and_count_outcomes() {
     )
     .await;
 }
+
+/// An endpoint hears only of events committed after it was registered, even when the bus
+/// hands the consumer older ones (the in-process bus replays the log at every start).
+#[tokio::test]
+async fn an_endpoint_hears_nothing_from_before_its_registration() {
+    let app = fast_retries().await;
+    let rx = Receiver::start().await;
+    let organizer = app.organizer().await;
+    let before = app.draft_event(&organizer, 5).await;
+    register(&app, &organizer, &rx.url("/ok/late"), &["*"]).await;
+    let after = app.draft_event(&organizer, 5).await;
+    let seen = rx
+        .until("the later event", |s| {
+            s.iter().any(|r| r.body.contains(&after.to_string()))
+        })
+        .await;
+    assert!(seen.iter().all(|r| !r.body.contains(&before.to_string())));
+}

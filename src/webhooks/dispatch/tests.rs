@@ -19,6 +19,7 @@ fn endpoint(url: String) -> Endpoint {
         secret: signing::new_secret(),
         previous_secret: None,
         created_at: chrono::Utc::now(),
+        from_position: 0,
     }
 }
 
