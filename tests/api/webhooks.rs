@@ -45,7 +45,8 @@ struct Log {
 }
 
 /// The receiver: `/ok/{name}` answers 200, `/flaky/{name}` 500 to the first request of each
-/// message and 200 after, `/gone/{name}` 410, `/slow/{name}` 200 after 10 s.
+/// message and 200 after, `/gone/{name}` 410, `/down/{name}` always 503, `/slow/{name}` 200
+/// after 10 s.
 struct Receiver {
     base: String,
     log: Arc<Log>,
@@ -82,6 +83,7 @@ async fn receive(
     let status = match kind.as_str() {
         "ok" => StatusCode::OK,
         "gone" => StatusCode::GONE,
+        "down" => StatusCode::SERVICE_UNAVAILABLE,
         "flaky" => {
             let earlier = log.seen.lock().unwrap()[..index]
                 .iter()
@@ -153,7 +155,7 @@ fn verify(secret: &str, r: &Received) -> bool {
 }
 
 /// A Python with the `standardwebhooks` package: `STANDARDWEBHOOKS_PYTHON`, or the venv
-/// `target/swh-venv` (see RUNBOOK.md), if present.
+/// `target/swh-venv` (see README.md, "Tests"), if present.
 fn reference_python() -> Option<String> {
     let candidate = std::env::var("STANDARDWEBHOOKS_PYTHON")
         .unwrap_or_else(|_| format!("{}/target/swh-venv/bin/python", env!("CARGO_MANIFEST_DIR")));
@@ -526,4 +528,33 @@ async fn an_endpoint_hears_nothing_from_before_its_registration() {
         })
         .await;
     assert!(seen.iter().all(|r| !r.body.contains(&before.to_string())));
+}
+
+/// A delivery that fails every attempt gives up after `WEBHOOK_MAX_ATTEMPTS` (3 here) and marks
+/// the endpoint `failing`; the log shows the attempts and the last status code.
+#[tokio::test]
+async fn repeated_failure_marks_the_endpoint_failing() {
+    let app = fast_retries().await;
+    let rx = Receiver::start().await;
+    let organizer = app.organizer().await;
+    let (endpoint, _) = register(&app, &organizer, &rx.url("/down/a"), &["event.created"]).await;
+    app.draft_event(&organizer, 5).await;
+    let seen = rx
+        .until("three attempts", |s| {
+            s.iter().filter(|r| r.answered).count() == 3
+        })
+        .await;
+    assert!(seen.iter().all(|r| r.id == seen[0].id));
+    let path = format!("/api/webhooks/{endpoint}");
+    app.get_when(&path, Some(&organizer.token), |a| {
+        a.body["status"] == "failing"
+    })
+    .await;
+    let log = app
+        .get(&format!("{path}/deliveries"), Some(&organizer.token))
+        .await;
+    let entry = &log.body["items"][0];
+    assert_eq!(entry["status"], "failed", "{entry:#}");
+    assert_eq!(entry["attempts"], 3);
+    assert_eq!(entry["last_status_code"], 503);
 }
