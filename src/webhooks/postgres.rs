@@ -302,7 +302,16 @@ impl WebhookStore for PostgresWebhooks {
         Ok(count(n))
     }
 
+    /// Without waiting for the WAL flush: attempts are many (one per request sent), and
+    /// flushing each would compete with the event store's appends for the disk. A crash may
+    /// forget the last attempts of a moment ago; the delivery is then sent again with the
+    /// same `webhook-id`, which receivers de-duplicate.
     async fn record_attempt(&self, delivery: Uuid, a: Attempt) -> Result<(), WebhookError> {
+        let mut tx = self.0.begin().await.map_err(unavailable)?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         sqlx::query(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, \
              last_status_code = $3, next_attempt_at = $4 WHERE id = $1",
@@ -311,10 +320,10 @@ impl WebhookStore for PostgresWebhooks {
         .bind(a.status.as_str())
         .bind(a.status_code.map(i32::from))
         .bind(a.next_attempt_at)
-        .execute(&self.0)
+        .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        Ok(())
+        tx.commit().await.map_err(unavailable)
     }
 
     async fn deliveries(
