@@ -2,6 +2,8 @@
 # The durable flash-sale benchmark: the service on PostgreSQL against the naive baseline (one
 # SELECT ... FOR UPDATE transaction per purchase, same PostgreSQL, same concurrency), in one
 # run so the two figures are comparable. Usage: scripts/bench.sh [seats] [buyers] [rounds] [concurrency]
+# With BENCH_WEBHOOKS=N it runs only the reserve sale twice: without webhooks, then with N webhook
+# endpoints of the organizer subscribed to every event type (a receiver inside loadgen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +12,7 @@ BUYERS=${2:-500}
 ROUNDS=${3:-40}
 CONCURRENCY=${4:-64}
 ADMIN_URL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
-PORT=18090
+PORT=${BENCH_PORT:-18090}
 
 ./scripts/services.sh
 cargo build --release --bins --locked
@@ -20,9 +22,9 @@ fresh_db() {
     echo "${ADMIN_URL%/*}/$1?${ADMIN_URL#*\?}"
 }
 
-SERVICE_DB=$(fresh_db bench_service)
-NAIVE_DB=$(fresh_db bench_naive)
-trap 'pkill -f "target/release/ticketing" 2>/dev/null || true' EXIT
+# Only the service this script started is stopped, never another one by name.
+SERVICE_PID=
+trap 'if [ -n "$SERVICE_PID" ]; then kill "$SERVICE_PID" 2>/dev/null || true; fi' EXIT
 
 # run_service NAME DB [loadgen flags...]: the service on a fresh database, one sale.
 run_service() {
@@ -34,6 +36,7 @@ run_service() {
         RATE_LIMIT_WRITES_PER_SECOND=1000000 RATE_LIMIT_READS_PER_SECOND=1000000 \
         ./target/release/ticketing &
     local service=$!
+    SERVICE_PID=$service
     for _ in $(seq 1 100); do
         curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null && break
         sleep 0.1
@@ -43,7 +46,18 @@ run_service() {
         --seats "$SEATS" --buyers "$BUYERS" --rounds "$ROUNDS" --concurrency "$CONCURRENCY" "$@" 2>/dev/null || true
     kill $service
     wait $service 2>/dev/null || true
+    SERVICE_PID=
 }
+
+if [ -n "${BENCH_WEBHOOKS:-}" ]; then
+    run_service "service on PostgreSQL: reserve, no webhooks" "$(fresh_db bench_webhooks_off)" --no-pay
+    run_service "service on PostgreSQL: reserve, $BENCH_WEBHOOKS webhook endpoints subscribed" \
+        "$(fresh_db bench_webhooks_on)" --no-pay --webhooks "$BENCH_WEBHOOKS"
+    exit 0
+fi
+
+SERVICE_DB=$(fresh_db bench_service)
+NAIVE_DB=$(fresh_db bench_naive)
 
 run_service "service on PostgreSQL: reserve (hold seats + reservation), like the naive transaction" \
     "$SERVICE_DB" --no-pay

@@ -33,6 +33,11 @@ drop_this_runs_databases() {
 trap drop_this_runs_databases EXIT
 
 ./scripts/services.sh
+# The reference Standard Webhooks verifier the webhook API tests ask (tests/api/webhooks.rs).
+if [[ ! -x target/swh-venv/bin/python ]] || ! target/swh-venv/bin/python -c 'import standardwebhooks' 2>/dev/null; then
+    python3 -m venv target/swh-venv
+    target/swh-venv/bin/pip install -q standardwebhooks==1.1.0
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The property tests take more cases here than proptest's default 256.

@@ -62,6 +62,11 @@ pub struct Config {
     /// After SIGTERM, how long `/ready` answers 503 (`draining`) while the listener still
     /// accepts, so a load balancer stops sending traffic before connections are refused.
     pub shutdown_drain: Duration,
+    /// Attempts per webhook delivery, the first included (`WEBHOOK_MAX_ATTEMPTS`).
+    pub webhook_max_attempts: u32,
+    /// The first pause between webhook attempts; each next one doubles
+    /// (`WEBHOOK_RETRY_BASE_MS`).
+    pub webhook_retry_base: Duration,
 }
 
 /// Rate limits of the HTTP edge (GCRA, real time). Operations routes are never limited.
@@ -114,6 +119,8 @@ impl std::fmt::Debug for Config {
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("request_timeout_s", &self.request_timeout.as_secs())
             .field("shutdown_drain", &self.shutdown_drain)
+            .field("webhook_max_attempts", &self.webhook_max_attempts)
+            .field("webhook_retry_base", &self.webhook_retry_base)
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +160,8 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
             request_timeout: Duration::from_secs(30),
             shutdown_drain: Duration::ZERO,
+            webhook_max_attempts: 8,
+            webhook_retry_base: Duration::from_millis(30_000),
         }
     }
 }
@@ -337,6 +346,10 @@ impl Config {
                 get("SHUTDOWN_DRAIN_SECONDS"),
                 0,
             )?),
+            webhook_max_attempts: limit("WEBHOOK_MAX_ATTEMPTS", d.webhook_max_attempts)?,
+            webhook_retry_base: Duration::from_millis(
+                u64::try_from(positive("WEBHOOK_RETRY_BASE_MS", 30_000)?).unwrap_or(30_000),
+            ),
         })
     }
 }

@@ -9,6 +9,8 @@
 //! - `audit`: the audit trail of sensitive actions, written in the background.
 //! - `cache`: cache-aside of hot event reads (in process or Redis), invalidated by the projector.
 //! - `auth`: accounts, login sessions and password hashing behind the `AuthStore` port.
+//! - `webhooks`: organizers' endpoints, the bus consumer that makes deliveries, and the
+//!   per-endpoint dispatcher that signs and sends them.
 //! - `http`: the axum router, one module per resource, problem+json errors, access policy,
 //!   and the edge: rate limits, security headers, CORS, request timeout.
 //! - `observability`: metrics and tracing set-up.
@@ -32,3 +34,4 @@ pub mod payment;
 pub mod projections;
 pub mod runtime;
 pub mod startup;
+pub mod webhooks;

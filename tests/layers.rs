@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["dlq"],
     &["bus"],
     &["projections"],
-    &["cache", "payment", "auth"],
+    &["cache", "payment", "auth", "webhooks"],
     &["audit"],
     &["app"],
     &["http"],

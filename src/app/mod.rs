@@ -1,7 +1,8 @@
 //! The application layer: the use cases that HTTP (and anything else that drives the service)
 //! calls, one module per family: `checkout` (reserve, pay, cancel, refund), `events` (event
 //! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
-//! (what admins do with the DLQ), `holds` (ending holds whose instance died). It owns running
+//! (what admins do with the DLQ), `holds` (ending holds whose instance died), `webhooks`
+//! (organizers' endpoints and their delivery logs). It owns running
 //! commands with read-your-writes, recording a gateway capture through writer contention,
 //! the charge-then-record flow and idempotency. It never decides a business rule (the domain
 //! does) and never knows about HTTP.
@@ -14,6 +15,7 @@ pub mod holds;
 pub mod idempotency;
 pub mod policy;
 pub mod queries;
+pub mod webhooks;
 
 pub use error::{AppError, FieldError};
 
@@ -53,6 +55,8 @@ pub struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// How long a hold lasts (`RESERVATION_TTL_SECONDS`).
     pub(crate) hold_for: chrono::Duration,
+    /// Organizers' webhook endpoints and their deliveries.
+    pub(crate) webhooks: webhooks::Webhooks,
 }
 
 impl App {

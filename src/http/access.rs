@@ -45,6 +45,8 @@ pub enum Ownership {
     RecordOwnerOnly,
     /// The user named in the path or an admin; others get 403.
     PathUser,
+    /// The organizer who registered the webhook endpoint, or an admin; others get 404.
+    Endpoint,
 }
 
 /// One row of the table.
@@ -132,6 +134,14 @@ pub const TABLE: &[Rule] = &[
     rule("GET",    "/api/payments/{id}",               User,   O::Record),
     rule("GET",    "/api/payments/user/{user_id}",     User,   O::PathUser),
     rule("POST",   "/api/payments/{id}/refund",        User,   O::Record),
+    // Webhooks
+    rule("POST",   "/api/webhooks",                    Staff,  O::None),
+    rule("GET",    "/api/webhooks",                    Staff,  O::None),
+    rule("GET",    "/api/webhooks/{id}",               Staff,  O::Endpoint),
+    rule("DELETE", "/api/webhooks/{id}",               Staff,  O::Endpoint),
+    rule("POST",   "/api/webhooks/{id}/rotate-secret", Staff,  O::Endpoint),
+    rule("GET",    "/api/webhooks/{id}/deliveries",    Staff,  O::Endpoint),
+    rule("POST",   "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver", Staff, O::Endpoint),
     // Analytics
     rule("GET",    "/api/analytics/events/{id}/sales", User,   O::Event),
     rule("GET",    "/api/customers/{id}/history",      User,   O::PathUser),
@@ -223,6 +233,8 @@ impl Rule {
             O::RecordOwnerOnly => Decision::NotFound,
             O::PathUser if admin || caller == Caller::RecordOwner => Decision::Allow,
             O::PathUser => Decision::Forbidden,
+            O::Endpoint if admin || caller == Caller::EventOwner => Decision::Allow,
+            O::Endpoint => Decision::NotFound,
         }
     }
 }

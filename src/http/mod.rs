@@ -18,6 +18,7 @@ pub mod payments;
 pub mod ratelimit;
 pub mod replies;
 pub mod reservations;
+pub mod webhooks;
 
 use crate::app::App;
 use crate::audit::{AuditLog, AuditResult};
@@ -158,6 +159,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(reservations::router())
         .merge(payments::router())
         .merge(analytics::router())
+        .merge(webhooks::router())
         .merge(admin::router())
 }
 

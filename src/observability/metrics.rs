@@ -48,6 +48,13 @@ pub struct Metrics {
     /// Event views loaded from the read models by the cached reads (one SQL statement each on
     /// PostgreSQL): what the cache did not save.
     pub event_view_loads: IntCounter,
+    /// Webhook delivery attempts by outcome: succeeded, retried, failed (gave up), disabled
+    /// (410 Gone), refused (a non-public address in production).
+    pub webhook_deliveries: IntCounterVec,
+    /// How long a webhook receiver took to answer (or to time out).
+    pub webhook_delivery_duration: HistogramVec,
+    /// Webhook deliveries waiting to be sent or retried, over every endpoint.
+    pub webhook_queue_depth: IntGauge,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -332,6 +339,23 @@ impl Metrics {
             event_view_loads: plain(
                 "event_view_loads_total",
                 "Event views the event-details and availability reads loaded from the read models (one PostgreSQL statement each), cache misses and errors included.",
+            ),
+            webhook_deliveries: counter(
+                &r,
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by outcome: succeeded, retried, failed (attempts exhausted), disabled (410 Gone), refused (non-public address in production).",
+                &["outcome"],
+            ),
+            webhook_delivery_duration: histogram(
+                &r,
+                "webhook_delivery_duration_seconds",
+                "Time from sending a webhook to its receiver's answer or time-out.",
+                &[],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            webhook_queue_depth: gauge(
+                "webhook_queue_depth",
+                "Webhook deliveries pending (waiting to be sent or retried) over every endpoint.",
             ),
             registry: r,
         }

@@ -4,6 +4,9 @@
 
 use super::*;
 use crate::db::Database;
+use crate::webhooks::memory::MemoryWebhooks;
+use crate::webhooks::postgres::PostgresWebhooks;
+use crate::webhooks::WebhookStore;
 
 /// The storage adapters: all in memory, or all on PostgreSQL.
 pub(super) struct Adapters {
@@ -19,6 +22,7 @@ pub(super) struct Adapters {
     pub(super) pools: db::NamedPools,
     pub(super) dlq: Arc<dyn DeadLetters>,
     pub(super) insights: Arc<dyn Insights>,
+    pub(super) webhooks: Arc<dyn WebhookStore>,
     /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
     pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
 }
@@ -40,13 +44,14 @@ pub(super) async fn in_memory() -> Adapters {
         pools: db::NamedPools::default(),
         dlq: Arc::new(MemoryDeadLetters::new()),
         insights: Arc::new(MemoryInsights::new()),
+        webhooks: Arc::new(MemoryWebhooks::default()),
         durable_cursor: None,
     }
 }
 
 /// Connects and migrates the three databases. Each role gets its own pool, even on one
 /// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 2`
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 5`
 /// connections per instance.
 pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
     let projections_url = config
@@ -65,12 +70,22 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let projector = db::connect(projections_url, &projector_settings)
         .await
         .context("connecting to the projections database")?;
+    // Webhook deliveries get their own small pool on the event store's database, so that a
+    // burst of deliveries never queues the writers' appends.
+    let webhook_settings = db::PoolSettings {
+        max_connections: 3,
+        ..config.pool.clone()
+    };
+    let webhooks = db::connect(events_url, &webhook_settings)
+        .await
+        .context("connecting the webhooks pool to the event store's database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
     let pools = db::NamedPools::new(vec![
         ("events", events.clone()),
         ("projections", projections.clone()),
         ("projector", projector.clone()),
         ("auth", auth.clone()),
+        ("webhooks", webhooks.clone()),
     ]);
     Ok(Adapters {
         pools,
@@ -82,6 +97,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
         idempotency: IdempotencyStore::durable(auth),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
+        webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
     })

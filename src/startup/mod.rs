@@ -4,6 +4,7 @@
 
 use crate::app::dead_letters::DeadLetterAdmin;
 use crate::app::idempotency::IdempotencyStore;
+use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
 
@@ -22,7 +23,7 @@ use crate::cache::memory::MemoryCache;
 use crate::cache::redis::RedisCache;
 use crate::cache::{Cache, EventCache, Invalidator};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{AppEnv, Config};
 use crate::db;
 use crate::dlq::memory::MemoryDeadLetters;
 use crate::dlq::postgres::PostgresDeadLetters;
@@ -44,6 +45,8 @@ use crate::projections::postgres::PostgresReadModel;
 use crate::projections::{EventLookup, ProjectionWriter, Projector, ReadModel};
 use crate::runtime::checkpoints::{Checkpoints, MemoryCheckpoints, PostgresCheckpoints};
 use crate::runtime::{expiry, subscription, Sales};
+use crate::webhooks::dispatch::{DeliverySettings, Dispatcher};
+use crate::webhooks::fanout::WebhookFanout;
 use adapters::{cache_adapter, in_memory, on_postgres, Adapters};
 use anyhow::{bail, Context};
 use std::future::{Future, IntoFuture};
@@ -103,6 +106,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         pools,
         dlq,
         insights,
+        webhooks,
         durable_cursor,
     } = adapters;
     let config = Arc::new(config);
@@ -157,11 +161,33 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
     let consumer_health = Arc::new(ConsumerHealth::default());
+    let dispatcher = Dispatcher::new(
+        Arc::clone(&webhooks),
+        Arc::clone(&clock),
+        Arc::clone(&metrics),
+        DeliverySettings {
+            max_attempts: config.webhook_max_attempts,
+            retry_base: config.webhook_retry_base,
+            strict: config.app_env == AppEnv::Production,
+            ..DeliverySettings::default()
+        },
+    )
+    .context("building the webhook HTTP client")?;
+    tasks.push(dispatcher.spawn_sweep());
+    let handlers: Vec<Arc<dyn Handler>> = vec![
+        Arc::new(InsightsProjection(Arc::clone(&insights))),
+        Arc::new(WebhookFanout::new(
+            Arc::clone(&webhooks),
+            Arc::clone(&reads),
+            dispatcher.clone(),
+            Arc::clone(&clock),
+        )),
+    ];
     let (bus, dlq, relay, consumers) = start_bus(
         &config,
         durable_cursor,
         dlq,
-        &insights,
+        handlers,
         (&store, &metrics, &clock),
         &consumer_health,
     )
@@ -213,6 +239,11 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         clock: Arc::clone(&clock),
         metrics: Arc::clone(&metrics),
         hold_for: config.reservation_ttl,
+        webhooks: Webhooks {
+            store: webhooks,
+            dispatcher,
+            strict: config.app_env == AppEnv::Production,
+        },
     };
     let state = AppState::new(Shared {
         config,
@@ -246,7 +277,7 @@ async fn start_bus(
     config: &Config,
     durable_cursor: Option<Arc<dyn RelayCursor>>,
     dlq: Arc<dyn DeadLetters>,
-    insights: &Arc<dyn Insights>,
+    handlers: Vec<Arc<dyn Handler>>,
     (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
     health: &Arc<ConsumerHealth>,
 ) -> anyhow::Result<(Arc<dyn EventBus>, DeadLetterAdmin, RelayTask, ConsumersTask)> {
@@ -280,7 +311,6 @@ async fn start_bus(
         }
         .spawn(stopped),
     };
-    let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(InsightsProjection(Arc::clone(insights)))];
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stall = crate::bus::consumer::StallPolicy {
         after: config.consumer_stall_after,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use uuid::Uuid;
 
-/// API.md's Auth, Events, Reservations and payments, and Analytics tables: every route the
+/// API.md's Auth, Events, Reservations and payments, Webhooks and Analytics tables: every route the
 /// matrix must cover (and that `/openapi.json` must document).
 pub const API_ROUTES: &[(&str, &str)] = &[
     ("POST", "/auth/register"),
@@ -34,6 +34,16 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/payments/{id}"),
     ("GET", "/api/payments/user/{user_id}"),
     ("POST", "/api/payments/{id}/refund"),
+    ("POST", "/api/webhooks"),
+    ("GET", "/api/webhooks"),
+    ("GET", "/api/webhooks/{id}"),
+    ("DELETE", "/api/webhooks/{id}"),
+    ("POST", "/api/webhooks/{id}/rotate-secret"),
+    ("GET", "/api/webhooks/{id}/deliveries"),
+    (
+        "POST",
+        "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    ),
     ("GET", "/api/analytics/events/{id}/sales"),
     ("GET", "/api/customers/{id}/history"),
 ];
@@ -162,6 +172,7 @@ const RESERVE_ON_SALE: &str = r#"{"event_id": "{on_sale}", "section": "floor", "
 const RESERVE_DRAFT: &str = r#"{"event_id": "{draft}", "section": "floor", "quantity": 1}"#;
 const PAY: &str = r#"{"reservation_id": "{reservation}", "payment_method": {"type": "card", "token": "tok_visa"}}"#;
 const PATCH: &str = r#"{"description": "updated"}"#;
+const NEW_WEBHOOK: &str = r#"{"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}"#;
 
 /// The matrix, written down from the "who" column of API.md (not from the code's table):
 /// one row per route and fixture, one literal status per caller.
@@ -226,6 +237,17 @@ fn matrix() -> Vec<Case> {
                                                                           [401, 401, 401, 200, 404, 404, 404, 200]).fresh(),
         // a user's payments: that user, admin
         case(GET,  "/api/payments/user/{owner}", None,                    [401, 401, 401, 200, 403, 403, 403, 200]),
+        // Webhooks: organizer, admin create and list (their own); one endpoint and its
+        // deliveries: owner, admin (hidden, 404, from other organizers). No delivery exists
+        // under the id the matrix uses, so whoever gets past the rules gets 404 there.
+        case(POST, "/api/webhooks", Some(NEW_WEBHOOK),                    [401, 401, 401, 403, 403, 201, 201, 201]),
+        case(GET,  "/api/webhooks", None,                                 [401, 401, 401, 403, 403, 200, 200, 200]),
+        case(GET,  "/api/webhooks/{webhook}", None,                       [401, 401, 401, 403, 403, 200, 404, 200]),
+        case(DELETE, "/api/webhooks/{webhook}", None,                     [401, 401, 401, 403, 403, 204, 404, 204]).fresh(),
+        case(POST, "/api/webhooks/{webhook}/rotate-secret", None,         [401, 401, 401, 403, 403, 200, 404, 200]),
+        case(GET,  "/api/webhooks/{webhook}/deliveries", None,            [401, 401, 401, 403, 403, 200, 404, 200]),
+        case(POST, "/api/webhooks/{webhook}/deliveries/{delivery}/redeliver", None,
+                                                                          [401, 401, 401, 403, 403, 404, 404, 404]),
         // Analytics: event owner, admin; history: that user, admin
         case(GET,  "/api/analytics/events/{published}/sales", None,       [401, 401, 401, 403, 403, 200, 403, 200]),
         case(GET,  "/api/analytics/events/{draft}/sales", None,           [401, 401, 401, 404, 404, 200, 404, 200]),
@@ -262,6 +284,8 @@ struct Resources {
     on_sale: Uuid,
     reservation: Uuid,
     payment: Uuid,
+    /// A webhook endpoint of the event organizer.
+    webhook: Uuid,
 }
 
 async fn resources(app: &TestApp, people: &People) -> Resources {
@@ -284,7 +308,16 @@ async fn resources(app: &TestApp, people: &People) -> Resources {
         .pay(&people.owner, paid.id("reservation_id"), "tok_visa")
         .await;
     assert_eq!(payment.status, 201, "{:#}", payment.body);
+    let webhook = app
+        .post(
+            "/api/webhooks",
+            Some(&people.organizer.token),
+            serde_json::from_str(NEW_WEBHOOK).expect("JSON"),
+        )
+        .await;
+    assert_eq!(webhook.status, 201, "{:#}", webhook.body);
     Resources {
+        webhook: webhook.id("id"),
         draft,
         published,
         on_sale,
@@ -315,6 +348,9 @@ fn fill(template: &str, people: &People, r: &Resources) -> String {
         .replace("{on_sale}", &r.on_sale.to_string())
         .replace("{reservation}", &r.reservation.to_string())
         .replace("{payment}", &r.payment.to_string())
+        .replace("{webhook}", &r.webhook.to_string())
+        // No delivery has this id.
+        .replace("{delivery}", &Uuid::nil().to_string())
         // No dead letter exists: the id of one that never did.
         .replace("{dead_letter}", "4242")
         .replace("{owner}", &people.owner.id.to_string())
@@ -455,7 +491,9 @@ async fn every_route_answers_every_kind_of_caller_as_the_authorization_matrix_sa
 
 /// The route template API.md uses for a matrix row's path.
 fn route_of(path: &str) -> String {
-    let path = path.replace("/user/{owner}", "/user/{user_id}");
+    let path = path
+        .replace("/user/{owner}", "/user/{user_id}")
+        .replace("{delivery}", "{delivery_id}");
     [
         "{draft}",
         "{published}",
@@ -464,6 +502,7 @@ fn route_of(path: &str) -> String {
         "{payment}",
         "{owner}",
         "{dead_letter}",
+        "{webhook}",
     ]
     .iter()
     .fold(path, |path, placeholder| path.replace(placeholder, "{id}"))

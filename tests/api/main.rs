@@ -22,3 +22,4 @@ mod operations;
 mod purchase;
 mod ratelimit;
 mod smoke;
+mod webhooks;

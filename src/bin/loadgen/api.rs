@@ -195,6 +195,18 @@ impl Api {
     }
 
     /// `GET /api/events/{id}/availability`, expecting 200.
+    /// `POST /api/webhooks` for every event type, expecting 201.
+    pub async fn register_webhook(&self, token: &str, url: &str) -> anyhow::Result<Uuid> {
+        let body = json!({ "url": url, "event_types": ["*"], "description": "loadgen" });
+        let request = self
+            .client
+            .post(self.url("/api/webhooks"))
+            .bearer_auth(token)
+            .json(&body);
+        let endpoint: Created = expect_json(request, StatusCode::CREATED).await?;
+        Ok(endpoint.id)
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let response = self.client.get(self.url("/metrics")).send().await?;

@@ -87,6 +87,13 @@ pub struct Cli {
     #[arg(long, default_value_t = 0)]
     pub pollers: u32,
 
+    /// Webhook endpoints the organizer registers (every event type) before the sale, all
+    /// pointing at a receiver this process runs on 127.0.0.1 that answers 200; the run then
+    /// reports how many deliveries arrived. Service mode only; the service must not run with
+    /// APP_ENV=production (which refuses loopback addresses).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub webhooks: u32,
+
     /// Parallel requests while registering and logging in buyers (not timed).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub setup_concurrency: u32,

@@ -31,6 +31,7 @@ mod polling;
 mod report;
 mod setup;
 mod verify;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -82,9 +83,19 @@ async fn service(cli: &Cli, run_id: String) -> anyhow::Result<Summary> {
         .collect::<Vec<_>>()
         .join(",");
     eprintln!("run {run_id}: setting up the sale at {targets}");
-    let event_id = setup::open_sale(&api, &run_id, cli.seats)
-        .await
-        .context("setting up the event")?;
+    let receiver = match cli.webhooks {
+        0 => None,
+        _ => Some(webhooks::Receiver::start().await?),
+    };
+    let hooks = receiver.as_ref().map(|r| (r.url(), cli.webhooks));
+    let event_id = setup::open_sale(
+        &api,
+        &run_id,
+        cli.seats,
+        hooks.as_ref().map(|(u, n)| (u.as_str(), *n)),
+    )
+    .await
+    .context("setting up the event")?;
     eprintln!("event {event_id} on sale with {} seats", cli.seats);
     let buyers = setup::buyers(&api, &run_id, buyer_count, setup_parallelism)
         .await
@@ -112,6 +123,14 @@ async fn service(cli: &Cli, run_id: String) -> anyhow::Result<Summary> {
         "measured phase done in {:.3} s; verifying",
         measured.wall.as_secs_f64()
     );
+    if let Some(receiver) = &receiver {
+        // On stdout, beside the summary (scripts/bench.sh discards stderr).
+        println!(
+            "webhooks: {} endpoints, {} deliveries received by the end of the measured phase",
+            cli.webhooks,
+            receiver.received()
+        );
+    }
     let availability = api
         .availability(event_id)
         .await

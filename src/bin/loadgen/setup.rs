@@ -30,9 +30,15 @@ pub struct Buyer {
     pub token: String,
 }
 
-/// Registers and logs in an organizer, creates an event with `seats` seats, publishes it and
-/// opens its sales; returns the event id.
-pub async fn open_sale(api: &Api, run_id: &str, seats: u32) -> anyhow::Result<Uuid> {
+/// Registers and logs in an organizer, registers `webhooks.1` webhook endpoints for every
+/// event type at `webhooks.0`, creates an event with `seats` seats, publishes it and opens
+/// its sales; returns the event id.
+pub async fn open_sale(
+    api: &Api,
+    run_id: &str,
+    seats: u32,
+    webhooks: Option<(&str, u32)>,
+) -> anyhow::Result<Uuid> {
     let email = format!("org-{run_id}@{EMAIL_DOMAIN}");
     api.register(&email, PASSWORD, Role::Organizer)
         .await
@@ -41,6 +47,13 @@ pub async fn open_sale(api: &Api, run_id: &str, seats: u32) -> anyhow::Result<Uu
         .login(&email, PASSWORD)
         .await
         .context("logging in the organizer")?;
+    if let Some((url, count)) = webhooks {
+        for _ in 0..count {
+            api.register_webhook(&token, url)
+                .await
+                .context("registering a webhook endpoint")?;
+        }
+    }
     let starts_at = Utc::now() + Duration::days(STARTS_IN_DAYS);
     let ends_at = starts_at + Duration::hours(LASTS_HOURS);
     let name = format!("Loadgen flash sale {run_id}");

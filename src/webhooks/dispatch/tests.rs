@@ -1,0 +1,101 @@
+//! Delivery-time refusals in production: an endpoint whose address is (or has become)
+//! non-public is never connected to, whether the URL names the address or a host name that
+//! resolves to it.
+
+use super::*;
+use crate::clock::SystemClock;
+use crate::webhooks::memory::MemoryWebhooks;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn endpoint(url: String) -> Endpoint {
+    Endpoint {
+        id: Uuid::new_v4(),
+        owner_id: Uuid::new_v4(),
+        url,
+        event_types: vec!["*".into()],
+        event_id: None,
+        description: None,
+        status: EndpointStatus::Active,
+        secret: signing::new_secret(),
+        previous_secret: None,
+        created_at: chrono::Utc::now(),
+        from_position: 0,
+    }
+}
+
+fn delivery(endpoint: Uuid) -> Delivery {
+    Delivery {
+        id: Uuid::new_v4(),
+        endpoint_id: endpoint,
+        message_id: "msg_1".into(),
+        event_type: "event.created".into(),
+        body: "{}".into(),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        last_status_code: None,
+        next_attempt_at: None,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// In production, deliveries to 127.0.0.1 and to `localhost` fail as `refused` without a
+/// single request reaching the (listening) receiver; in development the same URL is served.
+#[tokio::test]
+async fn production_never_connects_to_a_private_address() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    for (strict, expected) in [
+        (true, DeliveryStatus::Failed),
+        (false, DeliveryStatus::Succeeded),
+    ] {
+        let store = Arc::new(MemoryWebhooks::default());
+        let metrics = Arc::new(Metrics::new());
+        let settings = DeliverySettings {
+            strict,
+            retry_base: Duration::from_millis(10),
+            ..DeliverySettings::default()
+        };
+        let dispatcher = Dispatcher::new(
+            Arc::clone(&store) as Arc<dyn WebhookStore>,
+            Arc::new(SystemClock),
+            Arc::clone(&metrics),
+            settings,
+        )
+        .unwrap();
+        for host in ["127.0.0.1", "localhost"] {
+            let e = endpoint(format!("http://{host}:{port}/hook"));
+            store.create(&e).await.unwrap();
+            let d = delivery(e.id);
+            store.enqueue(std::slice::from_ref(&d)).await.unwrap();
+            // The worker's own delivery task is what we wait for: run it directly.
+            let inner = Arc::clone(&dispatcher.0);
+            inner.deliver(e.clone(), d).await;
+            let logged = store.deliveries(e.id, Default::default()).await.unwrap();
+            assert_eq!(logged.items[0].status, expected, "{host}, strict {strict}");
+        }
+        let refused = metrics
+            .webhook_deliveries
+            .with_label_values(&["refused"])
+            .get();
+        assert_eq!(refused, if strict { 2 } else { 0 });
+        if strict {
+            assert_eq!(
+                hits.load(Ordering::SeqCst),
+                0,
+                "nothing reached the receiver"
+            );
+        }
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,226 @@
+//! `WebhookFanout`: the bus consumer that turns each event into deliveries. For an event of
+//! the events, reservations or payments topics it finds the sale's organizer, the organizer's
+//! endpoints that want the event's type (and event), builds the body once (`{type,
+//! timestamp, data}` with the public view of the reservation, payment or event, as the API
+//! shows it) and stores one delivery per endpoint, with a message id derived from (stream,
+//! version, endpoint): a redelivered bus message makes the same ids and stores nothing new.
+//! It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
+//! receiver never holds up the bus. Failures to read or store are transient (the consumer
+//! retries and dead-letters them like any other).
+
+use super::dispatch::Dispatcher;
+use super::{Delivery, DeliveryStatus, WebhookError, WebhookStore};
+use crate::bus::consumer::{Applied, Handler, HandlerError};
+use crate::bus::envelope::BusEvent;
+use crate::clock::Clock;
+use crate::domain::events::StreamId;
+use crate::domain::DomainEvent;
+use crate::projections::{ReadError, ReadModel};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Its name: the consumer group and the `consumer` of its dead letters.
+pub const CONSUMER: &str = "webhooks";
+
+/// Namespace of the message ids (a v5 UUID of stream, version and endpoint).
+const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_6a0e_58c4_4bb4_9d0b_1f3c_77a2_e5d1);
+
+pub struct WebhookFanout {
+    pub store: Arc<dyn WebhookStore>,
+    pub reads: Arc<dyn ReadModel>,
+    pub dispatcher: Dispatcher,
+    pub clock: Arc<dyn Clock>,
+    /// Organizer of each sale seen so far (it never changes).
+    owners: Mutex<HashMap<Uuid, Uuid>>,
+}
+
+impl WebhookFanout {
+    pub fn new(
+        store: Arc<dyn WebhookStore>,
+        reads: Arc<dyn ReadModel>,
+        dispatcher: Dispatcher,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        WebhookFanout {
+            store,
+            reads,
+            dispatcher,
+            clock,
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    const TOPICS: &'static [&'static str] = &["events", "reservations", "payments"];
+
+    async fn owner_of(&self, sale: Uuid) -> Result<Uuid, HandlerError> {
+        if let Some(owner) = self.cached_owner(sale) {
+            return Ok(owner);
+        }
+        let view = self
+            .reads
+            .event(crate::domain::EventId(sale))
+            .await
+            .map_err(read_error)?
+            .ok_or_else(|| not_yet("event", sale))?;
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sale, view.owner_id);
+        Ok(view.owner_id)
+    }
+
+    fn cached_owner(&self, sale: Uuid) -> Option<Uuid> {
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&sale)
+            .copied()
+    }
+
+    /// The public view the body carries, as the API shows it.
+    async fn data(&self, event: &BusEvent) -> Result<serde_json::Value, HandlerError> {
+        let json = |v: Result<serde_json::Value, serde_json::Error>| {
+            v.map_err(|e| HandlerError::Permanent(format!("cannot encode a view: {e}")))
+        };
+        let stream = event.event.stream();
+        match stream {
+            StreamId::Reservation(id) => {
+                let view = self.reads.reservation(id).await.map_err(read_error)?;
+                json(serde_json::to_value(
+                    view.ok_or_else(|| not_yet("reservation", id.0))?,
+                ))
+            }
+            StreamId::Payment(id) => {
+                let view = self.reads.payment(id).await.map_err(read_error)?;
+                json(serde_json::to_value(
+                    view.ok_or_else(|| not_yet("payment", id.0))?,
+                ))
+            }
+            StreamId::Event(id) | StreamId::Inventory(id) => {
+                let view = self.reads.event(id).await.map_err(read_error)?;
+                json(serde_json::to_value(
+                    view.ok_or_else(|| not_yet("event", id.0))?,
+                ))
+            }
+        }
+    }
+}
+
+fn read_error(e: ReadError) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+/// The read models have not applied the event yet (they follow the log independently).
+fn not_yet(what: &str, id: Uuid) -> HandlerError {
+    HandlerError::Transient(format!("the read models do not show {what} {id} yet"))
+}
+
+fn store_error(e: WebhookError) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+/// The `webhook-id` of `event` for `endpoint`: the same for every delivery of that pair.
+pub fn message_id(stream_id: &str, version: u64, endpoint: Uuid) -> String {
+    let name = format!("{stream_id}/{version}/{endpoint}");
+    format!(
+        "msg_{}",
+        Uuid::new_v5(&MESSAGE_NAMESPACE, name.as_bytes()).simple()
+    )
+}
+
+/// Whether organizers hear about this event at all (inventory bookkeeping is internal).
+fn deliverable(event: &DomainEvent) -> bool {
+    !matches!(
+        event,
+        DomainEvent::InventoryStocked(_)
+            | DomainEvent::SeatsHeld(_)
+            | DomainEvent::HeldSeatsReleased(_)
+            | DomainEvent::HeldSeatsSold(_)
+            | DomainEvent::SoldSeatsReturned(_)
+    )
+}
+
+#[async_trait]
+impl Handler for WebhookFanout {
+    fn name(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        Self::TOPICS
+    }
+
+    async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError> {
+        if !deliverable(&event.event) {
+            return Ok(Applied::Applied);
+        }
+        let sale = event.sale_id.0;
+        let owner = self.owner_of(sale).await?;
+        let mut endpoints = self
+            .store
+            .subscribed(owner, sale, &event.event_type)
+            .await
+            .map_err(store_error)?;
+        endpoints.retain(|e| event.position > e.from_position);
+        if endpoints.is_empty() {
+            return Ok(Applied::Applied);
+        }
+        let body = serde_json::json!({
+            "type": event.event_type,
+            "timestamp": event.recorded_at,
+            "data": self.data(event).await?,
+        })
+        .to_string();
+        let now = self.clock.now();
+        let deliveries: Vec<Delivery> = endpoints
+            .iter()
+            .map(|endpoint| Delivery {
+                id: Uuid::new_v4(),
+                endpoint_id: endpoint.id,
+                message_id: message_id(&event.stream_id, event.version, endpoint.id),
+                event_type: event.event_type.clone(),
+                body: body.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                last_status_code: None,
+                next_attempt_at: Some(now),
+                created_at: now,
+            })
+            .collect();
+        let stored = self.store.enqueue(&deliveries).await.map_err(store_error)?;
+        if stored.is_empty() {
+            return Ok(Applied::Duplicate);
+        }
+        for delivery in &stored {
+            self.dispatcher.wake(delivery.endpoint_id);
+        }
+        Ok(Applied::Applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One id per (event, endpoint): stable across calls, different for another endpoint or
+    /// another event.
+    #[test]
+    fn message_ids_are_stable_per_event_and_endpoint() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            message_id("reservation-1", 2, a),
+            message_id("reservation-1", 2, a)
+        );
+        assert_ne!(
+            message_id("reservation-1", 2, a),
+            message_id("reservation-1", 2, b)
+        );
+        assert_ne!(
+            message_id("reservation-1", 2, a),
+            message_id("reservation-1", 3, a)
+        );
+        assert!(message_id("payment-1", 1, a).starts_with("msg_"));
+    }
+}
