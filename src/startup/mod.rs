@@ -7,6 +7,7 @@ use crate::app::idempotency::IdempotencyStore;
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
+mod bus;
 
 use crate::audit::memory::MemoryAuditStore;
 use crate::audit::postgres::PostgresAuditStore;
@@ -49,6 +50,7 @@ use crate::webhooks::dispatch::{DeliverySettings, Dispatcher};
 use crate::webhooks::fanout::WebhookFanout;
 use adapters::{cache_adapter, in_memory, on_postgres, Adapters};
 use anyhow::{bail, Context};
+use bus::{start_bus, ConsumersTask, RelayTask};
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,18 +69,6 @@ pub struct Service {
     /// Not aborted at shutdown: it ends by itself once the router (every `AuditLog`) is gone
     /// and the queue is written.
     audit_writer: JoinHandle<()>,
-}
-
-/// The outbox relay's task and the switch that makes it flush and stop at shutdown.
-struct RelayTask {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-/// The bus consumers' tasks and the switch that makes them leave their groups and stop.
-struct ConsumersTask {
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Audit records queued for the background writer before new ones are dropped (and counted):
@@ -267,79 +257,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         consumers,
         audit_writer,
     })
-}
-
-/// Starts the outbox relay and the bus consumers: on Kafka with `KAFKA_BROKERS`, else on the
-/// in-process bus. The in-process bus forgets everything on restart, so its relay starts from
-/// the beginning of the log (consumers skip what they applied); on Kafka the relay's cursor
-/// is durable where the event store is.
-async fn start_bus(
-    config: &Config,
-    durable_cursor: Option<Arc<dyn RelayCursor>>,
-    dlq: Arc<dyn DeadLetters>,
-    handlers: Vec<Arc<dyn Handler>>,
-    (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
-    health: &Arc<ConsumerHealth>,
-) -> anyhow::Result<(Arc<dyn EventBus>, DeadLetterAdmin, RelayTask, ConsumersTask)> {
-    let topics = Topics::new(config.kafka_topic_prefix.clone());
-    let (bus, cursor): (Arc<dyn EventBus>, Arc<dyn RelayCursor>) = match &config.kafka_brokers {
-        None => (
-            Arc::new(MemoryBus::new()),
-            Arc::new(MemoryCursor::default()),
-        ),
-        Some(brokers) => (
-            Arc::new(KafkaBus::new(brokers).context("configuring the Kafka clients")?),
-            durable_cursor.unwrap_or_else(|| Arc::new(MemoryCursor::default())),
-        ),
-    };
-    tracing::info!(bus = bus.kind(), prefix = %config.kafka_topic_prefix, "event bus");
-    // Best effort: a broker that is down now must not stop the service; the relay creates
-    // the topics again before it publishes.
-    if let Err(e) = bus.ensure_topics(&topics.all()).await {
-        tracing::warn!(error = %e, "cannot create the bus topics yet");
-    }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = RelayTask {
-        stop,
-        task: Relay {
-            store: Arc::clone(store),
-            bus: Arc::clone(&bus),
-            topics: topics.clone(),
-            cursor,
-            metrics: Arc::clone(metrics),
-            clock: Arc::clone(clock),
-        }
-        .spawn(stopped),
-    };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stall = crate::bus::consumer::StallPolicy {
-        after: config.consumer_stall_after,
-        recover: config.consumer_stall_recovery,
-    };
-    let mut tasks = Vec::new();
-    for handler in &handlers {
-        let consumer = Consumer {
-            handler: Arc::clone(handler),
-            dlq: Arc::clone(&dlq),
-            metrics: Arc::clone(metrics),
-            clock: Arc::clone(clock),
-            retry: RetryPolicy::default(),
-        };
-        let (health, stop) = (Arc::clone(health), stopped.clone());
-        let supervision = Supervision {
-            stall,
-            health,
-            stop,
-        };
-        tasks.push(consumer.spawn(Arc::clone(&bus), topics.clone(), supervision));
-    }
-    let consumers = ConsumersTask { stop, tasks };
-    Ok((
-        bus,
-        DeadLetterAdmin::new(dlq, handlers, Arc::clone(clock)),
-        relay,
-        consumers,
-    ))
 }
 
 /// Every sale command's metric label (`runtime::writer::command_name`).
