@@ -99,3 +99,34 @@ async fn production_never_connects_to_a_private_address() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+/// The delivery client speaks TLS: an `https://` endpoint fails at the TLS handshake with a
+/// plain-text listener, not because the scheme is unsupported.
+#[tokio::test]
+async fn https_endpoints_are_reached_over_tls() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        // Accept and answer in plain text: a TLS client must reject it.
+        while let Ok((mut socket, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+        }
+    });
+    let dispatcher = Dispatcher::new(
+        Arc::new(MemoryWebhooks::default()) as Arc<dyn WebhookStore>,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+        DeliverySettings::default(),
+    )
+    .unwrap();
+    let error = dispatcher
+        .0
+        .client
+        .post(format!("https://127.0.0.1:{port}/hook"))
+        .send()
+        .await
+        .expect_err("a plain-text server cannot complete a TLS handshake");
+    assert!(!error.is_builder(), "https is not supported: {error}");
+    assert!(error.is_connect(), "{error}");
+}
