@@ -8,6 +8,7 @@ use crate::domain::{Money, PaymentId};
 use async_trait::async_trait;
 use rand::Rng;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ pub struct Charge {
 
 pub struct SimulatedGateway {
     latency: Duration,
-    failure_rate: f64,
+    /// The share of calls that time out, as `f64` bits (changed at run time by fault drills).
+    failure_rate: AtomicU64,
     ledger: Mutex<HashMap<PaymentId, Charge>>,
 }
 
@@ -28,9 +30,16 @@ impl SimulatedGateway {
     pub fn new(latency: Duration, failure_rate: f64) -> Self {
         Self {
             latency,
-            failure_rate: failure_rate.clamp(0.0, 1.0),
+            failure_rate: AtomicU64::new(failure_rate.clamp(0.0, 1.0).to_bits()),
             ledger: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Changes the share of calls that fail as unavailable (0 to 1), e.g. to take the
+    /// processor down and bring it back in a fault drill or a test.
+    pub fn set_failure_rate(&self, rate: f64) {
+        self.failure_rate
+            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::SeqCst);
     }
 
     fn ledger(&self) -> MutexGuard<'_, HashMap<PaymentId, Charge>> {
@@ -55,7 +64,8 @@ impl SimulatedGateway {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        if self.failure_rate > 0.0 && rand::thread_rng().gen_bool(self.failure_rate) {
+        let failure_rate = f64::from_bits(self.failure_rate.load(Ordering::SeqCst));
+        if failure_rate > 0.0 && rand::thread_rng().gen_bool(failure_rate) {
             return Err(GatewayError::Unavailable(
                 "simulated processor timeout".into(),
             ));

@@ -349,3 +349,70 @@ async fn a_gateway_outage_answers_503_with_retry_after_and_charges_nothing() {
         0.0
     );
 }
+
+/// The processor comes back: a retry with the same `Idempotency-Key` then pays (201), once,
+/// and the hold is confirmed; nothing from the failed attempt is left behind.
+#[tokio::test]
+async fn a_payment_retried_with_its_key_after_a_gateway_outage_pays_once() {
+    let app = spawn_app_with(|config| config.payment_failure_rate = 1.0).await;
+    let organizer = app.organizer().await;
+    let buyer = app.customer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let reservation = app.reserve(&buyer, event, 2).await.id("reservation_id");
+    let body = json!({"reservation_id": reservation,
+        "payment_method": {"type": "card", "token": "tok_visa"}});
+    let pay = || {
+        app.call_with(
+            reqwest::Method::POST,
+            "/api/payments",
+            Some(&buyer.token),
+            Some(body.clone()),
+            &[("idempotency-key", "after-the-outage")],
+        )
+    };
+    pay().await.assert_problem(503, "service-unavailable");
+
+    app.gateway.set_failure_rate(0.0);
+    let paid = pay().await;
+    assert_eq!(paid.status, 201, "{:#}", paid.body);
+    assert_eq!(paid.body["status"], "captured", "{:#}", paid.body);
+    let again = pay().await;
+    assert_eq!(again.status, 201, "{:#}", again.body);
+    assert_eq!(again.body["payment_id"], paid.body["payment_id"]);
+    assert_eq!(app.gateway.net_captured_cents(), 5000, "charged once");
+    assert_eq!(app.floor(event).await, (8, 0, 2));
+}
+
+/// A refund while the processor is down is recorded at once (200, `refunded`, the seats go
+/// back on sale); the money goes back at the processor once it answers again, without anyone
+/// asking twice.
+#[tokio::test]
+async fn a_refund_during_a_gateway_outage_is_settled_when_it_comes_back() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let buyer = app.customer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let reservation = app.reserve(&buyer, event, 2).await.id("reservation_id");
+    let paid = app.pay(&buyer, reservation, "tok_visa").await;
+    assert_eq!(paid.status, 201, "{:#}", paid.body);
+    let payment = paid.id("payment_id");
+    assert_eq!(app.gateway.net_captured_cents(), 5000);
+
+    app.gateway.set_failure_rate(1.0);
+    let refunded = app
+        .post(
+            &format!("/api/payments/{payment}/refund"),
+            Some(&buyer.token),
+            json!({"reason": "cannot come"}),
+        )
+        .await;
+    assert_eq!(refunded.status, 200, "{:#}", refunded.body);
+    assert_eq!(refunded.body["status"], "refunded", "{:#}", refunded.body);
+    assert_eq!(app.floor(event).await, (10, 0, 0));
+    // The settlement cannot reach the processor yet: the money is still there.
+    assert_eq!(app.gateway.net_captured_cents(), 5000);
+
+    app.gateway.set_failure_rate(0.0);
+    gateway_settles_at(&app, 0).await;
+    assert!(app.gateway.charge_of(PaymentId(payment)).unwrap().refunded);
+}
