@@ -1,14 +1,16 @@
 """Drives the service through a client generated from its own /openapi.json
 (openapi-python-client): every operation of the document is called at least once, through a
-purchase, a declined card, a refund, the listings, the operators' views and the admin's dead
-letter flow (two poison messages produced onto the bus, one resolved, one discarded).
+purchase, a declined card, a refund, the listings, an organizer's webhook endpoint (a local
+receiver), the operators' views and the admin's dead letter flow (two poison messages produced onto the bus, one resolved, one discarded).
 
 Usage: client_flow.py BASE_URL KAFKA_BROKERS TOPIC_PREFIX ADMIN_EMAIL ADMIN_PASSWORD
 (run by tests/conformance/run.sh, with the generated package `ticketing_client` importable).
 """
 
 import datetime
+import http.server
 import sys
+import threading
 import time
 import uuid
 
@@ -29,8 +31,13 @@ from ticketing_client.api.payments import create_payment, get_payment, payments_
 from ticketing_client.api.reservations import (
     cancel_reservation, create_reservation, get_reservation, list_reservations,
 )
+from ticketing_client.api.webhooks import (
+    create_webhook, delete_webhook, get_webhook, list_deliveries, list_webhooks, redeliver,
+    rotate_secret,
+)
 from ticketing_client.models import (
-    CreateEventRequest, CreatePaymentRequest, CreateReservationRequest, DiscardRequest, DlqStatus,
+    CreateEventRequest, CreatePaymentRequest, CreateReservationRequest, CreateWebhookRequest,
+    DiscardRequest, DlqStatus,
     ListEventsStatus, LoginRequest, PaymentMethod, RefundRequest, RegisterRequest, RegisterRole,
     ResolveRequest, SectionInput, UpdateEventRequest, VenueInput,
 )
@@ -69,6 +76,22 @@ def account(anonymous, email, password, role=None):
     return AuthenticatedClient(base_url=BASE, token=token.token), token.user_id
 
 
+def receiver():
+    """A webhook receiver on loopback that answers every delivery 200; returns its URL."""
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/hooks"
+
+
 def poison(producer, stream):
     """A reservation event no consumer can decode: the consumer dead-letters it."""
     headers = {
@@ -100,6 +123,9 @@ def main():
                  body=UpdateEventRequest(description="The annual gathering"))
     call(publish, 200, client=org, id=event.id)
     call(open_sales, 200, client=org, id=event.id)
+    hook = call(create_webhook, 201, client=org, body=CreateWebhookRequest(
+        url=receiver(), event_types=["*"], event_id=event.id))
+    assert hook.secret.startswith("whsec_"), hook
 
     # A customer buys two seats; a declined card answers 402 and the hold stays.
     ann, ann_id = account(anonymous, f"ann-{run}@example.com", "customer-pw")
@@ -129,6 +155,16 @@ def main():
                 body=RefundRequest(reason="cannot come")).status == "refunded"
     seats = call(availability, 200, client=ann, id=event.id).sections[0]
     assert (seats.available, seats.sold) == (100, 0), seats
+
+    # The organizer's endpoint heard of the sale; one delivery is sent again, the secret rotated.
+    delivered = eventually("a delivered webhook", lambda: [
+        d for d in call(list_deliveries, 200, client=org, id=hook.id).items if d.status == "succeeded"
+    ])
+    call(redeliver, 202, client=org, id=hook.id, delivery_id=delivered[0].id)
+    call(get_webhook, 200, client=org, id=hook.id)
+    assert call(list_webhooks, 200, client=org).total_count == 1
+    assert call(rotate_secret, 200, client=org, id=hook.id).secret.startswith("whsec_")
+    call(delete_webhook, 204, client=org, id=hook.id)
 
     # A second hold is cancelled; the event closes sales and is cancelled.
     other = call(create_reservation, 201, client=ann,
@@ -173,7 +209,7 @@ def main():
     }
     assert every == CALLED, f"operations never called: {sorted(every - CALLED)}"
     print(f"generated client: all {len(every)} operations called; purchase, declined card, "
-          f"refund, listings and the dead letter flow completed")
+          f"refund, listings, webhooks and the dead letter flow completed")
 
 
 if __name__ == "__main__":
