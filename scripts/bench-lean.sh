@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The service measured with a lean client: wrk (C, from Debian's packages) instead of the Rust
+# load generator, so the client's CPU does not hide the service's speed on a 2-core machine.
+# Runs, against one release binary: reservations (one seat each, a fresh Idempotency-Key per
+# request, bearer tokens of BUYERS logged-in customers in turn), availability reads and /health.
+# On PostgreSQL it also runs the naive baseline with pgbench (the same 64 connections, one
+# `SELECT ... FOR UPDATE` purchase transaction each) in the same run, and prints PostgreSQL
+# statements per reservation from pg_stat_statements (BENCH_PG_STATEMENTS=1 loads the extension,
+# which restarts PostgreSQL: never on a machine whose database others are using).
+#
+# BENCH_PERF=FILE records a CPU profile of the service (perf) during the reservation run.
+#
+# BENCH_BIN=PATH measures another build of the service (an A/B comparison in one session).
+#
+# Usage: scripts/bench-lean.sh [memory|postgres] [seconds per run] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BACKEND=${1:-memory}
+DURATION=${2:-10}
+CONNECTIONS=${3:-64}
+BUYERS=${BENCH_BUYERS:-64}
+THREADS=${BENCH_WRK_THREADS:-2}
+PORT=${BENCH_PORT:-18095}
+ADMIN_URL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
+BASE=http://127.0.0.1:$PORT
+WORK=$(mktemp -d)
+
+if ! command -v wrk >/dev/null; then
+    echo "bench-lean: installing wrk" >&2
+    apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+cargo build --release --bins --locked
+
+SERVICE_PID=
+cleanup() {
+    if [ -n "$SERVICE_PID" ]; then kill "$SERVICE_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# CPU the service used (user + system, in clock ticks): per request it is a server-side figure
+# that other load on the machine skews far less than requests per second.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVICE_PID/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# lean_run NAME WRK_ARGS...: one wrk run, then the service's CPU time per answered request.
+lean_run() {
+    local name=$1 start end answered
+    shift
+    echo "== lean client ($BACKEND): $name, $CONNECTIONS connections, ${DURATION} s"
+    start=$(cpu_ticks)
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" | tee "$WORK/last.out"
+    end=$(cpu_ticks)
+    answered=$(grep -oE '^ *[0-9]+ requests in' "$WORK/last.out" | grep -oE '[0-9]+')
+    echo "service CPU per request: $(( (end - start) * TICK_US / answered )) us"
+}
+
+db_url() { echo "${ADMIN_URL%/*}/$1?${ADMIN_URL#*\?}"; }
+
+env_for_backend=()
+if [ "$BACKEND" = postgres ]; then
+    ./scripts/services.sh
+    if [ "${BENCH_PG_STATEMENTS:-}" = 1 ] && ! psql "$ADMIN_URL" -tAc "SHOW shared_preload_libraries" | grep -q pg_stat_statements; then
+        echo "bench-lean: loading pg_stat_statements (restarts PostgreSQL)" >&2
+        psql "$ADMIN_URL" -qc "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+        until psql "$ADMIN_URL" -qtAc "SELECT 1" >/dev/null 2>&1; do sleep 0.2; done
+    fi
+    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS bench_lean" -c "CREATE DATABASE bench_lean" 2>&1 | grep -v NOTICE || true
+    env_for_backend=(DATABASE_URL="$(db_url bench_lean)")
+elif [ "$BACKEND" != memory ]; then
+    echo "usage: $0 [memory|postgres] [seconds] [connections]" >&2
+    exit 2
+fi
+
+# The one client address signs up every buyer: lift the edge rate limits.
+env "${env_for_backend[@]}" BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn \
+    RATE_LIMIT_AUTH_PER_MINUTE=1000000 RATE_LIMIT_AUTH_BURST=1000000 \
+    RATE_LIMIT_WRITES_PER_SECOND=1000000 RATE_LIMIT_READS_PER_SECOND=1000000 \
+    "${BENCH_BIN:-./target/release/ticketing}" &
+SERVICE_PID=$!
+for _ in $(seq 1 300); do
+    curl -sf "$BASE/ready" >/dev/null && break
+    sleep 0.1
+done
+
+post() { curl -sf -X POST "$BASE$1" -H 'Content-Type: application/json' "${@:3}" -d "$2"; }
+account() { # account EMAIL ROLE -> token
+    post /auth/register "{\"email\":\"$1\",\"password\":\"bench-password-1\",\"name\":\"bench\",\"role\":\"$2\"}" >/dev/null
+    post /auth/login "{\"email\":\"$1\",\"password\":\"bench-password-1\"}" | jq -r .token
+}
+
+run=$(date +%s)
+organizer=$(account "org-$run@bench.test" organizer)
+starts=$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)
+ends=$(date -u -d '+30 days 3 hours' +%Y-%m-%dT%H:%M:%SZ)
+event=$(post /api/events "{\"name\":\"Lean bench $run\",\"venue\":{\"name\":\"Arena\",\"address\":\"1 Way\"},
+    \"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"currency\":\"USD\",
+    \"sections\":[{\"name\":\"Floor\",\"capacity\":1000000,\"price_cents\":5000}]}" \
+    -H "Authorization: Bearer $organizer" | jq -r .id)
+for transition in publish open-sales; do
+    post "/api/events/$event/$transition" '' -H "Authorization: Bearer $organizer" >/dev/null
+done
+for i in $(seq 1 "$BUYERS"); do account "buyer-$run-$i@bench.test" customer; done > "$WORK/tokens"
+
+statements_now() {
+    psql "$(db_url bench_lean)" -tAc "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench_lean')" 2>/dev/null || echo unknown
+}
+if [ "$BACKEND" = postgres ]; then
+    psql "$(db_url bench_lean)" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null || true
+fi
+before=$(statements_now)
+held_before=$(curl -sf "$BASE/api/events/$event/availability" | jq '[.sections[].held] | add // 0')
+
+# BENCH_PERF=FILE records a CPU profile of the service during the reservation run.
+if [ -n "${BENCH_PERF:-}" ]; then
+    perf record -F 499 -g -p "$SERVICE_PID" -o "$BENCH_PERF" -- sleep "$DURATION" 2>/dev/null &
+fi
+TOKENS_FILE=$WORK/tokens EVENT_ID=$event lean_run "POST /api/reservations" -s scripts/lean/reserve.lua "$BASE"
+cp "$WORK/last.out" "$WORK/reserve.out"
+after=$(statements_now)
+answered=$(grep -oE '^ *[0-9]+ requests in' "$WORK/reserve.out" | grep -oE '[0-9]+')
+refused=$(grep -oE 'Non-2xx or 3xx responses: [0-9]+' "$WORK/reserve.out" | grep -oE '[0-9]+$' || echo 0)
+reservations=$((answered - refused))
+echo "reservations acknowledged (201, counted by wrk): $reservations; other answers: $refused"
+# The view is eventually consistent: wait until it stops moving, then compare (it may count up
+# to one request per connection more: wrk drops the answers in flight when its time is up).
+held=-1
+for _ in $(seq 1 50); do
+    now=$(curl -sf "$BASE/api/events/$event/availability" | jq '[.sections[].held] | add // 0')
+    [ "$now" = "$held" ] && break
+    held=$now
+    sleep 0.2
+done
+echo "service RSS after the reservations: $(awk '/VmRSS/ {print $2 / 1024 " MB"}' "/proc/$SERVICE_PID/status")"
+echo "seats held in the availability view: $((held - held_before)) (capacity 1000000, quantity 1 each)"
+if [ "$before" = unknown ] || [ "$after" = unknown ]; then
+    echo "PostgreSQL statements per reservation: unknown (pg_stat_statements not loaded; BENCH_PG_STATEMENTS=1)"
+elif [ "$reservations" -gt 0 ]; then
+    echo "PostgreSQL statements per reservation (whole service, consumers included): $(echo "scale=2; ($after - $before) / $reservations" | bc)"
+fi
+
+lean_run "GET /api/events/{id}/availability" "$BASE/api/events/$event/availability"
+lean_run "GET /health" "$BASE/health"
+
+kill "$SERVICE_PID"
+wait "$SERVICE_PID" 2>/dev/null || true
+SERVICE_PID=
+
+if [ "$BACKEND" = postgres ]; then
+    echo "== naive baseline with pgbench: one SELECT ... FOR UPDATE purchase transaction, $CONNECTIONS clients, ${DURATION} s"
+    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS bench_lean_naive" -c "CREATE DATABASE bench_lean_naive" 2>&1 | grep -v NOTICE || true
+    naive=$(db_url bench_lean_naive)
+    psql "$naive" -qc "CREATE TABLE sections (id int PRIMARY KEY, available int NOT NULL)
+        ; INSERT INTO sections VALUES (1, 100000000)
+        ; CREATE TABLE orders (id bigserial PRIMARY KEY, section_id int NOT NULL, customer int NOT NULL,
+            quantity int NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+    cat > "$WORK/naive.sql" <<'SQL'
+\set customer random(1, 64)
+BEGIN;
+SELECT available FROM sections WHERE id = 1 FOR UPDATE;
+UPDATE sections SET available = available - 1 WHERE id = 1 AND available >= 1;
+INSERT INTO orders (section_id, customer, quantity) VALUES (1, :customer, 1);
+COMMIT;
+SQL
+    pgbench -n -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION" -f "$WORK/naive.sql" "$naive" | grep -E "tps|latency|transactions"
+fi
