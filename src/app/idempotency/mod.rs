@@ -3,14 +3,17 @@
 //! retry with the same key and body gets the stored answer; a retry while the first is still
 //! running on this instance is refused at once (409 `idempotency-key-in-use`: retry later);
 //! the same key with a different body is a 422. Answers under 500 are kept for
-//! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` so that a retry
-//! reaching another instance or coming after a restart is still answered the same; a 5xx is
-//! not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
+//! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` (read and written
+//! in batches, `durable`) so that a retry reaching another instance or coming after a restart
+//! is still answered the same; a 5xx is not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
 //! after a lost answer (or racing on another instance) finds what the first attempt created
 //! instead of creating it twice.
 
+mod durable;
+
 use super::AppError;
 use crate::domain::UserId;
+use durable::DurableAnswers;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -64,79 +67,40 @@ struct Slots {
 pub struct IdempotencyStore {
     slots: Mutex<Slots>,
     /// Where answers outlive this process, when running on PostgreSQL.
-    durable: Option<sqlx::PgPool>,
+    durable: Option<DurableAnswers>,
 }
 
 impl IdempotencyStore {
-    /// A store that also keeps answers in the `idempotency_keys` table of `pool`.
+    /// A store that also keeps answers in the `idempotency_keys` table of `pool`, read and
+    /// written in batches by a task of its own (so it must be made inside the runtime).
     pub fn durable(pool: sqlx::PgPool) -> Self {
         Self {
             slots: Mutex::default(),
-            durable: Some(pool),
+            durable: Some(DurableAnswers::start(pool)),
         }
     }
 
     async fn load(&self, key: &Key) -> Option<Stored> {
-        let pool = self.durable.as_ref()?;
-        let (fingerprint, status, body, location): (Vec<u8>, i16, Value, Option<String>) = sqlx::query_as(
-            "SELECT fingerprint, status, body, location FROM idempotency_keys
-             WHERE user_id = $1 AND scope = $2 AND key = $3 AND created_at > now() - interval '24 hours'",
-        )
-        .bind(key.0 .0)
-        .bind(key.1)
-        .bind(&key.2)
-        .fetch_optional(pool)
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot read idempotency keys"))
-        .ok()??;
-        Some(Stored {
-            fingerprint: fingerprint.try_into().ok()?,
-            answer: Answer {
-                status: u16::try_from(status).ok()?,
-                body,
-                location,
-            },
-            at: Instant::now(),
-        })
+        self.durable.as_ref()?.load(key).await
     }
 
-    /// Stores the answer in the database in the background: the client is not kept waiting
-    /// for it. Until the row lands, a retry reaching another instance re-runs the handler,
-    /// which the key-derived ids make harmless (it finds what the first attempt created).
     fn save_later(&self, key: &Key, stored: &Stored) {
-        let Some(pool) = self.durable.clone() else {
-            return;
-        };
-        let (key, stored) = (key.clone(), stored.clone());
-        tokio::spawn(async move {
-            let saved = sqlx::query(
-                "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(key.0 .0)
-            .bind(key.1)
-            .bind(&key.2)
-            .bind(stored.fingerprint.as_slice())
-            .bind(i16::try_from(stored.answer.status).unwrap_or(i16::MAX))
-            .bind(&stored.answer.body)
-            .bind(&stored.answer.location)
-            .execute(&pool)
-            .await;
-            if let Err(e) = saved {
-                tracing::warn!(error = %e, "cannot store an idempotent answer");
-            }
-        });
+        if let Some(durable) = &self.durable {
+            durable.save_later(key, stored);
+        }
+    }
+
+    #[cfg(test)]
+    fn database_statements(&self) -> u64 {
+        self.durable.as_ref().map_or(0, DurableAnswers::statements)
     }
 
     /// Deletes answers older than 24 hours from the database.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        let Some(pool) = &self.durable else {
-            return Ok(0);
-        };
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
+        match &self.durable {
+            Some(durable) => durable.purge_expired().await,
+            None => Ok(0),
+        }
     }
 
     fn slot(&self, key: Key) -> Slot {
@@ -353,5 +317,91 @@ mod tests {
             .run(user, "things", Some("k".into()), &other, work())
             .await;
         assert!(matches!(refused, Err(AppError::Validation(_))));
+    }
+
+    /// Concurrent keyed requests share their round trips: 64 first attempts and then their 64
+    /// retries on another instance cost a handful of statements, not one look-up and one
+    /// insert each, and every retry still gets its own answer.
+    #[tokio::test]
+    async fn concurrent_keys_are_read_and_written_in_batches() {
+        let url = crate::db::testing::fresh_database().await;
+        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
+            .await
+            .unwrap();
+        crate::db::auth_migrator().run(&pool).await.unwrap();
+        let (first, second) = (durable_store(&url).await, durable_store(&url).await);
+        let user = UserId::random();
+        let body = serde_json::json!({"seats": 1});
+        let answer = |i: usize| Answer {
+            status: 201,
+            body: serde_json::json!({ "id": i }),
+            location: None,
+        };
+        let attempts = (0..64).map(|i| {
+            first.run(user, "things", Some(format!("k{i}")), &body, async move {
+                answer(i)
+            })
+        });
+        for outcome in join_all(attempts).await {
+            assert!(!outcome.unwrap().replayed);
+        }
+        let started = Instant::now();
+        loop {
+            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if rows == 64 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{rows} of 64 stored"
+            );
+            tokio::task::yield_now().await;
+        }
+        let retries = (0..64).map(|i| {
+            second.run(user, "things", Some(format!("k{i}")), &body, async {
+                unreachable!("a stored answer is replayed")
+            })
+        });
+        for (i, outcome) in join_all(retries).await.into_iter().enumerate() {
+            let outcome = outcome.unwrap();
+            assert!(outcome.replayed);
+            assert_eq!(outcome.answer, answer(i));
+        }
+        let statements = first.database_statements() + second.database_statements();
+        assert!(
+            statements <= 12,
+            "{statements} statements for 128 keyed requests"
+        );
+    }
+
+    /// Polls every future until all are done, in order (the test runtime has one thread, so
+    /// all of them reach the batching task before it runs).
+    async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for future in futures {
+            set.push(Box::pin(future));
+        }
+        let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+                if output.is_none() {
+                    match future.as_mut().poll(cx) {
+                        std::task::Poll::Ready(done) => *output = Some(done),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        outputs.into_iter().flatten().collect()
     }
 }

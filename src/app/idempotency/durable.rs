@@ -1,0 +1,205 @@
+//! Idempotent answers in PostgreSQL (`idempotency_keys`), read and written in batches: one
+//! task owns the round trips, and every look-up or answer that arrives while a statement is
+//! in flight goes into the next one (group commit, as the event store's writers do). Under a
+//! flash sale that turns one SELECT and one INSERT per keyed request into one of each per
+//! batch, without changing what a retry sees.
+
+use super::{Answer, Key, Stored};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most look-ups or answers one statement carries.
+const MAX_BATCH: usize = 256;
+
+enum Request {
+    Load {
+        key: Key,
+        reply: oneshot::Sender<Option<Stored>>,
+    },
+    Save {
+        key: Key,
+        stored: Stored,
+    },
+}
+
+/// The handle the idempotency store talks to; the batching task ends once it is dropped.
+pub(super) struct DurableAnswers {
+    requests: mpsc::UnboundedSender<Request>,
+    pool: sqlx::PgPool,
+    /// Statements the batching task has run.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "only the test that measures the batching reads it")
+    )]
+    statements: Arc<AtomicU64>,
+}
+
+impl DurableAnswers {
+    pub(super) fn start(pool: sqlx::PgPool) -> Self {
+        let (requests, incoming) = mpsc::unbounded_channel();
+        let statements = Arc::new(AtomicU64::new(0));
+        tokio::spawn(batches(pool.clone(), incoming, Arc::clone(&statements)));
+        Self {
+            requests,
+            pool,
+            statements,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn statements(&self) -> u64 {
+        self.statements.load(Ordering::SeqCst)
+    }
+
+    /// The answer stored for `key` in the last 24 hours; `None` also when the database
+    /// cannot be read (logged): the request then runs, and ids derived from the key keep a
+    /// second run from creating anything twice.
+    pub(super) async fn load(&self, key: &Key) -> Option<Stored> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Load {
+            key: key.clone(),
+            reply,
+        };
+        self.requests.send(request).ok()?;
+        answer.await.ok()?
+    }
+
+    /// Stores an answer in the background: the client is not kept waiting for it. Until the
+    /// row lands, a retry reaching another instance re-runs the handler, which the
+    /// key-derived ids make harmless (it finds what the first attempt created).
+    pub(super) fn save_later(&self, key: &Key, stored: &Stored) {
+        let request = Request::Save {
+            key: key.clone(),
+            stored: stored.clone(),
+        };
+        if self.requests.send(request).is_err() {
+            tracing::warn!("the idempotency writer has stopped; an answer was not stored");
+        }
+    }
+
+    /// Deletes answers older than 24 hours.
+    pub(super) async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+    }
+}
+
+/// Takes whatever has queued up (at least one request, at most `MAX_BATCH`), runs it as one
+/// INSERT and one SELECT, answers, and goes again.
+async fn batches(
+    pool: sqlx::PgPool,
+    mut incoming: mpsc::UnboundedReceiver<Request>,
+    statements: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut loads = Vec::new();
+        let mut saves = Vec::new();
+        for request in batch.drain(..) {
+            match request {
+                Request::Load { key, reply } => loads.push((key, reply)),
+                Request::Save { key, stored } => saves.push((key, stored)),
+            }
+        }
+        // Answers first: a look-up in the same batch then already sees them.
+        if !saves.is_empty() {
+            statements.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = save(&pool, &saves).await {
+                tracing::warn!(error = %e, count = saves.len(), "cannot store idempotent answers");
+            }
+        }
+        if !loads.is_empty() {
+            statements.fetch_add(1, Ordering::SeqCst);
+            let keys: Vec<&Key> = loads.iter().map(|(key, _)| key).collect();
+            let mut found = match load(&pool, &keys).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read idempotency keys");
+                    HashMap::new()
+                }
+            };
+            for (index, (_, reply)) in loads.into_iter().enumerate() {
+                // A requester that gave up (its client went away) is no reason to stop.
+                let _ = reply.send(found.remove(&index));
+            }
+        }
+    }
+}
+
+type Row = (i64, Vec<u8>, i16, Value, Option<String>);
+
+/// The stored answers of `keys`, by their index in `keys`.
+async fn load(pool: &sqlx::PgPool, keys: &[&Key]) -> Result<HashMap<usize, Stored>, sqlx::Error> {
+    let users: Vec<uuid::Uuid> = keys.iter().map(|k| k.0 .0).collect();
+    let scopes: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT (k.i - 1)::int8, ik.fingerprint, ik.status, ik.body, ik.location
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS k(user_id, scope, key, i)
+           JOIN idempotency_keys ik
+             ON ik.user_id = k.user_id AND ik.scope = k.scope AND ik.key = k.key
+          WHERE ik.created_at > now() - interval '24 hours'",
+    )
+    .bind(users)
+    .bind(scopes)
+    .bind(names)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().filter_map(decode).collect())
+}
+
+/// A row that does not decode (a fingerprint of the wrong length, a status out of range) is
+/// treated as absent: the request runs again, which the key-derived ids make harmless.
+fn decode((index, fingerprint, status, body, location): Row) -> Option<(usize, Stored)> {
+    let stored = Stored {
+        fingerprint: fingerprint.try_into().ok()?,
+        answer: Answer {
+            status: u16::try_from(status).ok()?,
+            body,
+            location,
+        },
+        at: Instant::now(),
+    };
+    Some((usize::try_from(index).ok()?, stored))
+}
+
+async fn save(pool: &sqlx::PgPool, saves: &[(Key, Stored)]) -> Result<(), sqlx::Error> {
+    let users: Vec<uuid::Uuid> = saves.iter().map(|(k, _)| k.0 .0).collect();
+    let scopes: Vec<&str> = saves.iter().map(|(k, _)| k.1).collect();
+    let names: Vec<&str> = saves.iter().map(|(k, _)| k.2.as_str()).collect();
+    let fingerprints: Vec<&[u8]> = saves
+        .iter()
+        .map(|(_, s)| s.fingerprint.as_slice())
+        .collect();
+    let statuses: Vec<i16> = saves
+        .iter()
+        .map(|(_, s)| i16::try_from(s.answer.status).unwrap_or(i16::MAX))
+        .collect();
+    let bodies: Vec<&Value> = saves.iter().map(|(_, s)| &s.answer.body).collect();
+    let locations: Vec<Option<&str>> = saves
+        .iter()
+        .map(|(_, s)| s.answer.location.as_deref())
+        .collect();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int2[],
+                              $6::jsonb[], $7::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(users)
+    .bind(scopes)
+    .bind(names)
+    .bind(fingerprints)
+    .bind(statuses)
+    .bind(bodies)
+    .bind(locations)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
