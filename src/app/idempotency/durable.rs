@@ -33,7 +33,10 @@ pub(super) struct DurableAnswers {
     /// Statements the batching task has run.
     #[cfg_attr(
         not(test),
-        expect(dead_code, reason = "only the test that measures the batching reads it")
+        expect(
+            dead_code,
+            reason = "only the test that measures the batching reads it"
+        )
     )]
     statements: Arc<AtomicU64>,
 }

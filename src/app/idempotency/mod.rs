@@ -290,21 +290,7 @@ mod tests {
         assert_eq!(answer.answer, created);
         assert!(!answer.replayed);
         // The row is written after the answer: wait for it, bounded.
-        let started = Instant::now();
-        loop {
-            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            if rows == 1 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the answer was never stored"
-            );
-            tokio::task::yield_now().await;
-        }
+        rows_stored(&pool, 1).await;
         let replay = second
             .run(user, "things", Some("k".into()), &body, work())
             .await
@@ -345,21 +331,7 @@ mod tests {
         for outcome in join_all(attempts).await {
             assert!(!outcome.unwrap().replayed);
         }
-        let started = Instant::now();
-        loop {
-            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            if rows == 64 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{rows} of 64 stored"
-            );
-            tokio::task::yield_now().await;
-        }
+        rows_stored(&pool, 64).await;
         let retries = (0..64).map(|i| {
             second.run(user, "things", Some(format!("k{i}")), &body, async {
                 unreachable!("a stored answer is replayed")
@@ -375,6 +347,26 @@ mod tests {
             statements <= 12,
             "{statements} statements for 128 keyed requests"
         );
+    }
+
+    /// Waits, bounded, until `expected` answers are in the table (they are written after the
+    /// answer is given).
+    async fn rows_stored(pool: &sqlx::PgPool, expected: i64) {
+        let started = Instant::now();
+        loop {
+            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            if rows == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{rows} of {expected} answers stored"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Polls every future until all are done, in order (the test runtime has one thread, so
