@@ -139,6 +139,7 @@ impl From<SaleError> for AppError {
                 PaymentError::NotRefundable { .. } => conflict("payment-not-refundable", &e),
                 PaymentError::AlreadyExists => conflict("conflict", &e),
             },
+            SaleError::CustomerLimit { .. } => conflict("customer-limit", &e),
         }
     }
 }

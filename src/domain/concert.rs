@@ -14,6 +14,9 @@ use std::fmt;
 /// Longest accepted section list; an event with more is almost certainly a client bug.
 pub const MAX_SECTIONS: usize = 100;
 
+/// The range of `max_tickets_per_customer` an organizer may set.
+pub const CUSTOMER_LIMIT_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
@@ -194,6 +197,18 @@ pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
             );
         }
     }
+    if let Some(limit) = details.max_tickets_per_customer {
+        if !CUSTOMER_LIMIT_RANGE.contains(&limit) {
+            problem(
+                "max_tickets_per_customer",
+                &format!(
+                    "must be between {} and {}, or null for no limit",
+                    CUSTOMER_LIMIT_RANGE.start(),
+                    CUSTOMER_LIMIT_RANGE.end()
+                ),
+            );
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -223,6 +238,7 @@ mod tests {
                 starts_at,
                 ends_at: starts_at + chrono::Duration::hours(2),
                 sections: Vec::new(),
+                max_tickets_per_customer: None,
             },
             status,
         }

@@ -33,6 +33,9 @@ pub struct EventDetails {
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     pub sections: Vec<SectionSpec>,
+    /// Since `event.created` / `event.details_changed` v2: the most tickets one customer may
+    /// hold (pending + confirmed) for the event; `None` = no limit (v1 events are upcast so).
+    pub max_tickets_per_customer: Option<u32>,
 }
 
 // ---- Event aggregate (`event-<id>`) ----
@@ -231,8 +234,8 @@ macro_rules! catalogue {
 }
 
 catalogue! {
-    EventCreated => "event.created", 1;
-    EventDetailsChanged => "event.details_changed", 1;
+    EventCreated => "event.created", 2;
+    EventDetailsChanged => "event.details_changed", 2;
     EventPublished => "event.published", 1;
     EventSalesOpened => "event.sales_opened", 1;
     EventSalesClosed => "event.sales_closed", 1;

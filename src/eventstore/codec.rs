@@ -73,8 +73,10 @@ pub fn decode_parts(
 /// Upcasters: each turns a payload of an old (type, version) into today's event. Adding a
 /// version means keeping the old shape here, frozen, next to a conversion; never editing it.
 mod upcasters {
-    use crate::domain::events::ReservationPlaced;
-    use crate::domain::{DomainEvent, EventId, Money, ReservationId, UserId};
+    use crate::domain::events::{
+        EventCreated, EventDetails, EventDetailsChanged, ReservationPlaced, SectionSpec, Venue,
+    };
+    use crate::domain::{Currency, DomainEvent, EventId, Money, ReservationId, UserId};
     use bincode::error::DecodeError;
     use chrono::{DateTime, Utc};
     use serde::Deserialize;
@@ -85,6 +87,12 @@ mod upcasters {
         match (event_type, event_version) {
             ("reservation.placed", 1) => {
                 Some(decode::<ReservationPlacedV1>(payload).map(|v1| v1.upcast().into()))
+            }
+            ("event.created", 1) => {
+                Some(decode::<EventCreatedV1>(payload).map(|v1| v1.upcast().into()))
+            }
+            ("event.details_changed", 1) => {
+                Some(decode::<EventDetailsChangedV1>(payload).map(|v1| v1.upcast().into()))
             }
             _ => None,
         }
@@ -125,6 +133,73 @@ mod upcasters {
                 total: self.total,
                 placed_at: self.placed_at,
                 expires_at: self.expires_at,
+            }
+        }
+    }
+
+    /// The event details of `event.created` / `event.details_changed` v1, frozen: they had no
+    /// per-customer limit.
+    #[derive(Deserialize)]
+    struct EventDetailsV1 {
+        name: String,
+        description: Option<String>,
+        venue: Venue,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+        sections: Vec<SectionSpec>,
+    }
+
+    impl EventDetailsV1 {
+        /// v1 -> v2: events written before limits existed have none.
+        fn upcast(self) -> EventDetails {
+            EventDetails {
+                name: self.name,
+                description: self.description,
+                venue: self.venue,
+                starts_at: self.starts_at,
+                ends_at: self.ends_at,
+                sections: self.sections,
+                max_tickets_per_customer: None,
+            }
+        }
+    }
+
+    /// `event.created` v1, frozen.
+    #[derive(Deserialize)]
+    struct EventCreatedV1 {
+        event_id: EventId,
+        owner_id: UserId,
+        currency: Currency,
+        details: EventDetailsV1,
+        at: DateTime<Utc>,
+    }
+
+    impl EventCreatedV1 {
+        fn upcast(self) -> EventCreated {
+            EventCreated {
+                event_id: self.event_id,
+                owner_id: self.owner_id,
+                currency: self.currency,
+                details: self.details.upcast(),
+                at: self.at,
+            }
+        }
+    }
+
+    /// `event.details_changed` v1, frozen.
+    #[derive(Deserialize)]
+    struct EventDetailsChangedV1 {
+        event_id: EventId,
+        details: EventDetailsV1,
+        at: DateTime<Utc>,
+    }
+
+    impl EventDetailsChangedV1 {
+        fn upcast(self) -> EventDetailsChanged {
+            EventDetailsChanged {
+                event_id: self.event_id,
+                details: self.details.upcast(),
+                at: self.at,
             }
         }
     }
@@ -172,6 +247,12 @@ mod tests {
                     row.event_type
                 );
             }
+            let limit = match &event {
+                DomainEvent::EventCreated(e) => Some(e.details.max_tickets_per_customer),
+                DomainEvent::EventDetailsChanged(e) => Some(e.details.max_tickets_per_customer),
+                _ => None,
+            };
+            assert!(matches!(limit, None | Some(None)), "v1 events had no limit");
             if let DomainEvent::ReservationPlaced(placed) = &event {
                 assert_eq!(event.event_version(), 2);
                 assert_eq!(
@@ -184,6 +265,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The payloads written at v2 (tests/fixtures/events-v2.json: `event.created` with a limit
+    /// of 4, `event.details_changed` without one) decode at today's version and re-encode to
+    /// the same bytes, so a change of shape without a new version fails here too.
+    #[test]
+    fn v2_fixture_events_decode_with_their_customer_limit() {
+        let rows: Vec<FixtureRow> =
+            serde_json::from_str(include_str!("../../tests/fixtures/events-v2.json")).unwrap();
+        let mut limits = Vec::new();
+        for row in rows {
+            let payload = bytes(&row.payload_hex);
+            let event = decode_parts(&row.event_type, row.event_version, &payload)
+                .unwrap_or_else(|e| panic!("{} v{}: {e}", row.event_type, row.event_version));
+            assert_eq!(event.event_version(), row.event_version);
+            assert_eq!(
+                event.encode_payload().unwrap(),
+                payload,
+                "{}",
+                row.event_type
+            );
+            limits.push(match event {
+                DomainEvent::EventCreated(e) => e.details.max_tickets_per_customer,
+                DomainEvent::EventDetailsChanged(e) => e.details.max_tickets_per_customer,
+                other => panic!("unexpected {}", other.event_type()),
+            });
+        }
+        assert_eq!(limits, [Some(4), None]);
     }
 
     /// A name or version this build does not know is a typed error, never a panic.

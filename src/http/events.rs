@@ -109,6 +109,11 @@ pub struct CreateEventRequest {
     )]
     #[schema(min_items = 1, max_items = 100)]
     pub sections: Vec<SectionInput>,
+    /// The most tickets (pending + confirmed) one customer may hold; absent or null = no limit.
+    #[validate(range(min = 1, max = 100))]
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
+    pub max_tickets_per_customer: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Validate, ToSchema)]
@@ -126,9 +131,19 @@ pub struct UpdateEventRequest {
     #[validate(length(min = 1, max = 100), nested)]
     #[schema(min_items = 1, max_items = 100)]
     pub sections: Option<Vec<SectionInput>>,
+    /// Absent keeps the limit, null removes it; lowering it keeps the tickets already held.
+    #[validate(range(min = 1, max = 100))]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "limit_patch")]
+    pub max_tickets_per_customer: Option<Option<u32>>,
     /// Alternative to `If-Match`: the version the client last read.
     #[serde(default, deserialize_with = "super::extract::optional_whole_number")]
     pub expected_version: Option<u64>,
+}
+
+/// A present field (`null` included) is `Some`, so that `null` can remove the limit.
+fn limit_patch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    super::extract::optional_whole_number(d).map(Some)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -219,6 +234,7 @@ async fn create_event(
         starts_at: body.starts_at,
         ends_at: body.ends_at,
         sections: sections(body.sections),
+        max_tickets_per_customer: body.max_tickets_per_customer,
     };
     let outcome = s
         .app
@@ -295,6 +311,7 @@ async fn update_event(
             starts_at: body.starts_at,
             ends_at: body.ends_at,
             sections: body.sections.map(sections),
+            max_tickets_per_customer: body.max_tickets_per_customer,
         };
         let metadata = ctx.metadata(&caller);
         Ok(s.app

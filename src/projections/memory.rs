@@ -68,6 +68,7 @@ impl Tables {
                     currency: e.currency.to_string(),
                     status: EventStatus::Draft,
                     sections: Vec::new(),
+                    max_tickets_per_customer: e.details.max_tickets_per_customer,
                     version: recorded.version,
                     created_at: e.at,
                     updated_at: e.at,
@@ -83,6 +84,7 @@ impl Tables {
                 };
                 v.starts_at = e.details.starts_at;
                 v.ends_at = e.details.ends_at;
+                v.max_tickets_per_customer = e.details.max_tickets_per_customer;
             }),
             E::EventPublished(e) => {
                 self.with_event(e.event_id, recorded, |v| v.status = EventStatus::Published)

@@ -38,6 +38,11 @@ pub struct EventView {
     #[schema(value_type = String, example = "on_sale")]
     pub status: EventStatus,
     pub sections: Vec<SectionView>,
+    /// The most tickets (pending + confirmed) one customer may hold; `null` = no limit.
+    /// (`default`: views cached before the field existed read as no limit.)
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_tickets_per_customer: Option<u32>,
     /// Version of the event's stream; the `ETag` and `If-Match` value.
     pub version: u64,
     pub created_at: DateTime<Utc>,

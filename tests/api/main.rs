@@ -18,6 +18,7 @@ mod events;
 mod expiry;
 mod headers;
 mod idempotency;
+mod limits;
 mod operations;
 mod purchase;
 mod ratelimit;

@@ -118,7 +118,9 @@ def main():
     event = call(create_event, 201, client=org, body=CreateEventRequest(
         name="Rust Fest", venue=VenueInput(name="Main Hall", address="1 Harbour Road"),
         starts_at=starts, ends_at=starts + datetime.timedelta(hours=4),
-        sections=[SectionInput(name="floor", capacity=100, price_cents=5000)]))
+        sections=[SectionInput(name="floor", capacity=100, price_cents=5000)],
+        max_tickets_per_customer=4))
+    assert event.max_tickets_per_customer == 4, event
     event = call(update_event, 200, client=org, id=event.id, if_match=f'"{event.version}"',
                  body=UpdateEventRequest(description="The annual gathering"))
     call(publish, 200, client=org, id=event.id)
@@ -142,6 +144,8 @@ def main():
                 body=CreatePaymentRequest(reservation_id=held.reservation_id,
                                           payment_method=PaymentMethod(type_="card", token="tok_visa")))
     assert call(get_reservation, 200, client=ann, id=held.reservation_id).status == "confirmed"
+    call(create_reservation, 409, client=ann,  # 2 held + 3 > 4: customer-limit
+         body=CreateReservationRequest(event_id=event.id, section="floor", quantity=3))
     seats = call(availability, 200, client=ann, id=event.id).sections[0]
     assert (seats.available, seats.held, seats.sold) == (98, 0, 2), seats
     call(get_payment, 200, client=ann, id=paid.payment_id)

@@ -1,6 +1,6 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
-//! SIGKILL and restarted, several instances sharing one database, projection rebuilds, a
-//! database outage behind a TCP proxy, and SIGTERM.
+//! SIGKILL and restarted, several instances sharing one database (also for per-customer
+//! limits), projection rebuilds, a database outage behind a TCP proxy, and SIGTERM.
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
@@ -10,6 +10,7 @@ mod client;
 mod crash;
 mod group;
 mod instances;
+mod limits;
 mod outage;
 mod proxy;
 mod rebuild;

@@ -30,6 +30,7 @@ fn view(id: Uuid, sold: u32) -> EventView {
             held: 0,
             sold,
         }],
+        max_tickets_per_customer: None,
         version: u64::from(sold),
         created_at: at,
         updated_at: at,

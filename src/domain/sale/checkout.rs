@@ -1,7 +1,8 @@
 //! Seats and money inside the sale: reserve (hold + place in one decision), record a capture
 //! (confirm + sell, or refund at once when it came too late or for the wrong amount), record a
-//! decline, cancel, expire, refund. Invariants 1 and 2 are decided here; the gateway is called
-//! outside and only its outcome comes in. Pure: never reads a clock or performs I/O.
+//! decline, cancel, expire, refund. Invariants 1 and 2 are decided here, and so is the event's
+//! per-customer limit (from `SaleState::tickets_by_customer`); the gateway is called outside and
+//! only its outcome comes in. Pure: never reads a clock or performs I/O.
 
 use super::{Deciding, Decision, Effect, Outcome, SaleError};
 use crate::domain::concert::{EventError, EventStatus};
@@ -35,6 +36,16 @@ impl Deciding<'_> {
         }
         if self.state.reservations.contains_key(&reservation_id) {
             return Err(ReservationError::AlreadyExists.into());
+        }
+        if let Some(limit) = event.details.max_tickets_per_customer {
+            let held = self.state.tickets_of(user_id);
+            if held.saturating_add(quantity) > limit {
+                return Err(SaleError::CustomerLimit {
+                    limit,
+                    held,
+                    requested: quantity,
+                });
+            }
         }
         let stock = self.state.inventory.check_hold(section, quantity)?;
         let total = Money::new(stock.price_cents, event.currency)

@@ -16,6 +16,8 @@ pub struct EventPatch {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub sections: Option<Vec<SectionSpec>>,
+    /// `Some(None)` removes the limit; lowering it keeps the tickets customers already hold.
+    pub max_tickets_per_customer: Option<Option<u32>>,
 }
 
 /// Lifecycle actions on the event itself.

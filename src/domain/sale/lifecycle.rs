@@ -73,6 +73,9 @@ impl Deciding<'_> {
                 .sections
                 .clone()
                 .unwrap_or_else(|| current.sections.clone()),
+            max_tickets_per_customer: patch
+                .max_tickets_per_customer
+                .unwrap_or(current.max_tickets_per_customer),
         };
         validate_details(&details)?;
         let mut events: SmallVec<[DomainEvent; 4]> = SmallVec::new();

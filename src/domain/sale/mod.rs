@@ -7,15 +7,17 @@
 mod checkout;
 mod commands;
 mod lifecycle;
+#[cfg(test)]
+mod limit_tests;
 
 pub use commands::{EventPatch, Lifecycle, SaleCommand};
 
 use super::concert::{Event, EventError};
 use super::events::{DomainEvent, StreamId};
-use super::ids::{EventId, PaymentId, ReservationId};
+use super::ids::{EventId, PaymentId, ReservationId, UserId};
 use super::inventory::{Inventory, InventoryError};
 use super::payment::{Payment, PaymentError};
-use super::reservation::{Reservation, ReservationError};
+use super::reservation::{Reservation, ReservationError, ReservationStatus};
 use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -31,6 +33,16 @@ pub enum SaleError {
     Reservation(#[from] ReservationError),
     #[error(transparent)]
     Payment(#[from] PaymentError),
+    /// The customer's pending + confirmed tickets for the event plus this request would pass
+    /// the event's `max_tickets_per_customer`.
+    #[error(
+        "at most {limit} tickets per customer for this event: you hold {held}, asked for {requested}"
+    )]
+    CustomerLimit {
+        limit: u32,
+        held: u32,
+        requested: u32,
+    },
 }
 
 /// Work to do after the decision's events are committed.
@@ -78,6 +90,9 @@ pub struct SaleState {
     pub payments: HashMap<PaymentId, Payment>,
     /// Current version of every stream of this sale (0 = empty stream).
     pub versions: HashMap<StreamId, u64>,
+    /// Each customer's pending + confirmed tickets, what `max_tickets_per_customer` bounds;
+    /// kept by `apply` as reservations change status, so a reserve reads it in O(1).
+    pub tickets_by_customer: HashMap<UserId, u32>,
 }
 
 impl SaleState {
@@ -87,11 +102,49 @@ impl SaleState {
 
     /// Folds one committed event. Handles every event and cannot panic.
     pub fn apply(&mut self, event: &DomainEvent) {
-        *self.versions.entry(event.stream()).or_insert(0) += 1;
+        let stream = event.stream();
+        *self.versions.entry(stream).or_insert(0) += 1;
         Event::apply(&mut self.event, event);
         self.inventory.apply(event);
+        let reservation = match stream {
+            StreamId::Reservation(id) => Some(id),
+            _ => None,
+        };
+        let before = reservation.and_then(|id| self.held(&id));
         Reservation::apply(&mut self.reservations, event);
+        let after = reservation.and_then(|id| self.held(&id));
+        self.count_tickets(before, after);
         Payment::apply(&mut self.payments, event);
+    }
+
+    /// The customer of a reservation and the tickets it counts against their limit.
+    fn held(&self, id: &ReservationId) -> Option<(UserId, u32)> {
+        let r = self.reservations.get(id)?;
+        let counted = matches!(
+            r.status,
+            ReservationStatus::Pending | ReservationStatus::Confirmed
+        );
+        Some((r.user_id, if counted { r.quantity } else { 0 }))
+    }
+
+    fn count_tickets(&mut self, before: Option<(UserId, u32)>, after: Option<(UserId, u32)>) {
+        if let Some((user, quantity)) = before {
+            if let Some(n) = self.tickets_by_customer.get_mut(&user) {
+                *n = n.saturating_sub(quantity);
+                if *n == 0 {
+                    self.tickets_by_customer.remove(&user);
+                }
+            }
+        }
+        if let Some((user, quantity)) = after.filter(|(_, q)| *q > 0) {
+            let n = self.tickets_by_customer.entry(user).or_insert(0);
+            *n = n.saturating_add(quantity);
+        }
+    }
+
+    /// The customer's pending + confirmed tickets for this event.
+    pub fn tickets_of(&self, user: UserId) -> u32 {
+        self.tickets_by_customer.get(&user).copied().unwrap_or(0)
     }
 
     fn event(&self) -> Result<&Event, SaleError> {

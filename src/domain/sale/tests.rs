@@ -30,6 +30,7 @@ fn details(capacity: u32) -> EventDetails {
             capacity,
             price_cents: 2500,
         }],
+        max_tickets_per_customer: None,
     }
 }
 

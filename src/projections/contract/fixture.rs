@@ -75,6 +75,7 @@ pub(super) fn details(
         starts_at,
         ends_at: starts_at + Duration::hours(2),
         sections,
+        max_tickets_per_customer: None,
     }
 }
 
@@ -178,11 +179,14 @@ pub fn history() -> Vec<Arc<RecordedEvent>> {
         details: gala,
         now,
     });
-    let show = details(
-        "Concert",
-        t(60 * 48),
-        vec![section("floor", 100, 5000), section("balcony", 50, 2500)],
-    );
+    let show = EventDetails {
+        max_tickets_per_customer: Some(10),
+        ..details(
+            "Concert",
+            t(60 * 48),
+            vec![section("floor", 100, 5000), section("balcony", 50, 2500)],
+        )
+    };
     log.run(SHOW, t(0), |now| SaleCommand::CreateEvent {
         owner_id: BOB,
         currency: Currency::USD,
@@ -241,6 +245,8 @@ pub fn history() -> Vec<Arc<RecordedEvent>> {
             section("floor", 100, 5000),
             section("box", 10, 15000),
         ]),
+        // Below the 9 tickets Carol holds by now: she keeps them.
+        max_tickets_per_customer: Some(Some(4)),
         ..EventPatch::default()
     };
     log.run(SHOW, t(20), |now| SaleCommand::UpdateEvent {
@@ -292,6 +298,7 @@ pub fn gala_view() -> EventView {
         currency: "EUR".into(),
         status: EventStatus::Draft,
         sections: vec![section_view("stalls", 30, 4000, 0, 0)],
+        max_tickets_per_customer: None,
         version: 1,
         created_at: t(0),
         updated_at: t(0),
@@ -318,6 +325,7 @@ pub fn show_view() -> EventView {
             section_view("floor", 100, 5000, 2, 1),
             section_view("box", 10, 15000, 0, 0),
         ],
+        max_tickets_per_customer: Some(4),
         version: 4,
         created_at: t(0),
         // The commit time of the last change of the event stream, not the command's time.

@@ -56,8 +56,9 @@ pub(super) async fn apply(
 async fn create_event(conn: &mut PgConnection, e: &ev::EventCreated, version: i64) -> Result {
     sqlx::query(
         "INSERT INTO event_views (event_id, owner_id, name, description, venue_name, venue_address,
-                                  starts_at, ends_at, currency, status, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+                                  starts_at, ends_at, currency, status, version, created_at, updated_at,
+                                  max_tickets_per_customer)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(e.event_id.0)
@@ -72,6 +73,7 @@ async fn create_event(conn: &mut PgConnection, e: &ev::EventCreated, version: i6
     .bind(EventStatus::Draft.as_str())
     .bind(version)
     .bind(e.at)
+    .bind(e.details.max_tickets_per_customer.map(i64::from))
     .execute(&mut *conn)
     .await
     .map(drop)
@@ -87,7 +89,8 @@ async fn change_details(
     sqlx::query(
         "UPDATE event_views
             SET name = $2, description = $3, venue_name = $4, venue_address = $5,
-                starts_at = $6, ends_at = $7, version = $8, updated_at = $9
+                starts_at = $6, ends_at = $7, version = $8, updated_at = $9,
+                max_tickets_per_customer = $10
           WHERE event_id = $1 AND version < $8",
     )
     .bind(e.event_id.0)
@@ -99,6 +102,7 @@ async fn change_details(
     .bind(e.details.ends_at)
     .bind(big(recorded.version))
     .bind(recorded.recorded_at)
+    .bind(e.details.max_tickets_per_customer.map(i64::from))
     .execute(&mut *conn)
     .await
     .map(drop)
