@@ -4,6 +4,7 @@
 
 use crate::app::dead_letters::DeadLetterAdmin;
 use crate::app::idempotency::IdempotencyStore;
+use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
@@ -98,6 +99,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         insights,
         webhooks,
         durable_cursor,
+        processor,
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -105,6 +107,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     let gateway = Arc::new(SimulatedGateway::new(
         config.payment_latency,
         config.payment_failure_rate,
+        Arc::clone(&clock),
+        processor,
     ));
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
     let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
@@ -234,11 +238,20 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             dispatcher,
             strict: config.app_env == AppEnv::Production,
         },
+        crash_after_capture: config.fault_crash_after_capture,
     };
+    if config.fault_crash_after_capture {
+        tracing::warn!("FAULT_CRASH_AFTER_CAPTURE is set: the process aborts after every capture");
+    }
+    let app = Arc::new(app);
+    tasks.push(tokio::spawn(reconcile::run(
+        Reconciler::new(Arc::clone(&app), config.request_timeout),
+        config.reconcile_interval,
+    )));
     let state = AppState::new(Shared {
         config,
         rate_limiter,
-        app: Arc::new(app),
+        app,
         bus,
         auth,
         clock,

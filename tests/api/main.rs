@@ -21,5 +21,6 @@ mod idempotency;
 mod operations;
 mod purchase;
 mod ratelimit;
+mod reconcile;
 mod smoke;
 mod webhooks;
