@@ -2,7 +2,7 @@
 //! and serves it until a shutdown future completes. Tests use the same path with port 0 and
 //! a `ManualClock`, so what they exercise is what production runs.
 
-use crate::app::dead_letters::DeadLetterAdmin;
+use crate::app::dead_letters::{self, DeadLetterAdmin};
 use crate::app::idempotency::IdempotencyStore;
 use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
@@ -75,6 +75,10 @@ pub struct Service {
 /// Audit records queued for the background writer before new ones are dropped (and counted):
 /// minutes of the busiest audited traffic, a few MB at most.
 const AUDIT_QUEUE: usize = 10_000;
+
+/// How often each instance returns dead letters whose retry was abandoned (claimed longer
+/// than `dlq::CLAIM_TIMEOUT` ago) to pending.
+const DLQ_CLAIM_SWEEP: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for queued audit records to be written.
 const AUDIT_FLUSH: Duration = Duration::from_secs(5);
@@ -186,6 +190,10 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         &consumer_health,
     )
     .await?;
+    tasks.push(tokio::spawn(dead_letters::sweep_stale_claims(
+        dlq.clone(),
+        DLQ_CLAIM_SWEEP,
+    )));
 
     // Holds always end: re-arm every pending hold once the read models caught up.
     let head = *store.subscribe_head().borrow();
