@@ -2,7 +2,8 @@
 //! gateway's capture and the append: instances started with `FAULT_CRASH_AFTER_CAPTURE=1`
 //! abort right there, the simulated processor's ledger (its own table) outlives them, and
 //! another instance's reconciliation records the capture whose hold is still valid and refunds
-//! the one whose hold ended, within a bound.
+//! the one whose hold ended, within a bound; and a capture whose append the event store
+//! refused is recorded once the store accepts appends again.
 
 use super::client::*;
 use sqlx::PgPool;
@@ -142,4 +143,78 @@ async fn captures_of_a_process_killed_before_the_append_are_recorded_or_refunded
     .await
     .unwrap();
     assert_eq!(kept, 2500, "the processor keeps the price of the seat sold");
+}
+
+/// An event store that fails right after the capture (a trigger refuses `payment.captured`
+/// rows): the payment answers 503 with the card charged and nothing recorded; once the store
+/// accepts appends again, reconciliation records the capture and the reservation confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_whose_append_failed_is_recorded_once_the_store_is_back() {
+    let db = fresh_database().await;
+    let pool = PgPool::connect(&db).await.unwrap();
+    let service = Service::start(
+        &db,
+        &[
+            ("RECONCILE_INTERVAL_SECONDS", "1"),
+            ("REQUEST_TIMEOUT_SECONDS", "2"),
+            ADMIN[0],
+            ADMIN[1],
+        ],
+    )
+    .await;
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 10).await;
+    let (_, buyer) = service.user("customer").await;
+    let (status, body) = service.reserve(&buyer, event, 1).await;
+    assert_eq!(status, 201, "{body}");
+    let reservation = uuid(&body, "reservation_id");
+
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_captures() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.event_type = 'payment.captured' THEN
+                 RAISE EXCEPTION 'simulated event store failure';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_captures BEFORE INSERT ON events
+             FOR EACH ROW EXECUTE FUNCTION refuse_captures();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (status, body) = service.pay(&buyer, reservation).await;
+    assert_eq!(status, 503, "{body}");
+    let (payment, refunded) = capture_of(&pool, reservation).await;
+    assert!(!refunded);
+    let (status, _) = service
+        .get(&format!("/api/payments/{payment}"), Some(&buyer))
+        .await;
+    assert_eq!(status, 404, "recorded although the store refused");
+
+    sqlx::raw_sql("DROP TRIGGER refuse_captures ON events; DROP FUNCTION refuse_captures();")
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(
+        "reconciliation records the capture",
+        Duration::from_secs(30),
+        || async {
+            let (_, r) = service
+                .get(&format!("/api/reservations/{reservation}"), Some(&buyer))
+                .await;
+            r["status"] == "confirmed" && r["payment_id"] == payment.to_string()
+        },
+    )
+    .await;
+    assert_eq!(
+        service
+            .metric(
+                "ticketing_reconciled_captures_total",
+                &[("outcome", "recorded")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(assert_sales_balance_in_sql(&pool).await, 2500);
 }
