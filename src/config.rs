@@ -37,6 +37,12 @@ pub struct Config {
     pub reservation_ttl: chrono::Duration,
     /// How often each instance looks for overdue holds (those of an instance that died).
     pub expiry_sweep: Duration,
+    /// How often each instance looks for gateway captures that have no recorded event
+    /// (`RECONCILE_INTERVAL_SECONDS`).
+    pub reconcile_interval: Duration,
+    /// Fault injection (`FAULT_CRASH_AFTER_CAPTURE`, refused in production): abort the process
+    /// right after a capture, before it is recorded, to prove reconciliation.
+    pub fault_crash_after_capture: bool,
     pub session_ttl: chrono::Duration,
     pub app_env: AppEnv,
     /// Where spans go over OTLP/HTTP: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
@@ -118,6 +124,8 @@ impl std::fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("request_timeout_s", &self.request_timeout.as_secs())
+            .field("reconcile_interval", &self.reconcile_interval)
+            .field("fault_crash_after_capture", &self.fault_crash_after_capture)
             .field("shutdown_drain", &self.shutdown_drain)
             .field("webhook_max_attempts", &self.webhook_max_attempts)
             .field("webhook_retry_base", &self.webhook_retry_base)
@@ -146,6 +154,8 @@ impl Default for Config {
             admin_password: None,
             reservation_ttl: chrono::Duration::seconds(900),
             expiry_sweep: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(60),
+            fault_crash_after_capture: false,
             session_ttl: chrono::Duration::hours(24),
             app_env: AppEnv::Development,
             otel_endpoint: None,
@@ -241,6 +251,25 @@ impl Config {
                 reason: "must be within 0..=1".into(),
             });
         }
+        let fault_crash_after_capture = match get("FAULT_CRASH_AFTER_CAPTURE")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("0" | "false" | "no") => false,
+            Some("1" | "true" | "yes") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "FAULT_CRASH_AFTER_CAPTURE",
+                    reason: format!("{other:?} is not true or false"),
+                })
+            }
+        };
+        if fault_crash_after_capture && app_env == AppEnv::Production {
+            return Err(ConfigError {
+                var: "FAULT_CRASH_AFTER_CAPTURE",
+                reason: "a fault-injection hook for tests; refused with APP_ENV=production".into(),
+            });
+        }
         let limit = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
             u32::try_from(positive(var, i64::from(default))?).map_err(|_| ConfigError {
                 var,
@@ -312,6 +341,8 @@ impl Config {
             admin_password: get("ADMIN_PASSWORD"),
             reservation_ttl: chrono::Duration::seconds(positive("RESERVATION_TTL_SECONDS", 900)?),
             expiry_sweep: seconds(positive("EXPIRY_SWEEP_SECONDS", 30)?),
+            reconcile_interval: seconds(positive("RECONCILE_INTERVAL_SECONDS", 60)?),
+            fault_crash_after_capture,
             session_ttl: chrono::Duration::seconds(positive("SESSION_TTL_SECONDS", 86_400)?),
             app_env,
             otel_endpoint: match get("OTEL_SDK_DISABLED").map(|v| v.trim().to_ascii_lowercase()) {

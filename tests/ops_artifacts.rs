@@ -1,6 +1,7 @@
-//! Checks the operations artifacts against the code: every metric an alert rule or a Grafana
-//! panel names exists in the catalogue (`src/observability/metrics.rs`), every alert links a
-//! section of `RUNBOOK.md`, and `promtool` accepts the rules and the scrape configuration.
+//! Checks the operations artifacts against the code: every metric an alert or recording rule
+//! or a Grafana panel names exists in the catalogue (`src/observability/metrics.rs`), every
+//! alert links a section of `RUNBOOK.md`, `promtool` accepts the rules and the scrape
+//! configuration, and the SLO rules pass their unit tests (`prometheus/tests/*.yml`).
 //! A fresh service's first scrape shows every series they read, at 0 if nothing happened.
 //! Needs `promtool` on PATH (Debian package `prometheus`; `scripts/services.sh` installs it)
 //! and PostgreSQL (the pool series exist only on it; `scripts/services.sh` starts it).
@@ -47,9 +48,12 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The alert rules and every dashboard, with their paths.
+/// The rule files `prometheus/prometheus.yml` loads: alerts, and the SLOs with their alerts.
+const RULE_FILES: [&str; 2] = ["prometheus/alerts.yml", "prometheus/slos.yml"];
+
+/// The rule files and every dashboard, with their paths (the rule files first).
 fn artifacts() -> Vec<(PathBuf, String)> {
-    let mut files = vec![root().join("prometheus/alerts.yml")];
+    let mut files: Vec<PathBuf> = RULE_FILES.iter().map(|f| root().join(f)).collect();
     let dashboards = root().join("grafana/dashboards");
     let mut jsons: Vec<PathBuf> = std::fs::read_dir(&dashboards)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dashboards.display()))
@@ -124,7 +128,13 @@ fn anchor(heading: &str) -> String {
 /// Every alert has a summary, a description and a runbook link to an existing RUNBOOK.md section.
 #[test]
 fn every_alert_links_a_runbook_section() {
-    let rules = read(&root().join("prometheus/alerts.yml"));
+    for file in RULE_FILES {
+        alerts_link_runbook_sections(file);
+    }
+}
+
+fn alerts_link_runbook_sections(file: &str) {
+    let rules = read(&root().join(file));
     let runbook = read(&root().join("RUNBOOK.md"));
     let anchors: BTreeSet<String> = runbook
         .lines()
@@ -138,9 +148,13 @@ fn every_alert_links_a_runbook_section() {
             .count()
     };
     let alerts = count("- alert:");
-    assert!(alerts > 0, "no alert in prometheus/alerts.yml");
+    assert!(alerts > 0, "no alert in {file}");
     for key in ["summary:", "description:", "runbook_url:"] {
-        assert_eq!(count(key), alerts, "every alert needs one `{key}`");
+        assert_eq!(
+            count(key),
+            alerts,
+            "every alert of {file} needs one `{key}`"
+        );
     }
     for line in rules.lines().filter(|l| l.contains("runbook_url:")) {
         let target = line
@@ -182,24 +196,50 @@ fn promtool(args: &[&str]) -> String {
     text
 }
 
-/// `promtool check rules` accepts the alert rules.
+/// `promtool check rules` accepts the alert and SLO rules.
 #[test]
 fn promtool_accepts_the_alert_rules() {
-    let out = promtool(&["check", "rules", "prometheus/alerts.yml"]);
-    assert!(out.contains("SUCCESS"), "{out}");
+    for file in RULE_FILES {
+        let out = promtool(&["check", "rules", file]);
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
+
+/// The SLO rules' unit tests pass (`promtool test rules` on synthetic series): a fast burn
+/// pages, a slow burn only opens a ticket, a healthy service raises nothing.
+#[test]
+fn promtool_unit_tests_of_the_slo_rules_pass() {
+    let dir = root().join("prometheus/tests");
+    let mut tests: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .map(|p| {
+            format!(
+                "prometheus/tests/{}",
+                p.file_name().expect("a file").to_string_lossy()
+            )
+        })
+        .collect();
+    assert!(!tests.is_empty(), "no rule unit test in {}", dir.display());
+    tests.sort();
+    let mut args = vec!["test", "rules"];
+    args.extend(tests.iter().map(String::as_str));
+    let out = promtool(&args);
+    assert!(out.contains("SUCCESS") && !out.contains("FAILED"), "{out}");
 }
 
 /// `promtool check config` accepts the scrape configuration and finds its rule file.
 #[test]
 fn promtool_accepts_the_scrape_config() {
     let out = promtool(&["check", "config", "prometheus/prometheus.yml"]);
-    assert!(out.contains("1 rule files found"), "{out}");
+    assert!(out.contains("2 rule files found"), "{out}");
 }
 
 /// The dashboard JSON parses and every panel queries through the dashboard's data source variable.
 #[test]
 fn dashboards_are_importable_json() {
-    for (path, text) in artifacts().into_iter().skip(1) {
+    for (path, text) in artifacts().into_iter().skip(RULE_FILES.len()) {
         let dashboard: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
         assert!(

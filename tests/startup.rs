@@ -84,3 +84,17 @@ fn a_database_url_that_is_no_url_names_the_variable() {
     ]);
     assert!(stderr.contains("AUTH_DATABASE_URL"), "{stderr}");
 }
+
+/// The crash-after-capture fault hook is never honoured in production: the binary refuses to
+/// start and names the variable.
+#[test]
+fn the_crash_hook_is_refused_in_production() {
+    let stderr = failed_start(&[
+        ("APP_ENV", "production"),
+        ("FAULT_CRASH_AFTER_CAPTURE", "1"),
+    ]);
+    assert!(
+        stderr.contains("FAULT_CRASH_AFTER_CAPTURE") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}

@@ -13,7 +13,7 @@ use crate::domain::{
     SaleError,
 };
 use crate::eventstore::Metadata;
-use crate::payment::{ChargeOutcome, GatewayError};
+use crate::payment::{ChargeFor, ChargeOutcome, GatewayError};
 use crate::projections::{PaymentView, ReservationView};
 use uuid::Uuid;
 
@@ -103,13 +103,22 @@ impl App {
         }
         let currency = Currency::parse(&reservation.currency).map_err(anyhow::Error::from)?;
         let amount = Money::new(reservation.total_cents, currency);
+        let reservation_id = ReservationId(reservation.reservation_id);
+        let paid_for = ChargeFor {
+            reservation_id,
+            event_id: EventId(reservation.event_id),
+        };
         let outcome = self
             .gateway
-            .charge(payment_id, amount, &order.card_token)
+            .charge(payment_id, amount, &order.card_token, paid_for)
             .await
             .map_err(|e| self.gateway_failed(e))?;
+        if self.crash_after_capture && matches!(outcome, ChargeOutcome::Captured { .. }) {
+            // The fault reconciliation exists for: money taken, nothing recorded.
+            tracing::error!(%payment_id, "FAULT_CRASH_AFTER_CAPTURE: aborting before the append");
+            std::process::abort();
+        }
         let now = self.clock.now();
-        let reservation_id = ReservationId(reservation.reservation_id);
         let command = match &outcome {
             ChargeOutcome::Captured { charge_id } => SaleCommand::RecordCapture {
                 payment_id,
@@ -132,7 +141,9 @@ impl App {
             .await
         {
             Ok(committed) => committed,
-            Err(e @ AppError::Conflict { .. }) => return self.replay_or(retried, e).await,
+            // Already recorded: by a first attempt with the same key, or by reconciliation
+            // (this request outlived its grace); either way the payment has its answer.
+            Err(e @ AppError::Conflict { .. }) => return self.replay_or(Some(payment_id), e).await,
             Err(e) => return Err(e),
         };
         let counted = match (&outcome, &committed.outcome) {

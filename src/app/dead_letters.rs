@@ -2,13 +2,15 @@
 //! the consumer's own handler on the stored message, and resolves the entry, or puts it back
 //! to pending with the new error and one more retry. Whenever the oldest open entry of a
 //! stream closes (retried, resolved or discarded), the entries parked behind it are replayed
-//! in order, until one fails again; so a stream never skips ahead of its parked events.
+//! in order, until one fails again; so a stream never skips ahead of its parked events. An
+//! entry whose retry's instance died stays `processing` only until `dlq::CLAIM_TIMEOUT`:
+//! every instance sweeps such claims back to `pending` (`sweep_stale_claims`).
 
 use crate::bus::consumer::Handler;
 use crate::bus::envelope;
 use crate::bus::BusMessage;
 use crate::clock::Clock;
-use crate::dlq::{Closing, DeadLetter, DeadLetters, DlqError, DlqStatus};
+use crate::dlq::{Closing, DeadLetter, DeadLetters, DlqError, DlqStatus, CLAIM_TIMEOUT};
 use crate::domain::UserId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,6 +81,22 @@ impl DeadLetterAdmin {
         Ok(entry)
     }
 
+    /// Returns to `pending` every entry claimed longer than `CLAIM_TIMEOUT` ago: its retry's
+    /// instance died (a live retry runs one handler call). Returns their ids.
+    pub async fn release_stale_claims(&self) -> Result<Vec<i64>, DlqError> {
+        let released = self
+            .store
+            .release_stale_claims(self.clock.now() - CLAIM_TIMEOUT)
+            .await?;
+        for id in &released {
+            tracing::warn!(
+                entry = id,
+                "a dead letter's retry was abandoned; it is pending again"
+            );
+        }
+        Ok(released)
+    }
+
     async fn close(
         &self,
         id: i64,
@@ -96,7 +114,7 @@ impl DeadLetterAdmin {
     }
 
     async fn replay(&self, id: i64, by: UserId, notes: &str) -> Result<DeadLetter, RetryError> {
-        let entry = self.store.claim(id).await?;
+        let entry = self.store.claim(id, self.clock.now()).await?;
         match self.run_handler(&entry).await {
             Ok(()) => {
                 let closing = Closing {
@@ -149,6 +167,18 @@ impl DeadLetterAdmin {
                 tracing::warn!(entry = next, error = %e, "a parked dead letter failed again");
                 return;
             }
+        }
+    }
+}
+
+/// Every `every`, returns abandoned claims to `pending` (see `release_stale_claims`).
+pub async fn sweep_stale_claims(admin: DeadLetterAdmin, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = admin.release_stale_claims().await {
+            tracing::warn!(error = %e, "cannot release abandoned dead-letter claims");
         }
     }
 }

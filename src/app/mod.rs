@@ -1,7 +1,8 @@
 //! The application layer: the use cases that HTTP (and anything else that drives the service)
 //! calls, one module per family: `checkout` (reserve, pay, cancel, refund), `events` (event
 //! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
-//! (what admins do with the DLQ), `holds` (ending holds whose instance died), `webhooks`
+//! (what admins do with the DLQ), `holds` (ending holds whose instance died), `reconcile`
+//! (recording gateway captures nobody recorded), `webhooks`
 //! (organizers' endpoints and their delivery logs). It owns running
 //! commands with read-your-writes, recording a gateway capture through writer contention,
 //! the charge-then-record flow and idempotency. It never decides a business rule (the domain
@@ -15,6 +16,7 @@ pub mod holds;
 pub mod idempotency;
 pub mod policy;
 pub mod queries;
+pub mod reconcile;
 pub mod webhooks;
 
 pub use error::{AppError, FieldError};
@@ -57,6 +59,9 @@ pub struct App {
     pub(crate) hold_for: chrono::Duration,
     /// Organizers' webhook endpoints and their deliveries.
     pub(crate) webhooks: webhooks::Webhooks,
+    /// Fault injection (`FAULT_CRASH_AFTER_CAPTURE`, never in production): abort right after
+    /// a capture, before recording it.
+    pub(crate) crash_after_capture: bool,
 }
 
 impl App {

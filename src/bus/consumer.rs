@@ -316,12 +316,17 @@ impl Consumer {
                 return Ok(Outcome::DeadLettered);
             }
         };
-        if let Some(head) = self.dlq.open_entry_of(name, &event.stream_id).await? {
-            let reason = ParkedBehind {
-                head,
-                stream_id: event.stream_id.clone(),
-            };
-            self.park(delivery, &reason, 0, Some(head)).await?;
+        // One step with the check (see `DeadLetters::park_behind_open`): an entry parked
+        // while its head closes is still found by the replay of the head's followers.
+        let reason = ParkedBehind {
+            stream_id: event.stream_id.clone(),
+        };
+        if self
+            .dlq
+            .park_behind_open(self.dead_letter(delivery, &reason, 0, None))
+            .await?
+            .is_some()
+        {
             return Ok(Outcome::Parked);
         }
         let mut attempt = 0;
@@ -356,39 +361,48 @@ impl Consumer {
         retry_count: u32,
         parked_behind: Option<i64>,
     ) -> Result<i64, DlqError> {
-        let m = &delivery.message;
         self.dlq
-            .park(NewDeadLetter {
-                consumer: self.handler.name().to_owned(),
-                topic: m.topic.clone(),
-                partition: delivery.partition,
-                offset: delivery.offset,
-                message_key: m.key.clone(),
-                stream_id: m.header(envelope::STREAM_ID).map(str::to_owned),
-                stream_version: m
-                    .header(envelope::STREAM_VERSION)
-                    .and_then(|v| v.parse().ok()),
-                event_type: m.header(envelope::EVENT_TYPE).map(str::to_owned),
-                event_version: m
-                    .header(envelope::EVENT_VERSION)
-                    .and_then(|v| v.parse().ok()),
-                payload: m.payload.clone(),
-                headers: m.headers.clone(),
-                error: error.to_string(),
-                causes: causes(error),
-                parked_behind,
-                retry_count,
-                failed_at: self.clock.now(),
-            })
+            .park(self.dead_letter(delivery, error, retry_count, parked_behind))
             .await
+    }
+
+    fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &(dyn std::error::Error + Sync),
+        retry_count: u32,
+        parked_behind: Option<i64>,
+    ) -> NewDeadLetter {
+        let m = &delivery.message;
+        NewDeadLetter {
+            consumer: self.handler.name().to_owned(),
+            topic: m.topic.clone(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+            message_key: m.key.clone(),
+            stream_id: m.header(envelope::STREAM_ID).map(str::to_owned),
+            stream_version: m
+                .header(envelope::STREAM_VERSION)
+                .and_then(|v| v.parse().ok()),
+            event_type: m.header(envelope::EVENT_TYPE).map(str::to_owned),
+            event_version: m
+                .header(envelope::EVENT_VERSION)
+                .and_then(|v| v.parse().ok()),
+            payload: m.payload.clone(),
+            headers: m.headers.clone(),
+            error: error.to_string(),
+            causes: causes(error),
+            parked_behind,
+            retry_count,
+            failed_at: self.clock.now(),
+        }
     }
 }
 
 /// Why a message waits in the dead letter queue although nothing is wrong with it.
 #[derive(Debug, thiserror::Error)]
-#[error("parked behind dead letter {head} of stream {stream_id}")]
+#[error("parked behind the open dead letter of stream {stream_id}")]
 struct ParkedBehind {
-    head: i64,
     stream_id: String,
 }
 

@@ -173,3 +173,31 @@ fn a_database_url_that_is_no_url_is_refused_by_name() {
     .unwrap_err();
     assert_eq!(e.var, "PROJECTIONS_DATABASE_URL");
 }
+
+/// Reconciliation runs every 60 s unless told otherwise; the crash hook is off by default,
+/// honoured outside production and refused in production.
+#[test]
+fn reconciliation_interval_and_the_crash_hook() {
+    let c = from(&[]).unwrap();
+    assert_eq!(c.reconcile_interval, Duration::from_secs(60));
+    assert!(!c.fault_crash_after_capture);
+    let c = from(&[
+        ("RECONCILE_INTERVAL_SECONDS", "2"),
+        ("FAULT_CRASH_AFTER_CAPTURE", "1"),
+        ("APP_ENV", "staging"),
+    ])
+    .unwrap();
+    assert_eq!(c.reconcile_interval, Duration::from_secs(2));
+    assert!(c.fault_crash_after_capture);
+    let refused = from(&[
+        ("FAULT_CRASH_AFTER_CAPTURE", "true"),
+        ("APP_ENV", "production"),
+    ]);
+    assert_eq!(refused.unwrap_err().var, "FAULT_CRASH_AFTER_CAPTURE");
+    assert_eq!(
+        from(&[("RECONCILE_INTERVAL_SECONDS", "0")])
+            .unwrap_err()
+            .var,
+        "RECONCILE_INTERVAL_SECONDS"
+    );
+}

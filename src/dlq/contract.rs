@@ -1,7 +1,8 @@
 //! The contract both dead letter queues keep: entries round-trip, open entries block their
-//! stream, status transitions are guarded, stats and listing agree.
+//! stream, status transitions are guarded, stats and listing agree, abandoned claims return
+//! to pending after the claim timeout, and parking behind an entry races safely with its close.
 
-use super::{Closing, DeadLetters, DlqError, DlqStatus, NewDeadLetter};
+use super::{Closing, DeadLetters, DlqError, DlqStatus, NewDeadLetter, Parked};
 use crate::domain::UserId;
 use crate::paging::PageRequest;
 use chrono::{DateTime, Utc};
@@ -76,7 +77,9 @@ pub async fn run(dlq: &dyn DeadLetters) {
         None
     );
     assert_eq!(
-        dlq.claim(second).await.unwrap_err(),
+        dlq.claim(second, at("2026-11-27T10:30:00Z"))
+            .await
+            .unwrap_err(),
         DlqError::Blocked {
             id: second,
             behind: first
@@ -84,10 +87,10 @@ pub async fn run(dlq: &dyn DeadLetters) {
     );
 
     // A failed retry goes back to pending with the new error and one more retry.
-    let claimed = dlq.claim(first).await.unwrap();
+    let claimed = dlq.claim(first, at("2026-11-27T10:30:00Z")).await.unwrap();
     assert_eq!(claimed.status, DlqStatus::Processing);
     assert!(matches!(
-        dlq.claim(first).await,
+        dlq.claim(first, at("2026-11-27T10:30:00Z")).await,
         Err(DlqError::WrongStatus {
             status: DlqStatus::Processing,
             ..
@@ -110,7 +113,7 @@ pub async fn run(dlq: &dyn DeadLetters) {
 
     // Closing records who and when, once.
     let admin = UserId(uuid::Uuid::new_v4());
-    dlq.claim(first).await.unwrap();
+    dlq.claim(first, at("2026-11-27T11:30:00Z")).await.unwrap();
     let resolved = dlq
         .close(
             first,
@@ -171,9 +174,119 @@ pub async fn run(dlq: &dyn DeadLetters) {
     assert_eq!(pending.items[0].id, second);
 }
 
+/// A claim older than the timeout returns to pending (its instance died mid-retry); a fresh
+/// one stays; the entry can then be claimed and closed as usual.
+pub async fn abandoned_claims_return_to_pending(dlq: &dyn DeadLetters) {
+    let id = dlq.park(letter("reservation-claimed", 1)).await.unwrap();
+    let fresh = dlq.park(letter("reservation-fresh", 1)).await.unwrap();
+    let untouched = dlq.park(letter("reservation-pending", 1)).await.unwrap();
+    dlq.claim(id, at("2026-11-27T10:00:00Z")).await.unwrap();
+    dlq.claim(fresh, at("2026-11-27T10:10:00Z")).await.unwrap();
+    assert_eq!(
+        dlq.release_stale_claims(at("2026-11-27T10:00:00Z"))
+            .await
+            .unwrap(),
+        Vec::<i64>::new(),
+        "a claim exactly at the bound is not stale yet"
+    );
+    assert_eq!(
+        dlq.release_stale_claims(at("2026-11-27T10:05:00Z"))
+            .await
+            .unwrap(),
+        vec![id]
+    );
+    assert_eq!(dlq.get(id).await.unwrap().status, DlqStatus::Pending);
+    assert_eq!(dlq.get(fresh).await.unwrap().status, DlqStatus::Processing);
+    assert_eq!(dlq.get(untouched).await.unwrap().status, DlqStatus::Pending);
+    assert_eq!(dlq.get(id).await.unwrap().retry_count, 0);
+    // Released, it is claimed and closed like any pending entry; closed, it is never released.
+    dlq.claim(id, at("2026-11-27T10:20:00Z")).await.unwrap();
+    let closing = Closing {
+        status: DlqStatus::Resolved,
+        by: None,
+        notes: None,
+        at: at("2026-11-27T10:21:00Z"),
+    };
+    dlq.close(id, DlqStatus::Processing, closing).await.unwrap();
+    assert_eq!(
+        dlq.release_stale_claims(at("2026-11-28T00:00:00Z"))
+            .await
+            .unwrap(),
+        vec![fresh]
+    );
+    assert_eq!(dlq.get(id).await.unwrap().status, DlqStatus::Resolved);
+}
+
+/// Parking behind an open entry: nothing is recorded while the stream is clear; otherwise the
+/// entry waits behind the oldest open one. Raced against the head's close followed by the
+/// look-up for followers (what `app::dead_letters` does), a parked entry is always found by
+/// that look-up, never stranded behind a closed head.
+pub async fn parking_races_safely_with_closing_the_head(dlq: &dyn DeadLetters) {
+    assert_eq!(
+        dlq.park_behind_open(letter("reservation-clear", 1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        dlq.open_entry_of("insights", "reservation-clear")
+            .await
+            .unwrap(),
+        None,
+        "nothing recorded for a clear stream"
+    );
+    let head = dlq.park(letter("reservation-blocked", 1)).await.unwrap();
+    let Some(Parked { id, behind }) = dlq
+        .park_behind_open(letter("reservation-blocked", 2))
+        .await
+        .unwrap()
+    else {
+        panic!("not parked behind an open head");
+    };
+    assert_eq!(behind, head);
+    assert_eq!(dlq.get(id).await.unwrap().parked_behind, Some(head));
+    assert_eq!(dlq.get(id).await.unwrap().status, DlqStatus::Pending);
+
+    for round in 0..100 {
+        let stream = format!("reservation-race-{round}");
+        let head = dlq.park(letter(&stream, 1)).await.unwrap();
+        let closing = Closing {
+            status: DlqStatus::Discarded,
+            by: None,
+            notes: None,
+            at: at("2026-11-27T12:00:00Z"),
+        };
+        let close_then_look = async {
+            dlq.close(head, DlqStatus::Pending, closing).await.unwrap();
+            dlq.open_entry_of("insights", &stream).await.unwrap()
+        };
+        let park = async { dlq.park_behind_open(letter(&stream, 2)).await.unwrap() };
+        let (seen, parked) = tokio::join!(close_then_look, park);
+        match parked {
+            Some(p) => assert_eq!(
+                seen,
+                Some(p.id),
+                "round {round}: entry {} parked behind {head}, which closed unseen",
+                p.id
+            ),
+            None => assert_eq!(
+                dlq.open_entry_of("insights", &stream).await.unwrap(),
+                None,
+                "round {round}"
+            ),
+        }
+    }
+}
+
+async fn run_all(dlq: &dyn DeadLetters) {
+    run(dlq).await;
+    abandoned_claims_return_to_pending(dlq).await;
+    parking_races_safely_with_closing_the_head(dlq).await;
+}
+
 #[tokio::test]
 async fn the_in_memory_dead_letter_queue_keeps_the_contract() {
-    run(&super::memory::MemoryDeadLetters::new()).await;
+    run_all(&super::memory::MemoryDeadLetters::new()).await;
 }
 
 #[tokio::test]
@@ -183,5 +296,5 @@ async fn the_postgres_dead_letter_queue_keeps_the_contract() {
         .await
         .unwrap();
     crate::db::events_migrator().run(&pool).await.unwrap();
-    run(&super::postgres::PostgresDeadLetters::new(pool)).await;
+    run_all(&super::postgres::PostgresDeadLetters::new(pool)).await;
 }

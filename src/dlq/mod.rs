@@ -1,8 +1,11 @@
 //! The dead letter queue: messages a bus consumer could not handle, and the later messages of
 //! the same stream parked behind them. The `DeadLetters` port stores entries and their
 //! status transitions (pending -> processing -> resolved | pending, pending -> resolved |
-//! discarded); `app::dead_letters` drives retries through the original handler. Adapters:
-//! `memory`, `postgres` (table in `migrations_events/`); both pass `contract`.
+//! discarded; processing -> pending again once a claim is older than `CLAIM_TIMEOUT`);
+//! `app::dead_letters` drives retries through the original handler. Parking behind an open
+//! entry is one atomic step with the check, serialized with closing that entry, so a message
+//! is never parked behind an entry whose followers were already replayed. Adapters: `memory`,
+//! `postgres` (table in `migrations_events/`); both pass `contract`.
 
 #[cfg(test)]
 pub mod contract;
@@ -147,6 +150,18 @@ impl DlqStats {
     }
 }
 
+/// How long a retry may hold an entry (`processing`) before the entry counts as abandoned by
+/// an instance that died mid-retry and returns to `pending`. Retries run one handler call
+/// (seconds at most), so five minutes is far beyond a live one.
+pub const CLAIM_TIMEOUT: chrono::Duration = chrono::Duration::minutes(5);
+
+/// A message parked behind the open entry of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parked {
+    pub id: i64,
+    pub behind: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DlqError {
     #[error("dead letter {0} not found")]
@@ -174,6 +189,12 @@ pub struct Closing {
 pub trait DeadLetters: Send + Sync + 'static {
     /// Records a new pending entry and returns its id.
     async fn park(&self, entry: NewDeadLetter) -> Result<i64, DlqError>;
+    /// When `entry`'s stream has an open entry for its consumer, records `entry` parked
+    /// behind the oldest one and returns both ids; else records nothing. Check and insert are
+    /// one step, ordered with `close` of that entry: either the close comes first (nothing is
+    /// parked) or the parked entry exists before the close is seen, so whoever replays the
+    /// followers after the close finds it.
+    async fn park_behind_open(&self, entry: NewDeadLetter) -> Result<Option<Parked>, DlqError>;
     /// The oldest open entry of `stream_id` for `consumer`, if any: later messages of the
     /// stream must wait behind it.
     async fn open_entry_of(&self, consumer: &str, stream_id: &str)
@@ -186,9 +207,15 @@ pub trait DeadLetters: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<DeadLetter>, DlqError>;
     async fn stats(&self) -> Result<DlqStats, DlqError>;
-    /// pending -> processing, for a retry; refused while an earlier entry of the same stream
-    /// is open.
-    async fn claim(&self, id: i64) -> Result<DeadLetter, DlqError>;
+    /// pending -> processing at `at`, for a retry; refused while an earlier entry of the same
+    /// stream is open.
+    async fn claim(&self, id: i64, at: DateTime<Utc>) -> Result<DeadLetter, DlqError>;
+    /// processing -> pending for every entry claimed before `claimed_before` (its retry's
+    /// instance died); returns their ids.
+    async fn release_stale_claims(
+        &self,
+        claimed_before: DateTime<Utc>,
+    ) -> Result<Vec<i64>, DlqError>;
     /// processing -> pending after a failed retry: the new error, one more retry.
     async fn retry_failed(
         &self,

@@ -2,7 +2,9 @@
 //! Status changes are single conditional UPDATEs, so two admins (or two instances) acting on
 //! one entry cannot both win.
 
-use super::{Closing, DeadLetter, DeadLetters, DlqError, DlqStats, DlqStatus, NewDeadLetter};
+use super::{
+    Closing, DeadLetter, DeadLetters, DlqError, DlqStats, DlqStatus, NewDeadLetter, Parked,
+};
 use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use base64::Engine;
@@ -100,6 +102,16 @@ impl TryFrom<EntryRow> for DeadLetter {
     }
 }
 
+/// A message's headers as the `metadata` JSON object.
+fn headers_json(headers: Vec<(String, String)>) -> serde_json::Value {
+    serde_json::Value::Object(
+        headers
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    )
+}
+
 fn entry(row: &PgRow) -> Result<DeadLetter, DlqError> {
     DeadLetter::try_from(EntryRow::from_row(row).map_err(unavailable)?)
 }
@@ -132,11 +144,6 @@ impl PostgresDeadLetters {
 #[async_trait]
 impl DeadLetters for PostgresDeadLetters {
     async fn park(&self, e: NewDeadLetter) -> Result<i64, DlqError> {
-        let metadata: serde_json::Map<String, serde_json::Value> = e
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
-            .collect();
         sqlx::query_scalar(
             "INSERT INTO dead_letter_queue (consumer, topic, partition, \"offset\", message_key,
                  stream_id, stream_version, event_type, event_version, payload, metadata, error,
@@ -154,7 +161,7 @@ impl DeadLetters for PostgresDeadLetters {
         .bind(e.event_type)
         .bind(e.event_version.map(i32::from))
         .bind(e.payload)
-        .bind(serde_json::Value::Object(metadata))
+        .bind(headers_json(e.headers))
         .bind(e.error)
         .bind(serde_json::json!(e.causes))
         .bind(e.parked_behind)
@@ -163,6 +170,46 @@ impl DeadLetters for PostgresDeadLetters {
         .fetch_one(&self.0)
         .await
         .map_err(unavailable)
+    }
+
+    async fn park_behind_open(&self, e: NewDeadLetter) -> Result<Option<Parked>, DlqError> {
+        if e.stream_id.is_none() {
+            return Ok(None);
+        }
+        // The head's row lock orders this insert with a close of the head: a close that
+        // committed first makes the head fail the re-check (the next open entry, if any, is
+        // taken instead); one that comes later waits until this entry is committed.
+        let parked: Option<(i64, i64)> = sqlx::query_as(
+            "WITH head AS (
+                 SELECT id FROM dead_letter_queue
+                  WHERE consumer = $1 AND stream_id = $6 AND status IN ('pending', 'processing')
+                  ORDER BY id LIMIT 1 FOR UPDATE)
+             INSERT INTO dead_letter_queue (consumer, topic, partition, \"offset\", message_key,
+                 stream_id, stream_version, event_type, event_version, payload, metadata, error,
+                 causes, retry_count, first_failed_at, last_failed_at, parked_behind)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, head.id
+               FROM head
+             RETURNING id, parked_behind",
+        )
+        .bind(e.consumer)
+        .bind(e.topic)
+        .bind(e.partition)
+        .bind(e.offset)
+        .bind(e.message_key)
+        .bind(e.stream_id)
+        .bind(e.stream_version.and_then(|v| i64::try_from(v).ok()))
+        .bind(e.event_type)
+        .bind(e.event_version.map(i32::from))
+        .bind(e.payload)
+        .bind(headers_json(e.headers))
+        .bind(e.error)
+        .bind(serde_json::json!(e.causes))
+        .bind(i32::try_from(e.retry_count).unwrap_or(i32::MAX))
+        .bind(e.failed_at)
+        .fetch_optional(&self.0)
+        .await
+        .map_err(unavailable)?;
+        Ok(parked.map(|(id, behind)| Parked { id, behind }))
     }
 
     async fn open_entry_of(
@@ -241,7 +288,7 @@ impl DeadLetters for PostgresDeadLetters {
         Ok(stats)
     }
 
-    async fn claim(&self, id: i64) -> Result<DeadLetter, DlqError> {
+    async fn claim(&self, id: i64, at: DateTime<Utc>) -> Result<DeadLetter, DlqError> {
         let current = self.get(id).await?;
         if let Some(stream) = &current.stream_id {
             let earlier: Option<i64> = sqlx::query_scalar(
@@ -261,13 +308,29 @@ impl DeadLetters for PostgresDeadLetters {
             }
         }
         let row = sqlx::query(&format!(
-            "UPDATE dead_letter_queue SET status = 'processing'
+            "UPDATE dead_letter_queue SET status = 'processing', claimed_at = $2
               WHERE id = $1 AND status = 'pending' RETURNING {COLUMNS}"
         ))
         .bind(id)
+        .bind(at)
         .fetch_optional(&self.0)
         .await;
         self.transitioned(id, row).await
+    }
+
+    async fn release_stale_claims(
+        &self,
+        claimed_before: DateTime<Utc>,
+    ) -> Result<Vec<i64>, DlqError> {
+        sqlx::query_scalar(
+            "UPDATE dead_letter_queue SET status = 'pending', claimed_at = NULL
+              WHERE status = 'processing' AND (claimed_at IS NULL OR claimed_at < $1)
+              RETURNING id",
+        )
+        .bind(claimed_before)
+        .fetch_all(&self.0)
+        .await
+        .map_err(unavailable)
     }
 
     async fn retry_failed(

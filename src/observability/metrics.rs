@@ -2,12 +2,11 @@
 //! kinds, outcomes); never raw paths, user ids or event ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
-    registry: Registry,
+    pub(super) registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub commands: IntCounterVec,
@@ -55,6 +54,10 @@ pub struct Metrics {
     pub webhook_delivery_duration: HistogramVec,
     /// Webhook deliveries waiting to be sent or retried, over every endpoint.
     pub webhook_queue_depth: IntGauge,
+    /// Captures found without a recorded event, by outcome (`app::reconcile`).
+    pub reconciled_captures: IntCounterVec,
+    /// Unix time of reconciliation's last completed pass (0: none yet).
+    pub reconcile_last_run: IntGauge,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -116,6 +119,8 @@ const CACHES: [&str; 2] = ["events", "availability"];
 const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
 /// `audit_records_total{outcome}` (`audit`).
 const AUDIT_OUTCOMES: [&str; 3] = ["written", "dropped", "failed"];
+/// `reconciled_captures_total{outcome}` (`app::reconcile`).
+const RECONCILE_OUTCOMES: [&str; 3] = ["recorded", "refunded", "failed"];
 /// `dlq_entries{status}` (`dlq::DlqStats::record`).
 const DLQ_STATUSES: [&str; 4] = ["pending", "processing", "resolved", "discarded"];
 
@@ -357,6 +362,16 @@ impl Metrics {
                 "webhook_queue_depth",
                 "Webhook deliveries pending (waiting to be sent or retried) over every endpoint.",
             ),
+            reconciled_captures: counter(
+                &r,
+                "reconciled_captures_total",
+                "Gateway captures reconciliation found without a recorded event: recorded (the hold was valid), refunded (it had ended), failed (retried next pass).",
+                &["outcome"],
+            ),
+            reconcile_last_run: gauge(
+                "reconciliation_last_run_timestamp_seconds",
+                "Unix time of the last completed reconciliation pass (0 before the first).",
+            ),
             registry: r,
         }
     }
@@ -419,31 +434,8 @@ impl Metrics {
             self.dlq_entries.with_label_values(&[status]);
         }
         self.effects.with_label_values(&["arm_expiry"]);
-    }
-
-    /// Records one pool's size and idle connections.
-    pub fn record_pool(&self, pool: &str, connections: u32, idle: usize) {
-        self.db_pool_connections
-            .with_label_values(&[pool])
-            .set(i64::from(connections));
-        self.db_pool_idle
-            .with_label_values(&[pool])
-            .set(i64::try_from(idle).unwrap_or(i64::MAX));
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let families = self.registry.gather();
-        if TextEncoder::new().encode(&families, &mut buf).is_err() {
-            return String::new();
+        for outcome in RECONCILE_OUTCOMES {
+            self.reconciled_captures.with_label_values(&[outcome]);
         }
-        String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -1,6 +1,7 @@
 //! Observability: the Prometheus metrics registry, the tracing subscriber set-up (logs and
 //! OTLP export), and W3C trace context carried across tasks and the bus.
 
+mod exposition;
 pub mod metrics;
 pub mod telemetry;
 pub mod tracecontext;

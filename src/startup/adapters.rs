@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::db::Database;
+use crate::payment::simulated::Ledger;
 use crate::webhooks::memory::MemoryWebhooks;
 use crate::webhooks::postgres::PostgresWebhooks;
 use crate::webhooks::WebhookStore;
@@ -25,6 +26,9 @@ pub(super) struct Adapters {
     pub(super) webhooks: Arc<dyn WebhookStore>,
     /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
     pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
+    /// The simulated card processor's ledger (its own table and pool on PostgreSQL, so that
+    /// it outlives the process like a real processor's).
+    pub(super) processor: Ledger,
 }
 
 pub(super) async fn in_memory() -> Adapters {
@@ -46,13 +50,14 @@ pub(super) async fn in_memory() -> Adapters {
         insights: Arc::new(MemoryInsights::new()),
         webhooks: Arc::new(MemoryWebhooks::default()),
         durable_cursor: None,
+        processor: Ledger::memory(),
     }
 }
 
 /// Connects and migrates the three databases. Each role gets its own pool, even on one
 /// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 5`
-/// connections per instance.
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 7`
+/// connections per instance (the last 2 for the simulated processor's ledger).
 pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
     let projections_url = config
         .projections_database_url
@@ -79,6 +84,14 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let webhooks = db::connect(events_url, &webhook_settings)
         .await
         .context("connecting the webhooks pool to the event store's database")?;
+    // The simulated processor plays an outside party: a pool of its own, outside `pools`.
+    let processor_settings = db::PoolSettings {
+        max_connections: 2,
+        ..config.pool.clone()
+    };
+    let processor = db::connect(events_url, &processor_settings)
+        .await
+        .context("connecting the simulated processor's ledger to the event store's database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
     let pools = db::NamedPools::new(vec![
         ("events", events.clone()),
@@ -100,6 +113,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
+        processor: Ledger::Postgres(processor),
     })
 }
 

@@ -2,8 +2,9 @@
 //! and serves it until a shutdown future completes. Tests use the same path with port 0 and
 //! a `ManualClock`, so what they exercise is what production runs.
 
-use crate::app::dead_letters::DeadLetterAdmin;
+use crate::app::dead_letters::{self, DeadLetterAdmin};
 use crate::app::idempotency::IdempotencyStore;
+use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
@@ -75,6 +76,10 @@ pub struct Service {
 /// minutes of the busiest audited traffic, a few MB at most.
 const AUDIT_QUEUE: usize = 10_000;
 
+/// How often each instance returns dead letters whose retry was abandoned (claimed longer
+/// than `dlq::CLAIM_TIMEOUT` ago) to pending.
+const DLQ_CLAIM_SWEEP: Duration = Duration::from_secs(60);
+
 /// How long shutdown waits for queued audit records to be written.
 const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
@@ -98,6 +103,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         insights,
         webhooks,
         durable_cursor,
+        processor,
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -105,6 +111,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     let gateway = Arc::new(SimulatedGateway::new(
         config.payment_latency,
         config.payment_failure_rate,
+        Arc::clone(&clock),
+        processor,
     ));
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
     let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
@@ -182,6 +190,10 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         &consumer_health,
     )
     .await?;
+    tasks.push(tokio::spawn(dead_letters::sweep_stale_claims(
+        dlq.clone(),
+        DLQ_CLAIM_SWEEP,
+    )));
 
     // Holds always end: re-arm every pending hold once the read models caught up.
     let head = *store.subscribe_head().borrow();
@@ -234,11 +246,20 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             dispatcher,
             strict: config.app_env == AppEnv::Production,
         },
+        crash_after_capture: config.fault_crash_after_capture,
     };
+    if config.fault_crash_after_capture {
+        tracing::warn!("FAULT_CRASH_AFTER_CAPTURE is set: the process aborts after every capture");
+    }
+    let app = Arc::new(app);
+    tasks.push(tokio::spawn(reconcile::run(
+        Reconciler::new(Arc::clone(&app), config.request_timeout),
+        config.reconcile_interval,
+    )));
     let state = AppState::new(Shared {
         config,
         rate_limiter,
-        app: Arc::new(app),
+        app,
         bus,
         auth,
         clock,

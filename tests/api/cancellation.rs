@@ -31,7 +31,7 @@ async fn cancelling_a_pending_reservation_releases_its_held_seats_once() {
         .await
         .assert_problem(409, "reservation-not-pending");
     assert_eq!(app.floor(event).await, (10, 0, 0));
-    assert_eq!(app.gateway.net_captured_cents(), 0);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 0);
     assert_eq!(assert_sale_balances(&app, event, 10).await, 0);
 }
 
@@ -62,14 +62,21 @@ async fn cancelling_a_confirmed_reservation_refunds_it_and_releases_the_sold_sea
         .await;
     assert_eq!(read.body["status"], "refunded", "{:#}", read.body);
     gateway_settles_at(&app, 2500).await;
-    assert!(app.gateway.charge_of(PaymentId(payment)).unwrap().refunded);
+    assert!(
+        app.gateway
+            .charge_of(PaymentId(payment))
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded
+    );
 
     app.post(&cancel, Some(&buyer.token), json!({}))
         .await
         .assert_problem(409, "reservation-not-pending");
     assert_eq!(app.floor(event).await, (9, 0, 1));
     assert_eq!(assert_sale_balances(&app, event, 10).await, 2500);
-    assert_eq!(app.gateway.net_captured_cents(), 2500);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 2500);
 }
 
 /// Only the owner (or an admin) may cancel a reservation; a stranger gets 404 and nothing moves.
@@ -116,7 +123,7 @@ async fn cancelling_an_event_releases_holds_refunds_paid_tickets_and_stops_sales
     let paid = app.reserve(&payer, event, 3).await.id("reservation_id");
     let payment = app.pay(&payer, paid, "tok_visa").await.id("payment_id");
     assert_eq!(app.floor(event).await, (5, 2, 3));
-    assert_eq!(app.gateway.net_captured_cents(), 7500);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 7500);
 
     // Another organizer may not cancel it, and trying changes nothing.
     let rival = app.organizer().await;
@@ -153,7 +160,14 @@ async fn cancelling_an_event_releases_holds_refunds_paid_tickets_and_stops_sales
         .await;
     assert_eq!(read.body["status"], "refunded", "{:#}", read.body);
     gateway_settles_at(&app, 0).await;
-    assert!(app.gateway.charge_of(PaymentId(payment)).unwrap().refunded);
+    assert!(
+        app.gateway
+            .charge_of(PaymentId(payment))
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded
+    );
 
     assert_eq!(app.floor(event).await, (10, 0, 0));
     let shown = app.get(&format!("/api/events/{event}"), None).await;
@@ -168,7 +182,7 @@ async fn cancelling_an_event_releases_holds_refunds_paid_tickets_and_stops_sales
         .await
         .assert_problem(409, "reservation-not-pending");
     assert_eq!(app.floor(event).await, (10, 0, 0));
-    assert_eq!(app.gateway.net_captured_cents(), 0);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 0);
     app.call(
         Method::DELETE,
         &format!("/api/events/{event}"),

@@ -143,7 +143,7 @@ async fn concurrent_buyers_of_three_seats_never_oversell_ten() {
     assert!(payments.join_all().await.iter().all(|a| a.status == 201));
     assert_eq!(app.floor(event).await, (1, 0, 9));
     assert_eq!(assert_sale_balances(&app, event, 10).await, 9 * 2500);
-    assert_eq!(app.gateway.net_captured_cents(), 9 * 2500);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 9 * 2500);
 
     // The one seat left is still sellable, and then the section is truly sold out.
     let last = app.reserve(&buyers[0], event, 1).await;

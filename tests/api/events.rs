@@ -377,7 +377,7 @@ async fn cancelling_an_event_releases_holds_and_refunds_paid_tickets() {
     let held = app.reserve(&buyer, event, 1).await.id("reservation_id");
     let paid = app.reserve(&buyer, event, 2).await.id("reservation_id");
     let payment = app.pay(&buyer, paid, "tok_visa").await.id("payment_id");
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
 
     let cancelled = app
         .call(
@@ -404,7 +404,7 @@ async fn cancelling_an_event_releases_holds_and_refunds_paid_tickets() {
         std::time::Duration::from_secs(5),
         || {
             let gateway = gateway.clone();
-            async move { gateway.net_captured_cents() == 0 }
+            async move { gateway.net_captured_cents().await.unwrap() == 0 }
         },
     )
     .await;

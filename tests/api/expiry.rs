@@ -100,7 +100,7 @@ async fn paying_after_the_hold_ended_is_refused_and_keeps_no_money() {
         .all(|p| p["status"] == "refunded");
     assert!(refunded_or_none, "{:#}", payments.body);
     assert_eq!(assert_sale_balances(&app, event, 10).await, 0);
-    assert_eq!(app.gateway.net_captured_cents(), 0);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 0);
 }
 
 /// A hold paid before its TTL stays confirmed, with its seats sold, after the timer fires.
@@ -129,7 +129,7 @@ async fn a_hold_paid_in_time_stays_confirmed_after_its_ttl() {
     assert_eq!(status_of(&app, &buyer, paid).await, "confirmed");
     assert_eq!(app.floor(event).await, (8, 0, 2));
     assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
 }
 
 /// A 60 s `reservation_ttl` makes `expires_at` placing time + 60 s: payable at 59 s, gone at 60.

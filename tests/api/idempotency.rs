@@ -159,7 +159,7 @@ async fn a_payment_retried_with_the_same_key_charges_once() {
     assert_eq!(retry.id("payment_id"), first.id("payment_id"));
     assert_eq!(retry.body, first.body);
 
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
     let payments = app
         .get(
             &format!("/api/payments/user/{}", buyer.id),

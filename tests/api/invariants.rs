@@ -76,6 +76,8 @@ pub async fn assert_sale_balances(app: &TestApp, event: Uuid, capacity: u64) -> 
         let charge = app
             .gateway
             .charge_of(PaymentId(payment_id))
+            .await
+            .unwrap()
             .expect("the gateway knows the payment");
         assert!(
             matches!(charge.outcome, ChargeOutcome::Captured { .. }) && !charge.refunded,
@@ -92,7 +94,7 @@ pub async fn gateway_settles_at(app: &TestApp, cents: i64) {
     eventually(
         &format!("the gateway keeps {cents} cents"),
         std::time::Duration::from_secs(5),
-        || async { app.gateway.net_captured_cents() == cents },
+        || async { app.gateway.net_captured_cents().await.unwrap() == cents },
     )
     .await;
 }

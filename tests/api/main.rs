@@ -22,5 +22,6 @@ mod limits;
 mod operations;
 mod purchase;
 mod ratelimit;
+mod reconcile;
 mod smoke;
 mod webhooks;

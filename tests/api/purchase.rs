@@ -41,11 +41,13 @@ async fn a_declined_card_keeps_the_hold_and_a_second_card_can_still_pay() {
     assert!(matches!(
         app.gateway
             .charge_of(PaymentId(declined_id))
+            .await
+            .unwrap()
             .unwrap()
             .outcome,
         ChargeOutcome::Declined { .. }
     ));
-    assert_eq!(app.gateway.net_captured_cents(), 0);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 0);
 
     let paid = app.pay(&buyer, reservation, "tok_visa").await;
     assert_eq!(paid.status, 201, "{:#}", paid.body);
@@ -63,7 +65,7 @@ async fn a_declined_card_keeps_the_hold_and_a_second_card_can_still_pay() {
     assert_eq!(read.body["payment_id"], paid_id.to_string());
     assert_eq!(app.floor(event).await, (8, 0, 2));
     assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
 }
 
 /// Paying a confirmed reservation again is a 409 and the card is not charged a second time.
@@ -80,7 +82,7 @@ async fn paying_a_confirmed_reservation_again_is_a_conflict_and_charges_nothing(
     let again = app.pay(&buyer, reservation, "tok_visa").await;
     again.assert_problem(409, "reservation-not-pending");
 
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
     let payments = app
         .get(
             &format!("/api/payments/user/{}", buyer.id),
@@ -109,7 +111,7 @@ async fn a_refund_returns_seats_and_money_and_cannot_be_repeated() {
         .await
         .id("payment_id");
     assert_eq!(app.floor(event).await, (7, 0, 3));
-    assert_eq!(app.gateway.net_captured_cents(), 7500);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 7500);
 
     let refund = app
         .post(
@@ -133,7 +135,14 @@ async fn a_refund_returns_seats_and_money_and_cannot_be_repeated() {
     assert_eq!(read.body["status"], "refunded");
     assert_eq!(app.floor(event).await, (10, 0, 0));
     gateway_settles_at(&app, 0).await;
-    assert!(app.gateway.charge_of(PaymentId(payment)).unwrap().refunded);
+    assert!(
+        app.gateway
+            .charge_of(PaymentId(payment))
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded
+    );
     assert_eq!(assert_sale_balances(&app, event, 10).await, 0);
 
     let twice = app
@@ -188,7 +197,7 @@ async fn a_stranger_cannot_see_or_refund_someone_elses_payment() {
     .assert_problem(403, "forbidden");
 
     assert_eq!(app.floor(event).await, (9, 0, 1));
-    assert_eq!(app.gateway.net_captured_cents(), 2500);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 2500);
 }
 
 /// `GET /api/payments/user/{id}` pages through exactly that user's payments, newest first.
@@ -320,7 +329,11 @@ async fn a_gateway_outage_answers_503_with_retry_after_and_charges_nothing() {
         );
     }
 
-    assert_eq!(app.gateway.net_captured_cents(), 0, "money was taken");
+    assert_eq!(
+        app.gateway.net_captured_cents().await.unwrap(),
+        0,
+        "money was taken"
+    );
     let payments = app
         .get(
             &format!("/api/payments/user/{}", buyer.id),
@@ -379,7 +392,11 @@ async fn a_payment_retried_with_its_key_after_a_gateway_outage_pays_once() {
     let again = pay().await;
     assert_eq!(again.status, 201, "{:#}", again.body);
     assert_eq!(again.body["payment_id"], paid.body["payment_id"]);
-    assert_eq!(app.gateway.net_captured_cents(), 5000, "charged once");
+    assert_eq!(
+        app.gateway.net_captured_cents().await.unwrap(),
+        5000,
+        "charged once"
+    );
     assert_eq!(app.floor(event).await, (8, 0, 2));
 }
 
@@ -396,7 +413,7 @@ async fn a_refund_during_a_gateway_outage_is_settled_when_it_comes_back() {
     let paid = app.pay(&buyer, reservation, "tok_visa").await;
     assert_eq!(paid.status, 201, "{:#}", paid.body);
     let payment = paid.id("payment_id");
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
 
     app.gateway.set_failure_rate(1.0);
     let refunded = app
@@ -410,9 +427,16 @@ async fn a_refund_during_a_gateway_outage_is_settled_when_it_comes_back() {
     assert_eq!(refunded.body["status"], "refunded", "{:#}", refunded.body);
     assert_eq!(app.floor(event).await, (10, 0, 0));
     // The settlement cannot reach the processor yet: the money is still there.
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
 
     app.gateway.set_failure_rate(0.0);
     gateway_settles_at(&app, 0).await;
-    assert!(app.gateway.charge_of(PaymentId(payment)).unwrap().refunded);
+    assert!(
+        app.gateway
+            .charge_of(PaymentId(payment))
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded
+    );
 }

@@ -34,5 +34,5 @@ async fn a_full_purchase_confirms_the_reservation_and_sells_the_seats() {
         .await;
     assert_eq!(read.body["status"], "confirmed");
     assert_eq!(app.floor(event).await, (8, 0, 2));
-    assert_eq!(app.gateway.net_captured_cents(), 5000);
+    assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
 }

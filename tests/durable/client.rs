@@ -349,7 +349,7 @@ pub async fn table_rows(
 
 /// Rows of `sql` (each row's columns as text, joined by ` | `): for the balance checks, whose
 /// queries list what is wrong, so an empty result is a pass and a failure shows the rows.
-async fn rows(pool: &sqlx::PgPool, sql: &str) -> Vec<String> {
+pub async fn rows(pool: &sqlx::PgPool, sql: &str) -> Vec<String> {
     use sqlx::Row;
     sqlx::query(&format!("SELECT CONCAT_WS(' | ', q.*) FROM ({sql}) q"))
         .fetch_all(pool)

@@ -1,6 +1,7 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
 //! SIGKILL and restarted, several instances sharing one database (also for per-customer
-//! limits), projection rebuilds, a database outage behind a TCP proxy, and SIGTERM.
+//! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, and a process
+//! aborted between a payment's capture and its append (reconciliation).
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
@@ -14,3 +15,4 @@ mod limits;
 mod outage;
 mod proxy;
 mod rebuild;
+mod reconcile;
