@@ -5,7 +5,7 @@
 //! another instance) finds what its first attempt made instead of making it twice.
 
 use super::idempotency::derived_id;
-use super::{policy, App, AppError};
+use super::{policy, App, AppError, READ_YOUR_WRITES_TIMEOUT};
 use crate::auth::Principal;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
 use crate::domain::{
@@ -60,7 +60,12 @@ impl App {
         };
         let committed = match self.command(event_id, command, metadata).await {
             Ok(committed) => committed,
-            // A retry after a lost answer: the first attempt already placed it.
+            // A retry after a lost answer: the writer says the first attempt (maybe on another
+            // instance, a moment ago) placed it, so wait for the read models to show it.
+            Err(AppError::Conflict {
+                kind: "conflict", ..
+            }) if key.is_some() => return self.placed_earlier(id).await,
+            // Refused for another reason (the sale closed since): placed before, or not.
             Err(AppError::Conflict { .. }) if key.is_some() && self.has_reservation(id).await? => {
                 return self.reservation_view(id).await
             }
@@ -212,6 +217,27 @@ impl App {
             .await?;
         self.metrics.payments.with_label_values(&["refunded"]).inc();
         self.payment_view(id).await
+    }
+
+    /// A reservation the sale's writer knows (an earlier attempt with the same key placed it),
+    /// once the read models show it: they may lag behind another instance's write, so this
+    /// waits for them to move, at most `READ_YOUR_WRITES_TIMEOUT`, then answers 503.
+    async fn placed_earlier(&self, id: ReservationId) -> Result<ReservationView, AppError> {
+        let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
+        loop {
+            if let Some(view) = self.reads.reservation(id).await? {
+                return Ok(view);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(AppError::Unavailable {
+                    detail: "the reservation was placed but cannot be shown yet".into(),
+                    retry_after: 1,
+                });
+            }
+            let next = self.read_progress.position() + 1;
+            self.read_progress.wait_for(next, left).await;
+        }
     }
 
     async fn has_reservation(&self, id: ReservationId) -> Result<bool, AppError> {

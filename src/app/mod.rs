@@ -41,7 +41,7 @@ use std::time::Duration;
 const RECORD_ATTEMPTS: u32 = 8;
 
 /// How long a command waits for the read models to show its own write.
-const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the use cases work with: the write side, the read side and the outside services.
 pub struct App {

@@ -138,10 +138,10 @@ impl Ledger {
                     ChargeOutcome::Captured { charge_id } => ("captured", Some(charge_id), None),
                     ChargeOutcome::Declined { reason } => ("declined", None, Some(reason)),
                 };
-                sqlx::query(&format!(
+                let inserted: Option<Row> = sqlx::query_as(&format!(
                     "INSERT INTO simulated_processor_charges ({COLUMNS}) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9) \
-                     ON CONFLICT (payment_id) DO NOTHING"
+                     ON CONFLICT (payment_id) DO NOTHING RETURNING {COLUMNS}"
                 ))
                 .bind(payment_id.0)
                 .bind(charge.paid_for.reservation_id.0)
@@ -152,9 +152,13 @@ impl Ledger {
                 .bind(charge_id)
                 .bind(reason)
                 .bind(charge.at)
-                .execute(pool)
+                .fetch_optional(pool)
                 .await
                 .map_err(unavailable)?;
+                if let Some(row) = inserted {
+                    return from_row(row).map(|(_, c)| c);
+                }
+                // The payment id had a charge already: the first one is the answer.
                 self.get(payment_id)
                     .await?
                     .ok_or_else(|| unavailable("a charge vanished after its insert"))
