@@ -82,6 +82,7 @@ env "${env_for_backend[@]}" BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn \
 SERVICE_PID=$!
 for _ in $(seq 1 300); do
     curl -sf "$BASE/ready" >/dev/null && break
+    kill -0 "$SERVICE_PID" 2>/dev/null || { echo "bench-lean: the service exited" >&2; exit 1; }
     sleep 0.1
 done
 
