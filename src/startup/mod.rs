@@ -12,9 +12,10 @@ mod bus;
 use crate::audit::memory::MemoryAuditStore;
 use crate::audit::postgres::PostgresAuditStore;
 use crate::audit::{AuditLog, AuditStore};
+use crate::auth::cache::SessionCache;
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
-use crate::auth::{AuthService, AuthStore};
+use crate::auth::{revocations, AuthService, AuthStore};
 use crate::bus::consumer::{Consumer, ConsumerHealth, Handler, RetryPolicy, Supervision};
 use crate::bus::kafka::KafkaBus;
 use crate::bus::memory::MemoryBus;
@@ -98,6 +99,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         insights,
         webhooks,
         durable_cursor,
+        session_feed,
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -106,7 +108,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         config.payment_latency,
         config.payment_failure_rate,
     ));
-    let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
+    // Sessions are cached; on PostgreSQL other instances' revocations arrive over the feed.
+    let sessions = Arc::new(match session_feed {
+        Some(_) => SessionCache::guarded(Arc::clone(&metrics)),
+        None => SessionCache::local(Arc::clone(&metrics)),
+    });
+    let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl)
+        .with_session_cache(Arc::clone(&sessions));
     let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
     let idempotency = Arc::new(idempotency);
 
@@ -150,6 +158,9 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         refunds,
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
+    if let Some((listen, notify)) = session_feed {
+        tasks.push(revocations::spawn(listen, notify, sessions));
+    }
     let consumer_health = Arc::new(ConsumerHealth::default());
     let dispatcher = Dispatcher::new(
         Arc::clone(&webhooks),

@@ -13,3 +13,4 @@ mod instances;
 mod outage;
 mod proxy;
 mod rebuild;
+mod sessions;
