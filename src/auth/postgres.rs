@@ -2,8 +2,11 @@
 //! uniqueness is the `users_email_key` constraint, so two racing registrations cannot both
 //! win: the loser's insert fails and is reported as `EmailTaken`; there is never a
 //! check-then-insert. Like every adapter it stores what it is given and never hashes,
-//! normalises or logs a password, hash or token digest.
+//! normalises or logs a password, hash or token digest. Deleting a session and changing a
+//! user also announce it on the revocation feed (`revocations.rs`), in the same statement, so
+//! other instances' session caches hear of every committed change.
 
+use super::revocations::{CHANNEL, SESSION, USER};
 use super::store::{AuthError, AuthStore, Role, User};
 use crate::db;
 use crate::domain::UserId;
@@ -130,16 +133,23 @@ impl AuthStore for PostgresAuthStore {
     }
 
     async fn update_user(&self, user: &User) -> Result<(), AuthError> {
-        let updated =
-            sqlx::query("UPDATE users SET role = $2, name = $3, password_hash = $4 WHERE id = $1")
-                .bind(user.id.0)
-                .bind(user.role.as_str())
-                .bind(&user.name)
-                .bind(&user.password_hash)
-                .execute(&self.pool)
-                .await
-                .map_err(failed)?;
-        if updated.rows_affected() == 0 {
+        let updated = sqlx::query(
+            "WITH changed AS (
+                 UPDATE users SET role = $2, name = $3, password_hash = $4 WHERE id = $1
+                 RETURNING id
+             )
+             SELECT pg_notify($5, $6 || id::text) FROM changed",
+        )
+        .bind(user.id.0)
+        .bind(user.role.as_str())
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(CHANNEL)
+        .bind(USER)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        if updated.is_none() {
             return Err(AuthError::Internal(format!("no user with id {}", user.id)));
         }
         Ok(())
@@ -209,12 +219,18 @@ impl AuthStore for PostgresAuthStore {
     }
 
     async fn delete_session(&self, token_hash: &str) -> Result<(), AuthError> {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(failed)
+        // Announced even when there was no such session: harmless, and one statement.
+        sqlx::query(
+            "WITH gone AS (DELETE FROM sessions WHERE token_hash = $1)
+             SELECT pg_notify($2, $3 || $1)",
+        )
+        .bind(token_hash)
+        .bind(CHANNEL)
+        .bind(SESSION)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(failed)
     }
 
     async fn ping(&self) -> Result<(), AuthError> {

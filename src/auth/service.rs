@@ -2,9 +2,11 @@
 //! bootstrap, over any `AuthStore` and an injected `Clock`. It normalises emails, hashes
 //! passwords and mints tokens; it never logs a password, token or hash, and never hands the
 //! store anything but hashes and token digests. Authorisation (who may hold which role) is
-//! decided by the callers.
+//! decided by the callers. With a `SessionCache`, `authenticate` answers repeated tokens from
+//! memory; logout and role changes here evict from it at once.
 
-use super::store::{AuthError, AuthStore, Role, User};
+use super::cache::{Cached, SessionCache};
+use super::store::{AuthError, AuthStore, Principal, Role, User};
 use super::{password, token};
 use crate::clock::Clock;
 use crate::domain::UserId;
@@ -12,20 +14,6 @@ use chrono::{DateTime, Utc};
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
-
-/// The authenticated caller, as handlers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user_id: UserId,
-    pub role: Role,
-    pub email: String,
-}
-
-impl Principal {
-    pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
-    }
-}
 
 /// A successful login. `token` is the only copy of the bearer secret: give it to the client
 /// once, then drop it.
@@ -52,6 +40,7 @@ pub struct AuthService {
     store: Arc<dyn AuthStore>,
     clock: Arc<dyn Clock>,
     session_ttl: chrono::Duration,
+    sessions: Option<Arc<SessionCache>>,
 }
 
 /// Emails are compared trimmed and lowercased, so `Ada@Example.com ` and `ada@example.com`
@@ -82,7 +71,19 @@ impl AuthService {
             store,
             clock,
             session_ttl,
+            sessions: None,
         }
+    }
+
+    /// Resolves repeated tokens from `cache` instead of the store (see `auth::cache`).
+    pub fn with_session_cache(mut self, cache: Arc<SessionCache>) -> Self {
+        self.sessions = Some(cache);
+        self
+    }
+
+    /// The session cache, if any.
+    pub fn session_cache(&self) -> Option<&Arc<SessionCache>> {
+        self.sessions.as_ref()
     }
 
     /// The underlying store, e.g. for `/ready` (`ping`, `kind`).
@@ -140,38 +141,67 @@ impl AuthService {
         })
     }
 
-    /// Resolves a bearer token to its caller in one store look-up. Unknown, expired
-    /// (`now >= expires_at`) and orphaned (user gone) sessions are all `InvalidToken`; expired
-    /// ones are deleted (orphans go with their user in PostgreSQL, by foreign key cascade).
+    /// Resolves a bearer token to its caller: from the session cache when it holds the token,
+    /// else in one store look-up (then cached). Unknown, expired (`now >= expires_at`) and
+    /// orphaned (user gone) sessions are all `InvalidToken`; expired ones are deleted (orphans
+    /// go with their user in PostgreSQL, by foreign key cascade).
     #[tracing::instrument(skip_all, fields(user_id), err(level = "debug"))]
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let key = token::digest(token);
+        let ticket = match self.sessions.as_deref().map(|cache| cache.get(&key)) {
+            Some(Cached::Hit(principal, expires_at)) => {
+                return self.admit(&key, principal, expires_at).await;
+            }
+            Some(Cached::Miss(ticket)) => Some(ticket),
+            Some(Cached::Off) | None => None,
+        };
         let Some((user, expires_at)) = self.store.session_user(&key).await? else {
             // Unknown token, or its user is gone (the session row goes with it).
             return Err(AuthError::InvalidToken);
         };
-        tracing::Span::current().record("user_id", tracing::field::display(user.id));
-        if self.clock.now() >= expires_at {
-            self.forget_session(&key).await;
-            return Err(AuthError::InvalidToken);
-        }
-        Ok(Principal {
+        let principal = Principal {
             user_id: user.id,
             role: user.role,
             email: user.email,
-        })
+        };
+        if let (Some(cache), Some(ticket)) = (&self.sessions, ticket) {
+            if self.clock.now() < expires_at {
+                cache.put(ticket, key.clone(), principal.clone(), expires_at);
+            }
+        }
+        self.admit(&key, principal, expires_at).await
     }
 
-    /// Ends the session of `token`; the token stops working at once. Logging out an unknown
-    /// or already-ended session succeeds.
+    /// The caller of a live session; an expired one is forgotten and refused.
+    async fn admit(
+        &self,
+        key: &str,
+        principal: Principal,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        tracing::Span::current().record("user_id", tracing::field::display(principal.user_id));
+        if self.clock.now() >= expires_at {
+            self.forget_session(key).await;
+            return Err(AuthError::InvalidToken);
+        }
+        Ok(principal)
+    }
+
+    /// Ends the session of `token`; the token stops working at once here (and, through the
+    /// store's revocation feed, within 1 s on other instances). Logging out an unknown or
+    /// already-ended session succeeds.
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn logout(&self, token: &str) -> Result<(), AuthError> {
-        self.store.delete_session(&token::digest(token)).await
+        let key = token::digest(token);
+        let deleted = self.store.delete_session(&key).await;
+        self.evict_session(&key);
+        deleted
     }
 
     /// Start-up bootstrap: makes `email` an admin with `password`, creating the account if it
     /// does not exist, otherwise promoting it and replacing its password. Idempotent.
-    /// Existing sessions of a promoted account stay valid (the store cannot list them).
+    /// Existing sessions of a promoted account stay valid and carry the new role at once here
+    /// (their cached callers are evicted), on other instances within 1 s.
     #[tracing::instrument(skip_all, fields(user_id), err)]
     pub async fn ensure_admin(&self, email: &str, password: &str) -> Result<User, AuthError> {
         let email = normalize_email(email);
@@ -207,14 +237,24 @@ impl AuthService {
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
         user.role = Role::Admin;
         user.password_hash = password_hash;
-        self.store.update_user(&user).await?;
-        Ok(user)
+        let updated = self.store.update_user(&user).await;
+        if let Some(cache) = &self.sessions {
+            cache.evict_user(user.id);
+        }
+        updated.map(|()| user)
     }
 
     /// Best-effort removal of a dead session: the caller is rejected either way.
     async fn forget_session(&self, key: &str) {
+        self.evict_session(key);
         if let Err(e) = self.store.delete_session(key).await {
             tracing::warn!(error = %e, "could not delete a dead session");
+        }
+    }
+
+    fn evict_session(&self, key: &str) {
+        if let Some(cache) = &self.sessions {
+            cache.evict_session(key);
         }
     }
 }

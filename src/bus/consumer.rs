@@ -1,6 +1,8 @@
 //! Runs a `Handler` (an asynchronous projection or a saga step) as a member of a consumer
-//! group. Each message is settled before its offset is committed: applied (or recognised as
-//! a duplicate) by the handler's own transaction, or written to the dead letter queue. A
+//! group. What one poll brings is settled as a batch (`batch.rs`) before its offsets are
+//! committed: each message applied (or recognised as a duplicate) by the handler's own
+//! transaction (one for the whole batch when the handler takes batches), or written to the
+//! dead letter queue. A
 //! transient failure is retried with exponential backoff and full jitter; after the limit,
 //! or at once for a poison message, the message is dead-lettered and the partition moves on.
 //! A message of a stream that already has an open dead letter is parked behind it, so a
@@ -23,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use supervision::{stall, stopping};
 pub use supervision::{ConsumerHealth, StallPolicy, Supervision};
-use tracing::Instrument;
 
+mod batch;
 mod supervision;
 
 /// What a handler did with an event.
@@ -53,6 +55,15 @@ pub trait Handler: Send + Sync + 'static {
     fn topics(&self) -> &'static [&'static str];
     /// Applies one event, idempotently by (stream, version), in one transaction.
     async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError>;
+    /// Applies `events` in order, each as `handle` would, in one transaction: one answer per
+    /// event, or an error and nothing changed. `None` (the default): this handler takes one
+    /// event at a time.
+    async fn handle_batch(
+        &self,
+        _events: &[BusEvent],
+    ) -> Option<Result<Vec<Applied>, HandlerError>> {
+        None
+    }
 }
 
 /// How often and how patiently a transient failure is retried.
@@ -114,6 +125,9 @@ impl Outcome {
         }
     }
 }
+
+/// Most messages settled as one batch (what one poll brings, up to this).
+pub const BATCH: usize = 500;
 
 /// How often the consumer measures its lag and looks for a stall.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -208,9 +222,10 @@ impl Consumer {
         let mut progress = Instant::now();
         let mut was_stalled = false;
         loop {
-            // Both adapters' `next` are cancel-safe: a tick never loses a message.
+            // Both adapters' `next`, hence `next_batch`, are cancel-safe: a tick never loses a
+            // message.
             let received = tokio::select! {
-                received = consumer.next() => received,
+                received = consumer.next_batch(BATCH) => received,
                 () = stopping(&mut supervision.stop) => return Ended::Stopped,
                 _ = watch.tick() => {
                     let lag = consumer.lag().await;
@@ -240,7 +255,7 @@ impl Consumer {
                     continue;
                 }
             };
-            let delivery = match received {
+            let deliveries = match received {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(consumer = name, error = %e, "cannot receive");
@@ -250,11 +265,12 @@ impl Consumer {
             };
             outage = outage_backoff();
             progress = Instant::now();
-            let span = process_span(name, system, &delivery);
-            self.settle(&delivery).instrument(span).await;
-            if let Err(e) = consumer.commit(&delivery).await {
-                // Harmless: the message comes again and is recognised as a duplicate.
-                tracing::warn!(consumer = name, error = %e, "cannot commit the offset");
+            self.settle_batch(&deliveries, system).await;
+            for delivery in batch::last_per_partition(&deliveries) {
+                if let Err(e) = consumer.commit(delivery).await {
+                    // Harmless: the messages come again and are recognised as duplicates.
+                    tracing::warn!(consumer = name, error = %e, "cannot commit the offset");
+                }
             }
         }
     }
@@ -277,80 +293,6 @@ impl Consumer {
                 // Absent already is fine.
                 let _ = self.metrics.consumer_lag.remove_label_values(&[name]);
             }
-        }
-    }
-
-    /// Settles one message, however long the dead letter queue stays unwritable.
-    pub async fn settle(&self, delivery: &Delivery) -> Outcome {
-        let name = self.handler.name();
-        let mut outage = outage_backoff();
-        loop {
-            match self.try_settle(delivery).await {
-                Ok(outcome) => {
-                    self.metrics
-                        .consumer_events
-                        .with_label_values(&[name, outcome.as_str()])
-                        .inc();
-                    return outcome;
-                }
-                Err(e) => {
-                    tracing::warn!(consumer = name, error = %e, "cannot dead-letter; will try the message again");
-                    outage.wait().await;
-                }
-            }
-        }
-    }
-
-    async fn try_settle(&self, delivery: &Delivery) -> Result<Outcome, DlqError> {
-        self.settle_in_span(delivery).await
-    }
-
-    async fn settle_in_span(&self, delivery: &Delivery) -> Result<Outcome, DlqError> {
-        let name = self.handler.name();
-        let event = match envelope::open(&delivery.message) {
-            Ok(event) => event,
-            Err(poison) => {
-                tracing::error!(consumer = name, topic = %delivery.message.topic,
-                    offset = delivery.offset, error = %poison, "poison message dead-lettered");
-                self.park(delivery, &poison, 0, None).await?;
-                return Ok(Outcome::DeadLettered);
-            }
-        };
-        // One step with the check (see `DeadLetters::park_behind_open`): an entry parked
-        // while its head closes is still found by the replay of the head's followers.
-        let reason = ParkedBehind {
-            stream_id: event.stream_id.clone(),
-        };
-        if self
-            .dlq
-            .park_behind_open(self.dead_letter(delivery, &reason, 0, None))
-            .await?
-            .is_some()
-        {
-            return Ok(Outcome::Parked);
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let error = match self.handler.handle(&event).await {
-                Ok(Applied::Applied) => return Ok(Outcome::Applied),
-                Ok(Applied::Duplicate) => return Ok(Outcome::Duplicate),
-                Err(e) => e,
-            };
-            let give_up =
-                matches!(error, HandlerError::Permanent(_)) || attempt >= self.retry.attempts;
-            if give_up {
-                tracing::error!(consumer = name, stream = %event.stream_id, version = event.version,
-                    attempts = attempt, error = %error, "event dead-lettered");
-                self.park(delivery, &error, attempt - 1, None).await?;
-                return Ok(Outcome::DeadLettered);
-            }
-            self.metrics
-                .consumer_retries
-                .with_label_values(&[name])
-                .inc();
-            tracing::warn!(consumer = name, stream = %event.stream_id, attempt, error = %error, "retrying");
-            tokio::time::sleep(self.retry.delay(attempt)).await;
         }
     }
 

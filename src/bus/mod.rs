@@ -1,7 +1,8 @@
 //! The event bus: committed events leave the event store through the outbox relay
 //! (`relay.rs`) onto topics, one per aggregate category, keyed by stream id so that a
 //! stream's events stay in order on one partition. Asynchronous projections and saga steps
-//! consume them through `consumer.rs`, which retries, dead-letters and parks.
+//! consume them through `consumer.rs`, which settles what each poll brings as one batch,
+//! retries, dead-letters and parks.
 //! Adapters: `memory` (the in-process bus, the default) and `kafka` (rdkafka, any
 //! Kafka-protocol broker such as Redpanda); both pass `contract`.
 
@@ -95,6 +96,21 @@ pub trait BusConsumer: Send + 'static {
     /// completes loses no message (the consumer measures its lag between waits).
     async fn next(&mut self) -> Result<Delivery, BusError>;
 
+    /// What one poll brings: waits for the first message, then takes those already at hand,
+    /// without waiting, up to `max` in all. Cancel-safe like `next`: it only waits for the
+    /// first, and once it has one it completes without waiting again.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            match ready_now(self.next()) {
+                Some(Ok(delivery)) => batch.push(delivery),
+                // An error is the next call's to report.
+                Some(Err(_)) | None => break,
+            }
+        }
+        Ok(batch)
+    }
+
     /// Marks `delivery` (and everything before it on its partition) as handled by the group.
     async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError>;
 
@@ -115,6 +131,17 @@ pub trait BusConsumer: Send + 'static {
     /// group's leader and never finish the rebalance. Uncommitted messages come again to the
     /// group's next owner of their partition.
     async fn close(self: Box<Self>) {}
+}
+
+/// The output of `future` if it is ready at its first poll; otherwise `None`, and the future
+/// is dropped (only cancel-safe futures may be given).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Topic names: `<prefix>events`, `<prefix>inventory`, `<prefix>reservations`,

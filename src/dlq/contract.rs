@@ -76,6 +76,31 @@ pub async fn run(dlq: &dyn DeadLetters) {
             .unwrap(),
         None
     );
+    // The same for a batch of streams, in one look-up: only streams with an open entry.
+    assert_eq!(
+        dlq.open_entries_of(
+            "insights",
+            &["reservation-a", "reservation-b", "reservation-z"]
+        )
+        .await
+        .unwrap(),
+        [
+            ("reservation-a".to_owned(), first),
+            ("reservation-b".to_owned(), other)
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert!(dlq
+        .open_entries_of("other-consumer", &["reservation-a"])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(dlq
+        .open_entries_of("insights", &[])
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         dlq.claim(second, at("2026-11-27T10:30:00Z"))
             .await

@@ -199,6 +199,22 @@ pub trait DeadLetters: Send + Sync + 'static {
     /// stream must wait behind it.
     async fn open_entry_of(&self, consumer: &str, stream_id: &str)
         -> Result<Option<i64>, DlqError>;
+    /// `open_entry_of` for many streams at once (a consumer's batch): the oldest open entry
+    /// of each of `stream_ids` that has one. The default asks per stream; adapters answer in
+    /// one look-up.
+    async fn open_entries_of(
+        &self,
+        consumer: &str,
+        stream_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>, DlqError> {
+        let mut heads = std::collections::HashMap::new();
+        for stream in stream_ids {
+            if let Some(head) = self.open_entry_of(consumer, stream).await? {
+                heads.insert((*stream).to_owned(), head);
+            }
+        }
+        Ok(heads)
+    }
     async fn get(&self, id: i64) -> Result<DeadLetter, DlqError>;
     /// Newest first, optionally only one status.
     async fn list(

@@ -229,6 +229,27 @@ impl DeadLetters for PostgresDeadLetters {
         .map_err(unavailable)
     }
 
+    async fn open_entries_of(
+        &self,
+        consumer: &str,
+        stream_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, i64>, DlqError> {
+        if stream_ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT stream_id, MIN(id) FROM dead_letter_queue
+              WHERE consumer = $1 AND stream_id = ANY($2) AND status IN ('pending', 'processing')
+              GROUP BY stream_id",
+        )
+        .bind(consumer)
+        .bind(stream_ids)
+        .fetch_all(&self.0)
+        .await
+        .map(|rows| rows.into_iter().collect())
+        .map_err(unavailable)
+    }
+
     async fn get(&self, id: i64) -> Result<DeadLetter, DlqError> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM dead_letter_queue WHERE id = $1"

@@ -42,7 +42,7 @@ pub struct Metrics {
     pub dlq_entries: IntGaugeVec,
     /// Audit records by outcome: written, dropped (queue full), failed (store refused).
     pub audit_records: IntCounterVec,
-    /// Cache look-ups by cache (`events`, `availability`) and result (`hit`, `miss`, `error`).
+    /// Cache look-ups by cache (`events`, `availability`, `sessions`) and result.
     pub cache_requests: IntCounterVec,
     /// Event views loaded from the read models by the cached reads (one SQL statement each on
     /// PostgreSQL): what the cache did not save.
@@ -114,8 +114,8 @@ pub const PROJECTION_APPLY_FAILED: &str = "apply_failed";
 const PROJECTION_ERROR_REASONS: [&str; 1] = [PROJECTION_APPLY_FAILED];
 /// `rate_limited_total{scope}` (`http::ratelimit::Scope`).
 const RATE_LIMIT_SCOPES: [&str; 3] = ["auth", "writes", "reads"];
-/// `cache_requests_total{cache, result}` (`cache::events`).
-const CACHES: [&str; 2] = ["events", "availability"];
+/// `cache_requests_total{cache, result}` (`cache::events`, `auth::cache`).
+const CACHES: [&str; 3] = ["events", "availability", "sessions"];
 const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
 /// `audit_records_total{outcome}` (`audit`).
 const AUDIT_OUTCOMES: [&str; 3] = ["written", "dropped", "failed"];
@@ -338,7 +338,7 @@ impl Metrics {
             cache_requests: counter(
                 &r,
                 "cache_requests_total",
-                "Cache look-ups by cache (events, availability) and result (hit, miss, error: the cache failed and PostgreSQL answered).",
+                "Cache look-ups by cache (events, availability, sessions) and result (hit, miss, error: the cache failed or, for sessions, its revocation feed is not live, and PostgreSQL answered).",
                 &["cache", "result"],
             ),
             event_view_loads: plain(

@@ -29,6 +29,10 @@ pub(super) struct Adapters {
     /// The simulated card processor's ledger (its own table and pool on PostgreSQL, so that
     /// it outlives the process like a real processor's).
     pub(super) processor: Ledger,
+    /// The session revocation feed's pools (PostgreSQL: other instances may revoke sessions):
+    /// one connection of its own to listen, and the accounts' pool for heartbeats; none in
+    /// memory.
+    pub(super) session_feed: Option<(sqlx::PgPool, sqlx::PgPool)>,
 }
 
 pub(super) async fn in_memory() -> Adapters {
@@ -51,13 +55,15 @@ pub(super) async fn in_memory() -> Adapters {
         webhooks: Arc::new(MemoryWebhooks::default()),
         durable_cursor: None,
         processor: Ledger::memory(),
+        session_feed: None,
     }
 }
 
 /// Connects and migrates the three databases. Each role gets its own pool, even on one
 /// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 7`
-/// connections per instance (the last 2 for the simulated processor's ledger).
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 8`
+/// connections per instance (2 of them for the simulated processor's ledger, 1 for the
+/// session revocation feed's listener).
 pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
     let projections_url = config
         .projections_database_url
@@ -92,6 +98,14 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let processor = db::connect(events_url, &processor_settings)
         .await
         .context("connecting the simulated processor's ledger to the event store's database")?;
+    // The session revocation feed's listener keeps one connection.
+    let feed_settings = db::PoolSettings {
+        max_connections: 1,
+        ..config.pool.clone()
+    };
+    let session_feed = db::connect(auth_url, &feed_settings)
+        .await
+        .context("connecting the session feed to the accounts' database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
     let pools = db::NamedPools::new(vec![
         ("events", events.clone()),
@@ -108,12 +122,13 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
         audit: Arc::new(PostgresAuditStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
-        idempotency: IdempotencyStore::durable(auth),
+        idempotency: IdempotencyStore::durable(auth.clone()),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
         processor: Ledger::Postgres(processor),
+        session_feed: Some((session_feed, auth)),
     })
 }
 

@@ -13,9 +13,10 @@ mod bus;
 use crate::audit::memory::MemoryAuditStore;
 use crate::audit::postgres::PostgresAuditStore;
 use crate::audit::{AuditLog, AuditStore};
+use crate::auth::cache::SessionCache;
 use crate::auth::memory::MemoryAuthStore;
 use crate::auth::postgres::PostgresAuthStore;
-use crate::auth::{AuthService, AuthStore};
+use crate::auth::{revocations, AuthService, AuthStore};
 use crate::bus::consumer::{Consumer, ConsumerHealth, Handler, RetryPolicy, Supervision};
 use crate::bus::kafka::KafkaBus;
 use crate::bus::memory::MemoryBus;
@@ -104,6 +105,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         webhooks,
         durable_cursor,
         processor,
+        session_feed,
     } = adapters;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -114,7 +116,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         Arc::clone(&clock),
         processor,
     ));
-    let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
+    // Sessions are cached; on PostgreSQL other instances' revocations arrive over the feed.
+    let sessions = Arc::new(match session_feed {
+        Some(_) => SessionCache::guarded(Arc::clone(&metrics)),
+        None => SessionCache::local(Arc::clone(&metrics)),
+    });
+    let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl)
+        .with_session_cache(Arc::clone(&sessions));
     let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
     let idempotency = Arc::new(idempotency);
 
@@ -158,6 +166,9 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         refunds,
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
+    if let Some((listen, notify)) = session_feed {
+        tasks.push(revocations::spawn(listen, notify, sessions));
+    }
     let consumer_health = Arc::new(ConsumerHealth::default());
     let dispatcher = Dispatcher::new(
         Arc::clone(&webhooks),

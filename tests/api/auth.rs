@@ -304,3 +304,38 @@ async fn the_bootstrap_admin_logs_in_as_admin() {
         .await
         .assert_problem(401, "invalid-credentials");
 }
+
+/// A repeated authenticated request is answered from the session cache, not the session
+/// table: `ticketing_cache_requests_total{cache="sessions",result="hit"}` counts it (on
+/// PostgreSQL once the revocation feed is live; until then the cache is bypassed). Logout
+/// still ends the token at once.
+#[tokio::test]
+async fn repeated_requests_with_a_token_are_session_cache_hits() {
+    let app = spawn_app().await;
+    let user = app.customer().await;
+    let hits = || async {
+        app.metric(
+            "ticketing_cache_requests_total",
+            &[("cache", "sessions"), ("result", "hit")],
+        )
+        .await
+    };
+    let before = hits().await;
+    eventually(
+        "a repeated token to be a session cache hit",
+        std::time::Duration::from_secs(10),
+        || async {
+            assert_eq!(app.get("/auth/me", Some(&user.token)).await.status, 200);
+            hits().await > before
+        },
+    )
+    .await;
+
+    let out = app
+        .call(Method::POST, "/auth/logout", Some(&user.token), None)
+        .await;
+    assert_eq!(out.status, 204, "{:#}", out.body);
+    app.get("/auth/me", Some(&user.token))
+        .await
+        .assert_problem(401, "unauthorized");
+}

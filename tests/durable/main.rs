@@ -1,7 +1,8 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
 //! SIGKILL and restarted, several instances sharing one database (also for per-customer
 //! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, and a process
-//! aborted between a payment's capture and its append (reconciliation).
+//! aborted between a payment's capture and its append (reconciliation), and a logout on one
+//! instance refused by another within the bound.
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
@@ -16,3 +17,4 @@ mod outage;
 mod proxy;
 mod rebuild;
 mod reconcile;
+mod sessions;

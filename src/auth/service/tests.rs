@@ -1,14 +1,26 @@
-//! Service tests: round trips over the in-memory store, with time driven by `ManualClock`.
+//! Service tests: round trips over the in-memory store, with time driven by `ManualClock`,
+//! through a session cache (as the service runs).
 
 use super::*;
 use crate::auth::memory::MemoryAuthStore;
 use crate::clock::ManualClock;
+use crate::observability::Metrics;
 use chrono::{Duration, TimeZone};
 
 struct Harness {
     auth: AuthService,
     store: Arc<MemoryAuthStore>,
     clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+}
+
+impl Harness {
+    fn hits(&self) -> u64 {
+        self.metrics
+            .cache_requests
+            .with_label_values(&["sessions", "hit"])
+            .get()
+    }
 }
 
 fn start() -> DateTime<Utc> {
@@ -18,8 +30,16 @@ fn start() -> DateTime<Utc> {
 fn harness() -> Harness {
     let store = Arc::new(MemoryAuthStore::new());
     let clock = Arc::new(ManualClock::new(start()));
-    let auth = AuthService::new(store.clone(), clock.clone(), Duration::hours(1));
-    Harness { auth, store, clock }
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(SessionCache::local(Arc::clone(&metrics)));
+    let auth = AuthService::new(store.clone(), clock.clone(), Duration::hours(1))
+        .with_session_cache(cache);
+    Harness {
+        auth,
+        store,
+        clock,
+        metrics,
+    }
 }
 
 /// A registered user can log in, and the token identifies them with their role.
@@ -238,6 +258,92 @@ async fn a_session_of_a_missing_user_is_rejected() {
         .unwrap();
     assert_eq!(
         h.auth.authenticate(&token).await,
+        Err(AuthError::InvalidToken)
+    );
+}
+
+/// A repeated token is answered from the cache: the store is not asked again (a session
+/// deleted behind the service's back is still served, which is what proves it).
+#[tokio::test]
+async fn a_repeated_token_does_not_ask_the_store() {
+    let h = harness();
+    h.auth
+        .register("ada@example.com", "hunter22", None, Role::Customer)
+        .await
+        .unwrap();
+    let session = h.auth.login("ada@example.com", "hunter22").await.unwrap();
+    let first = h.auth.authenticate(&session.token).await.unwrap();
+    assert_eq!(h.hits(), 0);
+    h.store
+        .delete_session(&token::digest(&session.token))
+        .await
+        .unwrap();
+    assert_eq!(h.auth.authenticate(&session.token).await.unwrap(), first);
+    assert_eq!(h.hits(), 1);
+}
+
+/// Logout evicts the cached token at once; other sessions of the user stay cached.
+#[tokio::test]
+async fn logout_evicts_the_cached_token() {
+    let h = harness();
+    h.auth
+        .register("ada@example.com", "hunter22", None, Role::Customer)
+        .await
+        .unwrap();
+    let one = h.auth.login("ada@example.com", "hunter22").await.unwrap();
+    let two = h.auth.login("ada@example.com", "hunter22").await.unwrap();
+    h.auth.authenticate(&one.token).await.unwrap();
+    h.auth.authenticate(&two.token).await.unwrap();
+    h.auth.logout(&one.token).await.unwrap();
+    assert_eq!(
+        h.auth.authenticate(&one.token).await,
+        Err(AuthError::InvalidToken)
+    );
+    let hits = h.hits();
+    h.auth.authenticate(&two.token).await.unwrap();
+    assert_eq!(h.hits(), hits + 1);
+}
+
+/// A promotion evicts the user's cached sessions: the same token carries the new role at once.
+#[tokio::test]
+async fn a_promotion_takes_effect_on_cached_sessions() {
+    let h = harness();
+    h.auth
+        .register("ops@example.com", "old-pw", None, Role::Customer)
+        .await
+        .unwrap();
+    let session = h.auth.login("ops@example.com", "old-pw").await.unwrap();
+    assert_eq!(
+        h.auth.authenticate(&session.token).await.unwrap().role,
+        Role::Customer
+    );
+    h.auth
+        .ensure_admin("ops@example.com", "new-pw")
+        .await
+        .unwrap();
+    assert!(h
+        .auth
+        .authenticate(&session.token)
+        .await
+        .unwrap()
+        .is_admin());
+}
+
+/// A cached session still ends at its expiry.
+#[tokio::test]
+async fn a_cached_session_still_expires() {
+    let h = harness();
+    h.auth
+        .register("ada@example.com", "hunter22", None, Role::Customer)
+        .await
+        .unwrap();
+    let session = h.auth.login("ada@example.com", "hunter22").await.unwrap();
+    h.auth.authenticate(&session.token).await.unwrap();
+    h.auth.authenticate(&session.token).await.unwrap();
+    assert_eq!(h.hits(), 1);
+    h.clock.advance(Duration::hours(1));
+    assert_eq!(
+        h.auth.authenticate(&session.token).await,
         Err(AuthError::InvalidToken)
     );
 }

@@ -1,6 +1,6 @@
 //! The contract both insights adapters keep, on the read models' fixture history delivered
 //! as the bus delivers it: the expected sales and history, duplicates that change nothing,
-//! and the same answers whatever order different streams arrive in.
+//! and the same answers whatever order different streams arrive in; batches (`batches.rs`).
 
 use super::{Insights, RecentSales, Revenue};
 use crate::bus::consumer::Applied;
@@ -12,6 +12,8 @@ use crate::projections::contract::fixture::*;
 use crate::projections::contract::page_of;
 use crate::projections::{SalesView, SectionSales};
 use uuid::Uuid;
+
+mod batches;
 
 /// The fixture as a consumer receives it: events that do not open (the fixture's undecodable
 /// ones) would be dead-lettered, so they are left out.
@@ -173,6 +175,48 @@ async fn in_memory_insights_keep_the_contract() {
         &super::memory::MemoryInsights::new(),
     )
     .await;
+}
+
+#[tokio::test]
+async fn in_memory_insights_keep_the_batch_contract() {
+    batches::run_batches(&super::memory::MemoryInsights::new()).await;
+    batches::run_consumer_batch(
+        std::sync::Arc::new(super::memory::MemoryInsights::new()),
+        std::sync::Arc::new(crate::dlq::memory::MemoryDeadLetters::new()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_insights_keep_the_batch_contract() {
+    let pools = postgres_pools(2).await;
+    batches::run_batches(&super::postgres::PostgresInsights::new(pools[0].clone())).await;
+    let events = crate::db::connect(
+        &crate::db::testing::fresh_database().await,
+        &crate::db::PoolSettings::default(),
+    )
+    .await
+    .unwrap();
+    crate::db::events_migrator().run(&events).await.unwrap();
+    batches::run_consumer_batch(
+        std::sync::Arc::new(super::postgres::PostgresInsights::new(pools[1].clone())),
+        std::sync::Arc::new(crate::dlq::postgres::PostgresDeadLetters::new(events)),
+    )
+    .await;
+}
+
+/// `n` fresh databases with the read models' tables.
+async fn postgres_pools(n: usize) -> Vec<sqlx::PgPool> {
+    let mut pools = Vec::new();
+    for _ in 0..n {
+        let url = crate::db::testing::fresh_database().await;
+        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
+            .await
+            .unwrap();
+        crate::db::projections_migrator().run(&pool).await.unwrap();
+        pools.push(pool);
+    }
+    pools
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use crate::paging::{Page, PageRequest};
 use crate::projections::{HistoryEntry, ReadError, SalesView, SectionSales};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 #[derive(Default)]
@@ -83,6 +83,50 @@ impl Tables {
         row.sections.sort_by_key(|s| s.1);
     }
 
+    /// Applies `e` unless its stream is at or past its version.
+    fn apply_versioned(&mut self, e: &BusEvent) -> Result<Applied, InsightsError> {
+        if self
+            .streams
+            .get(&e.stream_id)
+            .is_some_and(|v| *v >= e.version)
+        {
+            return Ok(Applied::Duplicate);
+        }
+        self.apply(e)?;
+        self.streams.insert(e.stream_id.clone(), e.version);
+        Ok(Applied::Applied)
+    }
+
+    /// Whether `apply` would refuse `e` (a reservation event of a reservation never placed,
+    /// here or earlier in the batch: `placed`), without changing anything.
+    fn check(
+        &self,
+        e: &BusEvent,
+        placed: &mut HashSet<ReservationId>,
+    ) -> Result<(), InsightsError> {
+        use DomainEvent as E;
+        let reservation = match &e.event {
+            E::ReservationPlaced(p) => {
+                placed.insert(p.reservation_id);
+                return Ok(());
+            }
+            E::ReservationConfirmed(c) => c.reservation_id,
+            E::ReservationRefunded(r) => r.reservation_id,
+            E::ReservationCancelled(c) => c.reservation_id,
+            E::ReservationExpired(x) => x.reservation_id,
+            _ => return Ok(()),
+        };
+        if self.purchases.contains_key(&reservation) || placed.contains(&reservation) {
+            Ok(())
+        } else {
+            Err(InsightsError::Inconsistent {
+                stream_id: e.stream_id.clone(),
+                version: e.version,
+                reason: "the reservation was never placed".into(),
+            })
+        }
+    }
+
     fn apply(&mut self, e: &BusEvent) -> Result<(), InsightsError> {
         use DomainEvent as E;
         let missing = || InsightsError::Inconsistent {
@@ -154,19 +198,28 @@ impl Tables {
 #[async_trait]
 impl Insights for MemoryInsights {
     async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply_versioned(event)
+    }
+
+    async fn apply_batch(&self, events: &[BusEvent]) -> Result<Vec<Applied>, InsightsError> {
         let mut tables = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if tables
-            .streams
-            .get(&event.stream_id)
-            .is_some_and(|v| *v >= event.version)
-        {
-            return Ok(Applied::Duplicate);
+        // All or nothing: find the event that would fail before changing anything.
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut placed = HashSet::new();
+        for e in events {
+            let at = versions
+                .get(e.stream_id.as_str())
+                .or_else(|| tables.streams.get(&e.stream_id));
+            if at.is_some_and(|v| *v >= e.version) {
+                continue;
+            }
+            versions.insert(&e.stream_id, e.version);
+            tables.check(e, &mut placed)?;
         }
-        tables.apply(event)?;
-        tables
-            .streams
-            .insert(event.stream_id.clone(), event.version);
-        Ok(Applied::Applied)
+        events.iter().map(|e| tables.apply_versioned(e)).collect()
     }
 
     async fn reset(&self) -> Result<(), InsightsError> {

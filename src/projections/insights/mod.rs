@@ -4,7 +4,8 @@
 //! idempotent by (stream, version): each stream's last applied version is stored in the same
 //! transaction as the change, so a redelivered event changes nothing. Events arrive ordered
 //! per stream but not across streams, so nothing here relies on one stream's event having
-//! been seen before another's. Adapters: `memory`, `postgres`; both pass `contract`.
+//! been seen before another's. The consumer hands over what one poll brought as one batch
+//! (`apply_batch`: one transaction). Adapters: `memory`, `postgres`; both pass `contract`.
 
 #[cfg(test)]
 mod contract;
@@ -39,6 +40,10 @@ pub enum InsightsError {
 pub trait Insights: Send + Sync + 'static {
     /// Applies `event` unless its stream is already at or past its version.
     async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError>;
+    /// Applies `events` in order as `apply` would, in one transaction: one answer per event
+    /// (an event at or below its stream's version, counting earlier events of the batch, is a
+    /// `Duplicate`), or an error and nothing changed.
+    async fn apply_batch(&self, events: &[BusEvent]) -> Result<Vec<Applied>, InsightsError>;
     /// Tickets and revenue of an event, net of refunds; `None` before any of its events.
     async fn sales(&self, event: EventId) -> Result<Option<SalesView>, ReadError>;
     /// Purchases (confirmed, or refunded after confirmation) of a customer, newest first.
@@ -126,9 +131,20 @@ impl Handler for InsightsProjection {
     }
 
     async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError> {
-        self.0.apply(event).await.map_err(|e| match e {
-            InsightsError::Unavailable(_) => HandlerError::Transient(e.to_string()),
-            InsightsError::Inconsistent { .. } => HandlerError::Permanent(e.to_string()),
-        })
+        self.0.apply(event).await.map_err(handler_error)
+    }
+
+    async fn handle_batch(
+        &self,
+        events: &[BusEvent],
+    ) -> Option<Result<Vec<Applied>, HandlerError>> {
+        Some(self.0.apply_batch(events).await.map_err(handler_error))
+    }
+}
+
+fn handler_error(e: InsightsError) -> HandlerError {
+    match e {
+        InsightsError::Unavailable(_) => HandlerError::Transient(e.to_string()),
+        InsightsError::Inconsistent { .. } => HandlerError::Permanent(e.to_string()),
     }
 }

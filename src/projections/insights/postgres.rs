@@ -1,6 +1,6 @@
 //! Insights on PostgreSQL (`insight_*` and `consumer_stream_versions` in
-//! `migrations_projections/`). Each event is one transaction: the stream's version guard
-//! first (a duplicate rolls back at once), then the change.
+//! `migrations_projections/`). A batch of events is one transaction; per event the stream's
+//! version guard first (a duplicate changes nothing), then the change.
 
 use super::{Insights, InsightsError, RecentSales, Revenue, CONSUMER};
 use crate::bus::consumer::Applied;
@@ -189,33 +189,53 @@ async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool
     })
 }
 
+/// Applies `event` inside `tx` unless its stream is at or past its version there.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &BusEvent,
+) -> Result<Applied, InsightsError> {
+    let fresh = sqlx::query(
+        "INSERT INTO consumer_stream_versions (consumer, stream_id, version) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer, stream_id) DO UPDATE SET version = EXCLUDED.version
+          WHERE consumer_stream_versions.version < EXCLUDED.version",
+    )
+    .bind(CONSUMER)
+    .bind(&event.stream_id)
+    .bind(as_i64(event.version)?)
+    .execute(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    if fresh.rows_affected() == 0 {
+        return Ok(Applied::Duplicate);
+    }
+    if !change(tx, event).await.map_err(unavailable)? {
+        return Err(InsightsError::Inconsistent {
+            stream_id: event.stream_id.clone(),
+            version: event.version,
+            reason: "the reservation was never placed".into(),
+        });
+    }
+    Ok(Applied::Applied)
+}
+
 #[async_trait]
 impl Insights for PostgresInsights {
     async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError> {
+        self.apply_batch(std::slice::from_ref(event))
+            .await
+            .map(|applied| applied.first().copied().unwrap_or(Applied::Duplicate))
+    }
+
+    async fn apply_batch(&self, events: &[BusEvent]) -> Result<Vec<Applied>, InsightsError> {
         let mut tx = self.0.begin().await.map_err(unavailable)?;
-        let fresh = sqlx::query(
-            "INSERT INTO consumer_stream_versions (consumer, stream_id, version) VALUES ($1, $2, $3)
-             ON CONFLICT (consumer, stream_id) DO UPDATE SET version = EXCLUDED.version
-              WHERE consumer_stream_versions.version < EXCLUDED.version",
-        )
-        .bind(CONSUMER)
-        .bind(&event.stream_id)
-        .bind(as_i64(event.version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if fresh.rows_affected() == 0 {
-            return Ok(Applied::Duplicate);
+        let mut applied = Vec::with_capacity(events.len());
+        for event in events {
+            applied.push(apply_in(&mut tx, event).await?);
         }
-        if !change(&mut tx, event).await.map_err(unavailable)? {
-            return Err(InsightsError::Inconsistent {
-                stream_id: event.stream_id.clone(),
-                version: event.version,
-                reason: "the reservation was never placed".into(),
-            });
+        if applied.contains(&Applied::Applied) {
+            tx.commit().await.map_err(unavailable)?;
         }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Applied::Applied)
+        Ok(applied)
     }
 
     async fn reset(&self) -> Result<(), InsightsError> {
