@@ -2,7 +2,8 @@
 //! calls, one module per family: `checkout` (reserve, pay, cancel, refund), `events` (event
 //! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
 //! (what admins do with the DLQ), `holds` (ending holds whose instance died), `webhooks`
-//! (organizers' endpoints and their delivery logs). It owns running
+//! (organizers' endpoints and their delivery logs), `queue` (the waiting room of on-sales and
+//! the pass check of `reserve`). It owns running
 //! commands with read-your-writes, recording a gateway capture through writer contention,
 //! the charge-then-record flow and idempotency. It never decides a business rule (the domain
 //! does) and never knows about HTTP.
@@ -15,6 +16,7 @@ pub mod holds;
 pub mod idempotency;
 pub mod policy;
 pub mod queries;
+pub mod queue;
 pub mod webhooks;
 
 pub use error::{AppError, FieldError};
@@ -57,6 +59,8 @@ pub struct App {
     pub(crate) hold_for: chrono::Duration,
     /// Organizers' webhook endpoints and their deliveries.
     pub(crate) webhooks: webhooks::Webhooks,
+    /// The waiting rooms of on-sales and the pass key.
+    pub(crate) queue: Arc<queue::WaitingRoom>,
 }
 
 impl App {

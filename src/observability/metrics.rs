@@ -45,16 +45,15 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     /// Cache look-ups by cache (`events`, `availability`) and result (`hit`, `miss`, `error`).
     pub cache_requests: IntCounterVec,
-    /// Event views loaded from the read models by the cached reads (one SQL statement each on
-    /// PostgreSQL): what the cache did not save.
+    /// Event views the cached reads loaded from the read models: what the cache did not save.
     pub event_view_loads: IntCounter,
-    /// Webhook delivery attempts by outcome: succeeded, retried, failed (gave up), disabled
-    /// (410 Gone), refused (a non-public address in production).
+    /// Webhook delivery attempts by outcome (succeeded, retried, failed, disabled, refused).
     pub webhook_deliveries: IntCounterVec,
     /// How long a webhook receiver took to answer (or to time out).
     pub webhook_delivery_duration: HistogramVec,
     /// Webhook deliveries waiting to be sent or retried, over every endpoint.
     pub webhook_queue_depth: IntGauge,
+    pub queue: super::queue_metrics::QueueMetrics,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -357,6 +356,7 @@ impl Metrics {
                 "webhook_queue_depth",
                 "Webhook deliveries pending (waiting to be sent or retried) over every endpoint.",
             ),
+            queue: super::queue_metrics::QueueMetrics::new(&r),
             registry: r,
         }
     }

@@ -4,6 +4,9 @@
 
 use super::*;
 use crate::db::Database;
+use crate::queue::memory::MemoryQueues;
+use crate::queue::postgres::PostgresQueues;
+use crate::queue::QueueStore;
 use crate::webhooks::memory::MemoryWebhooks;
 use crate::webhooks::postgres::PostgresWebhooks;
 use crate::webhooks::WebhookStore;
@@ -23,6 +26,7 @@ pub(super) struct Adapters {
     pub(super) dlq: Arc<dyn DeadLetters>,
     pub(super) insights: Arc<dyn Insights>,
     pub(super) webhooks: Arc<dyn WebhookStore>,
+    pub(super) queues: Arc<dyn QueueStore>,
     /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
     pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
 }
@@ -45,6 +49,7 @@ pub(super) async fn in_memory() -> Adapters {
         dlq: Arc::new(MemoryDeadLetters::new()),
         insights: Arc::new(MemoryInsights::new()),
         webhooks: Arc::new(MemoryWebhooks::default()),
+        queues: Arc::new(MemoryQueues::default()),
         durable_cursor: None,
     }
 }
@@ -79,6 +84,15 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let webhooks = db::connect(events_url, &webhook_settings)
         .await
         .context("connecting the webhooks pool to the event store's database")?;
+    // The waiting rooms get their own small pool too: a crowd polling its positions at an
+    // on-sale must not queue the sale's appends.
+    let queue_settings = db::PoolSettings {
+        max_connections: 4,
+        ..config.pool.clone()
+    };
+    let queues = db::connect(events_url, &queue_settings)
+        .await
+        .context("connecting the waiting room pool to the event store's database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
     let pools = db::NamedPools::new(vec![
         ("events", events.clone()),
@@ -86,6 +100,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         ("projector", projector.clone()),
         ("auth", auth.clone()),
         ("webhooks", webhooks.clone()),
+        ("queue", queues.clone()),
     ]);
     Ok(Adapters {
         pools,
@@ -98,6 +113,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         idempotency: IdempotencyStore::durable(auth),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
+        queues: Arc::new(PostgresQueues::new(queues)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
     })

@@ -20,6 +20,7 @@ mod headers;
 mod idempotency;
 mod operations;
 mod purchase;
+mod queue;
 mod ratelimit;
 mod smoke;
 mod webhooks;

@@ -1,0 +1,187 @@
+//! The contract both queue stores keep: settings round-trip and replace without resetting
+//! admission; joining needs an enabled queue and gives one ticket per (event, user);
+//! shuffled joins come before arrival-order joins; positions count those waiting ahead;
+//! admission follows the rate from the moment the queue was made (or the shuffle window's
+//! end), admits in rank order, never anyone twice, and at most one burst after an idle spell.
+
+use super::*;
+use chrono::{Duration, TimeZone};
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap() + Duration::seconds(seconds)
+}
+
+fn settings(event_id: Uuid, rate: u32, shuffle_until: Option<DateTime<Utc>>) -> QueueSettings {
+    QueueSettings {
+        event_id,
+        enabled: true,
+        admit_per_minute: rate,
+        pass_ttl_seconds: 600,
+        shuffle_until,
+    }
+}
+
+pub async fn run(store: &dyn QueueStore) {
+    settings_and_joins(store).await;
+    admission_in_order(store).await;
+    shuffled_before_arrivals(store).await;
+}
+
+async fn settings_and_joins(store: &dyn QueueStore) {
+    let event = Uuid::new_v4();
+    let user = Uuid::new_v4();
+    assert_eq!(store.settings(event).await.unwrap(), None);
+    assert_eq!(
+        store.join(event, user, None, at(0)).await,
+        Err(QueueError::NoQueue)
+    );
+    let mut s = settings(event, 60, None);
+    s.enabled = false;
+    store.put_settings(&s, at(0)).await.unwrap();
+    assert_eq!(store.settings(event).await.unwrap(), Some(s.clone()));
+    assert!(!store
+        .enabled()
+        .await
+        .unwrap()
+        .iter()
+        .any(|q| q.event_id == event));
+    assert_eq!(
+        store.join(event, user, None, at(0)).await,
+        Err(QueueError::NoQueue)
+    );
+    s.enabled = true;
+    store.put_settings(&s, at(1)).await.unwrap();
+    assert!(store.enabled().await.unwrap().contains(&s));
+    let (first, created) = store.join(event, user, None, at(1)).await.unwrap();
+    assert!(created);
+    assert_eq!((first.event_id, first.user_id), (event, user));
+    assert_eq!(first.admitted_at, None);
+    let (again, created) = store.join(event, user, Some(5), at(2)).await.unwrap();
+    assert!(!created);
+    assert_eq!(again, first);
+    assert_eq!(
+        store.ticket(event, user).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.ticket(event, Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(store.position(&first).await.unwrap(), 1);
+    let counts = store.counts(event).await.unwrap();
+    assert_eq!(
+        counts,
+        QueueCounts {
+            waiting: 1,
+            admitted: 0
+        }
+    );
+    assert_eq!(
+        store.counts(Uuid::new_v4()).await.unwrap(),
+        QueueCounts::default()
+    );
+}
+
+async fn admission_in_order(store: &dyn QueueStore) {
+    let event = Uuid::new_v4();
+    // 60 per minute from 09:00:00: one a second, bursts of 5.
+    store
+        .put_settings(&settings(event, 60, None), at(0))
+        .await
+        .unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        let (t, _) = store
+            .join(event, Uuid::new_v4(), None, at(0))
+            .await
+            .unwrap();
+        assert_eq!(store.position(&t).await.unwrap(), i + 1);
+        tickets.push(t);
+    }
+    assert!(store.advance(event, at(0)).await.unwrap().is_empty());
+    let first = store.advance(event, at(2)).await.unwrap();
+    assert_eq!(ids(&first), ids(&tickets[..2]));
+    assert!(first.iter().all(|t| t.admitted_at == Some(at(2))));
+    // Asked again at the same moment, or by another instance: nobody more.
+    assert!(store.advance(event, at(2)).await.unwrap().is_empty());
+    assert_eq!(store.position(&tickets[0]).await.unwrap(), 0);
+    assert_eq!(store.position(&tickets[2]).await.unwrap(), 1);
+    assert_eq!(store.position(&tickets[9]).await.unwrap(), 8);
+    // Changing the settings keeps the admission state.
+    store
+        .put_settings(&settings(event, 60, None), at(3))
+        .await
+        .unwrap();
+    let second = store.advance(event, at(3)).await.unwrap();
+    assert_eq!(ids(&second), ids(&tickets[2..3]));
+    // An hour of nobody asking: one burst (5), not 3600.
+    let burst = store.advance(event, at(3600)).await.unwrap();
+    assert_eq!(ids(&burst), ids(&tickets[3..8]));
+    let counts = store.counts(event).await.unwrap();
+    assert_eq!(
+        counts,
+        QueueCounts {
+            waiting: 2,
+            admitted: 8
+        }
+    );
+    let admitted = store
+        .ticket(event, tickets[4].user_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(admitted.admitted_at, Some(at(3600)));
+    // Slots with nobody waiting are spent, not saved for later joiners.
+    let rest = store.advance(event, at(3605)).await.unwrap();
+    assert_eq!(ids(&rest), ids(&tickets[8..]));
+    let late = store
+        .join(event, Uuid::new_v4(), None, at(3605))
+        .await
+        .unwrap()
+        .0;
+    assert!(store.advance(event, at(3605)).await.unwrap().is_empty());
+    assert_eq!(
+        store.advance(event, at(3606)).await.unwrap(),
+        vec![Ticket {
+            admitted_at: Some(at(3606)),
+            ..late
+        }]
+    );
+    // A disabled queue admits nobody.
+    let mut off = settings(event, 60, None);
+    off.enabled = false;
+    store.put_settings(&off, at(3606)).await.unwrap();
+    store.put_settings(&off, at(3606)).await.unwrap();
+    assert!(store.advance(event, at(4000)).await.unwrap().is_empty());
+}
+
+async fn shuffled_before_arrivals(store: &dyn QueueStore) {
+    let event = Uuid::new_v4();
+    store
+        .put_settings(&settings(event, 60, Some(at(100))), at(0))
+        .await
+        .unwrap();
+    let late = store
+        .join(event, Uuid::new_v4(), None, at(1))
+        .await
+        .unwrap()
+        .0;
+    let drawn_high = store
+        .join(event, Uuid::new_v4(), Some(900), at(2))
+        .await
+        .unwrap()
+        .0;
+    let drawn_low = store
+        .join(event, Uuid::new_v4(), Some(7), at(3))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(store.position(&drawn_low).await.unwrap(), 1);
+    assert_eq!(store.position(&drawn_high).await.unwrap(), 2);
+    assert_eq!(store.position(&late).await.unwrap(), 3);
+    // Nobody enters before the window ends.
+    assert!(store.advance(event, at(99)).await.unwrap().is_empty());
+    let admitted = store.advance(event, at(102)).await.unwrap();
+    assert_eq!(ids(&admitted), vec![drawn_low.id, drawn_high.id]);
+}
+
+fn ids(tickets: &[Ticket]) -> Vec<Uuid> {
+    tickets.iter().map(|t| t.id).collect()
+}
