@@ -127,7 +127,7 @@ fn wait_seconds(ahead: u64, settings: &QueueSettings, now: DateTime<Utc>) -> u64
     let until_start = settings
         .shuffle_until
         .map_or(0, |s| u64::try_from((s - now).num_seconds()).unwrap_or(0));
-    (ahead * 60).div_ceil(rate) + until_start
+    ahead.saturating_mul(60).div_ceil(rate) + until_start
 }
 
 fn validate(input: &QueueSettingsInput) -> Result<u32, AppError> {

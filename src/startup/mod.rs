@@ -218,7 +218,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
 
     let queue = Arc::new(WaitingRoom::new(
         queues,
-        queue_pass_key(&config),
+        queue_pass_key(&config).context("QUEUE_PASS_SECRET")?,
         Arc::clone(&metrics),
     ));
     tasks.push(tokio::spawn(run_admission(
@@ -274,7 +274,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
 
 /// The key that signs queue passes: `QUEUE_PASS_SECRET` (required in production by the
 /// configuration), else a fixed development key, said loudly.
-fn queue_pass_key(config: &Config) -> PassKey {
+fn queue_pass_key(config: &Config) -> Result<PassKey, crate::queue::pass::BadKey> {
     match &config.queue_pass_secret {
         Some(secret) => PassKey::new(secret.as_bytes()),
         None => {

@@ -87,8 +87,8 @@ impl WaitingRoom {
         m.admitted
             .inc_by(u64::try_from(admitted.len()).unwrap_or(0));
         for ticket in &admitted {
-            let waited = (now - ticket.joined_at).num_milliseconds();
-            m.wait_seconds.observe(waited.max(0) as f64 / 1000.0);
+            let waited = (now - ticket.joined_at).to_std().unwrap_or_default();
+            m.wait_seconds.observe(waited.as_secs_f64());
         }
         Ok(!admitted.is_empty())
     }
