@@ -6,6 +6,8 @@
 //! by the `run_admission` ticker, through the store's lock, so the rate holds across
 //! instances. It never decides the admission rule (the queue module does).
 
+#[cfg(test)]
+mod bench;
 mod room;
 
 pub use room::{run_admission, WaitingRoom};
@@ -238,6 +240,9 @@ impl App {
             .store
             .join(event_id, caller.user_id.0, draw, now)
             .await?;
+        if created && draw.is_some() {
+            self.queue.forget_line(event_id).await;
+        }
         let ticket = self.admitted_meanwhile(ticket, now).await?;
         Ok((self.ticket_view(&settings, ticket, now).await?, created))
     }
@@ -297,7 +302,7 @@ impl App {
             pass_expires_at: None,
         };
         let Some(admitted_at) = ticket.admitted_at else {
-            view.position = self.queue.store.position(&ticket).await?;
+            view.position = self.queue.position(&ticket).await?;
             view.estimated_wait_seconds = wait_seconds(view.position, settings, now);
             return Ok(view);
         };

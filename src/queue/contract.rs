@@ -104,6 +104,36 @@ async fn admission_in_order(store: &dyn QueueStore) {
     assert_eq!(store.position(&tickets[0]).await.unwrap(), 0);
     assert_eq!(store.position(&tickets[2]).await.unwrap(), 1);
     assert_eq!(store.position(&tickets[9]).await.unwrap(), 8);
+    let line = store.waiting_line(event).await.unwrap();
+    assert_eq!(line.admitted, 2);
+    let order: Vec<(i64, Uuid)> = tickets[2..].iter().map(|t| (t.rank, t.id)).collect();
+    assert_eq!(line.order, order);
+    let since = |t: &Ticket, after: Option<&Ticket>| {
+        let after = after.map(|a| (a.rank, a.id));
+        let t = t.clone();
+        async move { store.position_since(&t, after).await.unwrap() }
+    };
+    assert_eq!(
+        since(&tickets[9], None).await,
+        Since {
+            admitted: 2,
+            between: 8
+        }
+    );
+    let between = since(&tickets[9], Some(&tickets[6])).await;
+    assert_eq!(
+        between,
+        Since {
+            admitted: 2,
+            between: 3
+        }
+    );
+    assert_eq!(since(&tickets[0], None).await.between, 0);
+    assert_eq!(since(&tickets[5], Some(&tickets[7])).await.between, 0);
+    assert_eq!(
+        store.waiting_line(Uuid::new_v4()).await.unwrap(),
+        WaitingLine::default()
+    );
     // Changing the settings keeps the admission state.
     store
         .put_settings(&settings(event, 60, None), at(3))

@@ -2,10 +2,14 @@
 //! await), each with its tickets by user and its waiting line ordered by (rank, ticket id).
 //! Not durable: a restart empties every queue.
 
-use super::{admission, QueueCounts, QueueError, QueueSettings, QueueStore, Ticket, ARRIVAL_BASE};
+use super::{
+    admission, QueueCounts, QueueError, QueueSettings, QueueStore, Since, Ticket, WaitingLine,
+    ARRIVAL_BASE,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -129,6 +133,41 @@ impl QueueStore for MemoryQueues {
                 admitted: r.admitted,
             })
             .unwrap_or_default())
+    }
+
+    async fn waiting_line(&self, event_id: Uuid) -> Result<WaitingLine, QueueError> {
+        Ok(self
+            .rooms()
+            .get(&event_id)
+            .map(|r| WaitingLine {
+                admitted: r.admitted,
+                order: r.waiting.keys().copied().collect(),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn position_since(
+        &self,
+        ticket: &Ticket,
+        after: Option<(i64, Uuid)>,
+    ) -> Result<Since, QueueError> {
+        let rooms = self.rooms();
+        let Some(room) = rooms.get(&ticket.event_id) else {
+            return Ok(Since::default());
+        };
+        let upto = (ticket.rank, ticket.id);
+        let between = match after {
+            Some(after) if after >= upto => 0,
+            Some(after) => room
+                .waiting
+                .range((Bound::Excluded(after), Bound::Included(upto)))
+                .count(),
+            None => room.waiting.range(..=upto).count(),
+        };
+        Ok(Since {
+            admitted: room.admitted,
+            between: u64::try_from(between).unwrap_or(u64::MAX),
+        })
     }
 
     async fn advance(&self, event_id: Uuid, now: DateTime<Utc>) -> Result<Vec<Ticket>, QueueError> {

@@ -54,6 +54,23 @@ pub struct QueueCounts {
     pub admitted: u64,
 }
 
+/// A queue's waiting line at one moment, for positions answered from memory
+/// (`app::queue::room`): who waits, in admission order, and how many had been admitted then.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WaitingLine {
+    pub admitted: u64,
+    /// (rank, ticket id) of every waiting ticket, lowest first.
+    pub order: Vec<(i64, Uuid)>,
+}
+
+/// What `QueueStore::position_since` counts: the queue's admitted total now, and the tickets
+/// still waiting after `after` up to the ticket itself (the ticket included while it waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Since {
+    pub admitted: u64,
+    pub between: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     #[error("the event has no enabled queue")]
@@ -91,6 +108,15 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Tickets still waiting ahead of `ticket`, plus one (0 once it was admitted).
     async fn position(&self, ticket: &Ticket) -> Result<u64, QueueError>;
     async fn counts(&self, event_id: Uuid) -> Result<QueueCounts, QueueError>;
+    /// The waiting line and the admitted total, read at one moment.
+    async fn waiting_line(&self, event_id: Uuid) -> Result<WaitingLine, QueueError>;
+    /// The admitted total and the waiting tickets in `(after, ticket]` (rank, id) order, read
+    /// at one moment: with a `WaitingLine` copy, an exact position in one cheap look-up.
+    async fn position_since(
+        &self,
+        ticket: &Ticket,
+        after: Option<(i64, Uuid)>,
+    ) -> Result<Since, QueueError>;
     /// Admits what the rate allows by `now` (`admission::allowance`), the first waiting
     /// tickets in rank order, under the queue's lock; returns the tickets it admitted. An
     /// instance that finds the lock taken admits nothing (the holder does the work).

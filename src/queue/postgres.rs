@@ -5,7 +5,10 @@
 //! the first waiting tickets in rank order and moves `advanced_at` in the same transaction,
 //! so a restart or a second instance neither admits anyone twice nor skips anyone.
 
-use super::{admission, QueueCounts, QueueError, QueueSettings, QueueStore, Ticket, ARRIVAL_BASE};
+use super::{
+    admission, QueueCounts, QueueError, QueueSettings, QueueStore, Since, Ticket, WaitingLine,
+    ARRIVAL_BASE,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -201,6 +204,52 @@ impl QueueStore for PostgresQueues {
                 admitted: count(admitted),
             })
             .unwrap_or_default())
+    }
+
+    async fn waiting_line(&self, event_id: Uuid) -> Result<WaitingLine, QueueError> {
+        // One statement, so the line and the admitted total are of the same moment.
+        let rows: Vec<(i64, Option<i64>, Option<Uuid>)> = sqlx::query_as(
+            "SELECT r.admitted, t.rank, t.id FROM waiting_rooms r LEFT JOIN LATERAL ( \
+                 SELECT rank, id FROM queue_tickets \
+                 WHERE event_id = r.event_id AND admitted_at IS NULL ORDER BY rank, id) t ON true \
+             WHERE r.event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_all(&self.0)
+        .await
+        .map_err(unavailable)?;
+        let mut line = WaitingLine {
+            admitted: rows.first().map_or(0, |r| count(r.0)),
+            order: Vec::with_capacity(rows.len()),
+        };
+        line.order
+            .extend(rows.into_iter().filter_map(|(_, rank, id)| rank.zip(id)));
+        Ok(line)
+    }
+
+    async fn position_since(
+        &self,
+        ticket: &Ticket,
+        after: Option<(i64, Uuid)>,
+    ) -> Result<Since, QueueError> {
+        let (admitted, between): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT admitted FROM waiting_rooms WHERE event_id = $1), \
+                    (SELECT count(*) FROM queue_tickets WHERE event_id = $1 \
+                     AND admitted_at IS NULL AND (rank, id) <= ($2, $3) \
+                     AND ($4::BIGINT IS NULL OR (rank, id) > ($4, $5)))",
+        )
+        .bind(ticket.event_id)
+        .bind(ticket.rank)
+        .bind(ticket.id)
+        .bind(after.map(|a| a.0))
+        .bind(after.map_or(Uuid::nil(), |a| a.1))
+        .fetch_one(&self.0)
+        .await
+        .map_err(unavailable)?;
+        Ok(Since {
+            admitted: count(admitted.unwrap_or(0)),
+            between: count(between),
+        })
     }
 
     async fn advance(&self, event_id: Uuid, now: DateTime<Utc>) -> Result<Vec<Ticket>, QueueError> {

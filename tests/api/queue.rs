@@ -338,3 +338,61 @@ async fn joins_in_the_shuffle_window_are_shuffled_and_later_ones_follow_in_order
         "the window's joins kept their arrival order"
     );
 }
+
+/// Measurement behind BENCHMARKS.md, not a check: the reservation path with a pass (queue
+/// enabled: settings copy + pass verification) against the same path without a queue, the
+/// two interleaved one by one so that the machine's noise hits both alike.
+/// Run: `TEST_BACKEND=memory|postgres cargo test --release --test api queue::measure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_the_reservation_path_with_and_without_a_pass() {
+    const BUYERS: usize = 40;
+    const ROUNDS: usize = 10;
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let queued = app.event_on_sale(&organizer, 1000).await;
+    let open = app.event_on_sale(&organizer, 1000).await;
+    let set = put_queue(
+        &app,
+        &organizer,
+        queued,
+        json!({"enabled": true, "admit_per_minute": 1000000}),
+    )
+    .await;
+    assert_eq!(set.status, 200);
+    let mut buyers = Vec::new();
+    for _ in 0..BUYERS {
+        let buyer = app.customer().await;
+        join(&app, &buyer, queued).await;
+        buyers.push(buyer);
+    }
+    app.clock.advance(Duration::seconds(1));
+    let mut passes = Vec::new();
+    for buyer in &buyers {
+        let mine = me(&app, buyer, queued).await;
+        passes.push(mine.body["pass"].as_str().expect("admitted").to_owned());
+    }
+    let (mut with, mut without) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    for _ in 0..ROUNDS {
+        for (buyer, pass) in buyers.iter().zip(&passes) {
+            let started = std::time::Instant::now();
+            assert_eq!(
+                reserve_with(&app, buyer, queued, Some(pass)).await.status,
+                201
+            );
+            with += started.elapsed();
+            let started = std::time::Instant::now();
+            assert_eq!(reserve_with(&app, buyer, open, None).await.status, 201);
+            without += started.elapsed();
+        }
+    }
+    let n = u32::try_from(BUYERS * ROUNDS).unwrap();
+    println!(
+        "{:?}: {n} reservations each: with a pass {:.2?} per request, without a queue {:.2?} \
+         (ratio {:.3})",
+        backend(),
+        with / n,
+        without / n,
+        with.as_secs_f64() / without.as_secs_f64()
+    );
+}
