@@ -235,13 +235,14 @@ impl QueueStore for PostgresQueues {
         let (admitted, between): (Option<i64>, i64) = sqlx::query_as(
             "SELECT (SELECT admitted FROM waiting_rooms WHERE event_id = $1), \
                     (SELECT count(*) FROM queue_tickets WHERE event_id = $1 \
-                     AND admitted_at IS NULL AND (rank, id) <= ($2, $3) \
-                     AND ($4::BIGINT IS NULL OR (rank, id) > ($4, $5)))",
+                     AND admitted_at IS NULL AND (rank, id) > ($4, $5) AND (rank, id) <= ($2, $3))",
         )
         .bind(ticket.event_id)
         .bind(ticket.rank)
         .bind(ticket.id)
-        .bind(after.map(|a| a.0))
+        // Always a lower bound (below every rank without one), so that the count is a range
+        // scan of the index from there, not from the head of the line.
+        .bind(after.map_or(i64::MIN, |a| a.0))
         .bind(after.map_or(Uuid::nil(), |a| a.1))
         .fetch_one(&self.0)
         .await
