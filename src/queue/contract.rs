@@ -23,6 +23,7 @@ fn settings(event_id: Uuid, rate: u32, shuffle_until: Option<DateTime<Utc>>) -> 
 
 pub async fn run(store: &dyn QueueStore) {
     settings_and_joins(store).await;
+    concurrent_joins(store).await;
     admission_in_order(store).await;
     shuffled_before_arrivals(store).await;
 }
@@ -77,6 +78,36 @@ async fn settings_and_joins(store: &dyn QueueStore) {
         store.counts(Uuid::new_v4()).await.unwrap(),
         QueueCounts::default()
     );
+}
+
+/// Joins at once (the PostgreSQL store writes them in batches): one ticket per user, made
+/// by exactly one of a user's joins, each in line once.
+async fn concurrent_joins(store: &dyn QueueStore) {
+    let event = Uuid::new_v4();
+    store
+        .put_settings(&settings(event, 60, None), at(0))
+        .await
+        .unwrap();
+    let users: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let nowhere = Uuid::new_v4();
+    let joins = users
+        .iter()
+        .chain(&users[..10])
+        .map(|user| store.join(event, *user, None, at(1)))
+        .chain(std::iter::once(store.join(nowhere, users[0], None, at(1))));
+    let answers = all_at_once(joins.collect()).await;
+    let (refused, answers) = answers.split_last().unwrap();
+    assert_eq!(refused, &Err(QueueError::NoQueue));
+    let mut made = std::collections::HashMap::new();
+    for answer in answers {
+        let (ticket, created) = answer.clone().unwrap();
+        let first = made.entry(ticket.user_id).or_insert((ticket.clone(), 0));
+        assert_eq!(first.0, ticket);
+        first.1 += usize::from(created);
+    }
+    assert_eq!(made.len(), 40);
+    assert!(made.values().all(|(_, created)| *created == 1));
+    assert_eq!(store.counts(event).await.unwrap().waiting, 40);
 }
 
 async fn admission_in_order(store: &dyn QueueStore) {
@@ -210,6 +241,31 @@ async fn shuffled_before_arrivals(store: &dyn QueueStore) {
     assert!(store.advance(event, at(99)).await.unwrap().is_empty());
     let admitted = store.advance(event, at(102)).await.unwrap();
     assert_eq!(ids(&admitted), vec![drawn_low.id, drawn_high.id]);
+}
+
+/// Runs the futures concurrently (polled together, as a crowd's requests are) and returns
+/// their outputs in order.
+async fn all_at_once<'a, T>(
+    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>>,
+) -> Vec<T> {
+    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(future) = slot {
+                if let std::task::Poll::Ready(value) = future.as_mut().poll(cx) {
+                    *out = Some(value);
+                    *slot = None;
+                }
+            }
+        }
+        match pending.iter().all(Option::is_none) {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }
 
 fn ids(tickets: &[Ticket]) -> Vec<Uuid> {

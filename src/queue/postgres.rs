@@ -1,24 +1,29 @@
 //! The `QueueStore` on PostgreSQL (`waiting_rooms`, `queue_tickets` in `migrations_events/`).
 //! A ticket per (event, user) is the table's constraint, so a second join on any instance
-//! finds the first. Admission takes the queue's row `FOR UPDATE SKIP LOCKED`: one instance
+//! finds the first; joins are written in batches (`joins.rs`). Admission takes the queue's row `FOR UPDATE SKIP LOCKED`: one instance
 //! at a time advances it (another finds it locked and leaves the work to the holder), marks
 //! the first waiting tickets in rank order and moves `advanced_at` in the same transaction,
 //! so a restart or a second instance neither admits anyone twice nor skips anyone.
 
 use super::{
     admission, QueueCounts, QueueError, QueueSettings, QueueStore, Since, Ticket, WaitingLine,
-    ARRIVAL_BASE,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-pub struct PostgresQueues(PgPool);
+mod joins;
+
+pub struct PostgresQueues(PgPool, mpsc::Sender<joins::Join>);
 
 impl PostgresQueues {
+    /// Starts the task that writes joins in batches (`joins`); it ends with the store.
     pub fn new(pool: PgPool) -> Self {
-        PostgresQueues(pool)
+        let (sender, inbox) = mpsc::channel(joins::INBOX);
+        tokio::spawn(joins::run(pool.clone(), inbox));
+        PostgresQueues(pool, sender)
     }
 }
 
@@ -134,30 +139,19 @@ impl QueueStore for PostgresQueues {
         draw: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<(Ticket, bool), QueueError> {
-        // One statement: the insert happens only for an enabled queue, and a repeated join
-        // inserts nothing; the existing ticket is read after.
-        let inserted = sqlx::query_as::<_, TicketRow>(&format!(
-            "INSERT INTO queue_tickets (id, event_id, user_id, rank, joined_at) \
-             SELECT $1, $2, $3, COALESCE($4, $5 + nextval('queue_arrival')), $6 \
-             FROM waiting_rooms WHERE event_id = $2 AND enabled \
-             ON CONFLICT (event_id, user_id) DO NOTHING RETURNING {TICKET}"
-        ))
-        .bind(Uuid::new_v4())
-        .bind(event_id)
-        .bind(user_id)
-        .bind(draw)
-        .bind(ARRIVAL_BASE)
-        .bind(now)
-        .fetch_optional(&self.0)
-        .await
-        .map_err(unavailable)?;
-        if let Some(row) = inserted {
-            return Ok((row.into(), true));
-        }
-        match self.ticket(event_id, user_id).await? {
-            Some(ticket) => Ok((ticket, false)),
-            None => Err(QueueError::NoQueue),
-        }
+        // Written with the other joins queued meanwhile (`joins`): a new ticket only for an
+        // enabled queue; a repeated join gets the existing ticket.
+        let (reply, answer) = oneshot::channel();
+        let join = joins::Join {
+            event_id,
+            user_id,
+            draw,
+            now,
+            reply,
+        };
+        let gone = || QueueError::Unavailable("the join writer stopped".into());
+        self.1.send(join).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn ticket(&self, event_id: Uuid, user_id: Uuid) -> Result<Option<Ticket>, QueueError> {
