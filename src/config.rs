@@ -73,6 +73,9 @@ pub struct Config {
     /// The first pause between webhook attempts; each next one doubles
     /// (`WEBHOOK_RETRY_BASE_MS`).
     pub webhook_retry_base: Duration,
+    /// The key that signs queue passes (`QUEUE_PASS_SECRET`), shared by every instance;
+    /// required in production, a fixed development key otherwise (`None`).
+    pub queue_pass_secret: Option<String>,
 }
 
 /// Rate limits of the HTTP edge (GCRA, real time). Operations routes are never limited.
@@ -129,6 +132,7 @@ impl std::fmt::Debug for Config {
             .field("shutdown_drain", &self.shutdown_drain)
             .field("webhook_max_attempts", &self.webhook_max_attempts)
             .field("webhook_retry_base", &self.webhook_retry_base)
+            .field("queue_pass_secret", &redact(&self.queue_pass_secret))
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +176,7 @@ impl Default for Config {
             shutdown_drain: Duration::ZERO,
             webhook_max_attempts: 8,
             webhook_retry_base: Duration::from_millis(30_000),
+            queue_pass_secret: None,
         }
     }
 }
@@ -312,6 +317,22 @@ impl Config {
             }
             cors_allowed_origins.push(origin.to_owned());
         }
+        let queue_pass_secret = get("QUEUE_PASS_SECRET");
+        match &queue_pass_secret {
+            None if app_env == AppEnv::Production => {
+                return Err(ConfigError {
+                    var: "QUEUE_PASS_SECRET",
+                    reason: "required in production (the key that signs queue passes)".into(),
+                })
+            }
+            Some(secret) if secret.len() < 32 => {
+                return Err(ConfigError {
+                    var: "QUEUE_PASS_SECRET",
+                    reason: "must be at least 32 characters".into(),
+                })
+            }
+            _ => {}
+        }
         Ok(Config {
             bind_addr: parse("BIND_ADDR", get("BIND_ADDR"), d.bind_addr)?,
             projections_database_url: postgres_url("PROJECTIONS_DATABASE_URL")?
@@ -381,6 +402,7 @@ impl Config {
             webhook_retry_base: Duration::from_millis(
                 u64::try_from(positive("WEBHOOK_RETRY_BASE_MS", 30_000)?).unwrap_or(30_000),
             ),
+            queue_pass_secret,
         })
     }
 }

@@ -11,6 +11,8 @@
 //! - `auth`: accounts, login sessions and password hashing behind the `AuthStore` port.
 //! - `webhooks`: organizers' endpoints, the bus consumer that makes deliveries, and the
 //!   per-endpoint dispatcher that signs and sends them.
+//! - `queue`: the virtual waiting room of on-sales: durable queue state (memory, PostgreSQL),
+//!   the admission rule and the signed passes.
 //! - `http`: the axum router, one module per resource, problem+json errors, access policy,
 //!   and the edge: rate limits, security headers, CORS, request timeout.
 //! - `observability`: metrics and tracing set-up.
@@ -32,6 +34,7 @@ pub mod observability;
 pub mod paging;
 pub mod payment;
 pub mod projections;
+pub mod queue;
 pub mod runtime;
 pub mod startup;
 pub mod webhooks;

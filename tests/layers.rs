@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["dlq"],
     &["bus"],
     &["projections"],
-    &["cache", "payment", "auth", "webhooks"],
+    &["cache", "payment", "auth", "webhooks", "queue"],
     &["audit"],
     &["app"],
     &["http"],

@@ -23,6 +23,8 @@ pub struct HoldRequest {
     pub event_id: Uuid,
     pub section: String,
     pub quantity: u32,
+    /// The `Queue-Pass` header, needed while the event's waiting room is enabled.
+    pub queue_pass: Option<String>,
 }
 
 /// What a customer pays with: a reservation and a card token.
@@ -50,6 +52,8 @@ impl App {
         let id = ReservationId(derived_id(caller.user_id, "reservation", key));
         let event_id = EventId(hold.event_id);
         policy::see_event(Some(caller), self.event_view(event_id).await?)?;
+        self.check_queue_pass(caller, hold.event_id, hold.queue_pass.as_deref())
+            .await?;
         let command = SaleCommand::Reserve {
             reservation_id: id,
             user_id: caller.user_id,

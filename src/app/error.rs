@@ -41,6 +41,10 @@ pub enum AppError {
     /// Authenticated but not allowed.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Authenticated but refused for a reason of its own stable problem type (`kind`), e.g. a
+    /// missing or invalid queue pass.
+    #[error("{detail}")]
+    Denied { kind: &'static str, detail: String },
     /// Unknown id, or a resource the caller may not see.
     #[error("{0} not found")]
     NotFound(&'static str),

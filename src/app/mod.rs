@@ -2,11 +2,11 @@
 //! calls, one module per family: `checkout` (reserve, pay, cancel, refund), `events` (event
 //! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
 //! (what admins do with the DLQ), `holds` (ending holds whose instance died), `reconcile`
-//! (recording gateway captures nobody recorded), `webhooks`
-//! (organizers' endpoints and their delivery logs). It owns running
-//! commands with read-your-writes, recording a gateway capture through writer contention,
-//! the charge-then-record flow and idempotency. It never decides a business rule (the domain
-//! does) and never knows about HTTP.
+//! (recording gateway captures nobody recorded), `webhooks` (organizers' endpoints and their
+//! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`). It
+//! owns running commands with read-your-writes, recording a gateway capture through writer
+//! contention, the charge-then-record flow and idempotency. It never decides a business rule
+//! (the domain does) and never knows about HTTP.
 
 pub mod checkout;
 pub mod dead_letters;
@@ -16,6 +16,7 @@ pub mod holds;
 pub mod idempotency;
 pub mod policy;
 pub mod queries;
+pub mod queue;
 pub mod reconcile;
 pub mod webhooks;
 
@@ -62,6 +63,8 @@ pub struct App {
     /// Fault injection (`FAULT_CRASH_AFTER_CAPTURE`, never in production): abort right after
     /// a capture, before recording it.
     pub(crate) crash_after_capture: bool,
+    /// The waiting rooms of on-sales and the pass key.
+    pub(crate) queue: Arc<queue::WaitingRoom>,
 }
 
 impl App {

@@ -201,3 +201,18 @@ fn reconciliation_interval_and_the_crash_hook() {
         "RECONCILE_INTERVAL_SECONDS"
     );
 }
+
+/// Production refuses to start without a queue pass secret; a short one is refused anywhere;
+/// the secret never shows in `Debug`.
+#[test]
+fn queue_pass_secret_is_required_in_production() {
+    let err = from(&[("APP_ENV", "production")]).unwrap_err();
+    assert_eq!(err.var, "QUEUE_PASS_SECRET");
+    assert_eq!(from(&[]).unwrap().queue_pass_secret, None);
+    let short = from(&[("QUEUE_PASS_SECRET", "short")]).unwrap_err();
+    assert_eq!(short.var, "QUEUE_PASS_SECRET");
+    let secret = "a-queue-pass-secret-of-32-characters!";
+    let c = from(&[("APP_ENV", "production"), ("QUEUE_PASS_SECRET", secret)]).unwrap();
+    assert_eq!(c.queue_pass_secret.as_deref(), Some(secret));
+    assert!(!format!("{c:?}").contains(secret));
+}

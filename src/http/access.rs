@@ -125,6 +125,11 @@ pub const TABLE: &[Rule] = &[
     rule("POST",   "/api/events/{id}/open-sales",      User,   O::Event),
     rule("POST",   "/api/events/{id}/close-sales",     User,   O::Event),
     rule("GET",    "/api/events/{id}/availability",    Anyone, O::EventVisible),
+    // Fair on-sales: the waiting room
+    rule("PUT",    "/api/events/{id}/queue",           User,   O::Event),
+    rule("GET",    "/api/events/{id}/queue",           Anyone, O::EventVisible),
+    rule("POST",   "/api/events/{id}/queue/join",      User,   O::EventVisible),
+    rule("GET",    "/api/events/{id}/queue/me",        User,   O::EventVisible),
     // Reservations and payments (a reservation names its event in the body)
     rule("POST",   "/api/reservations",                User,   O::EventVisible),
     rule("GET",    "/api/reservations",                User,   O::None),

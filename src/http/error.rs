@@ -57,6 +57,7 @@ fn app_status(e: &AppError) -> (StatusCode, &'static str) {
         AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
         AppError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid-credentials"),
         AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        AppError::Denied { kind, .. } => (StatusCode::FORBIDDEN, kind),
         AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
         AppError::Conflict { kind, .. } => (StatusCode::CONFLICT, kind),
         AppError::VersionMismatch { .. } => (StatusCode::CONFLICT, "version-mismatch"),

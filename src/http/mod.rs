@@ -15,6 +15,7 @@ pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod payments;
+pub mod queue;
 pub mod ratelimit;
 pub mod replies;
 pub mod reservations;
@@ -96,9 +97,9 @@ impl Shared {
             Ok(_) => (AuditResult::Success, details),
             Err(e) => {
                 let result = match e {
-                    ApiError::App(AppError::Unauthorized | AppError::Forbidden(_)) => {
-                        AuditResult::Denied
-                    }
+                    ApiError::App(
+                        AppError::Unauthorized | AppError::Forbidden(_) | AppError::Denied { .. },
+                    ) => AuditResult::Denied,
                     _ => AuditResult::Failure,
                 };
                 let mut details = details;
@@ -156,6 +157,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ops::router())
         .merge(auth::router())
         .merge(events::router())
+        .merge(queue::router())
         .merge(reservations::router())
         .merge(payments::router())
         .merge(analytics::router())

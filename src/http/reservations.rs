@@ -9,6 +9,7 @@ use crate::domain::reservation::ReservationStatus;
 use crate::paging::{Page, PageRequest};
 use crate::projections::ReservationView;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -37,8 +38,10 @@ pub struct CreateReservationRequest {
 }
 
 #[utoipa::path(post, path = "/api/reservations", tag = "reservations", request_body = CreateReservationRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first answer"),
+           ("Queue-Pass" = Option<String>, Header, description = "the pass of the event's waiting room, needed while it is enabled")),
     responses((status = 201, body = ReservationView), (status = 404, body = super::error::Problem),
+              (status = 403, body = super::error::Problem, description = "queue-pass-required or queue-pass-invalid"),
               (status = 409, body = super::error::Problem, description = "sold out or sales not open"),
               (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
@@ -47,12 +50,14 @@ async fn create_reservation(
     Authenticated(caller): Authenticated,
     ctx: RequestContext,
     IdempotencyKey(key): IdempotencyKey,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateReservationRequest>,
 ) -> Response {
     let hold = HoldRequest {
         event_id: body.event_id,
         section: body.section.clone(),
         quantity: body.quantity,
+        queue_pass: queue_pass(&headers),
     };
     let work = async {
         let view = s
@@ -62,6 +67,15 @@ async fn create_reservation(
         Reply::created(format!("/api/reservations/{}", view.reservation_id), &view)
     };
     idempotent(&s, caller.user_id, "reservations", key.clone(), &body, work).await
+}
+
+/// The `Queue-Pass` header, when present and readable.
+fn queue_pass(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("queue-pass")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 #[utoipa::path(get, path = "/api/reservations", tag = "reservations", params(PageRequest),

@@ -44,11 +44,9 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     /// Cache look-ups by cache (`events`, `availability`, `sessions`) and result.
     pub cache_requests: IntCounterVec,
-    /// Event views loaded from the read models by the cached reads (one SQL statement each on
-    /// PostgreSQL): what the cache did not save.
+    /// Event views the cached reads loaded from the read models: what the cache did not save.
     pub event_view_loads: IntCounter,
-    /// Webhook delivery attempts by outcome: succeeded, retried, failed (gave up), disabled
-    /// (410 Gone), refused (a non-public address in production).
+    /// Webhook delivery attempts by outcome (succeeded, retried, failed, disabled, refused).
     pub webhook_deliveries: IntCounterVec,
     /// How long a webhook receiver took to answer (or to time out).
     pub webhook_delivery_duration: HistogramVec,
@@ -58,6 +56,7 @@ pub struct Metrics {
     pub reconciled_captures: IntCounterVec,
     /// Unix time of reconciliation's last completed pass (0: none yet).
     pub reconcile_last_run: IntGauge,
+    pub queue: super::queue_metrics::QueueMetrics,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -372,6 +371,7 @@ impl Metrics {
                 "reconciliation_last_run_timestamp_seconds",
                 "Unix time of the last completed reconciliation pass (0 before the first).",
             ),
+            queue: super::queue_metrics::QueueMetrics::new(&r),
             registry: r,
         }
     }

@@ -5,6 +5,9 @@
 use super::*;
 use crate::db::Database;
 use crate::payment::simulated::Ledger;
+use crate::queue::memory::MemoryQueues;
+use crate::queue::postgres::PostgresQueues;
+use crate::queue::QueueStore;
 use crate::webhooks::memory::MemoryWebhooks;
 use crate::webhooks::postgres::PostgresWebhooks;
 use crate::webhooks::WebhookStore;
@@ -24,6 +27,7 @@ pub(super) struct Adapters {
     pub(super) dlq: Arc<dyn DeadLetters>,
     pub(super) insights: Arc<dyn Insights>,
     pub(super) webhooks: Arc<dyn WebhookStore>,
+    pub(super) queues: Arc<dyn QueueStore>,
     /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
     pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
     /// The simulated card processor's ledger (its own table and pool on PostgreSQL, so that
@@ -53,6 +57,7 @@ pub(super) async fn in_memory() -> Adapters {
         dlq: Arc::new(MemoryDeadLetters::new()),
         insights: Arc::new(MemoryInsights::new()),
         webhooks: Arc::new(MemoryWebhooks::default()),
+        queues: Arc::new(MemoryQueues::default()),
         durable_cursor: None,
         processor: Ledger::memory(),
         session_feed: None,
@@ -61,7 +66,7 @@ pub(super) async fn in_memory() -> Adapters {
 
 /// Connects and migrates the three databases. Each role gets its own pool, even on one
 /// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 8`
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 12`
 /// connections per instance (2 of them for the simulated processor's ledger, 1 for the
 /// session revocation feed's listener).
 pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
@@ -106,6 +111,15 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let session_feed = db::connect(auth_url, &feed_settings)
         .await
         .context("connecting the session feed to the accounts' database")?;
+    // The waiting rooms get their own small pool too: a crowd polling its positions at an
+    // on-sale must not queue the sale's appends.
+    let queue_settings = db::PoolSettings {
+        max_connections: 4,
+        ..config.pool.clone()
+    };
+    let queues = db::connect(events_url, &queue_settings)
+        .await
+        .context("connecting the waiting room pool to the event store's database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
     let pools = db::NamedPools::new(vec![
         ("events", events.clone()),
@@ -113,6 +127,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         ("projector", projector.clone()),
         ("auth", auth.clone()),
         ("webhooks", webhooks.clone()),
+        ("queue", queues.clone()),
     ]);
     Ok(Adapters {
         pools,
@@ -125,6 +140,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         idempotency: IdempotencyStore::durable(auth.clone()),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
+        queues: Arc::new(PostgresQueues::new(queues)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
         processor: Ledger::Postgres(processor),

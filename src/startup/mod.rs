@@ -4,6 +4,7 @@
 
 use crate::app::dead_letters::{self, DeadLetterAdmin};
 use crate::app::idempotency::IdempotencyStore;
+use crate::app::queue::{run_admission, WaitingRoom};
 use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
@@ -46,6 +47,7 @@ use crate::projections::insights::{Insights, InsightsProjection};
 use crate::projections::memory::MemoryReadModel;
 use crate::projections::postgres::PostgresReadModel;
 use crate::projections::{EventLookup, ProjectionWriter, Projector, ReadModel};
+use crate::queue::pass::PassKey;
 use crate::runtime::checkpoints::{Checkpoints, MemoryCheckpoints, PostgresCheckpoints};
 use crate::runtime::{expiry, subscription, Sales};
 use crate::webhooks::dispatch::{DeliverySettings, Dispatcher};
@@ -103,6 +105,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         dlq,
         insights,
         webhooks,
+        queues,
         durable_cursor,
         processor,
         session_feed,
@@ -236,6 +239,15 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         tracing::info!("bootstrap admin account ready");
     }
 
+    let queue = Arc::new(WaitingRoom::new(
+        queues,
+        queue_pass_key(&config).context("QUEUE_PASS_SECRET")?,
+        Arc::clone(&metrics),
+    ));
+    tasks.push(tokio::spawn(run_admission(
+        Arc::clone(&queue),
+        Arc::clone(&clock),
+    )));
     let rate_limiter = Arc::new(http::ratelimit::RateLimiter::new(
         config.rate_limits,
         config.trust_proxy,
@@ -258,6 +270,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             strict: config.app_env == AppEnv::Production,
         },
         crash_after_capture: config.fault_crash_after_capture,
+        queue,
     };
     if config.fault_crash_after_capture {
         tracing::warn!("FAULT_CRASH_AFTER_CAPTURE is set: the process aborts after every capture");
@@ -290,6 +303,24 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         audit_writer,
     })
 }
+
+/// The key that signs queue passes: `QUEUE_PASS_SECRET` (required in production by the
+/// configuration), else a fixed development key, said loudly.
+fn queue_pass_key(config: &Config) -> Result<PassKey, crate::queue::pass::BadKey> {
+    match &config.queue_pass_secret {
+        Some(secret) => PassKey::new(secret.as_bytes()),
+        None => {
+            tracing::warn!(
+                "QUEUE_PASS_SECRET is not set: queue passes are signed with a fixed development \
+                 key that anyone can read in the source; set it (the same on every instance)"
+            );
+            PassKey::new(DEV_QUEUE_PASS_SECRET)
+        }
+    }
+}
+
+/// The development key of queue passes (never in production: the configuration refuses).
+const DEV_QUEUE_PASS_SECRET: &[u8] = b"ticketing-development-queue-pass-secret";
 
 /// Every sale command's metric label (`runtime::writer::command_name`).
 const COMMANDS: [&str; 10] = [

@@ -26,6 +26,10 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/events/{id}/open-sales"),
     ("POST", "/api/events/{id}/close-sales"),
     ("GET", "/api/events/{id}/availability"),
+    ("PUT", "/api/events/{id}/queue"),
+    ("GET", "/api/events/{id}/queue"),
+    ("POST", "/api/events/{id}/queue/join"),
+    ("GET", "/api/events/{id}/queue/me"),
     ("POST", "/api/reservations"),
     ("GET", "/api/reservations"),
     ("GET", "/api/reservations/{id}"),
@@ -172,6 +176,7 @@ const RESERVE_ON_SALE: &str = r#"{"event_id": "{on_sale}", "section": "floor", "
 const RESERVE_DRAFT: &str = r#"{"event_id": "{draft}", "section": "floor", "quantity": 1}"#;
 const PAY: &str = r#"{"reservation_id": "{reservation}", "payment_method": {"type": "card", "token": "tok_visa"}}"#;
 const PATCH: &str = r#"{"description": "updated"}"#;
+const QUEUE: &str = r#"{"enabled": true, "admit_per_minute": 60}"#;
 const NEW_WEBHOOK: &str = r#"{"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}"#;
 
 /// The matrix, written down from the "who" column of API.md (not from the code's table):
@@ -222,6 +227,17 @@ fn matrix() -> Vec<Case> {
         // availability anyone (a draft is hidden like its details)
         case(GET,  "/api/events/{published}/availability", None,          [200, 401, 401, 200, 200, 200, 200, 200]),
         case(GET,  "/api/events/{draft}/availability", None,              [404, 401, 401, 404, 404, 200, 404, 200]),
+        // Fair on-sales: settings owner, admin; figures anyone; join and own ticket a user.
+        // `{queued}` is an event of the organizer on sale with a queue the owner joined;
+        // `{on_sale}` has none (join 409 no-queue, own ticket 404).
+        case(PUT,  "/api/events/{published}/queue", Some(QUEUE),          [401, 401, 401, 403, 403, 200, 403, 200]).fresh(),
+        case(PUT,  "/api/events/{draft}/queue", Some(QUEUE),              [401, 401, 401, 404, 404, 200, 404, 200]).fresh(),
+        case(GET,  "/api/events/{queued}/queue", None,                    [200, 401, 401, 200, 200, 200, 200, 200]),
+        case(GET,  "/api/events/{draft}/queue", None,                     [404, 401, 401, 404, 404, 200, 404, 200]),
+        case(POST, "/api/events/{queued}/queue/join", None,               [401, 401, 401, 200, 201, 201, 201, 201]).fresh(),
+        case(POST, "/api/events/{on_sale}/queue/join", None,              [401, 401, 401, 409, 409, 409, 409, 409]).conflict("no-queue"),
+        case(GET,  "/api/events/{queued}/queue/me", None,                 [401, 401, 401, 200, 404, 404, 404, 404]),
+        case(GET,  "/api/events/{draft}/queue/me", None,                  [401, 401, 401, 404, 404, 404, 404, 404]),
         // Reservations and payments: reserve and list a user
         case(POST, "/api/reservations", Some(RESERVE_ON_SALE),            [401, 401, 401, 201, 201, 201, 201, 201]),
         case(POST, "/api/reservations", Some(RESERVE_DRAFT),              [401, 401, 401, 404, 404, 409, 404, 409]).conflict("sales-not-open"),
@@ -286,6 +302,8 @@ struct Resources {
     payment: Uuid,
     /// A webhook endpoint of the event organizer.
     webhook: Uuid,
+    /// An event on sale with a waiting room the owner joined.
+    queued: Uuid,
 }
 
 async fn resources(app: &TestApp, people: &People) -> Resources {
@@ -316,7 +334,26 @@ async fn resources(app: &TestApp, people: &People) -> Resources {
         )
         .await;
     assert_eq!(webhook.status, 201, "{:#}", webhook.body);
+    let queued = app.event_on_sale(&people.organizer, 100).await;
+    let queue = app
+        .call(
+            Method::PUT,
+            &format!("/api/events/{queued}/queue"),
+            Some(&people.organizer.token),
+            Some(serde_json::from_str(QUEUE).expect("JSON")),
+        )
+        .await;
+    assert_eq!(queue.status, 200, "{:#}", queue.body);
+    let joined = app
+        .post(
+            &format!("/api/events/{queued}/queue/join"),
+            Some(&people.owner.token),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(joined.status, 201, "{:#}", joined.body);
     Resources {
+        queued,
         webhook: webhook.id("id"),
         draft,
         published,
@@ -335,6 +372,9 @@ async fn snapshot(app: &TestApp, people: &People, r: &Resources) -> Vec<Value> {
         format!("/api/events/{}", r.on_sale),
         format!("/api/reservations/{}", r.reservation),
         format!("/api/payments/{}", r.payment),
+        format!("/api/events/{}/queue", r.published),
+        format!("/api/events/{}/queue", r.draft),
+        format!("/api/events/{}/queue", r.queued),
     ] {
         seen.push(app.get(&path, Some(&people.admin.token)).await.body);
     }
@@ -349,6 +389,7 @@ fn fill(template: &str, people: &People, r: &Resources) -> String {
         .replace("{reservation}", &r.reservation.to_string())
         .replace("{payment}", &r.payment.to_string())
         .replace("{webhook}", &r.webhook.to_string())
+        .replace("{queued}", &r.queued.to_string())
         // No delivery has this id.
         .replace("{delivery}", &Uuid::nil().to_string())
         // No dead letter exists: the id of one that never did.
@@ -503,6 +544,7 @@ fn route_of(path: &str) -> String {
         "{owner}",
         "{dead_letter}",
         "{webhook}",
+        "{queued}",
     ]
     .iter()
     .fold(path, |path, placeholder| path.replace(placeholder, "{id}"))

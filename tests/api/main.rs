@@ -21,6 +21,7 @@ mod idempotency;
 mod limits;
 mod operations;
 mod purchase;
+mod queue;
 mod ratelimit;
 mod reconcile;
 mod smoke;

@@ -1,6 +1,6 @@
 """Drives the service through a client generated from its own /openapi.json
 (openapi-python-client): every operation of the document is called at least once, through a
-purchase, a declined card, a refund, the listings, an organizer's webhook endpoint (a local
+purchase, a declined card, a refund, the listings, a waiting room, an organizer's webhook endpoint (a local
 receiver), the operators' views and the admin's dead letter flow (two poison messages produced onto the bus, one resolved, one discarded).
 
 Usage: client_flow.py BASE_URL KAFKA_BROKERS TOPIC_PREFIX ADMIN_EMAIL ADMIN_PASSWORD
@@ -28,6 +28,7 @@ from ticketing_client.api.events import (
 )
 from ticketing_client.api.operations import health, metrics, ready
 from ticketing_client.api.payments import create_payment, get_payment, payments_of_user, refund_payment
+from ticketing_client.api.queue import get_queue, join_queue, my_ticket, put_queue
 from ticketing_client.api.reservations import (
     cancel_reservation, create_reservation, get_reservation, list_reservations,
 )
@@ -38,7 +39,8 @@ from ticketing_client.api.webhooks import (
 from ticketing_client.models import (
     CreateEventRequest, CreatePaymentRequest, CreateReservationRequest, CreateWebhookRequest,
     DiscardRequest, DlqStatus,
-    ListEventsStatus, LoginRequest, PaymentMethod, RefundRequest, RegisterRequest, RegisterRole,
+    ListEventsStatus, LoginRequest, PaymentMethod, QueueSettingsRequest, RefundRequest,
+    RegisterRequest, RegisterRole,
     ResolveRequest, SectionInput, UpdateEventRequest, VenueInput,
 )
 
@@ -170,6 +172,24 @@ def main():
     assert call(rotate_secret, 200, client=org, id=hook.id).secret.startswith("whsec_")
     call(delete_webhook, 204, client=org, id=hook.id)
 
+    # The organizer puts the sale behind a waiting room: a hold needs a pass; ann joins (once),
+    # is admitted within a second or two at this rate, and holds with her pass.
+    call(put_queue, 200, client=org, id=event.id,
+         body=QueueSettingsRequest(enabled=True, admit_per_minute=1000000, pass_ttl_seconds=600))
+    call(create_reservation, 403, client=ann,
+         body=CreateReservationRequest(event_id=event.id, section="floor", quantity=1))
+    ticket = call(join_queue, 201, client=ann, id=event.id)
+    assert call(join_queue, 200, client=ann, id=event.id).ticket_id == ticket.ticket_id
+    assert call(get_queue, 200, client=anonymous, id=event.id).enabled
+    admitted = eventually("admission", lambda: (
+        lambda mine: mine if mine.status == "admitted" else None
+    )(call(my_ticket, 200, client=ann, id=event.id)))
+    queued = call(create_reservation, 201, client=ann, queue_pass=admitted.pass_,
+                  body=CreateReservationRequest(event_id=event.id, section="floor", quantity=1))
+    assert call(cancel_reservation, 200, client=ann, id=queued.reservation_id).status == "cancelled"
+    call(put_queue, 200, client=org, id=event.id,
+         body=QueueSettingsRequest(enabled=False, admit_per_minute=1))
+
     # A second hold is cancelled; the event closes sales and is cancelled.
     other = call(create_reservation, 201, client=ann,
                  body=CreateReservationRequest(event_id=event.id, section="floor", quantity=1))
@@ -213,7 +233,7 @@ def main():
     }
     assert every == CALLED, f"operations never called: {sorted(every - CALLED)}"
     print(f"generated client: all {len(every)} operations called; purchase, declined card, "
-          f"refund, listings, webhooks and the dead letter flow completed")
+          f"refund, listings, webhooks, the waiting room and the dead letter flow completed")
 
 
 if __name__ == "__main__":

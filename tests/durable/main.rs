@@ -1,8 +1,8 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
 //! SIGKILL and restarted, several instances sharing one database (also for per-customer
-//! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, and a process
-//! aborted between a payment's capture and its append (reconciliation), and a logout on one
-//! instance refused by another within the bound.
+//! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, a process
+//! aborted between a payment's capture and its append (reconciliation), a logout on one
+//! instance refused by another within the bound, and a waiting room shared by two instances.
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
@@ -15,6 +15,7 @@ mod instances;
 mod limits;
 mod outage;
 mod proxy;
+mod queue;
 mod rebuild;
 mod reconcile;
 mod sessions;
