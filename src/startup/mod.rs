@@ -10,6 +10,7 @@ use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
 mod bus;
+mod metrics;
 
 use crate::audit::memory::MemoryAuditStore;
 use crate::audit::postgres::PostgresAuditStore;
@@ -36,7 +37,6 @@ use crate::eventstore::memory::MemoryEventStore;
 use crate::eventstore::postgres::PostgresEventStore;
 use crate::eventstore::EventStore;
 use crate::http::{self, AppState, Shared};
-use crate::observability::metrics::KnownLabels;
 use crate::observability::Metrics;
 use crate::payment::refunds::RefundSettlement;
 use crate::payment::simulated::SimulatedGateway;
@@ -55,6 +55,7 @@ use crate::webhooks::fanout::WebhookFanout;
 use adapters::{cache_adapter, in_memory, on_postgres, Adapters};
 use anyhow::{bail, Context};
 use bus::{start_bus, ConsumersTask, RelayTask};
+use metrics::initialise_metrics;
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -321,41 +322,6 @@ fn queue_pass_key(config: &Config) -> Result<PassKey, crate::queue::pass::BadKey
 
 /// The development key of queue passes (never in production: the configuration refuses).
 const DEV_QUEUE_PASS_SECRET: &[u8] = b"ticketing-development-queue-pass-secret";
-
-/// Every sale command's metric label (`runtime::writer::command_name`).
-const COMMANDS: [&str; 10] = [
-    "create_event",
-    "update_event",
-    "change_lifecycle",
-    "cancel_event",
-    "reserve",
-    "record_capture",
-    "record_decline",
-    "cancel_reservation",
-    "expire_reservation",
-    "refund_payment",
-];
-
-/// Every stream category (`domain::StreamId::category`).
-const AGGREGATES: [&str; 4] = ["event", "inventory", "reservation", "payment"];
-
-/// Creates the labelled series the dashboards and alerts read at 0 (see `Metrics::initialise`).
-fn initialise_metrics(metrics: &Metrics, config: &Config, store: &str, pools: &db::NamedPools) {
-    let routes: Vec<(&str, &str)> = http::access::TABLE
-        .iter()
-        .map(|rule| (rule.method, rule.path))
-        .collect();
-    let pools: Vec<&str> = pools.sizes().map(|(name, _, _)| name).collect();
-    metrics.initialise(&KnownLabels {
-        routes: &routes,
-        commands: &COMMANDS,
-        aggregates: &AGGREGATES,
-        store,
-        topics: &Topics::new(config.kafka_topic_prefix.clone()).all(),
-        consumers: &[crate::projections::insights::CONSUMER],
-        pools: &pools,
-    });
-}
 
 /// Deletes idempotent answers older than 24 hours, hourly.
 async fn purge_idempotency_keys(store: Arc<IdempotencyStore>) {
