@@ -25,10 +25,10 @@ pub(super) struct Adapters {
     pub(super) webhooks: Arc<dyn WebhookStore>,
     /// Where the outbox relay has published up to, when it survives a restart (PostgreSQL).
     pub(super) durable_cursor: Option<Arc<dyn RelayCursor>>,
-    /// The session revocation feed's pools (PostgreSQL: other instances may revoke sessions):
-    /// one connection of its own to listen, and the accounts' pool for heartbeats; none in
-    /// memory.
-    pub(super) session_feed: Option<(sqlx::PgPool, sqlx::PgPool)>,
+    /// The session revocation feed's own two connections to the accounts' database, one to
+    /// listen and one for heartbeats, so that a busy accounts pool cannot delay a heartbeat
+    /// (PostgreSQL: other instances may revoke sessions); none in memory.
+    pub(super) session_feed: Option<sqlx::PgPool>,
 }
 
 pub(super) async fn in_memory() -> Adapters {
@@ -56,7 +56,7 @@ pub(super) async fn in_memory() -> Adapters {
 
 /// Connects and migrates the three databases. Each role gets its own pool, even on one
 /// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 6`
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 7`
 /// connections per instance.
 pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
     let projections_url = config
@@ -84,9 +84,9 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let webhooks = db::connect(events_url, &webhook_settings)
         .await
         .context("connecting the webhooks pool to the event store's database")?;
-    // The session revocation feed's listener keeps one connection.
+    // The session revocation feed: one connection listens, the other sends heartbeats.
     let feed_settings = db::PoolSettings {
-        max_connections: 1,
+        max_connections: 2,
         ..config.pool.clone()
     };
     let session_feed = db::connect(auth_url, &feed_settings)
@@ -108,12 +108,12 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
         audit: Arc::new(PostgresAuditStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
-        idempotency: IdempotencyStore::durable(auth.clone()),
+        idempotency: IdempotencyStore::durable(auth),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
-        session_feed: Some((session_feed, auth)),
+        session_feed: Some(session_feed),
     })
 }
 
