@@ -4,6 +4,7 @@
 //! Ids derive from the caller's `Idempotency-Key` when there is one, so a retry (even on
 //! another instance) finds what its first attempt made instead of making it twice.
 
+use super::error::SALES_NOT_OPEN;
 use super::idempotency::derived_id;
 use super::{policy, App, AppError, READ_YOUR_WRITES_TIMEOUT};
 use crate::auth::Principal;
@@ -51,7 +52,13 @@ impl App {
     ) -> Result<ReservationView, AppError> {
         let id = ReservationId(derived_id(caller.user_id, "reservation", key));
         let event_id = EventId(hold.event_id);
-        policy::see_event(Some(caller), self.event_view(event_id).await?)?;
+        // A sale whose writer runs here is known to it: the writer refuses a sale that is not
+        // open itself, so the read models are asked only before a sale's first command here
+        // (which also keeps unknown ids from starting writers) or to answer a refusal below.
+        let looked_up = !self.sales.is_running(event_id);
+        if looked_up {
+            policy::see_event(Some(caller), self.event_view(event_id).await?)?;
+        }
         self.check_queue_pass(caller, hold.event_id, hold.queue_pass.as_deref())
             .await?;
         let command = SaleCommand::Reserve {
@@ -72,6 +79,16 @@ impl App {
             // Refused for another reason (the sale closed since): placed before, or not.
             Err(AppError::Conflict { .. }) if key.is_some() && self.has_reservation(id).await? => {
                 return self.reservation_view(id).await
+            }
+            // A draft is hidden from all but its organizer and admins: 404, as reads answer.
+            Err(
+                e @ AppError::Conflict {
+                    kind: SALES_NOT_OPEN,
+                    ..
+                },
+            ) if !looked_up => {
+                policy::see_event(Some(caller), self.event_view(event_id).await?)?;
+                return Err(e);
             }
             Err(e) => return Err(e),
         };

@@ -94,6 +94,9 @@ impl AppError {
     }
 }
 
+/// The problem type of a command for an event whose sales are not open.
+pub const SALES_NOT_OPEN: &str = "sales-not-open";
+
 fn conflict(kind: &'static str, detail: impl ToString) -> AppError {
     AppError::Conflict {
         kind,
@@ -108,7 +111,7 @@ impl From<SaleError> for AppError {
                 EventError::NotFound => AppError::NotFound("event"),
                 EventError::AlreadyExists => conflict("already-exists", &e),
                 EventError::InvalidTransition { .. } => conflict("invalid-state", &e),
-                EventError::SalesNotOpen { .. } => conflict("sales-not-open", &e),
+                EventError::SalesNotOpen { .. } => conflict(SALES_NOT_OPEN, &e),
                 EventError::VersionConflict { expected, actual } => {
                     AppError::VersionMismatch { expected, actual }
                 }

@@ -31,8 +31,8 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 const SILENCE: Duration = Duration::from_secs(2);
 
 /// Follows the feed into `cache` (built `SessionCache::guarded`) on a connection of `listen`
-/// (a pool of its own: the listener keeps its connection) and sends this instance's
-/// heartbeats over `notify` (the accounts' pool: one short statement each), until aborted.
+/// (which it keeps) and sends this instance's heartbeats over `notify` (one short statement
+/// each; the service gives both the same pool of two), until aborted.
 pub fn spawn(listen: PgPool, notify: PgPool, cache: Arc<SessionCache>) -> JoinHandle<()> {
     tokio::spawn(async move {
         tokio::join!(heartbeat(notify), follow(listen, cache));

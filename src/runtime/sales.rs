@@ -80,6 +80,12 @@ impl Sales {
         Err(CommandError::ShuttingDown)
     }
 
+    /// Whether a writer for `sale_id` runs here (the sale was commanded on this instance):
+    /// it holds the sale's state and decides whether the sale exists and is open.
+    pub fn is_running(&self, sale_id: EventId) -> bool {
+        self.lock().get(&sale_id).is_some_and(|tx| !tx.is_closed())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EventId, mpsc::Sender<Envelope>>> {
         self.inner
             .writers

@@ -33,10 +33,10 @@ pub(super) struct Adapters {
     /// The simulated card processor's ledger (its own table and pool on PostgreSQL, so that
     /// it outlives the process like a real processor's).
     pub(super) processor: Ledger,
-    /// The session revocation feed's pools (PostgreSQL: other instances may revoke sessions):
-    /// one connection of its own to listen, and the accounts' pool for heartbeats; none in
-    /// memory.
-    pub(super) session_feed: Option<(sqlx::PgPool, sqlx::PgPool)>,
+    /// The session revocation feed's own two connections to the accounts' database, one to
+    /// listen and one for heartbeats, so that a busy accounts pool cannot delay a heartbeat
+    /// (PostgreSQL: other instances may revoke sessions); none in memory.
+    pub(super) session_feed: Option<sqlx::PgPool>,
 }
 
 pub(super) async fn in_memory() -> Adapters {
@@ -66,9 +66,9 @@ pub(super) async fn in_memory() -> Adapters {
 
 /// Connects and migrates the three databases. Each role gets its own pool, even on one
 /// database, so that request traffic can never queue the work every request waits for
-/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 12`
-/// connections per instance (2 of them for the simulated processor's ledger, 1 for the
-/// session revocation feed's listener).
+/// (writers' appends, the projector) behind itself: up to `3 x DB_MAX_CONNECTIONS + 13`
+/// connections per instance (2 for the projector, 3 for webhook deliveries, 2 for the
+/// simulated processor's ledger, 2 for the session revocation feed, 4 for the waiting rooms).
 pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Result<Adapters> {
     let projections_url = config
         .projections_database_url
@@ -103,9 +103,9 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     let processor = db::connect(events_url, &processor_settings)
         .await
         .context("connecting the simulated processor's ledger to the event store's database")?;
-    // The session revocation feed's listener keeps one connection.
+    // The session revocation feed: one connection listens, the other sends heartbeats.
     let feed_settings = db::PoolSettings {
-        max_connections: 1,
+        max_connections: 2,
         ..config.pool.clone()
     };
     let session_feed = db::connect(auth_url, &feed_settings)
@@ -137,14 +137,14 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
         audit: Arc::new(PostgresAuditStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
-        idempotency: IdempotencyStore::durable(auth.clone()),
+        idempotency: IdempotencyStore::durable(auth),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
         queues: Arc::new(PostgresQueues::new(queues)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
         processor: Ledger::Postgres(processor),
-        session_feed: Some((session_feed, auth)),
+        session_feed: Some(session_feed),
     })
 }
 

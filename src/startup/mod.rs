@@ -170,8 +170,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         refunds,
         tokio::spawn(purge_idempotency_keys(Arc::clone(&idempotency))),
     ];
-    if let Some((listen, notify)) = session_feed {
-        tasks.push(revocations::spawn(listen, notify, sessions));
+    if let Some(pool) = session_feed {
+        tasks.push(revocations::spawn(pool.clone(), pool, sessions));
     }
     let consumer_health = Arc::new(ConsumerHealth::default());
     let dispatcher = Dispatcher::new(
