@@ -15,9 +15,9 @@ use uuid::Uuid;
 /// front of three instances).
 const CLIENTS: usize = 60;
 
-/// Three instances open up to 3 x 14 connections (`DB_MAX_CONNECTIONS` 4: three pools of 4 and
-/// the projector's 2); the tests here run one at a time so that, next to another test's
-/// instances, they stay under PostgreSQL's default `max_connections` (100).
+/// Three instances open up to 3 x 25 connections (`DB_MAX_CONNECTIONS` 4: three pools of 4 and
+/// 13 in the small pools, README's `DB_MAX_CONNECTIONS` row); the tests here run one at a time
+/// so that, next to another test's instances, they stay under PostgreSQL's `max_connections`.
 const POOLS: (&str, &str) = ("DB_MAX_CONNECTIONS", "4");
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
