@@ -41,6 +41,24 @@ ensure_login() {
     psql "$PGURL" -tAc 'SELECT 1' >/dev/null
 }
 
+# The durable tests run several instances at once, each with a dozen small pools besides the
+# three sized ones (README, DB_MAX_CONNECTIONS): PostgreSQL's default of 100 connections is
+# too tight for two such tests side by side. Raised once (a restart) when it is lower.
+ensure_connections() {
+    local max
+    max=$(psql "$PGURL" -tAc 'SHOW max_connections')
+    if (( max >= 300 )); then return; fi
+    log "raising PostgreSQL's max_connections from $max to 300 (restarts PostgreSQL)"
+    psql "$PGURL" -qc 'ALTER SYSTEM SET max_connections = 300'
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    for _ in $(seq 1 120); do
+        pg_ready && psql "$PGURL" -tAc 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+}
+
 # tests/ops_artifacts.rs runs promtool (Debian package `prometheus`) on prometheus/*.yml.
 ensure_promtool() {
     if command -v promtool >/dev/null 2>&1; then return; fi
@@ -113,6 +131,7 @@ ensure_redis() {
 
 ensure_postgres
 ensure_login
+ensure_connections
 drop_stale_test_databases
 ensure_promtool
 log "PostgreSQL ready at 127.0.0.1:5432"
