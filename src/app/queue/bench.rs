@@ -1,8 +1,9 @@
 //! Measurements behind BENCHMARKS.md's waiting-room figures, not checks: 100 000 users join
-//! one queue from 50 concurrent tasks (the store's join, what `POST .../queue/join` writes),
-//! then random users poll their position as `GET .../queue/me` computes it (the line copy
-//! plus one look-up), and for comparison with a count of everyone ahead; on each store; the
-//! memory a waiting user costs; and what verifying a pass costs.
+//! one queue from 500 concurrent tasks (an opening crowd has many requests in flight; the
+//! store's join, what `POST .../queue/join` writes), then random users poll their position
+//! as `GET .../queue/me` computes it (the line copy plus one look-up), and for comparison with
+//! a count of everyone ahead; on each store; the memory a waiting user costs; and what
+//! verifying a pass costs.
 //! Run: `cargo test --release --lib app::queue::bench -- --ignored --nocapture`
 
 use super::WaitingRoom;
@@ -20,7 +21,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 const USERS: usize = 100_000;
-const TASKS: usize = 50;
+const TASKS: usize = 500;
 
 /// Resident memory of this process, in bytes (Linux).
 fn resident_bytes() -> u64 {
