@@ -56,6 +56,9 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub payment_latency: Duration,
     pub payment_failure_rate: f64,
+    /// When the circuit breakers of PostgreSQL and the payment gateway open
+    /// (`BREAKER_FAILURES` in a row) and how long they refuse calls (`BREAKER_COOL_DOWN_MS`).
+    pub breaker: crate::breaker::BreakerConfig,
     /// Pool settings for every PostgreSQL database.
     pub pool: crate::db::PoolSettings,
     /// Take the client IP from `X-Forwarded-For` (first address); only behind a trusted proxy.
@@ -164,6 +167,7 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             payment_latency: Duration::ZERO,
             payment_failure_rate: 0.0,
+            breaker: crate::breaker::BreakerConfig::default(),
             pool: crate::db::PoolSettings::default(),
             trust_proxy: false,
             rate_limits: RateLimits::default(),
@@ -361,6 +365,13 @@ impl Config {
                 0,
             )?),
             payment_failure_rate: failure_rate,
+            breaker: crate::breaker::BreakerConfig {
+                consecutive: limit("BREAKER_FAILURES", d.breaker.consecutive)?,
+                cool_down: Duration::from_millis(
+                    u64::try_from(positive("BREAKER_COOL_DOWN_MS", 5_000)?).unwrap_or(5_000),
+                ),
+                ..d.breaker
+            },
             pool: crate::db::PoolSettings {
                 max_connections: u32::try_from(positive("DB_MAX_CONNECTIONS", 10)?).unwrap_or(10),
                 min_connections: parse("DB_MIN_CONNECTIONS", get("DB_MIN_CONNECTIONS"), 1)?,

@@ -152,6 +152,10 @@ impl From<CommandError> for AppError {
                 detail: e.to_string(),
                 retry_after: 1,
             },
+            CommandError::Store(StoreError::Open(refused)) => AppError::Unavailable {
+                detail: "the event store is unavailable; nothing was changed".into(),
+                retry_after: refused.retry_after_secs(),
+            },
             CommandError::Store(StoreError::Unavailable(_)) | CommandError::ShuttingDown => {
                 tracing::warn!(error = %e, "command not executed");
                 AppError::Unavailable {

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub reconciled_captures: IntCounterVec,
     /// Unix time of reconciliation's last completed pass (0: none yet).
     pub reconcile_last_run: IntGauge,
+    /// Circuit breakers and bulkheads (`resilience.rs`).
+    pub resilience: super::resilience::Resilience,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -372,6 +374,7 @@ impl Metrics {
                 "reconciliation_last_run_timestamp_seconds",
                 "Unix time of the last completed reconciliation pass (0 before the first).",
             ),
+            resilience: super::resilience::Resilience::register(&r),
             registry: r,
         }
     }

@@ -1,8 +1,10 @@
-//! Observability: the Prometheus metrics registry, the tracing subscriber set-up (logs and
-//! OTLP export), and W3C trace context carried across tasks and the bus.
+//! Observability: the Prometheus metrics registry (circuit breakers and bulkheads in
+//! `resilience`), the tracing subscriber set-up (logs and OTLP export), and W3C trace context
+//! carried across tasks and the bus.
 
 mod exposition;
 pub mod metrics;
+pub mod resilience;
 pub mod telemetry;
 pub mod tracecontext;
 

@@ -8,6 +8,7 @@ use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
+mod breakers;
 mod bus;
 
 use crate::audit::memory::MemoryAuditStore;
@@ -114,6 +115,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         Arc::clone(&clock),
         processor,
     ));
+    let guards = breakers::guard(
+        store,
+        Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+        config.breaker,
+        &metrics,
+    );
+    let store = Arc::clone(&guards.store);
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl);
     let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
     let idempotency = Arc::new(idempotency);
@@ -130,6 +138,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         config.cache_ttl,
         Arc::clone(&metrics),
     );
+    breakers::observed(invalidator.breaker(), &metrics);
+    let breakers = breakers::board(guards.all, invalidator.breaker());
     let (read_progress, projector) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(Projector {
@@ -149,7 +159,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(RefundSettlement::new(
-            Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+            Arc::clone(&guards.gateway),
             checkpoints,
         )),
     );
@@ -187,7 +197,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         dlq,
         handlers,
         (&store, &metrics, &clock),
-        &consumer_health,
+        (&consumer_health, &guards.bus),
     )
     .await?;
     tasks.push(tokio::spawn(dead_letters::sweep_stale_claims(
@@ -234,7 +244,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         reads,
         read_progress,
         insights,
-        gateway: Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+        gateway: Arc::clone(&guards.gateway),
         cache,
         idempotency,
         dead_letters: dlq,
@@ -269,6 +279,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         draining: Arc::new(AtomicBool::new(false)),
         started_at,
         consumer_health,
+        breakers,
     });
     Ok(Service {
         state,
