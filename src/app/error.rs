@@ -148,7 +148,7 @@ impl From<CommandError> for AppError {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::Rejected(e) => e.into(),
-            CommandError::Contended => AppError::Unavailable {
+            CommandError::Contended | CommandError::Overloaded => AppError::Unavailable {
                 detail: e.to_string(),
                 retry_after: 1,
             },

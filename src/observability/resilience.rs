@@ -1,8 +1,8 @@
 //! The resilience side of the metric catalogue: circuit breakers per dependency
-//! (`crate::breaker`) and refusals of the bounded sale mailboxes.
+//! (`crate::breaker`) and the bounded sale mailboxes (`runtime::sales`).
 
 use super::Metrics;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every dependency with a breaker: the `dependency` label's values.
 pub const DEPENDENCIES: [&str; 4] = ["event_store", "payment_gateway", "cache", "bus"];
@@ -13,6 +13,10 @@ pub struct Resilience {
     /// 0 closed, 1 half-open, 2 open, per dependency.
     pub breaker_state: IntGaugeVec,
     pub breaker_transitions: IntCounterVec,
+    /// Commands refused because their sale's mailbox was full.
+    pub mailbox_refusals: IntCounter,
+    /// The most commands seen waiting in one sale's mailbox since start-up.
+    pub mailbox_peak: IntGauge,
 }
 
 impl Resilience {
@@ -33,15 +37,32 @@ impl Resilience {
             &["dependency", "to"],
         )
         .expect("metric definition");
-        registry
-            .register(Box::new(breaker_state.clone()))
-            .expect("metric registered once");
-        registry
-            .register(Box::new(breaker_transitions.clone()))
-            .expect("metric registered once");
+        let mailbox_refusals = IntCounter::new(
+            "sale_mailbox_refusals_total",
+            "Commands refused with 503 because their sale's writer had SALE_MAILBOX_CAPACITY commands waiting.",
+        )
+        .expect("metric definition");
+        let mailbox_peak = IntGauge::new(
+            "sale_mailbox_peak_depth",
+            "The most commands seen waiting in one sale's mailbox since start-up (compare with SALE_MAILBOX_CAPACITY).",
+        )
+        .expect("metric definition");
+        let collectors: [Box<dyn prometheus::core::Collector>; 4] = [
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
+            Box::new(mailbox_refusals.clone()),
+            Box::new(mailbox_peak.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
         Resilience {
             breaker_state,
             breaker_transitions,
+            mailbox_refusals,
+            mailbox_peak,
         }
     }
 }
@@ -54,6 +75,20 @@ impl Metrics {
         r.breaker_transitions
             .with_label_values(&[dependency, to])
             .inc();
+    }
+
+    /// A command was refused: its sale's mailbox was full.
+    pub fn mailbox_refused(&self) {
+        self.resilience.mailbox_refusals.inc();
+    }
+
+    /// A command joined a mailbox with `waiting` commands in it (itself included).
+    pub fn mailbox_depth_seen(&self, waiting: usize) {
+        let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+        // Racy by design: a peak read by operators, not a count.
+        if waiting > self.resilience.mailbox_peak.get() {
+            self.resilience.mailbox_peak.set(waiting);
+        }
     }
 
     /// Every breaker's series at 0 (closed, no transition yet).

@@ -44,7 +44,7 @@ pub(super) struct Guards {
 pub(super) fn guard(
     store: Arc<dyn EventStore>,
     gateway: Arc<dyn PaymentGateway>,
-    config: BreakerConfig,
+    (config, gateway_timeout): (BreakerConfig, std::time::Duration),
     metrics: &Arc<Metrics>,
 ) -> Guards {
     metrics.initialise_resilience();
@@ -62,7 +62,11 @@ pub(super) fn guard(
     );
     Guards {
         store: Arc::new(GuardedStore::new(store, Arc::clone(&on_store))),
-        gateway: Arc::new(GuardedGateway::new(gateway, Arc::clone(&on_gateway))),
+        gateway: Arc::new(GuardedGateway::new(
+            gateway,
+            Arc::clone(&on_gateway),
+            gateway_timeout,
+        )),
         bus: Arc::clone(&bus),
         all: vec![on_store, on_gateway, bus],
     }

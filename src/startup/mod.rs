@@ -118,7 +118,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     let guards = breakers::guard(
         store,
         Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
-        config.breaker,
+        (config.breaker, config.payment_timeout),
         &metrics,
     );
     let store = Arc::clone(&guards.store);
@@ -131,7 +131,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         Arc::clone(&store),
         expiry_handle.clone(),
         Arc::clone(&metrics),
-        config.max_batch,
+        (config.max_batch, config.sale_mailbox),
     );
     let invalidator = Invalidator::new(
         cache_adapter(&config)?,
