@@ -44,6 +44,8 @@ run_service() {
     echo "== $name"
     ./target/release/loadgen --base-url "http://127.0.0.1:$PORT" \
         --seats "$SEATS" --buyers "$BUYERS" --rounds "$ROUNDS" --concurrency "$CONCURRENCY" "$@" 2>/dev/null || true
+    # What queued for the sale's writer at most (the bound is SALE_MAILBOX_CAPACITY).
+    curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^ticketing_sale_mailbox_(peak_depth|refusals_total) ' || true
     kill $service
     wait $service 2>/dev/null || true
     SERVICE_PID=

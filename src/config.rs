@@ -53,9 +53,17 @@ pub struct Config {
     pub otel_traces_filter: String,
     /// Most commands decided and appended together for one event.
     pub max_batch: usize,
+    /// Most commands waiting for one event's writer; more are refused with 503
+    /// (`SALE_MAILBOX_CAPACITY`).
+    pub sale_mailbox: usize,
     pub body_limit_bytes: usize,
     pub payment_latency: Duration,
     pub payment_failure_rate: f64,
+    /// Longest wait for one call to the payment gateway (`PAYMENT_TIMEOUT_MS`).
+    pub payment_timeout: Duration,
+    /// When the circuit breakers of PostgreSQL and the payment gateway open
+    /// (`BREAKER_FAILURES` in a row) and how long they refuse calls (`BREAKER_COOL_DOWN_MS`).
+    pub breaker: crate::breaker::BreakerConfig,
     /// Pool settings for every PostgreSQL database.
     pub pool: crate::db::PoolSettings,
     /// Take the client IP from `X-Forwarded-For` (first address); only behind a trusted proxy.
@@ -165,9 +173,12 @@ impl Default for Config {
             otel_endpoint: None,
             otel_traces_filter: "info".into(),
             max_batch: 256,
+            sale_mailbox: 8192,
             body_limit_bytes: 1024 * 1024,
             payment_latency: Duration::ZERO,
             payment_failure_rate: 0.0,
+            payment_timeout: Duration::from_secs(5),
+            breaker: crate::breaker::BreakerConfig::default(),
             pool: crate::db::PoolSettings::default(),
             trust_proxy: false,
             rate_limits: RateLimits::default(),
@@ -375,6 +386,7 @@ impl Config {
             },
             otel_traces_filter: get("OTEL_TRACES_FILTER").unwrap_or_else(|| "info".into()),
             max_batch: usize::try_from(positive("MAX_BATCH", 256)?).unwrap_or(256),
+            sale_mailbox: usize::try_from(positive("SALE_MAILBOX_CAPACITY", 8192)?).unwrap_or(8192),
             body_limit_bytes: d.body_limit_bytes,
             payment_latency: Duration::from_millis(parse(
                 "PAYMENT_LATENCY_MS",
@@ -382,6 +394,16 @@ impl Config {
                 0,
             )?),
             payment_failure_rate: failure_rate,
+            payment_timeout: Duration::from_millis(
+                u64::try_from(positive("PAYMENT_TIMEOUT_MS", 5_000)?).unwrap_or(5_000),
+            ),
+            breaker: crate::breaker::BreakerConfig {
+                consecutive: limit("BREAKER_FAILURES", d.breaker.consecutive)?,
+                cool_down: Duration::from_millis(
+                    u64::try_from(positive("BREAKER_COOL_DOWN_MS", 5_000)?).unwrap_or(5_000),
+                ),
+                ..d.breaker
+            },
             pool: crate::db::PoolSettings {
                 max_connections: u32::try_from(positive("DB_MAX_CONNECTIONS", 10)?).unwrap_or(10),
                 min_connections: parse("DB_MIN_CONNECTIONS", get("DB_MIN_CONNECTIONS"), 1)?,

@@ -1,4 +1,5 @@
 //! # Layout
+//! - `breaker`: the circuit breaker each dependency is called through.
 //! - `config`: typed configuration from the environment.
 //! - `db`: PostgreSQL pools, migrations and test databases shared by the adapters.
 //! - `domain`: pure reducers (concert, inventory, reservation, payment, and the sale composing them).
@@ -21,6 +22,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backoff;
+pub mod breaker;
 pub mod bus;
 pub mod cache;
 pub mod clock;

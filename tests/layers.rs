@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first; a module may import only from modules of strictly earlier layers.
 const LAYERS: &[&[&str]] = &[
     &["backoff", "clock", "paging", "db"],
+    &["breaker"],
     &["config", "domain", "observability"],
     &["eventstore"],
     &["runtime"],

@@ -282,17 +282,18 @@ impl App {
     }
 
     fn gateway_failed(&self, e: GatewayError) -> AppError {
-        match e {
-            GatewayError::Unavailable(_) | GatewayError::RefundRefused(_) => {
-                self.metrics
-                    .payments
-                    .with_label_values(&["gateway_error"])
-                    .inc();
-                AppError::Unavailable {
-                    detail: "the payment gateway is unavailable; you were not charged".into(),
-                    retry_after: 2,
-                }
-            }
+        self.metrics
+            .payments
+            .with_label_values(&["gateway_error"])
+            .inc();
+        let retry_after = match &e {
+            GatewayError::Unavailable(_) | GatewayError::RefundRefused(_) => 2,
+            // Refused at once by the breaker: retry once its cool-down is over.
+            GatewayError::Open(refused) => refused.retry_after_secs(),
+        };
+        AppError::Unavailable {
+            detail: "the payment gateway is unavailable; you were not charged".into(),
+            retry_after,
         }
     }
 }

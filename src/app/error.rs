@@ -155,9 +155,13 @@ impl From<CommandError> for AppError {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::Rejected(e) => e.into(),
-            CommandError::Contended => AppError::Unavailable {
+            CommandError::Contended | CommandError::Overloaded => AppError::Unavailable {
                 detail: e.to_string(),
                 retry_after: 1,
+            },
+            CommandError::Store(StoreError::Open(refused)) => AppError::Unavailable {
+                detail: "the event store is unavailable; nothing was changed".into(),
+                retry_after: refused.retry_after_secs(),
             },
             CommandError::Store(StoreError::Unavailable(_)) | CommandError::ShuttingDown => {
                 tracing::warn!(error = %e, "command not executed");

@@ -125,8 +125,9 @@ impl App {
                 .execute(sale, command.clone(), metadata.clone())
                 .await
             {
-                Err(CommandError::Contended) => {
-                    tracing::info!(%sale, "writers contended; recording again");
+                // Transient, and the card is charged already: try again.
+                Err(CommandError::Contended | CommandError::Overloaded) => {
+                    tracing::info!(%sale, "writers contended or mailbox full; recording again");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 other => return Ok(self.visible(other?).await),

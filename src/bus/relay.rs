@@ -186,6 +186,9 @@ pub struct Relay {
     pub cursor: Arc<dyn RelayCursor>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// Told of every turn's outcome, so `/ready` and `/metrics` show when publishing fails
+    /// (the relay retries by itself; the breaker never refuses it).
+    pub breaker: Arc<crate::breaker::Breaker>,
 }
 
 /// What one turn of the relay did.
@@ -211,7 +214,10 @@ impl Relay {
             let mut topics_ready = false;
             while !*stop.borrow() {
                 head.borrow_and_update();
-                let pause = match self.turn(&mut topics_ready).await {
+                let turn = self.turn(&mut topics_ready).await;
+                let failure = turn.as_ref().err().map(|e| format!("{e:#}"));
+                self.breaker.witness(failure.as_deref());
+                let pause = match turn {
                     Ok(Turn::Published(n)) if n == BATCH => continue,
                     Ok(_) => {
                         backoff.reset();

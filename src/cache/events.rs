@@ -7,21 +7,31 @@
 //! acknowledged (after progress reached it) can therefore never read an older state through
 //! this instance, even when a slow loader writes back a stale view after the invalidation.
 //! Stampedes: one load per key at a time per instance (single flight). Degradation: a failing
-//! or slow cache counts an error, opens a short breaker, and the read goes to PostgreSQL.
+//! or slow cache counts an error, opens a short breaker (`crate::breaker`, `cache` on
+//! `/ready` and `/metrics`), and the read goes to PostgreSQL.
 
 use super::{Cache, CacheError};
+use crate::breaker::{Breaker, BreakerConfig};
+use crate::clock::SystemClock;
 use crate::domain::EventId;
 use crate::observability::Metrics;
 use crate::projections::{EventLookup, EventView, ReadError, ViewInvalidation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// After a cache failure, how long reads skip the cache and go straight to PostgreSQL, so a
-/// down or slow Redis costs one timeout per this period rather than one per request.
-const BREAKER: Duration = Duration::from_secs(1);
+/// down or slow Redis costs one timeout per this period rather than one per request; then one
+/// probe finds out whether it is back.
+const BREAKER: BreakerConfig = BreakerConfig {
+    consecutive: 1,
+    ratio_percent: 100,
+    window: 0,
+    cool_down: Duration::from_secs(1),
+};
 /// Invalidation marks are swept when there are more than this many.
 const SWEEP_MARKS_ABOVE: usize = 1024;
 
@@ -55,7 +65,7 @@ pub struct Invalidator {
     cache: Arc<dyn Cache>,
     marks: Mutex<HashMap<Uuid, (u64, Instant)>>,
     keep_marks: Duration,
-    open_until: Mutex<Option<Instant>>,
+    breaker: Arc<Breaker>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,13 +82,18 @@ impl Invalidator {
             cache,
             marks: Mutex::new(HashMap::new()),
             keep_marks: ttl * 2 + Duration::from_secs(10),
-            open_until: Mutex::new(None),
+            breaker: Breaker::new("cache", BREAKER, Arc::new(SystemClock)),
             metrics,
         })
     }
 
     pub fn cache(&self) -> &Arc<dyn Cache> {
         &self.cache
+    }
+
+    /// The cache's breaker (named `cache`; the in-process adapter never trips it).
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     /// The events in `ids` changed at `position`: refuse their older entries from now on and
@@ -102,13 +117,8 @@ impl Invalidator {
                 *mark = (mark.0.max(position), now);
             }
         }
-        if self.is_open() {
-            return;
-        }
         let keys: Vec<String> = ids.iter().map(|id| key(id.0)).collect();
-        if let Err(e) = self.cache.delete(&keys).await {
-            self.trip(&e, "invalidate");
-        }
+        let _ = self.guard("invalidate", self.cache.delete(&keys)).await;
     }
 
     fn mark(&self, id: Uuid) -> u64 {
@@ -117,13 +127,22 @@ impl Invalidator {
             .map_or(0, |(position, _)| *position)
     }
 
-    fn is_open(&self) -> bool {
-        lock(&self.open_until).is_some_and(|until| Instant::now() < until)
-    }
-
-    fn trip(&self, error: &CacheError, during: &'static str) {
-        *lock(&self.open_until) = Some(Instant::now() + BREAKER);
-        tracing::warn!(%error, during, "cache failed; reading from PostgreSQL for a while");
+    /// Runs one cache operation through the breaker: `None` when the breaker refused it (the
+    /// cache is skipped), else its result; a failure is logged and opens the breaker.
+    async fn guard<T>(
+        &self,
+        during: &'static str,
+        op: impl Future<Output = Result<T, CacheError>>,
+    ) -> Option<Result<T, CacheError>> {
+        let result = self
+            .breaker
+            .call(op, |e: &CacheError| Some(e.to_string()))
+            .await
+            .ok()?;
+        if let Err(error) = &result {
+            tracing::warn!(%error, during, "cache failed; reading from PostgreSQL for a while");
+        }
+        Some(result)
     }
 
     fn count(&self, name: CacheName, result: &'static str) {
@@ -188,19 +207,15 @@ impl EventCache {
         if !self.enabled {
             return self.read_model(id).await;
         }
-        if shared.is_open() {
-            shared.count(name, "error");
-            return self.read_model(id).await;
-        }
-        match self.lookup(id.0).await {
-            Ok(Some(view)) => {
+        match shared.guard("get", self.lookup(id.0)).await {
+            Some(Ok(Some(view))) => {
                 shared.count(name, "hit");
                 return Ok(Some(view));
             }
-            Ok(None) => shared.count(name, "miss"),
-            Err(e) => {
+            Some(Ok(None)) => shared.count(name, "miss"),
+            // Refused by the open breaker, or failed just now.
+            None | Some(Err(_)) => {
                 shared.count(name, "error");
-                shared.trip(&e, "get");
                 return self.read_model(id).await;
             }
         }
@@ -219,18 +234,14 @@ impl EventCache {
 
     /// Under the key's turn: a fresh entry another loader stored meanwhile, or a load.
     async fn load(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
-        if !self.shared.is_open() {
-            if let Ok(Some(view)) = self.lookup(id.0).await {
-                return Ok(Some(view));
-            }
+        if let Some(Ok(Some(view))) = self.shared.guard("get", self.lookup(id.0)).await {
+            return Ok(Some(view));
         }
         // Read the position first: the view loaded next reflects at least this much.
         let seen = (self.position)();
         let view = self.read_model(id).await?;
         if let Some(view) = &view {
-            if !self.shared.is_open() {
-                self.store(id.0, seen, view).await;
-            }
+            self.store(id.0, seen, view).await;
         }
         Ok(view)
     }
@@ -267,9 +278,9 @@ impl EventCache {
                 return;
             }
         };
-        if let Err(e) = self.shared.cache.set(&key(id), bytes, self.ttl).await {
-            self.shared.trip(&e, "set");
-        }
+        let key = key(id);
+        let set = self.shared.cache.set(&key, bytes, self.ttl);
+        let _ = self.shared.guard("set", set).await;
     }
 }
 

@@ -3,11 +3,12 @@
 //! stale version is a typed `Conflict` (optimistic concurrency). Writers of one sale take
 //! turns (`take_turn`): read what others appended, decide, append, with no other writer of the
 //! sale in between, so the conflict is a safety net. Adapters: `memory` and `postgres`; both
-//! must pass `contract`.
+//! must pass `contract`. `guarded` puts a circuit breaker in front of any of them.
 
 pub mod codec;
 #[cfg(test)]
 pub mod contract;
+pub mod guarded;
 pub mod memory;
 pub mod postgres;
 
@@ -78,6 +79,9 @@ pub enum StoreError {
     /// worth a retry.
     #[error("stored event unreadable: {0}")]
     Corrupt(String),
+    /// The store's circuit breaker is open (it failed repeatedly): nothing was tried.
+    #[error(transparent)]
+    Open(#[from] crate::breaker::Refused),
 }
 
 #[async_trait]

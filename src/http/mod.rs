@@ -79,6 +79,8 @@ pub struct Shared {
     pub started_at: Instant,
     /// Stalled bus consumers, for the bus check of `/ready`.
     pub consumer_health: Arc<crate::bus::consumer::ConsumerHealth>,
+    /// Every circuit breaker, for `/ready` and `/admin/dashboard/system`.
+    pub breakers: crate::breaker::Breakers,
 }
 
 impl Shared {

@@ -83,6 +83,38 @@ async fn check<E: std::fmt::Display>(
     }
 }
 
+/// A circuit breaker as a check: `pass` closed, `warn` half-open or open (with the failure
+/// that opened it). Never decides readiness: the dependency's own check does.
+fn breaker_check(b: crate::breaker::Snapshot) -> Check {
+    let name = match b.name {
+        "event_store" => "event_store_breaker",
+        "payment_gateway" => "payment_gateway_breaker",
+        "cache" => "cache_breaker",
+        "bus" => "bus_breaker",
+        _ => "circuit_breaker",
+    };
+    let error = match b.state {
+        crate::breaker::BreakerState::Closed => None,
+        state => Some(format!(
+            "circuit breaker {}: {}{}",
+            state.as_str(),
+            b.reason.as_deref().unwrap_or("failing"),
+            b.retry_after
+                .map(|d| format!(" (probing in {} s)", d.as_secs()))
+                .unwrap_or_default()
+        )),
+    };
+    Check {
+        name,
+        status: "pass",
+        adapter: "breaker",
+        duration_ms: 0,
+        error,
+        critical: true,
+    }
+    .non_critical()
+}
+
 /// The broker answers, and no consumer is stalled (the reasons otherwise).
 async fn bus_ready(s: &AppState) -> Result<(), String> {
     s.bus.ping().await.map_err(|e| e.to_string())?;
@@ -126,6 +158,7 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     let checks: Vec<Check> = [events, reads, accounts]
         .into_iter()
         .chain([bus, cached].into_iter().map(Check::non_critical))
+        .chain(s.breakers.snapshots().into_iter().map(breaker_check))
         .collect();
     let ok = checks.iter().all(|c| c.error.is_none() || !c.critical);
     let degraded = checks.iter().any(|c| c.error.is_some());

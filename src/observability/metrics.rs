@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Unix time of reconciliation's last completed pass (0: none yet).
     pub reconcile_last_run: IntGauge,
     pub queue: super::queue_metrics::QueueMetrics,
+    /// Circuit breakers and bulkheads (`resilience.rs`).
+    pub resilience: super::resilience::Resilience,
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -372,6 +374,7 @@ impl Metrics {
                 "Unix time of the last completed reconciliation pass (0 before the first).",
             ),
             queue: super::queue_metrics::QueueMetrics::new(&r),
+            resilience: super::resilience::Resilience::register(&r),
             registry: r,
         }
     }

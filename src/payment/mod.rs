@@ -2,8 +2,9 @@
 //! that settles refunds at the gateway. Charges are idempotent per payment id, so a retried
 //! request or a replayed refund never moves money twice. The processor keeps what each
 //! charge was for and lists recent captures, so a capture nobody recorded can be found
-//! (`app::reconcile`).
+//! (`app::reconcile`). `guarded` calls any gateway through a circuit breaker.
 
+pub mod guarded;
 pub mod refunds;
 pub mod simulated;
 
@@ -24,6 +25,10 @@ pub enum GatewayError {
     Unavailable(String),
     #[error("refund refused: {0}")]
     RefundRefused(String),
+    /// The gateway's circuit breaker is open (it failed repeatedly): nothing was tried, so
+    /// nothing was charged.
+    #[error(transparent)]
+    Open(#[from] crate::breaker::Refused),
 }
 
 /// What a charge pays for, kept by the processor beside it (a real processor's metadata), so

@@ -44,7 +44,7 @@ impl Subscriber for RefundSettlement {
                     match self.gateway.refund(e.payment_id).await {
                         Ok(()) => {}
                         // Transient: keep what was settled, fail so the runner retries the rest.
-                        Err(e @ GatewayError::Unavailable(_)) => {
+                        Err(e @ (GatewayError::Unavailable(_) | GatewayError::Open(_))) => {
                             if let Some(position) = handled {
                                 self.checkpoints.save(NAME, position).await?;
                             }

@@ -1,6 +1,9 @@
 //! `Sales`: the command side's front door. Routes each command to its sale's writer task,
 //! spawning (and hydrating) the writer on first use, so different events never wait on each
-//! other while one hot event is serialized without a global lock.
+//! other while one hot event is serialized without a global lock. Each writer's mailbox is
+//! bounded (a bulkhead): a command that finds it full is refused at once
+//! (`CommandError::Overloaded`, 503 + `Retry-After` at the edge) rather than queued without
+//! limit or left waiting for room.
 
 use super::expiry::{EndHold, ExpiryHandle, HoldEnd};
 use super::writer::{CommandError, Committed, Envelope, SaleWriter};
@@ -15,9 +18,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
-/// Commands waiting for one sale before senders are slowed down (back-pressure).
-const INBOX_CAPACITY: usize = 8192;
-
 #[derive(Clone)]
 pub struct Sales {
     inner: Arc<Inner>,
@@ -28,6 +28,8 @@ struct Inner {
     expiry: ExpiryHandle,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    /// Commands one sale's writer may have waiting before new ones are refused.
+    mailbox: usize,
     // A std mutex: held only to look up or insert a sender, never across an await.
     writers: Mutex<HashMap<EventId, mpsc::Sender<Envelope>>>,
 }
@@ -37,7 +39,7 @@ impl Sales {
         store: Arc<dyn EventStore>,
         expiry: ExpiryHandle,
         metrics: Arc<Metrics>,
-        max_batch: usize,
+        (max_batch, mailbox): (usize, usize),
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -45,6 +47,7 @@ impl Sales {
                 expiry,
                 metrics,
                 max_batch: max_batch.max(1),
+                mailbox: mailbox.max(1),
                 writers: Mutex::new(HashMap::new()),
             }),
         }
@@ -54,7 +57,8 @@ impl Sales {
         &self.inner.store
     }
 
-    /// Decides `command` for `sale_id` and returns once its events are committed.
+    /// Decides `command` for `sale_id` and returns once its events are committed; refused at
+    /// once with `Overloaded` when the sale's mailbox is full.
     pub async fn execute(
         &self,
         sale_id: EventId,
@@ -69,9 +73,18 @@ impl Sales {
         };
         // A writer only stops if it panicked; then a fresh one re-hydrates from the store.
         for _ in 0..2 {
-            match self.writer(sale_id).send(envelope).await {
-                Ok(()) => return answer.await.map_err(|_| CommandError::ShuttingDown)?,
-                Err(mpsc::error::SendError(returned)) => {
+            let writer = self.writer(sale_id);
+            match writer.try_send(envelope) {
+                Ok(()) => {
+                    let waiting = writer.max_capacity().saturating_sub(writer.capacity());
+                    self.inner.metrics.mailbox_depth_seen(waiting);
+                    return answer.await.map_err(|_| CommandError::ShuttingDown)?;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.inner.metrics.mailbox_refused();
+                    return Err(CommandError::Overloaded);
+                }
+                Err(mpsc::error::TrySendError::Closed(returned)) => {
                     envelope = returned;
                     self.lock().remove(&sale_id);
                 }
@@ -98,7 +111,7 @@ impl Sales {
         if let Some(tx) = writers.get(&sale_id).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
-        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let (tx, rx) = mpsc::channel(self.inner.mailbox);
         let writer = SaleWriter::new(
             sale_id,
             Arc::clone(&self.inner.store),
@@ -134,3 +147,6 @@ impl EndHold for Sales {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,9 @@ pub enum CommandError {
     Corrupt(#[from] codec::CodecError),
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The sale's mailbox is full (a bulkhead): nothing was queued.
+    #[error("too many commands are waiting for this event; retry")]
+    Overloaded,
 }
 
 pub struct Envelope {

@@ -26,7 +26,7 @@ pub(super) async fn start_bus(
     dlq: Arc<dyn DeadLetters>,
     handlers: Vec<Arc<dyn Handler>>,
     (store, metrics, clock): (&Arc<dyn EventStore>, &Arc<Metrics>, &Arc<dyn Clock>),
-    health: &Arc<ConsumerHealth>,
+    (health, relay_breaker): (&Arc<ConsumerHealth>, &Arc<crate::breaker::Breaker>),
 ) -> anyhow::Result<(Arc<dyn EventBus>, DeadLetterAdmin, RelayTask, ConsumersTask)> {
     let topics = Topics::new(config.kafka_topic_prefix.clone());
     let (bus, cursor): (Arc<dyn EventBus>, Arc<dyn RelayCursor>) = match &config.kafka_brokers {
@@ -55,6 +55,7 @@ pub(super) async fn start_bus(
             cursor,
             metrics: Arc::clone(metrics),
             clock: Arc::clone(clock),
+            breaker: Arc::clone(relay_breaker),
         }
         .spawn(stopped),
     };

@@ -9,6 +9,7 @@ use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
 mod adapters;
+mod breakers;
 mod bus;
 mod metrics;
 
@@ -120,6 +121,13 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         Arc::clone(&clock),
         processor,
     ));
+    let guards = breakers::guard(
+        store,
+        Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+        (config.breaker, config.payment_timeout),
+        &metrics,
+    );
+    let store = Arc::clone(&guards.store);
     // Sessions are cached; on PostgreSQL other instances' revocations arrive over the feed.
     let sessions = Arc::new(match session_feed {
         Some(_) => SessionCache::guarded(Arc::clone(&metrics)),
@@ -135,13 +143,15 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         Arc::clone(&store),
         expiry_handle.clone(),
         Arc::clone(&metrics),
-        config.max_batch,
+        (config.max_batch, config.sale_mailbox),
     );
     let invalidator = Invalidator::new(
         cache_adapter(&config)?,
         config.cache_ttl,
         Arc::clone(&metrics),
     );
+    breakers::observed(invalidator.breaker(), &metrics);
+    let breakers = breakers::board(guards.all, invalidator.breaker());
     let (read_progress, projector) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(Projector {
@@ -161,7 +171,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(RefundSettlement::new(
-            Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+            Arc::clone(&guards.gateway),
             checkpoints,
         )),
     );
@@ -202,7 +212,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         dlq,
         handlers,
         (&store, &metrics, &clock),
-        &consumer_health,
+        (&consumer_health, &guards.bus),
     )
     .await?;
     tasks.push(tokio::spawn(dead_letters::sweep_stale_claims(
@@ -258,7 +268,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         reads,
         read_progress,
         insights,
-        gateway: Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
+        gateway: Arc::clone(&guards.gateway),
         cache,
         idempotency,
         dead_letters: dlq,
@@ -294,6 +304,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         draining: Arc::new(AtomicBool::new(false)),
         started_at,
         consumer_health,
+        breakers,
     });
     Ok(Service {
         state,

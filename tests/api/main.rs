@@ -8,6 +8,7 @@ mod access;
 mod analytics;
 mod audit;
 mod auth;
+mod breakers;
 mod cache;
 mod cancellation;
 mod concurrency;

@@ -54,7 +54,17 @@ async fn ready_answers_200_with_each_dependency_check_passing() {
     names.sort();
     assert_eq!(
         names,
-        ["auth", "bus", "cache", "event_store", "projections"]
+        [
+            "auth",
+            "bus",
+            "bus_breaker",
+            "cache",
+            "cache_breaker",
+            "event_store",
+            "event_store_breaker",
+            "payment_gateway_breaker",
+            "projections"
+        ]
     );
     for check in checks {
         assert_eq!(check["status"], "pass", "{check}");

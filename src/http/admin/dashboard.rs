@@ -42,6 +42,22 @@ pub struct SystemDashboard {
     pub bus: DependencyStatus,
     pub cache: CacheFigures,
     pub dlq: DlqStats,
+    /// The circuit breaker of each dependency.
+    pub breakers: Vec<BreakerFigures>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerFigures {
+    /// `event_store`, `payment_gateway`, `cache` or `bus`.
+    pub dependency: &'static str,
+    /// `closed`, `half_open` (one probe goes through) or `open` (calls refused with 503).
+    pub state: &'static str,
+    /// The failure that opened it last; none while closed.
+    pub reason: Option<String>,
+    /// When it entered this state.
+    pub since: DateTime<Utc>,
+    /// While open: seconds until a probe may go through.
+    pub retry_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -175,6 +191,18 @@ async fn system(
             errors: looked_up("error"),
         },
         dlq: dlq?,
+        breakers: s
+            .breakers
+            .snapshots()
+            .into_iter()
+            .map(|b| BreakerFigures {
+                dependency: b.name,
+                state: b.state.as_str(),
+                reason: b.reason,
+                since: b.since,
+                retry_after_seconds: b.retry_after.map(|d| d.as_secs()),
+            })
+            .collect(),
     }))
 }
 

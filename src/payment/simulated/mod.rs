@@ -21,6 +21,8 @@ pub struct SimulatedGateway {
     latency: Duration,
     /// The share of calls that time out, as `f64` bits (changed at run time by fault drills).
     failure_rate: AtomicU64,
+    /// Requests that reached the processor (charges, refunds, listings).
+    calls: AtomicU64,
     clock: Arc<dyn Clock>,
     ledger: Ledger,
 }
@@ -35,6 +37,7 @@ impl SimulatedGateway {
         Self {
             latency,
             failure_rate: AtomicU64::new(failure_rate.clamp(0.0, 1.0).to_bits()),
+            calls: AtomicU64::new(0),
             clock,
             ledger,
         }
@@ -45,6 +48,11 @@ impl SimulatedGateway {
     pub fn set_failure_rate(&self, rate: f64) {
         self.failure_rate
             .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::SeqCst);
+    }
+
+    /// How many requests reached the processor so far (a breaker that refuses sends none).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
     }
 
     /// What the processor knows of one payment (for tests and diagnostics).
@@ -58,6 +66,7 @@ impl SimulatedGateway {
     }
 
     async fn network(&self) -> Result<(), GatewayError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }

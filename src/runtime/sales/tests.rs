@@ -1,0 +1,124 @@
+use super::*;
+use crate::eventstore::memory::MemoryEventStore;
+use crate::eventstore::{Decide, NewEvent, RecordedEvent, StoreError};
+use crate::runtime::expiry;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// A memory store whose turns wait at a gate: a writer stuck on a slow database.
+struct Slow {
+    inner: MemoryEventStore,
+    gate: Semaphore,
+    entered: Notify,
+}
+
+#[async_trait]
+impl EventStore for Slow {
+    async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
+        self.inner.append(sale_id, events).await
+    }
+    async fn take_turn(
+        &self,
+        sale_id: EventId,
+        after: u64,
+        decide: &mut Decide<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.entered.notify_one();
+        let _pass = self.gate.acquire().await;
+        self.inner.take_turn(sale_id, after, decide).await
+    }
+    async fn read_sale(
+        &self,
+        sale_id: EventId,
+        after: u64,
+    ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        self.inner.read_sale(sale_id, after).await
+    }
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe_head()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "slow"
+    }
+}
+
+fn expire(now: DateTime<Utc>) -> SaleCommand {
+    SaleCommand::ExpireReservation {
+        reservation_id: ReservationId(uuid::Uuid::new_v4()),
+        now,
+    }
+}
+
+/// With the writer stuck on the store and its mailbox full, the next command is refused at
+/// once (and counted) instead of waiting; once the store answers, everything queued is
+/// decided and the mailbox takes commands again.
+#[tokio::test]
+async fn a_full_mailbox_refuses_at_once() {
+    let store = Arc::new(Slow {
+        inner: MemoryEventStore::new(),
+        gate: Semaphore::new(0),
+        entered: Notify::new(),
+    });
+    let metrics = Arc::new(Metrics::new());
+    let (expiry, _inbox) = expiry::channel();
+    let sales = Sales::new(
+        Arc::clone(&store) as Arc<dyn EventStore>,
+        expiry,
+        Arc::clone(&metrics),
+        (1, 2),
+    );
+    let sale = EventId(uuid::Uuid::new_v4());
+    let now = Utc::now();
+    let run = |sales: &Sales| {
+        let sales = sales.clone();
+        tokio::spawn(async move { sales.execute(sale, expire(now), Metadata::default()).await })
+    };
+
+    // The first command is in the writer's hands, stuck in the store.
+    let first = run(&sales);
+    store.entered.notified().await;
+    // Two more fill the mailbox of two.
+    let queued = [run(&sales), run(&sales)];
+    let resilience = &metrics.resilience;
+    let mut spins = 0;
+    while resilience.mailbox_peak.get() < 2 {
+        spins += 1;
+        assert!(spins < 10_000, "the mailbox never filled");
+        tokio::task::yield_now().await;
+    }
+
+    // Bounded only so that a mailbox that waits instead of refusing fails rather than hangs.
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sales.execute(sale, expire(now), Metadata::default()),
+    )
+    .await
+    .expect("refused at once, not left waiting");
+    assert!(
+        matches!(refused, Err(CommandError::Overloaded)),
+        "{refused:?}"
+    );
+    assert_eq!(resilience.mailbox_refusals.get(), 1);
+
+    store.gate.add_permits(1_000);
+    for waiting in std::iter::once(first).chain(queued) {
+        let answer = waiting.await.unwrap();
+        // Decided (the reservation is unknown), not refused.
+        assert!(
+            matches!(answer, Err(CommandError::Rejected(_))),
+            "{answer:?}"
+        );
+    }
+    let again = sales.execute(sale, expire(now), Metadata::default()).await;
+    assert!(matches!(again, Err(CommandError::Rejected(_))), "{again:?}");
+    assert_eq!(resilience.mailbox_refusals.get(), 1);
+}
