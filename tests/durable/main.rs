@@ -1,12 +1,14 @@
 //! Durability tests on PostgreSQL: the real `ticketing` binary as child processes, killed with
 //! SIGKILL and restarted, several instances sharing one database (also for per-customer
 //! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, and a process
-//! aborted between a payment's capture and its append (reconciliation).
+//! aborted between a payment's capture and its append (reconciliation), and the chaos suite: a
+//! flash sale with a fault injected mid-sale (`chaos`).
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
 mod api_on_postgres;
 mod bus;
+mod chaos;
 mod client;
 mod crash;
 mod group;
