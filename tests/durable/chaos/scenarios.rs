@@ -69,6 +69,26 @@ async fn redis_stopped_mid_sale() {
     sale_with(&chaos, 10, &[], || outage(&mut proxy)).await;
 }
 
+/// The payment processor slow (2 s a call), then failing every call, then healthy again,
+/// through the instances' `FAULT_GATEWAY_FILE`: only payments may answer 503 meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_slow_then_failing_mid_sale() {
+    let db = fresh_database().await;
+    let drill = std::env::temp_dir().join(format!("chaos-gateway-{}", uuid::Uuid::new_v4()));
+    let file = drill.to_str().expect("a UTF-8 temporary path");
+    let chaos = Chaos::start(2, &db, &db, &[("FAULT_GATEWAY_FILE", file)]).await;
+    let conditions = |text: &'static str| tokio::fs::write(&drill, text);
+    sale_with(&chaos, 10, &["/api/payments"], || async {
+        conditions("2000 0").await.expect("slow");
+        tokio::time::sleep(OUTAGE).await;
+        conditions("0 1").await.expect("failing");
+        tokio::time::sleep(OUTAGE).await;
+        conditions("0 0").await.expect("healthy");
+    })
+    .await;
+    let _ = tokio::fs::remove_file(&drill).await;
+}
+
 /// One of three instances killed -9 mid-sale: its clients go to the survivors with the same
 /// `Idempotency-Key`, the survivors answer no 5xx, and its holds end too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
