@@ -43,6 +43,9 @@ pub struct Config {
     /// Fault injection (`FAULT_CRASH_AFTER_CAPTURE`, refused in production): abort the process
     /// right after a capture, before it is recorded, to prove reconciliation.
     pub fault_crash_after_capture: bool,
+    /// Fault injection (`FAULT_GATEWAY_FILE`, refused in production): a file the simulated
+    /// processor's latency and failure rate follow at run time (`payment::simulated::drill`).
+    pub fault_gateway_file: Option<std::path::PathBuf>,
     pub session_ttl: chrono::Duration,
     pub app_env: AppEnv,
     /// Where spans go over OTLP/HTTP: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
@@ -137,6 +140,7 @@ impl std::fmt::Debug for Config {
             .field("request_timeout_s", &self.request_timeout.as_secs())
             .field("reconcile_interval", &self.reconcile_interval)
             .field("fault_crash_after_capture", &self.fault_crash_after_capture)
+            .field("fault_gateway_file", &self.fault_gateway_file)
             .field("shutdown_drain", &self.shutdown_drain)
             .field("webhook_max_attempts", &self.webhook_max_attempts)
             .field("webhook_retry_base", &self.webhook_retry_base)
@@ -168,6 +172,7 @@ impl Default for Config {
             expiry_sweep: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
             fault_crash_after_capture: false,
+            fault_gateway_file: None,
             session_ttl: chrono::Duration::hours(24),
             app_env: AppEnv::Development,
             otel_endpoint: None,
@@ -286,6 +291,13 @@ impl Config {
                 reason: "a fault-injection hook for tests; refused with APP_ENV=production".into(),
             });
         }
+        let fault_gateway_file = get("FAULT_GATEWAY_FILE").map(std::path::PathBuf::from);
+        if fault_gateway_file.is_some() && app_env == AppEnv::Production {
+            return Err(ConfigError {
+                var: "FAULT_GATEWAY_FILE",
+                reason: "a fault-injection hook for tests; refused with APP_ENV=production".into(),
+            });
+        }
         let limit = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
             u32::try_from(positive(var, i64::from(default))?).map_err(|_| ConfigError {
                 var,
@@ -375,6 +387,7 @@ impl Config {
             expiry_sweep: seconds(positive("EXPIRY_SWEEP_SECONDS", 30)?),
             reconcile_interval: seconds(positive("RECONCILE_INTERVAL_SECONDS", 60)?),
             fault_crash_after_capture,
+            fault_gateway_file,
             session_ttl: chrono::Duration::seconds(positive("SESSION_TTL_SECONDS", 86_400)?),
             app_env,
             otel_endpoint: match get("OTEL_SDK_DISABLED").map(|v| v.trim().to_ascii_lowercase()) {

@@ -163,6 +163,33 @@ impl App {
             .ok_or(AppError::NotFound("reservation"))
     }
 
+    /// The reservation a payment is for. One the read models do not show while they lag behind
+    /// the event log may exist (its 201 went out when the wait for them ran out, as with a slow
+    /// database): wait for them as a command does, and if they still lag answer 503 (try
+    /// again), not a 404 that may be false.
+    pub(crate) async fn reservation_to_pay(
+        &self,
+        id: ReservationId,
+    ) -> Result<ReservationView, AppError> {
+        if let Some(view) = self.reads.reservation(id).await? {
+            return Ok(view);
+        }
+        let head = *self.sales.store().subscribe_head().borrow();
+        let caught_up = self.read_progress.position() >= head
+            || self
+                .read_progress
+                .wait_for(head, super::READ_YOUR_WRITES_TIMEOUT)
+                .await;
+        match self.reads.reservation(id).await? {
+            Some(view) => Ok(view),
+            None if caught_up => Err(AppError::NotFound("reservation")),
+            None => Err(AppError::Unavailable {
+                detail: "the read models are behind the event log; try again".into(),
+                retry_after: 1,
+            }),
+        }
+    }
+
     pub(crate) async fn payment_view(&self, id: PaymentId) -> Result<PaymentView, AppError> {
         self.reads
             .payment(id)

@@ -216,3 +216,19 @@ fn queue_pass_secret_is_required_in_production() {
     assert_eq!(c.queue_pass_secret.as_deref(), Some(secret));
     assert!(!format!("{c:?}").contains(secret));
 }
+
+/// The gateway drill file is off by default, honoured outside production, refused in it.
+#[test]
+fn the_gateway_drill_file() {
+    assert_eq!(from(&[]).unwrap().fault_gateway_file, None);
+    let c = from(&[("FAULT_GATEWAY_FILE", "/tmp/drill")]).unwrap();
+    assert_eq!(
+        c.fault_gateway_file,
+        Some(std::path::PathBuf::from("/tmp/drill"))
+    );
+    let refused = from(&[
+        ("FAULT_GATEWAY_FILE", "/tmp/drill"),
+        ("APP_ENV", "production"),
+    ]);
+    assert_eq!(refused.unwrap_err().var, "FAULT_GATEWAY_FILE");
+}

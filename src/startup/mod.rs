@@ -40,7 +40,7 @@ use crate::eventstore::EventStore;
 use crate::http::{self, AppState, Shared};
 use crate::observability::Metrics;
 use crate::payment::refunds::RefundSettlement;
-use crate::payment::simulated::SimulatedGateway;
+use crate::payment::simulated::{drill, SimulatedGateway};
 use crate::payment::PaymentGateway;
 use crate::projections::insights::memory::MemoryInsights;
 use crate::projections::insights::postgres::PostgresInsights;
@@ -197,6 +197,16 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     )
     .context("building the webhook HTTP client")?;
     tasks.push(dispatcher.spawn_sweep());
+    if let Some(path) = &config.fault_gateway_file {
+        tracing::warn!(
+            ?path,
+            "FAULT_GATEWAY_FILE is set: the simulated processor follows it"
+        );
+        tasks.push(tokio::spawn(drill::follow(
+            Arc::clone(&gateway),
+            path.clone(),
+        )));
+    }
     let handlers: Vec<Arc<dyn Handler>> = vec![
         Arc::new(InsightsProjection(Arc::clone(&insights))),
         Arc::new(WebhookFanout::new(

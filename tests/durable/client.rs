@@ -5,8 +5,10 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 #[path = "../common/metrics.rs"]
@@ -16,6 +18,10 @@ mod poll;
 pub use poll::eventually;
 
 pub const PASSWORD: &str = "correct-horse-1";
+
+/// Taken by the tests that start several instances (each with its pools), so that they run
+/// one at a time and stay under PostgreSQL's default `max_connections` (100) next to the others.
+pub static MANY_INSTANCES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One service process on its own port.
 pub struct Service {
@@ -447,4 +453,43 @@ pub async fn assert_sales_balance_in_sql(pool: &sqlx::PgPool) -> i64 {
         "captured in the log, not in the views"
     );
     kept
+}
+
+/// Captures at the simulated processor (its ledger table) that are neither recorded (a
+/// captured payment in the views, kept at the processor) nor refunded (at both ends).
+pub async fn unreconciled_captures(pool: &sqlx::PgPool) -> Vec<String> {
+    rows(
+        pool,
+        "SELECT c.payment_id, c.refunded, p.status
+           FROM simulated_processor_charges c
+           LEFT JOIN payment_views p ON p.payment_id = c.payment_id
+          WHERE c.outcome = 'captured'
+            AND (p.payment_id IS NULL
+                 OR (p.status = 'captured' AND c.refunded)
+                 OR (p.status = 'refunded' AND NOT c.refunded)
+                 OR p.status NOT IN ('captured', 'refunded'))",
+    )
+    .await
+}
+
+/// Registers `n` customers spread over `instances`; returns their tokens. A few at a time:
+/// each sign-up hashes a password twice (Argon2id, deliberately slow), and hundreds at once
+/// would starve the machine's cores past the request timeout before the sale even starts.
+pub async fn sign_up(instances: &[Arc<Service>], n: usize) -> Vec<String> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut signups = JoinSet::new();
+    for i in 0..n {
+        let service = Arc::clone(&instances[i % instances.len()]);
+        let permits = Arc::clone(&permits);
+        signups.spawn(async move {
+            let _permit = permits.acquire_owned().await.unwrap();
+            (i, service.user("customer").await.1)
+        });
+    }
+    let mut buyers = vec![String::new(); n];
+    while let Some(done) = signups.join_next().await {
+        let (i, token) = done.unwrap();
+        buyers[i] = token;
+    }
+    buyers
 }

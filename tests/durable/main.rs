@@ -2,12 +2,14 @@
 //! SIGKILL and restarted, several instances sharing one database (also for per-customer
 //! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, a process
 //! aborted between a payment's capture and its append (reconciliation), a logout on one
-//! instance refused by another within the bound, and a waiting room shared by two instances.
+//! instance refused by another within the bound, a waiting room shared by two instances, and
+//! the chaos suite: a flash sale with a fault injected mid-sale (`chaos`).
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
 mod api_on_postgres;
 mod bus;
+mod chaos;
 mod client;
 mod crash;
 mod group;

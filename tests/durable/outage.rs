@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ticketing::db::testing::fresh_database;
 
 /// A fresh database reached through a new proxy: (proxy, URL through the proxy, direct URL).
-async fn database_behind_a_proxy() -> (Proxy, String, String) {
+pub async fn database_behind_a_proxy() -> (Proxy, String, String) {
     let direct = reqwest::Url::parse(&fresh_database().await).expect("database URL");
     let upstream = format!(
         "{}:{}",

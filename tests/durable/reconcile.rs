@@ -117,18 +117,7 @@ async fn captures_of_a_process_killed_before_the_append_are_recorded_or_refunded
     }
 
     // Every capture at the processor is recorded (and kept) or refunded (at both ends).
-    let unreconciled = rows(
-        &pool,
-        "SELECT c.payment_id, c.refunded, p.status
-           FROM simulated_processor_charges c
-           LEFT JOIN payment_views p ON p.payment_id = c.payment_id
-          WHERE c.outcome = 'captured'
-            AND (p.payment_id IS NULL
-                 OR (p.status = 'captured' AND c.refunded)
-                 OR (p.status = 'refunded' AND NOT c.refunded)
-                 OR p.status NOT IN ('captured', 'refunded'))",
-    )
-    .await;
+    let unreconciled = unreconciled_captures(&pool).await;
     assert_eq!(
         unreconciled,
         Vec::<String>::new(),

@@ -1,9 +1,11 @@
 //! A simulated card processor with Stripe-style test tokens: `tok_visa`, `tok_mastercard` and
 //! `tok_amex` succeed; `tok_chargeDeclined` and `tok_chargeDeclinedInsufficientFunds` are
 //! declined; any other token is declined as unknown. Latency and a transient failure rate are
-//! configurable; results are remembered per payment id (idempotency) in its `ledger`, with what
-//! each charge was for and when it was made (by the injected clock).
+//! configurable, also at run time (`drill`); results are remembered per payment id
+//! (idempotency) in its `ledger`, with what each charge was for and when it was made (by the
+//! injected clock).
 
+pub mod drill;
 pub mod ledger;
 
 use super::{Capture, ChargeFor, ChargeOutcome, GatewayError, PaymentGateway};
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct SimulatedGateway {
-    latency: Duration,
+    /// Added to every call, in milliseconds (changed at run time by fault drills).
+    latency_ms: AtomicU64,
     /// The share of calls that time out, as `f64` bits (changed at run time by fault drills).
     failure_rate: AtomicU64,
     /// Requests that reached the processor (charges, refunds, listings).
@@ -35,7 +38,7 @@ impl SimulatedGateway {
         ledger: Ledger,
     ) -> Self {
         Self {
-            latency,
+            latency_ms: AtomicU64::new(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX)),
             failure_rate: AtomicU64::new(failure_rate.clamp(0.0, 1.0).to_bits()),
             calls: AtomicU64::new(0),
             clock,
@@ -55,6 +58,12 @@ impl SimulatedGateway {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Changes the latency of every call from now on (a slow processor in a fault drill).
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// What the processor knows of one payment (for tests and diagnostics).
     pub async fn charge_of(&self, payment_id: PaymentId) -> Result<Option<Charge>, GatewayError> {
         self.ledger.get(payment_id).await
@@ -67,8 +76,9 @@ impl SimulatedGateway {
 
     async fn network(&self) -> Result<(), GatewayError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let latency = self.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let failure_rate = f64::from_bits(self.failure_rate.load(Ordering::SeqCst));
         if failure_rate > 0.0 && rand::thread_rng().gen_bool(failure_rate) {
