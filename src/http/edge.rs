@@ -74,6 +74,8 @@ pub fn cors(config: &Config) -> CorsLayer {
             header::CONTENT_TYPE,
             header::IF_MATCH,
             HeaderName::from_static("idempotency-key"),
+            // A browser sends the waiting room's pass with its reservation.
+            HeaderName::from_static("queue-pass"),
             HeaderName::from_static("x-correlation-id"),
         ])
         .expose_headers([

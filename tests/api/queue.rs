@@ -62,7 +62,8 @@ async fn admitted_pass(app: &TestApp, user: &User, event: Uuid) -> String {
 }
 
 /// The organizer sets the queue (pass lifetime 600 s by default), anyone reads its figures, an
-/// event without a queue reads as disabled, and out-of-range settings are refused field by field.
+/// event without a queue reads as disabled, out-of-range settings are refused field by field,
+/// and every change (refused ones too) is audited as `queue.update`.
 #[tokio::test]
 async fn organizers_set_a_queue_and_anyone_reads_it() {
     let app = spawn_app().await;
@@ -114,6 +115,31 @@ async fn organizers_set_a_queue_and_anyone_reads_it() {
     // Nothing changed by the refusals.
     let again = app.get(&format!("/api/events/{event}/queue"), None).await;
     assert_eq!(again.body["admit_per_minute"], 120);
+    // Every change that reaches the handler is audited, refusals too (the unknown event); the
+    // audit is written in the background: polled.
+    let admin = app.admin().await;
+    let started = std::time::Instant::now();
+    loop {
+        let audit = app
+            .get("/admin/audit?action=queue.update", Some(&admin.token))
+            .await;
+        let results: Vec<&str> = audit.body["items"]
+            .as_array()
+            .map(|items| items.iter().filter_map(|i| i["result"].as_str()).collect())
+            .unwrap_or_default();
+        if results.len() >= 2 {
+            assert!(
+                results.contains(&"success") && results.contains(&"failure"),
+                "{results:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{results:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// One ticket per user: joining again gives the same ticket (200, not 201); positions count
