@@ -184,6 +184,15 @@ async fn a_write_during_an_event_store_outage_answers_503_and_later_succeeds() {
     let (_, organizer) = service.user("organizer").await;
     let event = service.event_on_sale(&organizer, 50).await;
     let (_, buyer) = service.user("customer").await;
+    // One reservation before the outage: the instance then knows the event's waiting-room
+    // settings (none), and keeps using them while the database is away.
+    reserve_again(
+        &service,
+        &buyer,
+        event,
+        Instant::now() + Duration::from_secs(30),
+    )
+    .await;
 
     proxy.stop().await;
 

@@ -63,16 +63,29 @@ impl WaitingRoom {
         Ok(())
     }
 
-    /// The event's queue settings, at most `SETTINGS_FRESH` old.
+    /// The event's queue settings, at most `SETTINGS_FRESH` old; while the store cannot be
+    /// read, the last settings this instance knew (a database outage then answers from the
+    /// event store, not from here), and the store's error only for an event never seen.
     pub async fn cached(&self, event_id: Uuid) -> Result<Option<QueueSettings>, QueueError> {
-        if let Some((at, settings)) = lock(&self.settings).get(&event_id) {
+        let known = lock(&self.settings).get(&event_id).cloned();
+        if let Some((at, settings)) = &known {
             if at.elapsed() < SETTINGS_FRESH {
                 return Ok(settings.clone());
             }
         }
-        let settings = self.store.settings(event_id).await?;
-        lock(&self.settings).insert(event_id, (Instant::now(), settings.clone()));
-        Ok(settings)
+        match self.store.settings(event_id).await {
+            Ok(settings) => {
+                lock(&self.settings).insert(event_id, (Instant::now(), settings.clone()));
+                Ok(settings)
+            }
+            Err(e) => match known {
+                Some((_, settings)) => {
+                    tracing::warn!(%event_id, error = %e, "queue settings unreadable; using the last known");
+                    Ok(settings)
+                }
+                None => Err(e),
+            },
+        }
     }
 
     /// Whether the event's queue is enabled, at most `SETTINGS_FRESH` ago.
