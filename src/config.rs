@@ -182,7 +182,7 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             payment_latency: Duration::ZERO,
             payment_failure_rate: 0.0,
-            payment_timeout: Duration::from_secs(5),
+            payment_timeout: Duration::from_secs(10),
             breaker: crate::breaker::BreakerConfig::default(),
             pool: crate::db::PoolSettings::default(),
             trust_proxy: false,
@@ -408,7 +408,7 @@ impl Config {
             )?),
             payment_failure_rate: failure_rate,
             payment_timeout: Duration::from_millis(
-                u64::try_from(positive("PAYMENT_TIMEOUT_MS", 5_000)?).unwrap_or(5_000),
+                u64::try_from(positive("PAYMENT_TIMEOUT_MS", 10_000)?).unwrap_or(10_000),
             ),
             breaker: crate::breaker::BreakerConfig {
                 consecutive: limit("BREAKER_FAILURES", d.breaker.consecutive)?,

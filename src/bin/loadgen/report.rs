@@ -60,6 +60,8 @@ pub struct KindReport {
     pub answered_per_s: f64,
     pub succeeded_per_s: f64,
     pub latency_ms: Option<Latency>,
+    /// The same over the 409 answers only (sold out: what most buyers of an overload see).
+    pub conflict_latency_ms: Option<Latency>,
     pub status_counts: BTreeMap<String, u64>,
 }
 
@@ -112,6 +114,12 @@ impl KindReport {
             answered_per_s: per_second(answered, wall),
             succeeded_per_s: per_second(succeeded, wall),
             latency_ms: Latency::from_durations(latencies),
+            conflict_latency_ms: Latency::from_durations(
+                mine.iter()
+                    .filter(|s| s.outcome == Outcome::Status(409))
+                    .map(|s| s.latency)
+                    .collect(),
+            ),
             status_counts: status_counts(&mine),
         }
     }
@@ -291,6 +299,9 @@ impl Summary {
             }
         }
         line(format!("latency reserve: {}", latency_text(&self.reserve)));
+        if let Some(l) = &self.reserve.conflict_latency_ms {
+            line(format!("latency reserve 409: {}", percentiles_text(l)));
+        }
         line(format!("latency pay: {}", latency_text(&self.pay)));
         line(format!("status reserve: {}", counts_text(&self.reserve)));
         line(format!("status pay: {}", counts_text(&self.pay)));
@@ -382,13 +393,17 @@ fn kind_line(name: &str, report: &KindReport, success_word: &str) -> String {
 
 /// `p50 1.234 ms, p90 ..., p99 ..., max ... (n=2000)` or `no samples`.
 fn latency_text(report: &KindReport) -> String {
-    match &report.latency_ms {
-        Some(l) => format!(
-            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n={})",
-            l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
-        ),
-        None => "no samples".to_owned(),
-    }
+    report
+        .latency_ms
+        .as_ref()
+        .map_or_else(|| "no samples".to_owned(), percentiles_text)
+}
+
+fn percentiles_text(l: &Latency) -> String {
+    format!(
+        "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n={})",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
+    )
 }
 
 /// `201=1000 409=1000` or `none`.
@@ -426,22 +441,4 @@ fn to_u64(n: usize) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Nearest rank: p50 of 1..=10 ms is 5 ms, p90 is 9 ms, p99 is the maximum.
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let sorted: Vec<Duration> = (1..=10).map(Duration::from_millis).collect();
-        assert_eq!(percentile(&sorted, 50), Duration::from_millis(5));
-        assert_eq!(percentile(&sorted, 90), Duration::from_millis(9));
-        assert_eq!(percentile(&sorted, 99), Duration::from_millis(10));
-        assert_eq!(percentile(&sorted[..1], 50), Duration::from_millis(1));
-    }
-
-    /// No samples means no latency figures rather than a panic.
-    #[test]
-    fn empty_latencies_have_no_summary() {
-        assert!(Latency::from_durations(Vec::new()).is_none());
-    }
-}
+mod tests;
