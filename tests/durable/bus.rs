@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 const ADMIN: &str = "bus-admin@durable.example";
 
-fn prefix() -> String {
+pub fn prefix() -> String {
     format!("t{}.", Uuid::new_v4().simple())
 }
 
@@ -94,7 +94,7 @@ async fn insights_match_a_rebuild(pool: &PgPool) {
 }
 
 /// Events committed but not yet published: the head of the log minus the relay's cursor.
-async fn outbox_backlog(pool: &PgPool) -> i64 {
+pub async fn outbox_backlog(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT COALESCE(MAX(position), 0) - (SELECT position FROM outbox_relay) FROM events",
     )
@@ -292,7 +292,7 @@ async fn two_instances_publish_each_event_once_and_share_the_consumers() {
 }
 
 /// A tansu broker of one test's own, so that the test can take it away.
-struct Broker {
+pub struct Broker {
     /// Killed when the test ends.
     _process: Child,
 }
@@ -316,6 +316,26 @@ fn tansu() -> String {
 }
 
 impl Broker {
+    /// A private broker reached (and advertised) through a proxy the test can stop: (proxy,
+    /// broker, the `KAFKA_BROKERS` to give the service), once the broker listens.
+    pub async fn behind_a_proxy() -> (Proxy, Broker, String) {
+        let port = free_port();
+        let proxy = Proxy::start(&format!("127.0.0.1:{port}")).await;
+        let broker = Broker::start(port, proxy.port);
+        let brokers = format!("127.0.0.1:{}", proxy.port);
+        eventually(
+            "the private broker listens",
+            Duration::from_secs(10),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        (proxy, broker, brokers)
+    }
+
     fn start(port: u16, advertised: u16) -> Broker {
         let child = Command::new(tansu())
             .args([
@@ -342,20 +362,7 @@ impl Broker {
 #[tokio::test]
 async fn a_broker_outage_delays_publishing_and_loses_nothing() {
     let db = fresh_database().await;
-    let port = free_port();
-    let mut proxy = Proxy::start(&format!("127.0.0.1:{port}")).await;
-    let _broker = Broker::start(port, proxy.port);
-    let brokers = format!("127.0.0.1:{}", proxy.port);
-    eventually(
-        "the private broker listens",
-        Duration::from_secs(10),
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        },
-    )
-    .await;
+    let (mut proxy, _broker, brokers) = Broker::behind_a_proxy().await;
     let prefix = prefix();
     let service = start(&db, &brokers, &prefix).await;
     let pool = PgPool::connect(&db).await.unwrap();
