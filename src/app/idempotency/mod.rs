@@ -261,16 +261,21 @@ mod tests {
         IdempotencyStore::durable(pool)
     }
 
-    /// An answer given by one instance is replayed by another (or after a restart) from the
-    /// database, without running the handler again; a different body is refused there too.
-    #[tokio::test]
-    async fn a_stored_answer_is_replayed_by_another_instance() {
+    /// A fresh accounts database, and two stores on it (two instances).
+    async fn two_instances() -> (sqlx::PgPool, IdempotencyStore, IdempotencyStore) {
         let url = crate::db::testing::fresh_database().await;
         let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
             .await
             .unwrap();
         crate::db::auth_migrator().run(&pool).await.unwrap();
-        let (first, second) = (durable_store(&url).await, durable_store(&url).await);
+        (pool, durable_store(&url).await, durable_store(&url).await)
+    }
+
+    /// An answer given by one instance is replayed by another (or after a restart) from the
+    /// database, without running the handler again; a different body is refused there too.
+    #[tokio::test]
+    async fn a_stored_answer_is_replayed_by_another_instance() {
+        let (pool, first, second) = two_instances().await;
         let runs = AtomicU32::new(0);
         let user = UserId::random();
         let created = Answer {
@@ -310,12 +315,7 @@ mod tests {
     /// insert each, and every retry still gets its own answer.
     #[tokio::test]
     async fn concurrent_keys_are_read_and_written_in_batches() {
-        let url = crate::db::testing::fresh_database().await;
-        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
-            .await
-            .unwrap();
-        crate::db::auth_migrator().run(&pool).await.unwrap();
-        let (first, second) = (durable_store(&url).await, durable_store(&url).await);
+        let (pool, first, second) = two_instances().await;
         let user = UserId::random();
         let body = serde_json::json!({"seats": 1});
         let answer = |i: usize| Answer {
