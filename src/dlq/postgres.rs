@@ -24,6 +24,30 @@ fn unavailable(e: impl std::fmt::Display) -> DlqError {
     DlqError::Unavailable(e.to_string())
 }
 
+/// Binds what every parked entry records, as `$1` (consumer) to `$15` (failed at), in the
+/// column order both parking statements use.
+fn bind_letter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    e: NewDeadLetter,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(e.consumer)
+        .bind(e.topic)
+        .bind(e.partition)
+        .bind(e.offset)
+        .bind(e.message_key)
+        .bind(e.stream_id)
+        .bind(e.stream_version.and_then(|v| i64::try_from(v).ok()))
+        .bind(e.event_type)
+        .bind(e.event_version.map(i32::from))
+        .bind(e.payload)
+        .bind(headers_json(e.headers))
+        .bind(e.error)
+        .bind(serde_json::json!(e.causes))
+        .bind(i32::try_from(e.retry_count).unwrap_or(i32::MAX))
+        .bind(e.failed_at)
+}
+
 const COLUMNS: &str = "id, consumer, topic, partition, \"offset\", message_key, stream_id, \
      stream_version, event_type, event_version, payload, metadata, error, causes, parked_behind, \
      retry_count, first_failed_at, last_failed_at, status, resolved_by, resolved_at, notes";
@@ -144,32 +168,22 @@ impl PostgresDeadLetters {
 #[async_trait]
 impl DeadLetters for PostgresDeadLetters {
     async fn park(&self, e: NewDeadLetter) -> Result<i64, DlqError> {
-        sqlx::query_scalar(
-            "INSERT INTO dead_letter_queue (consumer, topic, partition, \"offset\", message_key,
-                 stream_id, stream_version, event_type, event_version, payload, metadata, error,
-                 causes, parked_behind, retry_count, first_failed_at, last_failed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)
-             RETURNING id",
+        let behind = e.parked_behind;
+        let (id,): (i64,) = bind_letter(
+            sqlx::query_as(
+                "INSERT INTO dead_letter_queue (consumer, topic, partition, \"offset\", message_key,
+                     stream_id, stream_version, event_type, event_version, payload, metadata, error,
+                     causes, retry_count, first_failed_at, last_failed_at, parked_behind)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16)
+                 RETURNING id",
+            ),
+            e,
         )
-        .bind(e.consumer)
-        .bind(e.topic)
-        .bind(e.partition)
-        .bind(e.offset)
-        .bind(e.message_key)
-        .bind(e.stream_id)
-        .bind(e.stream_version.and_then(|v| i64::try_from(v).ok()))
-        .bind(e.event_type)
-        .bind(e.event_version.map(i32::from))
-        .bind(e.payload)
-        .bind(headers_json(e.headers))
-        .bind(e.error)
-        .bind(serde_json::json!(e.causes))
-        .bind(e.parked_behind)
-        .bind(i32::try_from(e.retry_count).unwrap_or(i32::MAX))
-        .bind(e.failed_at)
+        .bind(behind)
         .fetch_one(&self.0)
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+        Ok(id)
     }
 
     async fn park_behind_open(&self, e: NewDeadLetter) -> Result<Option<Parked>, DlqError> {
@@ -179,8 +193,9 @@ impl DeadLetters for PostgresDeadLetters {
         // The head's row lock orders this insert with a close of the head: a close that
         // committed first makes the head fail the re-check (the next open entry, if any, is
         // taken instead); one that comes later waits until this entry is committed.
-        let parked: Option<(i64, i64)> = sqlx::query_as(
-            "WITH head AS (
+        let parked: Option<(i64, i64)> = bind_letter(
+            sqlx::query_as(
+                "WITH head AS (
                  SELECT id FROM dead_letter_queue
                   WHERE consumer = $1 AND stream_id = $6 AND status IN ('pending', 'processing')
                   ORDER BY id LIMIT 1 FOR UPDATE)
@@ -190,22 +205,9 @@ impl DeadLetters for PostgresDeadLetters {
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, head.id
                FROM head
              RETURNING id, parked_behind",
+            ),
+            e,
         )
-        .bind(e.consumer)
-        .bind(e.topic)
-        .bind(e.partition)
-        .bind(e.offset)
-        .bind(e.message_key)
-        .bind(e.stream_id)
-        .bind(e.stream_version.and_then(|v| i64::try_from(v).ok()))
-        .bind(e.event_type)
-        .bind(e.event_version.map(i32::from))
-        .bind(e.payload)
-        .bind(headers_json(e.headers))
-        .bind(e.error)
-        .bind(serde_json::json!(e.causes))
-        .bind(i32::try_from(e.retry_count).unwrap_or(i32::MAX))
-        .bind(e.failed_at)
         .fetch_optional(&self.0)
         .await
         .map_err(unavailable)?;
