@@ -7,5 +7,7 @@
 //! instances killed -9. The process killed between a capture and its append is
 //! `reconcile.rs`.
 
+mod broker;
 mod harness;
+mod postgres;
 mod scenarios;
