@@ -86,10 +86,15 @@ impl DurableBroker {
             .expect("the broker's log")
     }
 
-    /// SIGKILL: the broker dies without a flush; what it acknowledged is in the object store.
-    pub async fn kill9(&mut self) {
+    /// Stops the broker with `signal` (SIGKILL: it dies without a flush; SIGTERM: it may
+    /// finish what it was doing) and waits for it to exit.
+    pub async fn stop(&mut self, signal: libc::c_int) {
         if let Some(mut broker) = self.broker.take() {
-            broker.start_kill().expect("kill");
+            let pid = broker.id().and_then(|p| libc::pid_t::try_from(p).ok());
+            let pid = pid.expect("the broker runs");
+            // SAFETY: kill only sends a signal to the child this test started and still owns.
+            let sent = unsafe { libc::kill(pid, signal) };
+            assert_eq!(sent, 0, "signal {signal} not sent to the broker");
             let _ = broker.wait().await;
         }
     }
