@@ -220,21 +220,12 @@ impl WebhookStore for PostgresWebhooks {
         Ok(())
     }
 
-    async fn subscribed(
-        &self,
-        owner: Uuid,
-        event_id: Uuid,
-        event_type: &str,
-    ) -> Result<Vec<Endpoint>, WebhookError> {
+    async fn subscribers(&self, owners: &[Uuid]) -> Result<Vec<Endpoint>, WebhookError> {
         let rows = sqlx::query_as::<_, EndpointRow>(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
-             WHERE owner_id = $1 AND status <> 'disabled' \
-               AND (event_id IS NULL OR event_id = $2) \
-               AND ('*' = ANY(event_types) OR $3 = ANY(event_types)) ORDER BY id"
+             WHERE owner_id = ANY($1) AND status <> 'disabled' ORDER BY id"
         ))
-        .bind(owner)
-        .bind(event_id)
-        .bind(event_type)
+        .bind(owners)
         .fetch_all(&self.0)
         .await
         .map_err(unavailable)?;
