@@ -8,9 +8,12 @@
 //! reads what other instances appended, decides, and appends as above, so writers of one sale
 //! on different instances queue instead of racing. A stale expected version is the
 //! `events_stream_version_key` unique violation, reported as `Conflict`: with turns, only a
-//! writer that skips them (an older binary during a rolling deploy) can cause one.
+//! writer that skips them (an older binary during a rolling deploy) can cause one. What this
+//! instance committed lately is also kept in memory (`tail.rs`): readers tailing the log here
+//! get it without a query.
 
 mod append;
+mod tail;
 
 use super::{check_contiguous, Decide, EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
 use crate::backoff::Backoff;
@@ -23,6 +26,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{FromRow, PgPool, Row};
 use std::sync::Arc;
 use std::time::Duration;
+use tail::Tail;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -35,6 +39,8 @@ pub struct PostgresEventStore {
     pool: PgPool,
     head: watch::Sender<u64>,
     listener: JoinHandle<()>,
+    /// What this instance appended lately, for the readers tailing the log here.
+    tail: Arc<Tail>,
 }
 
 impl Drop for PostgresEventStore {
@@ -51,11 +57,13 @@ impl PostgresEventStore {
     /// Connects the store to a migrated database and starts following other instances' appends.
     pub async fn new(pool: PgPool) -> Result<Self, StoreError> {
         let head = watch::Sender::new(max_position(&pool).await?);
-        let listener = tokio::spawn(follow_appends(pool.clone(), head.clone()));
+        let tail = Arc::new(Tail::default());
+        let listener = tokio::spawn(follow_appends(pool.clone(), head.clone(), tail.clone()));
         Ok(Self {
             pool,
             head,
             listener,
+            tail,
         })
     }
 
@@ -76,8 +84,8 @@ impl PostgresEventStore {
 
     async fn try_append(&self, sale_id: EventId, events: &[NewEvent]) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let last = insert(&mut tx, sale_id, events).await?;
-        tx.commit().await?;
+        let (last, recorded_at) = insert(&mut tx, sale_id, events).await?;
+        self.commit(tx, sale_id, events, last, recorded_at).await?;
         Ok(last)
     }
 
@@ -132,9 +140,32 @@ impl PostgresEventStore {
             tx.rollback().await?;
             return Ok(Err(e));
         }
-        let last = insert(&mut tx, sale_id, events).await?;
-        tx.commit().await?;
+        let (last, recorded_at) = insert(&mut tx, sale_id, events).await?;
+        self.commit(tx, sale_id, events, last, recorded_at).await?;
         Ok(Ok(Some(last)))
+    }
+
+    /// Commits an append ending at `last`, then records its events in the tail (the head is
+    /// raised by the caller, after this).
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        sale_id: EventId,
+        events: &[NewEvent],
+        last: u64,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        self.tail.in_flight(last);
+        match tx.commit().await {
+            Ok(()) => {
+                self.tail.committed(sale_id, events, last, recorded_at);
+                Ok(())
+            }
+            Err(e) => {
+                self.tail.abandoned(last);
+                Err(e)
+            }
+        }
     }
 
     /// Maps a failed append of `events`: the unique violation on (stream, version) is a
@@ -237,8 +268,9 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 }
 
 /// Follows the appends of every instance (LISTEN), and re-reads the head after a reconnect,
-/// so subscriptions here wake for events written elsewhere.
-async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
+/// so subscriptions here wake for events written elsewhere. This instance's own appends in
+/// flight are left to their appenders (see `tail.rs`).
+async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tail: Arc<Tail>) {
     let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let listener = match PgListener::connect_with(&pool).await {
@@ -252,8 +284,13 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>) {
                     head.send_if_modified(|h| raise(h, max));
                 }
                 while let Ok(notification) = listener.recv().await {
-                    if let Ok(position) = notification.payload().parse::<u64>() {
-                        head.send_if_modified(|h| raise(h, position));
+                    match notification.payload().parse::<u64>() {
+                        // This instance's append: its appender raises the head, after the tail.
+                        Ok(position) if tail.own(position) => {}
+                        Ok(position) => {
+                            head.send_if_modified(|h| raise(h, position));
+                        }
+                        Err(_) => {}
                     }
                 }
                 tracing::warn!("lost the event notification connection; reconnecting");
@@ -327,6 +364,9 @@ impl EventStore for PostgresEventStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        if let Some(run) = self.tail.read(after, limit, *self.head.borrow()) {
+            return Ok(run);
+        }
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
         self.fetch(
@@ -372,6 +412,49 @@ mod tests {
     #[tokio::test]
     async fn postgres_store_passes_the_event_store_contract() {
         super::super::contract::run_all(&store().await).await;
+    }
+
+    /// What the tail serves is what the table holds: a second store on the same database (an
+    /// instance that appended nothing, so it reads every event from PostgreSQL) reads the same
+    /// events, `recorded_at` and metadata included; and the appending store answers its own
+    /// tail without a query (it still does once its pool is closed).
+    #[tokio::test]
+    async fn the_tail_serves_exactly_what_the_table_holds() {
+        let store = store().await;
+        let sale = EventId::random();
+        let stream = format!("inventory-{sale}");
+        let metadata = Metadata {
+            correlation_id: Some("c-1".into()),
+            user_id: Some(crate::domain::UserId(uuid::Uuid::new_v4())),
+            ..Metadata::default()
+        };
+        for version in [1u64, 3] {
+            let events = (version..version + 2)
+                .map(|v| NewEvent {
+                    stream_id: stream.clone(),
+                    version: v,
+                    event_type: "inventory.seats_held",
+                    event_version: 1,
+                    payload: vec![1, 2, u8::try_from(v).unwrap()],
+                    metadata: metadata.clone(),
+                })
+                .collect();
+            store.append(sale, events).await.unwrap();
+        }
+        let other = PostgresEventStore::new(store.pool().clone()).await.unwrap();
+        let from_table = other.read_all(0, 10).await.unwrap();
+        assert_eq!(from_table.len(), 4);
+        store.pool().close().await;
+        assert_eq!(store.read_all(0, 10).await.unwrap(), from_table);
+        assert_eq!(store.read_all(1, 2).await.unwrap(), from_table[1..3]);
+        assert!(
+            store.read_all(4, 10).await.unwrap().is_empty(),
+            "at the head"
+        );
+        assert!(
+            store.read_all(5, 10).await.is_err(),
+            "past the head: asks the (closed) database"
+        );
     }
 
     /// Under concurrent appends to many sales, a reader tailing the log sees every position
