@@ -360,9 +360,13 @@ impl Insights for PostgresInsights {
         user: UserId,
         page: PageRequest,
     ) -> Result<Page<HistoryEntry>, ReadError> {
+        // The total from the same statement (one snapshot: the page and its total always
+        // agree, even while purchases are being confirmed); asked apart only for a page past
+        // the end.
         let rows = sqlx::query(
             "SELECT p.reservation_id, p.event_id, COALESCE(e.name, '') AS event_name, p.section,
-                    p.quantity, p.total_cents, p.currency, p.status, p.payment_id, p.purchased_at
+                    p.quantity, p.total_cents, p.currency, p.status, p.payment_id, p.purchased_at,
+                    COUNT(*) OVER () AS total
                FROM insight_purchases p LEFT JOIN insight_events e USING (event_id)
               WHERE p.user_id = $1 AND p.purchased_at IS NOT NULL
               ORDER BY p.purchased_at DESC, p.reservation_id DESC LIMIT $2 OFFSET $3",
@@ -373,13 +377,16 @@ impl Insights for PostgresInsights {
         .fetch_all(&self.0)
         .await
         .map_err(read_error)?;
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM insight_purchases WHERE user_id = $1 AND purchased_at IS NOT NULL",
-        )
-        .bind(user.0)
-        .fetch_one(&self.0)
-        .await
-        .map_err(read_error)?;
+        let total: i64 = match rows.first() {
+            Some(row) => row.try_get("total").map_err(read_error)?,
+            None => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM insight_purchases WHERE user_id = $1 AND purchased_at IS NOT NULL",
+            )
+            .bind(user.0)
+            .fetch_one(&self.0)
+            .await
+            .map_err(read_error)?,
+        };
         let items = rows
             .iter()
             .map(|r| {
