@@ -74,7 +74,11 @@ impl GuardedBatch {
     /// stream this batch found absent (the decisions are then void: roll back, decide again).
     pub async fn record(&self, tx: &mut Transaction<'_, Postgres>) -> Result<bool, sqlx::Error> {
         let (mut fresh, mut moved) = ((vec![], vec![]), (vec![], vec![]));
-        for (stream, &version) in &self.after {
+        // In stream order, as `lock` locks: two members inserting the same new streams wait
+        // for each other in one order, never in a circle.
+        let mut after: Vec<(&String, &i64)> = self.after.iter().collect();
+        after.sort_unstable();
+        for (stream, &version) in after {
             match self.before.get(stream) {
                 None => (fresh.0.push(stream.as_str()), fresh.1.push(version)),
                 Some(&was) if was < version => {
