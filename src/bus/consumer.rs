@@ -1,5 +1,6 @@
 //! Runs a `Handler` (an asynchronous projection or a saga step) as a member of a consumer
-//! group. What one poll brings is settled as a batch (`batch.rs`) before its offsets are
+//! group. What one poll brings, and what else arrives within `LINGER`, is settled as a batch
+//! (`batch.rs`) before its offsets are
 //! committed: each message applied (or recognised as a duplicate) by the handler's own
 //! transaction (one for the whole batch when the handler takes batches), or written to the
 //! dead letter queue. A
@@ -128,6 +129,12 @@ impl Outcome {
 
 /// Most messages settled as one batch (what one poll brings, up to this).
 pub const BATCH: usize = 500;
+
+/// How long a poll that brought fewer than `BATCH` messages waits for more before its batch is
+/// settled: under a steady stream of events a batch then holds what arrived in this window
+/// (each batch costs the handler and the dead letter look-up a few statements, whatever its
+/// size), at the price of this much more latency for a lone event.
+pub const LINGER: Duration = Duration::from_millis(50);
 
 /// How often the consumer measures its lag and looks for a stall.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -265,6 +272,7 @@ impl Consumer {
             };
             outage = outage_backoff();
             progress = Instant::now();
+            let deliveries = linger(consumer, deliveries).await;
             self.settle_batch(&deliveries, system).await;
             for delivery in batch::last_per_partition(&deliveries) {
                 if let Err(e) = consumer.commit(delivery).await {
@@ -357,6 +365,20 @@ fn causes(error: &(dyn std::error::Error + Sync)) -> Vec<String> {
         next = cause.source();
     }
     out
+}
+
+/// `batch` with what else arrives within `LINGER`, up to `BATCH` messages. Cancelling
+/// `next_batch` while it waits loses nothing (it is cancel-safe); an error ends the wait and is
+/// the next poll's to report.
+async fn linger(consumer: &mut dyn BusConsumer, mut batch: Vec<Delivery>) -> Vec<Delivery> {
+    let until = tokio::time::Instant::now() + LINGER;
+    while batch.len() < BATCH {
+        match tokio::time::timeout_at(until, consumer.next_batch(BATCH - batch.len())).await {
+            Ok(Ok(more)) => batch.extend(more),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Exponential backoff from 100 ms to 5 s while the bus or the dead letter queue is away.

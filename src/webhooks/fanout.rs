@@ -4,12 +4,15 @@
 //! timestamp, data}` with the public view of the reservation, payment or event, as the API
 //! shows it) and stores one delivery per endpoint, with a message id derived from (stream,
 //! version, endpoint): a redelivered bus message makes the same ids and stores nothing new.
-//! It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
+//! A poll's worth of events is one batch (`Handler::handle_batch`): one look-up of the
+//! endpoints of the batch's organizers, filtered here by type, event and `from_position`
+//! exactly as per event, and one `enqueue` for the batch; with no endpoint registered a
+//! batch costs that one look-up. It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
 //! receiver never holds up the bus. Failures to read or store are transient (the consumer
 //! retries and dead-letters them like any other).
 
 use super::dispatch::Dispatcher;
-use super::{Delivery, DeliveryStatus, WebhookError, WebhookStore};
+use super::{Delivery, DeliveryStatus, Endpoint, WebhookError, WebhookStore};
 use crate::bus::consumer::{Applied, Handler, HandlerError};
 use crate::bus::envelope::BusEvent;
 use crate::clock::Clock;
@@ -17,7 +20,7 @@ use crate::domain::events::StreamId;
 use crate::domain::DomainEvent;
 use crate::projections::{ReadError, ReadModel};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -153,74 +156,98 @@ impl Handler for WebhookFanout {
     }
 
     async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError> {
-        if !deliverable(&event.event) {
-            return Ok(Applied::Applied);
+        let applied = self.fan_out(std::slice::from_ref(event)).await?;
+        Ok(applied.first().copied().unwrap_or(Applied::Applied))
+    }
+
+    async fn handle_batch(
+        &self,
+        events: &[BusEvent],
+    ) -> Option<Result<Vec<Applied>, HandlerError>> {
+        Some(self.fan_out(events).await)
+    }
+}
+
+impl WebhookFanout {
+    /// The deliveries of a batch: one look-up of the endpoints of the batch's organizers (none
+    /// at all when no event is deliverable), one `enqueue` of every delivery, in event order.
+    /// An event is a `Duplicate` when it had deliveries to make and all were stored before.
+    async fn fan_out(&self, events: &[BusEvent]) -> Result<Vec<Applied>, HandlerError> {
+        let mut applied = vec![Applied::Applied; events.len()];
+        let mut owned = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            if deliverable(&event.event) {
+                owned.push((i, self.owner_of(event.sale_id.0).await?));
+            }
         }
-        let sale = event.sale_id.0;
-        let owner = self.owner_of(sale).await?;
-        let mut endpoints = self
-            .store
-            .subscribed(owner, sale, &event.event_type)
-            .await
-            .map_err(store_error)?;
-        endpoints.retain(|e| event.position > e.from_position);
+        let mut owners: Vec<Uuid> = owned.iter().map(|(_, owner)| *owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        if owners.is_empty() {
+            return Ok(applied);
+        }
+        let endpoints = self.store.subscribers(&owners).await.map_err(store_error)?;
         if endpoints.is_empty() {
-            return Ok(Applied::Applied);
+            return Ok(applied);
         }
-        let body = serde_json::json!({
-            "type": event.event_type,
-            "timestamp": event.recorded_at,
-            "data": self.data(event).await?,
-        })
-        .to_string();
         let now = self.clock.now();
-        let deliveries: Vec<Delivery> = endpoints
-            .iter()
-            .map(|endpoint| Delivery {
-                id: Uuid::new_v4(),
-                endpoint_id: endpoint.id,
-                message_id: message_id(&event.stream_id, event.version, endpoint.id),
-                event_type: event.event_type.clone(),
-                body: body.clone(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                last_status_code: None,
-                next_attempt_at: Some(now),
-                created_at: now,
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        // The event of each delivery, by index.
+        let mut of_event = Vec::new();
+        for (i, owner) in owned {
+            let event = &events[i];
+            let wanted: Vec<&Endpoint> = endpoints
+                .iter()
+                .filter(|e| {
+                    e.owner_id == owner
+                        && e.wants(&event.event_type, event.sale_id.0)
+                        && event.position > e.from_position
+                })
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let body = serde_json::json!({
+                "type": event.event_type,
+                "timestamp": event.recorded_at,
+                "data": self.data(event).await?,
             })
-            .collect();
+            .to_string();
+            for endpoint in wanted {
+                deliveries.push(Delivery {
+                    id: Uuid::new_v4(),
+                    endpoint_id: endpoint.id,
+                    message_id: message_id(&event.stream_id, event.version, endpoint.id),
+                    event_type: event.event_type.clone(),
+                    body: body.clone(),
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    last_status_code: None,
+                    next_attempt_at: Some(now),
+                    created_at: now,
+                });
+                of_event.push(i);
+            }
+        }
+        if deliveries.is_empty() {
+            return Ok(applied);
+        }
         let stored = self.store.enqueue(&deliveries).await.map_err(store_error)?;
-        if stored.is_empty() {
-            return Ok(Applied::Duplicate);
+        let stored_ids: HashSet<Uuid> = stored.iter().map(|d| d.id).collect();
+        for &i in &of_event {
+            applied[i] = Applied::Duplicate;
         }
-        for delivery in &stored {
-            self.dispatcher.wake(delivery.endpoint_id);
+        for (delivery, &i) in deliveries.iter().zip(&of_event) {
+            if stored_ids.contains(&delivery.id) {
+                applied[i] = Applied::Applied;
+            }
         }
-        Ok(Applied::Applied)
+        for endpoint in stored.iter().map(|d| d.endpoint_id).collect::<HashSet<_>>() {
+            self.dispatcher.wake(endpoint);
+        }
+        Ok(applied)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One id per (event, endpoint): stable across calls, different for another endpoint or
-    /// another event.
-    #[test]
-    fn message_ids_are_stable_per_event_and_endpoint() {
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        assert_eq!(
-            message_id("reservation-1", 2, a),
-            message_id("reservation-1", 2, a)
-        );
-        assert_ne!(
-            message_id("reservation-1", 2, a),
-            message_id("reservation-1", 2, b)
-        );
-        assert_ne!(
-            message_id("reservation-1", 2, a),
-            message_id("reservation-1", 3, a)
-        );
-        assert!(message_id("payment-1", 1, a).starts_with("msg_"));
-    }
-}
+mod tests;

@@ -83,17 +83,12 @@ impl WebhookStore for MemoryWebhooks {
         Ok(())
     }
 
-    async fn subscribed(
-        &self,
-        owner: Uuid,
-        event_id: Uuid,
-        event_type: &str,
-    ) -> Result<Vec<Endpoint>, WebhookError> {
+    async fn subscribers(&self, owners: &[Uuid]) -> Result<Vec<Endpoint>, WebhookError> {
         let mut found: Vec<Endpoint> = self
             .state()
             .endpoints
             .values()
-            .filter(|e| e.owner_id == owner && e.wants(event_type, event_id))
+            .filter(|e| owners.contains(&e.owner_id) && e.status != EndpointStatus::Disabled)
             .cloned()
             .collect();
         found.sort_by_key(|e| e.id);

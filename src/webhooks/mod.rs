@@ -245,13 +245,9 @@ pub trait WebhookStore: Send + Sync + 'static {
         previous_until: DateTime<Utc>,
     ) -> Result<Option<Endpoint>, WebhookError>;
     async fn set_status(&self, id: Uuid, status: EndpointStatus) -> Result<(), WebhookError>;
-    /// Endpoints of `owner` that want `event_type` of event `event_id`.
-    async fn subscribed(
-        &self,
-        owner: Uuid,
-        event_id: Uuid,
-        event_type: &str,
-    ) -> Result<Vec<Endpoint>, WebhookError>;
+    /// The endpoints of any of `owners` that are not disabled, by id: what the fan-out filters
+    /// a batch's events against (`Endpoint::wants`, `from_position`).
+    async fn subscribers(&self, owners: &[Uuid]) -> Result<Vec<Endpoint>, WebhookError>;
     /// Stores new deliveries, skipping any whose (endpoint, message id) exists; returns the
     /// ones stored.
     async fn enqueue(&self, deliveries: &[Delivery]) -> Result<Vec<Delivery>, WebhookError>;

@@ -220,21 +220,12 @@ impl WebhookStore for PostgresWebhooks {
         Ok(())
     }
 
-    async fn subscribed(
-        &self,
-        owner: Uuid,
-        event_id: Uuid,
-        event_type: &str,
-    ) -> Result<Vec<Endpoint>, WebhookError> {
+    async fn subscribers(&self, owners: &[Uuid]) -> Result<Vec<Endpoint>, WebhookError> {
         let rows = sqlx::query_as::<_, EndpointRow>(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
-             WHERE owner_id = $1 AND status <> 'disabled' \
-               AND (event_id IS NULL OR event_id = $2) \
-               AND ('*' = ANY(event_types) OR $3 = ANY(event_types)) ORDER BY id"
+             WHERE owner_id = ANY($1) AND status <> 'disabled' ORDER BY id"
         ))
-        .bind(owner)
-        .bind(event_id)
-        .bind(event_type)
+        .bind(owners)
         .fetch_all(&self.0)
         .await
         .map_err(unavailable)?;
@@ -242,32 +233,48 @@ impl WebhookStore for PostgresWebhooks {
     }
 
     async fn enqueue(&self, batch: &[Delivery]) -> Result<Vec<Delivery>, WebhookError> {
-        let mut stored = Vec::new();
-        let mut tx = self.0.begin().await.map_err(unavailable)?;
-        for d in batch {
-            let inserted = sqlx::query(
-                "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, event_type, body, \
-                 status, attempts, next_attempt_at, created_at) \
-                 SELECT $1, $2, $3, $4, $5, 'pending', 0, $6, $7 \
-                 WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = $2) \
-                 ON CONFLICT (endpoint_id, message_id) DO NOTHING",
-            )
-            .bind(d.id)
-            .bind(d.endpoint_id)
-            .bind(&d.message_id)
-            .bind(&d.event_type)
-            .bind(&d.body)
-            .bind(d.next_attempt_at)
-            .bind(d.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            if inserted.rows_affected() > 0 {
-                stored.push(d.clone());
-            }
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(stored)
+        // One statement for the batch; rows are numbered (`seq`) in the batch's order.
+        let column = |f: fn(&Delivery) -> Uuid| batch.iter().map(f).collect::<Vec<_>>();
+        let stored: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, event_type, body, \
+             status, attempts, next_attempt_at, created_at) \
+             SELECT d.id, d.e, d.m, d.t, d.b, 'pending', 0, d.n, d.c \
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+                           $6::timestamptz[], $7::timestamptz[]) \
+                    WITH ORDINALITY AS d(id, e, m, t, b, n, c, i) \
+              WHERE EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = d.e) \
+              ORDER BY d.i \
+             ON CONFLICT (endpoint_id, message_id) DO NOTHING RETURNING id",
+        )
+        .bind(column(|d| d.id))
+        .bind(column(|d| d.endpoint_id))
+        .bind(
+            batch
+                .iter()
+                .map(|d| d.message_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|d| d.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|d| d.body.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|d| d.next_attempt_at).collect::<Vec<_>>())
+        .bind(batch.iter().map(|d| d.created_at).collect::<Vec<_>>())
+        .fetch_all(&self.0)
+        .await
+        .map_err(unavailable)?;
+        let stored: std::collections::HashSet<Uuid> = stored.into_iter().collect();
+        Ok(batch
+            .iter()
+            .filter(|d| stored.contains(&d.id))
+            .cloned()
+            .collect())
     }
 
     async fn pending(&self, endpoint: Uuid, limit: u32) -> Result<Vec<Delivery>, WebhookError> {

@@ -332,3 +332,49 @@ async fn a_kafka_consumer_killed_before_its_offset_commit_changes_nothing_on_res
     let prefix = format!("killed{}.", uuid::Uuid::new_v4().simple());
     killed_before_the_offset_commit(&bus, Arc::new(PostgresInsights::new(pool)), &prefix).await;
 }
+
+/// A poll that brought one message waits `LINGER` for more: messages published one at a time
+/// just after it join its batch (without the wait each would be a batch of its own), in order,
+/// and none is lost when the wait ends mid-poll.
+#[tokio::test]
+async fn a_small_poll_lingers_for_more_messages() {
+    let bus = Arc::new(MemoryBus::new());
+    bus.ensure_topics(&[TOPIC.into()]).await.unwrap();
+    let mut c = bus.subscribe("g", &[TOPIC.into()]).await.unwrap();
+    let sale = EventId::random();
+    bus.publish(vec![message(sale, 1, 1)]).await.unwrap();
+    let first = c.next_batch(BATCH).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let publisher = {
+        let bus = Arc::clone(&bus);
+        tokio::spawn(async move {
+            for version in 2..=6 {
+                tokio::task::yield_now().await;
+                bus.publish(vec![message(sale, version, version)])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let batch = linger(c.as_mut(), first).await;
+    publisher.await.unwrap();
+    let offsets = |b: &[Delivery]| b.iter().map(|d| d.offset).collect::<Vec<_>>();
+    assert!(
+        batch.len() > 1,
+        "the poll waited for more: {:?}",
+        offsets(&batch)
+    );
+    let mut all = batch;
+    while all.len() < 6 {
+        let more = tokio::time::timeout(Duration::from_secs(5), c.next_batch(BATCH))
+            .await
+            .unwrap()
+            .unwrap();
+        all.extend(more);
+    }
+    let first_offset = all[0].offset;
+    assert_eq!(
+        offsets(&all),
+        (first_offset..first_offset + 6).collect::<Vec<_>>()
+    );
+}

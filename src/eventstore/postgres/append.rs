@@ -5,18 +5,20 @@
 use super::{to_u64, APPEND_LOCK, CHANNEL};
 use crate::domain::EventId;
 use crate::eventstore::NewEvent;
+use chrono::{DateTime, Utc};
 
 /// First key of the per-sale advisory locks ("tkts"); the second is folded from the sale id.
 /// The two-key form lives in another key space than `APPEND_LOCK`'s, so they never collide.
 pub(super) const SALE_LOCK_CLASS: i32 = 0x746b_7473;
 
 /// Inside `tx`: takes the append lock, numbers `events` after the current maximum position,
-/// inserts them and notifies listeners. Returns the last position; the lock ends with `tx`.
+/// inserts them and notifies listeners. Returns the last position and the events' `recorded_at`
+/// (the transaction's time, the same for all); the lock ends with `tx`.
 pub(super) async fn insert(
     tx: &mut sqlx::PgConnection,
     sale_id: EventId,
     events: &[NewEvent],
-) -> Result<u64, sqlx::Error> {
+) -> Result<(u64, DateTime<Utc>), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(APPEND_LOCK)
         .execute(&mut *tx)
@@ -28,7 +30,7 @@ pub(super) async fn insert(
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     // One round trip for numbering, the rows and the notification (sent at commit). The
     // statement's snapshot is taken after the lock was granted, so MAX sees every commit.
-    let last: i64 = sqlx::query_scalar(
+    let (last, recorded_at): (i64, DateTime<Utc>) = sqlx::query_as(
         "WITH head AS (SELECT COALESCE(MAX(position), 0) AS start FROM events),
          inserted AS (
              INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
@@ -36,8 +38,8 @@ pub(super) async fn insert(
              FROM head,
                   UNNEST($2::text[], $3::bigint[], $4::text[], $5::int[], $6::bytea[], $7::text[])
                       WITH ORDINALITY AS x(s, v, t, tv, pl, m, n)
-             RETURNING position)
-         SELECT l.last FROM (SELECT MAX(position) AS last FROM inserted) l,
+             RETURNING position, recorded_at)
+         SELECT l.last, l.at FROM (SELECT MAX(position) AS last, MIN(recorded_at) AS at FROM inserted) l,
                 LATERAL (SELECT pg_notify($8, l.last::text)) n",
     )
     .bind(sale_id.0)
@@ -50,7 +52,7 @@ pub(super) async fn insert(
     .bind(CHANNEL)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(to_u64(last))
+    Ok((to_u64(last), recorded_at))
 }
 
 /// The second key of a sale's advisory lock: the sale id's four 32-bit words folded with XOR.

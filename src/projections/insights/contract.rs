@@ -205,6 +205,20 @@ async fn postgres_insights_keep_the_batch_contract() {
     .await;
 }
 
+/// Two members applying the same events at once on one database (a rebalance): each event
+/// counts once. Run a few times: the interleavings differ from run to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_insights_count_an_event_once_when_two_members_apply_it() {
+    for _ in 0..3 {
+        let pool = postgres_pools(1).await.remove(0);
+        batches::run_concurrent_members(
+            std::sync::Arc::new(super::postgres::PostgresInsights::new(pool.clone())),
+            std::sync::Arc::new(super::postgres::PostgresInsights::new(pool)),
+        )
+        .await;
+    }
+}
+
 /// `n` fresh databases with the read models' tables.
 async fn postgres_pools(n: usize) -> Vec<sqlx::PgPool> {
     let mut pools = Vec::new();

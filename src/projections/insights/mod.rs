@@ -11,6 +11,7 @@
 mod contract;
 pub mod memory;
 pub mod postgres;
+mod versions;
 
 use super::{HistoryEntry, ReadError, SalesView};
 use crate::bus::consumer::{Applied, Handler, HandlerError};

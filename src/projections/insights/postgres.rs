@@ -1,7 +1,9 @@
 //! Insights on PostgreSQL (`insight_*` and `consumer_stream_versions` in
-//! `migrations_projections/`). A batch of events is one transaction; per event the stream's
-//! version guard first (a duplicate changes nothing), then the change.
+//! `migrations_projections/`). A batch of events is one transaction: the streams' version guard
+//! for the whole batch first (`versions.rs`, two statements; duplicates change nothing), the
+//! batch's new purchase rows in one statement, then the other changes event by event.
 
+use super::versions;
 use super::{Insights, InsightsError, RecentSales, Revenue, CONSUMER};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
@@ -27,10 +29,6 @@ fn unavailable(e: impl std::fmt::Display) -> InsightsError {
 
 fn read_error(e: impl std::fmt::Display) -> ReadError {
     ReadError::Unavailable(e.to_string())
-}
-
-fn as_i64(n: u64) -> Result<i64, InsightsError> {
-    i64::try_from(n).map_err(unavailable)
 }
 
 /// Adds a confirmed reservation to its event's and section's totals.
@@ -137,24 +135,9 @@ async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool
             .await?;
             true
         }
-        E::ReservationPlaced(p) => {
-            sqlx::query(
-                "INSERT INTO insight_purchases (reservation_id, event_id, user_id, section,
-                     quantity, total_cents, currency, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')
-                 ON CONFLICT (reservation_id) DO NOTHING",
-            )
-            .bind(p.reservation_id.0)
-            .bind(p.event_id.0)
-            .bind(p.user_id.0)
-            .bind(&p.section)
-            .bind(i64::from(p.quantity))
-            .bind(p.total.amount_cents)
-            .bind(p.total.currency.to_string())
-            .execute(&mut **tx)
-            .await?;
-            true
-        }
+        // Placed for the whole batch in one statement first (`place`): a reservation's
+        // placement is its stream's first event, so nothing of the batch needs it later.
+        E::ReservationPlaced(_) => true,
         E::ReservationConfirmed(c) => {
             let done = sqlx::query(
                 "UPDATE insight_purchases
@@ -189,34 +172,67 @@ async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool
     })
 }
 
-/// Applies `event` inside `tx` unless its stream is at or past its version there.
-async fn apply_in(
+/// The purchase rows of the batch's new `ReservationPlaced` events, in one statement.
+async fn place(
     tx: &mut Transaction<'_, Postgres>,
-    event: &BusEvent,
-) -> Result<Applied, InsightsError> {
-    let fresh = sqlx::query(
-        "INSERT INTO consumer_stream_versions (consumer, stream_id, version) VALUES ($1, $2, $3)
-         ON CONFLICT (consumer, stream_id) DO UPDATE SET version = EXCLUDED.version
-          WHERE consumer_stream_versions.version < EXCLUDED.version",
+    events: &[&BusEvent],
+) -> Result<(), sqlx::Error> {
+    let placed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            DomainEvent::ReservationPlaced(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    if placed.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&&crate::domain::events::ReservationPlaced) -> uuid::Uuid| {
+        placed.iter().map(f).collect::<Vec<_>>()
+    };
+    sqlx::query(
+        "INSERT INTO insight_purchases (reservation_id, event_id, user_id, section,
+             quantity, total_cents, currency, status)
+         SELECT r, e, u, s, q, t, c, 'pending'
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
+                       $6::bigint[], $7::text[]) AS p(r, e, u, s, q, t, c)
+         ON CONFLICT (reservation_id) DO NOTHING",
     )
-    .bind(CONSUMER)
-    .bind(&event.stream_id)
-    .bind(as_i64(event.version)?)
+    .bind(column(|p| p.reservation_id.0))
+    .bind(column(|p| p.event_id.0))
+    .bind(column(|p| p.user_id.0))
+    .bind(
+        placed
+            .iter()
+            .map(|p| p.section.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        placed
+            .iter()
+            .map(|p| i64::from(p.quantity))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        placed
+            .iter()
+            .map(|p| p.total.amount_cents)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        placed
+            .iter()
+            .map(|p| p.total.currency.to_string())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
-    .await
-    .map_err(unavailable)?;
-    if fresh.rows_affected() == 0 {
-        return Ok(Applied::Duplicate);
-    }
-    if !change(tx, event).await.map_err(unavailable)? {
-        return Err(InsightsError::Inconsistent {
-            stream_id: event.stream_id.clone(),
-            version: event.version,
-            reason: "the reservation was never placed".into(),
-        });
-    }
-    Ok(Applied::Applied)
+    .await?;
+    Ok(())
 }
+
+/// Times a batch is decided again after losing a race for a new stream's version to another
+/// member of the group, before it fails (transiently: the consumer retries it).
+const RACES: usize = 3;
 
 #[async_trait]
 impl Insights for PostgresInsights {
@@ -227,15 +243,37 @@ impl Insights for PostgresInsights {
     }
 
     async fn apply_batch(&self, events: &[BusEvent]) -> Result<Vec<Applied>, InsightsError> {
-        let mut tx = self.0.begin().await.map_err(unavailable)?;
-        let mut applied = Vec::with_capacity(events.len());
-        for event in events {
-            applied.push(apply_in(&mut tx, event).await?);
-        }
-        if applied.contains(&Applied::Applied) {
+        for _ in 0..RACES {
+            let mut tx = self.0.begin().await.map_err(unavailable)?;
+            let guard = versions::lock(&mut tx, events).await.map_err(unavailable)?;
+            if !guard.any_applied() {
+                return Ok(guard.applied);
+            }
+            if !guard.record(&mut tx).await.map_err(unavailable)? {
+                continue;
+            }
+            let fresh: Vec<&BusEvent> = events
+                .iter()
+                .zip(&guard.applied)
+                .filter(|(_, a)| **a == Applied::Applied)
+                .map(|(e, _)| e)
+                .collect();
+            place(&mut tx, &fresh).await.map_err(unavailable)?;
+            for event in fresh {
+                if !change(&mut tx, event).await.map_err(unavailable)? {
+                    return Err(InsightsError::Inconsistent {
+                        stream_id: event.stream_id.clone(),
+                        version: event.version,
+                        reason: "the reservation was never placed".into(),
+                    });
+                }
+            }
             tx.commit().await.map_err(unavailable)?;
+            return Ok(guard.applied);
         }
-        Ok(applied)
+        Err(unavailable(format!(
+            "another consumer applied the batch's streams meanwhile, {RACES} times in a row"
+        )))
     }
 
     async fn reset(&self) -> Result<(), InsightsError> {
@@ -322,9 +360,13 @@ impl Insights for PostgresInsights {
         user: UserId,
         page: PageRequest,
     ) -> Result<Page<HistoryEntry>, ReadError> {
+        // The total from the same statement (one snapshot: the page and its total always
+        // agree, even while purchases are being confirmed); asked apart only for a page past
+        // the end.
         let rows = sqlx::query(
             "SELECT p.reservation_id, p.event_id, COALESCE(e.name, '') AS event_name, p.section,
-                    p.quantity, p.total_cents, p.currency, p.status, p.payment_id, p.purchased_at
+                    p.quantity, p.total_cents, p.currency, p.status, p.payment_id, p.purchased_at,
+                    COUNT(*) OVER () AS total
                FROM insight_purchases p LEFT JOIN insight_events e USING (event_id)
               WHERE p.user_id = $1 AND p.purchased_at IS NOT NULL
               ORDER BY p.purchased_at DESC, p.reservation_id DESC LIMIT $2 OFFSET $3",
@@ -335,13 +377,16 @@ impl Insights for PostgresInsights {
         .fetch_all(&self.0)
         .await
         .map_err(read_error)?;
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM insight_purchases WHERE user_id = $1 AND purchased_at IS NOT NULL",
-        )
-        .bind(user.0)
-        .fetch_one(&self.0)
-        .await
-        .map_err(read_error)?;
+        let total: i64 = match rows.first() {
+            Some(row) => row.try_get("total").map_err(read_error)?,
+            None => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM insight_purchases WHERE user_id = $1 AND purchased_at IS NOT NULL",
+            )
+            .bind(user.0)
+            .fetch_one(&self.0)
+            .await
+            .map_err(read_error)?,
+        };
         let items = rows
             .iter()
             .map(|r| {

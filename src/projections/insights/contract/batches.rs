@@ -61,6 +61,46 @@ pub async fn run_batches(insights: &dyn Insights) {
     answers_match_the_fixture(insights).await;
 }
 
+/// Two members of the group holding the same partitions for a while (a rebalance): `a` and
+/// `b` (two adapters on one store) apply the whole log at once, in batches of different sizes
+/// that overlap. Every event is applied by exactly one of them, the other answering a
+/// duplicate, and the figures count each purchase once. A batch that lost a race and failed
+/// (transiently) is tried again, as the consumer would.
+pub async fn run_concurrent_members(a: Arc<dyn Insights>, b: Arc<dyn Insights>) {
+    let log = deliveries();
+    let member = |insights: Arc<dyn Insights>, size: usize| {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for chunk in log.chunks(size) {
+                let mut tries = 0;
+                let applied = loop {
+                    tries += 1;
+                    match insights.apply_batch(chunk).await {
+                        Ok(applied) => break applied,
+                        Err(InsightsError::Unavailable(e)) if tries < 20 => {
+                            tracing::info!(error = %e, "retrying a batch");
+                        }
+                        Err(e) => panic!("batch failed: {e}"),
+                    }
+                };
+                answers.extend(applied);
+            }
+            answers
+        })
+    };
+    let (first, second) = (member(a.clone(), 3), member(b, 5));
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    for (i, (x, y)) in first.iter().zip(&second).enumerate() {
+        let applied = [x, y].iter().filter(|a| ***a == Applied::Applied).count();
+        assert_eq!(
+            applied, 1,
+            "event {i} applied by exactly one member: {x:?} {y:?}"
+        );
+    }
+    answers_match_the_fixture(a.as_ref()).await;
+}
+
 /// The whole log as one poll's worth, settled by the insights consumer on `insights` and
 /// `dlq`: the stream with an open dead letter is parked behind it, everything else applied,
 /// with one look-up of the dead letter queue; the same batch again is all duplicates (and the

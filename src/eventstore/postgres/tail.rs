@@ -1,0 +1,179 @@
+//! The log's recent tail as this instance committed it, kept in memory so that the readers
+//! tailing the log here (the outbox relay, the subscriptions) get the events just appended
+//! without a query. It holds only committed events, exactly as the table has them (positions
+//! and `recorded_at` come back from the insert), and answers `read_all` only with a run of
+//! consecutive positions that starts right after the reader's position and is complete: it
+//! reaches the known head, or the reader's limit (or nothing, for a reader at the head while
+//! the tail reaches it: what a query would answer unless another instance's commit is not
+//! announced yet, which wakes the reader when it is). Anything else (events another instance
+//! appended, a range evicted or never seen) is read from PostgreSQL as before.
+//!
+//! The head (what wakes the readers) must not pass the tail for this instance's own appends:
+//! the commit's NOTIFY may reach this instance's listener before the COMMIT's answer reaches
+//! the appender, and readers woken then would find the tail short and query. So an append
+//! registers its last position as in flight before it commits (`in_flight`), the listener
+//! leaves positions in flight to the appender (`own`), and the appender raises the head after
+//! recording the events (`committed`), or forgets the position if the commit failed
+//! (`abandoned`: the head then moves with the next append or notification).
+
+use crate::domain::EventId;
+use crate::eventstore::{NewEvent, RecordedEvent};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Events kept: a few seconds of a hot sale, far more than a reader tailing the head lags.
+const KEEP: usize = 20_000;
+
+#[derive(Default)]
+pub(super) struct Tail {
+    events: Mutex<BTreeMap<u64, Arc<RecordedEvent>>>,
+    /// Last positions of this instance's appends between their insert and their commit's end.
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+impl Tail {
+    /// An append ending at `last` is about to commit.
+    pub fn in_flight(&self, last: u64) {
+        self.pending().insert(last);
+    }
+
+    /// Whether `last` is an append of this instance still in flight (its appender raises the
+    /// head once the tail has it).
+    pub fn own(&self, last: u64) -> bool {
+        self.pending().contains(&last)
+    }
+
+    /// The append ending at `last` did not commit, or its outcome is unknown.
+    pub fn abandoned(&self, last: u64) {
+        self.pending().remove(&last);
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `events`, just committed by one append of `sale_id` ending at position `last`.
+    pub fn committed(
+        &self,
+        sale_id: EventId,
+        events: &[NewEvent],
+        last: u64,
+        recorded_at: DateTime<Utc>,
+    ) {
+        self.abandoned(last);
+        let Some(first) = (last + 1).checked_sub(events.len() as u64) else {
+            return;
+        };
+        let mut tail = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        for (position, e) in (first..).zip(events) {
+            let recorded = RecordedEvent {
+                position,
+                sale_id,
+                stream_id: e.stream_id.clone(),
+                version: e.version,
+                event_type: e.event_type.to_owned(),
+                event_version: e.event_version,
+                payload: e.payload.clone(),
+                metadata: e.metadata.clone(),
+                recorded_at,
+            };
+            tail.insert(position, Arc::new(recorded));
+        }
+        while tail.len() > KEEP {
+            tail.pop_first();
+        }
+    }
+
+    /// Up to `limit` events after position `after`, if the tail holds them all: consecutive
+    /// from `after + 1` up to `limit` events or to `head` (the newest position known to be
+    /// committed). Nothing, for a reader at the head while the tail reaches it (a reader that
+    /// caught up, about to wait for the head to move). `None`: ask the database.
+    pub fn read(&self, after: u64, limit: usize, head: u64) -> Option<Vec<Arc<RecordedEvent>>> {
+        let tail = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if after == head {
+            let reaches = tail.last_key_value().is_some_and(|(&last, _)| last >= head);
+            return reaches.then(Vec::new);
+        }
+        let mut run = Vec::new();
+        let mut next = after.checked_add(1)?;
+        for (&position, event) in tail.range(next..) {
+            if position != next || run.len() == limit {
+                break;
+            }
+            run.push(Arc::clone(event));
+            next += 1;
+        }
+        let complete = run.len() == limit || next > head;
+        (!run.is_empty() && complete).then_some(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstore::Metadata;
+
+    fn new_events(n: u64) -> Vec<NewEvent> {
+        (1..=n)
+            .map(|version| NewEvent {
+                stream_id: "inventory-1".into(),
+                version,
+                event_type: "inventory.seats_held",
+                event_version: 1,
+                payload: vec![1],
+                metadata: Metadata::default(),
+            })
+            .collect()
+    }
+
+    fn positions(read: Option<Vec<Arc<RecordedEvent>>>) -> Option<Vec<u64>> {
+        read.map(|events| events.iter().map(|e| e.position).collect())
+    }
+
+    /// A run is served only when it starts right after the reader and is complete: up to the
+    /// limit, or to the head; a gap (another instance's events) or a head beyond the tail
+    /// sends the reader to the database.
+    #[test]
+    fn only_complete_runs_are_served() {
+        let tail = Tail::default();
+        let sale = EventId::random();
+        let now = Utc::now();
+        tail.committed(sale, &new_events(3), 13, now); // 11..=13
+        tail.committed(sale, &new_events(2), 17, now); // 16..=17, 14 and 15 elsewhere
+        assert_eq!(positions(tail.read(10, 10, 13)), Some(vec![11, 12, 13]));
+        assert_eq!(positions(tail.read(10, 2, 17)), Some(vec![11, 12]));
+        assert_eq!(positions(tail.read(10, 10, 17)), None, "14 is not here");
+        assert_eq!(positions(tail.read(13, 10, 17)), None, "14 is not here");
+        assert_eq!(positions(tail.read(15, 10, 17)), Some(vec![16, 17]));
+        assert_eq!(positions(tail.read(15, 10, 18)), None, "18 is not here");
+        assert_eq!(positions(tail.read(9, 10, 17)), None, "10 is not here");
+        assert_eq!(
+            positions(tail.read(17, 10, 17)),
+            Some(vec![]),
+            "a reader at the head, the tail reaching it"
+        );
+        assert_eq!(positions(tail.read(18, 10, 18)), None, "18 is not here");
+        assert_eq!(
+            positions(Tail::default().read(0, 10, 0)),
+            None,
+            "an empty tail"
+        );
+    }
+
+    /// A position is this instance's own while its append is in flight, not before and not
+    /// once committed or abandoned.
+    #[test]
+    fn an_append_is_own_while_in_flight() {
+        let tail = Tail::default();
+        assert!(!tail.own(3));
+        tail.in_flight(3);
+        tail.in_flight(5);
+        assert!(tail.own(3) && tail.own(5) && !tail.own(4));
+        tail.committed(EventId::random(), &new_events(3), 3, Utc::now());
+        tail.abandoned(5);
+        assert!(!tail.own(3) && !tail.own(5));
+    }
+}
