@@ -56,3 +56,31 @@ impl Retries {
         allowed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Retries past a dependency's budget are refused and counted under its label only; the
+    /// other dependency's budget is untouched.
+    #[test]
+    fn retries_past_the_budget_are_refused_and_counted_per_dependency() {
+        let metrics = Metrics::new();
+        metrics.initialise_resilience();
+        let retries = Retries::default();
+        let allowed = (0..150)
+            .filter(|_| retries.may_retry(Dependency::EventStore, &metrics))
+            .count();
+        assert!(allowed < 150, "the budget ran out");
+        assert!(retries.may_retry(Dependency::ReadModels, &metrics));
+        let exhausted = |label: &str| {
+            metrics
+                .resilience
+                .retry_budget_exhausted
+                .with_label_values(&[label])
+                .get()
+        };
+        assert_eq!(exhausted("event_store"), (150 - allowed) as u64);
+        assert_eq!(exhausted("read_models"), 0);
+    }
+}

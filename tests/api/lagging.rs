@@ -57,3 +57,16 @@ async fn a_hold_the_read_models_do_not_show_yet_can_be_read_and_paid() {
     })
     .await;
 }
+
+/// Every retry budget's refusal counter is exported at 0 before anything was refused, so
+/// dashboards and alerts see the series from the first scrape.
+#[tokio::test]
+async fn retry_budget_counters_start_at_zero() {
+    let app = spawn_app().await;
+    let text = app.metrics_text().await;
+    for dependency in ["event_store", "read_models"] {
+        let series =
+            format!("ticketing_retry_budget_exhausted_total{{dependency=\"{dependency}\"}} 0");
+        assert!(text.lines().any(|l| l == series), "{series} missing");
+    }
+}
