@@ -4,9 +4,9 @@
 # before the sale, its peak during the sale (sampled every 0.5 s) and after it, and what the
 # service logged at WARN and above, grouped by message (the causes of any 5xx).
 # Usage: scripts/bench-overload.sh [seats] [buyers] [rounds] [concurrency]
-# BENCH_STALL_PROJECTOR=N stalls the read models for N seconds from 1 s into the sale (a lock
-# on reservation_views: the projector and reads of reservations wait), as a starved projector
-# on a saturated machine does, reproducibly.
+# BENCH_STALL_PROJECTOR=N stalls the projector for N seconds from 1 s into the sale (it locks
+# its checkpoint row first in every batch; reads are not blocked), as a projector starved on a
+# saturated machine lags, reproducibly.
 # BENCH_BIN=path runs another build of the service without building this checkout (an A/B in
 # one session); BENCH_LOADGEN=path another load generator (default this checkout's).
 set -euo pipefail
@@ -62,13 +62,14 @@ if [ -n "${BENCH_STALL_PROJECTOR:-}" ]; then
     (
         until grep -q '^measured phase:' "$LOADGEN_LOG"; do sleep 0.1; done
         sleep 1
-        psql "$URL" -qc "BEGIN; LOCK TABLE reservation_views IN ACCESS EXCLUSIVE MODE;
-            SELECT pg_sleep($BENCH_STALL_PROJECTOR); COMMIT" >/dev/null
+        psql "$URL" -qc "BEGIN; SELECT position FROM projection_checkpoints
+            WHERE name = 'read-models' FOR UPDATE; SELECT pg_sleep($BENCH_STALL_PROJECTOR); COMMIT" >/dev/null
     ) &
     STALL_PID=$!
 fi
 $LOADGEN --base-url "http://127.0.0.1:$PORT" --seats "$SEATS" --buyers "$BUYERS" \
-    --rounds "$ROUNDS" --concurrency "$CONCURRENCY" --setup-concurrency 32 2>"$LOADGEN_LOG" || true
+    --rounds "$ROUNDS" --concurrency "$CONCURRENCY" --setup-concurrency 32 2>"$LOADGEN_LOG" ||
+    { echo "the load generator exited with an error (a violated invariant, or its last lines):"; tail -3 "$LOADGEN_LOG"; }
 echo "rss after: $(rss) kB; peak while running: $(cat "$PEAK_FILE") kB"
 curl -s "http://127.0.0.1:$PORT/metrics" |
     grep -E '^ticketing_(sale_mailbox_(peak_depth|refusals_total)|circuit_breaker_state|retry_budget_exhausted_total)' || true
