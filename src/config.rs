@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+const STMT: &str = "DB_STATEMENT_TIMEOUT_MS"; // `0` turns the pools' time-out off
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppEnv {
     Development,
@@ -423,6 +425,8 @@ impl Config {
                 acquire_timeout: seconds(positive("DB_ACQUIRE_TIMEOUT_SECONDS", 3)?),
                 idle_timeout: seconds(positive("DB_IDLE_TIMEOUT_SECONDS", 600)?),
                 max_lifetime: seconds(positive("DB_MAX_LIFETIME_SECONDS", 1800)?),
+                statement_timeout: Some(Duration::from_millis(parse(STMT, get(STMT), 5_000)?))
+                    .filter(|t| !t.is_zero()),
             },
             trust_proxy,
             rate_limits,

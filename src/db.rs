@@ -1,5 +1,7 @@
-//! PostgreSQL plumbing shared by the adapters: pool settings, the three migration sets, error
-//! classification, and fresh throw-away databases for tests. The migration sets use disjoint
+//! PostgreSQL plumbing shared by the adapters: pool settings (with the serving pools'
+//! server-side `statement_timeout` and TCP keep-alives), the three migration sets (run on a
+//! connection of their own, without that time-out), error classification, and fresh
+//! throw-away databases for tests. The migration sets use disjoint
 //! version ranges (events 1xxx.., projections 2xxx.., auth 3xxx..) and ignore each other's
 //! rows, so they can share one database (and one `_sqlx_migrations` table) or live apart.
 
@@ -18,6 +20,9 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
+    /// The server cancels a statement running longer (`DB_STATEMENT_TIMEOUT_MS`); `None` for
+    /// long admin work (migrations never get it).
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for PoolSettings {
@@ -28,6 +33,7 @@ impl Default for PoolSettings {
             acquire_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(1800),
+            statement_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -62,7 +68,8 @@ pub async fn connect_as(
     settings: &PoolSettings,
     application_name: &str,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name(application_name);
+    let options =
+        serving(PgConnectOptions::from_str(url)?, settings).application_name(application_name);
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(settings.min_connections)
@@ -71,6 +78,23 @@ pub async fn connect_as(
         .max_lifetime(settings.max_lifetime)
         .connect_with(options)
         .await
+}
+
+/// Server-side settings of every pooled connection: the statement time-out, and TCP
+/// keep-alives so the server notices a client gone without a reset (a black-holed network) in
+/// about a minute and ends its backend, releasing the locks it held. (sqlx offers no
+/// client-side keep-alive; a statement on a connection cut that way waits for the kernel.)
+fn serving(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOptions {
+    let keepalive = [
+        ("tcp_keepalives_idle", 30),
+        ("tcp_keepalives_interval", 10),
+        ("tcp_keepalives_count", 3),
+    ];
+    let options = options.options(keepalive);
+    match settings.statement_timeout {
+        Some(limit) => options.options([("statement_timeout", limit.as_millis())]),
+        None => options,
+    }
 }
 
 fn tolerant(mut migrator: Migrator) -> Migrator {
@@ -145,7 +169,8 @@ pub async fn connect_and_migrate(
     // timeout and then say only "pool timed out", without the cause or the address.
     let (host, port) = (options.get_host().to_owned(), options.get_port());
     let at = format!("the {name} database ({variable}: host {host}, port {port})");
-    match tokio::time::timeout(
+    // The migrations run on that connection, never under the serving pools' time-out.
+    let mut direct = match tokio::time::timeout(
         settings.acquire_timeout,
         sqlx::PgConnection::connect_with(&options),
     )
@@ -156,19 +181,17 @@ pub async fn connect_and_migrate(
             settings.acquire_timeout
         ),
         Ok(Err(e)) => return Err(e).with_context(|| format!("cannot connect to {at}")),
-        Ok(Ok(probe)) => {
-            let _ = probe.close().await;
-        }
-    }
-    let pool = connect_as(url, settings, application_name)
-        .await
-        .with_context(|| format!("connecting to {at}"))?;
+        Ok(Ok(direct)) => direct,
+    };
     database
         .migrator()
-        .run(&pool)
+        .run(&mut direct)
         .await
         .with_context(|| format!("migrating the {} database", database.name()))?;
-    Ok(pool)
+    let _ = direct.close().await;
+    connect_as(url, settings, application_name)
+        .await
+        .with_context(|| format!("connecting to {at}"))
 }
 
 /// True when `error` is a unique violation of the named constraint.
@@ -242,5 +265,35 @@ pub mod testing {
             .await
             .unwrap_or_else(|e| panic!("cannot create a test database on {admin}: {e}"));
         with_database(&admin, &name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serving pool's connections carry the statement time-out: a statement running past
+    /// it is cancelled by the server (SQLSTATE 57014, which the adapters report as
+    /// unavailable, 503). The migrations ran under none: with the pool's 1 ms they could not
+    /// have created their tables in time.
+    #[tokio::test]
+    async fn pools_get_the_statement_timeout_and_migrations_do_not() {
+        let url = testing::fresh_database().await;
+        let settings = PoolSettings {
+            max_connections: 2,
+            statement_timeout: Some(Duration::from_millis(1)),
+            ..PoolSettings::default()
+        };
+        let pool = connect_and_migrate(Database::Events, &url, &settings, "ticketing")
+            .await
+            .expect("migrations run without the time-out");
+        let error = sqlx::query("SELECT pg_sleep(1)")
+            .execute(&pool)
+            .await
+            .expect_err("cancelled past the time-out");
+        let code = error.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("57014"), "{error}");
+        pool.close().await;
+        testing::drop_database(&url).await;
     }
 }

@@ -6,6 +6,7 @@
 
 use super::error::SALES_NOT_OPEN;
 use super::idempotency::derived_id;
+use super::retries::Dependency;
 use super::{policy, App, AppError, READ_YOUR_WRITES_TIMEOUT};
 use crate::auth::Principal;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
@@ -98,7 +99,16 @@ impl App {
             _ => None,
         });
         match placed {
-            Some(view) => Ok(view),
+            Some(view) => {
+                // The read models gave up showing it in time: its payment is answered from
+                // here (`RecentHolds`), not with a 404 from them.
+                let applied = self.read_progress.position();
+                if applied < committed.position {
+                    self.recent
+                        .remember(view.clone(), committed.position, applied);
+                }
+                Ok(view)
+            }
             None => self.reservation_view(id).await,
         }
     }
@@ -166,7 +176,11 @@ impl App {
             .record(EventId(reservation.event_id), command, metadata)
             .await
         {
-            Ok(committed) => committed,
+            // Its remembered view (pending) is stale now: reads go to the read models.
+            Ok(committed) => {
+                self.recent.forget(reservation_id);
+                committed
+            }
             // Already recorded: by a first attempt with the same key, or by reconciliation
             // (this request outlived its grace); either way the payment has its answer.
             Err(e @ AppError::Conflict { .. }) => return self.replay_or(Some(payment_id), e).await,
@@ -206,6 +220,7 @@ impl App {
         let id = ReservationId(id);
         let view = self.reservation_view(id).await?;
         policy::own_record(caller, view.user_id, "reservation")?;
+        self.recent.forget(id);
         let command = SaleCommand::CancelReservation {
             reservation_id: id,
             now: self.clock.now(),
@@ -245,6 +260,7 @@ impl App {
     /// waits for them to move, at most `READ_YOUR_WRITES_TIMEOUT`, then answers 503.
     async fn placed_earlier(&self, id: ReservationId) -> Result<ReservationView, AppError> {
         let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
+        self.retries.first_attempt(Dependency::ReadModels);
         loop {
             if let Some(view) = self.reads.reservation(id).await? {
                 return Ok(view);
@@ -258,6 +274,15 @@ impl App {
             }
             let next = self.read_progress.position() + 1;
             self.read_progress.wait_for(next, left).await;
+            if !self
+                .retries
+                .may_retry(Dependency::ReadModels, &self.metrics)
+            {
+                return Err(AppError::Unavailable {
+                    detail: "the reservation was placed but cannot be shown yet".into(),
+                    retry_after: 1,
+                });
+            }
         }
     }
 

@@ -5,7 +5,8 @@
 //! (recording gateway captures nobody recorded), `webhooks` (organizers' endpoints and their
 //! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`). It
 //! owns running commands with read-your-writes, recording a gateway capture through writer
-//! contention, the charge-then-record flow and idempotency. It never decides a business rule
+//! contention (within a retry budget, `retries`), the charge-then-record flow, idempotency and
+//! the holds placed here that the read models do not show yet (`recent`). It never decides a business rule
 //! (the domain does) and never knows about HTTP.
 
 pub mod checkout;
@@ -17,7 +18,9 @@ pub mod idempotency;
 pub mod policy;
 pub mod queries;
 pub mod queue;
+pub mod recent;
 pub mod reconcile;
+pub mod retries;
 pub mod webhooks;
 
 pub use error::{AppError, FieldError};
@@ -35,10 +38,11 @@ use crate::runtime::subscription::Progress;
 use crate::runtime::{CommandError, Committed, Sales};
 use dead_letters::DeadLetterAdmin;
 use idempotency::IdempotencyStore;
+use retries::Dependency;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Attempts of `App::record` (backing off from 20 ms: about 5 s in all).
+/// Attempts of `App::record` (backing off from 20 ms with full jitter: at most 2.5 s of waits).
 const RECORD_ATTEMPTS: u32 = 8;
 
 /// How long a command waits for the read models to show its own write.
@@ -65,6 +69,10 @@ pub struct App {
     pub(crate) crash_after_capture: bool,
     /// The waiting rooms of on-sales and the pass key.
     pub(crate) queue: Arc<queue::WaitingRoom>,
+    /// Holds placed here that the read models do not show yet.
+    pub(crate) recent: recent::RecentHolds,
+    /// How often request-path code may still retry each dependency.
+    pub(crate) retries: retries::Retries,
 }
 
 impl App {
@@ -105,35 +113,48 @@ impl App {
         command: SaleCommand,
         metadata: Metadata,
     ) -> Result<Committed, AppError> {
+        self.retries.first_attempt(Dependency::EventStore);
         let committed = self.sales.execute(sale, command, metadata).await?;
         Ok(self.visible(committed).await)
     }
 
     /// Like `command`, for a command that records what already happened outside (a capture
     /// at the gateway): when writers of several instances keep out-racing each other on the
-    /// sale, try again for a while rather than answer 503 and leave the fact unrecorded.
+    /// sale, try again for a while rather than answer 503 and leave the fact unrecorded, as
+    /// long as the event store's retry budget allows (an unrecorded capture is then left to
+    /// reconciliation).
     pub(crate) async fn record(
         &self,
         sale: EventId,
         command: SaleCommand,
         metadata: Metadata,
     ) -> Result<Committed, AppError> {
-        let mut backoff = Backoff::doubling(Duration::from_millis(20), Duration::from_secs(5));
-        for _ in 1..RECORD_ATTEMPTS {
+        self.retries.first_attempt(Dependency::EventStore);
+        let mut backoff =
+            Backoff::doubling(Duration::from_millis(20), Duration::from_secs(5)).with_full_jitter();
+        for attempt in 1..=RECORD_ATTEMPTS {
             match self
                 .sales
                 .execute(sale, command.clone(), metadata.clone())
                 .await
             {
                 // Transient, and the card is charged already: try again.
-                Err(CommandError::Contended | CommandError::Overloaded) => {
+                Err(e @ (CommandError::Contended | CommandError::Overloaded))
+                    if attempt < RECORD_ATTEMPTS =>
+                {
+                    if !self
+                        .retries
+                        .may_retry(Dependency::EventStore, &self.metrics)
+                    {
+                        return Err(e.into());
+                    }
                     tracing::info!(%sale, "writers contended or mailbox full; recording again");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    backoff.wait().await;
                 }
                 other => return Ok(self.visible(other?).await),
             }
         }
-        self.command(sale, command, metadata).await
+        Err(CommandError::Contended.into())
     }
 
     /// Waits until the read models show `committed` (read-your-writes), at most

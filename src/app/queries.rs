@@ -3,6 +3,7 @@
 //! purchase history. Who may see what is decided in `policy`; the views come from the read
 //! models (hot event reads through the cache) and are never used to decide a command.
 
+use super::retries::Dependency;
 use super::{policy, App, AppError};
 use crate::auth::Principal;
 use crate::cache::CacheName;
@@ -71,7 +72,12 @@ impl App {
         caller: &Principal,
         id: Uuid,
     ) -> Result<ReservationView, AppError> {
-        let view = self.reservation_view(ReservationId(id)).await?;
+        let id = ReservationId(id);
+        // Read-your-writes for a hold placed here that the read models do not show yet.
+        let view = match self.recent.unseen(id, self.read_progress.position()) {
+            Some(view) => view,
+            None => self.reservation_view(id).await?,
+        };
         policy::own_record(caller, view.user_id, "reservation")?;
         Ok(view)
     }
@@ -171,22 +177,35 @@ impl App {
         &self,
         id: ReservationId,
     ) -> Result<ReservationView, AppError> {
+        // Placed here and not applied by the read models yet: as its writer committed it.
+        if let Some(view) = self.recent.unseen(id, self.read_progress.position()) {
+            return Ok(view);
+        }
+        self.retries.first_attempt(Dependency::ReadModels);
         if let Some(view) = self.reads.reservation(id).await? {
             return Ok(view);
         }
+        let lagging = AppError::Unavailable {
+            detail: "the read models are behind the event log; try again".into(),
+            retry_after: 1,
+        };
         let head = *self.sales.store().subscribe_head().borrow();
         let caught_up = self.read_progress.position() >= head
             || self
                 .read_progress
                 .wait_for(head, super::READ_YOUR_WRITES_TIMEOUT)
                 .await;
+        if !caught_up
+            && !self
+                .retries
+                .may_retry(Dependency::ReadModels, &self.metrics)
+        {
+            return Err(lagging);
+        }
         match self.reads.reservation(id).await? {
             Some(view) => Ok(view),
             None if caught_up => Err(AppError::NotFound("reservation")),
-            None => Err(AppError::Unavailable {
-                detail: "the read models are behind the event log; try again".into(),
-                retry_after: 1,
-            }),
+            None => Err(lagging),
         }
     }
 

@@ -37,9 +37,10 @@ impl PostgresAuthStore {
 
 /// SQLSTATE classes that mean the server or the connection is gone or overloaded rather than
 /// that the statement is wrong: 08 connection exception, 53 insufficient resources (e.g. too
-/// many connections), 57P operator intervention (shutdown, cannot connect now). sqlx gives
-/// these no typed kind, so the class prefix is the only way to tell them apart.
-const UNAVAILABLE_SQLSTATES: [&str; 3] = ["08", "53", "57P"];
+/// many connections), 57P operator intervention (shutdown, cannot connect now), 57014 a
+/// statement cancelled past the pool's `statement_timeout`. sqlx gives these no typed kind,
+/// so the class prefix is the only way to tell them apart.
+const UNAVAILABLE_SQLSTATES: [&str; 4] = ["08", "53", "57P", "57014"];
 
 /// Whether `error` says the database cannot be reached or used right now (worth a retry),
 /// as opposed to a bug or corrupt data.

@@ -232,3 +232,16 @@ fn the_gateway_drill_file() {
     ]);
     assert_eq!(refused.unwrap_err().var, "FAULT_GATEWAY_FILE");
 }
+
+/// The serving pools' statement time-out: 5 s by default, `0` turns it off, garbage is named.
+#[test]
+fn the_statement_timeout_defaults_to_five_seconds_and_zero_turns_it_off() {
+    let ms = Duration::from_millis;
+    assert_eq!(from(&[]).unwrap().pool.statement_timeout, Some(ms(5_000)));
+    let c = from(&[("DB_STATEMENT_TIMEOUT_MS", "250")]).unwrap();
+    assert_eq!(c.pool.statement_timeout, Some(ms(250)));
+    let c = from(&[("DB_STATEMENT_TIMEOUT_MS", "0")]).unwrap();
+    assert_eq!(c.pool.statement_timeout, None);
+    let e = from(&[("DB_STATEMENT_TIMEOUT_MS", "-1")]).unwrap_err();
+    assert_eq!(e.var, "DB_STATEMENT_TIMEOUT_MS");
+}

@@ -1,11 +1,14 @@
 //! The resilience side of the metric catalogue: circuit breakers per dependency
-//! (`crate::breaker`) and the bounded sale mailboxes (`runtime::sales`).
+//! (`crate::breaker`), the bounded sale mailboxes (`runtime::sales`) and the retry budgets
+//! of request-path code (`app::retries`).
 
 use super::Metrics;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every dependency with a breaker: the `dependency` label's values.
 pub const DEPENDENCIES: [&str; 4] = ["event_store", "payment_gateway", "cache", "bus"];
+/// Every dependency with a retry budget (`app::retries::Dependency`'s labels).
+pub const RETRY_BUDGETS: [&str; 2] = ["event_store", "read_models"];
 /// The `to` label of `circuit_breaker_transitions_total`.
 const STATES: [&str; 3] = ["closed", "half_open", "open"];
 
@@ -17,6 +20,8 @@ pub struct Resilience {
     pub mailbox_refusals: IntCounter,
     /// The most commands seen waiting in one sale's mailbox since start-up.
     pub mailbox_peak: IntGauge,
+    /// Retries refused (the caller failed fast) because their dependency's budget was empty.
+    pub retry_budget_exhausted: IntCounterVec,
 }
 
 impl Resilience {
@@ -47,11 +52,20 @@ impl Resilience {
             "The most commands seen waiting in one sale's mailbox since start-up (compare with SALE_MAILBOX_CAPACITY).",
         )
         .expect("metric definition");
-        let collectors: [Box<dyn prometheus::core::Collector>; 4] = [
+        let retry_budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "retry_budget_exhausted_total",
+                "Retries refused because the dependency's retry budget was empty (the request failed fast instead).",
+            ),
+            &["dependency"],
+        )
+        .expect("metric definition");
+        let collectors: [Box<dyn prometheus::core::Collector>; 5] = [
             Box::new(breaker_state.clone()),
             Box::new(breaker_transitions.clone()),
             Box::new(mailbox_refusals.clone()),
             Box::new(mailbox_peak.clone()),
+            Box::new(retry_budget_exhausted.clone()),
         ];
         for collector in collectors {
             registry
@@ -63,6 +77,7 @@ impl Resilience {
             breaker_transitions,
             mailbox_refusals,
             mailbox_peak,
+            retry_budget_exhausted,
         }
     }
 }
@@ -91,8 +106,21 @@ impl Metrics {
         }
     }
 
-    /// Every breaker's series at 0 (closed, no transition yet).
+    /// A retry of `dependency` was refused: its budget was empty.
+    pub fn retry_budget_exhausted(&self, dependency: &str) {
+        self.resilience
+            .retry_budget_exhausted
+            .with_label_values(&[dependency])
+            .inc();
+    }
+
+    /// Every breaker's and retry budget's series at 0 (closed, no transition, no refusal).
     pub fn initialise_resilience(&self) {
+        for dependency in RETRY_BUDGETS {
+            self.resilience
+                .retry_budget_exhausted
+                .with_label_values(&[dependency]);
+        }
         for dependency in DEPENDENCIES {
             self.resilience
                 .breaker_state

@@ -5,9 +5,11 @@
 //! view row also keeps its stream's version and ignores events it already includes. The hot
 //! events of a sale are written set-based (`bulk`), the rare ones one by one (`apply`). It
 //! mirrors `memory.rs` value for value and never decides anything: the event log is the truth.
+//! Its queries pass a bulkhead sized to the pool (`bulkhead`).
 
 mod apply;
 mod bulk;
+mod bulkhead;
 mod queries;
 
 use super::*;
@@ -21,12 +23,14 @@ const CHECKPOINT: &str = "read-models";
 
 pub struct PostgresReadModel {
     pool: PgPool,
+    bulkhead: bulkhead::Bulkhead,
 }
 
 impl PostgresReadModel {
     /// A read model over a database migrated with `db::projections_migrator()`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let bulkhead = bulkhead::Bulkhead::sized_to(&pool);
+        Self { pool, bulkhead }
     }
 
     /// Locks this projection's checkpoint row (creating it at 0 first, race-free) and returns
@@ -178,6 +182,7 @@ impl ProjectionWriter for PostgresReadModel {
 #[async_trait]
 impl EventLookup for PostgresReadModel {
     async fn event(&self, id: EventId) -> Result<Option<EventView>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::event(&self.pool, id).await
     }
 }
@@ -189,10 +194,12 @@ impl ReadModel for PostgresReadModel {
         query: &EventQuery,
         page: PageRequest,
     ) -> Result<Page<EventView>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::events(&self.pool, query, page).await
     }
 
     async fn reservation(&self, id: ReservationId) -> Result<Option<ReservationView>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::reservation(&self.pool, id).await
     }
 
@@ -201,10 +208,12 @@ impl ReadModel for PostgresReadModel {
         user: Option<UserId>,
         page: PageRequest,
     ) -> Result<Page<ReservationView>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::reservations(&self.pool, user, page).await
     }
 
     async fn payment(&self, id: PaymentId) -> Result<Option<PaymentView>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::payment(&self.pool, id).await
     }
 
@@ -213,10 +222,12 @@ impl ReadModel for PostgresReadModel {
         user: UserId,
         page: PageRequest,
     ) -> Result<Page<PaymentView>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::payments_of(&self.pool, user, page).await
     }
 
     async fn pending_holds(&self) -> Result<Vec<PendingHold>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
         queries::pending_holds(&self.pool).await
     }
 

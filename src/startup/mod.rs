@@ -292,6 +292,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         },
         crash_after_capture: config.fault_crash_after_capture,
         queue,
+        recent: Default::default(),
+        retries: Default::default(),
     };
     if config.fault_crash_after_capture {
         tracing::warn!("FAULT_CRASH_AFTER_CAPTURE is set: the process aborts after every capture");

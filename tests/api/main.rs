@@ -19,6 +19,7 @@ mod events;
 mod expiry;
 mod headers;
 mod idempotency;
+mod lagging;
 mod limits;
 mod operations;
 mod purchase;

@@ -19,11 +19,13 @@ use ticketing::projections::postgres::PostgresReadModel;
 /// The application name of the tool's connections in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "ticketing-admin";
 
-/// Few connections: the tool runs one statement at a time.
+/// Few connections: the tool runs one statement at a time, and no statement time-out (a
+/// rebuild's statements may run long).
 pub fn pool_settings(config: &Config) -> db::PoolSettings {
     db::PoolSettings {
         max_connections: 2,
         min_connections: 0,
+        statement_timeout: None,
         ..config.pool.clone()
     }
 }

@@ -235,3 +235,71 @@ async fn queries_on_a_closed_pool_report_unavailable() {
     ));
     assert!(model.apply(&contract::history()).await.is_err());
 }
+
+/// A pool on a new, migrated database with `settings`, and the database's URL.
+async fn database_with(settings: &db::PoolSettings) -> (PgPool, String) {
+    let url = fresh_database().await;
+    let pool = db::connect_and_migrate(db::Database::Projections, &url, settings, "ticketing")
+        .await
+        .unwrap();
+    (pool, url)
+}
+
+/// Takes `table` in ACCESS EXCLUSIVE mode on a connection of its own (no statement time-out)
+/// until the returned connection commits or drops: reads of it wait.
+async fn lock(url: &str, table: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// A read held up past the pool's `statement_timeout` (here behind a lock) is cancelled by
+/// the server and reported `Unavailable` (503 at the edge) instead of waiting on.
+#[tokio::test]
+async fn a_read_past_the_statement_timeout_is_unavailable() {
+    let settings = db::PoolSettings {
+        statement_timeout: Some(std::time::Duration::from_millis(200)),
+        ..db::PoolSettings::default()
+    };
+    let (pool, url) = database_with(&settings).await;
+    let model = PostgresReadModel::new(pool);
+    let _held = lock(&url, "event_views").await;
+    match model.event(EventId(uuid::Uuid::new_v4())).await {
+        Err(ReadError::Unavailable(e)) => assert!(e.contains("statement timeout"), "{e}"),
+        other => panic!("expected a cancelled statement, got {other:?}"),
+    }
+}
+
+/// More reads than the pool has connections wait their turn in the bulkhead rather than time
+/// out on the pool: with one connection and a 300 ms acquire time-out, three reads queued
+/// behind one that a lock holds up for longer than that all succeed once it is released.
+#[tokio::test]
+async fn reads_beyond_the_pool_wait_in_the_bulkhead_instead_of_timing_out() {
+    let settings = db::PoolSettings {
+        max_connections: 1,
+        min_connections: 0,
+        acquire_timeout: std::time::Duration::from_millis(300),
+        statement_timeout: None,
+        ..db::PoolSettings::default()
+    };
+    let (pool, url) = database_with(&settings).await;
+    let model = Arc::new(PostgresReadModel::new(pool));
+    let held = lock(&url, "event_views").await;
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let model = Arc::clone(&model);
+            tokio::spawn(async move { model.event(EventId(uuid::Uuid::new_v4())).await })
+        })
+        .collect();
+    // Longer than the acquire time-out: without the bulkhead the queued reads fail.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    sqlx::Connection::close(held).await.unwrap();
+    for read in reads {
+        assert!(matches!(read.await.unwrap(), Ok(None)));
+    }
+}
