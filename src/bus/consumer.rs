@@ -381,9 +381,11 @@ async fn linger(consumer: &mut dyn BusConsumer, mut batch: Vec<Delivery>) -> Vec
     batch
 }
 
-/// Exponential backoff from 100 ms to 5 s while the bus or the dead letter queue is away.
+/// Exponential backoff from 100 ms to 1 s while the bus or the dead letter queue is away: a
+/// receive that fails is local to the client (it reconnects by itself), so asking again each
+/// second costs nothing and picks up a broker that is back within a second.
 fn outage_backoff() -> Backoff {
-    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5))
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 #[cfg(test)]

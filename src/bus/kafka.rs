@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 3;
 /// How long librdkafka keeps retrying one message before the relay hears it failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between librdkafka's attempts to reach a broker that went away (its default,
+/// 10 s, delays the return of a restarted broker by that much; one connect a second is cheap).
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Consumer session timeout: short, so a group forms quickly and a dead member is replaced.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// How often librdkafka reports statistics (the consumer lag among them).
@@ -180,6 +183,10 @@ impl KafkaBus {
             .set("acks", "all")
             .set("linger.ms", "2")
             .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX.as_millis().to_string(),
+            )
+            .set(
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             );
@@ -245,6 +252,10 @@ impl EventBus for KafkaBus {
                 SESSION_TIMEOUT.as_millis().to_string(),
             )
             .set("heartbeat.interval.ms", "1000")
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX.as_millis().to_string(),
+            )
             .set(
                 "statistics.interval.ms",
                 STATISTICS_EVERY.as_millis().to_string(),
