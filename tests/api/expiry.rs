@@ -6,18 +6,6 @@ use super::invariants::{assert_sale_balances, gateway_settles_at};
 use chrono::{DateTime, Duration, Utc};
 use std::time::Duration as Wait;
 use ticketing::clock::Clock;
-use uuid::Uuid;
-
-async fn status_of(app: &TestApp, user: &User, reservation: Uuid) -> String {
-    let read = app
-        .get(
-            &format!("/api/reservations/{reservation}"),
-            Some(&user.token),
-        )
-        .await;
-    assert_eq!(read.status, 200, "{:#}", read.body);
-    read.body["status"].as_str().unwrap().to_owned()
-}
 
 /// How many `ExpireReservation` commands the writers have decided, from `/metrics`.
 async fn expiries_decided(app: &TestApp) -> u64 {
@@ -46,7 +34,7 @@ async fn a_hold_expires_when_the_clock_passes_its_ttl() {
 
     app.clock.advance(Duration::seconds(TTL_SECONDS + 1));
     eventually("the hold expires", Wait::from_secs(5), || async {
-        status_of(&app, &buyer, reservation).await == "expired"
+        app.reservation_status(&buyer, reservation).await == "expired"
     })
     .await;
     assert_eq!(app.floor(event).await, (10, 0, 0));
@@ -83,7 +71,7 @@ async fn paying_after_the_hold_ended_is_refused_and_keeps_no_money() {
 
     gateway_settles_at(&app, 0).await;
     eventually("the hold expires", Wait::from_secs(5), || async {
-        status_of(&app, &buyer, reservation).await == "expired"
+        app.reservation_status(&buyer, reservation).await == "expired"
     })
     .await;
     assert_eq!(app.floor(event).await, (10, 0, 0));
@@ -129,10 +117,10 @@ async fn a_hold_paid_in_time_stays_confirmed_after_its_ttl() {
     eventually(
         "the unpaid hold shows expired",
         Wait::from_secs(5),
-        || async { status_of(&app, &idler, unpaid).await == "expired" },
+        || async { app.reservation_status(&idler, unpaid).await == "expired" },
     )
     .await;
-    assert_eq!(status_of(&app, &buyer, paid).await, "confirmed");
+    assert_eq!(app.reservation_status(&buyer, paid).await, "confirmed");
     assert_eq!(app.floor(event).await, (8, 0, 2));
     assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
     assert_eq!(app.gateway.net_captured_cents().await.unwrap(), 5000);
@@ -168,7 +156,7 @@ async fn a_configured_ttl_of_sixty_seconds_sets_expires_at() {
     eventually(
         "the unpaid hold expires at 60 s",
         Wait::from_secs(5),
-        || async { status_of(&app, &buyer, dropped).await == "expired" },
+        || async { app.reservation_status(&buyer, dropped).await == "expired" },
     )
     .await;
     assert_eq!(app.floor(event).await, (9, 0, 1));

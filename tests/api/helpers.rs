@@ -360,6 +360,18 @@ impl TestApp {
         .await
     }
 
+    /// The `status` of `reservation` as its owner `user` reads it (the read must answer 200).
+    pub async fn reservation_status(&self, user: &User, reservation: Uuid) -> String {
+        let read = self
+            .get(
+                &format!("/api/reservations/{reservation}"),
+                Some(&user.token),
+            )
+            .await;
+        assert_eq!(read.status, 200, "{:#}", read.body);
+        read.body["status"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// `(available, held, sold)` of section `floor`.
     pub async fn floor(&self, event: Uuid) -> (u64, u64, u64) {
         let a = self

@@ -57,17 +57,6 @@ async fn a_pass_completes(app: &TestApp) {
     .await;
 }
 
-async fn reservation_status(app: &TestApp, user: &User, reservation: Uuid) -> String {
-    let read = app
-        .get(
-            &format!("/api/reservations/{reservation}"),
-            Some(&user.token),
-        )
-        .await;
-    assert_eq!(read.status, 200, "{:#}", read.body);
-    read.body["status"].as_str().unwrap_or_default().to_owned()
-}
-
 /// An unrecorded capture of a valid hold is recorded: the reservation confirms with that
 /// payment, the sale balances, and the capture counts as `recorded`.
 #[tokio::test]
@@ -83,7 +72,7 @@ async fn an_unrecorded_capture_of_a_valid_hold_confirms_the_reservation() {
     eventually(
         "reconciliation confirms the reservation",
         StdDuration::from_secs(10),
-        || async { reservation_status(&app, &buyer, reservation).await == "confirmed" },
+        || async { app.reservation_status(&buyer, reservation).await == "confirmed" },
     )
     .await;
     let read = app
@@ -135,10 +124,7 @@ async fn an_unrecorded_capture_of_an_expired_hold_is_refunded() {
         },
     )
     .await;
-    assert_eq!(
-        reservation_status(&app, &buyer, reservation).await,
-        "expired"
-    );
+    assert_eq!(app.reservation_status(&buyer, reservation).await, "expired");
     let read = app
         .get(&format!("/api/payments/{payment}"), Some(&buyer.token))
         .await;
