@@ -2,7 +2,8 @@
 # The service measured with a lean client: wrk (C, from Debian's packages) instead of the Rust
 # load generator, so the client's CPU does not hide the service's speed on a 2-core machine.
 # Runs, against one release binary: reservations (one seat each, a fresh Idempotency-Key per
-# request, bearer tokens of BUYERS logged-in customers in turn), availability reads and /health.
+# request, bearer tokens of BUYERS logged-in customers in turn), full purchases (reserve, then
+# pay that hold; `scripts/lean/purchase.lua`), availability reads and /health.
 # On PostgreSQL it also runs the naive baseline with pgbench (the same 64 connections, one
 # `SELECT ... FOR UPDATE` purchase transaction each) in the same run, and prints PostgreSQL
 # statements per reservation from pg_stat_statements (BENCH_PG_STATEMENTS=1 loads the extension,
@@ -142,6 +143,15 @@ if [ "$before" = unknown ] || [ "$after" = unknown ]; then
 elif [ "$reservations" -gt 0 ]; then
     echo "PostgreSQL statements per reservation (whole service, consumers included): $(echo "scale=2; ($after - $before) / $reservations" | bc)"
 fi
+
+# Full purchases: reserve, then pay that hold as its owner (one buyer per wrk thread, so more
+# threads than for the reservations: BENCH_PURCHASE_THREADS, default 8).
+THREADS_BEFORE=$THREADS
+THREADS=${BENCH_PURCHASE_THREADS:-8}
+TOKENS_FILE=$WORK/tokens EVENT_ID=$event lean_run "full purchase (POST /api/reservations, then POST /api/payments)" -s scripts/lean/purchase.lua "$BASE"
+THREADS=$THREADS_BEFORE
+paid=$(grep -oE 'lean purchases: reserved [0-9]+, paid [0-9]+' "$WORK/last.out" | grep -oE '[0-9]+$')
+echo "full purchases/s: $(echo "scale=1; $paid / $DURATION" | bc)"
 
 lean_run "GET /api/events/{id}/availability" "$BASE/api/events/$event/availability"
 lean_run "GET /health" "$BASE/health"
