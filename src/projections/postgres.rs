@@ -1,11 +1,13 @@
 //! PostgreSQL read models: owns the view tables of `migrations_projections/` and the
-//! `read-models` row of `projection_checkpoints`. Delivery is at-least-once: a batch is applied
-//! in one transaction that locks the checkpoint row, skips events at or below it and moves it
-//! past the batch, so a duplicate or a batch raced by another instance changes nothing; each
-//! view row also keeps its stream's version and ignores events it already includes. The hot
-//! events of a sale are written set-based (`bulk`), the rare ones one by one (`apply`). It
-//! mirrors `memory.rs` value for value and never decides anything: the event log is the truth.
-//! Its queries pass a bulkhead sized to the pool (`bulkhead`).
+//! `read-models` row of `projection_checkpoints`. Delivery is at-least-once: a batch claims
+//! the checkpoint row (moves it from where this instance last saw it past the batch, only if
+//! it is still there) and writes only with that claim, skipping events at or below it, so a
+//! duplicate or a batch raced by another instance changes nothing; each view row also keeps
+//! its stream's version and ignores events it already includes. The hot events of a sale are
+//! written set-based (`bulk`, one statement with the claim), the rare ones one by one
+//! (`apply`, in a transaction that claims first). It mirrors `memory.rs` value for value and
+//! never decides anything: the event log is the truth. Its queries pass a bulkhead sized to
+//! the pool (`bulkhead`).
 
 mod apply;
 mod bulk;
@@ -68,21 +70,38 @@ impl PostgresReadModel {
         Ok(u64::try_from(position).unwrap_or(0))
     }
 
-    /// The checkpoint as stored (0 if the row is missing), remembered as `known`.
+    /// The checkpoint as stored, remembered as `known`; a missing row is created at 0 (once
+    /// per database), so that the first claim finds it.
     async fn read_checkpoint(&self) -> anyhow::Result<u64> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-                .bind(CHECKPOINT)
-                .fetch_optional(&self.pool)
+        let read = || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT position FROM projection_checkpoints WHERE name = $1",
+            )
+            .bind(CHECKPOINT)
+            .fetch_optional(&self.pool)
+        };
+        let mut position = read()
+            .await
+            .context("cannot read the read-model checkpoint")?;
+        if position.is_none() {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(CHECKPOINT)
+            .execute(&self.pool)
+            .await
+            .context("cannot create the read-model checkpoint")?;
+            position = read()
                 .await
                 .context("cannot read the read-model checkpoint")?;
+        }
         let position = position.map_or(0, |p| u64::try_from(p).unwrap_or(0));
         self.known.store(position, Ordering::Release);
         Ok(position)
     }
 
-    /// After a lost claim: the row's position, created at 0 if it is missing. Returns how
-    /// many statements it took.
+    /// After a lost claim: where the checkpoint is. Returns how many statements it took.
     async fn resync(&self, seen: Option<i64>, expected: u64) -> anyhow::Result<usize> {
         match seen.map(|p| u64::try_from(p).unwrap_or(0)) {
             // A committed position other than ours: another applier got there.
@@ -91,18 +110,7 @@ impl PostgresReadModel {
                 Ok(0)
             }
             // Missing, or the winner committed after our snapshot: look again.
-            _ => {
-                sqlx::query(
-                    "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
-                     ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(CHECKPOINT)
-                .execute(&self.pool)
-                .await
-                .context("cannot create the read-model checkpoint")?;
-                self.read_checkpoint().await?;
-                Ok(2)
-            }
+            _ => self.read_checkpoint().await.map(|_| 1),
         }
     }
 

@@ -1,10 +1,12 @@
 //! Applies the hot events of a batch, the ones a sale writes for every command (seats,
-//! reservations, payments), set-based: `Batch` gathers them per table in log order and `flush`
-//! writes each table with one statement over arrays, whatever the batch size. The folding
-//! happens in SQL against the rows as they stand, so each event still meets its row's stream
-//! version guard on its own and a partly applied batch (a lost checkpoint) moves only what is
-//! new. Of the events that pass, the last by version sets a row's fields and counters add their
-//! deltas in log order, saturating at zero at each step as `memory.rs` does (see `write`).
+//! reservations, payments), set-based: `Batch` gathers them per table in log order and writes
+//! each table with one statement over arrays, whatever the batch size: `flush` inside a
+//! transaction, or `write_claiming` as one statement together with the checkpoint's claim. The
+//! folding happens in SQL against the rows as they stand, so each event still meets its row's
+//! stream version guard on its own and a partly applied batch (a lost checkpoint) moves only
+//! what is new. Of the events that pass, the last by version sets a row's fields and counters
+//! add their deltas in log order, saturating at zero at each step as `memory.rs` does (see
+//! `write`).
 
 use crate::domain::events::DomainEvent as E;
 use crate::domain::payment::PaymentStatus;
