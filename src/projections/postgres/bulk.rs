@@ -1,17 +1,20 @@
 //! Applies the hot events of a batch, the ones a sale writes for every command (seats,
-//! reservations, payments), set-based: `Batch` gathers them per table in log order and `flush`
-//! writes each table with one statement over arrays, whatever the batch size. The folding
-//! happens in SQL against the rows as they stand, so each event still meets its row's stream
-//! version guard on its own and a partly applied batch (a lost checkpoint) moves only what is
-//! new. Of the events that pass, the last by version sets a row's fields and counters add their
-//! deltas in log order, saturating at zero at each step as `memory.rs` does (see `write`).
+//! reservations, payments), set-based: `Batch` gathers them per table in log order and writes
+//! each table with one statement over arrays, whatever the batch size: `flush` inside a
+//! transaction, or `write_claiming` as one statement together with the checkpoint's claim. The
+//! folding happens in SQL against the rows as they stand, so each event still meets its row's
+//! stream version guard on its own and a partly applied batch (a lost checkpoint) moves only
+//! what is new. Of the events that pass, the last by version sets a row's fields and counters
+//! add their deltas in log order, saturating at zero at each step as `memory.rs` does (see
+//! `write`).
 
 use crate::domain::events::DomainEvent as E;
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
 use crate::eventstore::RecordedEvent;
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 mod write;
@@ -206,28 +209,138 @@ impl Batch {
     pub(super) async fn flush(&mut self, conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
         let batch = std::mem::take(self);
         let mut statements = 0;
-        if !batch.placed.ids.is_empty() {
-            write::insert_reservations(conn, &batch.placed).await?;
-            statements += 1;
-        }
-        if !batch.attempts.ids.is_empty() {
-            write::insert_payments(conn, &batch.attempts).await?;
-            statements += 1;
-        }
-        if !batch.moves.ids.is_empty() {
-            write::move_reservations(conn, &batch.moves).await?;
-            statements += 1;
-        }
-        if !batch.refunds.ids.is_empty() {
-            write::refund_payments(conn, &batch.refunds).await?;
-            statements += 1;
-        }
-        if !batch.seats.events.is_empty() {
-            write::move_seats(conn, &batch.seats).await?;
+        for part in batch.parts() {
+            let query = batch.bind(part, sqlx::query(&part.piece().alone));
+            query.execute(&mut *conn).await?;
             statements += 1;
         }
         Ok(statements)
     }
+
+    /// The tables with work, creations first.
+    fn parts(&self) -> Vec<Part> {
+        let mut parts = Vec::new();
+        if !self.placed.ids.is_empty() {
+            parts.push(Part::Placed);
+        }
+        if !self.attempts.ids.is_empty() {
+            parts.push(Part::Attempts);
+        }
+        if !self.moves.ids.is_empty() {
+            parts.push(Part::Moves);
+        }
+        if !self.refunds.ids.is_empty() {
+            parts.push(Part::Refunds);
+        }
+        if !self.seats.events.is_empty() {
+            parts.push(Part::Seats);
+        }
+        parts
+    }
+
+    /// `q` with the arrays of `part` bound, in the order its piece numbers them.
+    fn bind<'q>(&'q self, part: Part, q: write::PgQuery<'q>) -> write::PgQuery<'q> {
+        match part {
+            Part::Placed => write::bind_placed(q, &self.placed),
+            Part::Attempts => write::bind_attempts(q, &self.attempts),
+            Part::Moves => write::bind_moves(q, &self.moves),
+            Part::Refunds => write::bind_refunds(q, &self.refunds),
+            Part::Seats => write::bind_seats(q, &self.seats),
+        }
+    }
+
+    /// Whether one statement can write everything gathered. Its parts all read the snapshot
+    /// the statement started with, so none may change a row another part creates: no status
+    /// change of a reservation, nor refund of a payment, placed or attempted in this batch.
+    /// (Seats and reservations of one sale are different tables, so holds and placements
+    /// always qualify, as do payments of reservations placed by an earlier batch.)
+    pub(super) fn fits_one_statement(&self) -> bool {
+        let placed: HashSet<&Uuid> = self.placed.ids.iter().collect();
+        let attempted: HashSet<&Uuid> = self.attempts.ids.iter().collect();
+        !self.moves.ids.iter().any(|id| placed.contains(id))
+            && !self.refunds.ids.iter().any(|id| attempted.contains(id))
+    }
+
+    /// Claims the checkpoint row `name` (moves it from `expected` to `to`, only if it is still
+    /// at `expected`) and, only if that claim succeeds, writes everything gathered: ONE
+    /// statement (data-modifying CTEs, each table's rows gated on the claim). With nothing
+    /// gathered it is the claim alone. Run in autocommit, the batch lands with its checkpoint
+    /// or not at all; two appliers that read the same checkpoint cannot both claim it, since
+    /// the second waits on the row lock and re-checks the row the first committed. Callers
+    /// must use it only when `fits_one_statement`.
+    pub(super) async fn write_claiming<'c, X>(
+        &self,
+        conn: X,
+        name: &str,
+        expected: i64,
+        to: i64,
+    ) -> Result<Claim, sqlx::Error>
+    where
+        X: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        const GATE: &str = "EXISTS (SELECT 1 FROM claim)";
+        let parts = self.parts();
+        let mut sql = String::from(
+            "WITH claim AS (UPDATE projection_checkpoints SET position = $2
+                             WHERE name = $1 AND position = $3 RETURNING position),\n",
+        );
+        let mut offset = 3;
+        for (i, part) in parts.iter().enumerate() {
+            sql.push_str(&part.piece().spliced(&format!("w{i}"), offset, GATE));
+            offset += part.piece().params();
+        }
+        let cut = sql.trim_end().trim_end_matches(',').len();
+        sql.truncate(cut);
+        sql.push('\n');
+        sql.push_str(
+            "SELECT EXISTS (SELECT 1 FROM claim) AS claimed,
+                    (SELECT position FROM projection_checkpoints WHERE name = $1) AS seen",
+        );
+        let mut query = sqlx::query(&sql).bind(name).bind(to).bind(expected);
+        for part in parts {
+            query = self.bind(part, query);
+        }
+        let row = query.fetch_one(conn).await?;
+        let (claimed, seen): (bool, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(if claimed {
+            Claim::Claimed
+        } else {
+            Claim::Lost { seen }
+        })
+    }
+}
+
+/// A table `Batch` writes, and the statement that does.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Placed,
+    Attempts,
+    Moves,
+    Refunds,
+    Seats,
+}
+
+impl Part {
+    fn piece(self) -> &'static write::Piece {
+        match self {
+            Part::Placed => &write::INSERT_RESERVATIONS,
+            Part::Attempts => &write::INSERT_PAYMENTS,
+            Part::Moves => &write::MOVE_RESERVATIONS,
+            Part::Refunds => &write::REFUND_PAYMENTS,
+            Part::Seats => &write::MOVE_SEATS,
+        }
+    }
+}
+
+/// What `Batch::write_claiming` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// The checkpoint moved and the batch is written.
+    Claimed,
+    /// The checkpoint was not where the caller read it (another applier moved it, or the row
+    /// is missing): nothing was written. `seen` is the position in the statement's snapshot,
+    /// a committed value, which may predate the applier that won.
+    Lost { seen: Option<i64> },
 }
 
 impl Moves {

@@ -16,6 +16,16 @@ async fn database() -> PgPool {
     pool
 }
 
+/// A new database with `log` applied in one batch: the rows to compare with.
+async fn applied_once(log: &[Arc<RecordedEvent>]) -> PgPool {
+    let pool = database().await;
+    PostgresReadModel::new(pool.clone())
+        .apply(log)
+        .await
+        .unwrap();
+    pool
+}
+
 /// Another pool on the same database: what a second service instance has.
 async fn second_instance(pool: &PgPool) -> PgPool {
     let options = pool.connect_options().as_ref().clone();
@@ -85,11 +95,7 @@ async fn one_batch_leaves_the_rows_that_one_event_per_batch_leaves() {
 #[tokio::test]
 async fn a_batch_straddling_a_lost_checkpoint_applies_only_what_rows_have_not_seen() {
     let busy = contract::generated::busy_sales(400, 13);
-    let reference = database().await;
-    PostgresReadModel::new(reference.clone())
-        .apply(&busy.log)
-        .await
-        .unwrap();
+    let reference = applied_once(&busy.log).await;
 
     let pool = database().await;
     let model = PostgresReadModel::new(pool.clone());
@@ -172,11 +178,7 @@ async fn bulk_apply_throughput() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_applying_the_same_batches_concurrently_apply_them_once() {
     let log = contract::history();
-    let reference = database().await;
-    PostgresReadModel::new(reference.clone())
-        .apply(&log)
-        .await
-        .unwrap();
+    let reference = applied_once(&log).await;
 
     let shared = database().await;
     let a = PostgresReadModel::new(shared.clone());
@@ -218,8 +220,86 @@ async fn views_ignore_events_they_already_include_even_behind_the_checkpoint() {
         .execute(&pool)
         .await
         .unwrap();
-    model.apply(&log).await.unwrap();
+    // A restarted instance: it reads the rewound checkpoint and replays everything.
+    PostgresReadModel::new(pool.clone())
+        .apply(&log)
+        .await
+        .unwrap();
     assert_eq!(rows(&pool).await, before);
+}
+
+/// A batch of hot events is one statement, checkpoint included; an applier that claims from
+/// a checkpoint another instance moved meanwhile writes nothing (no seat moves twice), learns
+/// where the checkpoint is, and then applies only what is left.
+#[tokio::test]
+async fn a_hot_batch_is_one_statement_and_a_lost_claim_writes_nothing() {
+    let sale = contract::generated::flash_sale(100);
+    let reference = applied_once(&sale.log).await;
+
+    let pool = database().await;
+    let a = PostgresReadModel::new(pool.clone());
+    let b = PostgresReadModel::new(second_instance(&pool).await);
+    let opened = 4; // created, stocked, published, sales opened
+    a.apply(&sale.log[..opened]).await.unwrap();
+    assert_eq!(b.checkpoint().await.unwrap(), opened as u64);
+    let batch = &sale.log[opened..opened + 40];
+    let end = batch.last().unwrap().position;
+    assert_eq!(
+        a.apply_from(opened as u64, batch).await.unwrap(),
+        (bulk::Claim::Claimed, 1)
+    );
+    let after_a = rows(&pool).await;
+    assert_eq!(
+        b.apply_from(opened as u64, batch).await.unwrap(),
+        (
+            bulk::Claim::Lost {
+                seen: Some(end as i64)
+            },
+            1
+        )
+    );
+    assert_eq!(rows(&pool).await, after_a, "a lost claim wrote");
+    // Also with events no row includes yet, which only the claim holds back.
+    let next = &sale.log[opened + 40..opened + 80];
+    assert_eq!(
+        b.apply_from(opened as u64, next).await.unwrap(),
+        (
+            bulk::Claim::Lost {
+                seen: Some(end as i64)
+            },
+            1
+        )
+    );
+    assert_eq!(rows(&pool).await, after_a, "a lost claim wrote");
+
+    b.apply(&sale.log[opened..opened + 100]).await.unwrap();
+    a.apply(&sale.log).await.unwrap();
+    assert_eq!(rows(&pool).await, rows(&reference).await);
+}
+
+/// Four instances applying one flash sale at the same time, in batches of their own sizes
+/// (one statement each when hot, a transaction when a batch confirms what it places), end
+/// with the rows one instance applying it once leaves: every batch landed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appliers_racing_on_the_same_batches_apply_each_event_once() {
+    let sale = contract::generated::flash_sale(300);
+    let reference = applied_once(&sale.log).await;
+
+    let shared = database().await;
+    let mut racers = Vec::new();
+    for size in [5, 8, 8, 70] {
+        let model = PostgresReadModel::new(second_instance(&shared).await);
+        let log = sale.log.clone();
+        racers.push(tokio::spawn(async move {
+            for batch in log.chunks(size) {
+                model.apply(batch).await.unwrap();
+            }
+        }));
+    }
+    for racer in racers {
+        racer.await.unwrap();
+    }
+    assert_eq!(rows(&shared).await, rows(&reference).await);
 }
 
 /// A query against an unreachable database is `Unavailable`, never a panic.
