@@ -1,6 +1,6 @@
 //! The contract every `EventStore` adapter passes. Each adapter's tests call `run_all`.
 
-use super::{EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
+use super::{EventStore, Known, Metadata, NewEvent, RecordedEvent, StoreError, TurnMode, Turned};
 use crate::domain::EventId;
 
 fn event(stream: &str, version: u64) -> NewEvent {
@@ -31,6 +31,16 @@ pub async fn run_all(store: &dyn EventStore) {
     a_turn_reads_what_is_new_and_appends_what_it_decides(store).await;
     concurrent_turns_on_one_sale_queue_instead_of_conflicting(store).await;
     a_stale_turn_still_conflicts_and_writes_nothing(store).await;
+    an_optimistic_turn_appends_only_on_the_head_it_knows(store).await;
+    a_first_optimistic_turn_on_a_new_sale_wins_once(store).await;
+}
+
+/// A turn's events as `take_turn` answers them: (last position, what the writer now knows).
+fn done(turned: Result<Turned, StoreError>) -> (Option<u64>, Known) {
+    match turned {
+        Ok(Turned::Done { last, known }) => (last, known),
+        other => panic!("expected a finished turn, got {other:?}"),
+    }
 }
 
 async fn appends_are_read_back_in_order(store: &dyn EventStore) {
@@ -106,20 +116,33 @@ async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventS
         .await
         .unwrap();
     let mut given = Vec::new();
-    let appended = store
-        .take_turn(sale, first - 1, &mut |fresh| {
-            given = fresh.iter().map(|e| e.version).collect();
-            assert_eq!(fresh[0].payload, event(&s, 2).payload, "payload intact");
-            assert_eq!(fresh[0].metadata.correlation_id.as_deref(), Some("corr"));
-            vec![event(&s, 3)]
-        })
-        .await
-        .unwrap()
-        .expect("the turn appended");
+    let known = Known {
+        position: first - 1,
+        events: 1,
+    };
+    let (appended, known) = done(
+        store
+            .take_turn(sale, known, TurnMode::Locked, &mut |fresh| {
+                given = fresh.iter().map(|e| e.version).collect();
+                assert_eq!(fresh[0].payload, event(&s, 2).payload, "payload intact");
+                assert_eq!(fresh[0].metadata.correlation_id.as_deref(), Some("corr"));
+                vec![event(&s, 3)]
+            })
+            .await,
+    );
+    let appended = appended.expect("the turn appended");
     assert_eq!(
         given,
         [2],
         "the turn is given the events after `after` only"
+    );
+    assert_eq!(
+        known,
+        Known {
+            position: appended,
+            events: 3
+        },
+        "the writer knows its own append"
     );
     let read = store.read_sale(sale, 0).await.unwrap();
     assert_eq!(
@@ -127,13 +150,31 @@ async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventS
         [1, 2, 3]
     );
     assert_eq!(read[2].position, appended);
+    // A writer that knows the whole sale is given nothing.
+    let (nothing, same) = done(
+        store
+            .take_turn(sale, known, TurnMode::Locked, &mut |fresh| {
+                assert!(fresh.is_empty(), "{fresh:?}");
+                Vec::new()
+            })
+            .await,
+    );
+    assert_eq!((nothing, same), (None, known));
     // Deciding nothing writes nothing.
-    let nothing = store.take_turn(sale, 0, &mut |_| Vec::new()).await.unwrap();
-    assert_eq!(nothing, None);
+    let (nothing, hydrated) = done(
+        store
+            .take_turn(sale, Known::default(), TurnMode::Locked, &mut |_| {
+                Vec::new()
+            })
+            .await,
+    );
+    assert_eq!((nothing, hydrated), (None, known));
     assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 3);
     // Malformed decisions are refused like malformed appends.
     let gap = store
-        .take_turn(sale, appended, &mut |_| vec![event(&s, 4), event(&s, 6)])
+        .take_turn(sale, known, TurnMode::Locked, &mut |_| {
+            vec![event(&s, 4), event(&s, 6)]
+        })
         .await;
     assert!(matches!(gap, Err(StoreError::InvalidAppend(_))), "{gap:?}");
     assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 3);
@@ -147,10 +188,15 @@ async fn next_version_in_a_turn(store: &dyn EventStore, sale: EventId) -> Result
         vec![event(&stream, version)]
     };
     let mut decide = decide;
-    store
-        .take_turn(sale, 0, &mut decide)
-        .await
-        .map(|p| p.unwrap_or(0))
+    match store
+        .take_turn(sale, Known::default(), TurnMode::Locked, &mut decide)
+        .await?
+    {
+        Turned::Done { last, .. } => Ok(last.unwrap_or(0)),
+        Turned::Stale => Err(StoreError::Unavailable(
+            "a locked turn is never stale".into(),
+        )),
+    }
 }
 
 async fn concurrent_turns_on_one_sale_queue_instead_of_conflicting(store: &dyn EventStore) {
@@ -180,12 +226,105 @@ async fn a_stale_turn_still_conflicts_and_writes_nothing(store: &dyn EventStore)
     store.append(sale, vec![event(&a, 1)]).await.unwrap();
     // A decision that ignores what it was given (as a writer that skips turns would).
     let err = store
-        .take_turn(sale, 0, &mut |_| vec![event(&b, 1), event(&a, 1)])
+        .take_turn(sale, Known::default(), TurnMode::Locked, &mut |_| {
+            vec![event(&b, 1), event(&a, 1)]
+        })
         .await
         .unwrap_err();
     assert!(
         matches!(err, StoreError::Conflict { ref stream_id, attempted: 1, actual: 1 } if *stream_id == a),
         "{err:?}"
     );
+    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
+}
+
+/// An optimistic turn decides on nothing new and appends only while the sale's head is what
+/// the writer knows; once another writer appended, it is stale (also when it decided nothing)
+/// and writes nothing, and a locked turn then hands over exactly what was missed.
+async fn an_optimistic_turn_appends_only_on_the_head_it_knows(store: &dyn EventStore) {
+    let sale = EventId::random();
+    let (a, b) = (format!("inventory-{sale}"), format!("reservation-{sale}"));
+    let first = store.append(sale, vec![event(&a, 1)]).await.unwrap();
+    let known = Known {
+        position: first,
+        events: 1,
+    };
+    let (last, known) = done(
+        store
+            .take_turn(sale, known, TurnMode::Optimistic, &mut |fresh| {
+                assert!(fresh.is_empty(), "{fresh:?}");
+                vec![event(&a, 2), event(&b, 1)]
+            })
+            .await,
+    );
+    let last = last.expect("the optimistic turn appended");
+    assert_eq!(
+        known,
+        Known {
+            position: last,
+            events: 3
+        }
+    );
+    let (nothing, same) = done(
+        store
+            .take_turn(sale, known, TurnMode::Optimistic, &mut |_| Vec::new())
+            .await,
+    );
+    assert_eq!((nothing, same), (None, known), "a current refusal stands");
+
+    // Another writer appends to the sale.
+    let c = format!("payment-{sale}");
+    let foreign = store.append(sale, vec![event(&c, 1)]).await.unwrap();
+    let stale = store
+        .take_turn(sale, known, TurnMode::Optimistic, &mut |_| {
+            vec![event(&a, 3)]
+        })
+        .await;
+    assert_eq!(stale, Ok(Turned::Stale));
+    let stale = store
+        .take_turn(sale, known, TurnMode::Optimistic, &mut |_| Vec::new())
+        .await;
+    assert_eq!(stale, Ok(Turned::Stale), "a refusal on a stale state too");
+    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 4);
+
+    let mut given = Vec::new();
+    let (last, known) = done(
+        store
+            .take_turn(sale, known, TurnMode::Locked, &mut |fresh| {
+                given = fresh.iter().map(|e| e.position).collect();
+                vec![event(&a, 3)]
+            })
+            .await,
+    );
+    assert_eq!(given, [foreign], "exactly what the other writer appended");
+    assert_eq!(
+        known,
+        Known {
+            position: last.expect("appended"),
+            events: 5
+        }
+    );
+}
+
+/// Two writers' first optimistic turns on a sale nothing was appended to: one appends, the
+/// other is stale.
+async fn a_first_optimistic_turn_on_a_new_sale_wins_once(store: &dyn EventStore) {
+    let sale = EventId::random();
+    let s = format!("event-{sale}");
+    let (last, known) = done(
+        store
+            .take_turn(sale, Known::default(), TurnMode::Optimistic, &mut |_| {
+                vec![event(&s, 1)]
+            })
+            .await,
+    );
+    assert_eq!(known.events, 1);
+    assert_eq!(known.position, last.expect("appended"));
+    let second = store
+        .take_turn(sale, Known::default(), TurnMode::Optimistic, &mut |_| {
+            vec![event(&s, 1)]
+        })
+        .await;
+    assert_eq!(second, Ok(Turned::Stale));
     assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
 }

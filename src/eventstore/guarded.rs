@@ -5,7 +5,7 @@
 //! failure: a conflict or a malformed append is an answer. `ping` bypasses the breaker, so
 //! `/ready` reports the store itself.
 
-use super::{Decide, EventStore, NewEvent, RecordedEvent, StoreError};
+use super::{Decide, EventStore, Known, NewEvent, RecordedEvent, StoreError, TurnMode, Turned};
 use crate::breaker::Breaker;
 use crate::domain::EventId;
 use async_trait::async_trait;
@@ -41,11 +41,12 @@ impl EventStore for Guarded {
     async fn take_turn(
         &self,
         sale_id: EventId,
-        after: u64,
+        known: Known,
+        mode: TurnMode,
         decide: &mut Decide<'_>,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Turned, StoreError> {
         self.breaker
-            .call(self.inner.take_turn(sale_id, after, decide), failed)
+            .call(self.inner.take_turn(sale_id, known, mode, decide), failed)
             .await?
     }
 
@@ -120,11 +121,12 @@ mod tests {
         async fn take_turn(
             &self,
             sale_id: EventId,
-            after: u64,
+            known: Known,
+            mode: TurnMode,
             decide: &mut Decide<'_>,
-        ) -> Result<Option<u64>, StoreError> {
+        ) -> Result<Turned, StoreError> {
             self.enter()?;
-            self.inner.take_turn(sale_id, after, decide).await
+            self.inner.take_turn(sale_id, known, mode, decide).await
         }
         async fn read_sale(
             &self,

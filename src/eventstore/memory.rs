@@ -1,7 +1,10 @@
 //! In-memory `EventStore`: the embedded default. Same semantics as the PostgreSQL adapter
 //! (atomic multi-stream appends, typed conflicts, gap-free positions), none of the durability.
 
-use super::{check_contiguous, Decide, EventStore, NewEvent, RecordedEvent, StoreError};
+use super::{
+    check_contiguous, Decide, EventStore, Known, NewEvent, RecordedEvent, StoreError, TurnMode,
+    Turned,
+};
 use crate::domain::EventId;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -102,24 +105,46 @@ impl EventStore for MemoryEventStore {
     }
 
     /// The whole turn runs under the log's mutex (`decide` is synchronous), which is all the
-    /// turn-taking one process needs.
+    /// turn-taking one process needs; an optimistic turn is only checked against the head.
     async fn take_turn(
         &self,
         sale_id: EventId,
-        after: u64,
+        known: Known,
+        mode: TurnMode,
         decide: &mut Decide<'_>,
-    ) -> Result<Option<u64>, StoreError> {
-        let last = {
+    ) -> Result<Turned, StoreError> {
+        let (last, known) = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            let fresh = log.read_sale(sale_id, after);
-            let events = decide(&fresh);
-            if events.is_empty() {
-                return Ok(None);
+            let head = log.by_sale.get(&sale_id).map_or(0, |idx| idx.len() as u64);
+            if mode == TurnMode::Optimistic && head != known.events {
+                return Ok(Turned::Stale);
             }
-            log.append(sale_id, events)?
+            let fresh = match mode {
+                TurnMode::Locked => log.read_sale(sale_id, known.position),
+                TurnMode::Optimistic => Vec::new(),
+            };
+            let seen = fresh.last().map_or(known.position, |e| e.position);
+            let events = decide(&fresh);
+            let count = events.len() as u64;
+            if events.is_empty() {
+                let known = Known {
+                    position: seen,
+                    events: head,
+                };
+                return Ok(Turned::Done { last: None, known });
+            }
+            let last = log.append(sale_id, events)?;
+            let known = Known {
+                position: last,
+                events: head + count,
+            };
+            (last, known)
         };
         self.head.send_replace(last);
-        Ok(Some(last))
+        Ok(Turned::Done {
+            last: Some(last),
+            known,
+        })
     }
 
     async fn read_sale(

@@ -2,8 +2,10 @@
 //! instance, with a global position. Appends carry the version each event will take, and a
 //! stale version is a typed `Conflict` (optimistic concurrency). Writers of one sale take
 //! turns (`take_turn`): read what others appended, decide, append, with no other writer of the
-//! sale in between, so the conflict is a safety net. Adapters: `memory` and `postgres`; both
-//! must pass `contract`. `guarded` puts a circuit breaker in front of any of them.
+//! sale in between (a locked turn), or decide first and append only if no other writer wrote
+//! the sale meanwhile (an optimistic turn), so the conflict is a safety net. Adapters: `memory`
+//! and `postgres`; both must pass `contract`. `guarded` puts a circuit breaker in front of any
+//! of them.
 
 pub mod codec;
 #[cfg(test)]
@@ -60,6 +62,36 @@ pub struct RecordedEvent {
 /// has not seen yet, the events to append (none: nothing is written).
 pub type Decide<'a> = dyn for<'e> FnMut(&'e [Arc<RecordedEvent>]) -> Vec<NewEvent> + Send + 'a;
 
+/// What a writer has read of its sale: every event of the sale up to `position`, `events` of
+/// them in all (the sale's head as the store counts it). `Known::default()`: nothing yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    pub position: u64,
+    pub events: u64,
+}
+
+/// How a turn keeps other writers of the sale out (`EventStore::take_turn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnMode {
+    /// Wait for the sale, hand `decide` what is new since `Known`, append: never stale.
+    Locked,
+    /// Hand `decide` nothing (the writer believes it knows the whole sale) and append only if
+    /// the sale's head is still `Known::events`; else `Turned::Stale`. Cheaper when one writer
+    /// has the sale to itself.
+    Optimistic,
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turned {
+    /// `decide`'s events were appended, ending at position `last` (`None`: it decided nothing
+    /// and nothing was written); the writer now knows the sale up to `known`.
+    Done { last: Option<u64>, known: Known },
+    /// An optimistic turn found that another writer wrote the sale since `Known`: nothing was
+    /// written, and what `decide` decided was decided on a stale state and must be discarded.
+    Stale,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// Someone else appended to `stream_id` first.
@@ -91,19 +123,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// Nothing is written on error.
     async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError>;
 
-    /// One writer's turn on a sale: while it lasts, no other turn on the same sale (in any
-    /// process sharing the store) reads or appends. The store reads the sale's events with a
-    /// position greater than `after` and hands them to `decide`, which returns the events to
-    /// append (it may keep whatever else it decided in its captures); they are appended
-    /// atomically before the turn ends. Returns the position of the last appended event, or
-    /// `None` when `decide` returned nothing (nothing is written). Stale versions still fail
-    /// with `Conflict` (a writer that does not take turns got in first); nothing is written then.
+    /// One writer's turn on a sale: no other turn on the same sale (in any process sharing
+    /// the store) appends between what `decide` was given and what it returns. A `Locked` turn
+    /// waits for the sale, hands `decide` the sale's events after `known` (read only when the
+    /// sale's head is beyond `known.events`) and appends what it returns atomically. An
+    /// `Optimistic` turn hands `decide` nothing and appends only if the sale's head is still
+    /// `known.events` (also when `decide` returned nothing), else answers `Turned::Stale`.
+    /// Stale versions still fail with `Conflict` (a writer that does not take turns got in
+    /// first); nothing is written then.
     async fn take_turn(
         &self,
         sale_id: EventId,
-        after: u64,
+        known: Known,
+        mode: TurnMode,
         decide: &mut Decide<'_>,
-    ) -> Result<Option<u64>, StoreError>;
+    ) -> Result<Turned, StoreError>;
 
     /// The events of one sale with a position greater than `after`, in position order
     /// (`after` = 0 for all of them): how a writer hydrates and catches up.

@@ -1,38 +1,43 @@
-//! PostgreSQL `EventStore`. An append is one transaction: take a transaction-scoped advisory
-//! lock, number the events after the current maximum position, insert them, notify listeners,
-//! commit. Holding the lock until commit makes positions gap-free *and* visible in order, so a
-//! reader paging by position can never skip an event that commits late (the classic bug of
-//! sequence-numbered logs under concurrency). The price is that appends of different sales
-//! take turns at the lock; group commit in the writers keeps that cheap. A writer's turn on a
-//! sale (`take_turn`) is one transaction too: it first takes the sale's own advisory lock, then
-//! reads what other instances appended, decides, and appends as above, so writers of one sale
-//! on different instances queue instead of racing. A stale expected version is the
+//! PostgreSQL `EventStore`. An append is one statement (`append.rs`): it moves the sale's head
+//! row (`sale_heads`, the sale's event count) and then the log's head row (`event_log_head`,
+//! the last position) by the batch's size, numbers the events after the log's old head,
+//! inserts them and notifies listeners. The log's head row stays locked until commit, and
+//! under READ COMMITTED the next append's UPDATE waits for it and then sees the latest
+//! committed value: positions are gap-free *and* become visible in order, so a reader paging
+//! by position can never skip an event that commits late (the classic bug of
+//! sequence-numbered logs). Appends of different sales take turns at that row only for one
+//! statement and its commit; group commit in the writers keeps that cheap. A writer's turn on
+//! a sale (`take_turn`, `turn.rs`) is locked (the sale's head row `FOR UPDATE`, a catch-up read
+//! only when the head moved, the append, in one transaction) or optimistic (the append alone,
+//! only if the sale's head did not move). A stale expected version is the
 //! `events_stream_version_key` unique violation, reported as `Conflict`: with turns, only a
-//! writer that skips them (an older binary during a rolling deploy) can cause one. What this
-//! instance committed lately is also kept in memory (`tail.rs`): readers tailing the log here
-//! get it without a query.
+//! writer that skips them can cause one. Binaries older than the heads must all be stopped
+//! before this one starts (RUNBOOK.md). What this instance committed lately is also kept in
+//! memory (`tail.rs`): readers tailing the log here get it without a query.
 
 mod append;
 mod tail;
+mod turn;
 
-use super::{check_contiguous, Decide, EventStore, Metadata, NewEvent, RecordedEvent, StoreError};
+use super::{
+    check_contiguous, Decide, EventStore, Known, Metadata, NewEvent, RecordedEvent, StoreError,
+    TurnMode, Turned,
+};
 use crate::backoff::Backoff;
 use crate::db;
 use crate::domain::EventId;
-use append::{insert, sale_lock_key, SALE_LOCK_CLASS};
+use append::{insert, Appended};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{FromRow, PgPool, Row};
+use sqlx::{FromRow, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tail::Tail;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Advisory lock key that serializes appends ("tkt-evts").
-const APPEND_LOCK: i64 = 0x746b_742d_6576_7473;
-/// Channel on which every append announces its last position.
+/// Channel on which every append announces its last position (`<position>:<store tag>`).
 const CHANNEL: &str = "ticketing_events";
 
 pub struct PostgresEventStore {
@@ -41,6 +46,8 @@ pub struct PostgresEventStore {
     listener: JoinHandle<()>,
     /// What this instance appended lately, for the readers tailing the log here.
     tail: Arc<Tail>,
+    /// This store's mark on its appends' notifications: its listener leaves those to it.
+    tag: String,
 }
 
 impl Drop for PostgresEventStore {
@@ -56,14 +63,17 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 impl PostgresEventStore {
     /// Connects the store to a migrated database and starts following other instances' appends.
     pub async fn new(pool: PgPool) -> Result<Self, StoreError> {
+        resync_log_head(&pool).await.map_err(unavailable)?;
         let head = watch::Sender::new(max_position(&pool).await?);
         let tail = Arc::new(Tail::default());
-        let listener = tokio::spawn(follow_appends(pool.clone(), head.clone(), tail.clone()));
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let listener = tokio::spawn(follow_appends(pool.clone(), head.clone(), tag.clone()));
         Ok(Self {
             pool,
             head,
             listener,
             tail,
+            tag,
         })
     }
 
@@ -82,95 +92,42 @@ impl PostgresEventStore {
         Ok(version.map_or(0, to_u64))
     }
 
+    /// A plain append: the one statement, autocommit, whatever the sale's head.
     async fn try_append(&self, sale_id: EventId, events: &[NewEvent]) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let (last, recorded_at) = insert(&mut tx, sale_id, events).await?;
-        self.commit(tx, sale_id, events, last, recorded_at).await?;
-        Ok(last)
+        let appended = insert(&self.pool, sale_id, events, None, &self.tag)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        self.tail
+            .committed(sale_id, events, appended.last, appended.recorded_at);
+        Ok(appended.last)
     }
 
-    /// The turn's transaction. `Ok(Err(..))` is a store error found before anything was
-    /// sent (malformed events); `Err` is a database error.
-    async fn try_turn(
-        &self,
-        sale_id: EventId,
-        after: u64,
-        decide: &mut Decide<'_>,
-        events: &mut Vec<NewEvent>,
-    ) -> Result<Result<Option<u64>, StoreError>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // The sale's lock and the read in one round trip: two statements of one simple query
-        // (values formatted: a UUID and integers, nothing to escape), so the lock is held for
-        // no extra trip between them. The lock must be a statement of its own: a statement's
-        // snapshot is taken when it starts, so the read must start after the lock was granted
-        // to see the previous holder's commit. Only the read's rows have more than one column.
-        let sql = format!(
-            "SELECT pg_advisory_xact_lock({SALE_LOCK_CLASS}, {key});
-             SELECT {COLUMNS} FROM events WHERE sale_id = '{sale}' AND position > {after}
-             ORDER BY position",
-            key = sale_lock_key(sale_id),
-            sale = sale_id.0,
-            after = i64::try_from(after).unwrap_or(i64::MAX),
-        );
-        // A `&str` without arguments goes as a simple query, several statements allowed.
-        let conn: &mut sqlx::PgConnection = &mut tx;
-        let rows = sqlx::Executor::fetch_all(conn, sql.as_str()).await?;
-        let fresh = match rows
-            .iter()
-            .filter(|row| row.len() > 1)
-            .map(|row| {
-                let row = EventRow::from_row(row)
-                    .map_err(|e| StoreError::Corrupt(format!("unreadable event row: {e}")))?;
-                RecordedEvent::try_from(row).map(Arc::new)
-            })
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tx.rollback().await?;
-                return Ok(Err(e));
-            }
-        };
-        *events = decide(&fresh);
-        if events.is_empty() {
-            tx.rollback().await?;
-            return Ok(Ok(None));
-        }
-        if let Err(e) = check_contiguous(events) {
-            tx.rollback().await?;
-            return Ok(Err(e));
-        }
-        let (last, recorded_at) = insert(&mut tx, sale_id, events).await?;
-        self.commit(tx, sale_id, events, last, recorded_at).await?;
-        Ok(Ok(Some(last)))
-    }
-
-    /// Commits an append ending at `last`, then records its events in the tail (the head is
-    /// raised by the caller, after this).
+    /// Commits a turn's transaction, then records its events in the tail (the head is raised
+    /// by the caller, after this).
     async fn commit(
         &self,
         tx: sqlx::Transaction<'_, sqlx::Postgres>,
         sale_id: EventId,
         events: &[NewEvent],
-        last: u64,
-        recorded_at: DateTime<Utc>,
+        appended: &Appended,
     ) -> Result<(), sqlx::Error> {
-        self.tail.in_flight(last);
-        match tx.commit().await {
-            Ok(()) => {
-                self.tail.committed(sale_id, events, last, recorded_at);
-                Ok(())
-            }
-            Err(e) => {
-                self.tail.abandoned(last);
-                Err(e)
-            }
-        }
+        tx.commit().await?;
+        self.tail
+            .committed(sale_id, events, appended.last, appended.recorded_at);
+        Ok(())
     }
 
     /// Maps a failed append of `events`: the unique violation on (stream, version) is a
     /// `Conflict` naming the first stream of the batch that is behind.
     async fn append_error(&self, e: sqlx::Error, events: &[NewEvent]) -> StoreError {
+        if db::violates(&e, "events_pkey") {
+            // Only an older binary numbering by MAX(position) beside this one gets here.
+            tracing::error!("an event position was taken outside the log head; stop binaries older than the log head (RUNBOOK.md, Deploys)");
+            if let Err(e) = resync_log_head(&self.pool).await {
+                tracing::warn!(error = %e, "cannot move the log head past the last event");
+            }
+            return unavailable(e);
+        }
         if !db::violates(&e, "events_stream_version_key") {
             return unavailable(e);
         }
@@ -259,6 +216,19 @@ impl TryFrom<EventRow> for RecordedEvent {
 const COLUMNS: &str =
     "position, sale_id, stream_id, version, event_type, event_version, payload, metadata::text AS metadata, recorded_at";
 
+/// Moves the log's head past the last event if something numbered events without it (an older
+/// binary still running): appends would otherwise fail on `events_pkey` until it caught up.
+async fn resync_log_head(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE event_log_head
+         SET position = GREATEST(position, (SELECT COALESCE(MAX(position), 0) FROM events))
+         WHERE id = 1",
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
 async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
     sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(position), 0) FROM events")
         .fetch_one(pool)
@@ -268,9 +238,9 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 }
 
 /// Follows the appends of every instance (LISTEN), and re-reads the head after a reconnect,
-/// so subscriptions here wake for events written elsewhere. This instance's own appends in
-/// flight are left to their appenders (see `tail.rs`).
-async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tail: Arc<Tail>) {
+/// so subscriptions here wake for events written elsewhere. This store's own appends (marked
+/// with its `tag`) are left to their appenders, which raise the head once the tail has them.
+async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
     let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let listener = match PgListener::connect_with(&pool).await {
@@ -284,13 +254,15 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tail: Arc<Tail>)
                     head.send_if_modified(|h| raise(h, max));
                 }
                 while let Ok(notification) = listener.recv().await {
-                    match notification.payload().parse::<u64>() {
-                        // This instance's append: its appender raises the head, after the tail.
-                        Ok(position) if tail.own(position) => {}
-                        Ok(position) => {
-                            head.send_if_modified(|h| raise(h, position));
-                        }
-                        Err(_) => {}
+                    let (position, from) = notification
+                        .payload()
+                        .split_once(':')
+                        .unwrap_or((notification.payload(), ""));
+                    if from == tag {
+                        continue;
+                    }
+                    if let Ok(position) = position.parse::<u64>() {
+                        head.send_if_modified(|h| raise(h, position));
                     }
                 }
                 tracing::warn!("lost the event notification connection; reconnecting");
@@ -329,16 +301,29 @@ impl EventStore for PostgresEventStore {
     async fn take_turn(
         &self,
         sale_id: EventId,
-        after: u64,
+        known: Known,
+        mode: TurnMode,
         decide: &mut Decide<'_>,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Turned, StoreError> {
         let mut events = Vec::new();
-        match self.try_turn(sale_id, after, decide, &mut events).await {
-            Ok(Ok(Some(last))) => {
-                self.head.send_if_modified(|h| raise(h, last));
-                Ok(Some(last))
+        let turn = match mode {
+            TurnMode::Locked => self.locked_turn(sale_id, known, decide, &mut events).await,
+            TurnMode::Optimistic => {
+                self.optimistic_turn(sale_id, known, decide, &mut events)
+                    .await
             }
-            Ok(other) => other,
+        };
+        match turn {
+            Ok(Ok(turned)) => {
+                if let Turned::Done {
+                    last: Some(last), ..
+                } = turned
+                {
+                    self.head.send_if_modified(|h| raise(h, last));
+                }
+                Ok(turned)
+            }
+            Ok(Err(e)) => Err(e),
             Err(e) => Err(self.append_error(e, &events).await),
         }
     }

@@ -2,14 +2,17 @@
 //! commands one after another, and appends the events of every command that queued up while
 //! the previous append was in flight in one transaction (group commit). Callers are answered
 //! only after that commit (invariant 3). Each batch is one turn on the sale
-//! (`EventStore::take_turn`): writers of the same sale on other instances wait for it, and it
-//! first applies what they appended, so it decides on the whole truth. A version conflict can
-//! then only come from a writer that does not take turns; it reloads the sale and re-decides
-//! the batch, a bounded number of times.
+//! (`EventStore::take_turn`). While the writer has the sale to itself its turns are optimistic
+//! (decide, then append only if nobody wrote the sale meanwhile: one statement on PostgreSQL);
+//! once another instance wrote, it drops its state, reloads the sale and takes locked turns
+//! (writers of the same sale on other instances wait for it, and it first applies what they
+//! appended) until `LOCKED_TURNS` turns in a row found nothing foreign. Either way it decides
+//! on the whole truth. A version conflict can then only come from a writer that does not take
+//! turns; it reloads the sale and re-decides the batch, a bounded number of times.
 
 use super::expiry::ExpiryHandle;
 use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
-use crate::eventstore::{codec, EventStore, Metadata, StoreError};
+use crate::eventstore::{codec, EventStore, Known, Metadata, StoreError, TurnMode, Turned};
 use crate::observability::tracecontext::{continue_trace, link_trace};
 use crate::observability::Metrics;
 use smallvec::SmallVec;
@@ -20,6 +23,10 @@ use tracing::Instrument;
 
 /// How many times a batch is re-decided after conflicts before callers are told to retry.
 const MAX_ATTEMPTS: usize = 5;
+
+/// Locked turns in a row that must find no other writer's events before the writer goes
+/// back to optimistic turns.
+const LOCKED_TURNS: u32 = 8;
 
 /// What a caller gets back once its command's events are committed.
 #[derive(Debug, Clone)]
@@ -61,10 +68,10 @@ pub struct SaleWriter {
     pub max_batch: usize,
     /// `None` until hydrated, and again after a failed append left tentative state behind.
     state: Option<SaleState>,
-    /// Every event of this sale up to this position has been read into `state`.
-    seen: u64,
-    /// Positions of this writer's own appends since the last catch-up: already in `state`.
-    own: Vec<(u64, u64)>,
+    /// What `state` holds of the sale (its own appends included).
+    known: Known,
+    /// Locked turns still to take before trying optimistic ones again.
+    locked_turns: u32,
 }
 
 impl SaleWriter {
@@ -82,8 +89,8 @@ impl SaleWriter {
             metrics,
             max_batch,
             state: None,
-            seen: 0,
-            own: Vec::new(),
+            known: Known::default(),
+            locked_turns: 0,
         }
     }
 
@@ -117,12 +124,16 @@ impl SaleWriter {
                 Ok((decisions, None)) => return answer(batch, decisions, 0, &self.metrics),
                 Ok((decisions, Some((position, count)))) => {
                     tracing::debug!(position, events = count, "batch committed");
-                    self.own.push((position + 1 - count, position));
                     for e in decisions.iter().flatten().flat_map(|d| &d.events) {
                         record_business_metrics(&self.metrics, e);
                     }
                     self.run_effects(&decisions);
                     return answer(batch, decisions, position, &self.metrics);
+                }
+                Err(Failed::Stale) => {
+                    tracing::debug!(
+                        "another writer wrote the sale; reloading, taking locked turns"
+                    );
                 }
                 Err(Failed::Store(StoreError::Conflict { stream_id, .. })) => {
                     self.metrics.store_conflicts.inc();
@@ -140,37 +151,32 @@ impl SaleWriter {
 
     /// One turn on the sale: apply what other instances appended since the last look (a fresh
     /// hydration after a reset), decide the batch against it, append. Returns the decisions
-    /// and, when something was appended, (last position, events appended). On any error the
-    /// state is dropped (it may hold tentative events) and the next turn hydrates again.
+    /// and, when something was appended, (last position, events appended). On any error, or
+    /// when an optimistic turn was stale, the state is dropped (it may hold tentative events)
+    /// and the next turn hydrates again, locked.
     async fn turn(
         &mut self,
         batch: &mut Vec<Envelope>,
         inbox: &mut mpsc::Receiver<Envelope>,
     ) -> Result<TurnResult, Failed> {
-        let mut state = match self.state.take() {
-            Some(state) => state,
+        let (mut state, mode) = match self.state.take() {
+            Some(state) if self.locked_turns == 0 => (state, TurnMode::Optimistic),
+            Some(state) => (state, TurnMode::Locked),
             None => {
-                self.seen = 0;
-                self.own.clear();
-                SaleState::default()
+                self.known = Known::default();
+                (SaleState::default(), TurnMode::Locked)
             }
         };
-        let (sale_id, metrics, own) = (self.sale_id, Arc::clone(&self.metrics), &self.own);
+        let hydrating = self.known == Known::default();
+        let (sale_id, metrics) = (self.sale_id, Arc::clone(&self.metrics));
         let max_batch = self.max_batch;
-        let mut seen = self.seen;
+        let mut foreign = false;
         let mut decided: Option<Result<Vec<Result<Decision, SaleError>>, CommandError>> = None;
         let result = self
             .store
-            .take_turn(sale_id, seen, &mut |fresh| {
+            .take_turn(sale_id, self.known, mode, &mut |fresh| {
+                foreign = !fresh.is_empty();
                 for recorded in fresh {
-                    seen = recorded.position;
-                    // Our own appends since the last look are in `state` already.
-                    if own
-                        .iter()
-                        .any(|&(a, b)| (a..=b).contains(&recorded.position))
-                    {
-                        continue;
-                    }
                     match codec::decode(recorded) {
                         Ok(event) => state.apply(&event),
                         Err(e) => {
@@ -198,20 +204,28 @@ impl SaleWriter {
                 }
             })
             .await;
-        let decisions = match (result, decided) {
-            (Ok(appended), Some(Ok(decisions))) => {
+        let failed = match (result, decided) {
+            (Ok(Turned::Stale), _) => {
+                self.locked_turns = LOCKED_TURNS;
+                Failed::Stale
+            }
+            (Ok(Turned::Done { last, known }), Some(Ok(decisions))) => {
                 let count = decisions
                     .iter()
                     .flatten()
                     .map(|d| d.events.len() as u64)
                     .sum::<u64>();
-                self.seen = seen;
-                self.own.clear();
+                self.known = known;
                 self.state = Some(state);
+                self.locked_turns = match mode {
+                    TurnMode::Locked if foreign && !hydrating => LOCKED_TURNS,
+                    TurnMode::Locked => self.locked_turns.saturating_sub(1),
+                    TurnMode::Optimistic => 0,
+                };
                 let span = tracing::Span::current();
                 span.record("events", count);
                 span.record("db.operation.batch.size", count);
-                return Ok((decisions, appended.map(|position| (position, count))));
+                return Ok((decisions, last.map(|position| (position, count))));
             }
             (Ok(_), Some(Err(e))) => Failed::Command(e),
             (Err(e), _) => Failed::Store(e),
@@ -219,7 +233,7 @@ impl SaleWriter {
                 "the turn ended before its decision".into(),
             )),
         };
-        Err(decisions)
+        Err(failed)
     }
 
     fn run_effects(&self, decisions: &[Result<Decision, SaleError>]) {
@@ -269,8 +283,10 @@ fn append_span(batch: &[Envelope], store: &str) -> tracing::Span {
 /// What a turn decided and, when it appended, (last position, events appended).
 type TurnResult = (Vec<Result<Decision, SaleError>>, Option<(u64, u64)>);
 
-/// Why a turn failed: the store, or the batch itself (undecodable history).
+/// Why a turn failed: the store, the batch itself (undecodable history), or an optimistic
+/// turn that found another writer's events.
 enum Failed {
+    Stale,
     Store(StoreError),
     Command(CommandError),
 }

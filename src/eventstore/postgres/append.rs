@@ -1,46 +1,67 @@
-//! The write half of the PostgreSQL event store's append path: numbering and inserting a
-//! batch under the global append lock, and the key of a sale's own turn lock. Used by the
-//! store's `append` and `take_turn` transactions; never commits by itself.
+//! The write half of the PostgreSQL event store's append path: the one statement that moves
+//! the sale's head and the log's head, numbers and inserts a batch and notifies listeners.
+//! Used by the store's `append` and by both kinds of turn (inside a transaction, or as an
+//! autocommit statement of its own); never commits by itself.
 
-use super::{to_u64, APPEND_LOCK, CHANNEL};
+use super::{to_u64, CHANNEL};
 use crate::domain::EventId;
 use crate::eventstore::NewEvent;
 use chrono::{DateTime, Utc};
 
-/// First key of the per-sale advisory locks ("tkts"); the second is folded from the sale id.
-/// The two-key form lives in another key space than `APPEND_LOCK`'s, so they never collide.
-pub(super) const SALE_LOCK_CLASS: i32 = 0x746b_7473;
+/// A batch as the statement appended it.
+pub(super) struct Appended {
+    /// Position of the last event (the batch ends there, consecutive).
+    pub last: u64,
+    /// The events' `recorded_at` (the transaction's time, the same for all).
+    pub recorded_at: DateTime<Utc>,
+    /// The sale's head after the batch: how many events the sale has.
+    pub head: u64,
+}
 
-/// Inside `tx`: takes the append lock, numbers `events` after the current maximum position,
-/// inserts them and notifies listeners. Returns the last position and the events' `recorded_at`
-/// (the transaction's time, the same for all); the lock ends with `tx`.
-pub(super) async fn insert(
-    tx: &mut sqlx::PgConnection,
+/// Appends `events` to `sale_id` in one statement, only if the sale's head is `expected`
+/// (`None`: whatever it is); `Ok(None)` when it was not (nothing is written). The sale's head
+/// row is locked first, the log's head row second (every append takes them in that order, so
+/// they cannot deadlock); the log's row stays locked until commit, so the next append's
+/// UPDATE waits and then (READ COMMITTED) numbers after this one: gap-free, in commit order.
+pub(super) async fn insert<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
     sale_id: EventId,
     events: &[NewEvent],
-) -> Result<(u64, DateTime<Utc>), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    expected: Option<u64>,
+    tag: &str,
+) -> Result<Option<Appended>, sqlx::Error> {
     let metadata = events
         .iter()
         .map(|e| serde_json::to_string(&e.metadata))
         .collect::<Result<Vec<String>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // One round trip for numbering, the rows and the notification (sent at commit). The
-    // statement's snapshot is taken after the lock was granted, so MAX sees every commit.
-    let (last, recorded_at): (i64, DateTime<Utc>) = sqlx::query_as(
-        "WITH head AS (SELECT COALESCE(MAX(position), 0) AS start FROM events),
+    // The sale's head: created by the sale's first append (a missing row counts as 0 events),
+    // else moved only if it is what the caller expects. The log's head moves only if the sale's did (and after it);
+    // rows go in only if the log's head moved; the notification carries this store's tag so
+    // its own listener leaves the head to the appender (see `tail.rs`).
+    // No row when nothing was inserted (the LATERAL below filters it out); else all are set.
+    let row: Option<(i64, DateTime<Utc>, i64)> = sqlx::query_as(
+        "WITH sale AS (
+             INSERT INTO sale_heads AS h (sale_id, events)
+             VALUES ($1::uuid, $9::bigint)
+             ON CONFLICT (sale_id) DO UPDATE SET events = h.events + EXCLUDED.events
+             WHERE $10::bigint IS NULL OR h.events = $10::bigint
+             RETURNING h.events),
+         log AS (
+             UPDATE event_log_head SET position = position + $9::bigint
+             WHERE id = 1 AND EXISTS (SELECT FROM sale)
+             RETURNING position - $9::bigint AS start),
          inserted AS (
              INSERT INTO events (position, sale_id, stream_id, version, event_type, event_version, payload, metadata)
-             SELECT head.start + x.n, $1, x.s, x.v, x.t, x.tv, x.pl, x.m::jsonb
-             FROM head,
+             SELECT log.start + x.n, $1::uuid, x.s, x.v, x.t, x.tv, x.pl, x.m::jsonb
+             FROM log,
                   UNNEST($2::text[], $3::bigint[], $4::text[], $5::int[], $6::bytea[], $7::text[])
                       WITH ORDINALITY AS x(s, v, t, tv, pl, m, n)
              RETURNING position, recorded_at)
-         SELECT l.last, l.at FROM (SELECT MAX(position) AS last, MIN(recorded_at) AS at FROM inserted) l,
-                LATERAL (SELECT pg_notify($8, l.last::text)) n",
+         SELECT l.last, l.at, (SELECT events FROM sale)
+         FROM (SELECT MAX(position) AS last, MIN(recorded_at) AS at FROM inserted) l,
+              LATERAL (SELECT pg_notify($8, l.last::text || ':' || $11::text)
+                       WHERE l.last IS NOT NULL) n",
     )
     .bind(sale_id.0)
     .bind(events.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>())
@@ -50,17 +71,14 @@ pub(super) async fn insert(
     .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
     .bind(&metadata)
     .bind(CHANNEL)
-    .fetch_one(&mut *tx)
+    .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+    .bind(expected.map(|e| i64::try_from(e).unwrap_or(i64::MAX)))
+    .bind(tag)
+    .fetch_optional(executor)
     .await?;
-    Ok((to_u64(last), recorded_at))
-}
-
-/// The second key of a sale's advisory lock: the sale id's four 32-bit words folded with XOR.
-/// Two sales sharing a key only take turns needlessly; the fold is the same in every process.
-pub(super) fn sale_lock_key(sale_id: EventId) -> i32 {
-    let bits = sale_id.0.as_u128();
-    let folded = (0..4).fold(0u32, |acc, i| {
-        acc ^ u32::try_from((bits >> (32 * i)) & u128::from(u32::MAX)).unwrap_or(0)
-    });
-    i32::from_be_bytes(folded.to_be_bytes())
+    Ok(row.map(|(last, recorded_at, head)| Appended {
+        last: to_u64(last),
+        recorded_at,
+        head: to_u64(head),
+    }))
 }

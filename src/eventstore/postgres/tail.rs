@@ -9,17 +9,17 @@
 //! appended, a range evicted or never seen) is read from PostgreSQL as before.
 //!
 //! The head (what wakes the readers) must not pass the tail for this instance's own appends:
-//! the commit's NOTIFY may reach this instance's listener before the COMMIT's answer reaches
-//! the appender, and readers woken then would find the tail short and query. So an append
-//! registers its last position as in flight before it commits (`in_flight`), the listener
-//! leaves positions in flight to the appender (`own`), and the appender raises the head after
-//! recording the events (`committed`), or forgets the position if the commit failed
-//! (`abandoned`: the head then moves with the next append or notification).
+//! the commit's NOTIFY may reach this instance's listener before the commit's answer reaches
+//! the appender, and readers woken then would find the tail short and query. So appends mark
+//! their notifications with the store's tag, the listener leaves those to the appender, and
+//! the appender raises the head after recording the events (`committed`). An append whose
+//! outcome is unknown (the connection broke at commit) raises nothing: the head moves with
+//! the next append or notification.
 
 use crate::domain::EventId;
 use crate::eventstore::{NewEvent, RecordedEvent};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Events kept: a few seconds of a hot sale, far more than a reader tailing the head lags.
@@ -28,33 +28,9 @@ const KEEP: usize = 20_000;
 #[derive(Default)]
 pub(super) struct Tail {
     events: Mutex<BTreeMap<u64, Arc<RecordedEvent>>>,
-    /// Last positions of this instance's appends between their insert and their commit's end.
-    in_flight: Mutex<BTreeSet<u64>>,
 }
 
 impl Tail {
-    /// An append ending at `last` is about to commit.
-    pub fn in_flight(&self, last: u64) {
-        self.pending().insert(last);
-    }
-
-    /// Whether `last` is an append of this instance still in flight (its appender raises the
-    /// head once the tail has it).
-    pub fn own(&self, last: u64) -> bool {
-        self.pending().contains(&last)
-    }
-
-    /// The append ending at `last` did not commit, or its outcome is unknown.
-    pub fn abandoned(&self, last: u64) {
-        self.pending().remove(&last);
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Records `events`, just committed by one append of `sale_id` ending at position `last`.
     pub fn committed(
         &self,
@@ -63,7 +39,6 @@ impl Tail {
         last: u64,
         recorded_at: DateTime<Utc>,
     ) {
-        self.abandoned(last);
         let Some(first) = (last + 1).checked_sub(events.len() as u64) else {
             return;
         };
@@ -161,19 +136,5 @@ mod tests {
             None,
             "an empty tail"
         );
-    }
-
-    /// A position is this instance's own while its append is in flight, not before and not
-    /// once committed or abandoned.
-    #[test]
-    fn an_append_is_own_while_in_flight() {
-        let tail = Tail::default();
-        assert!(!tail.own(3));
-        tail.in_flight(3);
-        tail.in_flight(5);
-        assert!(tail.own(3) && tail.own(5) && !tail.own(4));
-        tail.committed(EventId::random(), &new_events(3), 3, Utc::now());
-        tail.abandoned(5);
-        assert!(!tail.own(3) && !tail.own(5));
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::eventstore::memory::MemoryEventStore;
-use crate::eventstore::{Decide, NewEvent, RecordedEvent, StoreError};
+use crate::eventstore::{Decide, Known, NewEvent, RecordedEvent, StoreError, TurnMode, Turned};
 use crate::runtime::expiry;
 use tokio::sync::{watch, Notify, Semaphore};
 
@@ -19,12 +19,13 @@ impl EventStore for Slow {
     async fn take_turn(
         &self,
         sale_id: EventId,
-        after: u64,
+        known: Known,
+        mode: TurnMode,
         decide: &mut Decide<'_>,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Turned, StoreError> {
         self.entered.notify_one();
         let _pass = self.gate.acquire().await;
-        self.inner.take_turn(sale_id, after, decide).await
+        self.inner.take_turn(sale_id, known, mode, decide).await
     }
     async fn read_sale(
         &self,
@@ -121,4 +122,65 @@ async fn a_full_mailbox_refuses_at_once() {
     let again = sales.execute(sale, expire(now), Metadata::default()).await;
     assert!(matches!(again, Err(CommandError::Rejected(_))), "{again:?}");
     assert_eq!(resilience.mailbox_refusals.get(), 1);
+}
+
+/// Two instances (two `Sales`) on one store: a writer that had its sale to itself, and so
+/// takes optimistic turns, notices the other instance's write, drops its state and decides on
+/// the whole truth (opening sales needs the other instance's publication).
+#[tokio::test]
+async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() {
+    use crate::domain::events::{EventDetails, SectionSpec, Venue};
+    use crate::domain::sale::Lifecycle;
+    use crate::domain::{Currency, UserId};
+
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let instance = || {
+        let (expiry, inbox) = expiry::channel();
+        let sales = Sales::new(Arc::clone(&store), expiry, Arc::new(Metrics::new()), (8, 8));
+        (sales, inbox)
+    };
+    let ((a, _a_expiry), (b, _b_expiry)) = (instance(), instance());
+    let sale = EventId(uuid::Uuid::new_v4());
+    let now = Utc::now();
+    let details = EventDetails {
+        name: "Gala".into(),
+        description: None,
+        venue: Venue {
+            name: "Hall".into(),
+            address: "1 Main St".into(),
+        },
+        starts_at: now + chrono::Duration::days(30),
+        ends_at: now + chrono::Duration::days(30) + chrono::Duration::hours(2),
+        sections: vec![SectionSpec {
+            name: "Floor".into(),
+            capacity: 10,
+            price_cents: 5000,
+        }],
+        max_tickets_per_customer: None,
+    };
+    let create = SaleCommand::CreateEvent {
+        owner_id: UserId(uuid::Uuid::new_v4()),
+        currency: Currency::USD,
+        details,
+        now,
+    };
+    let lifecycle = |action| SaleCommand::ChangeLifecycle { action, now };
+    a.execute(sale, create, Metadata::default()).await.unwrap();
+    // A now knows the sale as it wrote it; B publishes it.
+    b.execute(sale, lifecycle(Lifecycle::Publish), Metadata::default())
+        .await
+        .unwrap();
+    let opened = a
+        .execute(sale, lifecycle(Lifecycle::OpenSales), Metadata::default())
+        .await;
+    assert!(opened.is_ok(), "decided on a stale state: {opened:?}");
+    let event_stream: Vec<u64> = store
+        .read_sale(sale, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.stream_id.starts_with("event-"))
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(event_stream, [1, 2, 3], "created, published, opened");
 }
