@@ -135,9 +135,9 @@ impl ApiError {
     }
 }
 
-/// Renders a problem body with its headers.
-pub fn problem_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+/// Renders a problem body (JSON text) with its headers.
+pub fn problem_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -158,7 +158,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = format!("{e:#}"), "request failed");
         }
         let (status, body) = self.to_problem();
-        let mut response = problem_response(status, &body);
+        let mut response = problem_response(status, body.to_string());
         let retry_after = match self {
             ApiError::App(AppError::Unavailable { retry_after, .. }) => {
                 Some(u64::from(retry_after))

@@ -9,12 +9,13 @@ use crate::domain::UserId;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::Value;
+use std::sync::Arc;
 
-/// A successful answer as a handler produces it.
+/// A successful answer as a handler produces it: its JSON body already serialized, once, for
+/// the client and for the stored answer alike.
 pub struct Reply {
     pub status: StatusCode,
-    pub body: Value,
+    pub body: Arc<str>,
     pub location: Option<String>,
 }
 
@@ -24,8 +25,15 @@ impl Reply {
         Ok(Reply {
             status: StatusCode::CREATED,
             location: Some(location),
-            body: serde_json::to_value(view).map_err(anyhow::Error::from)?,
+            body: serde_json::to_string(view)
+                .map_err(anyhow::Error::from)?
+                .into(),
         })
+    }
+
+    /// The reply as a response: its status, the JSON body and `Location`.
+    pub fn into_response(self) -> Response {
+        json_response(self.status, &self.body, self.location.as_deref())
     }
 }
 
@@ -83,7 +91,7 @@ fn answer_of(result: &Result<Reply, ApiError>) -> Answer {
             let (status, body) = e.to_problem();
             Answer {
                 status: status.as_u16(),
-                body,
+                body: body.to_string().into(),
                 location: None,
             }
         }
@@ -92,10 +100,7 @@ fn answer_of(result: &Result<Reply, ApiError>) -> Answer {
 
 fn respond(result: Result<Reply, ApiError>) -> Response {
     match result {
-        Ok(reply) => with_location(
-            (reply.status, axum::Json(reply.body)).into_response(),
-            reply.location.as_deref(),
-        ),
+        Ok(reply) => reply.into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -103,17 +108,21 @@ fn respond(result: Result<Reply, ApiError>) -> Response {
 fn render(answer: &Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     if status.is_client_error() || status.is_server_error() {
-        return problem_response(status, &answer.body);
+        return problem_response(status, answer.body.to_string());
     }
-    with_location(
-        (status, axum::Json(&answer.body)).into_response(),
-        answer.location.as_deref(),
-    )
+    json_response(status, &answer.body, answer.location.as_deref())
 }
 
-fn with_location(mut response: Response, location: Option<&str>) -> Response {
+/// `body`, JSON text, as an `application/json` answer with `Location` when there is one.
+fn json_response(status: StatusCode, body: &str, location: Option<&str>) -> Response {
+    let mut response = (status, body.to_owned()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
-        response.headers_mut().insert(header::LOCATION, location);
+        headers.insert(header::LOCATION, location);
     }
     response
 }

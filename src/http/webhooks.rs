@@ -10,8 +10,8 @@ use crate::http::AppState;
 use crate::paging::{Page, PageRequest};
 use crate::webhooks::{DeliveryView, EndpointView};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -80,14 +80,7 @@ async fn create_webhook(
         details,
     );
     let created = outcome?;
-    let reply = Reply::created(format!("/api/webhooks/{}", created.endpoint.id), &created)?;
-    let location = reply.location.unwrap_or_default();
-    Ok((
-        reply.status,
-        [(header::LOCATION, location)],
-        Json(reply.body),
-    )
-        .into_response())
+    Ok(Reply::created(format!("/api/webhooks/{}", created.endpoint.id), &created)?.into_response())
 }
 
 #[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", params(PageRequest),

@@ -164,7 +164,7 @@ fn decode((index, fingerprint, status, body, location): Row) -> Option<(usize, S
         fingerprint: fingerprint.try_into().ok()?,
         answer: Answer {
             status: u16::try_from(status).ok()?,
-            body,
+            body: body.to_string().into(),
             location,
         },
         at: Instant::now(),
@@ -184,7 +184,7 @@ async fn save(pool: &sqlx::PgPool, saves: &[(Key, Stored)]) -> Result<(), sqlx::
         .iter()
         .map(|(_, s)| i16::try_from(s.answer.status).unwrap_or(i16::MAX))
         .collect();
-    let bodies: Vec<&Value> = saves.iter().map(|(_, s)| &s.answer.body).collect();
+    let bodies: Vec<&str> = saves.iter().map(|(_, s)| &*s.answer.body).collect();
     let locations: Vec<Option<&str>> = saves
         .iter()
         .map(|(_, s)| s.answer.location.as_deref())
@@ -192,7 +192,7 @@ async fn save(pool: &sqlx::PgPool, saves: &[(Key, Stored)]) -> Result<(), sqlx::
     sqlx::query(
         "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int2[],
-                              $6::jsonb[], $7::text[])
+                              $6::text[]::jsonb[], $7::text[])
          ON CONFLICT DO NOTHING",
     )
     .bind(users)

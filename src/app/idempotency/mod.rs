@@ -14,7 +14,6 @@ mod durable;
 use super::AppError;
 use crate::domain::UserId;
 use durable::DurableAnswers;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +26,9 @@ const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: u16,
-    pub body: Value,
+    /// The body as JSON text, serialized once: what is kept for 24 hours per key is these
+    /// bytes (a few hundred), not a tree of JSON values, and a replay shares them.
+    pub body: Arc<str>,
     pub location: Option<String>,
 }
 
@@ -174,6 +175,7 @@ impl IdempotencyStore {
         if answer.worth_keeping() {
             let kept = Stored {
                 fingerprint,
+                // Shares the body with the answer given now.
                 answer: answer.clone(),
                 at: Instant::now(),
             };
@@ -212,7 +214,7 @@ mod tests {
         let body = serde_json::json!({"seats": 2});
         let created = Answer {
             status: 201,
-            body: serde_json::json!({"id": 1}),
+            body: r#"{"id":1}"#.into(),
             location: None,
         };
         let (running, started) = tokio::sync::oneshot::channel::<()>();
@@ -280,7 +282,7 @@ mod tests {
         let user = UserId::random();
         let created = Answer {
             status: 201,
-            body: serde_json::json!({"id": 1}),
+            body: r#"{"id":1}"#.into(),
             location: Some("/things/1".into()),
         };
         let work = || async {
@@ -320,7 +322,7 @@ mod tests {
         let body = serde_json::json!({"seats": 1});
         let answer = |i: usize| Answer {
             status: 201,
-            body: serde_json::json!({ "id": i }),
+            body: format!(r#"{{"id":{i}}}"#).into(),
             location: None,
         };
         let attempts = (0..64).map(|i| {
