@@ -180,6 +180,7 @@ async fn in_memory_insights_keep_the_contract() {
 #[tokio::test]
 async fn in_memory_insights_keep_the_batch_contract() {
     batches::run_batches(&super::memory::MemoryInsights::new()).await;
+    batches::run_confirmations_in_one_run(&super::memory::MemoryInsights::new()).await;
     batches::run_consumer_batch(
         std::sync::Arc::new(super::memory::MemoryInsights::new()),
         std::sync::Arc::new(crate::dlq::memory::MemoryDeadLetters::new()),
@@ -189,8 +190,12 @@ async fn in_memory_insights_keep_the_batch_contract() {
 
 #[tokio::test]
 async fn postgres_insights_keep_the_batch_contract() {
-    let pools = postgres_pools(2).await;
+    let pools = postgres_pools(3).await;
     batches::run_batches(&super::postgres::PostgresInsights::new(pools[0].clone())).await;
+    batches::run_confirmations_in_one_run(&super::postgres::PostgresInsights::new(
+        pools[2].clone(),
+    ))
+    .await;
     let events = crate::db::connect(
         &crate::db::testing::fresh_database().await,
         &crate::db::PoolSettings::default(),

@@ -7,6 +7,7 @@
 //! been seen before another's. The consumer hands over what one poll brought as one batch
 //! (`apply_batch`: one transaction). Adapters: `memory`, `postgres`; both pass `contract`.
 
+mod confirmations;
 #[cfg(test)]
 mod contract;
 pub mod memory;

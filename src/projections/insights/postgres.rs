@@ -1,8 +1,10 @@
 //! Insights on PostgreSQL (`insight_*` and `consumer_stream_versions` in
 //! `migrations_projections/`). A batch of events is one transaction: the streams' version guard
 //! for the whole batch first (`versions.rs`, two statements; duplicates change nothing), the
-//! batch's new purchase rows in one statement, then the other changes event by event.
+//! batch's new purchase rows in one statement, each run of consecutive confirmations in one
+//! statement (`confirmations.rs`), then the other changes event by event.
 
+use super::confirmations::Confirmations;
 use super::versions;
 use super::{Insights, InsightsError, RecentSales, Revenue, CONSUMER};
 use crate::bus::consumer::Applied;
@@ -29,40 +31,6 @@ fn unavailable(e: impl std::fmt::Display) -> InsightsError {
 
 fn read_error(e: impl std::fmt::Display) -> ReadError {
     ReadError::Unavailable(e.to_string())
-}
-
-/// Adds a confirmed reservation to its event's and section's totals.
-async fn count_sale(
-    tx: &mut Transaction<'_, Postgres>,
-    reservation: uuid::Uuid,
-    position: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO insight_events (event_id, currency, tickets_sold, revenue_cents)
-         SELECT event_id, currency, quantity, total_cents
-           FROM insight_purchases WHERE reservation_id = $1
-         ON CONFLICT (event_id) DO UPDATE
-            SET currency = COALESCE(insight_events.currency, EXCLUDED.currency),
-                tickets_sold = insight_events.tickets_sold + EXCLUDED.tickets_sold,
-                revenue_cents = insight_events.revenue_cents + EXCLUDED.revenue_cents",
-    )
-    .bind(reservation)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO insight_sections (event_id, section, first_position, tickets_sold, revenue_cents)
-         SELECT event_id, section, $2, quantity, total_cents
-           FROM insight_purchases WHERE reservation_id = $1
-         ON CONFLICT (event_id, section) DO UPDATE
-            SET tickets_sold = insight_sections.tickets_sold + EXCLUDED.tickets_sold,
-                revenue_cents = insight_sections.revenue_cents + EXCLUDED.revenue_cents,
-                first_position = LEAST(insight_sections.first_position, EXCLUDED.first_position)",
-    )
-    .bind(reservation)
-    .bind(position)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Takes a refunded reservation back out of its totals; counts saturate at 0 as in memory.
@@ -109,7 +77,6 @@ async fn set_status(
 
 async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool, sqlx::Error> {
     use DomainEvent as E;
-    let position = i64::try_from(e.position).unwrap_or(i64::MAX);
     Ok(match &e.event {
         E::EventCreated(c) => {
             sqlx::query(
@@ -138,22 +105,8 @@ async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool
         // Placed for the whole batch in one statement first (`place`): a reservation's
         // placement is its stream's first event, so nothing of the batch needs it later.
         E::ReservationPlaced(_) => true,
-        E::ReservationConfirmed(c) => {
-            let done = sqlx::query(
-                "UPDATE insight_purchases
-                    SET status = 'confirmed', payment_id = $2, purchased_at = $3
-                  WHERE reservation_id = $1",
-            )
-            .bind(c.reservation_id.0)
-            .bind(c.payment_id.0)
-            .bind(c.at)
-            .execute(&mut **tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                count_sale(tx, c.reservation_id.0, position).await?;
-            }
-            done.rows_affected() == 1
-        }
+        // Applied set-based before this is called (`confirmations.rs`).
+        E::ReservationConfirmed(_) => true,
         E::ReservationRefunded(r) => {
             let was: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM insight_purchases WHERE reservation_id = $1 FOR UPDATE",
@@ -230,6 +183,28 @@ async fn place(
     Ok(())
 }
 
+fn never_placed(event: &BusEvent) -> InsightsError {
+    InsightsError::Inconsistent {
+        stream_id: event.stream_id.clone(),
+        version: event.version,
+        reason: "the reservation was never placed".into(),
+    }
+}
+
+/// Applies the gathered confirmations (`run`, whose events are `run_events`) and empties both.
+async fn confirm(
+    tx: &mut Transaction<'_, Postgres>,
+    run: &mut Confirmations,
+    run_events: &mut Vec<&BusEvent>,
+) -> Result<(), InsightsError> {
+    let missing = run.flush(tx).await.map_err(unavailable)?;
+    let events = std::mem::take(run_events);
+    match missing.and_then(|i| events.get(i)) {
+        Some(event) => Err(never_placed(event)),
+        None => Ok(()),
+    }
+}
+
 /// Times a batch is decided again after losing a race for a new stream's version to another
 /// member of the group, before it fails (transiently: the consumer retries it).
 const RACES: usize = 3;
@@ -259,15 +234,23 @@ impl Insights for PostgresInsights {
                 .map(|(e, _)| e)
                 .collect();
             place(&mut tx, &fresh).await.map_err(unavailable)?;
+            let mut run = Confirmations::default();
+            let mut run_events: Vec<&BusEvent> = Vec::new();
             for event in fresh {
+                if let DomainEvent::ReservationConfirmed(confirmed) = &event.event {
+                    if !run.accepts(confirmed) {
+                        confirm(&mut tx, &mut run, &mut run_events).await?;
+                    }
+                    run.push(confirmed, i64::try_from(event.position).unwrap_or(i64::MAX));
+                    run_events.push(event);
+                    continue;
+                }
+                confirm(&mut tx, &mut run, &mut run_events).await?;
                 if !change(&mut tx, event).await.map_err(unavailable)? {
-                    return Err(InsightsError::Inconsistent {
-                        stream_id: event.stream_id.clone(),
-                        version: event.version,
-                        reason: "the reservation was never placed".into(),
-                    });
+                    return Err(never_placed(event));
                 }
             }
+            confirm(&mut tx, &mut run, &mut run_events).await?;
             tx.commit().await.map_err(unavailable)?;
             return Ok(guard.applied);
         }

@@ -5,6 +5,7 @@
 
 use super::{answers_match_the_fixture, deliveries};
 use crate::bus::consumer::{Applied, Consumer, Outcome, RetryPolicy};
+use crate::bus::envelope::BusEvent;
 use crate::bus::{envelope, Delivery, Topics};
 use crate::clock::{Clock, SystemClock};
 use crate::dlq::{
@@ -58,6 +59,34 @@ pub async fn run_batches(insights: &dyn Insights) {
             "batch {k} (the refused batch must have changed nothing)"
         );
     }
+    answers_match_the_fixture(insights).await;
+}
+
+/// The whole log in one batch, reordered across streams (each stream keeps its order) so that
+/// every confirmation comes in one run: a run of several purchases of the same sections, as a
+/// busy on-sale delivers them, adds up to the fixture's totals.
+pub async fn run_confirmations_in_one_run(insights: &dyn Insights) {
+    let log = deliveries();
+    let confirmed_at: HashMap<&str, usize> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.event_type == "reservation.confirmed")
+        .map(|(i, e)| (e.stream_id.as_str(), i))
+        .collect();
+    assert!(confirmed_at.len() >= 3, "the fixture has several purchases");
+    let phase = |(i, e): &(usize, &BusEvent)| match confirmed_at.get(e.stream_id.as_str()) {
+        Some(&at) if *i == at => 1,
+        Some(&at) if *i > at => 2,
+        _ => 0,
+    };
+    let mut ordered: Vec<(usize, &BusEvent)> = log.iter().enumerate().collect();
+    ordered.sort_by_key(|entry| (phase(entry), entry.0));
+    let batch: Vec<BusEvent> = ordered.into_iter().map(|(_, e)| e.clone()).collect();
+    let applied = insights.apply_batch(&batch).await.unwrap();
+    assert!(
+        applied.iter().all(|a| *a == Applied::Applied),
+        "{applied:?}"
+    );
     answers_match_the_fixture(insights).await;
 }
 
