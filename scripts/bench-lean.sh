@@ -44,16 +44,23 @@ trap cleanup EXIT
 # that other load on the machine skews far less than requests per second.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVICE_PID/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# The whole machine's busy and total ticks (all cores): whether a run was bound by CPU at all.
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
 # lean_run NAME WRK_ARGS...: one wrk run, then the service's CPU time per answered request.
 lean_run() {
     local name=$1 start end answered
     shift
     echo "== lean client ($BACKEND): $name, $CONNECTIONS connections, ${DURATION} s"
+    local machine_start machine_end
     start=$(cpu_ticks)
+    machine_start=$(machine_ticks)
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" | tee "$WORK/last.out"
     end=$(cpu_ticks)
+    machine_end=$(machine_ticks)
     answered=$(grep -oE '^ *[0-9]+ requests in' "$WORK/last.out" | grep -oE '[0-9]+')
     echo "service CPU per request: $(( (end - start) * TICK_US / answered )) us"
+    echo "$machine_start $machine_end" | awk '{printf "machine CPU busy during the run: %d%% (service, PostgreSQL and wrk together)\n", 100 * ($3 - $1) / ($4 - $2)}'
+
 }
 
 db_url() { echo "${ADMIN_URL%/*}/$1?${ADMIN_URL#*\?}"; }

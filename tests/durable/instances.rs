@@ -13,8 +13,8 @@ use uuid::Uuid;
 /// front of three instances).
 const CLIENTS: usize = 60;
 
-/// Three instances open up to 3 x 25 connections (`DB_MAX_CONNECTIONS` 4: three pools of 4 and
-/// 13 in the small pools, README's `DB_MAX_CONNECTIONS` row), one such test at a time
+/// Three instances open up to 3 x 27 connections (`DB_MAX_CONNECTIONS` 4: four pools of 4 and
+/// 11 in the small pools, README's `DB_MAX_CONNECTIONS` row), one such test at a time
 /// (`MANY_INSTANCES`).
 const POOLS: (&str, &str) = ("DB_MAX_CONNECTIONS", "4");
 

@@ -3,7 +3,8 @@
 //! declined; any other token is declined as unknown. Latency and a transient failure rate are
 //! configurable, also at run time (`drill`); results are remembered per payment id
 //! (idempotency) in its `ledger`, with what each charge was for and when it was made (by the
-//! injected clock).
+//! injected clock). A charge costs its ledger one statement (an insert that keeps the first
+//! charge of a payment id); a retry reads the first one back.
 
 pub mod drill;
 pub mod ledger;
@@ -116,9 +117,9 @@ impl PaymentGateway for SimulatedGateway {
         token: &str,
         paid_for: ChargeFor,
     ) -> Result<ChargeOutcome, GatewayError> {
-        if let Some(known) = self.ledger.get(payment_id).await? {
-            return Ok(known.outcome);
-        }
+        // A retry travels like any request (latency, failures), as with a real processor; the
+        // ledger then answers it with the first charge of its payment id. One statement when
+        // the id is new, which is every payment but a retry.
         self.network().await?;
         let charge = Charge {
             amount,
@@ -127,7 +128,6 @@ impl PaymentGateway for SimulatedGateway {
             paid_for,
             at: self.clock.now(),
         };
-        // A concurrent retry of the same payment id may have won: keep the first result.
         Ok(self.ledger.insert_first(payment_id, charge).await?.outcome)
     }
 
