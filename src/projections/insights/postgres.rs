@@ -216,6 +216,13 @@ async fn confirm(
     }
 }
 
+/// How a batch's transaction begins. Its statements are planned for the arrays they get each
+/// time: `consumer_stream_versions` grows by a row per reservation during an on-sale, and a
+/// plan cached while it was small read the whole table at every batch, matching each row
+/// against the batch's streams (52 ms a batch, a quarter of a core of PostgreSQL's, BENCHMARKS.md
+/// session 22); planning anew costs far less.
+const BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
+
 /// Times a batch is decided again after losing a race for a new stream's version to another
 /// member of the group, before it fails (transiently: the consumer retries it).
 const RACES: usize = 3;
@@ -230,7 +237,7 @@ impl Insights for PostgresInsights {
 
     async fn apply_batch(&self, events: &[BusEvent]) -> Result<Vec<Applied>, InsightsError> {
         for _ in 0..RACES {
-            let mut tx = self.0.begin().await.map_err(unavailable)?;
+            let mut tx = self.0.begin_with(BATCH).await.map_err(unavailable)?;
             let guard = versions::lock(&mut tx, events).await.map_err(unavailable)?;
             if !guard.any_applied() {
                 return Ok(guard.applied);
