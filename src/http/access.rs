@@ -175,21 +175,30 @@ pub fn find(method: &Method, path: &str) -> Option<&'static Rule> {
 /// The route template a concrete `path` takes (as the router would match it: a literal segment
 /// wins over a `{parameter}`), for callers that run before routing (the request's span).
 pub fn template_of(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.split('/').collect();
-    TABLE
-        .iter()
-        .filter_map(|rule| {
-            let pattern: Vec<&str> = rule.path.split('/').collect();
-            let matches = pattern.len() == segments.len()
-                && pattern
-                    .iter()
-                    .zip(&segments)
-                    .all(|(p, s)| p.starts_with('{') || p == s);
-            let literals = pattern.iter().filter(|p| !p.starts_with('{')).count();
-            matches.then_some((literals, rule.path))
-        })
-        .max_by_key(|(literals, _)| *literals)
-        .map(|(_, template)| template)
+    // Runs for every request: compares segment by segment and allocates nothing.
+    let mut best: Option<(usize, &'static str)> = None;
+    for rule in TABLE {
+        if let Some(literals) = literals_if_taken(rule.path, path) {
+            if best.is_none_or(|(most, _)| literals >= most) {
+                best = Some((literals, rule.path));
+            }
+        }
+    }
+    best.map(|(_, template)| template)
+}
+
+/// How many literal segments `template` has, if `path` takes it.
+fn literals_if_taken(template: &str, path: &str) -> Option<usize> {
+    let (mut pattern, mut segments) = (template.split('/'), path.split('/'));
+    let mut literals = 0;
+    loop {
+        match (pattern.next(), segments.next()) {
+            (None, None) => return Some(literals),
+            (Some(p), Some(_)) if p.starts_with('{') => {}
+            (Some(p), Some(s)) if p == s => literals += 1,
+            _ => return None,
+        }
+    }
 }
 
 impl Audience {
