@@ -6,8 +6,9 @@
 # are comparable. Usage:
 #   scripts/bench-instances.sh [seats] [buyers] [rounds] [concurrency]
 # Environment: DB_MAX_CONNECTIONS per instance (default 6: three instances then open at most
-# 3 x 35 connections; `scripts/services.sh` raises PostgreSQL's max_connections to 300), PROFILE (release),
-# PAIRS (1): how many times to run the pair, alternating, to see the machine's noise.
+# 3 x 35 connections; `scripts/services.sh` raises PostgreSQL's max_connections to 300),
+# PROFILE (release), PAIRS (1): how many times to run the pair, alternating, to see the
+# machine's noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -60,7 +60,6 @@ lean_run() {
     answered=$(grep -oE '^ *[0-9]+ requests in' "$WORK/last.out" | grep -oE '[0-9]+')
     echo "service CPU per request: $(( (end - start) * TICK_US / answered )) us"
     echo "$machine_start $machine_end" | awk '{printf "machine CPU busy during the run: %d%% (service, PostgreSQL and wrk together)\n", 100 * ($3 - $1) / ($4 - $2)}'
-
 }
 
 db_url() { echo "${ADMIN_URL%/*}/$1?${ADMIN_URL#*\?}"; }

@@ -219,8 +219,8 @@ async fn confirm(
 /// How a batch's transaction begins. Its statements are planned for the arrays they get each
 /// time: `consumer_stream_versions` grows by a row per reservation during an on-sale, and a
 /// plan cached while it was small read the whole table at every batch, matching each row
-/// against the batch's streams (52 ms a batch, a quarter of a core of PostgreSQL's, BENCHMARKS.md
-/// session 22); planning anew costs far less.
+/// against the batch's streams (97 such reads in one benchmark run, 52 ms a batch on average:
+/// BENCHMARKS.md, session 22); planning anew costs about a millisecond.
 const BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// Times a batch is decided again after losing a race for a new stream's version to another
