@@ -333,6 +333,27 @@ mod tests {
             Some("/api/events/{id}/publish")
         );
         assert_eq!(template_of("/no/such/route"), None);
+        // Lengths must agree: a prefix or an extension of a template is not that template.
+        assert_eq!(template_of("/admin/dlq"), Some("/admin/dlq"));
+        assert_eq!(template_of("/admin/dlq/7/extra/more"), None);
+    }
+
+    /// Every template, with its parameters filled in, is found again (the one the span names).
+    #[test]
+    fn every_template_is_found_from_a_path_it_takes() {
+        for rule in TABLE {
+            let path: Vec<&str> = rule
+                .path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "x1" } else { s })
+                .collect();
+            assert_eq!(
+                template_of(&path.join("/")),
+                Some(rule.path),
+                "{}",
+                rule.path
+            );
+        }
     }
 
     /// Every route the router serves has exactly one rule (the router cannot outgrow the table).
