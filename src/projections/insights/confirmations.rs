@@ -4,43 +4,48 @@
 //! purchase. A run ends before any other event and before a reservation it already holds, so
 //! effects keep the log's order. Used by `postgres.rs` inside the batch's transaction.
 
+use crate::bus::envelope::BusEvent;
 use crate::domain::events::ReservationConfirmed;
 use sqlx::{Postgres, Transaction};
 use std::collections::HashSet;
 
 /// Consecutive confirmations of a batch, gathered until `flush`.
 #[derive(Default)]
-pub(super) struct Confirmations {
-    reservations: Vec<uuid::Uuid>,
-    payments: Vec<uuid::Uuid>,
-    at: Vec<chrono::DateTime<chrono::Utc>>,
-    positions: Vec<i64>,
+pub(super) struct Confirmations<'a> {
+    events: Vec<(&'a BusEvent, &'a ReservationConfirmed)>,
     held: HashSet<uuid::Uuid>,
 }
 
-impl Confirmations {
+impl<'a> Confirmations<'a> {
     /// Whether `confirmed` can join the run (false: flush first).
     pub fn accepts(&self, confirmed: &ReservationConfirmed) -> bool {
         !self.held.contains(&confirmed.reservation_id.0)
     }
 
-    pub fn push(&mut self, confirmed: &ReservationConfirmed, position: i64) {
+    pub fn push(&mut self, event: &'a BusEvent, confirmed: &'a ReservationConfirmed) {
         self.held.insert(confirmed.reservation_id.0);
-        self.reservations.push(confirmed.reservation_id.0);
-        self.payments.push(confirmed.payment_id.0);
-        self.at.push(confirmed.at);
-        self.positions.push(position);
+        self.events.push((event, confirmed));
     }
 
-    /// Applies the run and empties it. Returns the index (in the run) of the first
-    /// confirmation whose reservation was never placed, if any: the caller refuses the batch.
+    /// Applies the run and empties it. Returns the first confirmation whose reservation was
+    /// never placed, if any: the caller refuses the batch.
     pub async fn flush(
         &mut self,
         tx: &mut Transaction<'_, Postgres>,
-    ) -> Result<Option<usize>, sqlx::Error> {
-        if self.reservations.is_empty() {
+    ) -> Result<Option<&'a BusEvent>, sqlx::Error> {
+        let run = std::mem::take(self);
+        if run.events.is_empty() {
             return Ok(None);
         }
+        let reservations: Vec<uuid::Uuid> =
+            run.events.iter().map(|(_, c)| c.reservation_id.0).collect();
+        let payments: Vec<uuid::Uuid> = run.events.iter().map(|(_, c)| c.payment_id.0).collect();
+        let at: Vec<chrono::DateTime<chrono::Utc>> = run.events.iter().map(|(_, c)| c.at).collect();
+        let positions: Vec<i64> = run
+            .events
+            .iter()
+            .map(|(e, _)| i64::try_from(e.position).unwrap_or(i64::MAX))
+            .collect();
         // The totals are raised by the rows the UPDATE found, grouped, so each total row is
         // touched once per statement (ON CONFLICT cannot update a row twice in one statement).
         let confirmed: Vec<uuid::Uuid> = sqlx::query_scalar(
@@ -72,15 +77,17 @@ impl Confirmations {
                         first_position = LEAST(insight_sections.first_position, EXCLUDED.first_position))
              SELECT reservation_id FROM purchases",
         )
-        .bind(&self.reservations)
-        .bind(&self.payments)
-        .bind(&self.at)
-        .bind(&self.positions)
+        .bind(&reservations)
+        .bind(&payments)
+        .bind(&at)
+        .bind(&positions)
         .fetch_all(&mut **tx)
         .await?;
         let found: HashSet<uuid::Uuid> = confirmed.into_iter().collect();
-        let missing = self.reservations.iter().position(|r| !found.contains(r));
-        *self = Self::default();
-        Ok(missing)
+        Ok(run
+            .events
+            .iter()
+            .find(|(_, c)| !found.contains(&c.reservation_id.0))
+            .map(|(e, _)| *e))
     }
 }

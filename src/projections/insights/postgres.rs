@@ -202,15 +202,12 @@ fn never_placed(event: &BusEvent) -> InsightsError {
     }
 }
 
-/// Applies the gathered confirmations (`run`, whose events are `run_events`) and empties both.
+/// Applies the gathered confirmations and empties the run.
 async fn confirm(
     tx: &mut Transaction<'_, Postgres>,
-    run: &mut Confirmations,
-    run_events: &mut Vec<&BusEvent>,
+    run: &mut Confirmations<'_>,
 ) -> Result<(), InsightsError> {
-    let missing = run.flush(tx).await.map_err(unavailable)?;
-    let events = std::mem::take(run_events);
-    match missing.and_then(|i| events.get(i)) {
+    match run.flush(tx).await.map_err(unavailable)? {
         Some(event) => Err(never_placed(event)),
         None => Ok(()),
     }
@@ -255,14 +252,12 @@ impl Insights for PostgresInsights {
             // first event, so nothing of the batch needs it later.
             place(&mut tx, &fresh).await.map_err(unavailable)?;
             let mut run = Confirmations::default();
-            let mut run_events: Vec<&BusEvent> = Vec::new();
             for event in fresh {
                 if let DomainEvent::ReservationConfirmed(confirmed) = &event.event {
                     if !run.accepts(confirmed) {
-                        confirm(&mut tx, &mut run, &mut run_events).await?;
+                        confirm(&mut tx, &mut run).await?;
                     }
-                    run.push(confirmed, i64::try_from(event.position).unwrap_or(i64::MAX));
-                    run_events.push(event);
+                    run.push(event, confirmed);
                     continue;
                 }
                 // Placements are in (`place`) and other events change nothing here: only an
@@ -271,12 +266,12 @@ impl Insights for PostgresInsights {
                 if !writes(&event.event) {
                     continue;
                 }
-                confirm(&mut tx, &mut run, &mut run_events).await?;
+                confirm(&mut tx, &mut run).await?;
                 if !change(&mut tx, event).await.map_err(unavailable)? {
                     return Err(never_placed(event));
                 }
             }
-            confirm(&mut tx, &mut run, &mut run_events).await?;
+            confirm(&mut tx, &mut run).await?;
             tx.commit().await.map_err(unavailable)?;
             return Ok(guard.applied);
         }
