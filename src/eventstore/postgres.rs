@@ -26,7 +26,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::db;
 use crate::domain::EventId;
-use append::{insert, Appended};
+use append::insert;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
@@ -100,21 +100,6 @@ impl PostgresEventStore {
         self.tail
             .committed(sale_id, events, appended.last, appended.recorded_at);
         Ok(appended.last)
-    }
-
-    /// Commits a turn's transaction, then records its events in the tail (the head is raised
-    /// by the caller, after this).
-    async fn commit(
-        &self,
-        tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        sale_id: EventId,
-        events: &[NewEvent],
-        appended: &Appended,
-    ) -> Result<(), sqlx::Error> {
-        tx.commit().await?;
-        self.tail
-            .committed(sale_id, events, appended.last, appended.recorded_at);
-        Ok(())
     }
 
     /// Maps a failed append of `events`: the unique violation on (stream, version) is a

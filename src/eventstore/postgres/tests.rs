@@ -5,8 +5,23 @@ use super::*;
 use crate::db::testing::fresh_database;
 
 async fn store() -> PostgresEventStore {
-    let url = fresh_database().await;
-    let pool = db::connect(&url, &db::PoolSettings::default())
+    store_at(&fresh_database().await).await
+}
+
+/// A plain event of `stream` at `version`.
+fn seats_held(stream: &str, version: u64) -> NewEvent {
+    NewEvent {
+        stream_id: stream.to_owned(),
+        version,
+        event_type: "inventory.seats_held",
+        event_version: 1,
+        payload: vec![1],
+        metadata: Metadata::default(),
+    }
+}
+
+async fn store_at(url: &str) -> PostgresEventStore {
+    let pool = db::connect(url, &db::PoolSettings::default())
         .await
         .unwrap();
     db::events_migrator().run(&pool).await.unwrap();
@@ -76,15 +91,10 @@ async fn a_tailing_reader_never_skips_events_that_commit_late() {
             let sale = EventId::random();
             let stream = format!("inventory-{sale}");
             for version in 1..=per_writer {
-                let event = NewEvent {
-                    stream_id: stream.clone(),
-                    version,
-                    event_type: "inventory.seats_held",
-                    event_version: 1,
-                    payload: vec![1],
-                    metadata: Metadata::default(),
-                };
-                store.append(sale, vec![event]).await.unwrap();
+                store
+                    .append(sale, vec![seats_held(&stream, version)])
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -103,4 +113,112 @@ async fn a_tailing_reader_never_skips_events_that_commit_late() {
         task.await.unwrap();
     }
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
+
+/// A locked turn writes its batch as literals (`append::inlined`): whatever an event carries,
+/// quotes, backslashes, placeholders, SQL, control characters, every byte value, is stored
+/// exactly as the bound statement of a plain append stores it, and read back the same.
+#[tokio::test]
+async fn a_locked_turn_stores_hostile_text_and_bytes_exactly() {
+    let store = store().await;
+    let sale = EventId::random();
+    let hostile = "it's \\ $1 $11 E'\\x41' '); DROP TABLE events; -- \n\t\u{7f} ünï ✓";
+    let event = |version: u64| NewEvent {
+        stream_id: format!("inventory-{sale}"),
+        version,
+        event_type: "inventory.seats_held",
+        event_version: 1,
+        payload: (0..=255u8).collect(),
+        metadata: Metadata {
+            correlation_id: Some(hostile.into()),
+            causation_id: Some("\\\\'\"".into()),
+            ..Metadata::default()
+        },
+    };
+    store.append(sale, vec![event(1)]).await.unwrap();
+    let turned = store
+        .take_turn(sale, Known::default(), TurnMode::Locked, &mut |fresh| {
+            assert_eq!(fresh.len(), 1, "a hydrating turn reads the sale");
+            vec![event(2)]
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(turned, Turned::Done { last: Some(2), .. }),
+        "{turned:?}"
+    );
+    let other = PostgresEventStore::new(store.pool().clone()).await.unwrap();
+    let stored = other.read_all(0, 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].payload, stored[0].payload);
+    assert_eq!(stored[1].metadata, stored[0].metadata);
+    assert_eq!(stored[1].metadata.correlation_id.as_deref(), Some(hostile));
+    assert_eq!(stored[1].version, 2);
+}
+
+/// A locked turn whose append fails (here a version another writer took), or that is dropped
+/// while it waits for the sale, leaves neither an open transaction in the pool nor the sale
+/// locked: the sale can be locked from outside, and the next turn goes through.
+#[tokio::test]
+async fn a_failed_or_abandoned_locked_turn_leaves_no_lock_behind() {
+    use sqlx::Connection;
+    let url = fresh_database().await;
+    let store = store_at(&url).await;
+    let sale = EventId::random();
+    let stream = format!("inventory-{sale}");
+    let event = |version: u64| seats_held(&stream, version);
+    store.append(sale, vec![event(1)]).await.unwrap();
+    let known = Known {
+        position: 1,
+        events: 1,
+    };
+    let taken = store
+        .take_turn(sale, known, TurnMode::Locked, &mut |_| vec![event(1)])
+        .await;
+    assert!(
+        matches!(taken, Err(StoreError::Conflict { .. })),
+        "{taken:?}"
+    );
+    let lock = format!(
+        "SELECT events FROM sale_heads WHERE sale_id = '{}' FOR UPDATE",
+        sale.0
+    );
+    let mut outside = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("SET lock_timeout = '10s'")
+        .execute(&mut outside)
+        .await
+        .unwrap();
+    // Abandoned while it waits for the sale another transaction holds.
+    sqlx::raw_sql(&format!("BEGIN; {lock}"))
+        .execute(&mut outside)
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.take_turn(sale, known, TurnMode::Locked, &mut |_| vec![event(2)]),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the turn waited for the sale: {abandoned:?}"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut outside).await.unwrap();
+    sqlx::raw_sql(&format!("BEGIN; {lock}"))
+        .execute(&mut outside)
+        .await
+        .expect("nobody holds the sale");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut outside)
+        .await
+        .unwrap();
+    let next = store
+        .take_turn(sale, known, TurnMode::Locked, &mut |fresh| {
+            assert!(fresh.is_empty(), "nothing was written meanwhile: {fresh:?}");
+            vec![event(2)]
+        })
+        .await;
+    assert!(
+        matches!(next, Ok(Turned::Done { last: Some(2), .. })),
+        "{next:?}"
+    );
 }
