@@ -23,6 +23,17 @@ pub(super) struct GuardedBatch {
     after: HashMap<String, i64>,
 }
 
+/// The versions of a batch's streams (`$2`, sorted), locked one stream after another in that
+/// order, so two members locking overlapping batches cannot deadlock. One primary-key probe
+/// per stream whatever the table's size: `stream_id = ANY($2)` was planned as a sequential
+/// scan of the whole table for batches of tens of streams while the table held a few
+/// thousand rows, and kept scanning as it grew (one scan per batch, 1.6 M rows read in one
+/// benchmark run; BENCHMARKS.md, session 23). A subquery that locks rows is never flattened
+/// into a join, so it stays a nested loop over the batch's streams.
+const LOCK: &str = "SELECT v.stream_id, v.version FROM UNNEST($2::text[]) AS s(id)
+    CROSS JOIN LATERAL (SELECT stream_id, version FROM consumer_stream_versions
+                         WHERE consumer = $1 AND stream_id = s.id FOR UPDATE) v";
+
 /// Locks the versions of `events`' streams and decides which events are new.
 pub(super) async fn lock(
     tx: &mut Transaction<'_, Postgres>,
@@ -31,17 +42,13 @@ pub(super) async fn lock(
     let mut streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
     streams.sort_unstable();
     streams.dedup();
-    // Locked in stream order, so two members locking overlapping batches cannot deadlock.
-    let before: HashMap<String, i64> = sqlx::query_as(
-        "SELECT stream_id, version FROM consumer_stream_versions
-          WHERE consumer = $1 AND stream_id = ANY($2) ORDER BY stream_id FOR UPDATE",
-    )
-    .bind(CONSUMER)
-    .bind(&streams)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
+    let before: HashMap<String, i64> = sqlx::query_as(LOCK)
+        .bind(CONSUMER)
+        .bind(&streams)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
     let mut after = before.clone();
     let applied = events
         .iter()
@@ -107,5 +114,43 @@ impl GuardedBatch {
         .await?;
         let expected = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         Ok(inserted == expected(fresh.0.len()) && updated == expected(moved.0.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db;
+    use sqlx::Connection;
+
+    /// A batch of 70 streams against a table of 5 000 is read through the primary key (the
+    /// `ANY` form was a sequential scan there).
+    #[tokio::test]
+    async fn the_lock_probes_the_primary_key_whatever_the_table_size() {
+        let url = db::testing::fresh_database().await;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        db::projections_migrator().run(&mut conn).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO consumer_stream_versions
+             SELECT 'insights', 'reservation-' || gen_random_uuid(), 1 FROM generate_series(1, 5000);
+             ANALYZE consumer_stream_versions",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let mut streams: Vec<String> =
+            sqlx::query_scalar("SELECT stream_id FROM consumer_stream_versions LIMIT 70")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        streams.sort_unstable();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", super::LOCK))
+            .bind(super::CONSUMER)
+            .bind(&streams)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("consumer_stream_versions_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
     }
 }
