@@ -243,6 +243,27 @@ pub mod testing {
         }
     }
 
+    /// A connection to a fresh database that `migrator` has migrated.
+    pub async fn migrated_connection(migrator: sqlx::migrate::Migrator) -> sqlx::PgConnection {
+        let url = fresh_database().await;
+        let mut conn = sqlx::PgConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        migrator
+            .run(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot migrate {url}: {e}"));
+        conn
+    }
+
+    /// Panics unless the plan `lines` (of `EXPLAIN`) read through `index` and never
+    /// sequentially.
+    pub fn assert_probes_only(lines: &[String], index: &str) {
+        let plan = lines.join("\n");
+        assert!(plan.contains(index), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+
     /// Creates an empty database with a unique name and returns its URL. Panics with the way
     /// to start PostgreSQL when the server cannot be reached (tests must not skip silently).
     pub async fn fresh_database() -> String {

@@ -123,17 +123,15 @@ async fn a_locked_turn_stores_hostile_text_and_bytes_exactly() {
     let store = store().await;
     let sale = EventId::random();
     let hostile = "it's \\ $1 $11 E'\\x41' '); DROP TABLE events; -- \n\t\u{7f} ünï ✓";
+    let stream = format!("inventory-{sale}");
     let event = |version: u64| NewEvent {
-        stream_id: format!("inventory-{sale}"),
-        version,
-        event_type: "inventory.seats_held",
-        event_version: 1,
         payload: (0..=255u8).collect(),
         metadata: Metadata {
             correlation_id: Some(hostile.into()),
             causation_id: Some("\\\\'\"".into()),
             ..Metadata::default()
         },
+        ..seats_held(&stream, version)
     };
     store.append(sale, vec![event(1)]).await.unwrap();
     let turned = store

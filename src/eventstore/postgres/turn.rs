@@ -57,6 +57,7 @@ impl PostgresEventStore {
             after = i64::try_from(known.position).unwrap_or(i64::MAX),
         );
         let mut sql = format!("BEGIN; {lock_and_read}");
+        let mut created = false;
         let (head, fresh) = loop {
             // A `&str` without arguments goes as a simple query, several statements allowed.
             let rows = conn.run(&sql).await?;
@@ -64,12 +65,13 @@ impl PostgresEventStore {
                 Ok((Some(head), fresh)) => break (head, fresh),
                 // A sale nothing was appended to has no head row to lock: create it (waiting
                 // for a writer that is creating it too), then lock it.
-                Ok((None, _)) if sql.starts_with("BEGIN") => {
+                Ok((None, _)) if !created => {
                     sql = format!(
                         "INSERT INTO sale_heads (sale_id, events) VALUES ('{sale}', 0)
                          ON CONFLICT DO NOTHING; {lock_and_read}",
                         sale = sale_id.0
                     );
+                    created = true;
                 }
                 Ok((None, _)) => {
                     conn.rollback().await?;
@@ -104,12 +106,10 @@ impl PostgresEventStore {
             inlined(sale_id, events, Some(head), &self.tag)?
         );
         let rows = conn.end(&sql).await?;
-        let row = rows
-            .first()
-            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)));
-        let Some(row) = row.transpose()? else {
+        let Some(row) = rows.first() else {
             return Ok(Ok(Turned::Stale));
         };
+        let row = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let appended = appended(row);
         self.tail
             .committed(sale_id, events, appended.last, appended.recorded_at);

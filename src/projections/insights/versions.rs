@@ -120,15 +120,12 @@ impl GuardedBatch {
 #[cfg(test)]
 mod tests {
     use crate::db;
-    use sqlx::Connection;
 
     /// A batch of 70 streams against a table of 5 000 is read through the primary key (the
     /// `ANY` form was a sequential scan there).
     #[tokio::test]
     async fn the_lock_probes_the_primary_key_whatever_the_table_size() {
-        let url = db::testing::fresh_database().await;
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        db::projections_migrator().run(&mut conn).await.unwrap();
+        let mut conn = db::testing::migrated_connection(db::projections_migrator()).await;
         sqlx::raw_sql(
             "INSERT INTO consumer_stream_versions
              SELECT 'insights', 'reservation-' || gen_random_uuid(), 1 FROM generate_series(1, 5000);
@@ -149,8 +146,6 @@ mod tests {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("consumer_stream_versions_pkey"), "{plan}");
-        assert!(!plan.contains("Seq Scan"), "{plan}");
+        db::testing::assert_probes_only(&plan, "consumer_stream_versions_pkey");
     }
 }
