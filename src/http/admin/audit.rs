@@ -33,10 +33,13 @@ pub struct AuditQuery {
     pub resource_id: Option<String>,
 }
 
-/// Bounds a free-text filter so a query cannot carry an arbitrarily long string.
+/// Bounds a free-text filter so a query cannot carry an arbitrarily long string. Counted in
+/// characters, as the schema's `maxLength` counts them (not bytes: 200 `Ω` are 400 bytes).
 fn bounded(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
-        Some(v) if v.len() > 200 => Err(ApiError::field(field, "length must be at most 200")),
+        Some(v) if v.chars().count() > 200 => {
+            Err(ApiError::field(field, "length must be at most 200"))
+        }
         other => Ok(other.filter(|v| !v.is_empty())),
     }
 }
@@ -63,4 +66,18 @@ async fn audit_log(
             .list(&filter, crate::app::queries::valid_page(page)?)
             .await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    /// The bound is the schema's: 200 characters, whatever their size in bytes.
+    #[test]
+    fn filters_are_bounded_in_characters_like_the_schema() {
+        let most = "Ω".repeat(200);
+        assert_eq!(bounded("action", Some(most.clone())).ok(), Some(Some(most)));
+        assert!(bounded("action", Some("Ω".repeat(201))).is_err());
+        assert_eq!(bounded("action", Some(String::new())).ok(), Some(None));
+    }
 }
