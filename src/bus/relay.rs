@@ -8,7 +8,8 @@
 //!
 //! Several instances: the cursor is a lease. On PostgreSQL it is the `outbox_relay` row,
 //! locked `FOR UPDATE SKIP LOCKED` for one batch; whoever holds it relays, the others stand by
-//! and take over within a second if it dies. So there is no double publish storm and no gap.
+//! (looking again once a second, not at every commit) and take over within a second if it
+//! dies. So there is no double publish storm and no gap.
 
 use super::{envelope, EventBus, Topics};
 use crate::backoff::Backoff;
@@ -217,6 +218,11 @@ impl Relay {
                 let turn = self.turn(&mut topics_ready).await;
                 let failure = turn.as_ref().err().map(|e| format!("{e:#}"));
                 self.breaker.witness(failure.as_deref());
+                // A standing-by instance looks again once a `POLL`, not at every commit: woken
+                // by each of the leaseholder's commits it would only find the lease taken, two
+                // statements each time (3 000 in a 10 000-seat sale with three instances,
+                // BENCHMARKS.md), and a dead holder is taken over within `POLL` either way.
+                let standby = matches!(turn, Ok(Turn::Standby));
                 let pause = match turn {
                     Ok(Turn::Published(n)) if n == BATCH => continue,
                     Ok(_) => {
@@ -235,8 +241,15 @@ impl Relay {
                         pause
                     }
                 };
+                let woken = async {
+                    if standby {
+                        tokio::time::sleep(pause).await;
+                    } else {
+                        _ = tokio::time::timeout(pause, head.changed()).await;
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::timeout(pause, head.changed()) => {}
+                    () = woken => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -326,5 +339,88 @@ impl Relay {
             _ => 0.0,
         };
         self.metrics.outbox_publish_lag.set(lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::EventId;
+    use crate::eventstore::memory::MemoryEventStore;
+    use crate::eventstore::{Metadata, NewEvent};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A cursor another instance always holds; counts the attempts to take it.
+    #[derive(Default)]
+    struct HeldElsewhere(AtomicUsize);
+
+    #[async_trait]
+    impl RelayCursor for HeldElsewhere {
+        async fn lease(&self) -> anyhow::Result<Option<Box<dyn Lease>>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        }
+
+        async fn published(&self) -> anyhow::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    /// A relay standing by looks for the lease once a `POLL`, however many commits the
+    /// leaseholder makes meanwhile (woken by each, it would look 20 times here).
+    #[tokio::test]
+    async fn a_standing_by_relay_is_not_woken_by_commits() {
+        let store = Arc::new(MemoryEventStore::new());
+        let cursor = Arc::new(HeldElsewhere::default());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (stop, stopped) = watch::channel(false);
+        let relay = Relay {
+            store: Arc::clone(&store) as Arc<dyn EventStore>,
+            bus: Arc::new(super::super::memory::MemoryBus::new()),
+            topics: Topics::new("test."),
+            cursor: Arc::clone(&cursor) as Arc<dyn RelayCursor>,
+            metrics: Arc::new(Metrics::new()),
+            clock: Arc::clone(&clock),
+            breaker: crate::breaker::Breaker::new("bus", Default::default(), clock),
+        }
+        .spawn(stopped);
+        let attempts = || cursor.0.load(Ordering::SeqCst);
+        while attempts() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let sale = EventId::random();
+        for version in 1..=20 {
+            let event = NewEvent {
+                stream_id: format!("inventory-{sale}"),
+                version,
+                event_type: "inventory.seats_held",
+                event_version: 1,
+                payload: vec![1],
+                metadata: Metadata::default(),
+            };
+            store.append(sale, vec![event]).await.unwrap();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // One look per `POLL` begun since the first (a slow machine may take that long).
+        let polls = (started.elapsed().as_secs_f64() / POLL.as_secs_f64()).ceil() as usize;
+        assert!(
+            attempts() <= 1 + polls,
+            "20 commits woke the standing-by relay: {} looks in {:?}",
+            attempts(),
+            started.elapsed()
+        );
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while attempts() < 2 + polls {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("it looks again after a POLL");
+        stop.send_replace(true);
+        relay.await.unwrap();
     }
 }
