@@ -12,8 +12,10 @@
 //! only if the sale's head did not move). A stale expected version is the
 //! `events_stream_version_key` unique violation, reported as `Conflict`: with turns, only a
 //! writer that skips them can cause one. Binaries older than the heads must all be stopped
-//! before this one starts (RUNBOOK.md). What this instance committed lately is also kept in
-//! memory (`tail.rs`): readers tailing the log here get it without a query.
+//! before this one starts (RUNBOOK.md). What this instance committed lately, and what it read
+//! lately of other instances' appends, is also kept in memory (`tail.rs`): readers tailing
+//! the log here get it without a query, and query the log one at a time, so that readers woken
+//! by the same commit query it once.
 
 mod append;
 mod tail;
@@ -44,8 +46,11 @@ pub struct PostgresEventStore {
     pool: PgPool,
     head: watch::Sender<u64>,
     listener: JoinHandle<()>,
-    /// What this instance appended lately, for the readers tailing the log here.
+    /// What this instance appended or read lately, for the readers tailing the log here.
     tail: Arc<Tail>,
+    /// Taken by a reader querying the log, so that readers woken by the same commit query it
+    /// once: the next one finds the events in the tail.
+    fetching: tokio::sync::Mutex<()>,
     /// This store's mark on its appends' notifications: its listener leaves those to it.
     tag: String,
 }
@@ -73,6 +78,7 @@ impl PostgresEventStore {
             head,
             listener,
             tail,
+            fetching: tokio::sync::Mutex::new(()),
             tag,
         })
     }
@@ -337,14 +343,27 @@ impl EventStore for PostgresEventStore {
         if let Some(run) = self.tail.read(after, limit, *self.head.borrow()) {
             return Ok(run);
         }
+        let _fetching = self.fetching.lock().await;
+        // Another reader may have brought these events in meanwhile.
+        if let Some(run) = self.tail.read(after, limit, *self.head.borrow()) {
+            return Ok(run);
+        }
+        // What the tail holds right after `after` is exact (positions are gap-free and
+        // visible in order): query only what follows it.
+        let mut run = self.tail.run_after(after, limit);
+        let from = run.last().map_or(after, |e| e.position);
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        self.fetch(
-            sqlx::query(&sql)
-                .bind(i64::try_from(after).unwrap_or(i64::MAX))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX)),
-        )
-        .await
+        let fetched = self
+            .fetch(
+                sqlx::query(&sql)
+                    .bind(i64::try_from(from).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(limit.saturating_sub(run.len())).unwrap_or(i64::MAX)),
+            )
+            .await?;
+        self.tail.learned(&fetched);
+        run.extend(fetched);
+        Ok(run)
     }
 
     fn subscribe_head(&self) -> watch::Receiver<u64> {

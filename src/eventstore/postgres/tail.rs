@@ -6,7 +6,11 @@
 //! reaches the known head, or the reader's limit (or nothing, for a reader at the head while
 //! the tail reaches it: what a query would answer unless another instance's commit is not
 //! announced yet, which wakes the reader when it is). Anything else (events another instance
-//! appended, a range evicted or never seen) is read from PostgreSQL as before.
+//! appended, a range evicted or never seen) is read from PostgreSQL. What such a read brings
+//! back (and what a locked turn reads of the other instances' appends) is committed too, and
+//! is kept here as well (`learned`): the instance's other readers, which wake on the same
+//! commits, find it instead of querying it again, and a reader whose run stops short of the
+//! head queries only what follows it (`run_after`).
 //!
 //! The head (what wakes the readers) must not pass the tail for this instance's own appends:
 //! the commit's NOTIFY may reach this instance's listener before the commit's answer reaches
@@ -57,9 +61,27 @@ impl Tail {
             };
             tail.insert(position, Arc::new(recorded));
         }
-        while tail.len() > KEEP {
-            tail.pop_first();
+        trim(&mut tail);
+    }
+
+    /// Keeps `events`, committed events as read from the table.
+    pub fn learned(&self, events: &[Arc<RecordedEvent>]) {
+        if events.is_empty() {
+            return;
         }
+        let mut tail = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        for event in events {
+            tail.entry(event.position)
+                .or_insert_with(|| Arc::clone(event));
+        }
+        trim(&mut tail);
+    }
+
+    /// The run of consecutive events held here right after position `after`, at most `limit`
+    /// (empty when `after + 1` is not here).
+    pub fn run_after(&self, after: u64, limit: usize) -> Vec<Arc<RecordedEvent>> {
+        let tail = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        consecutive(&tail, after, limit)
     }
 
     /// Up to `limit` events after position `after`, if the tail holds them all: consecutive
@@ -72,18 +94,38 @@ impl Tail {
             let reaches = tail.last_key_value().is_some_and(|(&last, _)| last >= head);
             return reaches.then(Vec::new);
         }
-        let mut run = Vec::new();
-        let mut next = after.checked_add(1)?;
-        for (&position, event) in tail.range(next..) {
-            if position != next || run.len() == limit {
-                break;
-            }
-            run.push(Arc::clone(event));
-            next += 1;
-        }
+        let run = consecutive(&tail, after, limit);
+        let next = after.saturating_add(1).saturating_add(run.len() as u64);
         let complete = run.len() == limit || next > head;
         (!run.is_empty() && complete).then_some(run)
     }
+}
+
+/// Drops the oldest events past `KEEP`.
+fn trim(tail: &mut BTreeMap<u64, Arc<RecordedEvent>>) {
+    while tail.len() > KEEP {
+        tail.pop_first();
+    }
+}
+
+/// The events at `after + 1`, `after + 2`, ... held in `tail`, up to the first gap or `limit`.
+fn consecutive(
+    tail: &BTreeMap<u64, Arc<RecordedEvent>>,
+    after: u64,
+    limit: usize,
+) -> Vec<Arc<RecordedEvent>> {
+    let mut run = Vec::new();
+    let Some(mut next) = after.checked_add(1) else {
+        return run;
+    };
+    for (&position, event) in tail.range(next..) {
+        if position != next || run.len() == limit {
+            break;
+        }
+        run.push(Arc::clone(event));
+        next += 1;
+    }
+    run
 }
 
 #[cfg(test)]
@@ -135,6 +177,48 @@ mod tests {
             positions(Tail::default().read(0, 10, 0)),
             None,
             "an empty tail"
+        );
+    }
+
+    /// Events read from the table fill the gaps between this instance's own; what is held
+    /// right after a reader's position is handed out up to the first gap.
+    #[test]
+    fn learned_events_fill_the_runs() {
+        let tail = Tail::default();
+        let sale = EventId::random();
+        tail.committed(sale, &new_events(2), 12, Utc::now()); // 11..=12
+        tail.committed(sale, &new_events(1), 16, Utc::now()); // 16
+        assert_eq!(positions(Some(tail.run_after(10, 10))), Some(vec![11, 12]));
+        assert!(tail.run_after(12, 10).is_empty(), "13 is not here");
+        let read = |position| {
+            Arc::new(RecordedEvent {
+                position,
+                sale_id: sale,
+                stream_id: "inventory-2".into(),
+                version: position,
+                event_type: "inventory.seats_held".into(),
+                event_version: 1,
+                payload: vec![2],
+                metadata: Metadata::default(),
+                recorded_at: Utc::now(),
+            })
+        };
+        tail.learned(&[read(13), read(14)]);
+        assert_eq!(
+            positions(Some(tail.run_after(10, 10))),
+            Some(vec![11, 12, 13, 14])
+        );
+        assert_eq!(positions(tail.read(10, 10, 16)), None, "15 is not here");
+        tail.learned(&[read(15), read(16)]);
+        assert_eq!(
+            positions(tail.read(10, 10, 16)),
+            Some(vec![11, 12, 13, 14, 15, 16])
+        );
+        let kept = tail.run_after(15, 1);
+        assert_eq!(
+            kept[0].payload,
+            vec![1],
+            "what this instance committed stays"
         );
     }
 }

@@ -220,3 +220,48 @@ async fn a_failed_or_abandoned_locked_turn_leaves_no_lock_behind() {
         "{next:?}"
     );
 }
+
+/// Events other instances committed, once read here (by a reader of the log or by a locked
+/// turn), are served again from the tail: the instance's next reader woken by the same commits
+/// does not query them, and a run that stops short of the head is completed by a query of what
+/// follows it, together exactly what the table holds.
+#[tokio::test]
+async fn events_read_here_are_served_again_without_a_query() {
+    let url = fresh_database().await;
+    let writer = store_at(&url).await;
+    let sale = EventId::random();
+    let stream = format!("inventory-{sale}");
+    let events = |versions: std::ops::RangeInclusive<u64>| {
+        versions.map(|v| seats_held(&stream, v)).collect::<Vec<_>>()
+    };
+    writer.append(sale, events(1..=3)).await.unwrap();
+    let reader = store_at(&url).await;
+    assert_eq!(reader.read_all(0, 10).await.unwrap().len(), 3);
+    writer.append(sale, events(4..=5)).await.unwrap();
+    let mut head = reader.subscribe_head();
+    tokio::time::timeout(Duration::from_secs(10), head.wait_for(|h| *h >= 5))
+        .await
+        .expect("the reader hears of the append")
+        .unwrap();
+    let all = reader.read_all(0, 10).await.unwrap();
+    assert_eq!(all, writer.read_all(0, 10).await.unwrap());
+    assert_eq!(all.len(), 5);
+    reader.pool().close().await;
+    assert_eq!(reader.read_all(0, 10).await.unwrap(), all, "from the tail");
+    assert_eq!(reader.read_all(3, 1).await.unwrap(), all[3..4]);
+
+    let turner = store_at(&url).await;
+    let turned = turner
+        .take_turn(sale, Known::default(), TurnMode::Locked, &mut |fresh| {
+            assert_eq!(fresh.len(), 5, "a hydrating turn reads the sale");
+            Vec::new()
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(turned, Turned::Done { last: None, .. }),
+        "{turned:?}"
+    );
+    turner.pool().close().await;
+    assert_eq!(turner.read_all(0, 10).await.unwrap(), all, "from the tail");
+}

@@ -85,6 +85,8 @@ impl PostgresEventStore {
                 }
             }
         };
+        // Committed by other instances: this instance's readers of the log will want them.
+        self.tail.learned(&fresh);
         let known = Known {
             position: fresh.last().map_or(known.position, |e| e.position),
             events: head,
