@@ -4,7 +4,7 @@
 //! Ids derive from the caller's `Idempotency-Key` when there is one, so a retry (even on
 //! another instance) finds what its first attempt made instead of making it twice.
 
-use super::error::SALES_NOT_OPEN;
+use super::error::{CUSTOMER_LIMIT, SALES_NOT_OPEN, SOLD_OUT};
 use super::idempotency::derived_id;
 use super::retries::Dependency;
 use super::{policy, App, AppError, READ_YOUR_WRITES_TIMEOUT};
@@ -42,6 +42,10 @@ pub struct Cancelled {
     pub was: ReservationStatus,
 }
 
+/// The refusals of a reserve that the sale's writer decides after finding the reservation id
+/// unused in the sale (`domain::sale`, `a_repeat_is_a_duplicate_even_when_sold_out_or_ended`).
+const REFUSED_AFTER_THE_ID_CHECK: [&str; 2] = [SOLD_OUT, CUSTOMER_LIMIT];
+
 impl App {
     /// Holds seats for `caller`; the hold lasts `RESERVATION_TTL_SECONDS` unless paid.
     pub async fn reserve(
@@ -77,8 +81,15 @@ impl App {
             Err(AppError::Conflict {
                 kind: "conflict", ..
             }) if key.is_some() => return self.placed_earlier(id).await,
-            // Refused for another reason (the sale closed since): placed before, or not.
-            Err(AppError::Conflict { .. }) if key.is_some() && self.has_reservation(id).await? => {
+            // Refused for another reason (the sale closed since): placed before, or not. The
+            // writer checks the id before the seats and the customer's limit, so those
+            // refusals prove the first attempt placed nothing (a sold-out flood of retries
+            // costs no read-model query each).
+            Err(AppError::Conflict { kind, .. })
+                if key.is_some()
+                    && !REFUSED_AFTER_THE_ID_CHECK.contains(&kind)
+                    && self.has_reservation(id).await? =>
+            {
                 return self.reservation_view(id).await
             }
             // A draft is hidden from all but its organizer and admins: 404, as reads answer.

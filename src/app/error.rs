@@ -96,6 +96,10 @@ impl AppError {
 
 /// The problem type of a command for an event whose sales are not open.
 pub const SALES_NOT_OPEN: &str = "sales-not-open";
+/// The problem type of a hold for more seats than a section has left.
+pub const SOLD_OUT: &str = "sold-out";
+/// The problem type of a hold past the event's per-customer limit.
+pub const CUSTOMER_LIMIT: &str = "customer-limit";
 
 fn conflict(kind: &'static str, detail: impl ToString) -> AppError {
     AppError::Conflict {
@@ -124,7 +128,7 @@ impl From<SaleError> for AppError {
             },
             SaleError::Inventory(e) => match e {
                 InventoryError::UnknownSection(_) => AppError::field("section", &e.to_string()),
-                InventoryError::SoldOut { .. } => conflict("sold-out", &e),
+                InventoryError::SoldOut { .. } => conflict(SOLD_OUT, &e),
                 InventoryError::CapacityBelowCommitted { .. } => {
                     conflict("capacity-below-committed", &e)
                 }
@@ -146,7 +150,7 @@ impl From<SaleError> for AppError {
                 PaymentError::NotRefundable { .. } => conflict("payment-not-refundable", &e),
                 PaymentError::AlreadyExists => conflict("conflict", &e),
             },
-            SaleError::CustomerLimit { .. } => conflict("customer-limit", &e),
+            SaleError::CustomerLimit { .. } => conflict(CUSTOMER_LIMIT, &e),
         }
     }
 }

@@ -117,6 +117,24 @@ fn types(decision: &Decision) -> Vec<&'static str> {
         .collect()
 }
 
+/// A repeat of a placed reservation is a duplicate even when its section is sold out, and
+/// after its hold ended: the id is checked before the seats (and the customer's limit).
+/// `App::reserve` relies on it: a sold-out refusal proves the key's first attempt placed
+/// nothing, so it does not look for one.
+#[test]
+fn a_repeat_is_a_duplicate_even_when_sold_out_or_ended() {
+    let r = ReservationId::random();
+    let duplicate: SaleError = ReservationError::AlreadyExists.into();
+    let sale = Sale::on_sale(2).given(reserve(r, 2, t(1)));
+    assert_eq!(sale.when(&reserve(r, 2, t(2))).unwrap_err(), duplicate);
+    let sale = sale.given(SaleCommand::ExpireReservation {
+        reservation_id: r,
+        now: t(20),
+    });
+    let sale = sale.given(reserve(ReservationId::random(), 2, t(21)));
+    assert_eq!(sale.when(&reserve(r, 2, t(22))).unwrap_err(), duplicate);
+}
+
 /// Reserving holds seats and places the reservation in one decision, and arms the expiry.
 #[test]
 fn reserving_holds_seats_and_places_the_reservation_atomically() {
