@@ -74,7 +74,7 @@ impl App {
             hold_for: self.hold_for,
             now: self.clock.now(),
         };
-        let committed = match self.command(event_id, command, metadata).await {
+        let committed = match self.create(event_id, command, metadata).await {
             Ok(committed) => committed,
             // A retry after a lost answer: the writer says the first attempt (maybe on another
             // instance, a moment ago) placed it, so wait for the read models to show it.
@@ -111,8 +111,9 @@ impl App {
         });
         match placed {
             Some(view) => {
-                // The read models gave up showing it in time: its payment is answered from
-                // here (`RecentHolds`), not with a 404 from them.
+                // Answered before the read models show it: the payment that follows (and the
+                // client's read of it) is answered from here (`RecentHolds`) without waiting
+                // for them.
                 let applied = self.read_progress.position();
                 if applied < committed.position {
                     self.recent
@@ -272,6 +273,10 @@ impl App {
     async fn placed_earlier(&self, id: ReservationId) -> Result<ReservationView, AppError> {
         let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
         self.retries.first_attempt(Dependency::ReadModels);
+        if let Some(view) = self.recent.unseen(id, self.read_progress.position()) {
+            return Ok(view);
+        }
+        self.fresh().await;
         loop {
             if let Some(view) = self.reads.reservation(id).await? {
                 return Ok(view);
@@ -298,6 +303,7 @@ impl App {
     }
 
     async fn has_reservation(&self, id: ReservationId) -> Result<bool, AppError> {
+        self.fresh().await;
         Ok(self.reads.reservation(id).await?.is_some())
     }
 
@@ -310,6 +316,7 @@ impl App {
         refusal: AppError,
     ) -> Result<PaymentView, AppError> {
         if let Some(payment_id) = payment_id {
+            self.fresh().await;
             if let Some(done) = self.reads.payment(payment_id).await? {
                 return paid(done);
             }

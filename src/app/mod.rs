@@ -39,13 +39,14 @@ use crate::runtime::{CommandError, Committed, Sales};
 use dead_letters::DeadLetterAdmin;
 use idempotency::IdempotencyStore;
 use retries::Dependency;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts of `App::record` (backing off from 20 ms with full jitter: at most 2.5 s of waits).
 const RECORD_ATTEMPTS: u32 = 8;
 
-/// How long a command waits for the read models to show its own write.
+/// How long a read waits for the read models to show this instance's writes.
 pub(crate) const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the use cases work with: the write side, the read side and the outside services.
@@ -73,6 +74,20 @@ pub struct App {
     pub(crate) recent: recent::RecentHolds,
     /// How often request-path code may still retry each dependency.
     pub(crate) retries: retries::Retries,
+    /// What the reads here wait for: the log position of the last command committed here.
+    pub(crate) written: Written,
+}
+
+/// Read-your-writes without a wait on the write path (`App::create`): the command answers
+/// from what it committed and raises `last`; a read here first waits until the read models
+/// applied `last` (`App::fresh`). When such a wait runs out, reads stop waiting until the read
+/// models reach the position it waited for: a lagging or stalled projector makes one read in
+/// `READ_YOUR_WRITES_TIMEOUT` slow, not every read.
+#[derive(Debug, Default)]
+pub struct Written {
+    last: AtomicU64,
+    /// The position the last wait that ran out waited for (0: none did).
+    gave_up_on: AtomicU64,
 }
 
 impl App {
@@ -106,8 +121,23 @@ impl App {
         self.read_progress.position()
     }
 
-    /// Runs a command and waits until the read models reflect it (read-your-writes).
+    /// Runs a command and waits until the read models reflect it: they are shared, so a
+    /// client's next read sees the change on any instance (read-your-writes).
     pub(crate) async fn command(
+        &self,
+        sale: EventId,
+        command: SaleCommand,
+        metadata: Metadata,
+    ) -> Result<Committed, AppError> {
+        let committed = self.create(sale, command, metadata).await?;
+        Ok(self.visible(committed).await)
+    }
+
+    /// Runs a command that creates what its answer shows, built from the events it committed:
+    /// it does not wait for the read models. Reads on this instance wait for it (`fresh`);
+    /// a read of it by id elsewhere that misses catches up with the log first
+    /// (`caught_up_with_log`).
+    pub(crate) async fn create(
         &self,
         sale: EventId,
         command: SaleCommand,
@@ -115,7 +145,7 @@ impl App {
     ) -> Result<Committed, AppError> {
         self.retries.first_attempt(Dependency::EventStore);
         let committed = self.sales.execute(sale, command, metadata).await?;
-        Ok(self.visible(committed).await)
+        Ok(self.wrote(committed))
     }
 
     /// Like `command`, for a command that records what already happened outside (a capture
@@ -151,14 +181,13 @@ impl App {
                     tracing::info!(%sale, "writers contended or mailbox full; recording again");
                     backoff.wait().await;
                 }
-                other => return Ok(self.visible(other?).await),
+                other => return Ok(self.visible(self.wrote(other?)).await),
             }
         }
         Err(CommandError::Contended.into())
     }
 
-    /// Waits until the read models show `committed` (read-your-writes), at most
-    /// `READ_YOUR_WRITES_TIMEOUT`.
+    /// Waits until the read models show `committed`, at most `READ_YOUR_WRITES_TIMEOUT`.
     async fn visible(&self, committed: Committed) -> Committed {
         if committed.position > 0
             && !self
@@ -173,5 +202,55 @@ impl App {
             );
         }
         committed
+    }
+
+    /// Waits until the read models applied everything the log holds now (asked of the store:
+    /// another instance's commit may not have been announced here yet); false if they did
+    /// not within `READ_YOUR_WRITES_TIMEOUT` or the log's head could not be read.
+    pub(crate) async fn caught_up_with_log(&self) -> bool {
+        let head = match self.sales.store().head().await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the log's head");
+                return false;
+            }
+        };
+        self.read_progress.position() >= head
+            || self
+                .read_progress
+                .wait_for(head, READ_YOUR_WRITES_TIMEOUT)
+                .await
+    }
+
+    /// Remembers that `committed` was written here: the reads that begin from now on wait
+    /// for it.
+    fn wrote(&self, committed: Committed) -> Committed {
+        self.written
+            .last
+            .fetch_max(committed.position, Ordering::AcqRel);
+        committed
+    }
+
+    /// Read-your-writes: waits until the read models applied every command committed here
+    /// before this read began, at most `READ_YOUR_WRITES_TIMEOUT` (the read then goes ahead
+    /// with what they show, and the next reads do not wait until they caught up with it).
+    pub(crate) async fn fresh(&self) {
+        let written = self.written.last.load(Ordering::Acquire);
+        let applied = self.read_progress.position();
+        if applied >= written || applied < self.written.gave_up_on.load(Ordering::Acquire) {
+            return;
+        }
+        if !self
+            .read_progress
+            .wait_for(written, READ_YOUR_WRITES_TIMEOUT)
+            .await
+        {
+            self.written.gave_up_on.fetch_max(written, Ordering::AcqRel);
+            tracing::warn!(
+                written,
+                applied = self.read_progress.position(),
+                "the read models lag behind this instance's writes; reads answer what they show"
+            );
+        }
     }
 }

@@ -46,6 +46,10 @@ impl App {
         id: Uuid,
         name: CacheName,
     ) -> Result<EventView, AppError> {
+        // An anonymous reader wrote nothing here to wait for.
+        if viewer.is_some() {
+            self.fresh().await;
+        }
         let view = self
             .cache
             .event(EventId(id), name)
@@ -63,6 +67,7 @@ impl App {
     ) -> Result<Page<EventView>, AppError> {
         query.viewer = viewer.map(|p| p.user_id);
         query.viewer_is_admin = viewer.is_some_and(|p| p.is_admin());
+        self.fresh().await;
         Ok(self.reads.events(&query, valid_page(page)?).await?)
     }
 
@@ -76,7 +81,7 @@ impl App {
         // Read-your-writes for a hold placed here that the read models do not show yet.
         let view = match self.recent.unseen(id, self.read_progress.position()) {
             Some(view) => view,
-            None => self.reservation_view(id).await?,
+            None => self.created_reservation(id).await?,
         };
         policy::own_record(caller, view.user_id, "reservation")?;
         Ok(view)
@@ -89,6 +94,7 @@ impl App {
         page: PageRequest,
     ) -> Result<Page<ReservationView>, AppError> {
         let user = (!caller.is_admin()).then_some(caller.user_id);
+        self.fresh().await;
         Ok(self.reads.reservations(user, valid_page(page)?).await?)
     }
 
@@ -107,6 +113,7 @@ impl App {
         page: PageRequest,
     ) -> Result<Page<PaymentView>, AppError> {
         policy::user_collection(caller, user)?;
+        self.fresh().await;
         Ok(self
             .reads
             .payments_of(user.into(), valid_page(page)?)
@@ -147,12 +154,14 @@ impl App {
         &self,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<(RecentSales, usize), AppError> {
+        self.fresh().await;
         let (recent, holds) =
             tokio::join!(self.insights.sales_since(since), self.reads.pending_holds());
         Ok((recent?, holds?.len()))
     }
 
     pub(crate) async fn event_view(&self, id: EventId) -> Result<EventView, AppError> {
+        self.fresh().await;
         self.reads
             .event(id)
             .await?
@@ -163,6 +172,7 @@ impl App {
         &self,
         id: ReservationId,
     ) -> Result<ReservationView, AppError> {
+        self.fresh().await;
         self.reads
             .reservation(id)
             .await?
@@ -182,6 +192,7 @@ impl App {
             return Ok(view);
         }
         self.retries.first_attempt(Dependency::ReadModels);
+        self.fresh().await;
         if let Some(view) = self.reads.reservation(id).await? {
             return Ok(view);
         }
@@ -189,12 +200,7 @@ impl App {
             detail: "the read models are behind the event log; try again".into(),
             retry_after: 1,
         };
-        let head = *self.sales.store().subscribe_head().borrow();
-        let caught_up = self.read_progress.position() >= head
-            || self
-                .read_progress
-                .wait_for(head, super::READ_YOUR_WRITES_TIMEOUT)
-                .await;
+        let caught_up = self.caught_up_with_log().await;
         if !caught_up
             && !self
                 .retries
@@ -209,7 +215,25 @@ impl App {
         }
     }
 
+    /// A reservation by id: one another instance placed a moment ago may not be applied by
+    /// the read models yet (its writer answered from the commit), so a miss catches up with
+    /// the log and looks again before it is a 404.
+    async fn created_reservation(&self, id: ReservationId) -> Result<ReservationView, AppError> {
+        self.fresh().await;
+        if let Some(view) = self.reads.reservation(id).await? {
+            return Ok(view);
+        }
+        if !self.caught_up_with_log().await {
+            return Err(AppError::Unavailable {
+                detail: "the read models are behind the event log; try again".into(),
+                retry_after: 1,
+            });
+        }
+        self.reservation_view(id).await
+    }
+
     pub(crate) async fn payment_view(&self, id: PaymentId) -> Result<PaymentView, AppError> {
+        self.fresh().await;
         self.reads
             .payment(id)
             .await?

@@ -50,6 +50,11 @@ async fn appends_are_read_back_in_order(store: &dyn EventStore) {
         .append(sale, vec![event(&s, 1), event(&s, 2)])
         .await
         .unwrap();
+    assert_eq!(
+        store.head().await.unwrap(),
+        last,
+        "the head is the last append"
+    );
     let read = store.read_sale(sale, 0).await.unwrap();
     assert_eq!(read.len(), 2);
     assert_eq!(read[1].position, last);

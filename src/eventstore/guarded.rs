@@ -74,6 +74,10 @@ impl EventStore for Guarded {
         self.inner.subscribe_head()
     }
 
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.breaker.call(self.inner.head(), failed).await?
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

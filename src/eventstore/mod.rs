@@ -157,6 +157,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// A receiver that changes whenever new events may be readable.
     fn subscribe_head(&self) -> watch::Receiver<u64>;
 
+    /// The log's last committed position now, every instance's appends included (a store
+    /// shared by instances asks its database; `subscribe_head` may not have heard of a commit
+    /// made elsewhere yet).
+    async fn head(&self) -> Result<u64, StoreError> {
+        Ok(*self.subscribe_head().borrow())
+    }
+
     /// Cheap reachability check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
 

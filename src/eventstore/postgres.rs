@@ -370,6 +370,10 @@ impl EventStore for PostgresEventStore {
         self.head.subscribe()
     }
 
+    async fn head(&self) -> Result<u64, StoreError> {
+        max_position(&self.pool).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -294,6 +294,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         queue,
         recent: Default::default(),
         retries: Default::default(),
+        written: Default::default(),
     };
     if config.fault_crash_after_capture {
         tracing::warn!("FAULT_CRASH_AFTER_CAPTURE is set: the process aborts after every capture");

@@ -4,6 +4,7 @@
 //! the chaos suite.)
 
 use super::client::*;
+use serde_json::json;
 use std::sync::Arc;
 use ticketing::db::testing::fresh_database;
 use tokio::task::JoinSet;
@@ -48,6 +49,17 @@ async fn three_instances_sell_exactly_the_capacity() {
             if status != 201 {
                 return (status.as_u16(), None, body);
             }
+            // Read-your-writes on another instance: the hold's writer answered from its commit,
+            // so this read may come before the read models have it, and must still find it.
+            let id = uuid(&body, "reservation_id");
+            let (read, view) = there
+                .get(&format!("/api/reservations/{id}"), Some(&token))
+                .await;
+            assert_eq!(
+                (read.as_u16(), &view["status"]),
+                (200, &json!("pending")),
+                "{view}"
+            );
             // Pay through another instance than the one that took the hold.
             let (paid, payment) = there.pay(&token, uuid(&body, "reservation_id")).await;
             (status.as_u16(), Some(paid.as_u16()), payment)
