@@ -46,10 +46,9 @@ impl App {
         id: Uuid,
         name: CacheName,
     ) -> Result<EventView, AppError> {
-        // An anonymous reader wrote nothing here to wait for.
-        if viewer.is_some() {
-            self.fresh().await;
-        }
+        // Anonymous readers too: a buyer who just reserved may read availability without
+        // a token.
+        self.fresh().await;
         let view = self
             .cache
             .event(EventId(id), name)
