@@ -178,10 +178,10 @@ impl App {
             .ok_or(AppError::NotFound("reservation"))
     }
 
-    /// The reservation a payment is for. One the read models do not show while they lag behind
-    /// the event log may exist (its 201 went out when the wait for them ran out, as with a slow
-    /// database): wait for them as a command does, and if they still lag answer 503 (try
-    /// again), not a 404 that may be false.
+    /// The reservation a payment is for. One the read models do not show may exist (a reserve
+    /// answers from its commit, before they apply it; on another instance, or one that placed
+    /// it long ago, `recent` does not know it): wait until they applied the log's head, and if
+    /// they still lag answer 503 (try again), not a 404 that may be false.
     pub(crate) async fn reservation_to_pay(
         &self,
         id: ReservationId,
