@@ -366,7 +366,8 @@ impl Insights for PostgresInsights {
     ) -> Result<Page<HistoryEntry>, ReadError> {
         // The total from the same statement (one snapshot: the page and its total always
         // agree, even while purchases are being confirmed); asked apart only for a page past
-        // the end.
+        // the end. An empty first page is a total of 0 in that snapshot: counting again could
+        // see purchases confirmed since and answer a total with no items.
         let rows = sqlx::query(
             "SELECT p.reservation_id, p.event_id, COALESCE(e.name, '') AS event_name, p.section,
                     p.quantity, p.total_cents, p.currency, p.status, p.payment_id, p.purchased_at,
@@ -383,6 +384,7 @@ impl Insights for PostgresInsights {
         .map_err(read_error)?;
         let total: i64 = match rows.first() {
             Some(row) => row.try_get("total").map_err(read_error)?,
+            None if page.offset() == 0 => 0,
             None => sqlx::query_scalar(
                 "SELECT COUNT(*) FROM insight_purchases WHERE user_id = $1 AND purchased_at IS NOT NULL",
             )
