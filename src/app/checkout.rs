@@ -138,7 +138,7 @@ impl App {
         // With a key, the payment id is derived from it: a retry can find the first attempt.
         let retried = key.is_some().then_some(payment_id);
         let reservation = self
-            .reservation_to_pay(ReservationId(order.reservation_id))
+            .reservation_by_id(ReservationId(order.reservation_id))
             .await?;
         policy::pay_for(caller, reservation.user_id)?;
         // The writer decides again when the capture is recorded (a capture that lost the

@@ -76,12 +76,7 @@ impl App {
         caller: &Principal,
         id: Uuid,
     ) -> Result<ReservationView, AppError> {
-        let id = ReservationId(id);
-        // Read-your-writes for a hold placed here that the read models do not show yet.
-        let view = match self.recent.unseen(id, self.read_progress.position()) {
-            Some(view) => view,
-            None => self.created_reservation(id).await?,
-        };
+        let view = self.reservation_by_id(ReservationId(id)).await?;
         policy::own_record(caller, view.user_id, "reservation")?;
         Ok(view)
     }
@@ -178,11 +173,12 @@ impl App {
             .ok_or(AppError::NotFound("reservation"))
     }
 
-    /// The reservation a payment is for. One the read models do not show may exist (a reserve
-    /// answers from its commit, before they apply it; on another instance, or one that placed
-    /// it long ago, `recent` does not know it): wait until they applied the log's head, and if
-    /// they still lag answer 503 (try again), not a 404 that may be false.
-    pub(crate) async fn reservation_to_pay(
+    /// A reservation by id, for its reader or its payment. One the read models do not show may
+    /// exist (a reserve answers from its commit, before they apply it; `recent` knows those
+    /// placed here, not those placed on another instance): on a miss, wait until they applied
+    /// the log's head and look again, and if they still lag answer 503 (try again), not a 404
+    /// that may be false.
+    pub(crate) async fn reservation_by_id(
         &self,
         id: ReservationId,
     ) -> Result<ReservationView, AppError> {
@@ -212,23 +208,6 @@ impl App {
             None if caught_up => Err(AppError::NotFound("reservation")),
             None => Err(lagging),
         }
-    }
-
-    /// A reservation by id: one another instance placed a moment ago may not be applied by
-    /// the read models yet (its writer answered from the commit), so a miss catches up with
-    /// the log and looks again before it is a 404.
-    async fn created_reservation(&self, id: ReservationId) -> Result<ReservationView, AppError> {
-        self.fresh().await;
-        if let Some(view) = self.reads.reservation(id).await? {
-            return Ok(view);
-        }
-        if !self.caught_up_with_log().await {
-            return Err(AppError::Unavailable {
-                detail: "the read models are behind the event log; try again".into(),
-                retry_after: 1,
-            });
-        }
-        self.reservation_view(id).await
     }
 
     pub(crate) async fn payment_view(&self, id: PaymentId) -> Result<PaymentView, AppError> {
