@@ -3,7 +3,8 @@
 //! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
 //! (what admins do with the DLQ), `holds` (ending holds whose instance died), `reconcile`
 //! (recording gateway captures nobody recorded), `webhooks` (organizers' endpoints and their
-//! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`). It
+//! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`),
+//! `written` (what a read here waits for: read-your-writes without a wait on the write path). It
 //! owns running commands with read-your-writes, recording a gateway capture through writer
 //! contention (within a retry budget, `retries`), the charge-then-record flow, idempotency and
 //! the holds placed here that the read models do not show yet (`recent`). It never decides a business rule
@@ -22,6 +23,7 @@ pub mod recent;
 pub mod reconcile;
 pub mod retries;
 pub mod webhooks;
+pub mod written;
 
 pub use error::{AppError, FieldError};
 
@@ -39,9 +41,9 @@ use crate::runtime::{CommandError, Committed, Sales};
 use dead_letters::DeadLetterAdmin;
 use idempotency::IdempotencyStore;
 use retries::Dependency;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use written::Written;
 
 /// Attempts of `App::record` (backing off from 20 ms with full jitter: at most 2.5 s of waits).
 const RECORD_ATTEMPTS: u32 = 8;
@@ -76,18 +78,6 @@ pub struct App {
     pub(crate) retries: retries::Retries,
     /// What the reads here wait for: the log position of the last command committed here.
     pub(crate) written: Written,
-}
-
-/// Read-your-writes without a wait on the write path (`App::create`): the command answers
-/// from what it committed and raises `last`; a read here first waits until the read models
-/// applied `last` (`App::fresh`). When such a wait runs out, reads stop waiting until the read
-/// models reach the position it waited for: a lagging or stalled projector makes one read in
-/// `READ_YOUR_WRITES_TIMEOUT` slow, not every read.
-#[derive(Debug, Default)]
-pub struct Written {
-    last: AtomicU64,
-    /// The position the last wait that ran out waited for (0: none did).
-    gave_up_on: AtomicU64,
 }
 
 impl App {
@@ -225,9 +215,7 @@ impl App {
     /// Remembers that `committed` was written here: the reads that begin from now on wait
     /// for it.
     fn wrote(&self, committed: Committed) -> Committed {
-        self.written
-            .last
-            .fetch_max(committed.position, Ordering::AcqRel);
+        self.written.raise(committed.position);
         committed
     }
 
@@ -235,22 +223,8 @@ impl App {
     /// before this read began, at most `READ_YOUR_WRITES_TIMEOUT` (the read then goes ahead
     /// with what they show, and the next reads do not wait until they caught up with it).
     pub(crate) async fn fresh(&self) {
-        let written = self.written.last.load(Ordering::Acquire);
-        let applied = self.read_progress.position();
-        if applied >= written || applied < self.written.gave_up_on.load(Ordering::Acquire) {
-            return;
-        }
-        if !self
-            .read_progress
-            .wait_for(written, READ_YOUR_WRITES_TIMEOUT)
-            .await
-        {
-            self.written.gave_up_on.fetch_max(written, Ordering::AcqRel);
-            tracing::warn!(
-                written,
-                applied = self.read_progress.position(),
-                "the read models lag behind this instance's writes; reads answer what they show"
-            );
-        }
+        self.written
+            .wait(&self.read_progress, READ_YOUR_WRITES_TIMEOUT)
+            .await;
     }
 }

@@ -42,6 +42,13 @@ impl Progress {
     pub fn position(&self) -> u64 {
         *self.rx.borrow()
     }
+
+    /// Progress moved by hand from `position` on, for tests of what waits for it.
+    #[cfg(test)]
+    pub fn manual(position: u64) -> (watch::Sender<u64>, Progress) {
+        let (tx, rx) = watch::channel(position);
+        (tx, Progress { rx })
+    }
 }
 
 /// Starts the subscription task; it runs until aborted.
