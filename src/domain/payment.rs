@@ -7,7 +7,7 @@ use super::ids::{EventId, PaymentId, ReservationId, UserId};
 use super::money::Money;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,7 +49,7 @@ pub struct Payment {
 }
 
 impl Payment {
-    pub fn apply(state: &mut HashMap<PaymentId, Payment>, event: &DomainEvent) {
+    pub fn apply(state: &mut BTreeMap<PaymentId, Payment>, event: &DomainEvent) {
         let record = |e_id, r_id, ev_id, u_id, amount, status, at| Payment {
             id: e_id,
             reservation_id: r_id,

@@ -86,10 +86,10 @@ impl Reservation {
 
     /// Folds an event of this aggregate into `state` (which holds every reservation of one event).
     pub fn apply(
-        state: &mut std::collections::HashMap<ReservationId, Reservation>,
+        state: &mut std::collections::BTreeMap<ReservationId, Reservation>,
         event: &DomainEvent,
     ) {
-        let set = |state: &mut std::collections::HashMap<ReservationId, Reservation>,
+        let set = |state: &mut std::collections::BTreeMap<ReservationId, Reservation>,
                    id: &ReservationId,
                    status: ReservationStatus,
                    payment: Option<PaymentId>| {

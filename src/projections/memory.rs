@@ -9,15 +9,15 @@ use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
 use crate::eventstore::codec;
 use crate::paging::{Page, PageRequest};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 #[derive(Default)]
 struct Tables {
     checkpoint: u64,
     events: HashMap<EventId, (EventView, Inventory)>,
-    reservations: HashMap<ReservationId, ReservationView>,
-    payments: HashMap<PaymentId, PaymentView>,
+    reservations: BTreeMap<ReservationId, ReservationView>,
+    payments: BTreeMap<PaymentId, PaymentView>,
 }
 
 #[derive(Default)]

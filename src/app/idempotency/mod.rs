@@ -15,7 +15,7 @@ use super::AppError;
 use crate::domain::UserId;
 use durable::DurableAnswers;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ type Key = (UserId, &'static str, String);
 
 #[derive(Default)]
 struct Slots {
-    by_key: HashMap<Key, Slot>,
+    by_key: BTreeMap<Key, Slot>,
     /// Keys in the order they were first used, so expiry pops from the front in O(1).
     by_age: VecDeque<(Instant, Key)>,
 }

@@ -11,7 +11,7 @@ use crate::domain::money::{Currency, Money};
 use crate::domain::reservation::{ReservationError, ReservationStatus};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 fn t(minute: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minute)
@@ -286,8 +286,8 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Each customer's pending + confirmed tickets, counted from the reservations themselves.
-fn recount(state: &SaleState) -> HashMap<UserId, u32> {
-    let mut held = HashMap::new();
+fn recount(state: &SaleState) -> BTreeMap<UserId, u32> {
+    let mut held = BTreeMap::new();
     for r in state.reservations.values() {
         if matches!(
             r.status,

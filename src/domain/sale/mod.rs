@@ -20,7 +20,7 @@ use super::payment::{Payment, PaymentError};
 use super::reservation::{Reservation, ReservationError, ReservationStatus};
 use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// Anything a sale command can be refused for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,13 +86,13 @@ impl Decision {
 pub struct SaleState {
     pub event: Option<Event>,
     pub inventory: Inventory,
-    pub reservations: HashMap<ReservationId, Reservation>,
-    pub payments: HashMap<PaymentId, Payment>,
+    pub reservations: BTreeMap<ReservationId, Reservation>,
+    pub payments: BTreeMap<PaymentId, Payment>,
     /// Current version of every stream of this sale (0 = empty stream).
-    pub versions: HashMap<StreamId, u64>,
+    pub versions: BTreeMap<StreamId, u64>,
     /// Each customer's pending + confirmed tickets, what `max_tickets_per_customer` bounds;
     /// kept by `apply` as reservations change status, so a reserve reads it in O(1).
-    pub tickets_by_customer: HashMap<UserId, u32>,
+    pub tickets_by_customer: BTreeMap<UserId, u32>,
 }
 
 impl SaleState {

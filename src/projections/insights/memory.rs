@@ -9,7 +9,7 @@ use crate::paging::{Page, PageRequest};
 use crate::projections::{HistoryEntry, ReadError, SalesView, SectionSales};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 #[derive(Default)]
@@ -36,9 +36,9 @@ struct Purchase {
 
 #[derive(Default)]
 struct Tables {
-    streams: HashMap<String, u64>,
+    streams: BTreeMap<String, u64>,
     events: HashMap<EventId, EventRow>,
-    purchases: HashMap<ReservationId, Purchase>,
+    purchases: BTreeMap<ReservationId, Purchase>,
 }
 
 #[derive(Default)]
