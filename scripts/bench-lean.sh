@@ -54,11 +54,15 @@ lean_run() {
     local machine_start machine_end
     start=$(cpu_ticks)
     machine_start=$(machine_ticks)
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" | tee "$WORK/last.out"
+    # The client's own CPU (user and system seconds, from bash's `time`): what it takes from the
+    # service on these shared cores (the purchase script's Lua runs for every answer).
+    { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" > "$WORK/last.out"; } 2> "$WORK/client.time"
+    cat "$WORK/last.out"
     end=$(cpu_ticks)
     machine_end=$(machine_ticks)
     answered=$(grep -oE '^ *[0-9]+ requests in' "$WORK/last.out" | grep -oE '[0-9]+')
     echo "service CPU per request: $(( (end - start) * TICK_US / answered )) us"
+    tail -n 1 "$WORK/client.time" | awk -v n="$answered" '{printf "client (wrk) CPU per request: %d us\n", ($1 + $2) * 1000000 / n}'
     echo "$machine_start $machine_end" | awk '{printf "machine CPU busy during the run: %d%% (service, PostgreSQL and wrk together)\n", 100 * ($3 - $1) / ($4 - $2)}'
 }
 
