@@ -12,6 +12,8 @@ use crate::paging::{Page, PageRequest};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+/// The per-reservation tables are B-trees: a hash map's growth rehashes every entry at once,
+/// under the lock every read takes.
 #[derive(Default)]
 struct Tables {
     checkpoint: u64,

@@ -57,6 +57,8 @@ struct Stored {
 type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
 type Key = (UserId, &'static str, String);
 
+/// `by_key` is a B-tree: a hash map's growth rehashes every key at once, under the lock each
+/// keyed request takes.
 #[derive(Default)]
 struct Slots {
     by_key: BTreeMap<Key, Slot>,

@@ -81,7 +81,9 @@ impl Decision {
     }
 }
 
-/// The folded state of one sale.
+/// The folded state of one sale. Its per-reservation maps are B-trees: a hash map grows by
+/// rehashing every entry at once, which stalled the sale's writer for tens of milliseconds in a
+/// large sale (BENCHMARKS.md, session 25).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SaleState {
     pub event: Option<Event>,

@@ -34,6 +34,8 @@ struct Purchase {
     purchased_at: Option<DateTime<Utc>>,
 }
 
+/// `streams` and `purchases` grow with every reservation: B-trees, so that growing never
+/// rehashes them all at once.
 #[derive(Default)]
 struct Tables {
     streams: BTreeMap<String, u64>,
