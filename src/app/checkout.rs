@@ -6,8 +6,7 @@
 
 use super::error::{CUSTOMER_LIMIT, SALES_NOT_OPEN, SOLD_OUT};
 use super::idempotency::derived_id;
-use super::retries::Dependency;
-use super::{policy, App, AppError, READ_YOUR_WRITES_TIMEOUT};
+use super::{policy, App, AppError};
 use crate::auth::Principal;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
 use crate::domain::{
@@ -267,38 +266,17 @@ impl App {
         self.payment_view(id).await
     }
 
-    /// A reservation the sale's writer knows (an earlier attempt with the same key placed it),
-    /// once the read models show it: they may lag behind another instance's write, so this
-    /// waits for them to move, at most `READ_YOUR_WRITES_TIMEOUT`, then answers 503.
+    /// A reservation the sale's writer knows (an earlier attempt with the same key placed it,
+    /// maybe on another instance a moment ago), as a read by id finds it: the read models are
+    /// caught up with the log first. Should they still not show it, the answer is 503 (try
+    /// again), never a 404 for a reservation that exists.
     async fn placed_earlier(&self, id: ReservationId) -> Result<ReservationView, AppError> {
-        let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
-        self.retries.first_attempt(Dependency::ReadModels);
-        if let Some(view) = self.recent.unseen(id, self.read_progress.position()) {
-            return Ok(view);
-        }
-        self.fresh().await;
-        loop {
-            if let Some(view) = self.reads.reservation(id).await? {
-                return Ok(view);
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(AppError::Unavailable {
-                    detail: "the reservation was placed but cannot be shown yet".into(),
-                    retry_after: 1,
-                });
-            }
-            let next = self.read_progress.position() + 1;
-            self.read_progress.wait_for(next, left).await;
-            if !self
-                .retries
-                .may_retry(Dependency::ReadModels, &self.metrics)
-            {
-                return Err(AppError::Unavailable {
-                    detail: "the reservation was placed but cannot be shown yet".into(),
-                    retry_after: 1,
-                });
-            }
+        match self.reservation_by_id(id).await {
+            Err(AppError::NotFound(_)) => Err(AppError::Unavailable {
+                detail: "the reservation was placed but cannot be shown yet".into(),
+                retry_after: 1,
+            }),
+            found => found,
         }
     }
 
