@@ -113,7 +113,7 @@ impl App {
                 // Answered before the read models show it: the payment that follows (and the
                 // client's read of it) is answered from here (`RecentHolds`) without waiting
                 // for them.
-                let applied = self.read_progress.position();
+                let applied = self.read_position();
                 if applied < committed.position {
                     self.recent
                         .remember(view.clone(), committed.position, applied);
@@ -281,8 +281,7 @@ impl App {
     }
 
     async fn has_reservation(&self, id: ReservationId) -> Result<bool, AppError> {
-        self.fresh().await;
-        Ok(self.reads.reservation(id).await?.is_some())
+        Ok(self.reads.fresh().await.reservation(id).await?.is_some())
     }
 
     /// A retry whose first attempt already recorded its payment gets that payment's answer
@@ -294,8 +293,7 @@ impl App {
         refusal: AppError,
     ) -> Result<PaymentView, AppError> {
         if let Some(payment_id) = payment_id {
-            self.fresh().await;
-            if let Some(done) = self.reads.payment(payment_id).await? {
+            if let Some(done) = self.reads.fresh().await.payment(payment_id).await? {
                 return paid(done);
             }
         }

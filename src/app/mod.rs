@@ -4,7 +4,7 @@
 //! (what admins do with the DLQ), `holds` (ending holds whose instance died), `reconcile`
 //! (recording gateway captures nobody recorded), `webhooks` (organizers' endpoints and their
 //! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`),
-//! `written` (what a read here waits for: read-your-writes without a wait on the write path). It
+//! `reads` (the read models behind one door that waits for this instance's writes). It
 //! owns running commands with read-your-writes, recording a gateway capture through writer
 //! contention (within a retry budget, `retries`), the charge-then-record flow, idempotency and
 //! the holds placed here that the read models do not show yet (`recent`). It never decides a business rule
@@ -19,16 +19,15 @@ pub mod idempotency;
 pub mod policy;
 pub mod queries;
 pub mod queue;
+pub mod reads;
 pub mod recent;
 pub mod reconcile;
 pub mod retries;
 pub mod webhooks;
-pub mod written;
 
 pub use error::{AppError, FieldError};
 
 use crate::backoff::Backoff;
-use crate::cache::EventCache;
 use crate::clock::Clock;
 use crate::domain::{EventId, SaleCommand};
 use crate::eventstore::{EventStore, Metadata};
@@ -36,14 +35,13 @@ use crate::observability::Metrics;
 use crate::payment::PaymentGateway;
 use crate::projections::insights::Insights;
 use crate::projections::ReadModel;
-use crate::runtime::subscription::Progress;
 use crate::runtime::{CommandError, Committed, Sales};
 use dead_letters::DeadLetterAdmin;
 use idempotency::IdempotencyStore;
+use reads::Reads;
 use retries::Dependency;
 use std::sync::Arc;
 use std::time::Duration;
-use written::Written;
 
 /// Attempts of `App::record` (backing off from 20 ms with full jitter: at most 2.5 s of waits).
 const RECORD_ATTEMPTS: u32 = 8;
@@ -54,11 +52,10 @@ pub(crate) const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the use cases work with: the write side, the read side and the outside services.
 pub struct App {
     pub(crate) sales: Sales,
-    pub(crate) reads: Arc<dyn ReadModel>,
-    pub(crate) read_progress: Progress,
+    /// The read models and the event cache, reached after waiting for this instance's writes.
+    pub(crate) reads: Reads,
     pub(crate) insights: Arc<dyn Insights>,
     pub(crate) gateway: Arc<dyn PaymentGateway>,
-    pub(crate) cache: Arc<EventCache>,
     pub(crate) idempotency: Arc<IdempotencyStore>,
     pub(crate) dead_letters: DeadLetterAdmin,
     pub(crate) clock: Arc<dyn Clock>,
@@ -76,8 +73,6 @@ pub struct App {
     pub(crate) recent: recent::RecentHolds,
     /// How often request-path code may still retry each dependency.
     pub(crate) retries: retries::Retries,
-    /// What the reads here wait for: the log position of the last command committed here.
-    pub(crate) written: Written,
 }
 
 impl App {
@@ -88,12 +83,12 @@ impl App {
 
     /// The read models, for readiness checks.
     pub fn read_model(&self) -> &Arc<dyn ReadModel> {
-        &self.reads
+        self.reads.model()
     }
 
     /// The cached event views, for readiness checks and cache statistics.
-    pub fn event_cache(&self) -> &EventCache {
-        &self.cache
+    pub fn event_cache(&self) -> &crate::cache::EventCache {
+        self.reads.cache()
     }
 
     /// The answers kept for `Idempotency-Key` retries.
@@ -108,7 +103,7 @@ impl App {
 
     /// How far the read models are (the global log position they applied).
     pub fn read_position(&self) -> u64 {
-        self.read_progress.position()
+        self.reads.progress().position()
     }
 
     /// Runs a command and waits until the read models reflect it: they are shared, so a
@@ -124,7 +119,7 @@ impl App {
     }
 
     /// Runs a command that creates what its answer shows, built from the events it committed:
-    /// it does not wait for the read models. Reads on this instance wait for it (`fresh`);
+    /// it does not wait for the read models. Reads on this instance wait for it (`Reads::fresh`);
     /// a read of it by id elsewhere that misses catches up with the log first
     /// (`caught_up_with_log`).
     pub(crate) async fn create(
@@ -181,7 +176,8 @@ impl App {
     async fn visible(&self, committed: Committed) -> Committed {
         if committed.position > 0
             && !self
-                .read_progress
+                .reads
+                .progress()
                 .wait_for(committed.position, READ_YOUR_WRITES_TIMEOUT)
                 .await
         {
@@ -205,26 +201,14 @@ impl App {
                 return false;
             }
         };
-        self.read_progress.position() >= head
-            || self
-                .read_progress
-                .wait_for(head, READ_YOUR_WRITES_TIMEOUT)
-                .await
+        let applied = self.reads.progress();
+        applied.position() >= head || applied.wait_for(head, READ_YOUR_WRITES_TIMEOUT).await
     }
 
     /// Remembers that `committed` was written here: the reads that begin from now on wait
     /// for it.
     fn wrote(&self, committed: Committed) -> Committed {
-        self.written.raise(committed.position);
+        self.reads.wrote(committed.position);
         committed
-    }
-
-    /// Read-your-writes: waits until the read models applied every command committed here
-    /// before this read began, at most `READ_YOUR_WRITES_TIMEOUT` (the read then goes ahead
-    /// with what they show, and the next reads do not wait until they caught up with it).
-    pub(crate) async fn fresh(&self) {
-        self.written
-            .wait(&self.read_progress, READ_YOUR_WRITES_TIMEOUT)
-            .await;
     }
 }

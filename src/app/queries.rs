@@ -48,9 +48,10 @@ impl App {
     ) -> Result<EventView, AppError> {
         // Anonymous readers too: a buyer who just reserved may read availability without
         // a token.
-        self.fresh().await;
         let view = self
-            .cache
+            .reads
+            .fresh_cache()
+            .await
             .event(EventId(id), name)
             .await?
             .ok_or(AppError::NotFound("event"))?;
@@ -66,8 +67,12 @@ impl App {
     ) -> Result<Page<EventView>, AppError> {
         query.viewer = viewer.map(|p| p.user_id);
         query.viewer_is_admin = viewer.is_some_and(|p| p.is_admin());
-        self.fresh().await;
-        Ok(self.reads.events(&query, valid_page(page)?).await?)
+        Ok(self
+            .reads
+            .fresh()
+            .await
+            .events(&query, valid_page(page)?)
+            .await?)
     }
 
     /// The caller's reservation (any, for an admin).
@@ -88,8 +93,12 @@ impl App {
         page: PageRequest,
     ) -> Result<Page<ReservationView>, AppError> {
         let user = (!caller.is_admin()).then_some(caller.user_id);
-        self.fresh().await;
-        Ok(self.reads.reservations(user, valid_page(page)?).await?)
+        Ok(self
+            .reads
+            .fresh()
+            .await
+            .reservations(user, valid_page(page)?)
+            .await?)
     }
 
     /// The caller's payment (any, for an admin).
@@ -107,9 +116,10 @@ impl App {
         page: PageRequest,
     ) -> Result<Page<PaymentView>, AppError> {
         policy::user_collection(caller, user)?;
-        self.fresh().await;
         Ok(self
             .reads
+            .fresh()
+            .await
             .payments_of(user.into(), valid_page(page)?)
             .await?)
     }
@@ -148,15 +158,15 @@ impl App {
         &self,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<(RecentSales, usize), AppError> {
-        self.fresh().await;
-        let (recent, holds) =
-            tokio::join!(self.insights.sales_since(since), self.reads.pending_holds());
+        let reads = self.reads.fresh().await;
+        let (recent, holds) = tokio::join!(self.insights.sales_since(since), reads.pending_holds());
         Ok((recent?, holds?.len()))
     }
 
     pub(crate) async fn event_view(&self, id: EventId) -> Result<EventView, AppError> {
-        self.fresh().await;
         self.reads
+            .fresh()
+            .await
             .event(id)
             .await?
             .ok_or(AppError::NotFound("event"))
@@ -166,8 +176,9 @@ impl App {
         &self,
         id: ReservationId,
     ) -> Result<ReservationView, AppError> {
-        self.fresh().await;
         self.reads
+            .fresh()
+            .await
             .reservation(id)
             .await?
             .ok_or(AppError::NotFound("reservation"))
@@ -183,12 +194,11 @@ impl App {
         id: ReservationId,
     ) -> Result<ReservationView, AppError> {
         // Placed here and not applied by the read models yet: as its writer committed it.
-        if let Some(view) = self.recent.unseen(id, self.read_progress.position()) {
+        if let Some(view) = self.recent.unseen(id, self.read_position()) {
             return Ok(view);
         }
         self.retries.first_attempt(Dependency::ReadModels);
-        self.fresh().await;
-        if let Some(view) = self.reads.reservation(id).await? {
+        if let Some(view) = self.reads.fresh().await.reservation(id).await? {
             return Ok(view);
         }
         let lagging = AppError::Unavailable {
@@ -203,7 +213,8 @@ impl App {
         {
             return Err(lagging);
         }
-        match self.reads.reservation(id).await? {
+        // Waited for the log's head above (or gave up on it): no second wait.
+        match self.reads.applied().reservation(id).await? {
             Some(view) => Ok(view),
             None if caught_up => Err(AppError::NotFound("reservation")),
             None => Err(lagging),
@@ -211,8 +222,9 @@ impl App {
     }
 
     pub(crate) async fn payment_view(&self, id: PaymentId) -> Result<PaymentView, AppError> {
-        self.fresh().await;
         self.reads
+            .fresh()
+            .await
             .payment(id)
             .await?
             .ok_or(AppError::NotFound("payment"))

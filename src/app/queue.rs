@@ -161,7 +161,9 @@ impl App {
         event_id: Uuid,
     ) -> Result<EventView, AppError> {
         let view = self
-            .cache
+            .reads
+            .fresh_cache()
+            .await
             .event(EventId(event_id), CacheName::Events)
             .await?
             .ok_or(AppError::NotFound("event"))?;

@@ -154,7 +154,15 @@ impl App {
         capture: &Capture,
         now: DateTime<Utc>,
     ) -> Result<Reconciled, AppError> {
-        if self.reads.payment(capture.payment_id).await?.is_some() {
+        // What the read models show now: should they lag behind a recorded payment, the
+        // writer refuses the capture as a repeat (`Conflict` below), so no wait is needed.
+        if self
+            .reads
+            .applied()
+            .payment(capture.payment_id)
+            .await?
+            .is_some()
+        {
             return Ok(Reconciled::Settled);
         }
         let command = SaleCommand::RecordCapture {

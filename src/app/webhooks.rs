@@ -104,6 +104,8 @@ impl App {
         if let Some(event) = new.event_id {
             let view = self
                 .reads
+                .fresh()
+                .await
                 .event(EventId(event))
                 .await?
                 .ok_or(AppError::NotFound("event"))?;

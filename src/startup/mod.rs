@@ -5,6 +5,7 @@
 use crate::app::dead_letters::{self, DeadLetterAdmin};
 use crate::app::idempotency::IdempotencyStore;
 use crate::app::queue::{run_admission, WaitingRoom};
+use crate::app::reads::Reads;
 use crate::app::reconcile::{self, Reconciler};
 use crate::app::webhooks::Webhooks;
 use crate::app::{holds, App};
@@ -275,11 +276,9 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     ));
     let app = App {
         sales,
-        reads,
-        read_progress,
+        reads: Reads::new(reads, cache, read_progress),
         insights,
         gateway: Arc::clone(&guards.gateway),
-        cache,
         idempotency,
         dead_letters: dlq,
         clock: Arc::clone(&clock),
@@ -294,7 +293,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         queue,
         recent: Default::default(),
         retries: Default::default(),
-        written: Default::default(),
     };
     if config.fault_crash_after_capture {
         tracing::warn!("FAULT_CRASH_AFTER_CAPTURE is set: the process aborts after every capture");

@@ -1,16 +1,88 @@
-//! Read-your-writes without a wait on the write path: what an instance committed last, and
-//! whether a read must wait for the read models to apply it. A command answers from what it
-//! committed and raises the mark (`App::create`); a read first waits until the read models
-//! applied it (`App::fresh`). When such a wait runs out, reads stop waiting until the read
-//! models reach the position it waited for: a lagging or stalled projector makes one read in
-//! `READ_YOUR_WRITES_TIMEOUT` slow, not every read.
+//! The read side as the use cases reach it: the read models and the event cache behind one
+//! door that first waits for this instance's writes (read-your-writes without a wait on the
+//! write path). A command answers from what it committed and raises the mark (`App::create`,
+//! `Reads::wrote`); a read gets the read models only from `Reads::fresh`, which waits until
+//! they applied that mark, so no read can forget the wait. `Reads::applied` skips it, for work
+//! that reads what they show on purpose (reconciliation, a second look after a wait). When a
+//! wait runs out, reads stop waiting until the read models reach the position it waited for:
+//! a lagging or stalled projector makes one read in `READ_YOUR_WRITES_TIMEOUT` slow, not
+//! every read.
 
+use super::READ_YOUR_WRITES_TIMEOUT;
+use crate::cache::EventCache;
+use crate::projections::ReadModel;
 use crate::runtime::subscription::Progress;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The read models and the event cache, reached after the wait for this instance's writes.
+pub struct Reads {
+    model: Arc<dyn ReadModel>,
+    cache: Arc<EventCache>,
+    progress: Progress,
+    written: Written,
+}
+
+impl Reads {
+    /// `progress` is how far the projector that feeds `model` (and invalidates `cache`) is.
+    pub fn new(model: Arc<dyn ReadModel>, cache: Arc<EventCache>, progress: Progress) -> Self {
+        Self {
+            model,
+            cache,
+            progress,
+            written: Written::default(),
+        }
+    }
+
+    /// The read models, once they applied every command committed here before this call (or
+    /// the wait ran out, see the module's note).
+    pub async fn fresh(&self) -> &dyn ReadModel {
+        self.wait_for_writes().await;
+        self.model.as_ref()
+    }
+
+    /// The cached event views, after the same wait as `fresh`.
+    pub async fn fresh_cache(&self) -> &EventCache {
+        self.wait_for_writes().await;
+        &self.cache
+    }
+
+    /// The read models as they are now, without waiting for this instance's writes.
+    pub fn applied(&self) -> &dyn ReadModel {
+        self.model.as_ref()
+    }
+
+    /// Reads that begin from now on wait for log `position` (committed here).
+    pub fn wrote(&self, position: u64) {
+        self.written.raise(position);
+    }
+
+    /// How far the read models are (the global log position they applied).
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    async fn wait_for_writes(&self) {
+        self.written
+            .wait(&self.progress, READ_YOUR_WRITES_TIMEOUT)
+            .await;
+    }
+
+    /// The read models' adapter, for readiness checks only.
+    pub fn model(&self) -> &Arc<dyn ReadModel> {
+        &self.model
+    }
+
+    /// The event cache, for readiness checks and statistics only.
+    pub fn cache(&self) -> &EventCache {
+        &self.cache
+    }
+}
+
+/// What this instance committed last, and the position of the last wait that ran out.
 #[derive(Debug, Default)]
-pub struct Written {
+struct Written {
     /// The log position of the last command committed here.
     last: AtomicU64,
     /// The position the last wait that ran out waited for (0: none did).
@@ -19,7 +91,7 @@ pub struct Written {
 
 impl Written {
     /// Reads that begin from now on wait for `position`.
-    pub fn raise(&self, position: u64) {
+    fn raise(&self, position: u64) {
         self.last.fetch_max(position, Ordering::AcqRel);
     }
 
@@ -27,7 +99,7 @@ impl Written {
     /// `timeout`; true if it did (or there was nothing to wait for), false if the wait ran
     /// out or was skipped because an earlier one ran out and the read models have not
     /// caught up with it yet.
-    pub async fn wait(&self, applied: &Progress, timeout: Duration) -> bool {
+    async fn wait(&self, applied: &Progress, timeout: Duration) -> bool {
         let written = self.last.load(Ordering::Acquire);
         let now = applied.position();
         if now >= written {
