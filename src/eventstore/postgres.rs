@@ -235,7 +235,12 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
     let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let listener = match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => listener.listen(CHANNEL).await.map(|()| listener),
+            Ok(mut listener) => {
+                // A lost connection ends this listener, so the head is read again below: a
+                // reconnect behind our back would miss what was notified in between.
+                listener.eager_reconnect(false);
+                listener.listen(CHANNEL).await.map(|()| listener)
+            }
             Err(e) => Err(e),
         };
         match listener {
@@ -244,7 +249,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
                 if let Ok(max) = max_position(&pool).await {
                     head.send_if_modified(|h| raise(h, max));
                 }
-                while let Ok(notification) = listener.recv().await {
+                while let Ok(Some(notification)) = listener.try_recv().await {
                     let (position, from) = notification
                         .payload()
                         .split_once(':')

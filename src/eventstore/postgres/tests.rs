@@ -265,3 +265,43 @@ async fn events_read_here_are_served_again_without_a_query() {
     turner.pool().close().await;
     assert_eq!(turner.read_all(0, 10).await.unwrap(), all, "from the tail");
 }
+
+/// A store whose notification connection is cut (an idle-session timeout, a proxy, an
+/// operator's `pg_terminate_backend`) reads the log's head again once it listens anew: an
+/// append made elsewhere while it was not listening still wakes its subscriptions, though no
+/// later notification comes to announce a higher position.
+#[tokio::test]
+async fn a_lost_notification_connection_reads_the_head_again() {
+    let url = fresh_database().await;
+    let writer = store_at(&url).await;
+    let reader = store_at(&url).await;
+    let sale = EventId::random();
+    let stream = format!("inventory-{sale}");
+    let mut head = reader.subscribe_head();
+    writer
+        .append(sale, vec![seats_held(&stream, 1)])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), head.wait_for(|h| *h >= 1))
+        .await
+        .expect("the reader hears of the first append")
+        .unwrap();
+
+    let cut: Vec<i32> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid)::int FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(writer.pool())
+    .await
+    .unwrap();
+    assert!(!cut.is_empty(), "the stores' listeners were found");
+    // While the reader reconnects: no notification of it reaches the reader.
+    writer
+        .append(sale, vec![seats_held(&stream, 2)])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), head.wait_for(|h| *h >= 2))
+        .await
+        .expect("the reader reads the head again after its reconnect")
+        .unwrap();
+}
