@@ -8,6 +8,7 @@ use super::error::{CUSTOMER_LIMIT, SALES_NOT_OPEN, SOLD_OUT};
 use super::idempotency::derived_id;
 use super::{policy, App, AppError};
 use crate::auth::Principal;
+use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
 use crate::domain::{
     Currency, DomainEvent, EventId, Money, Outcome, PaymentId, ReservationId, SaleCommand,
@@ -54,7 +55,12 @@ impl App {
         hold: HoldRequest,
         metadata: Metadata,
     ) -> Result<ReservationView, AppError> {
-        let id = ReservationId(derived_id(caller.user_id, "reservation", key));
+        let id = ReservationId(derived_id(
+            caller.user_id,
+            "reservation",
+            hold.event_id,
+            key,
+        ));
         let event_id = EventId(hold.event_id);
         // A sale whose writer runs here is known to it: the writer refuses a sale that is not
         // open itself, so the read models are asked only before a sale's first command here
@@ -89,7 +95,7 @@ impl App {
                     && !REFUSED_AFTER_THE_ID_CHECK.contains(&kind)
                     && self.has_reservation(id).await? =>
             {
-                return self.reservation_view(id).await
+                return self.reservation_by_id(id).await
             }
             // A draft is hidden from all but its organizer and admins: 404, as reads answer.
             Err(
@@ -133,7 +139,12 @@ impl App {
         order: PayRequest,
         metadata: Metadata,
     ) -> Result<PaymentView, AppError> {
-        let payment_id = PaymentId(derived_id(caller.user_id, "payment", key));
+        let payment_id = PaymentId(derived_id(
+            caller.user_id,
+            "payment",
+            order.reservation_id,
+            key,
+        ));
         // With a key, the payment id is derived from it: a retry can find the first attempt.
         let retried = key.is_some().then_some(payment_id);
         let reservation = self
@@ -229,7 +240,9 @@ impl App {
         metadata: Metadata,
     ) -> Result<Cancelled, AppError> {
         let id = ReservationId(id);
-        let view = self.reservation_view(id).await?;
+        // Found as a read by id finds it: a hold placed on another instance a moment ago is
+        // there, not a 404.
+        let view = self.reservation_by_id(id).await?;
         policy::own_record(caller, view.user_id, "reservation")?;
         self.recent.forget(id);
         let command = SaleCommand::CancelReservation {
@@ -280,24 +293,43 @@ impl App {
         }
     }
 
+    /// Whether `id` was placed, maybe on another instance a moment ago: found as a read by id
+    /// finds it (503 while the read models cannot tell).
     async fn has_reservation(&self, id: ReservationId) -> Result<bool, AppError> {
-        Ok(self.reads.fresh().await.reservation(id).await?.is_some())
+        match self.reservation_by_id(id).await {
+            Ok(_) => Ok(true),
+            Err(AppError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// A retry whose first attempt already recorded its payment gets that payment's answer
     /// again; anything else gets `refusal`. Asked only when a request is refused, so the
-    /// happy path costs no extra query.
+    /// happy path costs no extra query. The first attempt may have been recorded on another
+    /// instance a moment ago (its answer lost, or its instance killed): on a miss the read
+    /// models catch up with the log's head before `refusal` is answered (it is kept for 24 h
+    /// as the key's answer), and if they cannot, the answer is 503 (try again).
     async fn replay_or(
         &self,
         payment_id: Option<PaymentId>,
         refusal: AppError,
     ) -> Result<PaymentView, AppError> {
-        if let Some(payment_id) = payment_id {
-            if let Some(done) = self.reads.fresh().await.payment(payment_id).await? {
-                return paid(done);
-            }
+        let Some(payment_id) = payment_id else {
+            return Err(refusal);
+        };
+        if let Some(done) = self.reads.fresh().await.payment(payment_id).await? {
+            return paid(done);
         }
-        Err(refusal)
+        if !self.caught_up_with_log().await {
+            return Err(AppError::Unavailable {
+                detail: "the read models are behind the event log; try again".into(),
+                retry_after: 1,
+            });
+        }
+        match self.reads.applied().payment(payment_id).await? {
+            Some(done) => paid(done),
+            None => Err(refusal),
+        }
     }
 
     fn gateway_failed(&self, e: GatewayError) -> AppError {
@@ -317,13 +349,20 @@ impl App {
     }
 }
 
-/// A declined payment is `PaymentDeclined`; anything else is the payment's view.
+/// A declined payment is `PaymentDeclined`; a refunded one (its capture lost the race with the
+/// hold's end and was refunded in the same append, maybe by reconciliation, or the customer
+/// has asked for the refund since) is a conflict: a 201 would tell the customer they hold
+/// tickets they do not. A captured payment is its view.
 fn paid(view: PaymentView) -> Result<PaymentView, AppError> {
     match view.status {
-        crate::domain::payment::PaymentStatus::Failed => Err(AppError::PaymentDeclined {
+        PaymentStatus::Failed => Err(AppError::PaymentDeclined {
             reason: view.reason.unwrap_or_default(),
             payment_id: view.payment_id,
         }),
-        _ => Ok(view),
+        PaymentStatus::Refunded => Err(AppError::Conflict {
+            kind: "reservation-not-pending",
+            detail: "the payment was refunded; the reservation is not held".into(),
+        }),
+        PaymentStatus::Captured => Ok(view),
     }
 }

@@ -2,8 +2,8 @@
 //! (atomic multi-stream appends, typed conflicts, gap-free positions), none of the durability.
 
 use super::{
-    check_contiguous, Decide, EventStore, Known, NewEvent, RecordedEvent, StoreError, TurnMode,
-    Turned,
+    check_contiguous, raise_head, Decide, EventStore, Known, NewEvent, RecordedEvent, StoreError,
+    TurnMode, Turned,
 };
 use crate::domain::EventId;
 use async_trait::async_trait;
@@ -100,7 +100,7 @@ impl EventStore for MemoryEventStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .append(sale_id, events)?;
-        self.head.send_replace(last);
+        self.head.send_if_modified(|h| raise_head(h, last));
         Ok(last)
     }
 
@@ -140,7 +140,7 @@ impl EventStore for MemoryEventStore {
             };
             (last, known)
         };
-        self.head.send_replace(last);
+        self.head.send_if_modified(|h| raise_head(h, last));
         Ok(Turned::Done {
             last: Some(last),
             known,

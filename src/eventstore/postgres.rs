@@ -22,8 +22,8 @@ mod tail;
 mod turn;
 
 use super::{
-    check_contiguous, Decide, EventStore, Known, Metadata, NewEvent, RecordedEvent, StoreError,
-    TurnMode, Turned,
+    check_contiguous, raise_head, Decide, EventStore, Known, Metadata, NewEvent, RecordedEvent,
+    StoreError, TurnMode, Turned,
 };
 use crate::backoff::Backoff;
 use crate::db;
@@ -247,7 +247,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
             Ok(mut listener) => {
                 backoff.reset();
                 if let Ok(max) = max_position(&pool).await {
-                    head.send_if_modified(|h| raise(h, max));
+                    head.send_if_modified(|h| raise_head(h, max));
                 }
                 while let Ok(Some(notification)) = listener.try_recv().await {
                     let (position, from) = notification
@@ -258,7 +258,7 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
                         continue;
                     }
                     if let Ok(position) = position.parse::<u64>() {
-                        head.send_if_modified(|h| raise(h, position));
+                        head.send_if_modified(|h| raise_head(h, position));
                     }
                 }
                 tracing::warn!("lost the event notification connection; reconnecting");
@@ -266,15 +266,6 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
             _ => tracing::warn!("cannot listen for event notifications; retrying"),
         }
         backoff.wait().await;
-    }
-}
-
-fn raise(head: &mut u64, to: u64) -> bool {
-    if to > *head {
-        *head = to;
-        true
-    } else {
-        false
     }
 }
 
@@ -287,7 +278,7 @@ impl EventStore for PostgresEventStore {
         }
         match self.try_append(sale_id, &events).await {
             Ok(last) => {
-                self.head.send_if_modified(|h| raise(h, last));
+                self.head.send_if_modified(|h| raise_head(h, last));
                 Ok(last)
             }
             Err(e) => Err(self.append_error(e, &events).await),
@@ -315,7 +306,7 @@ impl EventStore for PostgresEventStore {
                     last: Some(last), ..
                 } = turned
                 {
-                    self.head.send_if_modified(|h| raise(h, last));
+                    self.head.send_if_modified(|h| raise_head(h, last));
                 }
                 Ok(turned)
             }

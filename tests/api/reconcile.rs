@@ -9,8 +9,9 @@ use super::helpers::*;
 use super::invariants::{assert_sale_balances, gateway_settles_at};
 use chrono::Duration;
 use std::time::Duration as StdDuration;
+use ticketing::app::idempotency::derived_id;
 use ticketing::clock::Clock;
-use ticketing::domain::{Currency, EventId, Money, PaymentId, ReservationId};
+use ticketing::domain::{Currency, EventId, Money, PaymentId, ReservationId, UserId};
 use ticketing::payment::{ChargeFor, ChargeOutcome, PaymentGateway};
 use uuid::Uuid;
 
@@ -23,7 +24,11 @@ async fn reconciling_app() -> TestApp {
 
 /// Charges the card at the gateway for `reservation` (5000 cents) without recording anything.
 async fn capture_behind_the_services_back(app: &TestApp, event: Uuid, reservation: Uuid) -> Uuid {
-    let payment = PaymentId::random();
+    capture_as(app, PaymentId::random(), event, reservation).await
+}
+
+/// Charges the card at the gateway as payment `payment`, recording nothing.
+async fn capture_as(app: &TestApp, payment: PaymentId, event: Uuid, reservation: Uuid) -> Uuid {
     let outcome = app
         .gateway
         .charge(
@@ -141,6 +146,48 @@ async fn an_unrecorded_capture_of_an_expired_hold_is_refunded() {
         .await,
         1.0
     );
+}
+
+/// A keyed payment whose capture the service never recorded (its request answered 503, or its
+/// instance died), refunded by reconciliation once the hold expired: the client's retry with
+/// the same key answers 409, as the first attempt would have had it recorded the same thing
+/// itself, not 201 (which says the reservation is confirmed).
+#[tokio::test]
+async fn a_retry_of_a_payment_reconciliation_refunded_is_a_conflict() {
+    let app = reconciling_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let reservation = app.reserve(&buyer, event, 2).await.id("reservation_id");
+    let key = "pay-once";
+    let payment = PaymentId(derived_id(
+        UserId(buyer.id),
+        "payment",
+        reservation,
+        Some(key),
+    ));
+    capture_as(&app, payment, event, reservation).await;
+
+    app.clock.advance(Duration::seconds(TTL_SECONDS + 1));
+    app.get_when(
+        &format!("/api/payments/{}", payment.0),
+        Some(&buyer.token),
+        |a| a.body["status"] == "refunded",
+    )
+    .await;
+    let retried = app
+        .call_with(
+            reqwest::Method::POST,
+            "/api/payments",
+            Some(&buyer.token),
+            Some(serde_json::json!({"reservation_id": reservation,
+                "payment_method": {"type": "card", "token": "tok_visa"}})),
+            &[("Idempotency-Key", key)],
+        )
+        .await;
+    retried.assert_problem(409, "reservation-not-pending");
+    assert_eq!(assert_sale_balances(&app, event, 10).await, 0);
+    gateway_settles_at(&app, 0).await;
 }
 
 /// A capture recorded by its own request is never touched by reconciliation.

@@ -164,6 +164,27 @@ impl Service {
             .await
     }
 
+    /// POSTs `body` with an `Idempotency-Key`.
+    pub async fn post_keyed(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let sent = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("the instance answers");
+        let status = sent.status();
+        (status, sent.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         self.call(reqwest::Method::GET, path, token, None).await
     }
@@ -483,6 +504,19 @@ pub async fn unreconciled_captures(pool: &sqlx::PgPool) -> Vec<String> {
 /// Registers `n` customers spread over `instances`; returns their tokens. A few at a time:
 /// each sign-up hashes a password twice (Argon2id, deliberately slow), and hundreds at once
 /// would starve the machine's cores past the request timeout before the sale even starts.
+/// A connection holding `table` locked against writes (SHARE: reads go on) until it commits:
+/// the projector cannot apply to it, so the read models lag behind the log.
+pub async fn lock_against_writes(db: &str, table: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut locker = sqlx::PgConnection::connect(db).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query(&format!("LOCK TABLE {table} IN SHARE MODE"))
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
+}
+
 pub async fn sign_up(instances: &[Arc<Service>], n: usize) -> Vec<String> {
     let permits = Arc::new(tokio::sync::Semaphore::new(8));
     let mut signups = JoinSet::new();

@@ -99,6 +99,40 @@ async fn three_instances_sell_exactly_the_capacity() {
     );
 }
 
+/// A hold cancelled on another instance right after its 201, while the read models do not
+/// show it yet (their table is locked against writes, not reads), is cancelled there once they
+/// caught up with the log: found as a read by id finds it, never a 404 for a hold the client was
+/// just given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_is_cancelled_on_another_instance_before_the_read_models_show_it() {
+    let _alone = MANY_INSTANCES.lock().await;
+    let db = fresh_database().await;
+    let (here, there) = (
+        Service::start(&db, &[POOLS]).await,
+        Service::start(&db, &[POOLS]).await,
+    );
+    let (_, organizer) = here.user("organizer").await;
+    let event = here.event_on_sale(&organizer, 10).await;
+    let (_, buyer) = here.user("customer").await;
+
+    let mut locker = lock_against_writes(&db, "reservation_views").await;
+    let (status, body) = here.reserve(&buyer, event, 1).await;
+    assert_eq!(status, 201, "{body}");
+    let path = format!("/api/reservations/{}/cancel", uuid(&body, "reservation_id"));
+    let cancel = there.post(&path, Some(&buyer), json!({}));
+    let unlock = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(cancel, unlock);
+    assert_eq!(
+        (status.as_u16(), &body["status"]),
+        (200, &json!("cancelled")),
+        "{body}"
+    );
+    assert_eq!(there.floor(event).await, (10, 0, 0));
+}
+
 /// `ticketing_store_conflicts_total` summed over the instances that still answer.
 async fn conflicts(instances: &[Arc<Service>]) -> f64 {
     let mut total = 0.0;

@@ -26,17 +26,10 @@ async fn keyed_reserve(
     quantity: u32,
     key: &str,
 ) -> (StatusCode, Value) {
-    let sent = service
-        .http
-        .post(format!("{}/api/reservations", service.base))
-        .bearer_auth(token)
-        .header("Idempotency-Key", key)
-        .json(&json!({"event_id": event, "section": "floor", "quantity": quantity}))
-        .send()
+    let hold = json!({"event_id": event, "section": "floor", "quantity": quantity});
+    service
+        .post_keyed("/api/reservations", token, key, hold)
         .await
-        .expect("the instance answers");
-    let status = sent.status();
-    (status, sent.json().await.unwrap_or(Value::Null))
 }
 
 /// What the customer was told: admitted holds (id -> quantity) and refusals by problem type.

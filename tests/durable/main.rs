@@ -3,7 +3,8 @@
 //! limits), projection rebuilds, a database outage behind a TCP proxy, SIGTERM, a process
 //! aborted between a payment's capture and its append (reconciliation), a logout on one
 //! instance refused by another within the bound, a waiting room shared by two instances, and
-//! the chaos suite: a flash sale with a fault injected mid-sale (`chaos`).
+//! the chaos suite: a flash sale with a fault injected mid-sale (`chaos`); `Idempotency-Key`s
+//! used again once their answers are forgotten (`keys`).
 //! Each test creates its own database and topics. They need PostgreSQL and a Kafka-protocol
 //! broker: `./scripts/services.sh` starts both.
 
@@ -14,6 +15,7 @@ mod client;
 mod crash;
 mod group;
 mod instances;
+mod keys;
 mod limits;
 mod outage;
 mod proxy;

@@ -191,12 +191,17 @@ impl IdempotencyStore {
     }
 }
 
-/// A stable id derived from the caller and their idempotency key, or a random one without a key.
-pub fn derived_id(user: UserId, scope: &str, key: Option<&str>) -> uuid::Uuid {
+/// A stable id derived from the caller, what the request is about (`within`: the event a hold
+/// is taken in, the reservation a payment pays for) and their idempotency key, or a random one
+/// without a key. `within` keeps a key used again for something else (another event's hold,
+/// once its first answer is no longer kept, or at once on another instance before that answer
+/// was saved) from naming what the first request made: that id would clash in the log with a
+/// stream of another sale, failing the whole group commit it lands in.
+pub fn derived_id(user: UserId, scope: &str, within: uuid::Uuid, key: Option<&str>) -> uuid::Uuid {
     match key {
         Some(key) => uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
-            format!("{scope}:{user}:{key}").as_bytes(),
+            format!("{scope}:{user}:{within}:{key}").as_bytes(),
         ),
         None => uuid::Uuid::new_v4(),
     }

@@ -1,0 +1,151 @@
+//! An `Idempotency-Key` used again once its first answer is no longer kept (answers are kept
+//! 24 h; here the rows are deleted, as the daily clean-up would, and the request reaches an
+//! instance that never saw the key): a request about something else is a new request. The ids
+//! a key derives name what the request is about (the event of a hold, the reservation of a
+//! payment), so the key cannot name the first request's reservation or payment again.
+
+use super::client::*;
+use serde_json::json;
+use sqlx::PgPool;
+use ticketing::db::testing::fresh_database;
+
+/// A hold on another event and a payment of another reservation, with the keys of a first
+/// purchase whose answers are gone: both are made anew (201), the second reservation is the
+/// one confirmed, and the first purchase is untouched. Before the ids named the event, the
+/// hold's stream clashed in the log with the first event's, and the sale writer's whole group
+/// commit failed (503 for every buyer in it); the payment was taken for the first one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_used_again_for_something_else_make_it_anew() {
+    let db = fresh_database().await;
+    let first = Service::start(&db, &[]).await;
+    let (_, organizer) = first.user("organizer").await;
+    let (one, two) = (
+        first.event_on_sale(&organizer, 10).await,
+        first.event_on_sale(&organizer, 10).await,
+    );
+    let (_, buyer) = first.user("customer").await;
+    let hold = |event| json!({"event_id": event, "section": "floor", "quantity": 1});
+    let pay = |reservation| {
+        json!({"reservation_id": reservation,
+               "payment_method": {"type": "card", "token": "tok_visa"}})
+    };
+    let (status, body) = first
+        .post_keyed("/api/reservations", &buyer, "hold-key", hold(one))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let held_first = uuid(&body, "reservation_id");
+    let (status, body) = first
+        .post_keyed("/api/payments", &buyer, "pay-key", pay(held_first))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let paid_first = uuid(&body, "payment_id");
+
+    let pool = PgPool::connect(&db).await.unwrap();
+    // The first instance's answers are saved in batches: wait for them, then forget them.
+    let saved = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if saved().await >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(saved().await, 2, "both answers were saved");
+    sqlx::query("DELETE FROM idempotency_keys")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let second = Service::start(&db, &[]).await;
+
+    let (status, body) = second
+        .post_keyed("/api/reservations", &buyer, "hold-key", hold(two))
+        .await;
+    assert_eq!(status, 201, "a hold on another event: {body}");
+    let held_second = uuid(&body, "reservation_id");
+    assert_ne!(held_second, held_first);
+    assert_eq!(body["event_id"], json!(two));
+    let (status, body) = second
+        .post_keyed("/api/payments", &buyer, "pay-key", pay(held_second))
+        .await;
+    assert_eq!(status, 201, "a payment of another reservation: {body}");
+    assert_ne!(uuid(&body, "payment_id"), paid_first);
+    assert_eq!(body["reservation_id"], json!(held_second));
+    for (held, event) in [(held_first, one), (held_second, two)] {
+        let path = format!("/api/reservations/{held}");
+        let (status, body) = second.get(&path, Some(&buyer)).await;
+        assert_eq!(
+            (status.as_u16(), &body["status"]),
+            (200, &json!("confirmed"))
+        );
+        assert_eq!(second.floor(event).await, (9, 0, 1));
+    }
+}
+
+/// A payment retried with its key on another instance while the read models do not show the
+/// first attempt's capture yet (their payments table is locked against writes, not reads; the
+/// first attempt's answer is not saved yet): the retry's writer finds the payment recorded, and
+/// the retry answers it (201, the same payment) once the read models caught up with the log,
+/// not a 409 that would be kept as the key's answer for 24 hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_retried_elsewhere_before_the_read_models_show_it_answers_it() {
+    let db = fresh_database().await;
+    let (first, second) = (
+        Service::start(&db, &[]).await,
+        Service::start(&db, &[]).await,
+    );
+    let (_, organizer) = first.user("organizer").await;
+    let event = first.event_on_sale(&organizer, 10).await;
+    let (_, buyer) = first.user("customer").await;
+    let (status, body) = first.reserve(&buyer, event, 1).await;
+    assert_eq!(status, 201, "{body}");
+    let held = uuid(&body, "reservation_id");
+    second
+        .get_when(&format!("/api/reservations/{held}"), Some(&buyer), |b| {
+            b["status"] == "pending"
+        })
+        .await;
+
+    let mut locker = lock_against_writes(&db, "payment_views").await;
+    let pay = json!({"reservation_id": held,
+                     "payment_method": {"type": "card", "token": "tok_visa"}});
+    // The first attempt commits, then waits for the read models; its client gives up.
+    let attempt = first.post_keyed("/api/payments", &buyer, "pay-key", pay.clone());
+    let retry = async {
+        until_captured(&db).await;
+        second
+            .post_keyed("/api/payments", &buyer, "pay-key", pay.clone())
+            .await
+    };
+    // Long enough for the retry to reach its writer, well within its 5 s wait for the log.
+    let unlock = async {
+        until_captured(&db).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    };
+    let (_, (status, body), ()) = tokio::join!(attempt, retry, unlock);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "captured");
+    assert_eq!(body["reservation_id"], json!(held));
+    assert_eq!(second.floor(event).await, (9, 0, 1));
+}
+
+/// Waits until the log holds one payment capture.
+async fn until_captured(db: &str) {
+    let pool = PgPool::connect(db).await.unwrap();
+    for _ in 0..500 {
+        let captured: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'payment.captured'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if captured == 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no capture was recorded");
+}
