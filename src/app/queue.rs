@@ -15,6 +15,7 @@ pub use room::{run_admission, WaitingRoom};
 use super::{policy, App, AppError, FieldError};
 use crate::auth::Principal;
 use crate::cache::CacheName;
+use crate::domain::concert::in_calendar;
 use crate::domain::EventId;
 use crate::projections::EventView;
 use crate::queue::pass::Claims;
@@ -145,6 +146,12 @@ fn validate(input: &QueueSettingsInput) -> Result<u32, AppError> {
         errors.push(FieldError::new(
             "pass_ttl_seconds",
             "must be within 60..=3600",
+        ));
+    }
+    if input.shuffle_until.is_some_and(|at| !in_calendar(&at)) {
+        errors.push(FieldError::new(
+            "shuffle_until",
+            "must be within the years 0001 to 9999",
         ));
     }
     match errors.is_empty() {

@@ -7,6 +7,7 @@
 use super::events::{DomainEvent, EventDetails};
 use super::ids::{EventId, UserId};
 use super::money::Currency;
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
@@ -156,6 +157,13 @@ impl Event {
     }
 }
 
+/// Whether `at` lies in the years 0001 to 9999, as an RFC 3339 date-time does. chrono reads
+/// years beyond (signed, six digits), and PostgreSQL cannot store those before 4713 BC: such
+/// an event would be in the log but never in a read model.
+pub fn in_calendar(at: &DateTime<Utc>) -> bool {
+    (1..=9999).contains(&at.year())
+}
+
 /// The rules every set of event details obeys, reported field by field.
 pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
     let mut problems = Vec::new();
@@ -167,6 +175,14 @@ pub fn validate_details(details: &EventDetails) -> Result<(), EventError> {
     };
     if details.name.trim().is_empty() {
         problem("name", "must not be empty");
+    }
+    for (field, at) in [
+        ("starts_at", &details.starts_at),
+        ("ends_at", &details.ends_at),
+    ] {
+        if !in_calendar(at) {
+            problem(field, "must be within the years 0001 to 9999");
+        }
     }
     if details.ends_at <= details.starts_at {
         problem("ends_at", "must be after starts_at");

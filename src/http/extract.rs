@@ -7,6 +7,7 @@ use super::AppState;
 use crate::audit::{AuditRecord, AuditResult};
 use crate::auth::Principal;
 use crate::eventstore::Metadata;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, StatusCode};
@@ -24,12 +25,44 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state)
+        // Buffered first (within the body limit) to look for NUL, then decoded by axum's own
+        // extractor from the buffer, content-type check and all.
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::BadRequest(e.body_text()),
+            })?;
+        if has_nul(&bytes) {
+            return Err(AppError::Validation(vec![FieldError::new(
+                "body",
+                "text must not contain the NUL character (\\u0000)",
+            )])
+            .into());
+        }
+        let buffered = Request::from_parts(parts, Body::from(bytes));
+        let axum::Json(value) = axum::Json::<T>::from_request(buffered, state)
             .await
             .map_err(json_rejection)?;
         value.validate().map_err(validation_errors)?;
         Ok(ApiJson(value))
     }
+}
+
+/// Whether a JSON text holds a string with the NUL character: the escape `\u0000` (a raw
+/// control character is not valid JSON), not preceded by an odd run of backslashes (`\\u0000`
+/// is the text backslash-u0000). No store keeps NUL in text (PostgreSQL refuses it), so such a
+/// value would be accepted here and fail later: in a read model's projector, for good.
+fn has_nul(json: &[u8]) -> bool {
+    const ESCAPE: &[u8] = b"\\u0000";
+    json.windows(ESCAPE.len())
+        .enumerate()
+        .filter(|(_, w)| *w == ESCAPE)
+        .any(|(at, _)| {
+            let backslashes_before = json[..at].iter().rev().take_while(|b| **b == b'\\').count();
+            backslashes_before % 2 == 0
+        })
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -148,6 +181,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // `%00` decodes to NUL, which no store keeps in text (see `has_nul`).
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            return Err(ApiError::BadRequest(
+                "invalid query: the NUL character (%00) is not allowed".into(),
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
@@ -338,4 +377,24 @@ fn whole<T: TryFrom<i64> + TryFrom<u64>>(number: &serde_json::Number) -> Option<
         .filter(|f| f.fract() == 0.0 && f.abs() < EXACT)?;
     #[allow(clippy::cast_possible_truncation)]
     T::try_from(f as i64).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_nul;
+
+    #[test]
+    fn nul_is_found_only_as_an_escape_of_its_own() {
+        assert!(has_nul(br#"{"name":"x\u0000"}"#));
+        assert!(
+            has_nul(br#"{"name":"\\\u0000"}"#),
+            "an escaped backslash, then NUL"
+        );
+        assert!(
+            !has_nul(br#"{"name":"\\u0000"}"#),
+            "the text backslash-u0000"
+        );
+        assert!(has_nul(br#"["\u0000"]"#));
+        assert!(!has_nul(br#"{"name":"\u0001 \u00e9"}"#));
+    }
 }

@@ -37,7 +37,7 @@ async fn raw(
 
 /// The `field` names of a 422 problem's `errors`, sorted.
 #[track_caller]
-fn fields(answer: &Answer) -> Vec<String> {
+pub fn fields(answer: &Answer) -> Vec<String> {
     answer.assert_problem(422, "validation-failed");
     let errors = answer.body["errors"]
         .as_array()

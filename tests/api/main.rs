@@ -27,4 +27,5 @@ mod queue;
 mod ratelimit;
 mod reconcile;
 mod smoke;
+mod text;
 mod webhooks;
