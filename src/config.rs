@@ -71,7 +71,8 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     /// Pool settings for every PostgreSQL database.
     pub pool: crate::db::PoolSettings,
-    /// Take the client IP from `X-Forwarded-For` (first address); only behind a trusted proxy.
+    /// Take the client IP from `X-Forwarded-For` (the last address, appended by the proxy);
+    /// only behind a trusted proxy.
     pub trust_proxy: bool,
     pub rate_limits: RateLimits,
     /// Origins allowed by CORS in staging and production; development allows any origin.

@@ -76,16 +76,20 @@ impl RateLimiter {
         }
     }
 
-    /// The client's address: the socket peer, or the first `X-Forwarded-For` entry when a
-    /// trusted proxy sets it. Without either (an in-process call) all such callers share one key.
+    /// The client's address: the socket peer, or, when a trusted proxy sets it, the last
+    /// `X-Forwarded-For` entry: the address the proxy saw and appended. The entries before it
+    /// are whatever the client sent, so a client could pick its own key with them. Without
+    /// either (an in-process call) all such callers share one key.
     pub fn client_ip(&self, request: &Request) -> IpAddr {
         if self.trust_proxy {
             let forwarded = request
                 .headers()
-                .get("x-forwarded-for")
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|first| first.trim().parse::<IpAddr>().ok());
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|last| last.trim().parse::<IpAddr>().ok());
             if let Some(ip) = forwarded {
                 return ip;
             }
