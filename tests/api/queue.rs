@@ -61,6 +61,42 @@ async fn admitted_pass(app: &TestApp, user: &User, event: Uuid) -> String {
     mine.body["pass"].as_str().expect("a pass").to_owned()
 }
 
+/// A keyed reserve refused for want of a pass is decided again when retried with the same key
+/// and a pass: the refusal depends on a header the key's fingerprint (the body) leaves out, so
+/// it is not kept as the key's answer (no 403 is).
+#[tokio::test]
+async fn a_keyed_reserve_refused_without_a_pass_succeeds_when_retried_with_one() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let on = json!({"enabled": true, "admit_per_minute": 1000000});
+    assert_eq!(put_queue(&app, &organizer, event, on).await.status, 200);
+    let buyer = app.customer().await;
+    let keyed = |pass: Option<String>| {
+        let mut headers = vec![("idempotency-key", "hold-once".to_owned())];
+        headers.extend(pass.map(|p| ("queue-pass", p)));
+        let (app, buyer) = (&app, &buyer);
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let hold = json!({"event_id": event, "section": "floor", "quantity": 1});
+            app.call_with(
+                Method::POST,
+                "/api/reservations",
+                Some(&buyer.token),
+                Some(hold),
+                &headers,
+            )
+            .await
+        }
+    };
+    keyed(None).await.assert_problem(403, "queue-pass-required");
+    let pass = admitted_pass(&app, &buyer, event).await;
+    let held = keyed(Some(pass)).await;
+    assert_eq!(held.status, 201, "{:#}", held.body);
+    assert_eq!(held.header("idempotent-replayed"), None);
+}
+
 /// The organizer sets the queue (pass lifetime 600 s by default), anyone reads its figures, an
 /// event without a queue reads as disabled, out-of-range settings are refused field by field,
 /// and every change (refused ones too) is audited as `queue.update`.

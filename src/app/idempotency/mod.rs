@@ -2,7 +2,7 @@
 //! (`draft-ietf-httpapi-idempotency-key-header`) has it: the first request with a key runs; a
 //! retry with the same key and body gets the stored answer; a retry while the first is still
 //! running on this instance is refused at once (409 `idempotency-key-in-use`: retry later);
-//! the same key with a different body is a 422. Answers under 500 are kept for
+//! the same key with a different body is a 422. Answers under 500 (but 403) are kept for
 //! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` (read and written
 //! in batches, `durable`) so that a retry reaching another instance or coming after a restart
 //! is still answered the same; a 5xx is not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
@@ -33,9 +33,11 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// A 5xx is not kept: the client may retry it.
+    /// A 5xx is not kept: the client may retry it. Nor is a 403: who may do what depends on
+    /// what the fingerprint (the body) leaves out, a `Queue-Pass` header or the token's role,
+    /// and the refusal changed nothing, so a retry is decided again.
     fn worth_keeping(&self) -> bool {
-        self.status < 500
+        self.status < 500 && self.status != 403
     }
 }
 
