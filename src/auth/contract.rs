@@ -67,6 +67,17 @@ async fn a_second_user_with_the_same_email_is_rejected(store: &dyn AuthStore) {
 async fn update_user_changes_role_name_and_hash(store: &dyn AuthStore) {
     let u = user(&fresh_email());
     store.insert_user(&u).await.unwrap();
+    let other = user(&fresh_email());
+    store.insert_user(&other).await.unwrap();
+    let (mine, theirs) = (
+        format!("digest-{}", UserId::random()),
+        format!("digest-{}", UserId::random()),
+    );
+    store.insert_session(&mine, u.id, at(3600)).await.unwrap();
+    store
+        .insert_session(&theirs, other.id, at(3600))
+        .await
+        .unwrap();
     let changed = User {
         role: Role::Organizer,
         name: None,
@@ -76,6 +87,15 @@ async fn update_user_changes_role_name_and_hash(store: &dyn AuthStore) {
     store.update_user(&changed).await.unwrap();
     assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(changed.clone()));
     assert_eq!(store.user_by_email(&u.email).await.unwrap(), Some(changed));
+    assert_eq!(
+        store.session(&mine).await.unwrap(),
+        None,
+        "their sessions end"
+    );
+    assert!(
+        store.session(&theirs).await.unwrap().is_some(),
+        "no one else's"
+    );
 }
 
 async fn sessions_are_inserted_read_and_deleted(store: &dyn AuthStore) {

@@ -74,6 +74,7 @@ impl AuthStore for MemoryAuthStore {
         stored.role = user.role;
         stored.name.clone_from(&user.name);
         stored.password_hash.clone_from(&user.password_hash);
+        t.sessions.retain(|_, (owner, _)| *owner != user.id);
         Ok(())
     }
 

@@ -138,6 +138,8 @@ impl AuthStore for PostgresAuthStore {
             "WITH changed AS (
                  UPDATE users SET role = $2, name = $3, password_hash = $4 WHERE id = $1
                  RETURNING id
+             ), ended AS (
+                 DELETE FROM sessions WHERE user_id = (SELECT id FROM changed)
              )
              SELECT pg_notify($5, $6 || id::text) FROM changed",
         )

@@ -199,16 +199,24 @@ impl AuthService {
     }
 
     /// Start-up bootstrap: makes `email` an admin with `password`, creating the account if it
-    /// does not exist, otherwise promoting it and replacing its password. Idempotent.
-    /// Existing sessions of a promoted account stay valid and carry the new role at once here
-    /// (their cached callers are evicted), on other instances within 1 s.
+    /// does not exist, otherwise promoting it and replacing its password. Idempotent: an admin
+    /// with that password already is left as is (every instance runs this at start-up). A
+    /// promoted or re-passworded account loses its sessions (`AuthStore::update_user`): a
+    /// token someone got for that email before it was the admin's does not become an admin's
+    /// token; it stops working at once here and within 1 s on other instances.
     #[tracing::instrument(skip_all, fields(user_id), err)]
     pub async fn ensure_admin(&self, email: &str, password: &str) -> Result<User, AuthError> {
         let email = normalize_email(email);
-        let password_hash = password::hash(password.to_owned()).await?;
         if let Some(user) = self.store.user_by_email(&email).await? {
+            if user.role == Role::Admin
+                && password::verify(password.to_owned(), user.password_hash.clone()).await?
+            {
+                return Ok(user);
+            }
+            let password_hash = password::hash(password.to_owned()).await?;
             return self.promote(user, password_hash).await;
         }
+        let password_hash = password::hash(password.to_owned()).await?;
         let user = User {
             id: UserId::random(),
             email,

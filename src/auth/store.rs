@@ -117,8 +117,10 @@ pub trait AuthStore: Send + Sync + 'static {
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, AuthError>;
 
-    /// Overwrites role, name and password hash of the user with `user.id`; the email and
-    /// creation time are left as stored. An unknown id is `Internal` (a caller bug).
+    /// Overwrites role, name and password hash of the user with `user.id`, and ends every
+    /// session of theirs: new credentials or a new role start from a new sign-in (an account
+    /// someone registered under an email before it was made the admin's keeps no token). The
+    /// email and creation time are left as stored. An unknown id is `Internal` (a caller bug).
     async fn update_user(&self, user: &User) -> Result<(), AuthError>;
 
     /// Records a session under the digest of its token (see `token::digest`).

@@ -73,8 +73,8 @@ async fn a_logout_on_one_instance_ends_the_token_on_another_within_the_bound() {
 }
 
 /// A customer's token cached on B is refused an admin route; `ticketing-admin users
-/// create-admin` (another process) promotes the account: B admits the same token within the
-/// bound.
+/// create-admin` (another process) promotes the account, which ends its sessions: B refuses
+/// the same token within the bound (401), and admits a new sign-in to the admin route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_change_reaches_a_running_instance_within_the_bound() {
     let db = fresh_database().await;
@@ -107,5 +107,7 @@ async fn a_role_change_reaches_a_running_instance_within_the_bound() {
         .expect("ticketing-admin runs");
     assert!(promoted.status.success(), "{promoted:?}");
 
-    within_bound(&b, "/admin/dlq", &token, 200).await;
+    within_bound(&b, "/admin/dlq", &token, 401).await;
+    let admin = b.login(&email, PASSWORD).await;
+    assert_eq!(b.get("/admin/dlq", Some(&admin)).await.0, 200);
 }

@@ -116,7 +116,7 @@ async fn a_logout_on_one_instance_reaches_the_others_cache_within_the_bound() {
     .await;
 }
 
-/// A promotion on A: B's cached caller carries the new role within the bound.
+/// A promotion on A ends the account's sessions: B refuses its cached caller within the bound.
 #[tokio::test]
 async fn a_role_change_on_one_instance_reaches_the_others_cache_within_the_bound() {
     let (_, a, b) = two_instances().await;
@@ -132,8 +132,8 @@ async fn a_role_change_on_one_instance_reaches_the_others_cache_within_the_bound
         .await
         .unwrap();
 
-    poll("B sees the admin", BOUND, || async {
-        b.auth.authenticate(&session.token).await.map(|p| p.role) == Ok(Role::Admin)
+    poll("B refuses the ended session", BOUND, || async {
+        b.auth.authenticate(&session.token).await == Err(AuthError::InvalidToken)
     })
     .await;
 }

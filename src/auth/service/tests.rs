@@ -304,9 +304,11 @@ async fn logout_evicts_the_cached_token() {
     assert_eq!(h.hits(), hits + 1);
 }
 
-/// A promotion evicts the user's cached sessions: the same token carries the new role at once.
+/// A promotion ends the account's sessions, cached ones too: the token someone signed in with
+/// before does not become an admin's. The admin signs in anew; the start-up bootstrap run again
+/// with the same password leaves that session alone.
 #[tokio::test]
-async fn a_promotion_takes_effect_on_cached_sessions() {
+async fn a_promotion_ends_the_accounts_sessions() {
     let h = harness();
     h.auth
         .register("ops@example.com", "old-pw", None, Role::Customer)
@@ -321,12 +323,16 @@ async fn a_promotion_takes_effect_on_cached_sessions() {
         .ensure_admin("ops@example.com", "new-pw")
         .await
         .unwrap();
-    assert!(h
-        .auth
-        .authenticate(&session.token)
+    assert_eq!(
+        h.auth.authenticate(&session.token).await,
+        Err(AuthError::InvalidToken)
+    );
+    let admin = h.auth.login("ops@example.com", "new-pw").await.unwrap();
+    h.auth
+        .ensure_admin("ops@example.com", "new-pw")
         .await
-        .unwrap()
-        .is_admin());
+        .unwrap();
+    assert!(h.auth.authenticate(&admin.token).await.unwrap().is_admin());
 }
 
 /// A cached session still ends at its expiry.
