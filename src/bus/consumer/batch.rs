@@ -16,6 +16,20 @@ use crate::bus::Delivery;
 use std::collections::HashMap;
 use tracing::Instrument;
 
+/// Per stream, the index of a batch from which its events park behind an open dead letter.
+type Heads = HashMap<String, usize>;
+
+/// Whether the batch's `index`-th event, of `stream`, parks behind an open dead letter.
+fn parks(heads: &Heads, stream: &str, index: usize) -> bool {
+    heads.get(stream).is_some_and(|&from| index >= from)
+}
+
+/// The batch's `index`-th event, of `stream`, was dead-lettered: the stream's later ones park.
+fn parks_from(heads: &mut Heads, stream: &str, index: usize) {
+    let from = heads.entry(stream.to_owned()).or_insert(index + 1);
+    *from = (*from).min(index + 1);
+}
+
 /// The last delivery of each (topic, partition) of `deliveries`: committing it commits the
 /// partition's earlier ones.
 pub(super) fn last_per_partition(deliveries: &[Delivery]) -> Vec<&Delivery> {
@@ -56,7 +70,15 @@ impl Consumer {
             .collect();
         streams.sort_unstable();
         streams.dedup();
-        let mut heads = self.open_entries(&streams).await;
+        // Per stream with an open dead letter, the index of the batch from which its events
+        // park: 0 for an entry open before the batch, else the index after this batch's first
+        // dead letter of the stream (its earlier events in the batch go first).
+        let mut heads: Heads = self
+            .open_entries(&streams)
+            .await
+            .into_keys()
+            .map(|stream| (stream, 0))
+            .collect();
 
         let mut outcomes = vec![Outcome::Applied; deliveries.len()];
         let (mut ready, mut events) = (Vec::new(), Vec::new());
@@ -68,18 +90,17 @@ impl Consumer {
                         tracing::error!(consumer = name, topic = %delivery.message.topic,
                         offset = delivery.offset, error = %poison, "poison message dead-lettered")
                     });
-                    let id = self
-                        .park_until_written(delivery, &poison, 0, None)
+                    self.park_until_written(delivery, &poison, 0, None)
                         .instrument(span.clone())
                         .await;
                     // A stream's later messages wait behind it, as `open_entries_of` would say.
                     if let Some(stream) = delivery.message.header(envelope::STREAM_ID) {
-                        heads.entry(stream.to_owned()).or_insert(id);
+                        parks_from(&mut heads, stream, i);
                     }
                     outcomes[i] = Outcome::DeadLettered;
                 }
                 Ok(event) => {
-                    if heads.contains_key(&event.stream_id) {
+                    if parks(&heads, &event.stream_id, i) {
                         if self
                             .park_behind_open(delivery, &event)
                             .instrument(span.clone())
@@ -117,7 +138,7 @@ impl Consumer {
                 }
                 for (&i, event) in ready.iter().zip(&events) {
                     outcomes[i] = self
-                        .settle_one(&deliveries[i], event, &mut heads)
+                        .settle_one(&deliveries[i], i, event, &mut heads)
                         .instrument(spans[i].clone())
                         .await;
                 }
@@ -141,16 +162,18 @@ impl Consumer {
         outcomes.first().copied().unwrap_or(Outcome::Applied)
     }
 
-    /// One event through the handler alone: retried while transient, dead-lettered after the
-    /// limit or at once when permanent (then its stream's later events park behind it).
+    /// One event (the batch's `index`-th) through the handler alone: retried while transient,
+    /// dead-lettered after the limit or at once when permanent (then its stream's later events
+    /// park behind it).
     async fn settle_one(
         &self,
         delivery: &Delivery,
+        index: usize,
         event: &BusEvent,
-        heads: &mut HashMap<String, i64>,
+        heads: &mut Heads,
     ) -> Outcome {
         let name = self.handler.name();
-        if heads.contains_key(&event.stream_id) {
+        if parks(heads, &event.stream_id, index) {
             if self.park_behind_open(delivery, event).await {
                 return Outcome::Parked;
             }
@@ -169,10 +192,9 @@ impl Consumer {
             if give_up {
                 tracing::error!(consumer = name, stream = %event.stream_id, version = event.version,
                     attempts = attempt, error = %error, "event dead-lettered");
-                let id = self
-                    .park_until_written(delivery, &error, attempt - 1, None)
+                self.park_until_written(delivery, &error, attempt - 1, None)
                     .await;
-                heads.insert(event.stream_id.clone(), id);
+                parks_from(heads, &event.stream_id, index);
                 return Outcome::DeadLettered;
             }
             self.metrics
@@ -222,18 +244,18 @@ impl Consumer {
     }
 
     /// Writes a dead letter, however long the queue stays away: the consumer pauses rather
-    /// than loses the message. Returns the entry's id.
+    /// than loses the message.
     async fn park_until_written(
         &self,
         delivery: &Delivery,
         error: &(dyn std::error::Error + Sync),
         retry_count: u32,
         parked_behind: Option<i64>,
-    ) -> i64 {
+    ) {
         let mut outage = outage_backoff();
         loop {
             match self.park(delivery, error, retry_count, parked_behind).await {
-                Ok(id) => return id,
+                Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(consumer = self.handler.name(), error = %e,
                         "cannot dead-letter; will try the message again");

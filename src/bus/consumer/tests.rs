@@ -159,6 +159,38 @@ async fn poison_is_dead_lettered_and_the_partition_flows_on() {
     assert_eq!(rig.outcome_count(Outcome::DeadLettered), 1);
 }
 
+/// A batch settled event by event (the handler takes one at a time) applies a stream's event
+/// that comes before that stream's poison message in the batch: only what follows the poison
+/// parks behind it.
+#[tokio::test]
+async fn an_event_before_its_streams_poison_in_a_batch_is_applied() {
+    let rig = rig().await;
+    let sale = EventId::random();
+    let good = message(sale, 1, 1);
+    let mut poison = message(sale, 2, 2);
+    poison.payload = vec![0xde, 0xad];
+    let after = message(sale, 3, 3);
+    rig.bus.publish(vec![good, poison, after]).await.unwrap();
+    let mut c = rig.bus.subscribe("g", &[TOPIC.into()]).await.unwrap();
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        batch.push(
+            tokio::time::timeout(Duration::from_secs(5), c.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+
+    let outcomes = rig.consumer.settle_batch(&batch, "test").await;
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Applied, Outcome::DeadLettered, Outcome::Parked]
+    );
+    let stream = rig.handler.applied.lock().unwrap()[0].0.clone();
+    assert_eq!(*rig.handler.applied.lock().unwrap(), vec![(stream, 1)]);
+}
+
 /// A transient failure is retried; one that outlasts the retries is dead-lettered with the
 /// attempts it took, and a permanent one is dead-lettered at once.
 #[tokio::test]
