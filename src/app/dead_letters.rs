@@ -4,7 +4,8 @@
 //! stream closes (retried, resolved or discarded), the entries parked behind it are replayed
 //! in order, until one fails again; so a stream never skips ahead of its parked events. An
 //! entry whose retry's instance died stays `processing` only until `dlq::CLAIM_TIMEOUT`:
-//! every instance sweeps such claims back to `pending` (`sweep_stale_claims`).
+//! every instance sweeps such claims back to `pending`, and replays the followers of an entry
+//! closed longer ago whose replay did not run to its end (`sweep`).
 
 use crate::bus::consumer::Handler;
 use crate::bus::envelope;
@@ -50,8 +51,8 @@ impl DeadLetterAdmin {
 
     /// Runs the entry's message through its consumer's handler again.
     pub async fn retry(&self, id: i64, by: UserId) -> Result<DeadLetter, RetryError> {
-        let resolved = self.replay(id, by, "retried").await?;
-        self.release_followers(&resolved, by).await;
+        let resolved = self.replay(id, Some(by), "retried").await?;
+        self.release_followers(&resolved, Some(by)).await;
         Ok(resolved)
     }
 
@@ -63,7 +64,7 @@ impl DeadLetterAdmin {
         notes: Option<String>,
     ) -> Result<DeadLetter, DlqError> {
         let entry = self.close(id, DlqStatus::Resolved, by, notes).await?;
-        self.release_followers(&entry, by).await;
+        self.release_followers(&entry, Some(by)).await;
         Ok(entry)
     }
 
@@ -77,7 +78,7 @@ impl DeadLetterAdmin {
         let entry = self
             .close(id, DlqStatus::Discarded, by, Some(reason))
             .await?;
-        self.release_followers(&entry, by).await;
+        self.release_followers(&entry, Some(by)).await;
         Ok(entry)
     }
 
@@ -97,6 +98,25 @@ impl DeadLetterAdmin {
         Ok(released)
     }
 
+    /// Replays the followers of every entry closed longer than `CLAIM_TIMEOUT` ago whose
+    /// replay after the close did not run to its end (the admin's request timed out, its
+    /// instance died, the queue was away): without this, the stream would wait behind its
+    /// first follower until someone noticed. Returns how many such heads it found.
+    pub async fn release_stranded(&self) -> Result<usize, DlqError> {
+        let heads = self
+            .store
+            .stranded_heads(self.clock.now() - CLAIM_TIMEOUT)
+            .await?;
+        for head in &heads {
+            tracing::warn!(
+                entry = head.id,
+                "the dead letters parked behind a closed entry were not replayed; replaying them"
+            );
+            self.release_followers(head, None).await;
+        }
+        Ok(heads.len())
+    }
+
     async fn close(
         &self,
         id: i64,
@@ -113,13 +133,19 @@ impl DeadLetterAdmin {
         self.store.close(id, DlqStatus::Pending, closing).await
     }
 
-    async fn replay(&self, id: i64, by: UserId, notes: &str) -> Result<DeadLetter, RetryError> {
+    /// `by`: the admin, or `None` for the sweep.
+    async fn replay(
+        &self,
+        id: i64,
+        by: Option<UserId>,
+        notes: &str,
+    ) -> Result<DeadLetter, RetryError> {
         let entry = self.store.claim(id, self.clock.now()).await?;
         match self.run_handler(&entry).await {
             Ok(()) => {
                 let closing = Closing {
                     status: DlqStatus::Resolved,
-                    by: Some(by),
+                    by,
                     notes: Some(notes.to_owned()),
                     at: self.clock.now(),
                 };
@@ -149,7 +175,7 @@ impl DeadLetterAdmin {
     }
 
     /// Replays, in order, the entries of `closed`'s stream that waited behind it.
-    async fn release_followers(&self, closed: &DeadLetter, by: UserId) {
+    async fn release_followers(&self, closed: &DeadLetter, by: Option<UserId>) {
         let Some(stream) = &closed.stream_id else {
             return;
         };
@@ -171,14 +197,18 @@ impl DeadLetterAdmin {
     }
 }
 
-/// Every `every`, returns abandoned claims to `pending` (see `release_stale_claims`).
-pub async fn sweep_stale_claims(admin: DeadLetterAdmin, every: std::time::Duration) {
+/// Every `every`, returns abandoned claims to `pending` (`release_stale_claims`) and replays
+/// stranded followers (`release_stranded`).
+pub async fn sweep(admin: DeadLetterAdmin, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Err(e) = admin.release_stale_claims().await {
             tracing::warn!(error = %e, "cannot release abandoned dead-letter claims");
+        }
+        if let Err(e) = admin.release_stranded().await {
+            tracing::warn!(error = %e, "cannot look for stranded dead letters");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The contract both dead letter queues keep: entries round-trip, open entries block their
 //! stream, status transitions are guarded, stats and listing agree, abandoned claims return
-//! to pending after the claim timeout, and parking behind an entry races safely with its close.
+//! to pending after the claim timeout, parking behind an entry races safely with its close, and
+//! closed entries whose followers were never replayed are found.
 
 use super::{Closing, DeadLetters, DlqError, DlqStatus, NewDeadLetter, Parked};
 use crate::domain::UserId;
@@ -303,10 +304,85 @@ pub async fn parking_races_safely_with_closing_the_head(dlq: &dyn DeadLetters) {
     }
 }
 
+/// A closed entry is a stranded head while the oldest open entry of its stream is parked
+/// behind it and was never tried, once it closed before the bound; a follower that was tried
+/// (and failed again) waits for an admin instead.
+pub async fn stranded_heads_are_closed_entries_whose_followers_wait(dlq: &dyn DeadLetters) {
+    let stream = "reservation-stranded";
+    let stranded = |before: &'static str| async move {
+        let heads = dlq.stranded_heads(at(before)).await.unwrap();
+        heads
+            .into_iter()
+            .filter(|h| h.stream_id.as_deref() == Some(stream))
+            .map(|h| h.id)
+            .collect::<Vec<_>>()
+    };
+    let head = dlq.park(letter(stream, 1)).await.unwrap();
+    let mut followers = Vec::new();
+    for version in [2, 3] {
+        let mut behind = letter(stream, version);
+        behind.parked_behind = Some(head);
+        followers.push(dlq.park(behind).await.unwrap());
+    }
+    assert_eq!(
+        stranded("2027-01-01T00:00:00Z").await,
+        Vec::<i64>::new(),
+        "the head is open"
+    );
+    let closing = |minute: &str| Closing {
+        status: DlqStatus::Resolved,
+        by: None,
+        notes: None,
+        at: at(&format!("2026-11-27T10:{minute}:00Z")),
+    };
+    dlq.close(head, DlqStatus::Pending, closing("00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stranded("2026-11-27T10:00:00Z").await,
+        Vec::<i64>::new(),
+        "closed just now"
+    );
+    assert_eq!(stranded("2026-11-27T10:06:00Z").await, [head]);
+    dlq.claim(followers[0], at("2026-11-27T10:06:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stranded("2026-11-27T10:06:00Z").await,
+        Vec::<i64>::new(),
+        "being replayed"
+    );
+    dlq.close(followers[0], DlqStatus::Processing, closing("07"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stranded("2026-11-27T10:06:00Z").await,
+        [head],
+        "the next one"
+    );
+    dlq.claim(followers[1], at("2026-11-27T10:08:00Z"))
+        .await
+        .unwrap();
+    dlq.retry_failed(
+        followers[1],
+        "again".into(),
+        Vec::new(),
+        at("2026-11-27T10:08:00Z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stranded("2026-11-27T10:06:00Z").await,
+        Vec::<i64>::new(),
+        "tried: an admin's turn"
+    );
+}
+
 async fn run_all(dlq: &dyn DeadLetters) {
     run(dlq).await;
     abandoned_claims_return_to_pending(dlq).await;
     parking_races_safely_with_closing_the_head(dlq).await;
+    stranded_heads_are_closed_entries_whose_followers_wait(dlq).await;
 }
 
 #[tokio::test]

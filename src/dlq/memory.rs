@@ -110,6 +110,34 @@ impl DeadLetters for MemoryDeadLetters {
         Ok(oldest_open(&self.lock().list, consumer, stream_id))
     }
 
+    async fn stranded_heads(
+        &self,
+        closed_before: DateTime<Utc>,
+    ) -> Result<Vec<DeadLetter>, DlqError> {
+        let entries = self.lock();
+        let list = &entries.list;
+        let closed_long_ago = |id: i64| {
+            list.iter().find(|h| h.id == id).filter(|h| {
+                !h.status.is_open() && h.resolved_at.is_some_and(|at| at < closed_before)
+            })
+        };
+        let mut heads: Vec<DeadLetter> = list
+            .iter()
+            .filter(|f| f.status == DlqStatus::Pending && f.retry_count == 0)
+            .filter(|f| {
+                f.stream_id
+                    .as_deref()
+                    .and_then(|s| oldest_open(list, &f.consumer, s))
+                    == Some(f.id)
+            })
+            .filter_map(|f| f.parked_behind.and_then(closed_long_ago))
+            .cloned()
+            .collect();
+        heads.sort_by_key(|h| h.id);
+        heads.truncate(100);
+        Ok(heads)
+    }
+
     async fn get(&self, id: i64) -> Result<DeadLetter, DlqError> {
         find(&mut self.lock().list, id).map(|e| e.clone())
     }

@@ -215,6 +215,14 @@ pub trait DeadLetters: Send + Sync + 'static {
         }
         Ok(heads)
     }
+    /// Entries closed before `closed_before` whose followers wait for nobody: the oldest
+    /// open entry of their stream (for their consumer) is parked behind them and was never
+    /// tried, so the replay that follows a close did not run to its end (its request timed
+    /// out, its instance died, the queue was away). Oldest first, at most 100.
+    async fn stranded_heads(
+        &self,
+        closed_before: DateTime<Utc>,
+    ) -> Result<Vec<DeadLetter>, DlqError>;
     async fn get(&self, id: i64) -> Result<DeadLetter, DlqError>;
     /// Newest first, optionally only one status.
     async fn list(

@@ -252,6 +252,28 @@ impl DeadLetters for PostgresDeadLetters {
         .map_err(unavailable)
     }
 
+    async fn stranded_heads(
+        &self,
+        closed_before: DateTime<Utc>,
+    ) -> Result<Vec<DeadLetter>, DlqError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM dead_letter_queue WHERE id IN (
+                 SELECT f.parked_behind FROM dead_letter_queue f
+                   JOIN dead_letter_queue h ON h.id = f.parked_behind
+                  WHERE f.status = 'pending' AND f.retry_count = 0
+                    AND h.status IN ('resolved', 'discarded') AND h.resolved_at < $1
+                    AND f.id = (SELECT MIN(o.id) FROM dead_letter_queue o
+                                 WHERE o.consumer = f.consumer AND o.stream_id = f.stream_id
+                                   AND o.status IN ('pending', 'processing')))
+             ORDER BY id LIMIT 100"
+        ))
+        .bind(closed_before)
+        .fetch_all(&self.0)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(entry).collect()
+    }
+
     async fn get(&self, id: i64) -> Result<DeadLetter, DlqError> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM dead_letter_queue WHERE id = $1"

@@ -226,7 +226,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         (&consumer_health, &guards.bus),
     )
     .await?;
-    tasks.push(tokio::spawn(dead_letters::sweep_stale_claims(
+    tasks.push(tokio::spawn(dead_letters::sweep(
         dlq.clone(),
         DLQ_CLAIM_SWEEP,
     )));

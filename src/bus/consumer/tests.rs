@@ -277,6 +277,56 @@ async fn a_retry_after_the_fix_applies_the_stream_in_order() {
     );
 }
 
+/// A head closed without its followers replayed (the admin's request was cut short after the
+/// close) strands its stream; the sweep replays the followers in order once the close is older
+/// than the claim timeout, not before (a replay may still be running then).
+#[tokio::test]
+async fn followers_of_a_head_closed_without_their_replay_are_replayed_by_the_sweep() {
+    let rig = rig().await;
+    let sale = EventId::random();
+    let stream = format!("event-{sale}");
+    rig.handler.broken.lock().unwrap().push(stream.clone());
+    rig.handler.permanent.store(true, Ordering::SeqCst);
+    let messages = (1..=3).map(|v| message(sale, v, v)).collect();
+    rig.bus.publish(messages).await.unwrap();
+    assert_eq!(
+        rig.consume(3).await,
+        vec![Outcome::DeadLettered, Outcome::Parked, Outcome::Parked]
+    );
+    rig.handler.broken.lock().unwrap().clear();
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let service = DeadLetterAdmin::new(
+        rig.dlq.clone(),
+        vec![rig.handler.clone() as Arc<dyn Handler>],
+        clock.clone(),
+    );
+    let closing = crate::dlq::Closing {
+        status: DlqStatus::Resolved,
+        by: None,
+        notes: Some("fixed by hand".into()),
+        at: clock.now(),
+    };
+    rig.dlq.close(1, DlqStatus::Pending, closing).await.unwrap();
+
+    assert_eq!(
+        service.release_stranded().await.unwrap(),
+        0,
+        "closed just now"
+    );
+    assert!(rig.handler.applied.lock().unwrap().is_empty());
+    clock.advance(crate::dlq::CLAIM_TIMEOUT + chrono::Duration::seconds(1));
+    assert_eq!(service.release_stranded().await.unwrap(), 1);
+    for id in [2, 3] {
+        assert_eq!(rig.dlq.get(id).await.unwrap().status, DlqStatus::Resolved);
+    }
+    assert_eq!(
+        *rig.handler.applied.lock().unwrap(),
+        vec![(stream.clone(), 2), (stream, 3)],
+        "the stream's followers are applied in order"
+    );
+    assert_eq!(service.release_stranded().await.unwrap(), 0);
+}
+
 /// The next delivery; a broker needs a few seconds for a group to form.
 async fn next_within(consumer: &mut dyn BusConsumer) -> Delivery {
     tokio::time::timeout(Duration::from_secs(60), consumer.next())

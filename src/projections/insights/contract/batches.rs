@@ -235,6 +235,12 @@ impl DeadLetters for Counted {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         self.inner.open_entry_of(consumer, stream).await
     }
+    async fn stranded_heads(
+        &self,
+        closed_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<DeadLetter>, DlqError> {
+        self.inner.stranded_heads(closed_before).await
+    }
     async fn open_entries_of(
         &self,
         consumer: &str,
