@@ -124,26 +124,49 @@ pub async fn run(store: &dyn WebhookStore) {
         1
     );
     assert_eq!(
-        store.pending(all.id, 10).await.unwrap(),
+        store.pending(all.id, 10, at(0)).await.unwrap(),
         vec![first.clone(), second.clone()]
     );
-    assert_eq!(store.pending(all.id, 1).await.unwrap(), vec![first.clone()]);
+    assert_eq!(
+        store.pending(all.id, 1, at(0)).await.unwrap(),
+        vec![first.clone()]
+    );
+    // Held by the instance that sends it: nobody else gets it until the hold passes.
+    assert!(store.claim(first.id, at(0), at(2)).await.unwrap());
+    assert!(!store.claim(first.id, at(1), at(3)).await.unwrap());
+    assert_eq!(
+        store.pending(all.id, 10, at(1)).await.unwrap(),
+        vec![second.clone()]
+    );
+    assert_eq!(
+        store.pending(all.id, 10, at(2)).await.unwrap(),
+        vec![first.clone(), second.clone()],
+        "a holder that died lets go"
+    );
     assert_eq!(
         ids_of(store.endpoints_with_pending().await.unwrap()),
         [all.id, bobs.id].into()
     );
     assert_eq!(store.pending_count().await.unwrap(), 3);
 
+    assert!(store.claim(first.id, at(2), at(4)).await.unwrap());
     let retry = Attempt {
         status: DeliveryStatus::Pending,
         status_code: Some(500),
         next_attempt_at: Some(at(5)),
+        held_until: Some(at(6)),
     };
     store.record_attempt(first.id, retry).await.unwrap();
+    assert_eq!(
+        store.pending(all.id, 10, at(5)).await.unwrap(),
+        vec![second.clone()],
+        "held through its next attempt"
+    );
     let failed = Attempt {
         status: DeliveryStatus::Failed,
         status_code: Some(503),
         next_attempt_at: None,
+        held_until: None,
     };
     store.record_attempt(first.id, failed).await.unwrap();
     let log = store.deliveries(all.id, PAGE).await.unwrap();
@@ -155,8 +178,12 @@ pub async fn run(store: &dyn WebhookStore) {
         (DeliveryStatus::Failed, 2, Some(503))
     );
     assert_eq!(
-        store.pending(all.id, 10).await.unwrap(),
+        store.pending(all.id, 10, at(0)).await.unwrap(),
         vec![second.clone()]
+    );
+    assert!(
+        !store.claim(first.id, at(9), at(10)).await.unwrap(),
+        "not pending"
     );
 
     let redelivered = store.redeliver(all.id, first.id).await.unwrap().unwrap();
@@ -165,6 +192,10 @@ pub async fn run(store: &dyn WebhookStore) {
         (DeliveryStatus::Pending, 2)
     );
     assert_eq!(redelivered.message_id, "msg_1");
+    assert!(
+        store.claim(first.id, at(0), at(1)).await.unwrap(),
+        "a redelivery is nobody's"
+    );
     assert_eq!(
         store.redeliver(bobs.id, first.id).await.unwrap(),
         None,

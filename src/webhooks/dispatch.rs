@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+/// Beyond a request's time-out, how long a delivery stays held by the instance sending it.
+const HOLD_MARGIN: Duration = Duration::from_secs(30);
+
 /// How deliveries are sent.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -193,7 +196,11 @@ impl Inner {
         let read = async {
             let found = self.store.get(endpoint).await?;
             let pending = match &found {
-                Some(_) => self.store.pending(endpoint, limit).await?,
+                Some(_) => {
+                    self.store
+                        .pending(endpoint, limit, self.clock.now())
+                        .await?
+                }
                 None => Vec::new(),
             };
             Ok::<_, super::WebhookError>((found, pending))
@@ -213,6 +220,21 @@ impl Inner {
     /// Tries one delivery until it succeeds, is given up or its endpoint is gone. The first
     /// attempt uses the endpoint as the worker read it; retries read it again.
     async fn deliver(self: Arc<Self>, endpoint: Endpoint, delivery: Delivery) -> Uuid {
+        // Held while this instance sends it: another instance's sweep leaves it alone.
+        let now = self.clock.now();
+        match self
+            .store
+            .claim(delivery.id, now, self.held_until(now))
+            .await
+        {
+            Ok(true) => {}
+            // Another instance sends it, or it was settled since it was read.
+            Ok(false) => return delivery.id,
+            Err(e) => {
+                tracing::warn!(delivery = %delivery.id, error = %e, "cannot hold a webhook delivery; the sweep offers it again");
+                return delivery.id;
+            }
+        }
         let backoff =
             Backoff::doubling(self.settings.retry_base, self.settings.retry_max).with_full_jitter();
         let mut attempt = 0;
@@ -347,10 +369,19 @@ impl Inner {
             status,
             status_code,
             next_attempt_at,
+            // Still pending: this instance keeps it through its next attempt.
+            held_until: next_attempt_at.map(|next| self.held_until(next)),
         };
         if let Err(e) = self.store.record_attempt(delivery.id, attempt).await {
             tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a webhook attempt");
         }
+    }
+
+    /// How long a delivery whose attempt starts at `start` stays held: the attempt's time-out
+    /// and a margin.
+    fn held_until(&self, start: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        let hold = self.settings.timeout + HOLD_MARGIN;
+        start + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::MAX)
     }
 
     async fn set_status(&self, endpoint: &Endpoint, status: EndpointStatus) {

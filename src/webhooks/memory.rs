@@ -16,6 +16,14 @@ struct State {
     endpoints: HashMap<Uuid, Endpoint>,
     /// In arrival order, so "newest first" is the reverse.
     deliveries: Vec<Delivery>,
+    /// Until when a pending delivery is held by the instance sending it.
+    held: HashMap<Uuid, DateTime<Utc>>,
+}
+
+impl State {
+    fn free(&self, delivery: Uuid, now: DateTime<Utc>) -> bool {
+        self.held.get(&delivery).is_none_or(|until| *until <= now)
+    }
 }
 
 #[derive(Default)]
@@ -111,15 +119,39 @@ impl WebhookStore for MemoryWebhooks {
         Ok(stored)
     }
 
-    async fn pending(&self, endpoint: Uuid, limit: u32) -> Result<Vec<Delivery>, WebhookError> {
-        Ok(self
-            .state()
+    async fn pending(
+        &self,
+        endpoint: Uuid,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>, WebhookError> {
+        let state = self.state();
+        Ok(state
             .deliveries
             .iter()
             .filter(|d| d.endpoint_id == endpoint && d.status == DeliveryStatus::Pending)
+            .filter(|d| state.free(d.id, now))
             .take(limit as usize)
             .cloned()
             .collect())
+    }
+
+    async fn claim(
+        &self,
+        delivery: Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, WebhookError> {
+        let mut state = self.state();
+        let pending = state
+            .deliveries
+            .iter()
+            .any(|d| d.id == delivery && d.status == DeliveryStatus::Pending);
+        if !pending || !state.free(delivery, now) {
+            return Ok(false);
+        }
+        state.held.insert(delivery, until);
+        Ok(true)
     }
 
     async fn endpoints_with_pending(&self) -> Result<Vec<Uuid>, WebhookError> {
@@ -145,17 +177,17 @@ impl WebhookStore for MemoryWebhooks {
     }
 
     async fn record_attempt(&self, delivery: Uuid, attempt: Attempt) -> Result<(), WebhookError> {
-        if let Some(d) = self
-            .state()
-            .deliveries
-            .iter_mut()
-            .find(|d| d.id == delivery)
-        {
+        let mut state = self.state();
+        if let Some(d) = state.deliveries.iter_mut().find(|d| d.id == delivery) {
             d.attempts += 1;
             d.status = attempt.status;
             d.last_status_code = attempt.status_code;
             d.next_attempt_at = attempt.next_attempt_at;
         }
+        match attempt.held_until {
+            Some(until) => state.held.insert(delivery, until),
+            None => state.held.remove(&delivery),
+        };
         Ok(())
     }
 
@@ -190,7 +222,9 @@ impl WebhookStore for MemoryWebhooks {
         };
         d.status = DeliveryStatus::Pending;
         d.next_attempt_at = None;
-        Ok(Some(d.clone()))
+        let redelivered = d.clone();
+        state.held.remove(&delivery);
+        Ok(Some(redelivered))
     }
 }
 

@@ -214,6 +214,9 @@ pub struct Attempt {
     pub status: DeliveryStatus,
     pub status_code: Option<u16>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// A delivery still pending stays held by its sender until then (its next attempt and
+    /// that attempt's time-out, see `WebhookStore::claim`); `None` lets it go.
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,8 +254,24 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Stores new deliveries, skipping any whose (endpoint, message id) exists; returns the
     /// ones stored.
     async fn enqueue(&self, deliveries: &[Delivery]) -> Result<Vec<Delivery>, WebhookError>;
-    /// Up to `limit` pending deliveries of `endpoint`, oldest first.
-    async fn pending(&self, endpoint: Uuid, limit: u32) -> Result<Vec<Delivery>, WebhookError>;
+    /// Up to `limit` pending deliveries of `endpoint` that no instance holds at `now`, oldest
+    /// first.
+    async fn pending(
+        &self,
+        endpoint: Uuid,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>, WebhookError>;
+    /// Holds `delivery` for the caller until `until` if it is pending and nobody holds it at
+    /// `now`: only its holder sends it, so instances do not send one delivery at once (a
+    /// holder that dies lets go when `until` passes). False when another holds it or it is
+    /// not pending any more.
+    async fn claim(
+        &self,
+        delivery: Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, WebhookError>;
     /// Endpoints that have pending deliveries.
     async fn endpoints_with_pending(&self) -> Result<Vec<Uuid>, WebhookError>;
     /// Pending deliveries over every endpoint.

@@ -277,17 +277,44 @@ impl WebhookStore for PostgresWebhooks {
             .collect())
     }
 
-    async fn pending(&self, endpoint: Uuid, limit: u32) -> Result<Vec<Delivery>, WebhookError> {
+    async fn pending(
+        &self,
+        endpoint: Uuid,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Delivery>, WebhookError> {
         let rows = sqlx::query_as::<_, DeliveryRow>(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries \
-             WHERE endpoint_id = $1 AND status = 'pending' ORDER BY seq LIMIT $2"
+             WHERE endpoint_id = $1 AND status = 'pending' \
+               AND (claimed_until IS NULL OR claimed_until <= $3) ORDER BY seq LIMIT $2"
         ))
         .bind(endpoint)
         .bind(i64::from(limit))
+        .bind(now)
         .fetch_all(&self.0)
         .await
         .map_err(unavailable)?;
         deliveries(rows)
+    }
+
+    async fn claim(
+        &self,
+        delivery: Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, WebhookError> {
+        let claimed = sqlx::query(
+            "UPDATE webhook_deliveries SET claimed_until = $3 \
+             WHERE id = $1 AND status = 'pending' \
+               AND (claimed_until IS NULL OR claimed_until <= $2)",
+        )
+        .bind(delivery)
+        .bind(now)
+        .bind(until)
+        .execute(&self.0)
+        .await
+        .map_err(unavailable)?;
+        Ok(claimed.rows_affected() == 1)
     }
 
     async fn endpoints_with_pending(&self) -> Result<Vec<Uuid>, WebhookError> {
@@ -321,12 +348,13 @@ impl WebhookStore for PostgresWebhooks {
             .map_err(unavailable)?;
         sqlx::query(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, \
-             last_status_code = $3, next_attempt_at = $4 WHERE id = $1",
+             last_status_code = $3, next_attempt_at = $4, claimed_until = $5 WHERE id = $1",
         )
         .bind(delivery)
         .bind(a.status.as_str())
         .bind(a.status_code.map(i32::from))
         .bind(a.next_attempt_at)
+        .bind(a.held_until)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -363,8 +391,8 @@ impl WebhookStore for PostgresWebhooks {
         delivery: Uuid,
     ) -> Result<Option<Delivery>, WebhookError> {
         sqlx::query_as::<_, DeliveryRow>(&format!(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = NULL \
-             WHERE id = $1 AND endpoint_id = $2 RETURNING {DELIVERY_COLUMNS}"
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = NULL, \
+             claimed_until = NULL WHERE id = $1 AND endpoint_id = $2 RETURNING {DELIVERY_COLUMNS}"
         ))
         .bind(delivery)
         .bind(endpoint)

@@ -1,6 +1,6 @@
 //! Delivery-time refusals in production: an endpoint whose address is (or has become)
 //! non-public is never connected to, whether the URL names the address or a host name that
-//! resolves to it.
+//! resolves to it. A delivery is sent by one instance at a time.
 
 use super::*;
 use crate::clock::SystemClock;
@@ -38,22 +38,32 @@ fn delivery(endpoint: Uuid) -> Delivery {
     }
 }
 
-/// In production, deliveries to 127.0.0.1 and to `localhost` fail as `refused` without a
-/// single request reaching the (listening) receiver; in development the same URL is served.
-#[tokio::test]
-async fn production_never_connects_to_a_private_address() {
+/// A receiver on 127.0.0.1 that answers `POST /hook` with 200 after `delay`, and how many
+/// requests it got.
+async fn receiver(delay: Duration) -> (u16, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
     let router = axum::Router::new().route(
         "/hook",
         axum::routing::post(move || {
             counter.fetch_add(1, Ordering::SeqCst);
-            async { "ok" }
+            async move {
+                tokio::time::sleep(delay).await;
+                "ok"
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await });
+    (port, hits)
+}
+
+/// In production, deliveries to 127.0.0.1 and to `localhost` fail as `refused` without a
+/// single request reaching the (listening) receiver; in development the same URL is served.
+#[tokio::test]
+async fn production_never_connects_to_a_private_address() {
+    let (port, hits) = receiver(Duration::ZERO).await;
 
     for (strict, expected) in [
         (true, DeliveryStatus::Failed),
@@ -139,4 +149,42 @@ async fn https_endpoints_are_reached_over_tls() {
         .expect("the client never connected: no TLS support")
         .expect("the listener saw no byte");
     assert_eq!(byte, 0x16, "not a TLS handshake record");
+}
+
+/// Two instances' dispatchers offered the same pending delivery at once (each one's sweep
+/// found it, the receiver being slow): only the one that holds it sends it, once, and its
+/// success is what the log shows.
+#[tokio::test]
+async fn a_delivery_is_sent_by_one_instance_at_a_time() {
+    let (port, hits) = receiver(Duration::from_millis(300)).await;
+
+    let store = Arc::new(MemoryWebhooks::default());
+    let instance = || {
+        let settings = DeliverySettings {
+            strict: false,
+            ..DeliverySettings::default()
+        };
+        Dispatcher::new(
+            Arc::clone(&store) as Arc<dyn WebhookStore>,
+            Arc::new(SystemClock),
+            Arc::new(Metrics::new()),
+            settings,
+        )
+        .unwrap()
+    };
+    let (a, b) = (instance(), instance());
+    let e = endpoint(format!("http://127.0.0.1:{port}/hook"));
+    store.create(&e).await.unwrap();
+    let d = delivery(e.id);
+    store.enqueue(std::slice::from_ref(&d)).await.unwrap();
+    tokio::join!(
+        Arc::clone(&a.0).deliver(e.clone(), d.clone()),
+        Arc::clone(&b.0).deliver(e.clone(), d.clone()),
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let logged = store.deliveries(e.id, Default::default()).await.unwrap();
+    assert_eq!(
+        (logged.items[0].status, logged.items[0].attempts),
+        (DeliveryStatus::Succeeded, 1)
+    );
 }

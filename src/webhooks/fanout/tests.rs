@@ -82,8 +82,21 @@ impl WebhookStore for Counted {
         self.enqueues.fetch_add(1, Ordering::SeqCst);
         self.inner.enqueue(deliveries).await
     }
-    async fn pending(&self, endpoint: Uuid, limit: u32) -> Result<Vec<Delivery>, WebhookError> {
-        self.inner.pending(endpoint, limit).await
+    async fn pending(
+        &self,
+        endpoint: Uuid,
+        limit: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Delivery>, WebhookError> {
+        self.inner.pending(endpoint, limit, now).await
+    }
+    async fn claim(
+        &self,
+        delivery: Uuid,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, WebhookError> {
+        self.inner.claim(delivery, now, until).await
     }
     async fn endpoints_with_pending(&self) -> Result<Vec<Uuid>, WebhookError> {
         self.inner.endpoints_with_pending().await
