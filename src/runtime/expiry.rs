@@ -12,7 +12,7 @@ use crate::observability::Metrics;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -60,23 +60,40 @@ pub fn channel() -> (ExpiryHandle, mpsc::UnboundedReceiver<Entry>) {
     (ExpiryHandle { tx }, rx)
 }
 
-/// Runs until every `ExpiryHandle` is dropped or the task is aborted at shutdown.
-/// `rearm` is a handle to this scheduler, for timers that must fire again later.
+type Hold = (EventId, ReservationId);
+
+/// Runs until every `ExpiryHandle` is dropped or the task is aborted at shutdown. Each hold has
+/// one timer: an arm for a hold that has one (armed, or its attempt running) is ignored (the
+/// sweep re-arms every overdue hold on each tick; a hold that cannot end yet would otherwise
+/// gather one retry loop per tick, and holds are never shortened). An attempt that must be
+/// tried again (not due yet, or the store failed) re-arms its own timer when it finishes.
 pub async fn run(
     mut inbox: mpsc::UnboundedReceiver<Entry>,
-    rearm: ExpiryHandle,
     ender: Arc<dyn EndHold>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) {
     let mut due: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
+    // Holds with a timer: armed, or their attempt running.
+    let mut timers: HashSet<Hold> = HashSet::new();
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<(Hold, Option<DateTime<Utc>>)>();
     loop {
-        metrics.active_holds.set(due.len() as i64);
+        metrics.active_holds.set(timers.len() as i64);
         let next = due.peek().map(|Reverse((at, _, _))| *at);
         tokio::select! {
             armed = inbox.recv() => match armed {
-                Some(entry) => due.push(Reverse(entry)),
+                Some((at, sale_id, reservation_id)) => {
+                    if timers.insert((sale_id, reservation_id)) {
+                        due.push(Reverse((at, sale_id, reservation_id)));
+                    }
+                }
                 None => return,
+            },
+            Some((hold, again)) = finished.recv() => match again {
+                Some(at) => due.push(Reverse((at, hold.0, hold.1))),
+                None => {
+                    timers.remove(&hold);
+                }
             },
             _ = sleep_until(clock.as_ref(), next) => {
                 let now = clock.now();
@@ -85,7 +102,13 @@ pub async fn run(
                         break;
                     }
                     due.pop();
-                    tokio::spawn(expire(Arc::clone(&ender), Arc::clone(&clock), rearm.clone(), sale_id, reservation_id));
+                    let hold = (sale_id, reservation_id);
+                    let (ender, clock, finished) =
+                        (Arc::clone(&ender), Arc::clone(&clock), finished_tx.clone());
+                    tokio::spawn(async move {
+                        let again = expire(ender.as_ref(), clock.as_ref(), hold).await;
+                        let _ = finished.send((hold, again));
+                    });
                 }
             }
         }
@@ -99,23 +122,23 @@ async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
     }
 }
 
-async fn expire(
-    ender: Arc<dyn EndHold>,
-    clock: Arc<dyn Clock>,
-    handle: ExpiryHandle,
-    sale_id: EventId,
-    reservation_id: ReservationId,
-) {
+/// Tries to end `hold`; when to try again, if at all.
+async fn expire(ender: &dyn EndHold, clock: &dyn Clock, hold: Hold) -> Option<DateTime<Utc>> {
+    let (sale_id, reservation_id) = hold;
     match ender.end_hold(sale_id, reservation_id, clock.now()).await {
-        HoldEnd::Ended => {}
-        HoldEnd::NotYet(expires_at) => handle.arm(expires_at, sale_id, reservation_id),
+        HoldEnd::Ended => None,
+        HoldEnd::NotYet(expires_at) => Some(expires_at),
         HoldEnd::Refused(e) => {
-            tracing::warn!(%reservation_id, error = %e, "expiry refused; not re-armed")
+            tracing::warn!(%reservation_id, error = %e, "expiry refused; not re-armed");
+            None
         }
         HoldEnd::Failed(e) => {
             // The store is down or busy: try again shortly rather than lose the expiry.
             tracing::warn!(%reservation_id, error = %e, "expiry failed; retrying in 5 s");
-            handle.arm(clock.now() + Duration::seconds(5), sale_id, reservation_id);
+            Some(clock.now() + Duration::seconds(5))
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -248,7 +248,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     )));
     tasks.push(tokio::spawn(expiry::run(
         expiry_inbox,
-        expiry_handle,
         Arc::new(sales.clone()),
         Arc::clone(&clock),
         Arc::clone(&metrics),

@@ -1,0 +1,71 @@
+//! The scheduler keeps one timer per hold: however often a hold is armed (the sweep re-arms
+//! every overdue hold on each tick), it is tried once at a time, and a failed attempt retries
+//! 5 s later; an ended hold is forgotten.
+
+use super::*;
+use crate::clock::ManualClock;
+use std::sync::Mutex;
+
+/// Counts attempts per hold and answers what it is told.
+struct Scripted {
+    attempts: Mutex<Vec<DateTime<Utc>>>,
+    answer: Mutex<HoldEnd>,
+}
+
+#[async_trait]
+impl EndHold for Scripted {
+    async fn end_hold(&self, _: EventId, _: ReservationId, now: DateTime<Utc>) -> HoldEnd {
+        self.attempts.lock().unwrap().push(now);
+        self.answer.lock().unwrap().clone()
+    }
+}
+
+/// Lets the scheduler and the attempts it spawned run.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hold_armed_again_and_again_is_tried_once_at_a_time() {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let ender = Arc::new(Scripted {
+        attempts: Mutex::new(Vec::new()),
+        answer: Mutex::new(HoldEnd::Failed("the store is down".into())),
+    });
+    let metrics = Arc::new(Metrics::new());
+    let (handle, inbox) = channel();
+    tokio::spawn(run(
+        inbox,
+        ender.clone(),
+        clock.clone(),
+        Arc::clone(&metrics),
+    ));
+    let (sale, hold) = (EventId::random(), ReservationId::random());
+    let overdue = clock.now();
+    // The writer's timer, then ten sweep ticks' re-arms of the same overdue hold.
+    for _ in 0..11 {
+        handle.arm(overdue, sale, hold);
+        settle().await;
+        clock.advance(Duration::seconds(1));
+        settle().await;
+    }
+    let attempts = ender.attempts.lock().unwrap().clone();
+    assert!(
+        (2..=3).contains(&attempts.len()),
+        "one attempt, then one every 5 s over 11 s: {attempts:?}"
+    );
+    assert_eq!(metrics.active_holds.get(), 1, "one timer for the hold");
+
+    *ender.answer.lock().unwrap() = HoldEnd::Ended;
+    clock.advance(Duration::seconds(5));
+    settle().await;
+    let tried = ender.attempts.lock().unwrap().len();
+    assert_eq!(metrics.active_holds.get(), 0, "ended: forgotten");
+    // A late sweep that still saw it pending arms it again: one more (harmless) attempt.
+    handle.arm(overdue, sale, hold);
+    settle().await;
+    assert_eq!(ender.attempts.lock().unwrap().len(), tried + 1);
+    assert_eq!(metrics.active_holds.get(), 0);
+}
