@@ -92,30 +92,6 @@ pub struct Config {
     pub queue_pass_secret: Option<String>,
 }
 
-/// Rate limits of the HTTP edge (GCRA, real time). Operations routes are never limited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimits {
-    /// `/auth/login` and `/auth/register` together, per client IP, per minute.
-    pub auth_per_minute: u32,
-    /// Requests allowed at once before the auth rate applies.
-    pub auth_burst: u32,
-    /// `POST /api/reservations` and `POST /api/payments`, per user, per second (also the burst).
-    pub writes_per_second: u32,
-    /// Every other request, per client IP, per second (also the burst).
-    pub reads_per_second: u32,
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        RateLimits {
-            auth_per_minute: 10,
-            auth_burst: 5,
-            writes_per_second: 20,
-            reads_per_second: 200,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {var}: {reason}")]
 pub struct ConfigError {
@@ -225,16 +201,18 @@ impl Config {
                 }),
             }
         }
-        let positive = |var: &'static str, default: i64| -> Result<i64, ConfigError> {
+        // 1..=max: past a billion seconds a time added to now overflows chrono (a panic).
+        let bounded = |var: &'static str, default: i64, max: i64| -> Result<i64, ConfigError> {
             let n: i64 = parse(var, get(var), default)?;
-            if n <= 0 {
+            if !(1..=max).contains(&n) {
                 return Err(ConfigError {
                     var,
-                    reason: "must be positive".into(),
+                    reason: format!("must be between 1 and {max}"),
                 });
             }
             Ok(n)
         };
+        let positive = |var: &'static str, default: i64| bounded(var, default, 1_000_000_000);
         let seconds = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(1));
         let app_env = match get("APP_ENV")
             .as_deref()
@@ -401,8 +379,9 @@ impl Config {
                 }),
             },
             otel_traces_filter: get("OTEL_TRACES_FILTER").unwrap_or_else(|| "info".into()),
-            max_batch: usize::try_from(positive("MAX_BATCH", 256)?).unwrap_or(256),
-            sale_mailbox: usize::try_from(positive("SALE_MAILBOX_CAPACITY", 8192)?).unwrap_or(8192),
+            max_batch: usize::try_from(bounded("MAX_BATCH", 256, 65_536)?).unwrap_or(256),
+            sale_mailbox: usize::try_from(bounded("SALE_MAILBOX_CAPACITY", 8192, 1 << 24)?)
+                .unwrap_or(8192),
             body_limit_bytes: d.body_limit_bytes,
             payment_latency: Duration::from_millis(parse(
                 "PAYMENT_LATENCY_MS",
@@ -446,6 +425,9 @@ impl Config {
         })
     }
 }
+
+mod rate_limits;
+pub use rate_limits::RateLimits;
 
 #[cfg(test)]
 mod tests;

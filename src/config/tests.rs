@@ -32,6 +32,30 @@ fn derived_urls_default_and_bad_values_are_named() {
     assert!(!format!("{:?}", from(&[("ADMIN_PASSWORD", "hunter2")]).unwrap()).contains("hunter2"));
 }
 
+/// Counts and durations are bounded: a TTL so long that now plus it overflows (a panic in a
+/// sale's writer or in login, once running) or a batch too large to buffer is refused at start.
+#[test]
+fn values_too_large_to_use_are_refused_by_name() {
+    for (var, value) in [
+        ("RESERVATION_TTL_SECONDS", "10000000000000"),
+        ("SESSION_TTL_SECONDS", "9000000000000000000"),
+        ("MAX_BATCH", "1000000000"),
+        ("SALE_MAILBOX_CAPACITY", "3000000000000000000"),
+    ] {
+        let refused = from(&[(var, value)]).unwrap_err();
+        assert_eq!(refused.var, var);
+        assert!(
+            refused.reason.contains("between 1 and"),
+            "{}",
+            refused.reason
+        );
+    }
+    let c = from(&[("RESERVATION_TTL_SECONDS", "1000000000")]).unwrap();
+    assert!(chrono::Utc::now()
+        .checked_add_signed(c.reservation_ttl)
+        .is_some());
+}
+
 /// Rate limits, proxy trust, CORS origins and the request timeout have safe defaults.
 #[test]
 fn edge_settings_default_to_safe_values() {
