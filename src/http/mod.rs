@@ -186,6 +186,8 @@ pub fn router(state: AppState) -> Router {
             state.config.request_timeout,
             edge::timeout,
         ))
+        // Inside the metrics: a panic's 500 is counted (the outer catch sees only the edge's).
+        .route_layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -202,11 +204,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_context,
         ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(edge::cors(&state.config));
     edge::security_headers(routes, state.config.app_env).with_state(state)
+}
+
+/// A panic's answer: a 500 problem, as any internal error.
+fn panicked(_: Box<dyn std::any::Any + Send>) -> Response {
+    AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
