@@ -24,7 +24,7 @@ use crate::observability::Metrics;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use supervision::{stall, stopping};
+use supervision::{settling_too_long, stall, stopping};
 pub use supervision::{ConsumerHealth, StallPolicy, Supervision};
 
 mod batch;
@@ -242,20 +242,7 @@ impl Consumer {
                         progress = Instant::now();
                     }
                     let stall = stall(supervision.stall.after, joining, lag, progress);
-                    let stalled = stall.is_some();
-                    match &stall {
-                        Some(reason) if !was_stalled => {
-                            tracing::warn!(consumer = name, reason = %reason, "consumer stalled");
-                        }
-                        None if was_stalled => tracing::info!(consumer = name, "consumer recovered"),
-                        _ => {}
-                    }
-                    was_stalled = stalled;
-                    self.metrics
-                        .consumer_stalled
-                        .with_label_values(&[name])
-                        .set(i64::from(stalled));
-                    supervision.health.set(name, stall);
+                    let stalled = self.show_stall(supervision, stall, &mut was_stalled);
                     if stalled && supervision.stall.recover {
                         return Ended::Stalled;
                     }
@@ -273,7 +260,21 @@ impl Consumer {
             outage = outage_backoff();
             progress = Instant::now();
             let deliveries = linger(consumer, deliveries).await;
-            self.settle_batch(&deliveries, system).await;
+            // Settling waits out a dead letter queue or a handler that does not answer: shown
+            // as a stall while it lasts (never cut short: a batch is settled in full).
+            let settled = self.settle_batch(&deliveries, system);
+            tokio::pin!(settled);
+            let settling = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut settled => break,
+                    _ = watch.tick() => {
+                        self.report_lag(consumer.lag().await);
+                        let stall = settling_too_long(supervision.stall.after, settling);
+                        self.show_stall(supervision, stall, &mut was_stalled);
+                    }
+                }
+            }
             for delivery in batch::last_per_partition(&deliveries) {
                 if let Err(e) = consumer.commit(delivery).await {
                     // Harmless: the messages come again and are recognised as duplicates.
@@ -281,6 +282,32 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// Shows `stall` (or its end) in the log, the gauge and the health `/ready` reads; true
+    /// while stalled.
+    fn show_stall(
+        &self,
+        supervision: &Supervision,
+        stall: Option<String>,
+        was_stalled: &mut bool,
+    ) -> bool {
+        let name = self.handler.name();
+        let stalled = stall.is_some();
+        match &stall {
+            Some(reason) if !*was_stalled => {
+                tracing::warn!(consumer = name, reason = %reason, "consumer stalled");
+            }
+            None if *was_stalled => tracing::info!(consumer = name, "consumer recovered"),
+            _ => {}
+        }
+        *was_stalled = stalled;
+        self.metrics
+            .consumer_stalled
+            .with_label_values(&[name])
+            .set(i64::from(stalled));
+        supervision.health.set(name, stall);
+        stalled
     }
 
     /// The lag gauge while the lag is known; while it is not, no series at all (and

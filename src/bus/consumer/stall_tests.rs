@@ -97,11 +97,36 @@ fn run(stuck: usize, recover: bool) -> Running {
         stuck,
         ..Scripted::default()
     });
+    let (metrics, health, stop, task) = supervised(
+        Arc::new(Quiet),
+        Arc::clone(&bus) as Arc<dyn EventBus>,
+        recover,
+    );
+    Running {
+        bus,
+        metrics,
+        health,
+        stop,
+        task,
+    }
+}
+
+/// `handler`'s consumer on `bus`, stalled after 100 ms: its metrics, health, stop switch, task.
+fn supervised(
+    handler: Arc<dyn Handler>,
+    bus: Arc<dyn EventBus>,
+    recover: bool,
+) -> (
+    Arc<Metrics>,
+    Arc<ConsumerHealth>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ConsumerHealth::default());
     let (stop, stopped) = watch::channel(false);
     let consumer = Consumer {
-        handler: Arc::new(Quiet),
+        handler,
         dlq: Arc::new(MemoryDeadLetters::new()),
         metrics: Arc::clone(&metrics),
         clock: Arc::new(ManualClock::new(chrono::Utc::now())),
@@ -115,18 +140,8 @@ fn run(stuck: usize, recover: bool) -> Running {
         health: Arc::clone(&health),
         stop: stopped,
     };
-    let task = consumer.spawn(
-        Arc::clone(&bus) as Arc<dyn EventBus>,
-        Topics::new("t."),
-        supervision,
-    );
-    Running {
-        bus,
-        metrics,
-        health,
-        stop,
-        task,
-    }
+    let task = consumer.spawn(bus, Topics::new("t."), supervision);
+    (metrics, health, stop, task)
 }
 
 /// Polls `check` every 20 ms until it holds; panics after 10 s.
@@ -217,4 +232,47 @@ async fn with_recovery_off_a_stall_is_reported_and_kept() {
     assert_eq!(r.bus.subscribed.load(Ordering::SeqCst), 1);
     r.stop.send(true).unwrap();
     r.task.await.unwrap();
+}
+
+/// Handles nothing, ever: a handler stuck on a lock with no statement time-out.
+struct Hanging;
+
+#[async_trait]
+impl Handler for Hanging {
+    fn name(&self) -> &'static str {
+        "hanging"
+    }
+    fn topics(&self) -> &'static [&'static str] {
+        &["events"]
+    }
+    async fn handle(&self, _: &BusEvent) -> Result<Applied, HandlerError> {
+        std::future::pending().await
+    }
+}
+
+/// A consumer that received a batch and cannot settle it is reported stalled while it waits
+/// (it has partitions and its lag is known, so only the settling shows it), for `/ready`.
+#[tokio::test]
+async fn a_batch_that_never_settles_is_reported_as_a_stall() {
+    use crate::bus::memory::MemoryBus;
+    let bus = Arc::new(MemoryBus::new());
+    bus.ensure_topics(&[super::tests::TOPIC.into()])
+        .await
+        .unwrap();
+    let (metrics, health, _stop, task) = supervised(
+        Arc::new(Hanging),
+        Arc::clone(&bus) as Arc<dyn EventBus>,
+        true,
+    );
+    let message = super::tests::message(crate::domain::EventId::random(), 1, 1);
+    bus.publish(vec![message]).await.unwrap();
+    until("the stall is reported", || !health.stalls().is_empty()).await;
+    let stalls = health.stalls();
+    assert!(
+        stalls[0].starts_with("hanging: settling one batch for"),
+        "{stalls:?}"
+    );
+    let stalled = metrics.consumer_stalled.with_label_values(&["hanging"]);
+    assert_eq!(stalled.get(), 1);
+    task.abort();
 }

@@ -88,6 +88,18 @@ pub(super) fn stall(
     }
 }
 
+/// A batch settling for longer than `after`: the handler or the dead letter queue does not
+/// answer (a stall, though messages were received).
+pub(super) fn settling_too_long(after: Duration, since: Instant) -> Option<String> {
+    let settling = since.elapsed();
+    (!after.is_zero() && settling > after).then(|| {
+        format!(
+            "settling one batch for {} s: its handler or the dead letter queue does not answer",
+            settling.as_secs()
+        )
+    })
+}
+
 /// Completes once shutdown began (the switch is on, or its sender is gone).
 pub(super) async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;

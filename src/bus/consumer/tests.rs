@@ -51,9 +51,9 @@ impl Handler for Scripted {
     }
 }
 
-const TOPIC: &str = "t.events";
+pub(super) const TOPIC: &str = "t.events";
 
-fn message(sale: EventId, version: u64, position: u64) -> BusMessage {
+pub(super) fn message(sale: EventId, version: u64, position: u64) -> BusMessage {
     let event = DomainEvent::from(EventPublished {
         event_id: sale,
         at: chrono::Utc::now(),
