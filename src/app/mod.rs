@@ -101,6 +101,12 @@ impl App {
         &self.dead_letters
     }
 
+    /// How long this instance's read-model projector has failed, with its last error; `None`
+    /// while it works.
+    pub fn projector_failing(&self) -> Option<(Duration, String)> {
+        self.reads.progress().failing()
+    }
+
     /// How far the read models are (the global log position they applied).
     pub fn read_position(&self) -> u64 {
         self.reads.progress().position()

@@ -15,6 +15,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long the read-model projector may fail (every retry of its batch) before `/ready` warns.
+const PROJECTOR_FAILING: Duration = Duration::from_secs(10);
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
@@ -116,6 +119,18 @@ fn breaker_check(b: crate::breaker::Snapshot) -> Check {
 }
 
 /// The broker answers, and no consumer is stalled (the reasons otherwise).
+/// The read-model projector works (a batch it keeps failing is shown here as `warn`; the read
+/// models are shared, so another instance's projector may still keep them current).
+async fn projector_ready(s: &AppState) -> Result<(), String> {
+    match s.app.projector_failing() {
+        Some((failing, error)) if failing >= PROJECTOR_FAILING => Err(format!(
+            "the read-model projector has failed for {} s: {error}",
+            failing.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn bus_ready(s: &AppState) -> Result<(), String> {
     s.bus.ping().await.map_err(|e| e.to_string())?;
     match s.consumer_health.stalls() {
@@ -144,7 +159,7 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     let store = s.app.event_store();
     let auth = s.auth.store();
     let cache = s.app.event_cache().cache();
-    let (events, reads, accounts, bus, cached) = tokio::join!(
+    let (events, reads, accounts, bus, cached, projector) = tokio::join!(
         check("event_store", store.kind(), store.ping()),
         check(
             "projections",
@@ -154,10 +169,15 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
         check("auth", auth.kind(), auth.ping()),
         check("bus", s.bus.kind(), bus_ready(&s)),
         check("cache", cache.kind(), cache.ping()),
+        check("projector", "subscription", projector_ready(&s)),
     );
     let checks: Vec<Check> = [events, reads, accounts]
         .into_iter()
-        .chain([bus, cached].into_iter().map(Check::non_critical))
+        .chain(
+            [bus, cached, projector]
+                .into_iter()
+                .map(Check::non_critical),
+        )
         .chain(s.breakers.snapshots().into_iter().map(breaker_check))
         .collect();
     let ok = checks.iter().all(|c| c.error.is_none() || !c.critical);

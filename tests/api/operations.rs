@@ -63,7 +63,8 @@ async fn ready_answers_200_with_each_dependency_check_passing() {
             "event_store",
             "event_store_breaker",
             "payment_gateway_breaker",
-            "projections"
+            "projections",
+            "projector"
         ]
     );
     for check in checks {
