@@ -171,7 +171,6 @@ pub trait EventStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// Checks that `events` carry contiguous versions per stream; shared by adapters.
 /// Raises a published log head to `to`, never lowering it (appenders publish after their
 /// commit, not in commit order); true if it changed, for `watch::Sender::send_if_modified`.
 pub(crate) fn raise_head(head: &mut u64, to: u64) -> bool {
@@ -183,6 +182,7 @@ pub(crate) fn raise_head(head: &mut u64, to: u64) -> bool {
     }
 }
 
+/// Checks that `events` carry contiguous versions per stream; shared by adapters.
 pub fn check_contiguous(events: &[NewEvent]) -> Result<(), StoreError> {
     let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for e in events {
