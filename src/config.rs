@@ -213,6 +213,14 @@ impl Config {
             Ok(n)
         };
         let positive = |var: &'static str, default: i64| bounded(var, default, 1_000_000_000);
+        // The event store's pool lends one connection to its LISTEN for good: 1 starves appends.
+        let db_max_connections = match positive("DB_MAX_CONNECTIONS", 10)? {
+            1 => Err(ConfigError {
+                var: "DB_MAX_CONNECTIONS",
+                reason: "must be at least 2 (the event store's listener keeps one)".into(),
+            }),
+            n => Ok(u32::try_from(n).unwrap_or(10)),
+        }?;
         let seconds = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(1));
         let app_env = match get("APP_ENV")
             .as_deref()
@@ -400,7 +408,7 @@ impl Config {
                 ..d.breaker
             },
             pool: crate::db::PoolSettings {
-                max_connections: u32::try_from(positive("DB_MAX_CONNECTIONS", 10)?).unwrap_or(10),
+                max_connections: db_max_connections,
                 min_connections: parse("DB_MIN_CONNECTIONS", get("DB_MIN_CONNECTIONS"), 1)?,
                 acquire_timeout: seconds(positive("DB_ACQUIRE_TIMEOUT_SECONDS", 3)?),
                 idle_timeout: seconds(positive("DB_IDLE_TIMEOUT_SECONDS", 600)?),

@@ -50,6 +50,12 @@ fn values_too_large_to_use_are_refused_by_name() {
             refused.reason
         );
     }
+    let one = from(&[("DB_MAX_CONNECTIONS", "1")]).unwrap_err();
+    assert_eq!(
+        one.var, "DB_MAX_CONNECTIONS",
+        "the listener keeps one: {}",
+        one.reason
+    );
     let c = from(&[("RESERVATION_TTL_SECONDS", "1000000000")]).unwrap();
     assert!(chrono::Utc::now()
         .checked_add_signed(c.reservation_ttl)
