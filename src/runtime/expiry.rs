@@ -103,14 +103,46 @@ pub async fn run(
                     }
                     due.pop();
                     let hold = (sale_id, reservation_id);
-                    let (ender, clock, finished) =
-                        (Arc::clone(&ender), Arc::clone(&clock), finished_tx.clone());
+                    let (ender, clock) = (Arc::clone(&ender), Arc::clone(&clock));
+                    let report = Report {
+                        hold,
+                        to: finished_tx.clone(),
+                        clock: Arc::clone(&clock),
+                        answered: false,
+                    };
                     tokio::spawn(async move {
                         let again = expire(ender.as_ref(), clock.as_ref(), hold).await;
-                        let _ = finished.send((hold, again));
+                        report.answer(again);
                     });
                 }
             }
+        }
+    }
+}
+
+/// Tells the scheduler how an attempt ended: with its answer, or, should the attempt panic or
+/// be cancelled before it answered, as a failure to retry in 5 s. A hold whose attempt never
+/// reported would keep its place in the set, and every later arm of it would be ignored.
+struct Report {
+    hold: Hold,
+    to: mpsc::UnboundedSender<(Hold, Option<DateTime<Utc>>)>,
+    clock: Arc<dyn Clock>,
+    answered: bool,
+}
+
+impl Report {
+    /// The attempt's answer: `None` ended, `Some(at)` again at `at`.
+    fn answer(mut self, again: Option<DateTime<Utc>>) {
+        let _ = self.to.send((self.hold, again));
+        self.answered = true;
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !self.answered {
+            let retry = self.clock.now() + Duration::seconds(5);
+            let _ = self.to.send((self.hold, Some(retry)));
         }
     }
 }

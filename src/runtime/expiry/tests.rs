@@ -69,3 +69,46 @@ async fn a_hold_armed_again_and_again_is_tried_once_at_a_time() {
     assert_eq!(ender.attempts.lock().unwrap().len(), tried + 1);
     assert_eq!(metrics.active_holds.get(), 0);
 }
+
+/// Panics on its first attempt, then ends the hold.
+struct PanicsOnce {
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl EndHold for PanicsOnce {
+    async fn end_hold(&self, _: EventId, _: ReservationId, _: DateTime<Utc>) -> HoldEnd {
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(attempt > 0, "the first attempt panics");
+        HoldEnd::Ended
+    }
+}
+
+/// An attempt that panics still tells the scheduler: the hold is tried again 5 s later, not
+/// kept armed forever with every later arm ignored.
+#[tokio::test]
+async fn a_panicking_attempt_is_tried_again() {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let ender = Arc::new(PanicsOnce {
+        attempts: Default::default(),
+    });
+    let metrics = Arc::new(Metrics::new());
+    let (handle, inbox) = channel();
+    tokio::spawn(run(
+        inbox,
+        ender.clone(),
+        clock.clone(),
+        Arc::clone(&metrics),
+    ));
+    handle.arm(clock.now(), EventId::random(), ReservationId::random());
+    settle().await;
+    let tried = || ender.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(tried(), 1);
+    assert_eq!(metrics.active_holds.get(), 1, "to be tried again");
+    clock.advance(Duration::seconds(5));
+    settle().await;
+    assert_eq!(tried(), 2);
+    assert_eq!(metrics.active_holds.get(), 0, "ended");
+}
