@@ -167,10 +167,11 @@ impl App {
         viewer: Option<&Principal>,
         event_id: Uuid,
     ) -> Result<EventView, AppError> {
+        // Visibility only (drafts): no need to wait for this instance's reserves, which would
+        // put the projector's lag on the waiting room's polls during an on-sale.
         let view = self
             .reads
-            .fresh_cache()
-            .await
+            .applied_cache()
             .event(EventId(event_id), CacheName::Events)
             .await?
             .ok_or(AppError::NotFound("event"))?;

@@ -3,7 +3,8 @@
 //! write path). A command answers from what it committed and raises the mark (`App::create`,
 //! `Reads::wrote`); a read gets the read models only from `Reads::fresh`, which waits until
 //! they applied that mark, so no read can forget the wait. `Reads::applied` skips it, for work
-//! that reads what they show on purpose (reconciliation, a second look after a wait). When a
+//! that reads what they show on purpose (reconciliation, a second look after a wait, the
+//! waiting room's visibility check). When a
 //! wait runs out, reads stop waiting until the read models reach the position it waited for:
 //! a lagging or stalled projector makes one read in `READ_YOUR_WRITES_TIMEOUT` slow, not
 //! every read.
@@ -45,6 +46,11 @@ impl Reads {
     /// The cached event views, after the same wait as `fresh`.
     pub async fn fresh_cache(&self) -> &EventCache {
         self.wait_for_writes().await;
+        &self.cache
+    }
+
+    /// The cached event views as they are now, without waiting for this instance's writes.
+    pub fn applied_cache(&self) -> &EventCache {
         &self.cache
     }
 

@@ -118,7 +118,6 @@ fn breaker_check(b: crate::breaker::Snapshot) -> Check {
     .non_critical()
 }
 
-/// The broker answers, and no consumer is stalled (the reasons otherwise).
 /// The read-model projector works (a batch it keeps failing is shown here as `warn`; the read
 /// models are shared, so another instance's projector may still keep them current).
 async fn projector_ready(s: &AppState) -> Result<(), String> {
@@ -131,6 +130,7 @@ async fn projector_ready(s: &AppState) -> Result<(), String> {
     }
 }
 
+/// The broker answers, and no consumer is stalled (the reasons otherwise).
 async fn bus_ready(s: &AppState) -> Result<(), String> {
     s.bus.ping().await.map_err(|e| e.to_string())?;
     match s.consumer_health.stalls() {
