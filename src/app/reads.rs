@@ -4,10 +4,9 @@
 //! `Reads::wrote`); a read gets the read models only from `Reads::fresh`, which waits until
 //! they applied that mark, so no read can forget the wait. `Reads::applied` skips it, for work
 //! that reads what they show on purpose (reconciliation, a second look after a wait, the
-//! waiting room's visibility check). When a
-//! wait runs out, reads stop waiting until the read models reach the position it waited for:
-//! a lagging or stalled projector makes one read in `READ_YOUR_WRITES_TIMEOUT` slow, not
-//! every read.
+//! waiting room's visibility check). When a wait runs out, reads stop waiting until the read
+//! models reach the position it waited for: a lagging or stalled projector makes one read in
+//! `READ_YOUR_WRITES_TIMEOUT` slow, not every read.
 
 use super::READ_YOUR_WRITES_TIMEOUT;
 use crate::cache::EventCache;
