@@ -82,13 +82,13 @@ impl App {
     }
 
     /// The read models, for readiness checks.
-    pub fn read_model(&self) -> &Arc<dyn ReadModel> {
-        self.reads.model()
+    pub fn read_model(&self) -> &dyn ReadModel {
+        self.reads.applied()
     }
 
     /// The cached event views, for readiness checks and cache statistics.
     pub fn event_cache(&self) -> &crate::cache::EventCache {
-        self.reads.cache()
+        self.reads.applied_cache()
     }
 
     /// The answers kept for `Idempotency-Key` retries.

@@ -73,16 +73,6 @@ impl Reads {
             .wait(&self.progress, READ_YOUR_WRITES_TIMEOUT)
             .await;
     }
-
-    /// The read models' adapter, for readiness checks only.
-    pub fn model(&self) -> &Arc<dyn ReadModel> {
-        &self.model
-    }
-
-    /// The event cache, for readiness checks and statistics only.
-    pub fn cache(&self) -> &EventCache {
-        &self.cache
-    }
 }
 
 /// What this instance committed last, and the position of the last wait that ran out.

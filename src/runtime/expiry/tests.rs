@@ -20,6 +20,15 @@ impl EndHold for Scripted {
     }
 }
 
+/// A running scheduler ending holds through `ender`, on a manual clock.
+fn scheduler(ender: Arc<dyn EndHold>) -> (Arc<ManualClock>, Arc<Metrics>, ExpiryHandle) {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let metrics = Arc::new(Metrics::new());
+    let (handle, inbox) = channel();
+    tokio::spawn(run(inbox, ender, clock.clone(), Arc::clone(&metrics)));
+    (clock, metrics, handle)
+}
+
 /// Lets the scheduler and the attempts it spawned run.
 async fn settle() {
     for _ in 0..50 {
@@ -29,19 +38,11 @@ async fn settle() {
 
 #[tokio::test]
 async fn a_hold_armed_again_and_again_is_tried_once_at_a_time() {
-    let clock = Arc::new(ManualClock::new(Utc::now()));
     let ender = Arc::new(Scripted {
         attempts: Mutex::new(Vec::new()),
         answer: Mutex::new(HoldEnd::Failed("the store is down".into())),
     });
-    let metrics = Arc::new(Metrics::new());
-    let (handle, inbox) = channel();
-    tokio::spawn(run(
-        inbox,
-        ender.clone(),
-        clock.clone(),
-        Arc::clone(&metrics),
-    ));
+    let (clock, metrics, handle) = scheduler(ender.clone());
     let (sale, hold) = (EventId::random(), ReservationId::random());
     let overdue = clock.now();
     // The writer's timer, then ten sweep ticks' re-arms of the same overdue hold.
@@ -90,18 +91,10 @@ impl EndHold for PanicsOnce {
 /// kept armed forever with every later arm ignored.
 #[tokio::test]
 async fn a_panicking_attempt_is_tried_again() {
-    let clock = Arc::new(ManualClock::new(Utc::now()));
     let ender = Arc::new(PanicsOnce {
         attempts: Default::default(),
     });
-    let metrics = Arc::new(Metrics::new());
-    let (handle, inbox) = channel();
-    tokio::spawn(run(
-        inbox,
-        ender.clone(),
-        clock.clone(),
-        Arc::clone(&metrics),
-    ));
+    let (clock, metrics, handle) = scheduler(ender.clone());
     handle.arm(clock.now(), EventId::random(), ReservationId::random());
     settle().await;
     let tried = || ender.attempts.load(std::sync::atomic::Ordering::SeqCst);
