@@ -349,7 +349,7 @@ impl Metrics {
             webhook_deliveries: counter(
                 &r,
                 "webhook_deliveries_total",
-                "Webhook delivery attempts by outcome: succeeded, retried, failed (attempts exhausted), disabled (410 Gone), refused (non-public address in production).",
+                "Webhook delivery attempts by outcome: succeeded, retried, failed (attempts exhausted), disabled (410 Gone), refused (non-public address in production), superseded (another instance took the delivery over; this one stopped).",
                 &["outcome"],
             ),
             webhook_delivery_duration: histogram(

@@ -1,6 +1,7 @@
 //! The contract both webhook stores keep: endpoints round-trip with their secrets, listing
 //! is per owner, rotation keeps the old secret with its deadline, subscriptions filter by
-//! owner, type and event, deliveries are unique per (endpoint, message id), attempts and
+//! owner, type and event, deliveries are unique per (endpoint, message id), a delivery is
+//! held by one sender at a time and only its holder records attempts, attempts and
 //! redelivery update the log, and deleting an endpoint deletes its deliveries.
 
 use super::*;
@@ -132,8 +133,13 @@ pub async fn run(store: &dyn WebhookStore) {
         vec![first.clone()]
     );
     // Held by the instance that sends it: nobody else gets it until the hold passes.
-    assert!(store.claim(first.id, at(0), at(2)).await.unwrap());
-    assert!(!store.claim(first.id, at(1), at(3)).await.unwrap());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(store.claim(first.id, a, at(0), at(2)).await.unwrap());
+    assert!(!store.claim(first.id, b, at(1), at(3)).await.unwrap());
+    assert!(
+        store.claim(first.id, a, at(1), at(2)).await.unwrap(),
+        "its holder claims it again before a retry"
+    );
     assert_eq!(
         store.pending(all.id, 10, at(1)).await.unwrap(),
         vec![second.clone()]
@@ -149,14 +155,18 @@ pub async fn run(store: &dyn WebhookStore) {
     );
     assert_eq!(store.pending_count().await.unwrap(), 3);
 
-    assert!(store.claim(first.id, at(2), at(4)).await.unwrap());
+    // The hold ran out and another instance took it: the first holder neither claims it
+    // again nor records an attempt over the new holder's.
+    assert!(store.claim(first.id, b, at(2), at(4)).await.unwrap());
+    assert!(!store.claim(first.id, a, at(3), at(5)).await.unwrap());
     let retry = Attempt {
         status: DeliveryStatus::Pending,
         status_code: Some(500),
         next_attempt_at: Some(at(5)),
         held_until: Some(at(6)),
     };
-    store.record_attempt(first.id, retry).await.unwrap();
+    assert!(!store.record_attempt(first.id, a, retry).await.unwrap());
+    assert!(store.record_attempt(first.id, b, retry).await.unwrap());
     assert_eq!(
         store.pending(all.id, 10, at(5)).await.unwrap(),
         vec![second.clone()],
@@ -168,7 +178,7 @@ pub async fn run(store: &dyn WebhookStore) {
         next_attempt_at: None,
         held_until: None,
     };
-    store.record_attempt(first.id, failed).await.unwrap();
+    assert!(store.record_attempt(first.id, b, failed).await.unwrap());
     let log = store.deliveries(all.id, PAGE).await.unwrap();
     assert_eq!(log.total_count, 2);
     assert_eq!(log.items[0].id, second.id, "newest first");
@@ -182,7 +192,7 @@ pub async fn run(store: &dyn WebhookStore) {
         vec![second.clone()]
     );
     assert!(
-        !store.claim(first.id, at(9), at(10)).await.unwrap(),
+        !store.claim(first.id, b, at(9), at(10)).await.unwrap(),
         "not pending"
     );
 
@@ -193,8 +203,18 @@ pub async fn run(store: &dyn WebhookStore) {
     );
     assert_eq!(redelivered.message_id, "msg_1");
     assert!(
-        store.claim(first.id, at(0), at(1)).await.unwrap(),
+        store.claim(first.id, a, at(0), at(1)).await.unwrap(),
         "a redelivery is nobody's"
+    );
+    store.redeliver(all.id, first.id).await.unwrap().unwrap();
+    assert!(
+        !store.record_attempt(first.id, a, failed).await.unwrap(),
+        "a redelivery lets go of the hold: the holder's late answer does not settle it"
+    );
+    let logged = store.deliveries(all.id, PAGE).await.unwrap().items[1].clone();
+    assert_eq!(
+        (logged.status, logged.attempts),
+        (DeliveryStatus::Pending, 2)
     );
     assert_eq!(
         store.redeliver(bobs.id, first.id).await.unwrap(),

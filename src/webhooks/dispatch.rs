@@ -61,7 +61,14 @@ const BATCH: usize = 64;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Outcomes counted in `webhook_deliveries_total`.
-const OUTCOMES: [&str; 5] = ["succeeded", "retried", "failed", "disabled", "refused"];
+const OUTCOMES: [&str; 6] = [
+    "succeeded",
+    "retried",
+    "failed",
+    "disabled",
+    "refused",
+    "superseded",
+];
 
 #[derive(Clone)]
 pub struct Dispatcher(Arc<Inner>);
@@ -72,6 +79,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     settings: DeliverySettings,
+    /// This instance as a delivery's holder (`WebhookStore::claim`): new at each start.
+    holder: Uuid,
     /// The wake-up of each endpoint's worker.
     workers: Mutex<HashMap<Uuid, Arc<Notify>>>,
 }
@@ -105,6 +114,7 @@ impl Dispatcher {
             clock,
             metrics,
             settings,
+            holder: Uuid::new_v4(),
             workers: Mutex::new(HashMap::new()),
         })))
     }
@@ -220,27 +230,15 @@ impl Inner {
     /// Tries one delivery until it succeeds, is given up or its endpoint is gone. The first
     /// attempt uses the endpoint as the worker read it; retries read it again.
     async fn deliver(self: Arc<Self>, endpoint: Endpoint, delivery: Delivery) -> Uuid {
-        // Held while this instance sends it: another instance's sweep leaves it alone.
-        let now = self.clock.now();
-        match self
-            .store
-            .claim(delivery.id, now, self.held_until(now))
-            .await
-        {
-            Ok(true) => {}
-            // Another instance sends it, or it was settled since it was read.
-            Ok(false) => return delivery.id,
-            Err(e) => {
-                tracing::warn!(delivery = %delivery.id, error = %e, "cannot hold a webhook delivery; the sweep offers it again");
-                return delivery.id;
-            }
-        }
         let backoff =
             Backoff::doubling(self.settings.retry_base, self.settings.retry_max).with_full_jitter();
         let mut attempt = 0;
         let mut known = Some(endpoint);
         loop {
             attempt += 1;
+            if !self.hold(&delivery, attempt).await {
+                return delivery.id;
+            }
             let endpoint = match known.take() {
                 Some(e) => e,
                 None => match self.store.get(delivery.endpoint_id).await {
@@ -310,9 +308,13 @@ impl Inner {
             let pause = backoff.delay_for(attempt);
             let next = self.clock.now()
                 + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
-            self.record(&delivery, DeliveryStatus::Pending, code, Some(next))
-                .await;
             self.count("retried");
+            if !self
+                .record(&delivery, DeliveryStatus::Pending, code, Some(next))
+                .await
+            {
+                return delivery.id;
+            }
             tokio::time::sleep(pause).await;
         }
     }
@@ -340,10 +342,33 @@ impl Inner {
             .body(delivery.body.clone());
         match request.send().await {
             Ok(response) => Sent::Answered(response.status().as_u16()),
-            Err(e) if is_refused(&e) => {
+            Err(e) if guard::refused_by_resolver(&e) => {
                 Sent::Refused("the host resolves to a non-public address".into())
             }
             Err(e) => Sent::NoAnswer(e.without_url().to_string()),
+        }
+    }
+
+    /// Holds `delivery` for this instance through the attempt about to start: its first
+    /// claim, or a claim again before a retry (which extends the hold). False when another
+    /// instance sends it (it took it over after a redelivery or a hold that ran out) or it was
+    /// settled since it was read; this instance then leaves it alone.
+    async fn hold(&self, delivery: &Delivery, attempt: u32) -> bool {
+        let now = self.clock.now();
+        let until = self.held_until(now);
+        match self.store.claim(delivery.id, self.holder, now, until).await {
+            Ok(true) => true,
+            Ok(false) => {
+                if attempt > 1 {
+                    tracing::info!(delivery = %delivery.id, "webhook delivery taken over by another instance");
+                    self.count("superseded");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %delivery.id, error = %e, "cannot hold a webhook delivery; the sweep offers it again once the hold passes");
+                false
+            }
         }
     }
 
@@ -354,17 +379,20 @@ impl Inner {
         code: Option<u16>,
         outcome: &str,
     ) {
-        self.record(delivery, status, code, None).await;
         self.count(outcome);
+        self.record(delivery, status, code, None).await;
     }
 
+    /// Records the attempt if this instance still holds the delivery; false when another
+    /// took it over (counted as `superseded`: its record stands, and this one stops).
+    /// A store that cannot record is logged and the delivery goes on (its next claim decides).
     async fn record(
         &self,
         delivery: &Delivery,
         status: DeliveryStatus,
         status_code: Option<u16>,
         next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
-    ) {
+    ) -> bool {
         let attempt = Attempt {
             status,
             status_code,
@@ -372,8 +400,21 @@ impl Inner {
             // Still pending: this instance keeps it through its next attempt.
             held_until: next_attempt_at.map(|next| self.held_until(next)),
         };
-        if let Err(e) = self.store.record_attempt(delivery.id, attempt).await {
-            tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a webhook attempt");
+        match self
+            .store
+            .record_attempt(delivery.id, self.holder, attempt)
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::info!(delivery = %delivery.id, "webhook attempt not recorded: another instance holds the delivery");
+                self.count("superseded");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a webhook attempt");
+                true
+            }
         }
     }
 
@@ -399,18 +440,6 @@ impl Inner {
             .with_label_values(&[outcome])
             .inc();
     }
-}
-
-/// Whether the checked resolver refused the host.
-fn is_refused(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.downcast_ref::<guard::Refused>().is_some() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -122,6 +122,18 @@ pub fn check_literal(url: &str, strict: bool) -> Result<(), Refused> {
     }
 }
 
+/// Whether a delivery failed because `CheckedResolver` refused its host.
+pub fn refused_by_resolver(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<Refused>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

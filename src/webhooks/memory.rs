@@ -16,13 +16,16 @@ struct State {
     endpoints: HashMap<Uuid, Endpoint>,
     /// In arrival order, so "newest first" is the reverse.
     deliveries: Vec<Delivery>,
-    /// Until when a pending delivery is held by the instance sending it.
-    held: HashMap<Uuid, DateTime<Utc>>,
+    /// Who holds a pending delivery (the instance sending it), and until when.
+    held: HashMap<Uuid, (Uuid, DateTime<Utc>)>,
 }
 
 impl State {
-    fn free(&self, delivery: Uuid, now: DateTime<Utc>) -> bool {
-        self.held.get(&delivery).is_none_or(|until| *until <= now)
+    /// Whether nobody but `holder` (if any) holds `delivery` at `now`.
+    fn free(&self, delivery: Uuid, holder: Option<Uuid>, now: DateTime<Utc>) -> bool {
+        self.held
+            .get(&delivery)
+            .is_none_or(|(by, until)| *until <= now || Some(*by) == holder)
     }
 }
 
@@ -130,7 +133,7 @@ impl WebhookStore for MemoryWebhooks {
             .deliveries
             .iter()
             .filter(|d| d.endpoint_id == endpoint && d.status == DeliveryStatus::Pending)
-            .filter(|d| state.free(d.id, now))
+            .filter(|d| state.free(d.id, None, now))
             .take(limit as usize)
             .cloned()
             .collect())
@@ -139,6 +142,7 @@ impl WebhookStore for MemoryWebhooks {
     async fn claim(
         &self,
         delivery: Uuid,
+        holder: Uuid,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, WebhookError> {
@@ -147,10 +151,10 @@ impl WebhookStore for MemoryWebhooks {
             .deliveries
             .iter()
             .any(|d| d.id == delivery && d.status == DeliveryStatus::Pending);
-        if !pending || !state.free(delivery, now) {
+        if !pending || !state.free(delivery, Some(holder), now) {
             return Ok(false);
         }
-        state.held.insert(delivery, until);
+        state.held.insert(delivery, (holder, until));
         Ok(true)
     }
 
@@ -176,19 +180,28 @@ impl WebhookStore for MemoryWebhooks {
             .count() as u64)
     }
 
-    async fn record_attempt(&self, delivery: Uuid, attempt: Attempt) -> Result<(), WebhookError> {
+    async fn record_attempt(
+        &self,
+        delivery: Uuid,
+        holder: Uuid,
+        attempt: Attempt,
+    ) -> Result<bool, WebhookError> {
         let mut state = self.state();
-        if let Some(d) = state.deliveries.iter_mut().find(|d| d.id == delivery) {
-            d.attempts += 1;
-            d.status = attempt.status;
-            d.last_status_code = attempt.status_code;
-            d.next_attempt_at = attempt.next_attempt_at;
+        if state.held.get(&delivery).map(|(by, _)| *by) != Some(holder) {
+            return Ok(false);
         }
+        let Some(d) = state.deliveries.iter_mut().find(|d| d.id == delivery) else {
+            return Ok(false);
+        };
+        d.attempts += 1;
+        d.status = attempt.status;
+        d.last_status_code = attempt.status_code;
+        d.next_attempt_at = attempt.next_attempt_at;
         match attempt.held_until {
-            Some(until) => state.held.insert(delivery, until),
+            Some(until) => state.held.insert(delivery, (holder, until)),
             None => state.held.remove(&delivery),
         };
-        Ok(())
+        Ok(true)
     }
 
     async fn deliveries(

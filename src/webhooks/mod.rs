@@ -262,13 +262,15 @@ pub trait WebhookStore: Send + Sync + 'static {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<Vec<Delivery>, WebhookError>;
-    /// Holds `delivery` for the caller until `until` if it is pending and nobody holds it at
-    /// `now`: only its holder sends it, so instances do not send one delivery at once (a
-    /// holder that dies lets go when `until` passes). False when another holds it or it is
-    /// not pending any more.
+    /// Holds `delivery` for `holder` (one id per sending instance) until `until` if it is
+    /// pending and nobody else holds it at `now`: only its holder sends it, so instances do
+    /// not send one delivery at once (a holder that dies lets go when `until` passes). The
+    /// holder claims again before each attempt, which extends its hold. False when another
+    /// holds it or it is not pending any more.
     async fn claim(
         &self,
         delivery: Uuid,
+        holder: Uuid,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, WebhookError>;
@@ -276,8 +278,16 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn endpoints_with_pending(&self) -> Result<Vec<Uuid>, WebhookError>;
     /// Pending deliveries over every endpoint.
     async fn pending_count(&self) -> Result<u64, WebhookError>;
-    /// Records an attempt: one more attempt, its status code, the new status.
-    async fn record_attempt(&self, delivery: Uuid, attempt: Attempt) -> Result<(), WebhookError>;
+    /// Records `holder`'s attempt: one more attempt, its status code, the new status. Only
+    /// the delivery's last holder records (false, and nothing changes, when another instance
+    /// claimed it since or a redelivery let it go): a late answer never undoes what the
+    /// delivery's current sender recorded.
+    async fn record_attempt(
+        &self,
+        delivery: Uuid,
+        holder: Uuid,
+        attempt: Attempt,
+    ) -> Result<bool, WebhookError>;
     /// The endpoint's deliveries, newest first.
     async fn deliveries(
         &self,
@@ -285,7 +295,7 @@ pub trait WebhookStore: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<Delivery>, WebhookError>;
     /// Makes a delivery of `endpoint` pending again with a fresh allowance of attempts
-    /// (its count of attempts is kept); `None` when it does not exist.
+    /// (its count of attempts is kept) and held by nobody; `None` when it does not exist.
     async fn redeliver(
         &self,
         endpoint: Uuid,

@@ -300,15 +300,17 @@ impl WebhookStore for PostgresWebhooks {
     async fn claim(
         &self,
         delivery: Uuid,
+        holder: Uuid,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, WebhookError> {
         let claimed = sqlx::query(
-            "UPDATE webhook_deliveries SET claimed_until = $3 \
+            "UPDATE webhook_deliveries SET claimed_by = $2, claimed_until = $4 \
              WHERE id = $1 AND status = 'pending' \
-               AND (claimed_until IS NULL OR claimed_until <= $2)",
+               AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_by = $2)",
         )
         .bind(delivery)
+        .bind(holder)
         .bind(now)
         .bind(until)
         .execute(&self.0)
@@ -340,25 +342,34 @@ impl WebhookStore for PostgresWebhooks {
     /// flushing each would compete with the event store's appends for the disk. A crash may
     /// forget the last attempts of a moment ago; the delivery is then sent again with the
     /// same `webhook-id`, which receivers de-duplicate.
-    async fn record_attempt(&self, delivery: Uuid, a: Attempt) -> Result<(), WebhookError> {
+    async fn record_attempt(
+        &self,
+        delivery: Uuid,
+        holder: Uuid,
+        a: Attempt,
+    ) -> Result<bool, WebhookError> {
         let mut tx = self.0.begin().await.map_err(unavailable)?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        sqlx::query(
+        let recorded = sqlx::query(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, \
-             last_status_code = $3, next_attempt_at = $4, claimed_until = $5 WHERE id = $1",
+             last_status_code = $3, next_attempt_at = $4, claimed_until = $5, \
+             claimed_by = CASE WHEN $5::timestamptz IS NULL THEN NULL ELSE claimed_by END \
+             WHERE id = $1 AND claimed_by = $6",
         )
         .bind(delivery)
         .bind(a.status.as_str())
         .bind(a.status_code.map(i32::from))
         .bind(a.next_attempt_at)
         .bind(a.held_until)
+        .bind(holder)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        Ok(recorded.rows_affected() == 1)
     }
 
     async fn deliveries(
@@ -392,7 +403,7 @@ impl WebhookStore for PostgresWebhooks {
     ) -> Result<Option<Delivery>, WebhookError> {
         sqlx::query_as::<_, DeliveryRow>(&format!(
             "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = NULL, \
-             claimed_until = NULL WHERE id = $1 AND endpoint_id = $2 RETURNING {DELIVERY_COLUMNS}"
+             claimed_until = NULL, claimed_by = NULL WHERE id = $1 AND endpoint_id = $2 RETURNING {DELIVERY_COLUMNS}"
         ))
         .bind(delivery)
         .bind(endpoint)

@@ -484,7 +484,14 @@ async fn production_refuses_private_addresses() {
 async fn webhook_metrics_start_at_zero_and_count_outcomes() {
     let app = fast_retries().await;
     let text = app.metrics_text().await;
-    for outcome in ["succeeded", "retried", "failed", "disabled", "refused"] {
+    for outcome in [
+        "succeeded",
+        "retried",
+        "failed",
+        "disabled",
+        "refused",
+        "superseded",
+    ] {
         let series = format!("ticketing_webhook_deliveries_total{{outcome=\"{outcome}\"}} 0");
         assert!(text.contains(&series), "{series} missing");
     }

@@ -1,6 +1,6 @@
 //! Delivery-time refusals in production: an endpoint whose address is (or has become)
 //! non-public is never connected to, whether the URL names the address or a host name that
-//! resolves to it. A delivery is sent by one instance at a time.
+//! resolves to it. A delivery is sent by one instance at a time, and only its holder records.
 
 use super::*;
 use crate::clock::SystemClock;
@@ -187,4 +187,92 @@ async fn a_delivery_is_sent_by_one_instance_at_a_time() {
         (logged.items[0].status, logged.items[0].attempts),
         (DeliveryStatus::Succeeded, 1)
     );
+}
+
+/// An instance whose attempt is still waiting for the receiver when an admin redelivers the
+/// delivery, and another instance sends it with success, does not undo that success with its
+/// own late failure nor send it again: its record is refused (it no longer holds the
+/// delivery) and it stops.
+#[tokio::test]
+async fn a_late_answer_does_not_undo_the_instance_that_took_a_delivery_over() {
+    // The first request fails at once; the second waits for the test and then fails too;
+    // later ones succeed.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let gate = Arc::new(Notify::new());
+    let router = {
+        let (hits, gate) = (Arc::clone(&hits), Arc::clone(&gate));
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let (hits, gate, arrived) =
+                    (Arc::clone(&hits), Arc::clone(&gate), arrived_tx.clone());
+                async move {
+                    match hits.fetch_add(1, Ordering::SeqCst) {
+                        0 => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        1 => {
+                            let _ = arrived.send(());
+                            gate.notified().await;
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                        }
+                        _ => axum::http::StatusCode::OK,
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let store = Arc::new(MemoryWebhooks::default());
+    let instance = |metrics: Arc<Metrics>| {
+        let settings = DeliverySettings {
+            retry_base: Duration::from_millis(10),
+            ..DeliverySettings::default()
+        };
+        Dispatcher::new(
+            Arc::clone(&store) as Arc<dyn WebhookStore>,
+            Arc::new(SystemClock),
+            metrics,
+            settings,
+        )
+        .unwrap()
+    };
+    let first_metrics = Arc::new(Metrics::new());
+    let (first, second) = (
+        instance(Arc::clone(&first_metrics)),
+        instance(Arc::new(Metrics::new())),
+    );
+    let e = endpoint(format!("http://127.0.0.1:{port}/hook"));
+    store.create(&e).await.unwrap();
+    let d = delivery(e.id);
+    store.enqueue(std::slice::from_ref(&d)).await.unwrap();
+
+    let first_sends = tokio::spawn(Arc::clone(&first.0).deliver(e.clone(), d.clone()));
+    arrived
+        .recv()
+        .await
+        .expect("the first instance's retry reached the receiver");
+    store.redeliver(e.id, d.id).await.unwrap().unwrap();
+    Arc::clone(&second.0).deliver(e.clone(), d.clone()).await;
+    gate.notify_one();
+    first_sends.await.unwrap();
+
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "not sent again after the success"
+    );
+    let logged = store.deliveries(e.id, Default::default()).await.unwrap();
+    assert_eq!(
+        (logged.items[0].status, logged.items[0].attempts),
+        (DeliveryStatus::Succeeded, 2),
+        "the success stands; the late failure is not recorded"
+    );
+    let superseded = first_metrics
+        .webhook_deliveries
+        .with_label_values(&["superseded"])
+        .get();
+    assert_eq!(superseded, 1);
 }

@@ -93,10 +93,11 @@ impl WebhookStore for Counted {
     async fn claim(
         &self,
         delivery: Uuid,
+        holder: Uuid,
         now: chrono::DateTime<chrono::Utc>,
         until: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, WebhookError> {
-        self.inner.claim(delivery, now, until).await
+        self.inner.claim(delivery, holder, now, until).await
     }
     async fn endpoints_with_pending(&self) -> Result<Vec<Uuid>, WebhookError> {
         self.inner.endpoints_with_pending().await
@@ -104,8 +105,13 @@ impl WebhookStore for Counted {
     async fn pending_count(&self) -> Result<u64, WebhookError> {
         self.inner.pending_count().await
     }
-    async fn record_attempt(&self, delivery: Uuid, attempt: Attempt) -> Result<(), WebhookError> {
-        self.inner.record_attempt(delivery, attempt).await
+    async fn record_attempt(
+        &self,
+        delivery: Uuid,
+        holder: Uuid,
+        attempt: Attempt,
+    ) -> Result<bool, WebhookError> {
+        self.inner.record_attempt(delivery, holder, attempt).await
     }
     async fn deliveries(
         &self,
