@@ -2,7 +2,8 @@
 //! the batch's streams have an open entry; from then on that answer, kept in memory and
 //! extended by every entry this batch writes, decides which events to park (each parked in
 //! one step with the check that its head is still open). Poison messages and events of
-//! parked streams are dead-lettered in order; the rest go to the handler in one call
+//! parked streams are dead-lettered in order (a poison message's stream's earlier events of
+//! the batch are settled on their own before it); the rest go to the handler in one call
 //! (`Handler::handle_batch`: one transaction). A handler that takes one event at a time, or a
 //! batch the handler refused, is settled event by event, with retries, as before. Every
 //! dead-letter write is retried until it lands, so a batch is settled in full, never half,
@@ -81,11 +82,23 @@ impl Consumer {
             .collect();
 
         let mut outcomes = vec![Outcome::Applied; deliveries.len()];
-        let (mut ready, mut events) = (Vec::new(), Vec::new());
+        let (mut ready, mut events): (Vec<usize>, Vec<BusEvent>) = (Vec::new(), Vec::new());
         for (i, (delivery, opened)) in deliveries.iter().zip(opened).enumerate() {
             let span = &spans[i];
             match opened {
                 Err(poison) => {
+                    let stream = delivery.message.header(envelope::STREAM_ID);
+                    // The stream's earlier events of the batch are settled first, so that its
+                    // dead letters (whose ids order the replays) are written in its order.
+                    if let Some(stream) = stream {
+                        while let Some(k) = events.iter().position(|e| e.stream_id == stream) {
+                            let (earlier, event) = (ready.remove(k), events.remove(k));
+                            outcomes[earlier] = self
+                                .settle_one(&deliveries[earlier], earlier, &event, &mut heads)
+                                .instrument(spans[earlier].clone())
+                                .await;
+                        }
+                    }
                     span.in_scope(|| {
                         tracing::error!(consumer = name, topic = %delivery.message.topic,
                         offset = delivery.offset, error = %poison, "poison message dead-lettered")
@@ -94,7 +107,7 @@ impl Consumer {
                         .instrument(span.clone())
                         .await;
                     // A stream's later messages wait behind it, as `open_entries_of` would say.
-                    if let Some(stream) = delivery.message.header(envelope::STREAM_ID) {
+                    if let Some(stream) = stream {
                         parks_from(&mut heads, stream, i);
                     }
                     outcomes[i] = Outcome::DeadLettered;

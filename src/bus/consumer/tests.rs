@@ -120,6 +120,26 @@ impl Rig {
         outcomes
     }
 
+    /// The admin's side of the dead letter queue, with the rig's handler.
+    fn admin(&self) -> DeadLetterAdmin {
+        DeadLetterAdmin::new(
+            self.dlq.clone(),
+            vec![self.handler.clone() as Arc<dyn Handler>],
+            self.consumer.clock.clone(),
+        )
+    }
+
+    /// Receives `n` messages without settling them: one batch.
+    async fn receive(&self, n: usize) -> Vec<Delivery> {
+        let mut c = self.bus.subscribe("g", &[TOPIC.into()]).await.unwrap();
+        let mut batch = Vec::new();
+        for _ in 0..n {
+            let next = tokio::time::timeout(Duration::from_secs(5), c.next()).await;
+            batch.push(next.unwrap().unwrap());
+        }
+        batch
+    }
+
     fn outcome_count(&self, outcome: Outcome) -> u64 {
         self.consumer
             .metrics
@@ -171,16 +191,7 @@ async fn an_event_before_its_streams_poison_in_a_batch_is_applied() {
     poison.payload = vec![0xde, 0xad];
     let after = message(sale, 3, 3);
     rig.bus.publish(vec![good, poison, after]).await.unwrap();
-    let mut c = rig.bus.subscribe("g", &[TOPIC.into()]).await.unwrap();
-    let mut batch = Vec::new();
-    for _ in 0..3 {
-        batch.push(
-            tokio::time::timeout(Duration::from_secs(5), c.next())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let batch = rig.receive(3).await;
 
     let outcomes = rig.consumer.settle_batch(&batch, "test").await;
     assert_eq!(
@@ -189,6 +200,47 @@ async fn an_event_before_its_streams_poison_in_a_batch_is_applied() {
     );
     let stream = rig.handler.applied.lock().unwrap()[0].0.clone();
     assert_eq!(*rig.handler.applied.lock().unwrap(), vec![(stream, 1)]);
+}
+
+/// When that earlier event fails too, it is dead-lettered before the poison message: the
+/// stream's dead letters are in its order, so the replays after each close apply its events
+/// in order (the earlier event first, then, once the poison is discarded, the later one).
+#[tokio::test]
+async fn a_failing_event_before_its_streams_poison_is_dead_lettered_first() {
+    let rig = rig().await;
+    let sale = EventId::random();
+    let stream = format!("event-{sale}");
+    rig.handler.broken.lock().unwrap().push(stream.clone());
+    rig.handler.permanent.store(true, Ordering::SeqCst);
+    let mut poison = message(sale, 2, 2);
+    poison.payload = vec![0xde, 0xad];
+    let batch = [message(sale, 1, 1), poison, message(sale, 3, 3)];
+    rig.bus.publish(batch.to_vec()).await.unwrap();
+    let batch = rig.receive(3).await;
+
+    let outcomes = rig.consumer.settle_batch(&batch, "test").await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::DeadLettered,
+            Outcome::DeadLettered,
+            Outcome::Parked
+        ]
+    );
+    let first = rig.dlq.get(1).await.unwrap();
+    assert!(first.error.contains("is broken"), "{}", first.error);
+    assert!(rig.dlq.get(2).await.unwrap().error.contains("malformed"));
+    assert_eq!(rig.dlq.get(3).await.unwrap().parked_behind, Some(1));
+
+    rig.handler.broken.lock().unwrap().clear();
+    let admin = rig.admin();
+    let by = UserId(uuid::Uuid::new_v4());
+    admin.retry(1, by).await.unwrap();
+    admin.discard(2, by, "unreadable".into()).await.unwrap();
+    assert_eq!(
+        *rig.handler.applied.lock().unwrap(),
+        vec![(stream.clone(), 1), (stream, 3)]
+    );
 }
 
 /// A transient failure is retried; one that outlasts the retries is dead-lettered with the
@@ -245,11 +297,7 @@ async fn a_retry_after_the_fix_applies_the_stream_in_order() {
         rig.consume(3).await,
         vec![Outcome::DeadLettered, Outcome::Parked, Outcome::Parked]
     );
-    let service = DeadLetterAdmin::new(
-        rig.dlq.clone(),
-        vec![rig.handler.clone() as Arc<dyn Handler>],
-        rig.consumer.clock.clone(),
-    );
+    let service = rig.admin();
     let admin = UserId(uuid::Uuid::new_v4());
 
     // A parked entry cannot jump the queue.
