@@ -234,7 +234,7 @@ impl Metrics {
             ),
             active_holds: gauge(
                 "active_holds",
-                "Pending reservations whose expiry is armed in this process.",
+                "Holds whose expiry timer runs in this process: placed here (or re-armed by the sweep) and not yet ended here; a hold paid or cancelled on another instance is counted until its expiry time.",
             ),
             projection_position: gauge(
                 "projection_position",

@@ -12,7 +12,8 @@ use crate::observability::Metrics;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -42,20 +43,33 @@ pub trait EndHold: Send + Sync + 'static {
     ) -> HoldEnd;
 }
 
-/// Arms expiry timers; cheap to clone.
+/// What the scheduler is told: a hold to end at a time, or a hold that ended otherwise.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Order {
+    Arm(Entry),
+    Disarm(Hold),
+}
+
+/// Arms and disarms expiry timers; cheap to clone.
 #[derive(Clone)]
 pub struct ExpiryHandle {
-    tx: mpsc::UnboundedSender<Entry>,
+    tx: mpsc::UnboundedSender<Order>,
 }
 
 impl ExpiryHandle {
     pub fn arm(&self, at: DateTime<Utc>, sale_id: EventId, reservation_id: ReservationId) {
         // Fails only once the scheduler stopped at shutdown; start-up re-arms from durable state.
-        let _ = self.tx.send((at, sale_id, reservation_id));
+        let _ = self.tx.send(Order::Arm((at, sale_id, reservation_id)));
+    }
+
+    /// The hold ended before its expiry (paid, cancelled, its event cancelled): its timer goes,
+    /// so `ticketing_active_holds` counts it no more.
+    pub fn disarm(&self, sale_id: EventId, reservation_id: ReservationId) {
+        let _ = self.tx.send(Order::Disarm((sale_id, reservation_id)));
     }
 }
 
-pub fn channel() -> (ExpiryHandle, mpsc::UnboundedReceiver<Entry>) {
+pub fn channel() -> (ExpiryHandle, mpsc::UnboundedReceiver<Order>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (ExpiryHandle { tx }, rx)
 }
@@ -66,46 +80,63 @@ type Hold = (EventId, ReservationId);
 /// one timer: an arm for a hold that has one (armed, or its attempt running) is ignored (the
 /// sweep re-arms every overdue hold on each tick; a hold that cannot end yet would otherwise
 /// gather one retry loop per tick, and holds are never shortened). An attempt that must be
-/// tried again (not due yet, or the store failed) re-arms its own timer when it finishes.
+/// tried again (not due yet, or the store failed) re-arms its own timer when it finishes. A
+/// disarmed hold's timer is forgotten at once; its place in the queue is skipped when due.
 pub async fn run(
-    mut inbox: mpsc::UnboundedReceiver<Entry>,
+    mut inbox: mpsc::UnboundedReceiver<Order>,
     ender: Arc<dyn EndHold>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) {
-    let mut due: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
-    // Holds with a timer: armed, or their attempt running.
-    let mut timers: HashSet<Hold> = HashSet::new();
-    let (finished_tx, mut finished) = mpsc::unbounded_channel::<(Hold, Option<DateTime<Utc>>)>();
+    // Due times, with the timer they belong to.
+    let mut due: BinaryHeap<Reverse<(DateTime<Utc>, u64, Hold)>> = BinaryHeap::new();
+    // Holds with a timer (armed, or their attempt running), by the timer's number: a queued
+    // time or a finished attempt of a timer that is gone is ignored.
+    let mut timers: HashMap<Hold, u64> = HashMap::new();
+    let mut numbers = 0_u64;
+    let (finished_tx, mut finished) = mpsc::unbounded_channel::<(Hold, u64, Again)>();
     loop {
         metrics.active_holds.set(timers.len() as i64);
         let next = due.peek().map(|Reverse((at, _, _))| *at);
         tokio::select! {
-            armed = inbox.recv() => match armed {
-                Some((at, sale_id, reservation_id)) => {
-                    if timers.insert((sale_id, reservation_id)) {
-                        due.push(Reverse((at, sale_id, reservation_id)));
+            order = inbox.recv() => match order {
+                Some(Order::Arm((at, sale_id, reservation_id))) => {
+                    let hold = (sale_id, reservation_id);
+                    if let Slot::Vacant(timer) = timers.entry(hold) {
+                        numbers += 1;
+                        timer.insert(numbers);
+                        due.push(Reverse((at, numbers, hold)));
                     }
+                }
+                Some(Order::Disarm(hold)) => {
+                    timers.remove(&hold);
                 }
                 None => return,
             },
-            Some((hold, again)) = finished.recv() => match again {
-                Some(at) => due.push(Reverse((at, hold.0, hold.1))),
-                None => {
-                    timers.remove(&hold);
+            Some((hold, number, again)) = finished.recv() => {
+                if timers.get(&hold) == Some(&number) {
+                    match again {
+                        Some(at) => due.push(Reverse((at, number, hold))),
+                        None => {
+                            timers.remove(&hold);
+                        }
+                    }
                 }
             },
             _ = sleep_until(clock.as_ref(), next) => {
                 let now = clock.now();
-                while let Some(Reverse((at, sale_id, reservation_id))) = due.peek().copied() {
+                while let Some(Reverse((at, number, hold))) = due.peek().copied() {
                     if at > now {
                         break;
                     }
                     due.pop();
-                    let hold = (sale_id, reservation_id);
+                    if timers.get(&hold) != Some(&number) {
+                        continue;
+                    }
                     let (ender, clock) = (Arc::clone(&ender), Arc::clone(&clock));
                     let report = Report {
                         hold,
+                        number,
                         to: finished_tx.clone(),
                         clock: Arc::clone(&clock),
                         answered: false,
@@ -120,20 +151,24 @@ pub async fn run(
     }
 }
 
+/// When an attempt wants to be tried again, if at all.
+type Again = Option<DateTime<Utc>>;
+
 /// Tells the scheduler how an attempt ended: with its answer, or, should the attempt panic or
 /// be cancelled before it answered, as a failure to retry in 5 s. A hold whose attempt never
 /// reported would keep its place in the set, and every later arm of it would be ignored.
 struct Report {
     hold: Hold,
-    to: mpsc::UnboundedSender<(Hold, Option<DateTime<Utc>>)>,
+    number: u64,
+    to: mpsc::UnboundedSender<(Hold, u64, Again)>,
     clock: Arc<dyn Clock>,
     answered: bool,
 }
 
 impl Report {
     /// The attempt's answer: `None` ended, `Some(at)` again at `at`.
-    fn answer(mut self, again: Option<DateTime<Utc>>) {
-        let _ = self.to.send((self.hold, again));
+    fn answer(mut self, again: Again) {
+        let _ = self.to.send((self.hold, self.number, again));
         self.answered = true;
     }
 }
@@ -142,7 +177,7 @@ impl Drop for Report {
     fn drop(&mut self) {
         if !self.answered {
             let retry = self.clock.now() + Duration::seconds(5);
-            let _ = self.to.send((self.hold, Some(retry)));
+            let _ = self.to.send((self.hold, self.number, Some(retry)));
         }
     }
 }

@@ -11,6 +11,7 @@
 //! turns; it reloads the sale and re-decides the batch, a bounded number of times.
 
 use super::expiry::ExpiryHandle;
+use crate::domain::events::{HeldSeatsReleased, HeldSeatsSold};
 use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
 use crate::eventstore::{codec, EventStore, Known, Metadata, StoreError, TurnMode, Turned};
 use crate::observability::tracecontext::{continue_trace, link_trace};
@@ -236,7 +237,17 @@ impl SaleWriter {
         Err(failed)
     }
 
+    /// After the commit: the decisions' effects, and the timers of the holds that ended.
     fn run_effects(&self, decisions: &[Result<Decision, SaleError>]) {
+        for event in decisions.iter().flatten().flat_map(|d| &d.events) {
+            match event {
+                DomainEvent::HeldSeatsSold(HeldSeatsSold { reservation_id, .. })
+                | DomainEvent::HeldSeatsReleased(HeldSeatsReleased { reservation_id, .. }) => {
+                    self.expiry.disarm(self.sale_id, *reservation_id)
+                }
+                _ => {}
+            }
+        }
         for effect in decisions.iter().flatten().flat_map(|d| &d.effects) {
             match effect {
                 crate::domain::Effect::ArmExpiry { reservation_id, at } => {

@@ -1,6 +1,6 @@
 //! The scheduler keeps one timer per hold: however often a hold is armed (the sweep re-arms
 //! every overdue hold on each tick), it is tried once at a time, and a failed attempt retries
-//! 5 s later; an ended hold is forgotten.
+//! 5 s later; an ended hold is forgotten, and a disarmed one is neither counted nor tried.
 
 use super::*;
 use crate::clock::ManualClock;
@@ -104,4 +104,42 @@ async fn a_panicking_attempt_is_tried_again() {
     settle().await;
     assert_eq!(tried(), 2);
     assert_eq!(metrics.active_holds.get(), 0, "ended");
+}
+
+/// A hold that ended otherwise (paid, cancelled) is disarmed: counted no more at once, and
+/// never tried when its time comes; armed again later (a sweep that still saw it pending), it
+/// has a timer of its own again.
+#[tokio::test]
+async fn a_disarmed_hold_is_neither_counted_nor_tried() {
+    let ender = Arc::new(Scripted {
+        attempts: Mutex::new(Vec::new()),
+        answer: Mutex::new(HoldEnd::Ended),
+    });
+    let (clock, metrics, handle) = scheduler(ender.clone());
+    let (sale, paid, pending) = (
+        EventId::random(),
+        ReservationId::random(),
+        ReservationId::random(),
+    );
+    let expires = clock.now() + Duration::minutes(15);
+    handle.arm(expires, sale, paid);
+    handle.arm(expires, sale, pending);
+    settle().await;
+    assert_eq!(metrics.active_holds.get(), 2);
+
+    handle.disarm(sale, paid);
+    settle().await;
+    assert_eq!(metrics.active_holds.get(), 1, "only the pending hold");
+    clock.advance(Duration::minutes(15));
+    settle().await;
+    assert_eq!(
+        ender.attempts.lock().unwrap().len(),
+        1,
+        "the pending hold alone"
+    );
+    assert_eq!(metrics.active_holds.get(), 0);
+
+    handle.arm(clock.now(), sale, paid);
+    settle().await;
+    assert_eq!(ender.attempts.lock().unwrap().len(), 2);
 }

@@ -129,9 +129,7 @@ async fn a_full_mailbox_refuses_at_once() {
 /// the whole truth (opening sales needs the other instance's publication).
 #[tokio::test]
 async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() {
-    use crate::domain::events::{EventDetails, SectionSpec, Venue};
     use crate::domain::sale::Lifecycle;
-    use crate::domain::{Currency, UserId};
 
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let instance = || {
@@ -142,30 +140,10 @@ async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() 
     let ((a, _a_expiry), (b, _b_expiry)) = (instance(), instance());
     let sale = EventId(uuid::Uuid::new_v4());
     let now = Utc::now();
-    let details = EventDetails {
-        name: "Gala".into(),
-        description: None,
-        venue: Venue {
-            name: "Hall".into(),
-            address: "1 Main St".into(),
-        },
-        starts_at: now + chrono::Duration::days(30),
-        ends_at: now + chrono::Duration::days(30) + chrono::Duration::hours(2),
-        sections: vec![SectionSpec {
-            name: "Floor".into(),
-            capacity: 10,
-            price_cents: 5000,
-        }],
-        max_tickets_per_customer: None,
-    };
-    let create = SaleCommand::CreateEvent {
-        owner_id: UserId(uuid::Uuid::new_v4()),
-        currency: Currency::USD,
-        details,
-        now,
-    };
     let lifecycle = |action| SaleCommand::ChangeLifecycle { action, now };
-    a.execute(sale, create, Metadata::default()).await.unwrap();
+    a.execute(sale, create_gala(now), Metadata::default())
+        .await
+        .unwrap();
     // A now knows the sale as it wrote it; B publishes it.
     b.execute(sale, lifecycle(Lifecycle::Publish), Metadata::default())
         .await
@@ -183,4 +161,83 @@ async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() 
         .map(|e| e.version)
         .collect();
     assert_eq!(event_stream, [1, 2, 3], "created, published, opened");
+}
+
+/// An event with one section of 10 seats, starting in 30 days.
+fn create_gala(now: DateTime<Utc>) -> SaleCommand {
+    use crate::domain::events::{EventDetails, SectionSpec, Venue};
+    use crate::domain::{Currency, UserId};
+    let details = EventDetails {
+        name: "Gala".into(),
+        description: None,
+        venue: Venue {
+            name: "Hall".into(),
+            address: "1 Main St".into(),
+        },
+        starts_at: now + chrono::Duration::days(30),
+        ends_at: now + chrono::Duration::days(30) + chrono::Duration::hours(2),
+        sections: vec![SectionSpec {
+            name: "Floor".into(),
+            capacity: 10,
+            price_cents: 5000,
+        }],
+        max_tickets_per_customer: None,
+    };
+    SaleCommand::CreateEvent {
+        owner_id: UserId(uuid::Uuid::new_v4()),
+        currency: Currency::USD,
+        details,
+        now,
+    }
+}
+
+/// The writer arms a timer for each hold it places and disarms it when it commits the hold's
+/// end (here a cancellation), so the scheduler counts only pending holds.
+#[tokio::test]
+async fn a_hold_ended_by_its_writer_is_disarmed() {
+    use crate::domain::sale::Lifecycle;
+    use crate::domain::UserId;
+
+    let (expiry, mut inbox) = expiry::channel();
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let sales = Sales::new(store, expiry, Arc::new(Metrics::new()), (8, 8));
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let run = |command| sales.execute(sale, command, Metadata::default());
+    run(create_gala(now)).await.unwrap();
+    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
+        run(SaleCommand::ChangeLifecycle { action, now })
+            .await
+            .unwrap();
+    }
+    let (kept, cancelled) = (ReservationId::random(), ReservationId::random());
+    for reservation_id in [kept, cancelled] {
+        let reserve = SaleCommand::Reserve {
+            reservation_id,
+            user_id: UserId(uuid::Uuid::new_v4()),
+            section: "Floor".into(),
+            quantity: 1,
+            hold_for: chrono::Duration::minutes(15),
+            now,
+        };
+        run(reserve).await.unwrap();
+    }
+    let cancel = SaleCommand::CancelReservation {
+        reservation_id: cancelled,
+        now,
+    };
+    run(cancel).await.unwrap();
+
+    let expires = now + chrono::Duration::minutes(15);
+    let mut orders = Vec::new();
+    while let Ok(order) = inbox.try_recv() {
+        orders.push(order);
+    }
+    assert_eq!(
+        orders,
+        [
+            expiry::Order::Arm((expires, sale, kept)),
+            expiry::Order::Arm((expires, sale, cancelled)),
+            expiry::Order::Disarm((sale, cancelled)),
+        ]
+    );
 }
