@@ -185,7 +185,7 @@ fn refusals(
     if has_id || has_body || has_query {
         out.push((
             400,
-            "a path id, query parameter or body that is not of its type",
+            "a path id, query parameter or body that is not of its type, or a query holding NUL (`%00`)",
         ));
     }
     if has_id {
@@ -194,7 +194,7 @@ fn refusals(
     if has_body || has_query || parameters(operation).any(|p| p["in"] == "header") {
         out.push((
             422,
-            "a value outside its constraints; `errors` names each field",
+            "a value outside its constraints (no string may hold NUL, U+0000); `errors` names each field",
         ));
     }
     if has_body {
