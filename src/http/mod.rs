@@ -297,9 +297,12 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = request.method().as_str().to_owned();
+    let m = &state.metrics;
+    let _in_flight = crate::observability::Running::enter(
+        m.http_in_flight.with_label_values(&[&method, &route]),
+    );
     let started = Instant::now();
     let response = next.run(request).await;
-    let m = &state.metrics;
     m.http_duration
         .with_label_values(&[&method, &route])
         .observe(started.elapsed().as_secs_f64());

@@ -9,6 +9,7 @@ pub struct Metrics {
     pub(super) registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_in_flight: IntGaugeVec,
     pub commands: IntCounterVec,
     pub decide_duration: HistogramVec,
     pub effects: IntCounterVec,
@@ -96,52 +97,8 @@ const SECONDS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// `commands_total{result}` (`runtime::writer`): done, or refused by a rule.
-const COMMAND_RESULTS: [&str; 2] = ["ok", "rejected"];
-/// `consumer_events_total{outcome}` (`bus::consumer::Outcome`).
-const CONSUMER_OUTCOMES: [&str; 4] = ["applied", "duplicate", "parked", "dead_lettered"];
-/// `payments_total{outcome}` (`app::checkout`).
-const PAYMENT_OUTCOMES: [&str; 5] = [
-    "captured",
-    "declined",
-    "captured_then_refunded",
-    "refunded",
-    "gateway_error",
-];
-/// `revenue_cents_total{currency}`: the currency of an event created without one.
-const DEFAULT_CURRENCY: &str = "USD";
-/// `projection_errors_total{reason}`: a batch the read models could not apply (retried).
-pub const PROJECTION_APPLY_FAILED: &str = "apply_failed";
-const PROJECTION_ERROR_REASONS: [&str; 1] = [PROJECTION_APPLY_FAILED];
-/// `rate_limited_total{scope}` (`http::ratelimit::Scope`).
-const RATE_LIMIT_SCOPES: [&str; 3] = ["auth", "writes", "reads"];
-/// `cache_requests_total{cache, result}` (`cache::events`, `auth::cache`).
-const CACHES: [&str; 3] = ["events", "availability", "sessions"];
-const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
-/// `audit_records_total{outcome}` (`audit`).
-const AUDIT_OUTCOMES: [&str; 3] = ["written", "dropped", "failed"];
-/// `reconciled_captures_total{outcome}` (`app::reconcile`).
-const RECONCILE_OUTCOMES: [&str; 3] = ["recorded", "refunded", "failed"];
-/// `dlq_entries{status}` (`dlq::DlqStats::record`).
-const DLQ_STATUSES: [&str; 4] = ["pending", "processing", "resolved", "discarded"];
-
-/// The label values that depend on the wiring, for [`Metrics::initialise`].
-pub struct KnownLabels<'a> {
-    /// (method, route template) of every route.
-    pub routes: &'a [(&'a str, &'a str)],
-    /// Every sale command name (`runtime::writer::command_name`).
-    pub commands: &'a [&'a str],
-    /// Every stream category (`domain::StreamId::category`).
-    pub aggregates: &'a [&'a str],
-    /// The event store adapter's kind (`memory`, `postgres`).
-    pub store: &'a str,
-    /// Every bus topic the relay publishes to.
-    pub topics: &'a [String],
-    /// Every bus consumer's name.
-    pub consumers: &'a [&'a str],
-    /// Every PostgreSQL pool's name (none in memory).
-    pub pools: &'a [&'a str],
-}
+mod initial;
+pub use initial::{KnownLabels, PROJECTION_APPLY_FAILED};
 
 impl Metrics {
     /// Builds and registers the catalogue. Panics only on a programming error in the definitions,
@@ -173,6 +130,12 @@ impl Metrics {
                 "HTTP request latency by method and route template.",
                 &["method", "route"],
                 SECONDS.to_vec(),
+            ),
+            http_in_flight: gauges(
+                &r,
+                "http_requests_in_flight",
+                "HTTP requests received and not answered yet, by method and route template.",
+                &["method", "route"],
             ),
             commands: counter(
                 &r,
@@ -376,69 +339,6 @@ impl Metrics {
             queue: super::queue_metrics::QueueMetrics::new(&r),
             resilience: super::resilience::Resilience::register(&r),
             registry: r,
-        }
-    }
-
-    /// Creates, at 0, every labelled series whose label values are known before anything
-    /// happened, so that a fresh scrape already shows what the dashboards and alert rules read
-    /// (a series born at its first increment shows "no data", and `rate()` misses that first
-    /// increment). Label values fixed by the code are listed here; those that depend on the
-    /// wiring (routes, store, topics, consumers, pools) come in `known`.
-    pub fn initialise(&self, known: &KnownLabels<'_>) {
-        for (method, route) in known.routes {
-            self.http_duration.with_label_values(&[method, route]);
-            // Zero server errors so far: the error-ratio alert and panels have a numerator.
-            self.http_requests
-                .with_label_values(&[method, route, "500"]);
-        }
-        for command in known.commands {
-            self.decide_duration.with_label_values(&[command]);
-            for result in COMMAND_RESULTS {
-                self.commands.with_label_values(&[command, result]);
-            }
-        }
-        for aggregate in known.aggregates {
-            self.events_appended.with_label_values(&[aggregate]);
-        }
-        self.append_duration.with_label_values(&[known.store]);
-        self.batch_size.with_label_values(&[known.store]);
-        for topic in known.topics {
-            self.bus_published.with_label_values(&[topic.as_str()]);
-        }
-        for consumer in known.consumers {
-            self.consumer_retries.with_label_values(&[consumer]);
-            self.consumer_lag.with_label_values(&[consumer]);
-            for outcome in CONSUMER_OUTCOMES {
-                self.consumer_events.with_label_values(&[consumer, outcome]);
-            }
-        }
-        for pool in known.pools {
-            self.record_pool(pool, 0, 0);
-        }
-        for outcome in PAYMENT_OUTCOMES {
-            self.payments.with_label_values(&[outcome]);
-        }
-        self.revenue_cents.with_label_values(&[DEFAULT_CURRENCY]);
-        for reason in PROJECTION_ERROR_REASONS {
-            self.projection_errors.with_label_values(&[reason]);
-        }
-        for scope in RATE_LIMIT_SCOPES {
-            self.rate_limited.with_label_values(&[scope]);
-        }
-        for cache in CACHES {
-            for result in CACHE_RESULTS {
-                self.cache_requests.with_label_values(&[cache, result]);
-            }
-        }
-        for outcome in AUDIT_OUTCOMES {
-            self.audit_records.with_label_values(&[outcome]);
-        }
-        for status in DLQ_STATUSES {
-            self.dlq_entries.with_label_values(&[status]);
-        }
-        self.effects.with_label_values(&["arm_expiry"]);
-        for outcome in RECONCILE_OUTCOMES {
-            self.reconciled_captures.with_label_values(&[outcome]);
         }
     }
 }

@@ -23,6 +23,34 @@ pub const PASSWORD: &str = "correct-horse-1";
 /// one at a time and stay under PostgreSQL's default `max_connections` (100) next to the others.
 pub static MANY_INSTANCES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Runs `request` to its answer and, beside it, `then` once `reached` says the request got
+/// where the test wants it (a lock to release only once the request waits behind it), or once
+/// it was answered: an outside signal in place of a pause that guesses how long it takes.
+pub async fn once_reached<T, R, F>(
+    request: impl std::future::Future<Output = T>,
+    reached: R,
+    then: impl std::future::Future<Output = ()>,
+) -> T
+where
+    R: Fn() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let answered = AtomicBool::new(false);
+    let request = async {
+        let answer = request.await;
+        answered.store(true, Ordering::SeqCst);
+        answer
+    };
+    let watch = async {
+        while !answered.load(Ordering::SeqCst) && !reached().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        then.await;
+    };
+    tokio::join!(request, watch).0
+}
+
 /// One service process on its own port.
 pub struct Service {
     child: tokio::sync::Mutex<Child>,

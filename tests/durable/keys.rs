@@ -114,19 +114,24 @@ async fn a_payment_retried_elsewhere_before_the_read_models_show_it_answers_it()
                      "payment_method": {"type": "card", "token": "tok_visa"}});
     // The first attempt commits, then waits for the read models; its client gives up.
     let attempt = first.post_keyed("/api/payments", &buyer, "pay-key", pay.clone());
+    // The read models are let go once the retry's writer refused it as recorded already (then
+    // it waits for them, for up to 5 s), or once it answered.
+    let refused = || async {
+        let labels = [("command", "record_capture"), ("result", "rejected")];
+        second.metric("ticketing_commands_total", &labels).await >= 1.0
+    };
     let retry = async {
         until_captured(&db).await;
-        second
-            .post_keyed("/api/payments", &buyer, "pay-key", pay.clone())
-            .await
+        once_reached(
+            second.post_keyed("/api/payments", &buyer, "pay-key", pay.clone()),
+            refused,
+            async {
+                sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+            },
+        )
+        .await
     };
-    // Long enough for the retry to reach its writer, well within its 5 s wait for the log.
-    let unlock = async {
-        until_captured(&db).await;
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
-    };
-    let (_, (status, body), ()) = tokio::join!(attempt, retry, unlock);
+    let (_, (status, body)) = tokio::join!(attempt, retry);
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["status"], "captured");
     assert_eq!(body["reservation_id"], json!(held));
