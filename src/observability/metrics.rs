@@ -21,6 +21,7 @@ pub struct Metrics {
     pub revenue_cents: IntCounterVec,
     pub payments: IntCounterVec,
     pub active_holds: IntGauge,
+    pub sale_writers: IntGauge,
     pub projection_position: IntGauge,
     pub projection_errors: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -194,6 +195,10 @@ impl Metrics {
                 "payments_total",
                 "Payment outcomes: captured, declined, captured_then_refunded (hold ended first), refunded, gateway_error.",
                 &["outcome"],
+            ),
+            sale_writers: gauge(
+                "sale_writers",
+                "Sale writers running in this process, each holding its sale's state in memory (an idle one stops after 10 minutes).",
             ),
             active_holds: gauge(
                 "active_holds",

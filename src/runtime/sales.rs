@@ -1,12 +1,13 @@
 //! `Sales`: the command side's front door. Routes each command to its sale's writer task,
 //! spawning (and hydrating) the writer on first use, so different events never wait on each
-//! other while one hot event is serialized without a global lock. Each writer's mailbox is
+//! other while one hot event is serialized without a global lock. A writer idle for
+//! `writer::IDLE_FOR` stops and lets its sale's state go; the next command starts another. Each writer's mailbox is
 //! bounded (a bulkhead): a command that finds it full is refused at once
 //! (`CommandError::Overloaded`, 503 + `Retry-After` at the edge) rather than queued without
 //! limit or left waiting for room.
 
 use super::expiry::{EndHold, ExpiryHandle, HoldEnd};
-use super::writer::{CommandError, Committed, Envelope, SaleWriter};
+use super::writer::{CommandError, Committed, Envelope, SaleWriter, IDLE_FOR};
 use crate::domain::{
     reservation::ReservationError, EventId, ReservationId, SaleCommand, SaleError,
 };
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Clone)]
@@ -30,6 +32,8 @@ struct Inner {
     max_batch: usize,
     /// Commands one sale's writer may have waiting before new ones are refused.
     mailbox: usize,
+    /// How long a writer with nothing to do keeps its sale's state (`writer::IDLE_FOR`).
+    idle_for: Duration,
     // A std mutex: held only to look up or insert a sender, never across an await.
     writers: Mutex<HashMap<EventId, mpsc::Sender<Envelope>>>,
 }
@@ -48,9 +52,20 @@ impl Sales {
                 metrics,
                 max_batch: max_batch.max(1),
                 mailbox: mailbox.max(1),
+                idle_for: IDLE_FOR,
                 writers: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Writers that stop after `idle_for` without a command (tests; the service uses
+    /// `writer::IDLE_FOR`). Only before the first command.
+    #[cfg(test)]
+    fn idle_after(mut self, idle_for: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.idle_for = idle_for;
+        }
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -71,7 +86,7 @@ impl Sales {
             metadata,
             reply,
         };
-        // A writer only stops if it panicked; then a fresh one re-hydrates from the store.
+        // A writer stops when it was idle (or panicked); then a fresh one hydrates from the store.
         for _ in 0..2 {
             let writer = self.writer(sale_id);
             match writer.try_send(envelope) {
@@ -111,6 +126,9 @@ impl Sales {
         if let Some(tx) = writers.get(&sale_id).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
+        // Writers that stopped (idle) leave their closed senders behind: drop them now, once
+        // per writer started, rather than keep one entry per sale ever commanded.
+        writers.retain(|_, tx| !tx.is_closed());
         let (tx, rx) = mpsc::channel(self.inner.mailbox);
         let writer = SaleWriter::new(
             sale_id,
@@ -119,7 +137,7 @@ impl Sales {
             Arc::clone(&self.inner.metrics),
             self.inner.max_batch,
         );
-        tokio::spawn(writer.run(rx));
+        tokio::spawn(writer.run(rx, self.inner.idle_for));
         writers.insert(sale_id, tx.clone());
         tx
     }

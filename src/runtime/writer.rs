@@ -15,15 +15,20 @@ use crate::domain::events::{HeldSeatsReleased, HeldSeatsSold};
 use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
 use crate::eventstore::{codec, EventStore, Known, Metadata, StoreError, TurnMode, Turned};
 use crate::observability::tracecontext::{continue_trace, link_trace};
-use crate::observability::Metrics;
+use crate::observability::{Metrics, Running};
 use smallvec::SmallVec;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 /// How many times a batch is re-decided after conflicts before callers are told to retry.
 const MAX_ATTEMPTS: usize = 5;
+
+/// How long a sale's writer waits for a command before it stops and lets the sale's state go
+/// (`SaleWriter::run`): a sale nobody commands costs no memory, and one commanded again is
+/// hydrated from the store again.
+pub const IDLE_FOR: Duration = Duration::from_secs(600);
 
 /// Locked turns in a row that must find no other writer's events before the writer goes
 /// back to optimistic turns.
@@ -95,11 +100,26 @@ impl SaleWriter {
         }
     }
 
-    pub async fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
+    /// Decides what arrives in `inbox` until every sender is gone, or until nothing arrived
+    /// for `idle_for`: then the inbox refuses new commands (their senders start a fresh
+    /// writer, which hydrates from the store), what was already queued is decided, and the
+    /// writer stops, letting its sale's state go.
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<Envelope>, idle_for: Duration) {
+        let _running = Running::enter(self.metrics.sale_writers.clone());
         let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            let received = inbox.recv_many(&mut batch, self.max_batch);
+            match tokio::time::timeout(idle_for, received).await {
+                Ok(0) => return,
+                Ok(_) => self.process(std::mem::take(&mut batch), &mut inbox).await,
+                Err(_idle) => break,
+            }
+        }
+        inbox.close();
         while inbox.recv_many(&mut batch, self.max_batch).await > 0 {
             self.process(std::mem::take(&mut batch), &mut inbox).await;
         }
+        tracing::debug!(sale_id = %self.sale_id, "idle sale writer stopped");
     }
 
     /// Decides and appends `batch` in one turn, together with whatever else arrived in

@@ -241,3 +241,52 @@ async fn a_hold_ended_by_its_writer_is_disarmed() {
         ]
     );
 }
+
+/// A writer with no command for its idle time stops and lets its sale's state go (counted in
+/// `ticketing_sale_writers`); the sale's next command starts a fresh writer, which hydrates
+/// from the store and decides on the whole sale.
+#[tokio::test(start_paused = true)]
+async fn an_idle_writer_stops_and_the_next_command_hydrates_a_new_one() {
+    use crate::domain::sale::Lifecycle;
+
+    let (expiry, _inbox) = expiry::channel();
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let idle = std::time::Duration::from_secs(60);
+    let sales = Sales::new(store, expiry, Arc::clone(&metrics), (8, 8)).idle_after(idle);
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let run = |command| sales.execute(sale, command, Metadata::default());
+    run(create_gala(now)).await.unwrap();
+    assert!(sales.is_running(sale));
+    assert_eq!(metrics.sale_writers.get(), 1);
+
+    tokio::time::sleep(idle / 2).await;
+    let publish = SaleCommand::ChangeLifecycle {
+        action: Lifecycle::Publish,
+        now,
+    };
+    run(publish).await.unwrap();
+    tokio::time::sleep(idle / 2).await;
+    assert!(sales.is_running(sale), "a command restarts the idle time");
+
+    tokio::time::sleep(idle).await;
+    assert!(!sales.is_running(sale), "stopped once idle");
+    assert_eq!(metrics.sale_writers.get(), 0);
+
+    // The fresh writer knows the sale is published: opening its sales is allowed.
+    let open = SaleCommand::ChangeLifecycle {
+        action: Lifecycle::OpenSales,
+        now,
+    };
+    run(open).await.unwrap();
+    assert!(sales.is_running(sale));
+    assert_eq!(metrics.sale_writers.get(), 1);
+    let publish_again = SaleCommand::ChangeLifecycle {
+        action: Lifecycle::Publish,
+        now,
+    };
+    assert!(
+        matches!(run(publish_again).await, Err(CommandError::Rejected(_))),
+        "the fresh writer decided on the hydrated state"
+    );
+}
