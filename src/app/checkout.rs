@@ -337,13 +337,21 @@ impl App {
             .payments
             .with_label_values(&["gateway_error"])
             .inc();
-        let retry_after = match &e {
-            GatewayError::Unavailable(_) | GatewayError::RefundRefused(_) => 2,
+        let not_charged = "the payment gateway is unavailable; you were not charged";
+        let (detail, retry_after) = match &e {
+            GatewayError::Unavailable(_) | GatewayError::RefundRefused(_) => (not_charged, 2),
+            // The processor may have charged: say so, and what becomes of such a charge.
+            GatewayError::NoAnswer(_) => (
+                "the payment gateway did not answer in time; if it charged you, the charge is \
+                 recorded (the reservation is paid) or refunded within minutes: retry with the \
+                 same Idempotency-Key to learn which, without being charged twice",
+                2,
+            ),
             // Refused at once by the breaker: retry once its cool-down is over.
-            GatewayError::Open(refused) => refused.retry_after_secs(),
+            GatewayError::Open(refused) => (not_charged, refused.retry_after_secs()),
         };
         AppError::Unavailable {
-            detail: "the payment gateway is unavailable; you were not charged".into(),
+            detail: detail.into(),
             retry_after,
         }
     }

@@ -1,9 +1,9 @@
 //! `Guarded`: a `PaymentGateway` called through a circuit breaker, each call bounded by a
-//! time-out (`PAYMENT_TIMEOUT_MS`; no answer in time is `Unavailable`). After the processor
+//! time-out (`PAYMENT_TIMEOUT_MS`; no answer in time is `NoAnswer`). After the processor
 //! failed repeatedly, charges, refunds and listings are refused at once with
 //! `GatewayError::Open` (nothing is sent, so nothing is charged; 503 + `Retry-After` at the
 //! edge) until a probe after the cool-down finds it back. Only `Unavailable` counts as a
-//! failure: a declined card or a refused refund is an answer. A charge abandoned at its
+//! failure (and `NoAnswer`): a declined card or a refused refund is an answer. A charge abandoned at its
 //! time-out may still have been captured by the processor: reconciliation records or refunds
 //! it (`app::reconcile`).
 
@@ -40,7 +40,7 @@ impl Guarded {
             tokio::time::timeout(timeout, call)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(GatewayError::Unavailable(format!(
+                    Err(GatewayError::NoAnswer(format!(
                         "no answer within {} ms",
                         timeout.as_millis()
                     )))
@@ -52,7 +52,7 @@ impl Guarded {
 
 fn failed(e: &GatewayError) -> Option<String> {
     match e {
-        GatewayError::Unavailable(reason) => Some(reason.clone()),
+        GatewayError::Unavailable(reason) | GatewayError::NoAnswer(reason) => Some(reason.clone()),
         _ => None,
     }
 }
@@ -142,7 +142,7 @@ mod tests {
         };
         for _ in 0..2 {
             match charge().await {
-                Err(GatewayError::Unavailable(reason)) => {
+                Err(GatewayError::NoAnswer(reason)) => {
                     assert_eq!(reason, "no answer within 50 ms")
                 }
                 other => panic!("expected a time-out, got {other:?}"),

@@ -23,6 +23,10 @@ pub enum GatewayError {
     /// Transient: nothing was charged; the same request may be retried.
     #[error("payment gateway unavailable: {0}")]
     Unavailable(String),
+    /// No answer within the time-out: the processor may have charged all the same (the
+    /// charge then has no event until reconciliation records or refunds it).
+    #[error("payment gateway gave no answer: {0}")]
+    NoAnswer(String),
     #[error("refund refused: {0}")]
     RefundRefused(String),
     /// The gateway's circuit breaker is open (it failed repeatedly): nothing was tried, so

@@ -80,7 +80,11 @@ impl Subscriber for RefundSettlement {
                     match self.gateway.refund(e.payment_id).await {
                         Ok(()) => {}
                         // Transient: keep what was settled, fail so the runner retries the rest.
-                        Err(e @ (GatewayError::Unavailable(_) | GatewayError::Open(_))) => {
+                        Err(
+                            e @ (GatewayError::Unavailable(_)
+                            | GatewayError::NoAnswer(_)
+                            | GatewayError::Open(_)),
+                        ) => {
                             if let Some(position) = handled {
                                 self.save(position).await?;
                             }

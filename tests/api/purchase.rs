@@ -285,6 +285,34 @@ async fn a_customer_lists_their_own_payments_page_by_page_newest_first() {
     .assert_problem(422, "validation-failed");
 }
 
+/// The card processor does not answer within `PAYMENT_TIMEOUT_MS`: paying answers 503 with
+/// `Retry-After`, and does not claim the customer was not charged (the processor may have
+/// charged all the same); it says what becomes of such a charge and how to learn it.
+#[tokio::test]
+async fn a_gateway_that_does_not_answer_in_time_does_not_claim_nothing_was_charged() {
+    let app = spawn_app_with(|config| {
+        config.payment_latency = std::time::Duration::from_secs(5);
+        config.payment_timeout = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let organizer = app.organizer().await;
+    let buyer = app.customer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let reservation = app.reserve(&buyer, event, 1).await.id("reservation_id");
+
+    let answer = app.pay(&buyer, reservation, "tok_visa").await;
+    answer.assert_problem(503, "service-unavailable");
+    assert!(
+        answer.header("retry-after").is_some(),
+        "{:?}",
+        answer.headers
+    );
+    let detail = answer.body["detail"].as_str().unwrap_or_default();
+    assert!(!detail.contains("not charged"), "{detail}");
+    assert!(detail.contains("did not answer in time"), "{detail}");
+    assert!(detail.contains("Idempotency-Key"), "{detail}");
+}
+
 /// The card processor is down: paying answers 503 problem+json with `Retry-After`, says the
 /// customer was not charged, and nothing is charged or recorded: the gateway keeps nothing,
 /// no payment is listed, the hold stays pending with its seats held, and the attempt is
