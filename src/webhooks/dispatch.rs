@@ -8,8 +8,8 @@
 //! the next success. A sweep every few seconds wakes workers for pending deliveries (after
 //! a restart, or a wake lost to a full store) and publishes the queue depth.
 
-use super::guard::{self, CheckedResolver};
-use super::signing;
+use super::guard::CheckedResolver;
+use super::post::{post, Sent};
 use super::{Attempt, Delivery, DeliveryStatus, Endpoint, EndpointStatus, WebhookStore};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -53,6 +53,9 @@ impl Default for DeliverySettings {
         }
     }
 }
+
+/// When a pending delivery's next attempt is due.
+type Next = chrono::DateTime<chrono::Utc>;
 
 /// Pending deliveries a worker takes from the store at a time.
 const BATCH: usize = 64;
@@ -156,15 +159,6 @@ impl Dispatcher {
     }
 }
 
-/// What one attempt ended with.
-enum Sent {
-    Answered(u16),
-    /// Time-out, refused connection, unresolvable host.
-    NoAnswer(String),
-    /// A non-public address in production, or an unusable secret: never sent.
-    Refused(String),
-}
-
 impl Inner {
     /// The worker of one endpoint: keeps up to `per_endpoint` deliveries in flight, taking
     /// pending ones from the store `BATCH` at a time (with the endpoint as it is then).
@@ -257,7 +251,15 @@ impl Inner {
                 return delivery.id;
             }
             let started = Instant::now();
-            let sent = self.send(&endpoint, &delivery).await;
+            let now = self.clock.now();
+            let sent = post(
+                &self.client,
+                self.settings.strict,
+                &endpoint,
+                &delivery,
+                now,
+            )
+            .await;
             self.metrics
                 .webhook_delivery_duration
                 .with_label_values(&[] as &[&str])
@@ -268,30 +270,30 @@ impl Inner {
             };
             match sent {
                 Sent::Answered(code) if (200..300).contains(&code) => {
-                    self.finish(
-                        &delivery,
-                        DeliveryStatus::Succeeded,
-                        code.into(),
-                        "succeeded",
-                    )
-                    .await;
-                    if endpoint.status == EndpointStatus::Failing {
+                    let done = DeliveryStatus::Succeeded;
+                    if self.finish(&delivery, done, code.into(), "succeeded").await {
                         self.set_status(&endpoint, EndpointStatus::Active).await;
                     }
                     return delivery.id;
                 }
                 Sent::Answered(410) => {
-                    self.finish(&delivery, DeliveryStatus::Failed, Some(410), "disabled")
-                        .await;
                     tracing::warn!(endpoint = %endpoint.id, "webhook receiver answered 410 Gone; endpoint disabled");
-                    self.set_status(&endpoint, EndpointStatus::Disabled).await;
+                    if self
+                        .finish(&delivery, DeliveryStatus::Failed, Some(410), "disabled")
+                        .await
+                    {
+                        self.set_status(&endpoint, EndpointStatus::Disabled).await;
+                    }
                     return delivery.id;
                 }
                 Sent::Refused(reason) => {
                     tracing::warn!(endpoint = %endpoint.id, %reason, "webhook not sent");
-                    self.finish(&delivery, DeliveryStatus::Failed, None, "refused")
-                        .await;
-                    self.set_status(&endpoint, EndpointStatus::Failing).await;
+                    if self
+                        .finish(&delivery, DeliveryStatus::Failed, None, "refused")
+                        .await
+                    {
+                        self.set_status(&endpoint, EndpointStatus::Failing).await;
+                    }
                     return delivery.id;
                 }
                 Sent::NoAnswer(reason) => {
@@ -300,52 +302,22 @@ impl Inner {
                 Sent::Answered(_) => {}
             }
             if attempt >= self.settings.max_attempts {
-                self.finish(&delivery, DeliveryStatus::Failed, code, "failed")
-                    .await;
-                self.set_status(&endpoint, EndpointStatus::Failing).await;
+                if self
+                    .finish(&delivery, DeliveryStatus::Failed, code, "failed")
+                    .await
+                {
+                    self.set_status(&endpoint, EndpointStatus::Failing).await;
+                }
                 return delivery.id;
             }
             let pause = backoff.delay_for(attempt);
             let next = self.clock.now()
                 + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
-            self.count("retried");
-            if !self
-                .record(&delivery, DeliveryStatus::Pending, code, Some(next))
-                .await
-            {
+            let retry = (DeliveryStatus::Pending, code, Some(next));
+            if !self.record(&delivery, retry, "retried").await {
                 return delivery.id;
             }
             tokio::time::sleep(pause).await;
-        }
-    }
-
-    /// One POST, signed with every secret that signs now.
-    async fn send(&self, endpoint: &Endpoint, delivery: &Delivery) -> Sent {
-        if let Err(e) = guard::check_literal(&endpoint.url, self.settings.strict) {
-            return Sent::Refused(e.to_string());
-        }
-        // The receiver checks this against its own wall clock, so it is the system time.
-        let timestamp = chrono::Utc::now().timestamp();
-        let secrets = endpoint.signing_secrets(self.clock.now());
-        let signature =
-            match signing::sign(&secrets, &delivery.message_id, timestamp, &delivery.body) {
-                Ok(s) => s,
-                Err(e) => return Sent::Refused(e.to_string()),
-            };
-        let request = self
-            .client
-            .post(&endpoint.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &delivery.message_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(delivery.body.clone());
-        match request.send().await {
-            Ok(response) => Sent::Answered(response.status().as_u16()),
-            Err(e) if guard::refused_by_resolver(&e) => {
-                Sent::Refused("the host resolves to a non-public address".into())
-            }
-            Err(e) => Sent::NoAnswer(e.without_url().to_string()),
         }
     }
 
@@ -372,26 +344,27 @@ impl Inner {
         }
     }
 
+    /// Records the delivery's last attempt; false when another instance took it over (then
+    /// the endpoint's status is that instance's to change, not this one's).
     async fn finish(
         &self,
         delivery: &Delivery,
         status: DeliveryStatus,
         code: Option<u16>,
         outcome: &str,
-    ) {
-        self.count(outcome);
-        self.record(delivery, status, code, None).await;
+    ) -> bool {
+        self.record(delivery, (status, code, None), outcome).await
     }
 
-    /// Records the attempt if this instance still holds the delivery; false when another
-    /// took it over (counted as `superseded`: its record stands, and this one stops).
-    /// A store that cannot record is logged and the delivery goes on (its next claim decides).
+    /// Records the attempt, counted as `outcome`, if this instance still holds the delivery;
+    /// false when another took it over (counted as `superseded`: its record stands, and this
+    /// one stops). A store that cannot record is logged and the delivery goes on (its next
+    /// claim decides).
     async fn record(
         &self,
         delivery: &Delivery,
-        status: DeliveryStatus,
-        status_code: Option<u16>,
-        next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+        (status, status_code, next_attempt_at): (DeliveryStatus, Option<u16>, Option<Next>),
+        outcome: &str,
     ) -> bool {
         let attempt = Attempt {
             status,
@@ -405,7 +378,10 @@ impl Inner {
             .record_attempt(delivery.id, self.holder, attempt)
             .await
         {
-            Ok(true) => true,
+            Ok(true) => {
+                self.count(outcome);
+                true
+            }
             Ok(false) => {
                 tracing::info!(delivery = %delivery.id, "webhook attempt not recorded: another instance holds the delivery");
                 self.count("superseded");
@@ -413,6 +389,7 @@ impl Inner {
             }
             Err(e) => {
                 tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a webhook attempt");
+                self.count(outcome);
                 true
             }
         }

@@ -190,7 +190,8 @@ impl WebhookStore for MemoryWebhooks {
         if state.held.get(&delivery).map(|(by, _)| *by) != Some(holder) {
             return Ok(false);
         }
-        let Some(d) = state.deliveries.iter_mut().find(|d| d.id == delivery) else {
+        let pending = |d: &&mut Delivery| d.id == delivery && d.status == DeliveryStatus::Pending;
+        let Some(d) = state.deliveries.iter_mut().find(pending) else {
             return Ok(false);
         };
         d.attempts += 1;

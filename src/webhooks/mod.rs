@@ -3,7 +3,7 @@
 //! (`fanout.rs`) turns each event of the organizer's own events into one delivery per
 //! subscribed endpoint, stored here with a message id stable per (event, endpoint); the
 //! `Dispatcher` (`dispatch.rs`) posts them, signed by the Standard Webhooks scheme
-//! (`signing.rs`), with one bounded worker per endpoint so that a slow or dead endpoint
+//! (`signing.rs`, sent by `post.rs`), with one bounded worker per endpoint so that a slow or dead endpoint
 //! never delays another. `guard.rs` refuses private addresses in production. The port is
 //! `WebhookStore`, with `memory` and `postgres` adapters that both pass `contract`.
 
@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod fanout;
 pub mod guard;
 pub mod memory;
+mod post;
 pub mod postgres;
 pub mod signing;
 
@@ -279,9 +280,9 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Pending deliveries over every endpoint.
     async fn pending_count(&self) -> Result<u64, WebhookError>;
     /// Records `holder`'s attempt: one more attempt, its status code, the new status. Only
-    /// the delivery's last holder records (false, and nothing changes, when another instance
-    /// claimed it since or a redelivery let it go): a late answer never undoes what the
-    /// delivery's current sender recorded.
+    /// the holder of a pending delivery records (false, and nothing changes, when another
+    /// instance claimed it since, a redelivery let it go, or it was settled): a late answer
+    /// never undoes what the delivery's current sender recorded.
     async fn record_attempt(
         &self,
         delivery: Uuid,

@@ -357,7 +357,7 @@ impl WebhookStore for PostgresWebhooks {
             "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, \
              last_status_code = $3, next_attempt_at = $4, claimed_until = $5, \
              claimed_by = CASE WHEN $5::timestamptz IS NULL THEN NULL ELSE claimed_by END \
-             WHERE id = $1 AND claimed_by = $6",
+             WHERE id = $1 AND claimed_by = $6 AND status = 'pending'",
         )
         .bind(delivery)
         .bind(a.status.as_str())

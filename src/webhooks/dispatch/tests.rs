@@ -5,6 +5,7 @@
 use super::*;
 use crate::clock::SystemClock;
 use crate::webhooks::memory::MemoryWebhooks;
+use crate::webhooks::signing;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn endpoint(url: String) -> Endpoint {
