@@ -76,23 +76,30 @@ pub fn channel() -> (ExpiryHandle, mpsc::UnboundedReceiver<Order>) {
 
 type Hold = (EventId, ReservationId);
 
+/// A hold's timer: its number (a queued time or a finished attempt of another timer of the
+/// hold is ignored), whether its attempt runs, and whether it was disarmed meanwhile.
+struct Timer {
+    number: u64,
+    running: bool,
+    disarmed: bool,
+}
+
 /// Runs until every `ExpiryHandle` is dropped or the task is aborted at shutdown. Each hold has
 /// one timer: an arm for a hold that has one (armed, or its attempt running) is ignored (the
 /// sweep re-arms every overdue hold on each tick; a hold that cannot end yet would otherwise
 /// gather one retry loop per tick, and holds are never shortened). An attempt that must be
 /// tried again (not due yet, or the store failed) re-arms its own timer when it finishes. A
-/// disarmed hold's timer is forgotten at once; its place in the queue is skipped when due.
+/// disarmed hold's timer is forgotten at once (its place in the queue is skipped when due), or
+/// once its running attempt finishes, so that a hold is never tried twice at a time.
 pub async fn run(
     mut inbox: mpsc::UnboundedReceiver<Order>,
     ender: Arc<dyn EndHold>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) {
-    // Due times, with the timer they belong to.
+    // Due times, with the number of the timer they belong to.
     let mut due: BinaryHeap<Reverse<(DateTime<Utc>, u64, Hold)>> = BinaryHeap::new();
-    // Holds with a timer (armed, or their attempt running), by the timer's number: a queued
-    // time or a finished attempt of a timer that is gone is ignored.
-    let mut timers: HashMap<Hold, u64> = HashMap::new();
+    let mut timers: HashMap<Hold, Timer> = HashMap::new();
     let mut numbers = 0_u64;
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<(Hold, u64, Again)>();
     loop {
@@ -102,24 +109,30 @@ pub async fn run(
             order = inbox.recv() => match order {
                 Some(Order::Arm((at, sale_id, reservation_id))) => {
                     let hold = (sale_id, reservation_id);
-                    if let Slot::Vacant(timer) = timers.entry(hold) {
+                    if let Slot::Vacant(slot) = timers.entry(hold) {
                         numbers += 1;
-                        timer.insert(numbers);
+                        slot.insert(Timer { number: numbers, running: false, disarmed: false });
                         due.push(Reverse((at, numbers, hold)));
                     }
                 }
-                Some(Order::Disarm(hold)) => {
-                    timers.remove(&hold);
-                }
+                Some(Order::Disarm(hold)) => match timers.get_mut(&hold) {
+                    Some(timer) if timer.running => timer.disarmed = true,
+                    Some(_) => {
+                        timers.remove(&hold);
+                    }
+                    None => {}
+                },
                 None => return,
             },
             Some((hold, number, again)) = finished.recv() => {
-                if timers.get(&hold) == Some(&number) {
-                    match again {
-                        Some(at) => due.push(Reverse((at, number, hold))),
-                        None => {
-                            timers.remove(&hold);
-                        }
+                let Some(timer) = timers.get_mut(&hold).filter(|t| t.number == number) else {
+                    continue;
+                };
+                timer.running = false;
+                match again {
+                    Some(at) if !timer.disarmed => due.push(Reverse((at, number, hold))),
+                    _ => {
+                        timers.remove(&hold);
                     }
                 }
             },
@@ -130,8 +143,9 @@ pub async fn run(
                         break;
                     }
                     due.pop();
-                    if timers.get(&hold) != Some(&number) {
-                        continue;
+                    match timers.get_mut(&hold) {
+                        Some(timer) if timer.number == number => timer.running = true,
+                        _ => continue,
                     }
                     let (ender, clock) = (Arc::clone(&ender), Arc::clone(&clock));
                     let report = Report {

@@ -257,25 +257,28 @@ impl SaleWriter {
         Err(failed)
     }
 
-    /// After the commit: the decisions' effects, and the timers of the holds that ended.
+    /// After the commit, decision by decision (a hold placed and ended in one batch is armed,
+    /// then disarmed): the timers of the holds that ended, and the decisions' effects.
     fn run_effects(&self, decisions: &[Result<Decision, SaleError>]) {
-        for event in decisions.iter().flatten().flat_map(|d| &d.events) {
-            match event {
-                DomainEvent::HeldSeatsSold(HeldSeatsSold { reservation_id, .. })
-                | DomainEvent::HeldSeatsReleased(HeldSeatsReleased { reservation_id, .. }) => {
-                    self.expiry.disarm(self.sale_id, *reservation_id)
+        for decision in decisions.iter().flatten() {
+            for event in &decision.events {
+                match event {
+                    DomainEvent::HeldSeatsSold(HeldSeatsSold { reservation_id, .. })
+                    | DomainEvent::HeldSeatsReleased(HeldSeatsReleased {
+                        reservation_id, ..
+                    }) => self.expiry.disarm(self.sale_id, *reservation_id),
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        for effect in decisions.iter().flatten().flat_map(|d| &d.effects) {
-            match effect {
-                crate::domain::Effect::ArmExpiry { reservation_id, at } => {
-                    self.metrics
-                        .effects
-                        .with_label_values(&["arm_expiry"])
-                        .inc();
-                    self.expiry.arm(*at, self.sale_id, *reservation_id)
+            for effect in &decision.effects {
+                match effect {
+                    crate::domain::Effect::ArmExpiry { reservation_id, at } => {
+                        self.metrics
+                            .effects
+                            .with_label_values(&["arm_expiry"])
+                            .inc();
+                        self.expiry.arm(*at, self.sale_id, *reservation_id)
+                    }
                 }
             }
         }

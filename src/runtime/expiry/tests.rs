@@ -143,3 +143,50 @@ async fn a_disarmed_hold_is_neither_counted_nor_tried() {
     settle().await;
     assert_eq!(ender.attempts.lock().unwrap().len(), 2);
 }
+
+/// Waits for the test before it answers `Ended`: an attempt still running.
+struct Gated {
+    attempts: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl EndHold for Gated {
+    async fn end_hold(&self, _: EventId, _: ReservationId, _: DateTime<Utc>) -> HoldEnd {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _pass = self.gate.acquire().await;
+        HoldEnd::Ended
+    }
+}
+
+/// A hold disarmed while its attempt runs (the attempt's own release disarms it) is not tried
+/// a second time meanwhile, however often the sweep arms it again; the timer goes once the
+/// attempt finished.
+#[tokio::test]
+async fn a_hold_disarmed_while_its_attempt_runs_is_not_tried_twice_at_once() {
+    let ender = Arc::new(Gated {
+        attempts: Default::default(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let (clock, metrics, handle) = scheduler(ender.clone());
+    let (sale, hold) = (EventId::random(), ReservationId::random());
+    handle.arm(clock.now(), sale, hold);
+    settle().await;
+    let tried = || ender.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(tried(), 1, "running");
+
+    handle.disarm(sale, hold);
+    for _ in 0..3 {
+        handle.arm(clock.now(), sale, hold);
+        settle().await;
+        clock.advance(Duration::seconds(1));
+        settle().await;
+    }
+    assert_eq!(tried(), 1, "still the one attempt");
+
+    ender.gate.add_permits(10);
+    settle().await;
+    assert_eq!(metrics.active_holds.get(), 0, "forgotten once it finished");
+    assert_eq!(tried(), 1);
+}
