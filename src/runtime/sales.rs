@@ -99,17 +99,16 @@ impl Sales {
                     self.inner.metrics.mailbox_refused();
                     return Err(CommandError::Overloaded);
                 }
-                Err(mpsc::error::TrySendError::Closed(returned)) => {
-                    envelope = returned;
-                    self.lock().remove(&sale_id);
-                }
+                // `writer` replaces the closed sender (unless another caller did already).
+                Err(mpsc::error::TrySendError::Closed(returned)) => envelope = returned,
             }
         }
         Err(CommandError::ShuttingDown)
     }
 
-    /// Whether a writer for `sale_id` runs here (the sale was commanded on this instance):
-    /// it holds the sale's state and decides whether the sale exists and is open.
+    /// Whether a writer for `sale_id` runs here (the sale was commanded on this instance, and
+    /// its writer did not stop idle since): it holds the sale's state and decides whether the
+    /// sale exists and is open.
     pub fn is_running(&self, sale_id: EventId) -> bool {
         self.lock().get(&sale_id).is_some_and(|tx| !tx.is_closed())
     }
