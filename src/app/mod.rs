@@ -208,7 +208,11 @@ impl App {
             }
         };
         let applied = self.reads.progress();
-        applied.position() >= head || applied.wait_for(head, READ_YOUR_WRITES_TIMEOUT).await
+        if applied.position() >= head {
+            return true;
+        }
+        self.metrics.log_waits.inc();
+        applied.wait_for(head, READ_YOUR_WRITES_TIMEOUT).await
     }
 
     /// Remembers that `committed` was written here: the reads that begin from now on wait

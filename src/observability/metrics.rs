@@ -22,6 +22,7 @@ pub struct Metrics {
     pub payments: IntCounterVec,
     pub active_holds: IntGauge,
     pub sale_writers: IntGauge,
+    pub log_waits: IntCounter,
     pub projection_position: IntGauge,
     pub projection_errors: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -195,6 +196,10 @@ impl Metrics {
                 "payments_total",
                 "Payment outcomes: captured, declined, captured_then_refunded (hold ended first), refunded, gateway_error.",
                 &["outcome"],
+            ),
+            log_waits: plain(
+                "read_models_log_waits_total",
+                "Requests that waited for the read models to apply the whole event log (a look-up by id or a keyed retry they did not show yet, maybe written on another instance), counted as the wait begins.",
             ),
             sale_writers: gauge(
                 "sale_writers",

@@ -119,19 +119,13 @@ async fn a_hold_is_cancelled_on_another_instance_before_the_read_models_show_it(
     let (status, body) = here.reserve(&buyer, event, 1).await;
     assert_eq!(status, 201, "{body}");
     let path = format!("/api/reservations/{}/cancel", uuid(&body, "reservation_id"));
-    // The read models are let go once the cancel is in the instance's hands (then it waits
-    // for them, for up to 5 s), or once it answered.
-    let arrived = || async {
-        let labels = [
-            ("method", "POST"),
-            ("route", "/api/reservations/{id}/cancel"),
-        ];
-        there
-            .metric("ticketing_http_requests_in_flight", &labels)
-            .await
-            >= 1.0
+    // The read models are let go once the cancel waits for them to apply the log (for up to
+    // 5 s), or once it answered.
+    let waiting = || async {
+        let waits = there.metric("ticketing_read_models_log_waits_total", &[]);
+        waits.await >= 1.0
     };
-    let (status, body) = once_reached(there.post(&path, Some(&buyer), json!({})), arrived, async {
+    let (status, body) = once_reached(there.post(&path, Some(&buyer), json!({})), waiting, async {
         sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
     })
     .await;
