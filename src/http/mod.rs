@@ -124,7 +124,7 @@ impl Shared {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ticketing API", description = "Events, seat holds, payments and tickets. No string, in a body or a query, may hold the NUL character (U+0000): such a request is refused (422 for a body, 400 for a query)."),
+    info(title = "Ticketing API", description = "Events, seat holds, payments and tickets. No string may hold the NUL character U+0000: a JSON body with a string holding `\\u0000` is refused with 422, a query holding `%00` with 400."),
     modifiers(&BearerAuth),
     components(schemas(error::Problem, error::FieldError))
 )]

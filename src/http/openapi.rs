@@ -182,19 +182,26 @@ fn refusals(
     if matches!(audience, Audience::User | Audience::Staff | Audience::Admin) {
         out.push((403, "the caller's role or ownership does not allow this"));
     }
-    if has_id || has_body || has_query {
+    if has_query {
         out.push((
             400,
-            "a path id, query parameter or body that is not of its type, or a query holding NUL (`%00`)",
+            "a path id, query parameter or body that is not of its type, or a query holding `%00`",
         ));
+    } else if has_id || has_body {
+        out.push((400, "a path id or body that is not of its type"));
     }
     if has_id {
         out.push((404, "no such resource (or not visible to the caller)"));
     }
-    if has_body || has_query || parameters(operation).any(|p| p["in"] == "header") {
+    if has_body {
         out.push((
             422,
-            "a value outside its constraints (no string may hold NUL, U+0000); `errors` names each field",
+            "a value outside its constraints, or a body string holding U+0000 (`\\u0000`); `errors` names each field",
+        ));
+    } else if has_query || parameters(operation).any(|p| p["in"] == "header") {
+        out.push((
+            422,
+            "a value outside its constraints; `errors` names each field",
         ));
     }
     if has_body {
