@@ -298,9 +298,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .to_owned();
     let method = request.method().as_str().to_owned();
     let m = &state.metrics;
-    let _in_flight = crate::observability::Running::enter(
-        m.http_in_flight.with_label_values(&[&method, &route]),
-    );
+    let _in_flight = crate::observability::Running::enter(m.http_in_flight.clone());
     let started = Instant::now();
     let response = next.run(request).await;
     m.http_duration

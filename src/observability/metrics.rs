@@ -9,7 +9,7 @@ pub struct Metrics {
     pub(super) registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
-    pub http_in_flight: IntGaugeVec,
+    pub http_in_flight: IntGauge,
     pub commands: IntCounterVec,
     pub decide_duration: HistogramVec,
     pub effects: IntCounterVec,
@@ -133,11 +133,9 @@ impl Metrics {
                 &["method", "route"],
                 SECONDS.to_vec(),
             ),
-            http_in_flight: gauges(
-                &r,
+            http_in_flight: gauge(
                 "http_requests_in_flight",
-                "HTTP requests received and not answered yet, by method and route template.",
-                &["method", "route"],
+                "HTTP requests received and not answered yet.",
             ),
             commands: counter(
                 &r,

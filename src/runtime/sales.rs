@@ -1,10 +1,10 @@
 //! `Sales`: the command side's front door. Routes each command to its sale's writer task,
 //! spawning (and hydrating) the writer on first use, so different events never wait on each
 //! other while one hot event is serialized without a global lock. A writer idle for
-//! `writer::IDLE_FOR` stops and lets its sale's state go; the next command starts another. Each writer's mailbox is
-//! bounded (a bulkhead): a command that finds it full is refused at once
-//! (`CommandError::Overloaded`, 503 + `Retry-After` at the edge) rather than queued without
-//! limit or left waiting for room.
+//! `writer::IDLE_FOR` stops and lets its sale's state go; the next command starts another.
+//! Each writer's mailbox is bounded (a bulkhead): a command that finds it full is refused at
+//! once (`CommandError::Overloaded`, 503 + `Retry-After` at the edge) rather than queued
+//! without limit or left waiting for room.
 
 use super::expiry::{EndHold, ExpiryHandle, HoldEnd};
 use super::writer::{CommandError, Committed, Envelope, SaleWriter, IDLE_FOR};

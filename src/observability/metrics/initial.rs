@@ -59,7 +59,6 @@ impl Metrics {
     pub fn initialise(&self, known: &KnownLabels<'_>) {
         for (method, route) in known.routes {
             self.http_duration.with_label_values(&[method, route]);
-            self.http_in_flight.with_label_values(&[method, route]);
             // Zero server errors so far: the error-ratio alert and panels have a numerator.
             self.http_requests
                 .with_label_values(&[method, route, "500"]);
