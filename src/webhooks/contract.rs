@@ -178,7 +178,13 @@ pub async fn run(store: &dyn WebhookStore) {
         next_attempt_at: None,
         held_until: None,
     };
-    assert!(store.record_attempt(first.id, b, failed).await.unwrap());
+    // A settled delivery is never recorded again, even by a holder still named on it.
+    let settled = Attempt {
+        held_until: Some(at(9)),
+        ..failed
+    };
+    assert!(store.record_attempt(first.id, b, settled).await.unwrap());
+    assert!(!store.record_attempt(first.id, b, failed).await.unwrap());
     let log = store.deliveries(all.id, PAGE).await.unwrap();
     assert_eq!(log.total_count, 2);
     assert_eq!(log.items[0].id, second.id, "newest first");

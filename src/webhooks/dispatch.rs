@@ -277,11 +277,11 @@ impl Inner {
                     return delivery.id;
                 }
                 Sent::Answered(410) => {
-                    tracing::warn!(endpoint = %endpoint.id, "webhook receiver answered 410 Gone; endpoint disabled");
                     if self
                         .finish(&delivery, DeliveryStatus::Failed, Some(410), "disabled")
                         .await
                     {
+                        tracing::warn!(endpoint = %endpoint.id, "webhook receiver answered 410 Gone; endpoint disabled");
                         self.set_status(&endpoint, EndpointStatus::Disabled).await;
                     }
                     return delivery.id;

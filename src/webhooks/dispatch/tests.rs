@@ -190,10 +190,10 @@ async fn a_delivery_is_sent_by_one_instance_at_a_time() {
     );
 }
 
-/// An instance whose attempt is still waiting for the receiver when an admin redelivers the
-/// delivery, and another instance sends it with success, does not undo that success with its
-/// own late failure nor send it again: its record is refused (it no longer holds the
-/// delivery) and it stops.
+/// An instance whose last attempt is still waiting for the receiver when an admin redelivers
+/// the delivery, and another instance sends it with success, does not undo that success with
+/// its own late failure, nor mark the endpoint failing, nor send it again: its record is
+/// refused (it no longer holds the delivery) and it stops.
 #[tokio::test]
 async fn a_late_answer_does_not_undo_the_instance_that_took_a_delivery_over() {
     // The first request fails at once; the second waits for the test and then fails too;
@@ -227,9 +227,10 @@ async fn a_late_answer_does_not_undo_the_instance_that_took_a_delivery_over() {
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let store = Arc::new(MemoryWebhooks::default());
-    let instance = |metrics: Arc<Metrics>| {
+    let instance = |metrics: Arc<Metrics>, max_attempts| {
         let settings = DeliverySettings {
             retry_base: Duration::from_millis(10),
+            max_attempts,
             ..DeliverySettings::default()
         };
         Dispatcher::new(
@@ -241,9 +242,10 @@ async fn a_late_answer_does_not_undo_the_instance_that_took_a_delivery_over() {
         .unwrap()
     };
     let first_metrics = Arc::new(Metrics::new());
+    // The first instance's second attempt is its last.
     let (first, second) = (
-        instance(Arc::clone(&first_metrics)),
-        instance(Arc::new(Metrics::new())),
+        instance(Arc::clone(&first_metrics), 2),
+        instance(Arc::new(Metrics::new()), 8),
     );
     let e = endpoint(format!("http://127.0.0.1:{port}/hook"));
     store.create(&e).await.unwrap();
@@ -271,9 +273,17 @@ async fn a_late_answer_does_not_undo_the_instance_that_took_a_delivery_over() {
         (DeliveryStatus::Succeeded, 2),
         "the success stands; the late failure is not recorded"
     );
-    let superseded = first_metrics
-        .webhook_deliveries
-        .with_label_values(&["superseded"])
-        .get();
-    assert_eq!(superseded, 1);
+    let count = |outcome| {
+        first_metrics
+            .webhook_deliveries
+            .with_label_values(&[outcome])
+            .get()
+    };
+    assert_eq!((count("superseded"), count("failed")), (1, 0));
+    let endpoint_now = store.get(e.id).await.unwrap().unwrap();
+    assert_eq!(
+        endpoint_now.status,
+        EndpointStatus::Active,
+        "not marked failing"
+    );
 }
