@@ -337,14 +337,16 @@ impl App {
             .payments
             .with_label_values(&["gateway_error"])
             .inc();
-        let not_charged = "the payment gateway is unavailable; you were not charged";
+        // About this attempt only: an earlier one that timed out may have charged (a breaker
+        // opened by time-outs refuses the retries that follow them).
+        let not_charged = "the payment gateway is unavailable; this attempt did not charge you";
         let (detail, retry_after) = match &e {
             GatewayError::Unavailable(_) | GatewayError::RefundRefused(_) => (not_charged, 2),
             // The processor may have charged: say so, and what becomes of such a charge.
             GatewayError::NoAnswer(_) => (
                 "the payment gateway did not answer in time; if it charged you, the charge is \
-                 recorded (the reservation is paid) or refunded within minutes: retry with the \
-                 same Idempotency-Key to learn which, without being charged twice",
+                 either recorded (the reservation then shows as confirmed) or refunded \
+                 automatically within minutes",
                 2,
             ),
             // Refused at once by the breaker: retry once its cool-down is over.

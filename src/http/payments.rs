@@ -64,7 +64,7 @@ pub struct RefundRequest {
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key never charge twice")),
     responses((status = 201, body = PaymentView), (status = 402, body = super::error::Problem, description = "declined; the hold stays"),
               (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem, description = "reservation not pending"),
-              (status = 503, body = super::error::Problem, description = "gateway down (nothing charged), or the read models lag behind the reservation's write")),
+              (status = 503, body = super::error::Problem, description = "gateway down (this attempt charged nothing), the gateway gave no answer in time (see `detail`), or the read models lag behind the reservation's write")),
     security(("bearer" = [])))]
 async fn create_payment(
     State(s): State<AppState>,
