@@ -62,8 +62,9 @@ impl ExpiryHandle {
         let _ = self.tx.send(Order::Arm((at, sale_id, reservation_id)));
     }
 
-    /// The hold ended before its expiry (paid, cancelled, its event cancelled): its timer goes,
-    /// so `ticketing_active_holds` counts it no more.
+    /// The hold ended (paid, cancelled, its event cancelled, or expired by its own attempt):
+    /// its timer goes, at once or when its running attempt finishes, and
+    /// `ticketing_active_holds` counts it no more.
     pub fn disarm(&self, sale_id: EventId, reservation_id: ReservationId) {
         let _ = self.tx.send(Order::Disarm((sale_id, reservation_id)));
     }
