@@ -205,7 +205,7 @@ impl Metrics {
             ),
             active_holds: gauge(
                 "active_holds",
-                "Holds whose expiry timer runs in this process: placed here (or re-armed by the sweep) and not yet ended here; a hold paid or cancelled on another instance is counted until its expiry time.",
+                "Holds whose expiry timer runs in this process: placed here (or re-armed by the sweep) and not known here to have ended; a hold paid or cancelled on another instance is counted until this instance next writes its sale (or its expiry time).",
             ),
             projection_position: gauge(
                 "projection_position",

@@ -193,13 +193,20 @@ impl SaleWriter {
         let max_batch = self.max_batch;
         let mut foreign = false;
         let mut decided: Option<Result<Vec<Result<Decision, SaleError>>, CommandError>> = None;
+        let expiry = &self.expiry;
         let result = self
             .store
             .take_turn(sale_id, self.known, mode, &mut |fresh| {
                 foreign = !fresh.is_empty();
                 for recorded in fresh {
                     match codec::decode(recorded) {
-                        Ok(event) => state.apply(&event),
+                        Ok(event) => {
+                            // Another instance (or this one, before a reload) ended a hold: its
+                            // timer here, if it has one, goes. While hydrating this is one
+                            // order per ended hold of the sale, cheap beside decoding them.
+                            disarm_if_ended(expiry, sale_id, &event);
+                            state.apply(&event)
+                        }
                         Err(e) => {
                             decided = Some(Err(e.into()));
                             return Vec::new();
@@ -262,13 +269,7 @@ impl SaleWriter {
     fn run_effects(&self, decisions: &[Result<Decision, SaleError>]) {
         for decision in decisions.iter().flatten() {
             for event in &decision.events {
-                match event {
-                    DomainEvent::HeldSeatsSold(HeldSeatsSold { reservation_id, .. })
-                    | DomainEvent::HeldSeatsReleased(HeldSeatsReleased {
-                        reservation_id, ..
-                    }) => self.expiry.disarm(self.sale_id, *reservation_id),
-                    _ => {}
-                }
+                disarm_if_ended(&self.expiry, self.sale_id, event);
             }
             for effect in &decision.effects {
                 match effect {
@@ -282,6 +283,15 @@ impl SaleWriter {
                 }
             }
         }
+    }
+}
+
+/// Disarms the timer of the hold `event` ends (its seats sold or released), if it does.
+fn disarm_if_ended(expiry: &ExpiryHandle, sale_id: EventId, event: &DomainEvent) {
+    if let DomainEvent::HeldSeatsSold(HeldSeatsSold { reservation_id, .. })
+    | DomainEvent::HeldSeatsReleased(HeldSeatsReleased { reservation_id, .. }) = event
+    {
+        expiry.disarm(sale_id, *reservation_id);
     }
 }
 

@@ -132,11 +132,7 @@ async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() 
     use crate::domain::sale::Lifecycle;
 
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let instance = || {
-        let (expiry, inbox) = expiry::channel();
-        let sales = Sales::new(Arc::clone(&store), expiry, Arc::new(Metrics::new()), (8, 8));
-        (sales, inbox)
-    };
+    let instance = || instance_on(&store);
     let ((a, _a_expiry), (b, _b_expiry)) = (instance(), instance());
     let sale = EventId(uuid::Uuid::new_v4());
     let now = Utc::now();
@@ -161,6 +157,27 @@ async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() 
         .map(|e| e.version)
         .collect();
     assert_eq!(event_stream, [1, 2, 3], "created, published, opened");
+}
+
+/// A 15-minute hold of one seat on the gala's floor, for a new customer.
+fn hold_one_seat(reservation_id: ReservationId, now: DateTime<Utc>) -> SaleCommand {
+    SaleCommand::Reserve {
+        reservation_id,
+        user_id: crate::domain::UserId(uuid::Uuid::new_v4()),
+        section: "Floor".into(),
+        quantity: 1,
+        hold_for: chrono::Duration::minutes(15),
+        now,
+    }
+}
+
+/// One instance's `Sales` on `store`, with the orders its writers send the expiry scheduler.
+fn instance_on(
+    store: &Arc<dyn EventStore>,
+) -> (Sales, tokio::sync::mpsc::UnboundedReceiver<expiry::Order>) {
+    let (expiry, inbox) = expiry::channel();
+    let sales = Sales::new(Arc::clone(store), expiry, Arc::new(Metrics::new()), (8, 8));
+    (sales, inbox)
 }
 
 /// An event with one section of 10 seats, starting in 30 days.
@@ -196,7 +213,6 @@ fn create_gala(now: DateTime<Utc>) -> SaleCommand {
 #[tokio::test]
 async fn a_hold_ended_by_its_writer_is_disarmed() {
     use crate::domain::sale::Lifecycle;
-    use crate::domain::UserId;
 
     let (expiry, mut inbox) = expiry::channel();
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
@@ -211,15 +227,7 @@ async fn a_hold_ended_by_its_writer_is_disarmed() {
     }
     let (kept, cancelled) = (ReservationId::random(), ReservationId::random());
     for reservation_id in [kept, cancelled] {
-        let reserve = SaleCommand::Reserve {
-            reservation_id,
-            user_id: UserId(uuid::Uuid::new_v4()),
-            section: "Floor".into(),
-            quantity: 1,
-            hold_for: chrono::Duration::minutes(15),
-            now,
-        };
-        run(reserve).await.unwrap();
+        run(hold_one_seat(reservation_id, now)).await.unwrap();
     }
     let cancel = SaleCommand::CancelReservation {
         reservation_id: cancelled,
@@ -288,5 +296,57 @@ async fn an_idle_writer_stops_and_the_next_command_hydrates_a_new_one() {
     assert!(
         matches!(run(publish_again).await, Err(CommandError::Rejected(_))),
         "the fresh writer decided on the hydrated state"
+    );
+}
+
+/// A hold placed on one instance and cancelled on another: the placing instance's writer
+/// disarms its timer when it reads the other's events (here in the reload its next command
+/// causes), so neither instance keeps counting the hold.
+#[tokio::test]
+async fn a_hold_ended_on_another_instance_is_disarmed_where_it_was_placed() {
+    use crate::domain::sale::Lifecycle;
+
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let instance = || instance_on(&store);
+    let ((here, mut here_orders), (there, mut there_orders)) = (instance(), instance());
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let run = |sales: &Sales, command| {
+        let sales = sales.clone();
+        async move { sales.execute(sale, command, Metadata::default()).await }
+    };
+    run(&here, create_gala(now)).await.unwrap();
+    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
+        let lifecycle = SaleCommand::ChangeLifecycle { action, now };
+        run(&here, lifecycle).await.unwrap();
+    }
+    let reserve = |reservation_id| hold_one_seat(reservation_id, now);
+    let (cancelled, next) = (ReservationId::random(), ReservationId::random());
+    run(&here, reserve(cancelled)).await.unwrap();
+    let cancel = SaleCommand::CancelReservation {
+        reservation_id: cancelled,
+        now,
+    };
+    run(&there, cancel).await.unwrap();
+    run(&here, reserve(next)).await.unwrap();
+
+    let drain = |inbox: &mut tokio::sync::mpsc::UnboundedReceiver<expiry::Order>| {
+        let mut orders = Vec::new();
+        while let Ok(order) = inbox.try_recv() {
+            orders.push(order);
+        }
+        orders
+    };
+    let expires = now + chrono::Duration::minutes(15);
+    assert_eq!(
+        drain(&mut here_orders),
+        [
+            expiry::Order::Arm((expires, sale, cancelled)),
+            expiry::Order::Disarm((sale, cancelled)),
+            expiry::Order::Arm((expires, sale, next)),
+        ]
+    );
+    assert_eq!(
+        drain(&mut there_orders),
+        [expiry::Order::Disarm((sale, cancelled))]
     );
 }
