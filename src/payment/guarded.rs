@@ -2,10 +2,10 @@
 //! time-out (`PAYMENT_TIMEOUT_MS`; no answer in time is `NoAnswer`). After the processor
 //! failed repeatedly, charges, refunds and listings are refused at once with
 //! `GatewayError::Open` (nothing is sent, so nothing is charged; 503 + `Retry-After` at the
-//! edge) until a probe after the cool-down finds it back. Only `Unavailable` counts as a
-//! failure (and `NoAnswer`): a declined card or a refused refund is an answer. A charge abandoned at its
-//! time-out may still have been captured by the processor: reconciliation records or refunds
-//! it (`app::reconcile`).
+//! edge) until a probe after the cool-down finds it back. Only `Unavailable` and `NoAnswer`
+//! count as failures: a declined card or a refused refund is an answer. A charge abandoned
+//! at its time-out may still have been captured by the processor: reconciliation records or
+//! refunds it (`app::reconcile`).
 
 use super::{Capture, ChargeFor, ChargeOutcome, GatewayError, PaymentGateway};
 use crate::breaker::Breaker;

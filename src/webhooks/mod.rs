@@ -2,10 +2,10 @@
 //! (URL, event types or `*`, optionally one event); the `WebhookFanout` bus consumer
 //! (`fanout.rs`) turns each event of the organizer's own events into one delivery per
 //! subscribed endpoint, stored here with a message id stable per (event, endpoint); the
-//! `Dispatcher` (`dispatch.rs`) posts them, signed by the Standard Webhooks scheme
-//! (`signing.rs`, sent by `post.rs`), with one bounded worker per endpoint so that a slow or dead endpoint
-//! never delays another. `guard.rs` refuses private addresses in production. The port is
-//! `WebhookStore`, with `memory` and `postgres` adapters that both pass `contract`.
+//! `Dispatcher` (`dispatch.rs`) posts them (`post.rs`), signed by the Standard Webhooks
+//! scheme (`signing.rs`), with one bounded worker per endpoint so that a slow or dead
+//! endpoint never delays another. `guard.rs` refuses private addresses in production. The
+//! port is `WebhookStore`, with `memory` and `postgres` adapters that both pass `contract`.
 
 #[cfg(test)]
 mod contract;
