@@ -143,7 +143,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         queues: Arc::new(PostgresQueues::new(queues)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
-        processor: Ledger::Postgres(processor),
+        processor: Ledger::postgres(processor),
         session_feed: Some(session_feed),
     })
 }

@@ -102,4 +102,23 @@ pub async fn run(gateway: &SimulatedGateway, clock: &ManualClock) {
     assert!(gateway.captures_since(started).await.is_err());
     gateway.set_failure_rate(0.0);
     assert!(gateway.charge_of(down).await.unwrap().is_none());
+
+    // Charges made at once (batched by the PostgreSQL ledger): a double click's two first
+    // attempts get one answer and one charge, a retry of an earlier payment its first answer,
+    // and a new payment beside them its own.
+    let (twice, twice_for, beside) = (PaymentId::random(), paid_for(), PaymentId::random());
+    let (first, second, retried, new) = tokio::join!(
+        gateway.charge(twice, cents(40), "tok_visa", twice_for),
+        gateway.charge(twice, cents(40), "tok_chargeDeclined", twice_for),
+        gateway.charge(later, cents(1), "tok_chargeDeclined", paid_for()),
+        gateway.charge(beside, cents(2), "tok_chargeDeclined", paid_for()),
+    );
+    assert_eq!(first.unwrap(), second.unwrap());
+    assert!(matches!(retried, Ok(ChargeOutcome::Captured { .. })));
+    assert!(matches!(new, Ok(ChargeOutcome::Declined { .. })));
+    assert_eq!(gateway.net_captured_cents().await.unwrap(), 340);
+    assert_eq!(
+        gateway.charge_of(twice).await.unwrap().unwrap().paid_for,
+        twice_for
+    );
 }

@@ -1,7 +1,9 @@
 //! The simulated processor's ledger: one charge per payment id, the first answer kept. In
 //! memory, or in its own PostgreSQL table (`simulated_processor_charges`) so that, like a real
 //! processor's, it outlives the service's processes. The processor is an outside party: no
-//! other code reads its table.
+//! other code reads its table. New charges reach the table in batches (`inserts`).
+
+mod inserts;
 
 use super::super::{Capture, ChargeFor, ChargeOutcome, GatewayError};
 use crate::domain::{Currency, EventId, Money, PaymentId, ReservationId};
@@ -24,7 +26,7 @@ pub struct Charge {
 /// Where the processor keeps its charges.
 pub enum Ledger {
     Memory(Mutex<HashMap<PaymentId, Charge>>),
-    Postgres(PgPool),
+    Postgres(PgPool, inserts::Inserts),
 }
 
 fn unavailable(e: impl std::fmt::Display) -> GatewayError {
@@ -103,6 +105,13 @@ impl Ledger {
         Ledger::Memory(Mutex::new(HashMap::new()))
     }
 
+    /// The ledger in `simulated_processor_charges`; starts the task that batches new charges
+    /// (so it must be made inside the runtime).
+    pub fn postgres(pool: PgPool) -> Self {
+        let inserts = inserts::Inserts::start(pool.clone());
+        Ledger::Postgres(pool, inserts)
+    }
+
     fn map(map: &Mutex<HashMap<PaymentId, Charge>>) -> MutexGuard<'_, HashMap<PaymentId, Charge>> {
         map.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -110,7 +119,7 @@ impl Ledger {
     pub async fn get(&self, payment_id: PaymentId) -> Result<Option<Charge>, GatewayError> {
         match self {
             Ledger::Memory(map) => Ok(Self::map(map).get(&payment_id).cloned()),
-            Ledger::Postgres(pool) => {
+            Ledger::Postgres(pool, _) => {
                 let row: Option<Row> = sqlx::query_as(&format!(
                     "SELECT {COLUMNS} FROM simulated_processor_charges WHERE payment_id = $1"
                 ))
@@ -133,36 +142,7 @@ impl Ledger {
     ) -> Result<Charge, GatewayError> {
         match self {
             Ledger::Memory(map) => Ok(Self::map(map).entry(payment_id).or_insert(charge).clone()),
-            Ledger::Postgres(pool) => {
-                let (outcome, charge_id, reason) = match &charge.outcome {
-                    ChargeOutcome::Captured { charge_id } => ("captured", Some(charge_id), None),
-                    ChargeOutcome::Declined { reason } => ("declined", None, Some(reason)),
-                };
-                let inserted: Option<Row> = sqlx::query_as(&format!(
-                    "INSERT INTO simulated_processor_charges ({COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9) \
-                     ON CONFLICT (payment_id) DO NOTHING RETURNING {COLUMNS}"
-                ))
-                .bind(payment_id.0)
-                .bind(charge.paid_for.reservation_id.0)
-                .bind(charge.paid_for.event_id.0)
-                .bind(charge.amount.amount_cents)
-                .bind(charge.amount.currency.as_str())
-                .bind(outcome)
-                .bind(charge_id)
-                .bind(reason)
-                .bind(charge.at)
-                .fetch_optional(pool)
-                .await
-                .map_err(unavailable)?;
-                if let Some(row) = inserted {
-                    return from_row(row).map(|(_, c)| c);
-                }
-                // The payment id had a charge already: the first one is the answer.
-                self.get(payment_id)
-                    .await?
-                    .ok_or_else(|| unavailable("a charge vanished after its insert"))
-            }
+            Ledger::Postgres(_, inserts) => inserts.insert_first(payment_id, charge).await,
         }
     }
 
@@ -178,7 +158,7 @@ impl Ledger {
                 Some(_) => refused("the charge was declined"),
                 None => refused("no such charge"),
             },
-            Ledger::Postgres(pool) => {
+            Ledger::Postgres(pool, _) => {
                 let outcome: Option<String> = sqlx::query_scalar(
                     "UPDATE simulated_processor_charges SET refunded = (outcome = 'captured') \
                      WHERE payment_id = $1 RETURNING outcome",
@@ -204,7 +184,7 @@ impl Ledger {
                 .filter(|(_, c)| c.at >= since)
                 .filter_map(|(id, c)| capture_of(*id, c.clone()))
                 .collect(),
-            Ledger::Postgres(pool) => {
+            Ledger::Postgres(pool, _) => {
                 let rows: Vec<Row> = sqlx::query_as(&format!(
                     "SELECT {COLUMNS} FROM simulated_processor_charges \
                      WHERE outcome = 'captured' AND created_at >= $1 ORDER BY created_at"
@@ -233,7 +213,7 @@ impl Ledger {
                 .filter(|c| matches!(c.outcome, ChargeOutcome::Captured { .. }) && !c.refunded)
                 .map(|c| c.amount.amount_cents)
                 .sum()),
-            Ledger::Postgres(pool) => sqlx::query_scalar(
+            Ledger::Postgres(pool, _) => sqlx::query_scalar(
                 "SELECT COALESCE(sum(amount_cents), 0)::BIGINT FROM simulated_processor_charges \
                  WHERE outcome = 'captured' AND NOT refunded",
             )

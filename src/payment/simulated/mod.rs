@@ -181,11 +181,11 @@ mod tests {
             Duration::ZERO,
             0.0,
             clock.clone(),
-            Ledger::Postgres(pool.clone()),
+            Ledger::postgres(pool.clone()),
         );
         contract::run(&first, &clock).await;
         let second =
-            SimulatedGateway::new(Duration::ZERO, 0.0, clock.clone(), Ledger::Postgres(pool));
+            SimulatedGateway::new(Duration::ZERO, 0.0, clock.clone(), Ledger::postgres(pool));
         assert_eq!(
             second.net_captured_cents().await.unwrap(),
             first.net_captured_cents().await.unwrap()

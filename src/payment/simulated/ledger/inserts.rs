@@ -1,0 +1,148 @@
+//! The PostgreSQL ledger's new charges, inserted in batches: one task owns the inserts, and
+//! every charge that arrives while a statement is in flight goes into the next one (group
+//! commit, as the idempotency answers and the sale writers do). A flash sale's payments then
+//! cost the processor's table one INSERT per batch instead of one per charge, and a payment id
+//! still keeps its first charge: a retry (in the same batch, or after it) gets that one back.
+
+use super::{from_row, unavailable, Charge, Row, COLUMNS};
+use crate::domain::PaymentId;
+use crate::payment::{ChargeOutcome, GatewayError};
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// The most charges one statement carries.
+const MAX_BATCH: usize = 256;
+
+struct Insert {
+    payment_id: PaymentId,
+    charge: Charge,
+    reply: oneshot::Sender<Result<Charge, GatewayError>>,
+}
+
+/// The handle the ledger talks to; the batching task ends once it is dropped.
+pub struct Inserts {
+    requests: mpsc::UnboundedSender<Insert>,
+}
+
+impl Inserts {
+    /// Starts the batching task (so it must be called inside the runtime).
+    pub(super) fn start(pool: PgPool) -> Self {
+        let (requests, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(batches(pool, incoming));
+        Self { requests }
+    }
+
+    /// Keeps `charge` unless the payment id has one already; returns the one kept.
+    pub(super) async fn insert_first(
+        &self,
+        payment_id: PaymentId,
+        charge: Charge,
+    ) -> Result<Charge, GatewayError> {
+        let stopped = || unavailable("the ledger's writer has stopped");
+        let (reply, answer) = oneshot::channel();
+        let insert = Insert {
+            payment_id,
+            charge,
+            reply,
+        };
+        self.requests.send(insert).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Takes whatever has queued up (at least one charge, at most `MAX_BATCH`), keeps it in one
+/// INSERT (and one SELECT for the payment ids that had a charge already), answers, and goes
+/// again.
+async fn batches(pool: PgPool, mut incoming: mpsc::UnboundedReceiver<Insert>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let kept = kept_charges(&pool, &batch).await;
+        for insert in batch.drain(..) {
+            let answer = match &kept {
+                Ok(kept) => kept
+                    .get(&insert.payment_id)
+                    .cloned()
+                    .ok_or_else(|| unavailable("a charge vanished after its insert")),
+                Err(e) => Err(e.clone()),
+            };
+            // A requester that gave up (its client went away) is no reason to stop.
+            let _ = insert.reply.send(answer);
+        }
+    }
+}
+
+/// The charge each payment id of `batch` keeps: the first of the batch where the id is new,
+/// the stored one where it is not.
+async fn kept_charges(
+    pool: &PgPool,
+    batch: &[Insert],
+) -> Result<HashMap<PaymentId, Charge>, GatewayError> {
+    let mut seen = HashSet::with_capacity(batch.len());
+    let firsts: Vec<&Insert> = batch
+        .iter()
+        .filter(|insert| seen.insert(insert.payment_id))
+        .collect();
+    let column = |f: fn(&Insert) -> Uuid| firsts.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let outcomes: Vec<(&str, Option<&str>, Option<&str>)> = firsts
+        .iter()
+        .map(|i| match &i.charge.outcome {
+            ChargeOutcome::Captured { charge_id } => ("captured", Some(charge_id.as_str()), None),
+            ChargeOutcome::Declined { reason } => ("declined", None, Some(reason.as_str())),
+        })
+        .collect();
+    let inserted: Vec<Row> = sqlx::query_as(&format!(
+        "INSERT INTO simulated_processor_charges ({COLUMNS})
+         SELECT p, r, e, a, c, o, ch, d, false, t
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::timestamptz[]) AS u(p, r, e, a, c, o, ch, d, t)
+         ON CONFLICT (payment_id) DO NOTHING RETURNING {COLUMNS}"
+    ))
+    .bind(column(|i| i.payment_id.0))
+    .bind(column(|i| i.charge.paid_for.reservation_id.0))
+    .bind(column(|i| i.charge.paid_for.event_id.0))
+    .bind(
+        firsts
+            .iter()
+            .map(|i| i.charge.amount.amount_cents)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        firsts
+            .iter()
+            .map(|i| i.charge.amount.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(outcomes.iter().map(|o| o.0).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.1).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.2).collect::<Vec<_>>())
+    .bind(firsts.iter().map(|i| i.charge.at).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    let mut kept = inserted
+        .into_iter()
+        .map(from_row)
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    // Ids that had a charge already (a retry of a payment): the first one is the answer.
+    let known: Vec<Uuid> = firsts
+        .iter()
+        .filter(|i| !kept.contains_key(&i.payment_id))
+        .map(|i| i.payment_id.0)
+        .collect();
+    if !known.is_empty() {
+        let stored: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM simulated_processor_charges WHERE payment_id = ANY($1)"
+        ))
+        .bind(known)
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+        for row in stored {
+            let (id, charge) = from_row(row)?;
+            kept.insert(id, charge);
+        }
+    }
+    Ok(kept)
+}
