@@ -5,9 +5,16 @@
 //! the same key with a different body is a 422. Answers under 500 (but 403) are kept for
 //! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` (read and written
 //! in batches, `durable`) so that a retry reaching another instance or coming after a restart
-//! is still answered the same; a 5xx is not kept, so the client may retry it. Handlers also derive ids from the key, so a retry
-//! after a lost answer (or racing on another instance) finds what the first attempt created
-//! instead of creating it twice.
+//! is still answered the same; a 5xx is not kept, so the client may retry it.
+//!
+//! Handlers derive ids from the key, so a retry after a lost answer (or racing on another
+//! instance) finds what the first attempt created instead of creating it twice. That is also
+//! how a retry is told from a first attempt without asking the database: a key this instance
+//! does not hold an answer for runs at once, and its stored answer is read only when the use
+//! case finds the derived id used already (`seen_again`: the sale's writer or the processor
+//! knows it) or refuses the request. The price: a key used again on another instance for
+//! something else (another event's hold, another reservation's payment) derives new ids and
+//! is a new request there, not a 422, as it is anywhere once the first answer is forgotten.
 
 mod durable;
 
@@ -15,6 +22,7 @@ use super::AppError;
 use crate::domain::UserId;
 use durable::DurableAnswers;
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -54,6 +62,38 @@ struct Stored {
     fingerprint: [u8; 32],
     answer: Answer,
     at: Instant,
+}
+
+impl Stored {
+    /// This answer again, for a request with the same key and the body `fingerprint`: a
+    /// replay, or a 422 when the body is another.
+    fn replayed_for(&self, fingerprint: [u8; 32]) -> Result<Outcome, AppError> {
+        if self.fingerprint != fingerprint {
+            return Err(AppError::field(
+                "Idempotency-Key",
+                "was already used with a different request body",
+            ));
+        }
+        Ok(Outcome {
+            answer: self.answer.clone(),
+            replayed: true,
+        })
+    }
+}
+
+tokio::task_local! {
+    /// Whether the keyed request running in this task found the id its key derives used
+    /// already (`seen_again`).
+    static SEEN_AGAIN: Cell<bool>;
+}
+
+/// Tells the `Idempotency-Key` wrapper around this request, if there is one, that the id its
+/// key derives was used already: an earlier attempt with the key ran (on this instance or
+/// another, maybe before a restart), so that attempt's stored answer is this one's. The use
+/// cases call it where the sale's writer (or the processor) finds the id known.
+pub fn seen_again() {
+    // Outside a keyed request (no wrapper) there is nothing to tell.
+    let _ = SEEN_AGAIN.try_with(|seen| seen.set(true));
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
@@ -160,22 +200,25 @@ impl IdempotencyStore {
                     .into(),
             });
         };
-        if stored.is_none() {
-            *stored = self.load(&key).await;
-        }
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
-            if previous.fingerprint != fingerprint {
-                return Err(AppError::field(
-                    "Idempotency-Key",
-                    "was already used with a different request body",
-                ));
-            }
-            return Ok(Outcome {
-                answer: previous.answer.clone(),
-                replayed: true,
-            });
+            return previous.replayed_for(fingerprint);
         }
-        let answer = work.await;
+        let (answer, seen_again) = SEEN_AGAIN
+            .scope(Cell::new(false), async {
+                let answer = work.await;
+                (answer, SEEN_AGAIN.with(Cell::get))
+            })
+            .await;
+        // A first attempt costs no look-up: the stored answer (of an earlier attempt on another
+        // instance, or before a restart) is read only when this attempt found its id used
+        // already or was refused, and is then the answer.
+        if seen_again || answer.status >= 400 {
+            if let Some(previous) = self.load(&key).await {
+                let outcome = previous.replayed_for(fingerprint);
+                *stored = Some(previous);
+                return outcome;
+            }
+        }
         if answer.worth_keeping() {
             let kept = Stored {
                 fingerprint,
@@ -294,8 +337,11 @@ mod tests {
             body: r#"{"id":1}"#.into(),
             location: Some("/things/1".into()),
         };
+        // As a use case does: the first run makes the thing, a later one finds its id used.
         let work = || async {
-            runs.fetch_add(1, Ordering::SeqCst);
+            if runs.fetch_add(1, Ordering::SeqCst) > 0 {
+                seen_again();
+            }
             created.clone()
         };
         let body = serde_json::json!({"seats": 2});
@@ -313,7 +359,11 @@ mod tests {
             .unwrap();
         assert_eq!(replay.answer, created);
         assert!(replay.replayed);
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran twice");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "the retry ran up to its id check"
+        );
         let other = serde_json::json!({"seats": 3});
         let refused = second
             .run(user, "things", Some("k".into()), &other, work())
@@ -345,7 +395,8 @@ mod tests {
         rows_stored(&pool, 64).await;
         let retries = (0..64).map(|i| {
             second.run(user, "things", Some(format!("k{i}")), &body, async {
-                unreachable!("a stored answer is replayed")
+                seen_again();
+                answer(1000)
             })
         });
         for (i, outcome) in join_all(retries).await.into_iter().enumerate() {
@@ -358,6 +409,63 @@ mod tests {
             statements <= 12,
             "{statements} statements for 128 keyed requests"
         );
+    }
+
+    /// A first attempt reads nothing: a key whose stored answer was given by another instance
+    /// runs as a new request when it finds nothing of the first attempt (a key used again for
+    /// something else), and gets the stored answer when it is refused.
+    #[tokio::test]
+    async fn the_stored_answer_is_read_only_for_a_repeat_or_a_refusal() {
+        let (pool, first, second) = two_instances().await;
+        let user = UserId::random();
+        let body = serde_json::json!({"seats": 1});
+        let answer = |status: u16, body: &str| Answer {
+            status,
+            body: body.into(),
+            location: None,
+        };
+        for key in ["new", "refused"] {
+            let made = first
+                .run(user, "things", Some(key.into()), &body, async {
+                    answer(201, r#"{"made":1}"#)
+                })
+                .await
+                .unwrap();
+            assert!(!made.replayed);
+        }
+        rows_stored(&pool, 2).await;
+        let loads_before = second.database_statements();
+        let anew = second
+            .run(user, "things", Some("new".into()), &body, async {
+                answer(201, r#"{"made":2}"#)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (anew.answer, anew.replayed),
+            (answer(201, r#"{"made":2}"#), false)
+        );
+        let refused = second
+            .run(user, "things", Some("refused".into()), &body, async {
+                answer(409, r#"{"title":"sold out"}"#)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (refused.answer, refused.replayed),
+            (answer(201, r#"{"made":1}"#), true)
+        );
+        // One look-up (the refusal's) and one save (the new answer's, kept in memory: the
+        // table keeps the first), which lands after the answer.
+        let started = Instant::now();
+        while second.database_statements() - loads_before < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the save never ran"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(second.database_statements() - loads_before, 2);
     }
 
     /// Waits, bounded, until `expected` answers are in the table (they are written after the
