@@ -75,13 +75,13 @@ pub async fn run(bus: &dyn EventBus, unique: &str) {
     let got = take(&mut consumer, 40).await;
     for d in &got {
         let seq: usize = d.message.header("seq").unwrap().parse().unwrap();
-        assert_eq!(d.message, sent[seq], "a message changed on the way");
+        assert_eq!(*d.message, sent[seq], "a message changed on the way");
     }
     let expected = by_key(
         &sent
             .iter()
             .map(|m| Delivery {
-                message: m.clone(),
+                message: std::sync::Arc::new(m.clone()),
                 partition: 0,
                 offset: 0,
             })

@@ -334,7 +334,7 @@ impl BusConsumer for KafkaConsumer {
             })
             .unwrap_or_default();
         Ok(Delivery {
-            message: BusMessage {
+            message: std::sync::Arc::new(BusMessage {
                 topic: message.topic().to_owned(),
                 key: message
                     .key()
@@ -342,7 +342,7 @@ impl BusConsumer for KafkaConsumer {
                     .unwrap_or_default(),
                 headers,
                 payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            },
+            }),
             partition: message.partition(),
             offset: message.offset(),
         })

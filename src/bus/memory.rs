@@ -26,7 +26,7 @@ const RETAIN: usize = 256;
 #[derive(Default)]
 struct Partition {
     base: usize,
-    messages: VecDeque<BusMessage>,
+    messages: VecDeque<Arc<BusMessage>>,
 }
 
 impl Partition {
@@ -34,7 +34,7 @@ impl Partition {
         self.base + self.messages.len()
     }
 
-    fn get(&self, offset: usize) -> Option<&BusMessage> {
+    fn get(&self, offset: usize) -> Option<&Arc<BusMessage>> {
         self.messages.get(offset.checked_sub(self.base)?)
     }
 
@@ -120,7 +120,9 @@ impl EventBus for MemoryBus {
             for message in messages {
                 let partition = partition_of(&message.key);
                 if let Some(topic) = state.topics.get_mut(&message.topic) {
-                    topic.partitions[partition].messages.push_back(message);
+                    topic.partitions[partition]
+                        .messages
+                        .push_back(Arc::new(message));
                     // A topic no group reads keeps only its last `RETAIN` per partition.
                     topic.trim(partition);
                 }
@@ -217,7 +219,7 @@ impl MemoryConsumer {
             };
             dry = 0;
             taken.push(Delivery {
-                message: message.clone(),
+                message: Arc::clone(message),
                 partition: i32::try_from(*partition).unwrap_or(0),
                 offset: i64::try_from(*next).unwrap_or(i64::MAX),
             });
@@ -366,6 +368,6 @@ mod tests {
             .unwrap();
         let got = late.next_batch(total).await.unwrap();
         assert_eq!(got.len(), RETAIN);
-        assert_eq!(got[0].message, message(&read, total - RETAIN));
+        assert_eq!(*got[0].message, message(&read, total - RETAIN));
     }
 }

@@ -47,10 +47,11 @@ impl BusMessage {
     }
 }
 
-/// A message as a consumer receives it, with where it sits in its topic.
+/// A message as a consumer receives it, with where it sits in its topic. The message is shared:
+/// every group reading it from the in-process bus gets the one copy the producer sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub message: BusMessage,
+    pub message: std::sync::Arc<BusMessage>,
     pub partition: i32,
     pub offset: i64,
 }

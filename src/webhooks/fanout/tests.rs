@@ -163,7 +163,7 @@ async fn fixture_batch() -> (Vec<BusDelivery>, Arc<MemoryReadModel>) {
         .filter(|m| wanted.contains(&m.topic) && envelope::open(m).is_ok())
         .zip(0..)
         .map(|(message, offset)| BusDelivery {
-            message,
+            message: std::sync::Arc::new(message),
             partition: 0,
             offset,
         })

@@ -142,7 +142,7 @@ pub async fn run_consumer_batch(insights: Arc<dyn Insights>, dlq: Arc<dyn DeadLe
         .filter(|m| envelope::open(m).is_ok())
         .zip(0..)
         .map(|(message, offset)| Delivery {
-            message,
+            message: std::sync::Arc::new(message),
             partition: 0,
             offset,
         })
