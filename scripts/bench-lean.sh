@@ -158,10 +158,15 @@ fi
 # threads than for the reservations: BENCH_PURCHASE_THREADS, default 8).
 THREADS_BEFORE=$THREADS
 THREADS=${BENCH_PURCHASE_THREADS:-8}
+before=$(statements_now)
 TOKENS_FILE=$WORK/tokens EVENT_ID=$event lean_run "full purchase (POST /api/reservations, then POST /api/payments)" -s scripts/lean/purchase.lua "$BASE"
+after=$(statements_now)
 THREADS=$THREADS_BEFORE
 paid=$(grep -oE 'lean purchases: reserved [0-9]+, paid [0-9]+' "$WORK/last.out" | grep -oE '[0-9]+$')
 echo "full purchases/s: $(echo "scale=1; $paid / $DURATION" | bc)"
+if [ "$BACKEND" = postgres ] && [ "$before" != unknown ] && [ "$after" != unknown ] && [ "$paid" -gt 0 ]; then
+    echo "PostgreSQL statements per full purchase (whole service, consumers included): $(echo "scale=2; ($after - $before) / $paid" | bc)"
+fi
 
 lean_run "GET /api/events/{id}/availability" "$BASE/api/events/$event/availability"
 lean_run "GET /health" "$BASE/health"

@@ -12,6 +12,7 @@
 mod apply;
 mod bulk;
 mod bulkhead;
+mod lookups;
 mod queries;
 
 use super::*;
@@ -27,6 +28,8 @@ const CHECKPOINT: &str = "read-models";
 pub struct PostgresReadModel {
     pool: PgPool,
     bulkhead: bulkhead::Bulkhead,
+    /// Reservations read by id, in batches.
+    lookups: lookups::ReservationLookups,
     /// Where this instance last saw the checkpoint (`UNKNOWN` until read): what the next batch
     /// claims from. Never ahead of the row, which only moves forward (a reset forgets it), so a
     /// stale value costs a lost claim and a re-read, never a skipped event.
@@ -45,6 +48,7 @@ impl PostgresReadModel {
     pub fn new(pool: PgPool) -> Self {
         let bulkhead = bulkhead::Bulkhead::sized_to(&pool);
         Self {
+            lookups: lookups::ReservationLookups::new(pool.clone()),
             pool,
             bulkhead,
             known: AtomicU64::new(UNKNOWN),
@@ -324,7 +328,7 @@ impl ReadModel for PostgresReadModel {
 
     async fn reservation(&self, id: ReservationId) -> Result<Option<ReservationView>, ReadError> {
         let _turn = self.bulkhead.turn().await?;
-        queries::reservation(&self.pool, id).await
+        self.lookups.reservation(id).await
     }
 
     async fn reservations(

@@ -260,16 +260,18 @@ fn reservation_view(row: &PgRow) -> Result<ReservationView, ReadError> {
     })
 }
 
-pub(super) async fn reservation(
+/// The reservations of `ids` the read models hold, in no particular order.
+pub(super) async fn reservations_by_id(
     pool: &PgPool,
-    id: ReservationId,
-) -> Result<Option<ReservationView>, ReadError> {
-    let row = sqlx::query("SELECT * FROM reservation_views WHERE reservation_id = $1")
-        .bind(id.0)
-        .fetch_optional(pool)
+    ids: &[ReservationId],
+) -> Result<Vec<ReservationView>, ReadError> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let rows = sqlx::query("SELECT * FROM reservation_views WHERE reservation_id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
         .await
         .map_err(unavailable)?;
-    row.as_ref().map(reservation_view).transpose()
+    rows.iter().map(reservation_view).collect()
 }
 
 pub(super) async fn reservations(

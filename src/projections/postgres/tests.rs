@@ -313,7 +313,46 @@ async fn queries_on_a_closed_pool_report_unavailable() {
         model.reservations(None, PageRequest::default()).await,
         Err(ReadError::Unavailable(_))
     ));
+    assert!(matches!(
+        model.reservation(ReservationId::random()).await,
+        Err(ReadError::Unavailable(_))
+    ));
     assert!(model.apply(&contract::history()).await.is_err());
+}
+
+/// Reservations read at once by id share one statement and each get their own answer: the
+/// hold when the read models have it, nothing for an id they do not.
+#[tokio::test]
+async fn concurrent_reads_by_id_each_get_their_own_reservation() {
+    let model = Arc::new(PostgresReadModel::new(database().await));
+    model.apply(&contract::history()).await.unwrap();
+    let listed = model
+        .reservations(None, PageRequest::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(listed.len() > 1, "the history holds several reservations");
+    let unknown = ReservationId::random();
+    let ids = listed
+        .iter()
+        .map(|view| ReservationId(view.reservation_id))
+        .chain([unknown]);
+    // Spawned before any runs: on the test's one thread they queue up for one batch.
+    let reads: Vec<_> = ids
+        .map(|id| {
+            let model = Arc::clone(&model);
+            tokio::spawn(async move { model.reservation(id).await })
+        })
+        .collect();
+    let mut found = Vec::new();
+    for read in reads {
+        found.push(read.await.unwrap());
+    }
+    let (last, views) = found.split_last().unwrap();
+    assert_eq!(last, &Ok(None));
+    for (view, listed) in views.iter().zip(&listed) {
+        assert_eq!(view.as_ref().unwrap().as_ref(), Some(listed));
+    }
 }
 
 /// A pool on a new, migrated database with `settings`, and the database's URL.
