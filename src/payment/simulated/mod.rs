@@ -3,8 +3,8 @@
 //! declined; any other token is declined as unknown. Latency and a transient failure rate are
 //! configurable, also at run time (`drill`); results are remembered per payment id
 //! (idempotency) in its `ledger`, with what each charge was for and when it was made (by the
-//! injected clock). A charge costs its ledger one statement (an insert that keeps the first
-//! charge of a payment id); a retry reads the first one back.
+//! injected clock). On PostgreSQL the charges that arrive together share one insert that keeps
+//! the first charge of each payment id (`ledger/inserts.rs`); a retry reads the first one back.
 
 pub mod drill;
 pub mod ledger;

@@ -64,7 +64,7 @@ async fn batches(pool: PgPool, mut incoming: mpsc::UnboundedReceiver<Insert>) {
                 Ok(kept) => kept
                     .get(&insert.payment_id)
                     .cloned()
-                    .ok_or_else(|| unavailable("a charge vanished after its insert")),
+                    .unwrap_or_else(|| Err(undecided("a charge vanished after its insert"))),
                 Err(e) => Err(e.clone()),
             };
             // A requester that gave up (its client went away) is no reason to stop.
@@ -73,17 +73,26 @@ async fn batches(pool: PgPool, mut incoming: mpsc::UnboundedReceiver<Insert>) {
     }
 }
 
+/// A failure once the INSERT ran: the charge may be kept, so this is not "nothing charged".
+fn undecided(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::NoAnswer(format!("simulated processor ledger: {e}"))
+}
+
 /// The charge each payment id of `batch` keeps: the first of the batch where the id is new,
-/// the stored one where it is not.
+/// the stored one where it is not. `Err` when the INSERT failed (nothing was kept); an id
+/// whose charge cannot be read back after it has its own error.
 async fn kept_charges(
     pool: &PgPool,
     batch: &[Insert],
-) -> Result<HashMap<PaymentId, Charge>, GatewayError> {
+) -> Result<HashMap<PaymentId, Result<Charge, GatewayError>>, GatewayError> {
     let mut seen = HashSet::with_capacity(batch.len());
-    let firsts: Vec<&Insert> = batch
+    let mut firsts: Vec<&Insert> = batch
         .iter()
         .filter(|insert| seen.insert(insert.payment_id))
         .collect();
+    // In one order everywhere: two instances' batches sharing ids wait for each other's rows
+    // instead of deadlocking.
+    firsts.sort_by_key(|insert| insert.payment_id.0);
     let column = |f: fn(&Insert) -> Uuid| firsts.iter().map(|i| f(i)).collect::<Vec<_>>();
     let outcomes: Vec<(&str, Option<&str>, Option<&str>)> = firsts
         .iter()
@@ -121,28 +130,36 @@ async fn kept_charges(
     .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    let mut kept = inserted
+    let mut kept: HashMap<PaymentId, Result<Charge, GatewayError>> = inserted
         .into_iter()
-        .map(from_row)
-        .collect::<Result<HashMap<_, _>, _>>()?;
+        .map(|row| (PaymentId(row.0), decoded(row)))
+        .collect();
     // Ids that had a charge already (a retry of a payment): the first one is the answer.
     let known: Vec<Uuid> = firsts
         .iter()
         .filter(|i| !kept.contains_key(&i.payment_id))
         .map(|i| i.payment_id.0)
         .collect();
-    if !known.is_empty() {
-        let stored: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM simulated_processor_charges WHERE payment_id = ANY($1)"
-        ))
-        .bind(known)
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
-        for row in stored {
-            let (id, charge) = from_row(row)?;
-            kept.insert(id, charge);
+    if known.is_empty() {
+        return Ok(kept);
+    }
+    let stored: Result<Vec<Row>, _> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM simulated_processor_charges WHERE payment_id = ANY($1)"
+    ))
+    .bind(&known)
+    .fetch_all(pool)
+    .await;
+    match stored {
+        Ok(rows) => kept.extend(rows.into_iter().map(|row| (PaymentId(row.0), decoded(row)))),
+        Err(e) => {
+            let e = undecided(e);
+            kept.extend(known.into_iter().map(|id| (PaymentId(id), Err(e.clone()))));
         }
     }
     Ok(kept)
+}
+
+/// A row as the charge it keeps (a row that does not decode is a charge that may exist).
+fn decoded(row: Row) -> Result<Charge, GatewayError> {
+    from_row(row).map(|(_, charge)| charge).map_err(undecided)
 }
