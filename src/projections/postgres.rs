@@ -27,8 +27,8 @@ const CHECKPOINT: &str = "read-models";
 
 pub struct PostgresReadModel {
     pool: PgPool,
-    bulkhead: bulkhead::Bulkhead,
-    /// Reservations read by id, in batches.
+    bulkhead: Arc<bulkhead::Bulkhead>,
+    /// Reservations read by id, in batches (each batch takes its own turn in the bulkhead).
     lookups: lookups::ReservationLookups,
     /// Where this instance last saw the checkpoint (`UNKNOWN` until read): what the next batch
     /// claims from. Never ahead of the row, which only moves forward (a reset forgets it), so a
@@ -46,9 +46,9 @@ const CLAIM_STALLS: usize = 8;
 impl PostgresReadModel {
     /// A read model over a database migrated with `db::projections_migrator()`.
     pub fn new(pool: PgPool) -> Self {
-        let bulkhead = bulkhead::Bulkhead::sized_to(&pool);
+        let bulkhead = Arc::new(bulkhead::Bulkhead::sized_to(&pool));
         Self {
-            lookups: lookups::ReservationLookups::new(pool.clone()),
+            lookups: lookups::ReservationLookups::new(pool.clone(), Arc::clone(&bulkhead)),
             pool,
             bulkhead,
             known: AtomicU64::new(UNKNOWN),
@@ -327,7 +327,6 @@ impl ReadModel for PostgresReadModel {
     }
 
     async fn reservation(&self, id: ReservationId) -> Result<Option<ReservationView>, ReadError> {
-        let _turn = self.bulkhead.turn().await?;
         self.lookups.reservation(id).await
     }
 

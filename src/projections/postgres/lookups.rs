@@ -2,14 +2,15 @@
 //! while a statement is in flight goes into the next (one `= ANY` over the primary key). A
 //! flash sale's payments each read the hold they pay for; this way they cost the read models
 //! one statement per batch instead of one each. A look-up is sent only after the caller's own
-//! wait for the read models, so a batch sees at least what a statement of its own would.
+//! wait for the read models, so a batch sees at least what a statement of its own would. A
+//! batch takes one turn in the read models' bulkhead, as one query does.
 
-use super::queries;
+use super::{bulkhead::Bulkhead, queries};
 use crate::domain::ReservationId;
 use crate::projections::{ReadError, ReservationView};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most ids one statement carries.
@@ -24,13 +25,15 @@ struct Lookup {
 /// never reads, as the projector's, has none) and ends once the handle is dropped.
 pub(super) struct ReservationLookups {
     pool: PgPool,
+    bulkhead: Arc<Bulkhead>,
     requests: OnceLock<mpsc::UnboundedSender<Lookup>>,
 }
 
 impl ReservationLookups {
-    pub(super) fn new(pool: PgPool) -> Self {
+    pub(super) fn new(pool: PgPool, bulkhead: Arc<Bulkhead>) -> Self {
         Self {
             pool,
+            bulkhead,
             requests: OnceLock::new(),
         }
     }
@@ -43,7 +46,8 @@ impl ReservationLookups {
         let stopped = || ReadError::Unavailable("the reservation look-ups have stopped".into());
         let requests = self.requests.get_or_init(|| {
             let (requests, incoming) = mpsc::unbounded_channel();
-            tokio::spawn(batches(self.pool.clone(), incoming));
+            let (pool, bulkhead) = (self.pool.clone(), Arc::clone(&self.bulkhead));
+            tokio::spawn(batches(pool, bulkhead, incoming));
             requests
         });
         let (reply, answer) = oneshot::channel();
@@ -54,13 +58,22 @@ impl ReservationLookups {
 
 /// Takes whatever has queued up (at least one look-up, at most `MAX_BATCH`), reads it in one
 /// statement, answers each, and goes again.
-async fn batches(pool: PgPool, mut incoming: mpsc::UnboundedReceiver<Lookup>) {
+async fn batches(
+    pool: PgPool,
+    bulkhead: Arc<Bulkhead>,
+    mut incoming: mpsc::UnboundedReceiver<Lookup>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let ids: Vec<ReservationId> = batch.iter().map(|lookup| lookup.id).collect();
-        let found: Result<HashMap<_, _>, _> = queries::reservations_by_id(&pool, &ids)
-            .await
-            .map(|views| views.into_iter().map(|v| (v.reservation_id, v)).collect());
+        let found = async {
+            let _turn = bulkhead.turn().await?;
+            let views = queries::reservations_by_id(&pool, &ids).await?;
+            Ok::<HashMap<_, _>, ReadError>(
+                views.into_iter().map(|v| (v.reservation_id, v)).collect(),
+            )
+        }
+        .await;
         for lookup in batch.drain(..) {
             let answer = match &found {
                 Ok(views) => Ok(views.get(&lookup.id.0).cloned()),
