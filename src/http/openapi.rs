@@ -285,9 +285,9 @@ fn headers(path: &str, method: &str, operation: &mut Map<String, Value>) {
             *parameter = json!({
                 "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "Makes a retry safe: the same key and body replay the first \
-                    answer; the same key with another body is 422 (on another instance than the \
-                    first answer's, a key used again for another event or reservation can make \
-                    a new one instead); a retry while the first still runs is 409 \
+                    answer; the same key with another body is 422 (a payment's key used again, \
+                    on another instance than the first answer's, to pay another reservation \
+                    makes a new payment instead); a retry while the first still runs is 409 \
                     `idempotency-key-in-use`. Kept 24 hours.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                            "pattern": "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$"},

@@ -6,6 +6,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, IdempotencyKey, 
 use super::replies::{idempotent, Reply};
 use super::AppState;
 use crate::app::checkout::PayRequest;
+use crate::app::idempotency;
 use crate::paging::{Page, PageRequest};
 use crate::projections::PaymentView;
 use axum::extract::State;
@@ -84,7 +85,15 @@ async fn create_payment(
             .await?;
         Reply::created(format!("/api/payments/{}", view.payment_id), &view)
     };
-    idempotent(&s, caller.user_id, "payments", key.clone(), &body, work).await
+    idempotent(
+        &s,
+        caller.user_id,
+        idempotency::PAYMENTS,
+        key.clone(),
+        &body,
+        work,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),

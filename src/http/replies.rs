@@ -4,7 +4,7 @@
 
 use super::error::{problem_response, ApiError};
 use super::AppState;
-use crate::app::idempotency::{Answer, Outcome};
+use crate::app::idempotency::{Answer, Outcome, Scope};
 use crate::domain::UserId;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +42,7 @@ impl Reply {
 pub async fn idempotent<F>(
     s: &AppState,
     user: UserId,
-    scope: &'static str,
+    scope: Scope,
     key: Option<String>,
     body: &impl Serialize,
     work: F,

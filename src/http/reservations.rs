@@ -5,6 +5,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated, IdempotencyKey, 
 use super::replies::{idempotent, Reply};
 use super::AppState;
 use crate::app::checkout::HoldRequest;
+use crate::app::idempotency;
 use crate::domain::reservation::ReservationStatus;
 use crate::paging::{Page, PageRequest};
 use crate::projections::ReservationView;
@@ -66,7 +67,15 @@ async fn create_reservation(
             .await?;
         Reply::created(format!("/api/reservations/{}", view.reservation_id), &view)
     };
-    idempotent(&s, caller.user_id, "reservations", key.clone(), &body, work).await
+    idempotent(
+        &s,
+        caller.user_id,
+        idempotency::RESERVATIONS,
+        key.clone(),
+        &body,
+        work,
+    )
+    .await
 }
 
 /// The `Queue-Pass` header, when present and readable.

@@ -8,13 +8,15 @@
 //! is still answered the same; a 5xx is not kept, so the client may retry it.
 //!
 //! Handlers derive ids from the key, so a retry after a lost answer (or racing on another
-//! instance) finds what the first attempt created instead of creating it twice. That is also
-//! how a retry is told from a first attempt without asking the database: a key this instance
-//! does not hold an answer for runs at once, and its stored answer is read only when the use
-//! case finds the derived id used already (`seen_again`: the sale's writer or the processor
-//! knows it) or refuses the request. The price: a key used again on another instance for
-//! something else (another event's hold, another reservation's payment) derives new ids and
-//! is a new request there, not a 422, as it is anywhere once the first answer is forgotten.
+//! instance) finds what the first attempt created instead of creating it twice. For payments
+//! that is also how a retry is told from a first attempt without asking the database
+//! (`LookUp::OnRepeat`): a key this instance holds no answer for runs at once, and its stored
+//! answer is read only when the use case finds the derived id used already (`seen_again`: the
+//! sale's writer or the processor knows it) or refuses the request. The price: a key used
+//! again on another instance to pay another reservation derives a new payment id and is a new
+//! request there, not a 422. Holds are looked up before they run (`LookUp::First`): a hold
+//! refused as sold out and retried elsewhere once seats came back must get its refusal again,
+//! not a hold.
 
 mod durable;
 
@@ -80,6 +82,39 @@ impl Stored {
         })
     }
 }
+
+/// What a key is scoped to (with its user), and when a key this instance holds no answer for
+/// is looked up in the database.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    pub name: &'static str,
+    pub look_up: LookUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookUp {
+    /// Before the request runs: its refusal could turn into a success if it ran again (a hold
+    /// refused as sold out while seats come back), so a refusal stored elsewhere must be found
+    /// before anything runs.
+    First,
+    /// Only once the request found the id its key derives used (`seen_again`) or was refused:
+    /// for requests whose refusals stay refusals (a payment's: its reservation is no longer
+    /// payable, or the processor keeps the declined charge of its id), so a first attempt
+    /// costs no look-up.
+    OnRepeat,
+}
+
+/// Holds: looked up first.
+pub const RESERVATIONS: Scope = Scope {
+    name: "reservations",
+    look_up: LookUp::First,
+};
+
+/// Payments: looked up on a repeat or a refusal.
+pub const PAYMENTS: Scope = Scope {
+    name: "payments",
+    look_up: LookUp::OnRepeat,
+};
 
 tokio::task_local! {
     /// Whether the keyed request running in this task found the id its key derives used
@@ -174,7 +209,7 @@ impl IdempotencyStore {
     pub async fn run<F>(
         &self,
         user: UserId,
-        scope: &'static str,
+        scope: Scope,
         key: Option<String>,
         body: &impl serde::Serialize,
         work: F,
@@ -190,7 +225,7 @@ impl IdempotencyStore {
         };
         let fingerprint: [u8; 32] =
             Sha256::digest(serde_json::to_vec(body).unwrap_or_default()).into();
-        let key = (user, scope, key);
+        let key = (user, scope.name, key);
         let slot = self.slot(key.clone());
         let Ok(mut stored) = slot.try_lock() else {
             return Err(AppError::Conflict {
@@ -200,6 +235,9 @@ impl IdempotencyStore {
                     .into(),
             });
         };
+        if stored.is_none() && scope.look_up == LookUp::First {
+            *stored = self.load(&key).await;
+        }
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
             return previous.replayed_for(fingerprint);
         }
@@ -209,10 +247,10 @@ impl IdempotencyStore {
                 (answer, SEEN_AGAIN.with(Cell::get))
             })
             .await;
-        // A first attempt costs no look-up: the stored answer (of an earlier attempt on another
-        // instance, or before a restart) is read only when this attempt found its id used
-        // already or was refused, and is then the answer.
-        if seen_again || answer.status >= 400 {
+        // Looked up only now: the stored answer (of an earlier attempt on another instance, or
+        // before a restart) is read when this attempt found its id used already or was
+        // refused, and is then the answer.
+        if scope.look_up == LookUp::OnRepeat && (seen_again || answer.status >= 400) {
             if let Some(previous) = self.load(&key).await {
                 let outcome = previous.replayed_for(fingerprint);
                 *stored = Some(previous);
@@ -253,266 +291,4 @@ pub fn derived_id(user: UserId, scope: &str, within: uuid::Uuid, key: Option<&st
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A retry that arrives while the first request with its key still runs is refused with a
-    /// conflict at once (it does not wait); once the first answered, a retry replays it.
-    #[tokio::test]
-    async fn a_retry_while_the_first_still_runs_is_a_conflict() {
-        let store = IdempotencyStore::default();
-        let user = UserId::random();
-        let body = serde_json::json!({"seats": 2});
-        let created = Answer {
-            status: 201,
-            body: r#"{"id":1}"#.into(),
-            location: None,
-        };
-        let (running, started) = tokio::sync::oneshot::channel::<()>();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let first = store.run(user, "things", Some("k".into()), &body, async {
-            let _ = running.send(());
-            let _ = released.await;
-            created.clone()
-        });
-        let retry = async {
-            started.await.unwrap();
-            let refused = store
-                .run(user, "things", Some("k".into()), &body, async {
-                    unreachable!("the retry must not run the work")
-                })
-                .await;
-            release.send(()).unwrap();
-            refused
-        };
-        let (first, retry) = tokio::join!(first, retry);
-        assert_eq!(first.unwrap().answer, created);
-        assert!(
-            matches!(
-                retry,
-                Err(AppError::Conflict {
-                    kind: "idempotency-key-in-use",
-                    ..
-                })
-            ),
-            "{retry:?}"
-        );
-        let replay = store
-            .run(user, "things", Some("k".into()), &body, async {
-                unreachable!("a finished key replays")
-            })
-            .await
-            .unwrap();
-        assert!(replay.replayed);
-        assert_eq!(replay.answer, created);
-    }
-
-    async fn durable_store(url: &str) -> IdempotencyStore {
-        let pool = crate::db::connect(url, &crate::db::PoolSettings::default())
-            .await
-            .unwrap();
-        IdempotencyStore::durable(pool)
-    }
-
-    /// A fresh accounts database, and two stores on it (two instances).
-    async fn two_instances() -> (sqlx::PgPool, IdempotencyStore, IdempotencyStore) {
-        let url = crate::db::testing::fresh_database().await;
-        let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
-            .await
-            .unwrap();
-        crate::db::auth_migrator().run(&pool).await.unwrap();
-        (pool, durable_store(&url).await, durable_store(&url).await)
-    }
-
-    /// An answer given by one instance is replayed by another (or after a restart) from the
-    /// database, without running the handler again; a different body is refused there too.
-    #[tokio::test]
-    async fn a_stored_answer_is_replayed_by_another_instance() {
-        let (pool, first, second) = two_instances().await;
-        let runs = AtomicU32::new(0);
-        let user = UserId::random();
-        let created = Answer {
-            status: 201,
-            body: r#"{"id":1}"#.into(),
-            location: Some("/things/1".into()),
-        };
-        // As a use case does: the first run makes the thing, a later one finds its id used.
-        let work = || async {
-            if runs.fetch_add(1, Ordering::SeqCst) > 0 {
-                seen_again();
-            }
-            created.clone()
-        };
-        let body = serde_json::json!({"seats": 2});
-        let answer = first
-            .run(user, "things", Some("k".into()), &body, work())
-            .await
-            .unwrap();
-        assert_eq!(answer.answer, created);
-        assert!(!answer.replayed);
-        // The row is written after the answer: wait for it, bounded.
-        rows_stored(&pool, 1).await;
-        let replay = second
-            .run(user, "things", Some("k".into()), &body, work())
-            .await
-            .unwrap();
-        assert_eq!(replay.answer, created);
-        assert!(replay.replayed);
-        assert_eq!(
-            runs.load(Ordering::SeqCst),
-            2,
-            "the retry ran up to its id check"
-        );
-        let other = serde_json::json!({"seats": 3});
-        let refused = second
-            .run(user, "things", Some("k".into()), &other, work())
-            .await;
-        assert!(matches!(refused, Err(AppError::Validation(_))));
-    }
-
-    /// Concurrent keyed requests share their round trips: 64 first attempts and then their 64
-    /// retries on another instance cost a handful of statements, not one look-up and one
-    /// insert each, and every retry still gets its own answer.
-    #[tokio::test]
-    async fn concurrent_keys_are_read_and_written_in_batches() {
-        let (pool, first, second) = two_instances().await;
-        let user = UserId::random();
-        let body = serde_json::json!({"seats": 1});
-        let answer = |i: usize| Answer {
-            status: 201,
-            body: format!(r#"{{"id":{i}}}"#).into(),
-            location: None,
-        };
-        let attempts = (0..64).map(|i| {
-            first.run(user, "things", Some(format!("k{i}")), &body, async move {
-                answer(i)
-            })
-        });
-        for outcome in join_all(attempts).await {
-            assert!(!outcome.unwrap().replayed);
-        }
-        rows_stored(&pool, 64).await;
-        let retries = (0..64).map(|i| {
-            second.run(user, "things", Some(format!("k{i}")), &body, async {
-                seen_again();
-                answer(1000)
-            })
-        });
-        for (i, outcome) in join_all(retries).await.into_iter().enumerate() {
-            let outcome = outcome.unwrap();
-            assert!(outcome.replayed);
-            assert_eq!(outcome.answer, answer(i));
-        }
-        let statements = first.database_statements() + second.database_statements();
-        assert!(
-            statements <= 12,
-            "{statements} statements for 128 keyed requests"
-        );
-    }
-
-    /// A first attempt reads nothing: a key whose stored answer was given by another instance
-    /// runs as a new request when it finds nothing of the first attempt (a key used again for
-    /// something else), and gets the stored answer when it is refused.
-    #[tokio::test]
-    async fn the_stored_answer_is_read_only_for_a_repeat_or_a_refusal() {
-        let (pool, first, second) = two_instances().await;
-        let user = UserId::random();
-        let body = serde_json::json!({"seats": 1});
-        let answer = |status: u16, body: &str| Answer {
-            status,
-            body: body.into(),
-            location: None,
-        };
-        for key in ["new", "refused"] {
-            let made = first
-                .run(user, "things", Some(key.into()), &body, async {
-                    answer(201, r#"{"made":1}"#)
-                })
-                .await
-                .unwrap();
-            assert!(!made.replayed);
-        }
-        rows_stored(&pool, 2).await;
-        let loads_before = second.database_statements();
-        let anew = second
-            .run(user, "things", Some("new".into()), &body, async {
-                answer(201, r#"{"made":2}"#)
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            (anew.answer, anew.replayed),
-            (answer(201, r#"{"made":2}"#), false)
-        );
-        let refused = second
-            .run(user, "things", Some("refused".into()), &body, async {
-                answer(409, r#"{"title":"sold out"}"#)
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            (refused.answer, refused.replayed),
-            (answer(201, r#"{"made":1}"#), true)
-        );
-        // One look-up (the refusal's) and one save (the new answer's, kept in memory: the
-        // table keeps the first), which lands after the answer.
-        let started = Instant::now();
-        while second.database_statements() - loads_before < 2 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the save never ran"
-            );
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(second.database_statements() - loads_before, 2);
-    }
-
-    /// Waits, bounded, until `expected` answers are in the table (they are written after the
-    /// answer is given).
-    async fn rows_stored(pool: &sqlx::PgPool, expected: i64) {
-        let started = Instant::now();
-        loop {
-            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-            if rows == expected {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{rows} of {expected} answers stored"
-            );
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Polls every future until all are done, in order (the test runtime has one thread, so
-    /// all of them reach the batching task before it runs).
-    async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-        let mut set = Vec::new();
-        for future in futures {
-            set.push(Box::pin(future));
-        }
-        let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
-                if output.is_none() {
-                    match future.as_mut().poll(cx) {
-                        std::task::Poll::Ready(done) => *output = Some(done),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        outputs.into_iter().flatten().collect()
-    }
-}
+mod tests;

@@ -1,0 +1,304 @@
+//! The idempotency store's tests: replays, concurrent retries, and the look-ups the
+//! PostgreSQL answers cost (on two instances sharing one database).
+
+use super::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A scope looked up on a repeat or a refusal, as payments are.
+const THINGS: Scope = Scope {
+    name: "things",
+    look_up: LookUp::OnRepeat,
+};
+
+/// A retry that arrives while the first request with its key still runs is refused with a
+/// conflict at once (it does not wait); once the first answered, a retry replays it.
+#[tokio::test]
+async fn a_retry_while_the_first_still_runs_is_a_conflict() {
+    let store = IdempotencyStore::default();
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 2});
+    let created = Answer {
+        status: 201,
+        body: r#"{"id":1}"#.into(),
+        location: None,
+    };
+    let (running, started) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = store.run(user, THINGS, Some("k".into()), &body, async {
+        let _ = running.send(());
+        let _ = released.await;
+        created.clone()
+    });
+    let retry = async {
+        started.await.unwrap();
+        let refused = store
+            .run(user, THINGS, Some("k".into()), &body, async {
+                unreachable!("the retry must not run the work")
+            })
+            .await;
+        release.send(()).unwrap();
+        refused
+    };
+    let (first, retry) = tokio::join!(first, retry);
+    assert_eq!(first.unwrap().answer, created);
+    assert!(
+        matches!(
+            retry,
+            Err(AppError::Conflict {
+                kind: "idempotency-key-in-use",
+                ..
+            })
+        ),
+        "{retry:?}"
+    );
+    let replay = store
+        .run(user, THINGS, Some("k".into()), &body, async {
+            unreachable!("a finished key replays")
+        })
+        .await
+        .unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.answer, created);
+}
+
+async fn durable_store(url: &str) -> IdempotencyStore {
+    let pool = crate::db::connect(url, &crate::db::PoolSettings::default())
+        .await
+        .unwrap();
+    IdempotencyStore::durable(pool)
+}
+
+/// A fresh accounts database, and two stores on it (two instances).
+async fn two_instances() -> (sqlx::PgPool, IdempotencyStore, IdempotencyStore) {
+    let url = crate::db::testing::fresh_database().await;
+    let pool = crate::db::connect(&url, &crate::db::PoolSettings::default())
+        .await
+        .unwrap();
+    crate::db::auth_migrator().run(&pool).await.unwrap();
+    (pool, durable_store(&url).await, durable_store(&url).await)
+}
+
+/// An answer given by one instance is replayed by another (or after a restart) from the
+/// database, without running the handler again; a different body is refused there too.
+#[tokio::test]
+async fn a_stored_answer_is_replayed_by_another_instance() {
+    let (pool, first, second) = two_instances().await;
+    let runs = AtomicU32::new(0);
+    let user = UserId::random();
+    let created = Answer {
+        status: 201,
+        body: r#"{"id":1}"#.into(),
+        location: Some("/things/1".into()),
+    };
+    // As a use case does: the first run makes the thing, a later one finds its id used.
+    let work = || async {
+        if runs.fetch_add(1, Ordering::SeqCst) > 0 {
+            seen_again();
+        }
+        created.clone()
+    };
+    let body = serde_json::json!({"seats": 2});
+    let answer = first
+        .run(user, THINGS, Some("k".into()), &body, work())
+        .await
+        .unwrap();
+    assert_eq!(answer.answer, created);
+    assert!(!answer.replayed);
+    // The row is written after the answer: wait for it, bounded.
+    rows_stored(&pool, 1).await;
+    let replay = second
+        .run(user, THINGS, Some("k".into()), &body, work())
+        .await
+        .unwrap();
+    assert_eq!(replay.answer, created);
+    assert!(replay.replayed);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the retry ran up to its id check"
+    );
+    let other = serde_json::json!({"seats": 3});
+    let refused = second
+        .run(user, THINGS, Some("k".into()), &other, work())
+        .await;
+    assert!(matches!(refused, Err(AppError::Validation(_))));
+}
+
+/// Concurrent keyed requests share their round trips: 64 first attempts and then their 64
+/// retries on another instance cost a handful of statements, not one look-up and one
+/// insert each, and every retry still gets its own answer.
+#[tokio::test]
+async fn concurrent_keys_are_read_and_written_in_batches() {
+    let (pool, first, second) = two_instances().await;
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 1});
+    let answer = |i: usize| Answer {
+        status: 201,
+        body: format!(r#"{{"id":{i}}}"#).into(),
+        location: None,
+    };
+    let attempts = (0..64).map(|i| {
+        first.run(user, THINGS, Some(format!("k{i}")), &body, async move {
+            answer(i)
+        })
+    });
+    for outcome in join_all(attempts).await {
+        assert!(!outcome.unwrap().replayed);
+    }
+    rows_stored(&pool, 64).await;
+    let retries = (0..64).map(|i| {
+        second.run(user, THINGS, Some(format!("k{i}")), &body, async {
+            seen_again();
+            answer(1000)
+        })
+    });
+    for (i, outcome) in join_all(retries).await.into_iter().enumerate() {
+        let outcome = outcome.unwrap();
+        assert!(outcome.replayed);
+        assert_eq!(outcome.answer, answer(i));
+    }
+    let statements = first.database_statements() + second.database_statements();
+    assert!(
+        statements <= 12,
+        "{statements} statements for 128 keyed requests"
+    );
+}
+
+/// A first attempt reads nothing: a key whose stored answer was given by another instance
+/// runs as a new request when it finds nothing of the first attempt (a key used again for
+/// something else), and gets the stored answer when it is refused.
+#[tokio::test]
+async fn the_stored_answer_is_read_only_for_a_repeat_or_a_refusal() {
+    let (pool, first, second) = two_instances().await;
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 1});
+    let answer = |status: u16, body: &str| Answer {
+        status,
+        body: body.into(),
+        location: None,
+    };
+    for key in ["new", "refused"] {
+        let made = first
+            .run(user, THINGS, Some(key.into()), &body, async {
+                answer(201, r#"{"made":1}"#)
+            })
+            .await
+            .unwrap();
+        assert!(!made.replayed);
+    }
+    rows_stored(&pool, 2).await;
+    let loads_before = second.database_statements();
+    let anew = second
+        .run(user, THINGS, Some("new".into()), &body, async {
+            answer(201, r#"{"made":2}"#)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (anew.answer, anew.replayed),
+        (answer(201, r#"{"made":2}"#), false)
+    );
+    let refused = second
+        .run(user, THINGS, Some("refused".into()), &body, async {
+            answer(409, r#"{"title":"sold out"}"#)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.answer, refused.replayed),
+        (answer(201, r#"{"made":1}"#), true)
+    );
+    // One look-up (the refusal's) and one save (the new answer's, kept in memory: the
+    // table keeps the first), which lands after the answer.
+    let started = Instant::now();
+    while second.database_statements() - loads_before < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the save never ran"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(second.database_statements() - loads_before, 2);
+}
+
+/// A scope looked up first, as holds are: a refusal stored by one instance is the answer of
+/// a retry on another even where running it again would succeed (seats came back), and the
+/// retry does not run.
+#[tokio::test]
+async fn a_refusal_looked_up_first_is_replayed_where_a_rerun_would_succeed() {
+    const HOLDS: Scope = Scope {
+        name: "holds",
+        look_up: LookUp::First,
+    };
+    let (pool, first, second) = two_instances().await;
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 1});
+    let sold_out = Answer {
+        status: 409,
+        body: r#"{"title":"sold out"}"#.into(),
+        location: None,
+    };
+    let refused = first
+        .run(user, HOLDS, Some("k".into()), &body, async {
+            sold_out.clone()
+        })
+        .await
+        .unwrap();
+    assert!(!refused.replayed);
+    rows_stored(&pool, 1).await;
+    let retry = second
+        .run(user, HOLDS, Some("k".into()), &body, async {
+            unreachable!("a stored refusal is replayed before anything runs")
+        })
+        .await
+        .unwrap();
+    assert_eq!((retry.answer, retry.replayed), (sold_out, true));
+}
+
+/// Waits, bounded, until `expected` answers are in the table (they are written after the
+/// answer is given).
+async fn rows_stored(pool: &sqlx::PgPool, expected: i64) {
+    let started = Instant::now();
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if rows == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{rows} of {expected} answers stored"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Polls every future until all are done, in order (the test runtime has one thread, so
+/// all of them reach the batching task before it runs).
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(done) => *output = Some(done),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
