@@ -78,6 +78,17 @@ fn undecided(e: impl std::fmt::Display) -> GatewayError {
     GatewayError::NoAnswer(format!("simulated processor ledger: {e}"))
 }
 
+/// The INSERT's own failure: nothing was kept only if it was never sent or the server refused
+/// it (the statement rolled back); a lost or unreadable answer may hide a commit.
+fn failed_insert(e: sqlx::Error) -> GatewayError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Database(_) => {
+            unavailable(e)
+        }
+        e => undecided(e),
+    }
+}
+
 /// The charge each payment id of `batch` keeps: the first of the batch where the id is new,
 /// the stored one where it is not. `Err` when the INSERT failed (nothing was kept); an id
 /// whose charge cannot be read back after it has its own error.
@@ -90,8 +101,8 @@ async fn kept_charges(
         .iter()
         .filter(|insert| seen.insert(insert.payment_id))
         .collect();
-    // In one order everywhere: two instances' batches sharing ids wait for each other's rows
-    // instead of deadlocking.
+    // Inserted in one order everywhere (the statement keeps the array's order): two instances'
+    // batches sharing ids wait for each other's rows instead of deadlocking.
     firsts.sort_by_key(|insert| insert.payment_id.0);
     let column = |f: fn(&Insert) -> Uuid| firsts.iter().map(|i| f(i)).collect::<Vec<_>>();
     let outcomes: Vec<(&str, Option<&str>, Option<&str>)> = firsts
@@ -105,7 +116,9 @@ async fn kept_charges(
         "INSERT INTO simulated_processor_charges ({COLUMNS})
          SELECT p, r, e, a, c, o, ch, d, false, t
            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[],
-                       $7::text[], $8::text[], $9::timestamptz[]) AS u(p, r, e, a, c, o, ch, d, t)
+                       $7::text[], $8::text[], $9::timestamptz[])
+                WITH ORDINALITY AS u(p, r, e, a, c, o, ch, d, t, n)
+          ORDER BY n
          ON CONFLICT (payment_id) DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(column(|i| i.payment_id.0))
@@ -129,7 +142,7 @@ async fn kept_charges(
     .bind(firsts.iter().map(|i| i.charge.at).collect::<Vec<_>>())
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(failed_insert)?;
     let mut kept: HashMap<PaymentId, Result<Charge, GatewayError>> = inserted
         .into_iter()
         .map(|row| (PaymentId(row.0), decoded(row)))
