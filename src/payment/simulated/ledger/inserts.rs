@@ -40,15 +40,19 @@ impl Inserts {
         payment_id: PaymentId,
         charge: Charge,
     ) -> Result<Charge, GatewayError> {
-        let stopped = || unavailable("the ledger's writer has stopped");
         let (reply, answer) = oneshot::channel();
         let insert = Insert {
             payment_id,
             charge,
             reply,
         };
-        self.requests.send(insert).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.requests
+            .send(insert)
+            .map_err(|_| unavailable("the ledger's writer has stopped"))?;
+        // Taken, then no answer: its INSERT may have run.
+        answer
+            .await
+            .map_err(|_| undecided("the ledger's writer stopped before it answered"))?
     }
 }
 
