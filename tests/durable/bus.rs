@@ -498,6 +498,16 @@ async fn a_failed_event_is_retried_by_an_admin_after_the_fix() {
             .contains("unknown event reservation.placed version 7"),
         "{poison:#}"
     );
+    // The webhooks consumer dead-letters the poison on its own schedule: wait for it too.
+    eventually(
+        "the webhooks consumer's dead letter",
+        Duration::from_secs(60),
+        || async {
+            let (_, stats) = service.get("/admin/dlq/stats", Some(&admin)).await;
+            stats["pending"] == 4
+        },
+    )
+    .await;
     let (_, stats) = service.get("/admin/dlq/stats", Some(&admin)).await;
     assert_eq!(
         stats["pending"], 4,
