@@ -1,4 +1,5 @@
 //! # Layout
+//! - `batcher`: the group commit of small statements (one task runs what queued meanwhile).
 //! - `breaker`: the circuit breaker each dependency is called through.
 //! - `config`: typed configuration from the environment.
 //! - `db`: PostgreSQL pools, migrations and test databases shared by the adapters.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backoff;
+pub mod batcher;
 pub mod breaker;
 pub mod bus;
 pub mod cache;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first; a module may import only from modules of strictly earlier layers.
 const LAYERS: &[&[&str]] = &[
-    &["backoff", "clock", "paging", "db"],
+    &["backoff", "batcher", "clock", "paging", "db"],
     &["breaker"],
     &["config", "domain", "observability"],
     &["eventstore"],

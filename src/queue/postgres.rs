@@ -8,22 +8,21 @@
 use super::{
     admission, QueueCounts, QueueError, QueueSettings, QueueStore, Since, Ticket, WaitingLine,
 };
+use crate::batcher::Batcher;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 mod joins;
 
-pub struct PostgresQueues(PgPool, mpsc::Sender<joins::Join>);
+pub struct PostgresQueues(PgPool, Batcher<joins::Joins>);
 
 impl PostgresQueues {
     /// Starts the task that writes joins in batches (`joins`); it ends with the store.
     pub fn new(pool: PgPool) -> Self {
-        let (sender, inbox) = mpsc::channel(joins::INBOX);
-        tokio::spawn(joins::run(pool.clone(), inbox));
-        PostgresQueues(pool, sender)
+        let joins = Batcher::start(joins::Joins(pool.clone()));
+        PostgresQueues(pool, joins)
     }
 }
 
@@ -141,17 +140,16 @@ impl QueueStore for PostgresQueues {
     ) -> Result<(Ticket, bool), QueueError> {
         // Written with the other joins queued meanwhile (`joins`): a new ticket only for an
         // enabled queue; a repeated join gets the existing ticket.
-        let (reply, answer) = oneshot::channel();
         let join = joins::Join {
             event_id,
             user_id,
             draw,
             now,
-            reply,
         };
-        let gone = || QueueError::Unavailable("the join writer stopped".into());
-        self.1.send(join).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.1
+            .ask(join)
+            .await
+            .map_err(|lost| QueueError::Unavailable(format!("the join writer: {lost}")))?
     }
 
     async fn ticket(&self, event_id: Uuid, user_id: Uuid) -> Result<Option<Ticket>, QueueError> {

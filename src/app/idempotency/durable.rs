@@ -1,34 +1,25 @@
-//! Idempotent answers in PostgreSQL (`idempotency_keys`), read and written in batches: one
-//! task owns the round trips, and every look-up or answer that arrives while a statement is
-//! in flight goes into the next one (group commit, as the event store's writers do). Under a
-//! flash sale that turns one SELECT and one INSERT per keyed request into one of each per
-//! batch, without changing what a retry sees.
+//! Idempotent answers in PostgreSQL (`idempotency_keys`), read and written in batches
+//! (`Batcher`): every look-up or answer that arrives while a statement is in flight goes into
+//! the next one (group commit, as the event store's writers do). Under a flash sale that turns
+//! one SELECT and one INSERT per keyed request into one of each per batch, without changing
+//! what a retry sees.
 
 use super::{Answer, Key, Stored};
+use crate::batcher::{Batch, Batcher};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
-
-/// The most look-ups or answers one statement carries.
-const MAX_BATCH: usize = 256;
 
 enum Request {
-    Load {
-        key: Key,
-        reply: oneshot::Sender<Option<Stored>>,
-    },
-    Save {
-        key: Key,
-        stored: Stored,
-    },
+    Load(Key),
+    Save(Key, Stored),
 }
 
 /// The handle the idempotency store talks to; the batching task ends once it is dropped.
 pub(super) struct DurableAnswers {
-    requests: mpsc::UnboundedSender<Request>,
+    batcher: Batcher<Batched>,
     pool: sqlx::PgPool,
     /// Statements the batching task has run.
     #[cfg_attr(
@@ -43,11 +34,13 @@ pub(super) struct DurableAnswers {
 
 impl DurableAnswers {
     pub(super) fn start(pool: sqlx::PgPool) -> Self {
-        let (requests, incoming) = mpsc::unbounded_channel();
         let statements = Arc::new(AtomicU64::new(0));
-        tokio::spawn(batches(pool.clone(), incoming, Arc::clone(&statements)));
+        let batched = Batched {
+            pool: pool.clone(),
+            statements: Arc::clone(&statements),
+        };
         Self {
-            requests,
+            batcher: Batcher::start(batched),
             pool,
             statements,
         }
@@ -62,25 +55,16 @@ impl DurableAnswers {
     /// cannot be read (logged): the request then runs, and ids derived from the key keep a
     /// second run from creating anything twice.
     pub(super) async fn load(&self, key: &Key) -> Option<Stored> {
-        let (reply, answer) = oneshot::channel();
-        let request = Request::Load {
-            key: key.clone(),
-            reply,
-        };
-        self.requests.send(request).ok()?;
-        answer.await.ok()?
+        self.batcher.ask(Request::Load(key.clone())).await.ok()?
     }
 
     /// Stores an answer in the background: the client is not kept waiting for it. Until the
     /// row lands, a retry reaching another instance re-runs the handler, which the
     /// key-derived ids make harmless (it finds what the first attempt created).
     pub(super) fn save_later(&self, key: &Key, stored: &Stored) {
-        let request = Request::Save {
-            key: key.clone(),
-            stored: stored.clone(),
-        };
-        if self.requests.send(request).is_err() {
-            tracing::warn!("the idempotency writer has stopped; an answer was not stored");
+        let request = Request::Save(key.clone(), stored.clone());
+        if let Err(lost) = self.batcher.tell(request) {
+            tracing::warn!(%lost, "the idempotency writer has stopped or is full; an answer was not stored");
         }
     }
 
@@ -93,45 +77,55 @@ impl DurableAnswers {
     }
 }
 
-/// Takes whatever has queued up (at least one request, at most `MAX_BATCH`), runs it as one
-/// INSERT and one SELECT, answers, and goes again.
-async fn batches(
+/// Runs a batch as one INSERT (the answers) and one SELECT (the look-ups).
+struct Batched {
     pool: sqlx::PgPool,
-    mut incoming: mpsc::UnboundedReceiver<Request>,
     statements: Arc<AtomicU64>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut loads = Vec::new();
-        let mut saves = Vec::new();
-        for request in batch.drain(..) {
-            match request {
-                Request::Load { key, reply } => loads.push((key, reply)),
-                Request::Save { key, stored } => saves.push((key, stored)),
-            }
-        }
+}
+
+impl Batch for Batched {
+    type Request = Request;
+    /// A look-up's stored answer; `None` for a save.
+    type Answer = Option<Stored>;
+
+    async fn run(&mut self, batch: &[Request]) -> Vec<Option<Stored>> {
+        let saves: Vec<(&Key, &Stored)> = batch
+            .iter()
+            .filter_map(|request| match request {
+                Request::Save(key, stored) => Some((key, stored)),
+                Request::Load(_) => None,
+            })
+            .collect();
+        let loads: Vec<&Key> = batch
+            .iter()
+            .filter_map(|request| match request {
+                Request::Load(key) => Some(key),
+                Request::Save(..) => None,
+            })
+            .collect();
         // Answers first: a look-up in the same batch then already sees them.
         if !saves.is_empty() {
-            statements.fetch_add(1, Ordering::SeqCst);
-            if let Err(e) = save(&pool, &saves).await {
+            self.statements.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = save(&self.pool, &saves).await {
                 tracing::warn!(error = %e, count = saves.len(), "cannot store idempotent answers");
             }
         }
+        let mut found = HashMap::new();
         if !loads.is_empty() {
-            statements.fetch_add(1, Ordering::SeqCst);
-            let keys: Vec<&Key> = loads.iter().map(|(key, _)| key).collect();
-            let mut found = match load(&pool, &keys).await {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read idempotency keys");
-                    HashMap::new()
-                }
-            };
-            for (index, (_, reply)) in loads.into_iter().enumerate() {
-                // A requester that gave up (its client went away) is no reason to stop.
-                let _ = reply.send(found.remove(&index));
+            self.statements.fetch_add(1, Ordering::SeqCst);
+            match load(&self.pool, &loads).await {
+                Ok(loaded) => found = loaded,
+                Err(e) => tracing::warn!(error = %e, "cannot read idempotency keys"),
             }
         }
+        let mut loaded = 0..;
+        batch
+            .iter()
+            .map(|request| match request {
+                Request::Load(_) => loaded.next().and_then(|index| found.remove(&index)),
+                Request::Save(..) => None,
+            })
+            .collect()
     }
 }
 
@@ -179,7 +173,7 @@ fn decode((index, fingerprint, status, body, location): Row) -> Option<(usize, S
     Some((usize::try_from(index).ok()?, stored))
 }
 
-async fn save(pool: &sqlx::PgPool, saves: &[(Key, Stored)]) -> Result<(), sqlx::Error> {
+async fn save(pool: &sqlx::PgPool, saves: &[(&Key, &Stored)]) -> Result<(), sqlx::Error> {
     let users: Vec<uuid::Uuid> = saves.iter().map(|(k, _)| k.0 .0).collect();
     let scopes: Vec<&str> = saves.iter().map(|(k, _)| k.1).collect();
     let names: Vec<&str> = saves.iter().map(|(k, _)| k.2.as_str()).collect();

@@ -1,32 +1,24 @@
-//! Reservations read by id in batches: one task owns the look-ups, and every one that arrives
-//! while a statement is in flight goes into the next (one `= ANY` over the primary key). A
-//! flash sale's payments each read the hold they pay for; this way they cost the read models
-//! one statement per batch instead of one each. A look-up is sent only after the caller's own
+//! Reservations read by id in batches (`Batcher`): every look-up that arrives while a
+//! statement is in flight goes into the next (one `= ANY` over the primary key). A flash
+//! sale's payments each read the hold they pay for; this way they cost the read models one
+//! statement per batch instead of one each. A look-up is sent only after the caller's own
 //! wait for the read models, so a batch sees at least what a statement of its own would. A
 //! batch takes one turn in the read models' bulkhead, as one query does.
 
 use super::{bulkhead::Bulkhead, queries};
+use crate::batcher::{Batch, Batcher};
 use crate::domain::ReservationId;
 use crate::projections::{ReadError, ReservationView};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, oneshot};
-
-/// The most ids one statement carries.
-const MAX_BATCH: usize = 256;
-
-struct Lookup {
-    id: ReservationId,
-    reply: oneshot::Sender<Result<Option<ReservationView>, ReadError>>,
-}
 
 /// The handle the read model asks; its task starts with the first look-up (a read model that
 /// never reads, as the projector's, has none) and ends once the handle is dropped.
 pub(super) struct ReservationLookups {
     pool: PgPool,
     bulkhead: Arc<Bulkhead>,
-    requests: OnceLock<mpsc::UnboundedSender<Lookup>>,
+    batcher: OnceLock<Batcher<ById>>,
 }
 
 impl ReservationLookups {
@@ -34,7 +26,7 @@ impl ReservationLookups {
         Self {
             pool,
             bulkhead,
-            requests: OnceLock::new(),
+            batcher: OnceLock::new(),
         }
     }
 
@@ -43,44 +35,41 @@ impl ReservationLookups {
         &self,
         id: ReservationId,
     ) -> Result<Option<ReservationView>, ReadError> {
-        let stopped = || ReadError::Unavailable("the reservation look-ups have stopped".into());
-        let requests = self.requests.get_or_init(|| {
-            let (requests, incoming) = mpsc::unbounded_channel();
-            let (pool, bulkhead) = (self.pool.clone(), Arc::clone(&self.bulkhead));
-            tokio::spawn(batches(pool, bulkhead, incoming));
-            requests
+        let batcher = self.batcher.get_or_init(|| {
+            Batcher::start(ById {
+                pool: self.pool.clone(),
+                bulkhead: Arc::clone(&self.bulkhead),
+            })
         });
-        let (reply, answer) = oneshot::channel();
-        requests.send(Lookup { id, reply }).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        batcher.ask(id).await.map_err(|lost| {
+            ReadError::Unavailable(format!("the reservation look-ups have stopped: {lost}"))
+        })?
     }
 }
 
-/// Takes whatever has queued up (at least one look-up, at most `MAX_BATCH`), reads it in one
-/// statement, answers each, and goes again.
-async fn batches(
+struct ById {
     pool: PgPool,
     bulkhead: Arc<Bulkhead>,
-    mut incoming: mpsc::UnboundedReceiver<Lookup>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let ids: Vec<ReservationId> = batch.iter().map(|lookup| lookup.id).collect();
+}
+
+impl Batch for ById {
+    type Request = ReservationId;
+    type Answer = Result<Option<ReservationView>, ReadError>;
+
+    async fn run(&mut self, ids: &[ReservationId]) -> Vec<Self::Answer> {
         let found = async {
-            let _turn = bulkhead.turn().await?;
-            let views = queries::reservations_by_id(&pool, &ids).await?;
+            let _turn = self.bulkhead.turn().await?;
+            let views = queries::reservations_by_id(&self.pool, ids).await?;
             Ok::<HashMap<_, _>, ReadError>(
                 views.into_iter().map(|v| (v.reservation_id, v)).collect(),
             )
         }
         .await;
-        for lookup in batch.drain(..) {
-            let answer = match &found {
-                Ok(views) => Ok(views.get(&lookup.id.0).cloned()),
+        ids.iter()
+            .map(|id| match &found {
+                Ok(views) => Ok(views.get(&id.0).cloned()),
                 Err(e) => Err(e.clone()),
-            };
-            // A requester that gave up (its client went away) is no reason to stop.
-            let _ = lookup.reply.send(answer);
-        }
+            })
+            .collect()
     }
 }

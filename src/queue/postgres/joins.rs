@@ -1,22 +1,16 @@
 //! Group commit of joins: at an on-sale's opening a crowd joins within seconds, and one
 //! `INSERT` (and one commit, one WAL flush) per join would cap the rate at what the disk
-//! flushes. One task per store takes every join queued meanwhile (up to `MAX_BATCH`), inserts
+//! flushes. One task per store (`Batcher`) takes every join queued meanwhile (up to 1000), inserts
 //! them with one statement over arrays, reads back in one more the tickets of those already in
 //! line, and answers each caller after the commit.
 
 use super::{unavailable, TicketRow, TICKET};
+use crate::batcher::Batch;
 use crate::queue::{QueueError, Ticket, ARRIVAL_BASE};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::HashMap;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
-
-/// Most joins written in one statement.
-const MAX_BATCH: usize = 1000;
-
-/// Joins waiting for the batch task before callers wait to queue theirs.
-pub(super) const INBOX: usize = 10_000;
 
 pub(super) type Answer = Result<(Ticket, bool), QueueError>;
 
@@ -25,25 +19,21 @@ pub(super) struct Join {
     pub user_id: Uuid,
     pub draw: Option<i64>,
     pub now: DateTime<Utc>,
-    pub reply: oneshot::Sender<Answer>,
 }
 
-/// Runs until every sender (the store) is gone.
-pub(super) async fn run(pool: PgPool, mut inbox: mpsc::Receiver<Join>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while inbox.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match write(&pool, &batch).await {
-            Ok(answers) => {
-                for (join, answer) in batch.drain(..).zip(answers) {
-                    let _ = join.reply.send(answer);
-                }
-            }
-            Err(e) => {
-                for join in batch.drain(..) {
-                    let _ = join.reply.send(Err(e.clone()));
-                }
-            }
-        }
+/// Writes each batch of joins.
+pub(super) struct Joins(pub PgPool);
+
+impl Batch for Joins {
+    type Request = Join;
+    type Answer = Answer;
+    const PER_BATCH: usize = 1000;
+    const QUEUED: usize = 10_000;
+
+    async fn run(&mut self, batch: &[Join]) -> Vec<Answer> {
+        write(&self.0, batch)
+            .await
+            .unwrap_or_else(|e| batch.iter().map(|_| Err(e.clone())).collect())
     }
 }
 

@@ -1,37 +1,29 @@
-//! The PostgreSQL ledger's new charges, inserted in batches: one task owns the inserts, and
-//! every charge that arrives while a statement is in flight goes into the next one (group
-//! commit, as the idempotency answers and the sale writers do). A flash sale's payments then
+//! The PostgreSQL ledger's new charges, inserted in batches (`Batcher`): every charge that
+//! arrives while a statement is in flight goes into the next one (group commit, as the
+//! idempotency answers and the sale writers do). A flash sale's payments then
 //! cost the processor's table one INSERT per batch instead of one per charge, and a payment id
 //! still keeps its first charge: a retry (in the same batch, or after it) gets that one back.
 
 use super::{from_row, unavailable, Charge, Row, COLUMNS};
+use crate::batcher::{Batch, Batcher, Lost};
 use crate::domain::PaymentId;
 use crate::payment::{ChargeOutcome, GatewayError};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
-
-/// The most charges one statement carries.
-const MAX_BATCH: usize = 256;
 
 struct Insert {
     payment_id: PaymentId,
     charge: Charge,
-    reply: oneshot::Sender<Result<Charge, GatewayError>>,
 }
 
 /// The handle the ledger talks to; the batching task ends once it is dropped.
-pub struct Inserts {
-    requests: mpsc::UnboundedSender<Insert>,
-}
+pub struct Inserts(Batcher<Batched>);
 
 impl Inserts {
     /// Starts the batching task (so it must be called inside the runtime).
     pub(super) fn start(pool: PgPool) -> Self {
-        let (requests, incoming) = mpsc::unbounded_channel();
-        tokio::spawn(batches(pool, incoming));
-        Self { requests }
+        Self(Batcher::start(Batched(pool)))
     }
 
     /// Keeps `charge` unless the payment id has one already; returns the one kept.
@@ -40,40 +32,37 @@ impl Inserts {
         payment_id: PaymentId,
         charge: Charge,
     ) -> Result<Charge, GatewayError> {
-        let (reply, answer) = oneshot::channel();
-        let insert = Insert {
-            payment_id,
-            charge,
-            reply,
-        };
-        self.requests
-            .send(insert)
-            .map_err(|_| unavailable("the ledger's writer has stopped"))?;
-        // Taken, then no answer: its INSERT may have run.
-        answer
+        self.0
+            .ask(Insert { payment_id, charge })
             .await
-            .map_err(|_| undecided("the ledger's writer stopped before it answered"))?
+            .map_err(|lost| match lost {
+                Lost::NotTaken => unavailable("the ledger's writer has stopped"),
+                // Taken, then no answer: its INSERT may have run.
+                Lost::Unanswered => undecided("the ledger's writer stopped before it answered"),
+            })?
     }
 }
 
-/// Takes whatever has queued up (at least one charge, at most `MAX_BATCH`), keeps it in one
-/// INSERT (and one SELECT for the payment ids that had a charge already), answers, and goes
-/// again.
-async fn batches(pool: PgPool, mut incoming: mpsc::UnboundedReceiver<Insert>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let kept = kept_charges(&pool, &batch).await;
-        for insert in batch.drain(..) {
-            let answer = match &kept {
+/// Keeps a batch in one INSERT (and one SELECT for the payment ids that had a charge
+/// already).
+struct Batched(PgPool);
+
+impl Batch for Batched {
+    type Request = Insert;
+    type Answer = Result<Charge, GatewayError>;
+
+    async fn run(&mut self, batch: &[Insert]) -> Vec<Self::Answer> {
+        let kept = kept_charges(&self.0, batch).await;
+        batch
+            .iter()
+            .map(|insert| match &kept {
                 Ok(kept) => kept
                     .get(&insert.payment_id)
                     .cloned()
                     .unwrap_or_else(|| Err(undecided("a charge vanished after its insert"))),
                 Err(e) => Err(e.clone()),
-            };
-            // A requester that gave up (its client went away) is no reason to stop.
-            let _ = insert.reply.send(answer);
-        }
+            })
+            .collect()
     }
 }
 

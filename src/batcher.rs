@@ -1,0 +1,150 @@
+//! `Batcher`: one task that runs requests in batches, the group commit of reads and writes
+//! that are not a sale's events (idempotency answers, the simulated processor's charges,
+//! reservations read by id, waiting-room joins). Every request that arrives while a batch is
+//! in flight goes into the next one, so a crowd costs a statement per batch instead of one
+//! per request. The task ends once its handle is dropped. A lost answer says whether the
+//! request could have run: `Lost::NotTaken` (it did not) or `Lost::Unanswered` (it may have).
+
+use std::future::Future;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a batching task does with each batch.
+pub trait Batch: Send + 'static {
+    type Request: Send + 'static;
+    type Answer: Send + 'static;
+
+    /// The most requests one batch carries.
+    const PER_BATCH: usize = 256;
+    /// Requests waiting for the task before `ask` waits to queue one (`tell` gives up).
+    const QUEUED: usize = 65_536;
+
+    /// Runs `requests` (at least one) and answers them in their order; a request past the
+    /// end of the answers gets `Lost::Unanswered`.
+    fn run(&mut self, requests: &[Self::Request])
+        -> impl Future<Output = Vec<Self::Answer>> + Send;
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Lost {
+    /// The task has stopped, or its queue is full (`tell`): the request did not run.
+    #[error("the batching task did not take the request")]
+    NotTaken,
+    /// The task took the request and stopped (or left it out) before answering: it may have
+    /// run.
+    #[error("the batching task took the request and gave no answer")]
+    Unanswered,
+}
+
+type Queued<B> = (
+    <B as Batch>::Request,
+    Option<oneshot::Sender<<B as Batch>::Answer>>,
+);
+
+/// The handle requests go through.
+pub struct Batcher<B: Batch> {
+    queue: mpsc::Sender<Queued<B>>,
+}
+
+impl<B: Batch> Batcher<B> {
+    /// Starts the batching task, so it must be called inside the runtime.
+    pub fn start(batch: B) -> Self {
+        let (queue, incoming) = mpsc::channel(B::QUEUED);
+        tokio::spawn(batches(batch, incoming));
+        Self { queue }
+    }
+
+    /// Runs `request` with the others queued meanwhile and waits for its answer.
+    pub async fn ask(&self, request: B::Request) -> Result<B::Answer, Lost> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((request, Some(reply)))
+            .await
+            .map_err(|_| Lost::NotTaken)?;
+        answer.await.map_err(|_| Lost::Unanswered)
+    }
+
+    /// Queues `request` without waiting for it: nobody wants its answer.
+    pub fn tell(&self, request: B::Request) -> Result<(), Lost> {
+        self.queue
+            .try_send((request, None))
+            .map_err(|_| Lost::NotTaken)
+    }
+}
+
+/// Takes whatever has queued up (at least one request, at most `PER_BATCH`), runs it,
+/// answers, and goes again.
+async fn batches<B: Batch>(mut batch: B, mut incoming: mpsc::Receiver<Queued<B>>) {
+    let mut queued = Vec::with_capacity(B::PER_BATCH);
+    let mut requests = Vec::with_capacity(B::PER_BATCH);
+    let mut replies = Vec::with_capacity(B::PER_BATCH);
+    while incoming.recv_many(&mut queued, B::PER_BATCH).await > 0 {
+        for (request, reply) in queued.drain(..) {
+            requests.push(request);
+            replies.push(reply);
+        }
+        let answers = batch.run(&requests).await;
+        requests.clear();
+        // A reply left without an answer is dropped: its caller learns `Unanswered`.
+        for (reply, answer) in replies.drain(..).zip(answers) {
+            // A caller that gave up (its client went away) is no reason to stop.
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
+        }
+        replies.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Doubles numbers; records each batch it ran; answers nothing for 0.
+    struct Doubling(Arc<Mutex<Vec<Vec<u32>>>>);
+
+    impl Batch for Doubling {
+        type Request = u32;
+        type Answer = u32;
+        const PER_BATCH: usize = 3;
+
+        async fn run(&mut self, requests: &[u32]) -> Vec<u32> {
+            self.0.lock().unwrap().push(requests.to_vec());
+            requests
+                .iter()
+                .map_while(|&n| (n > 0).then_some(n * 2))
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_together_run_in_batches_of_at_most_per_batch() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Batcher::start(Doubling(Arc::clone(&ran)));
+        // All five are queued in one poll, before the task (on this one-thread runtime) runs.
+        let answers = tokio::join!(
+            batcher.ask(1),
+            batcher.ask(2),
+            batcher.ask(3),
+            batcher.ask(4),
+            batcher.ask(5)
+        );
+        assert_eq!(answers, (Ok(2), Ok(4), Ok(6), Ok(8), Ok(10)));
+        assert_eq!(*ran.lock().unwrap(), [vec![1, 2, 3], vec![4, 5]]);
+    }
+
+    #[tokio::test]
+    async fn told_requests_run_and_an_unanswered_one_is_told_apart_from_one_not_taken() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Batcher::start(Doubling(Arc::clone(&ran)));
+        batcher.tell(7).unwrap();
+        assert_eq!(batcher.ask(0).await, Err(Lost::Unanswered));
+        assert_eq!(*ran.lock().unwrap(), [vec![7, 0]]);
+        let stopped = Batcher::<Doubling> {
+            queue: mpsc::channel(1).0,
+        };
+        assert_eq!(stopped.ask(1).await, Err(Lost::NotTaken));
+        assert_eq!(stopped.tell(1), Err(Lost::NotTaken));
+    }
+}
