@@ -85,14 +85,14 @@ async fn batches<B: Batch>(mut batch: B, mut incoming: mpsc::Receiver<Queued<B>>
         }
         let answers = batch.run(&requests).await;
         requests.clear();
-        // A reply left without an answer is dropped: its caller learns `Unanswered`.
+        // A reply left without an answer is dropped with the drain: its caller learns
+        // `Unanswered`.
         for (reply, answer) in replies.drain(..).zip(answers) {
             // A caller that gave up (its client went away) is no reason to stop.
             if let Some(reply) = reply {
                 let _ = reply.send(answer);
             }
         }
-        replies.clear();
     }
 }
 

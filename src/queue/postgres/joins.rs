@@ -1,8 +1,8 @@
 //! Group commit of joins: at an on-sale's opening a crowd joins within seconds, and one
 //! `INSERT` (and one commit, one WAL flush) per join would cap the rate at what the disk
-//! flushes. One task per store (`Batcher`) takes every join queued meanwhile (up to 1000), inserts
-//! them with one statement over arrays, reads back in one more the tickets of those already in
-//! line, and answers each caller after the commit.
+//! flushes. One task per store (`Batcher`) takes every join queued meanwhile (up to 1000),
+//! inserts them with one statement over arrays, reads back in one more the tickets of those
+//! already in line, and answers each caller after the commit.
 
 use super::{unavailable, TicketRow, TICKET};
 use crate::batcher::Batch;
