@@ -85,7 +85,10 @@ impl App {
             // instance, a moment ago) placed it, so wait for the read models to show it.
             Err(AppError::Conflict {
                 kind: "conflict", ..
-            }) if key.is_some() => return self.placed_earlier(id).await,
+            }) if key.is_some() => {
+                idempotency::seen_again();
+                return self.placed_earlier(id).await;
+            }
             // Refused for another reason (the sale closed since): placed before, or not. The
             // writer checks the id before the seats and the customer's limit, so those
             // refusals prove the first attempt placed nothing (a sold-out flood of retries
@@ -95,7 +98,8 @@ impl App {
                     && !REFUSED_AFTER_THE_ID_CHECK.contains(&kind)
                     && self.has_reservation(id).await? =>
             {
-                return self.reservation_by_id(id).await
+                idempotency::seen_again();
+                return self.reservation_by_id(id).await;
             }
             // A draft is hidden from all but its organizer and admins: 404, as reads answer.
             Err(

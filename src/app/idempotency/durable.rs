@@ -2,7 +2,7 @@
 //! (`Batcher`): every look-up or answer that arrives while a statement is in flight goes into
 //! the next one (group commit, as the event store's writers do). Under a flash sale that turns
 //! one SELECT and one INSERT per keyed request into one of each per batch, without changing
-//! what a retry sees.
+//! what a retry sees. A stored refusal gives way to a later success of its key (`save`).
 
 use super::{Answer, Key, Stored};
 use crate::batcher::{Batch, Batcher};
@@ -173,7 +173,33 @@ fn decode((index, fingerprint, status, body, location): Row) -> Option<(usize, S
     Some((usize::try_from(index).ok()?, stored))
 }
 
+/// Stores a batch of answers. A key's stored refusal gives way to a success (the request ran
+/// again on an instance without the refusal in memory and the state had changed, seats came
+/// back): the table then says what the key made, so a later retry anywhere replays the
+/// success, not a refusal of what exists. A success is never overwritten, nor a refusal by
+/// another refusal (a retry of a refused request finds the first refusal and replays it). An
+/// answer older than 24 hours, which no look-up returns, gives way to any new one.
 async fn save(pool: &sqlx::PgPool, saves: &[(&Key, &Stored)]) -> Result<(), sqlx::Error> {
+    // One row per key: `ON CONFLICT DO UPDATE` refuses a statement that names a row twice,
+    // which would lose the whole batch. A key is saved once per run, and a run replays what
+    // this instance keeps, so a repeat is a key whose answer was forgotten here meanwhile:
+    // the later answer is the one kept.
+    let mut last: HashMap<&Key, usize> = HashMap::with_capacity(saves.len());
+    for (index, (key, _)) in saves.iter().enumerate() {
+        last.insert(*key, index);
+    }
+    let deduplicated: Vec<(&Key, &Stored)>;
+    let saves = if last.len() == saves.len() {
+        saves
+    } else {
+        deduplicated = saves
+            .iter()
+            .enumerate()
+            .filter(|(index, (key, _))| last.get(key) == Some(index))
+            .map(|(_, save)| *save)
+            .collect();
+        &deduplicated
+    };
     let users: Vec<uuid::Uuid> = saves.iter().map(|(k, _)| k.0 .0).collect();
     let scopes: Vec<&str> = saves.iter().map(|(k, _)| k.1).collect();
     let names: Vec<&str> = saves.iter().map(|(k, _)| k.2.as_str()).collect();
@@ -194,7 +220,11 @@ async fn save(pool: &sqlx::PgPool, saves: &[(&Key, &Stored)]) -> Result<(), sqlx
         "INSERT INTO idempotency_keys (user_id, scope, key, fingerprint, status, body, location)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int2[],
                               $6::text[]::jsonb[], $7::text[])
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (user_id, scope, key) DO UPDATE
+            SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
+                body = EXCLUDED.body, location = EXCLUDED.location, created_at = now()
+          WHERE (idempotency_keys.status >= 400 AND EXCLUDED.status < 400)
+             OR idempotency_keys.created_at <= now() - interval '24 hours'",
     )
     .bind(users)
     .bind(scopes)

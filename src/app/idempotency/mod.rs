@@ -8,15 +8,20 @@
 //! is still answered the same; a 5xx is not kept, so the client may retry it.
 //!
 //! Handlers derive ids from the key, so a retry after a lost answer (or racing on another
-//! instance) finds what the first attempt created instead of creating it twice. For payments
-//! that is also how a retry is told from a first attempt without asking the database
-//! (`LookUp::OnRepeat`): a key this instance holds no answer for runs at once, and its stored
-//! answer is read only when the use case finds the derived id used already (`seen_again`: the
-//! sale's writer or the processor knows it) or refuses the request. The price: a key used
-//! again on another instance to pay another reservation derives a new payment id and is a new
-//! request there, not a 422. Holds are looked up before they run (`LookUp::First`): a hold
-//! refused as sold out and retried elsewhere once seats came back must get its refusal again,
-//! not a hold.
+//! instance) finds what the first attempt created instead of creating it twice. That is also
+//! how a retry is told from a first attempt without asking the database: a key this instance
+//! holds no answer for runs at once, and its stored answer is read only when the use case
+//! finds the derived id used already (`seen_again`: the sale's writer or the processor knows
+//! it) or refuses the request. What a first attempt costs is then no statement of its own,
+//! only its share of a batched save (issue 11: nothing per request on the hot path).
+//!
+//! The price, where the state changed between two attempts on different instances (or across
+//! a restart): a refused request runs again first, so a hold refused as sold out and retried
+//! elsewhere once seats came back gets the hold (201), whose answer then replaces the stored
+//! refusal (`durable`: a success overwrites a refusal, never the reverse), and a key used
+//! again with another body that derives another id (another event's hold, another
+//! reservation's payment) is a new request there, not a 422. The instance that answered first
+//! keeps its answer in memory and replays it until it restarts.
 
 mod durable;
 
@@ -83,38 +88,20 @@ impl Stored {
     }
 }
 
-/// What a key is scoped to (with its user), and when a key this instance holds no answer for
-/// is looked up in the database.
+/// What a key is scoped to, with its user: the same key names different requests in
+/// different scopes.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope {
     pub name: &'static str,
-    pub look_up: LookUp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LookUp {
-    /// Before the request runs: its refusal could turn into a success if it ran again (a hold
-    /// refused as sold out while seats come back), so a refusal stored elsewhere must be found
-    /// before anything runs.
-    First,
-    /// Only once the request found the id its key derives used (`seen_again`) or was refused:
-    /// for requests whose refusals stay refusals (a payment's: its reservation is no longer
-    /// payable, or the processor keeps the declined charge of its id), so a first attempt
-    /// costs no look-up.
-    OnRepeat,
-}
-
-/// Holds: looked up first.
+/// Holds.
 pub const RESERVATIONS: Scope = Scope {
     name: "reservations",
-    look_up: LookUp::First,
 };
 
-/// Payments: looked up on a repeat or a refusal.
-pub const PAYMENTS: Scope = Scope {
-    name: "payments",
-    look_up: LookUp::OnRepeat,
-};
+/// Payments.
+pub const PAYMENTS: Scope = Scope { name: "payments" };
 
 tokio::task_local! {
     /// Whether the keyed request running in this task found the id its key derives used
@@ -235,9 +222,6 @@ impl IdempotencyStore {
                     .into(),
             });
         };
-        if stored.is_none() && scope.look_up == LookUp::First {
-            *stored = self.load(&key).await;
-        }
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
             return previous.replayed_for(fingerprint);
         }
@@ -250,7 +234,7 @@ impl IdempotencyStore {
         // Looked up only now: the stored answer (of an earlier attempt on another instance, or
         // before a restart) is read when this attempt found its id used already or was
         // refused, and is then the answer.
-        if scope.look_up == LookUp::OnRepeat && (seen_again || answer.status >= 400) {
+        if seen_again || answer.status >= 400 {
             if let Some(previous) = self.load(&key).await {
                 let outcome = previous.replayed_for(fingerprint);
                 *stored = Some(previous);

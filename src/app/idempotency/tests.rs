@@ -4,11 +4,7 @@
 use super::*;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// A scope looked up on a repeat or a refusal, as payments are.
-const THINGS: Scope = Scope {
-    name: "things",
-    look_up: LookUp::OnRepeat,
-};
+const THINGS: Scope = Scope { name: "things" };
 
 /// A retry that arrives while the first request with its key still runs is refused with a
 /// conflict at once (it does not wait); once the first answered, a retry replays it.
@@ -221,15 +217,12 @@ async fn the_stored_answer_is_read_only_for_a_repeat_or_a_refusal() {
     assert_eq!(second.database_statements() - loads_before, 2);
 }
 
-/// A scope looked up first, as holds are: a refusal stored by one instance is the answer of
-/// a retry on another even where running it again would succeed (seats came back), and the
-/// retry does not run.
+/// A refusal stored by one instance, retried on another where running it again succeeds
+/// (seats came back): the retry runs first and makes the hold (201), and its answer replaces
+/// the stored refusal, so a third attempt that finds the hold made replays the success, never
+/// a refusal of what exists. A refusal does not replace a stored success.
 #[tokio::test]
-async fn a_refusal_looked_up_first_is_replayed_where_a_rerun_would_succeed() {
-    const HOLDS: Scope = Scope {
-        name: "holds",
-        look_up: LookUp::First,
-    };
+async fn a_success_replaces_a_stored_refusal_and_never_the_reverse() {
     let (pool, first, second) = two_instances().await;
     let user = UserId::random();
     let body = serde_json::json!({"seats": 1});
@@ -238,8 +231,13 @@ async fn a_refusal_looked_up_first_is_replayed_where_a_rerun_would_succeed() {
         body: r#"{"title":"sold out"}"#.into(),
         location: None,
     };
+    let held = Answer {
+        status: 201,
+        body: r#"{"held":1}"#.into(),
+        location: Some("/holds/1".into()),
+    };
     let refused = first
-        .run(user, HOLDS, Some("k".into()), &body, async {
+        .run(user, THINGS, Some("k".into()), &body, async {
             sold_out.clone()
         })
         .await
@@ -247,12 +245,79 @@ async fn a_refusal_looked_up_first_is_replayed_where_a_rerun_would_succeed() {
     assert!(!refused.replayed);
     rows_stored(&pool, 1).await;
     let retry = second
-        .run(user, HOLDS, Some("k".into()), &body, async {
-            unreachable!("a stored refusal is replayed before anything runs")
+        .run(user, THINGS, Some("k".into()), &body, async {
+            held.clone()
         })
         .await
         .unwrap();
-    assert_eq!((retry.answer, retry.replayed), (sold_out, true));
+    assert_eq!((retry.answer, retry.replayed), (held.clone(), false));
+    stored_status(&pool, 201).await;
+    // A third instance (or a restart): the use case finds the hold made and is told its
+    // answer, whatever it would have answered itself.
+    let third = another_instance(&pool).await;
+    let replay = third
+        .run(user, THINGS, Some("k".into()), &body, async {
+            seen_again();
+            sold_out.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((replay.answer, replay.replayed), (held.clone(), true));
+    // A refusal saved for the key later (an instance that forgot the success) keeps nothing.
+    let fourth = another_instance(&pool).await;
+    fourth.save_later(
+        &(user, THINGS.name, "k".into()),
+        &Stored {
+            fingerprint: [0; 32],
+            answer: sold_out.clone(),
+            at: Instant::now(),
+        },
+    );
+    // Saves of one store run in order: a second key saved after it lands after it.
+    let marker = (user, THINGS.name, "marker".to_owned());
+    fourth.save_later(
+        &marker,
+        &Stored {
+            fingerprint: [0; 32],
+            answer: held.clone(),
+            at: Instant::now(),
+        },
+    );
+    rows_stored(&pool, 2).await;
+    stored_status(&pool, 201).await;
+}
+
+/// Another instance on the database of `pool`.
+async fn another_instance(pool: &sqlx::PgPool) -> IdempotencyStore {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    durable_store(&crate::db::testing::with_database(
+        &crate::db::testing::admin_url(),
+        &name,
+    ))
+    .await
+}
+
+/// Waits, bounded, until the answer stored for key "k" has `status`.
+async fn stored_status(pool: &sqlx::PgPool, status: i16) {
+    let started = Instant::now();
+    loop {
+        let stored: Option<i16> =
+            sqlx::query_scalar("SELECT status FROM idempotency_keys WHERE key = 'k'")
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        if stored == Some(status) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the key's stored status is {stored:?}, not {status}"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Waits, bounded, until `expected` answers are in the table (they are written after the
