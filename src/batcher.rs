@@ -134,6 +134,65 @@ mod tests {
         assert_eq!(*ran.lock().unwrap(), [vec![1, 2, 3], vec![4, 5]]);
     }
 
+    /// Runs each batch only once the test lets it (one permit per batch), saying when it
+    /// started one; queues at most two requests.
+    struct Gated {
+        started: mpsc::UnboundedSender<Vec<u32>>,
+        permits: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Batch for Gated {
+        type Request = u32;
+        type Answer = u32;
+        const QUEUED: usize = 2;
+
+        async fn run(&mut self, requests: &[u32]) -> Vec<u32> {
+            let _ = self.started.send(requests.to_vec());
+            self.permits.acquire().await.unwrap().forget();
+            requests.to_vec()
+        }
+    }
+
+    /// While a batch runs, requests queue up to `QUEUED`: past the bound a `tell` is refused
+    /// at once (`NotTaken`: it will not run) and an `ask` waits for room instead; every
+    /// request taken runs, in the next batches.
+    #[tokio::test]
+    async fn a_full_queue_refuses_a_tell_and_makes_an_ask_wait() {
+        let (started, mut batches) = mpsc::unbounded_channel();
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let batcher = Arc::new(Batcher::start(Gated {
+            started,
+            permits: Arc::clone(&permits),
+        }));
+        let first = tokio::spawn({
+            let batcher = Arc::clone(&batcher);
+            async move { batcher.ask(1).await }
+        });
+        assert_eq!(batches.recv().await.unwrap(), [1], "the first batch runs");
+        batcher.tell(2).unwrap();
+        batcher.tell(3).unwrap();
+        assert_eq!(batcher.tell(4), Err(Lost::NotTaken), "the queue holds two");
+        let waiting = tokio::spawn({
+            let batcher = Arc::clone(&batcher);
+            async move { batcher.ask(5).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiting.is_finished(),
+            "an ask waits for room, it is not refused"
+        );
+        permits.add_permits(3);
+        assert_eq!(first.await.unwrap(), Ok(1));
+        assert_eq!(waiting.await.unwrap(), Ok(5));
+        let mut ran = Vec::new();
+        while let Ok(batch) = batches.try_recv() {
+            ran.extend(batch);
+        }
+        assert_eq!(ran, [2, 3, 5], "the refused tell never ran");
+    }
+
     #[tokio::test]
     async fn told_requests_run_and_an_unanswered_one_is_told_apart_from_one_not_taken() {
         let ran = Arc::new(Mutex::new(Vec::new()));
