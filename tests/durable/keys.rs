@@ -2,7 +2,9 @@
 //! 24 h; here the rows are deleted, as the daily clean-up would, and the request reaches an
 //! instance that never saw the key): a request about something else is a new request. The ids
 //! a key derives name what the request is about (the event of a hold, the reservation of a
-//! payment), so the key cannot name the first request's reservation or payment again.
+//! payment), so the key cannot name the first request's reservation or payment again. And a
+//! key retried on another instance while its answer is kept: read when the writer finds what
+//! the key derives made already, and replaced when a refusal turned into a success.
 
 use super::client::*;
 use serde_json::json;
@@ -153,4 +155,91 @@ async fn until_captured(db: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("no capture was recorded");
+}
+
+/// Waits, bounded, until the answer stored for the key `key` has `status` (answers are saved
+/// in batches after they are given).
+async fn stored_status(pool: &PgPool, key: &str, status: i16) {
+    let stored = || async {
+        sqlx::query_scalar::<_, i16>("SELECT status FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+    };
+    for _ in 0..200 {
+        if stored().await == Some(status) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the answer stored for {key} is {:?}, not {status}",
+        stored().await
+    );
+}
+
+/// A hold's key costs no look-up before the hold runs; another instance reads the stored
+/// answer because its sale writer finds the reservation the key derives placed already. So a
+/// retry there with another body is the 422 the stored answer calls for, and with the same
+/// body the first reservation. A hold refused as sold out and retried elsewhere once the seat
+/// came back is decided again and gets it; its answer then replaces the stored refusal, so a
+/// third instance replays the hold, not "sold out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_retried_elsewhere_reads_its_answer_when_its_reservation_exists() {
+    let db = fresh_database().await;
+    let first = Service::start(&db, &[]).await;
+    let (_, organizer) = first.user("organizer").await;
+    let event = first.event_on_sale(&organizer, 1).await;
+    let (_, holder) = first.user("customer").await;
+    let (_, latecomer) = first.user("customer").await;
+    let hold = |quantity: u32| json!({"event_id": event, "section": "floor", "quantity": quantity});
+    let (status, body) = first
+        .post_keyed("/api/reservations", &holder, "held", hold(1))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let held = uuid(&body, "reservation_id");
+    let (status, body) = first
+        .post_keyed("/api/reservations", &latecomer, "late", hold(1))
+        .await;
+    assert_eq!(status, 409, "sold out: {body}");
+    let pool = PgPool::connect(&db).await.unwrap();
+    stored_status(&pool, "held", 201).await;
+    stored_status(&pool, "late", 409).await;
+
+    let second = Service::start(&db, &[]).await;
+    let (status, body) = second
+        .post_keyed("/api/reservations", &holder, "held", hold(2))
+        .await;
+    assert_eq!(
+        status, 422,
+        "the key's stored answer had another body: {body}"
+    );
+    let (status, body) = second
+        .post_keyed("/api/reservations", &holder, "held", hold(1))
+        .await;
+    assert_eq!(
+        (status.as_u16(), uuid(&body, "reservation_id")),
+        (201, held)
+    );
+
+    let cancel = format!("/api/reservations/{held}/cancel");
+    let (status, body) = second.post(&cancel, Some(&holder), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = second
+        .post_keyed("/api/reservations", &latecomer, "late", hold(1))
+        .await;
+    assert_eq!(status, 201, "decided again once the seat came back: {body}");
+    let late = uuid(&body, "reservation_id");
+    stored_status(&pool, "late", 201).await;
+
+    let third = Service::start(&db, &[]).await;
+    let (status, body) = third
+        .post_keyed("/api/reservations", &latecomer, "late", hold(1))
+        .await;
+    assert_eq!(
+        (status.as_u16(), uuid(&body, "reservation_id")),
+        (201, late)
+    );
+    assert_eq!(second.floor(event).await, (0, 1, 0), "one seat, held once");
 }
