@@ -285,10 +285,12 @@ fn headers(path: &str, method: &str, operation: &mut Map<String, Value>) {
             *parameter = json!({
                 "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "Makes a retry safe: the same key and body replay the first \
-                    answer; the same key with another body is 422 (a payment's key used again, \
-                    on another instance than the first answer's, to pay another reservation \
-                    makes a new payment instead); a retry while the first still runs is 409 \
-                    `idempotency-key-in-use`. Kept 24 hours.",
+                    answer; the same key with another body is 422 (used again, on another \
+                    instance than the first answer's, for another event's hold or another \
+                    reservation's payment, it makes that one instead); a retry while the first \
+                    still runs is 409 `idempotency-key-in-use`. A refusal retried on another \
+                    instance is decided again and replayed if refused again: a hold refused as \
+                    sold out may get seats that came back meanwhile. Kept 24 hours.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                            "pattern": "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$"},
             });
