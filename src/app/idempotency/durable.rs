@@ -7,7 +7,7 @@
 use super::{Answer, Key, Stored};
 use crate::batcher::{Batch, Batcher};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -183,23 +183,10 @@ async fn save(pool: &sqlx::PgPool, saves: &[(&Key, &Stored)]) -> Result<(), sqlx
     // One row per key: `ON CONFLICT DO UPDATE` refuses a statement that names a row twice,
     // which would lose the whole batch. A key is saved once per run, and a run replays what
     // this instance keeps, so a repeat is a key whose answer was forgotten here meanwhile:
-    // the later answer is the one kept.
-    let mut last: HashMap<&Key, usize> = HashMap::with_capacity(saves.len());
-    for (index, (key, _)) in saves.iter().enumerate() {
-        last.insert(*key, index);
-    }
-    let deduplicated: Vec<(&Key, &Stored)>;
-    let saves = if last.len() == saves.len() {
-        saves
-    } else {
-        deduplicated = saves
-            .iter()
-            .enumerate()
-            .filter(|(index, (key, _))| last.get(key) == Some(index))
-            .map(|(_, save)| *save)
-            .collect();
-        &deduplicated
-    };
+    // the later answer is the one kept. In key order, so two instances' batches upserting
+    // the same keys wait for each other's rows instead of deadlocking.
+    let latest: BTreeMap<&Key, &Stored> = saves.iter().copied().collect();
+    let saves: Vec<(&Key, &Stored)> = latest.into_iter().collect();
     let users: Vec<uuid::Uuid> = saves.iter().map(|(k, _)| k.0 .0).collect();
     let scopes: Vec<&str> = saves.iter().map(|(k, _)| k.1).collect();
     let names: Vec<&str> = saves.iter().map(|(k, _)| k.2.as_str()).collect();

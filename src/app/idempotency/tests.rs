@@ -302,39 +302,31 @@ async fn another_instance(pool: &sqlx::PgPool) -> IdempotencyStore {
 
 /// Waits, bounded, until the answer stored for key "k" has `status`.
 async fn stored_status(pool: &sqlx::PgPool, status: i16) {
-    let started = Instant::now();
-    loop {
-        let stored: Option<i16> =
-            sqlx::query_scalar("SELECT status FROM idempotency_keys WHERE key = 'k'")
-                .fetch_optional(pool)
-                .await
-                .unwrap();
-        if stored == Some(status) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the key's stored status is {stored:?}, not {status}"
-        );
-        tokio::task::yield_now().await;
-    }
+    let sql = "SELECT (SELECT status FROM idempotency_keys WHERE key = 'k')";
+    until_scalar(pool, sql, Some(status)).await;
 }
 
 /// Waits, bounded, until `expected` answers are in the table (they are written after the
 /// answer is given).
 async fn rows_stored(pool: &sqlx::PgPool, expected: i64) {
+    until_scalar(pool, "SELECT COUNT(*) FROM idempotency_keys", expected).await;
+}
+
+/// Polls `sql` until it reads `expected`, for at most 10 seconds.
+async fn until_scalar<T>(pool: &sqlx::PgPool, sql: &str, expected: T)
+where
+    T: PartialEq + std::fmt::Debug + Send + Unpin,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     let started = Instant::now();
     loop {
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        if rows == expected {
+        let (read,): (T,) = sqlx::query_as(sql).fetch_one(pool).await.unwrap();
+        if read == expected {
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "{rows} of {expected} answers stored"
+            "{sql} reads {read:?}, not {expected:?}"
         );
         tokio::task::yield_now().await;
     }
