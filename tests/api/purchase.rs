@@ -98,6 +98,44 @@ async fn paying_a_confirmed_reservation_again_is_a_conflict_and_charges_nothing(
     assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
 }
 
+/// A hold cancelled or paid a moment ago is refused before the card is charged, not charged
+/// and refunded at once: those commands answer once the read models show them, so the
+/// payment's look-up of its hold sees them.
+#[tokio::test]
+async fn a_hold_cancelled_or_paid_a_moment_ago_is_refused_before_any_charge() {
+    let app = spawn_app().await;
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let cancelled = app.reserve(&buyer, event, 1).await.id("reservation_id");
+    let paid = app.reserve(&buyer, event, 2).await.id("reservation_id");
+    let cancel = app
+        .post(
+            &format!("/api/reservations/{cancelled}/cancel"),
+            Some(&buyer.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status, 200, "{:#}", cancel.body);
+    let first = app.pay(&buyer, paid, "tok_visa").await;
+    assert_eq!(first.status, 201, "{:#}", first.body);
+    let charges = app.gateway.calls();
+
+    app.pay(&buyer, cancelled, "tok_visa")
+        .await
+        .assert_problem(409, "reservation-not-pending");
+    app.pay(&buyer, paid, "tok_visa")
+        .await
+        .assert_problem(409, "reservation-not-pending");
+    assert_eq!(
+        app.gateway.calls(),
+        charges,
+        "no card was charged for an ended hold"
+    );
+    assert_eq!(app.floor(event).await, (8, 0, 2));
+    assert_eq!(assert_sale_balances(&app, event, 10).await, 5000);
+}
+
 /// A refund puts the seats back on sale and the money back at the gateway, and only once.
 #[tokio::test]
 async fn a_refund_returns_seats_and_money_and_cannot_be_repeated() {
