@@ -159,11 +159,27 @@ fi
 THREADS_BEFORE=$THREADS
 THREADS=${BENCH_PURCHASE_THREADS:-8}
 before=$(statements_now)
+curl -sf "$BASE/metrics" > "$WORK/metrics.before"
 TOKENS_FILE=$WORK/tokens EVENT_ID=$event lean_run "full purchase (POST /api/reservations, then POST /api/payments)" -s scripts/lean/purchase.lua "$BASE"
 after=$(statements_now)
 THREADS=$THREADS_BEFORE
 paid=$(grep -oE 'lean purchases: reserved [0-9]+, paid [0-9]+' "$WORK/last.out" | grep -oE '[0-9]+$')
 echo "full purchases/s: $(echo "scale=1; $paid / $DURATION" | bc)"
+curl -sf "$BASE/metrics" > "$WORK/metrics.after"
+# Where a payment's time goes, server side, over the purchase run: the mean of each histogram's
+# new samples (sum and count before and after the run).
+mean_ms() { # mean_ms NAME LABELS: the mean of NAME's samples whose labels contain LABELS
+    local name=$1 labels=$2 f part
+    for f in before after; do
+        for part in sum count; do
+            grep "^${name}_${part}" "$WORK/metrics.$f" | grep -F -- "$labels" | awk '{s += $2} END {printf "%s ", s + 0}'
+        done
+    done | awk '{n = $4 - $2; if (n > 0) printf "%.1f ms (%d)", 1000 * ($3 - $1) / n, n; else printf "none"}'
+}
+echo "a payment, server side (means over the run): $(mean_ms ticketing_http_request_duration_seconds 'route="/api/payments"') in all;" \
+    "processor charge $(mean_ms ticketing_gateway_call_duration_seconds 'operation="charge"')," \
+    "read-model wait $(mean_ms ticketing_read_your_writes_wait_seconds '');" \
+    "a sale's append (holds and payments alike) $(mean_ms ticketing_store_append_duration_seconds '')"
 if [ "$BACKEND" = postgres ] && [ "$before" != unknown ] && [ "$after" != unknown ] && [ "$paid" -gt 0 ]; then
     echo "PostgreSQL statements per full purchase (whole service, consumers included): $(echo "scale=2; ($after - $before) / $paid" | bc)"
 fi

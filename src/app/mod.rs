@@ -180,13 +180,20 @@ impl App {
 
     /// Waits until the read models show `committed`, at most `READ_YOUR_WRITES_TIMEOUT`.
     async fn visible(&self, committed: Committed) -> Committed {
-        if committed.position > 0
-            && !self
-                .reads
-                .progress()
-                .wait_for(committed.position, READ_YOUR_WRITES_TIMEOUT)
-                .await
-        {
+        if committed.position == 0 {
+            return committed;
+        }
+        let started = std::time::Instant::now();
+        let shown = self
+            .reads
+            .progress()
+            .wait_for(committed.position, READ_YOUR_WRITES_TIMEOUT)
+            .await;
+        self.metrics
+            .read_your_writes_wait
+            .with_label_values(&[] as &[&str])
+            .observe(started.elapsed().as_secs_f64());
+        if !shown {
             // The write is durable, so the client still gets its 2xx; only the read may lag.
             tracing::warn!(
                 position = committed.position,

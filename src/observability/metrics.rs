@@ -55,6 +55,12 @@ pub struct Metrics {
     pub webhook_delivery_duration: HistogramVec,
     /// Webhook deliveries waiting to be sent or retried, over every endpoint.
     pub webhook_queue_depth: IntGauge,
+    /// How long the payment processor took to answer, by operation (`charge`, `refund`,
+    /// `captures_since`); a call its breaker refused is not timed.
+    pub gateway_duration: HistogramVec,
+    /// How long a command that changes what the read models show waited for them to show it
+    /// before answering (`App::command`): the read-your-writes part of its latency.
+    pub read_your_writes_wait: HistogramVec,
     /// Captures found without a recorded event, by outcome (`app::reconcile`).
     pub reconciled_captures: IntCounterVec,
     /// Unix time of reconciliation's last completed pass (0: none yet).
@@ -329,6 +335,20 @@ impl Metrics {
                 "Time from sending a webhook to its receiver's answer or time-out.",
                 &[],
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            gateway_duration: histogram(
+                &r,
+                "gateway_call_duration_seconds",
+                "Payment processor call latency by operation (charge, refund, captures_since).",
+                &["operation"],
+                SECONDS.to_vec(),
+            ),
+            read_your_writes_wait: histogram(
+                &r,
+                "read_your_writes_wait_seconds",
+                "Time commands waited for the read models to show their write before answering.",
+                &[],
+                SECONDS.to_vec(),
             ),
             webhook_queue_depth: gauge(
                 "webhook_queue_depth",

@@ -66,6 +66,7 @@ pub(super) fn guard(
             gateway,
             Arc::clone(&on_gateway),
             gateway_timeout,
+            metrics.gateway_duration.clone(),
         )),
         bus: Arc::clone(&bus),
         all: vec![on_store, on_gateway, bus],

@@ -132,6 +132,32 @@ async fn metrics_count_requests_by_route_template_without_raw_ids() {
     );
 }
 
+/// A payment's time shows its parts: the processor's charge, timed by operation, and the wait
+/// for the read models to show the capture (both at 0 before, so a fresh scrape has them).
+#[tokio::test]
+async fn metrics_time_the_processor_and_the_read_your_writes_wait() {
+    let app = spawn_app().await;
+    let charges = [("operation", "charge")];
+    let count = "ticketing_gateway_call_duration_seconds_count";
+    let waits = "ticketing_read_your_writes_wait_seconds_count";
+    assert_eq!(app.metric(count, &charges).await, 0.0);
+    assert_eq!(app.metric(count, &[("operation", "refund")]).await, 0.0);
+    let organizer = app.organizer().await;
+    let event = app.event_on_sale(&organizer, 10).await;
+    let buyer = app.customer().await;
+    let reservation = app.reserve(&buyer, event, 1).await.id("reservation_id");
+    let waited = app.metric(waits, &[]).await;
+    let paid = app.pay(&buyer, reservation, "tok_visa").await;
+    assert_eq!(paid.status, 201, "{:#}", paid.body);
+
+    assert_eq!(app.metric(count, &charges).await, 1.0);
+    assert_eq!(
+        app.metric(waits, &[]).await,
+        waited + 1.0,
+        "the payment waited for the read models"
+    );
+}
+
 /// `/openapi.json` is OpenAPI 3.1 and documents every route of API.md with its method.
 #[tokio::test]
 async fn the_openapi_document_is_3_1_and_lists_every_route_of_the_contract() {

@@ -17,6 +17,9 @@ const PAYMENT_OUTCOMES: [&str; 5] = [
 ];
 /// `revenue_cents_total{currency}`: the currency of an event created without one.
 const DEFAULT_CURRENCY: &str = "USD";
+
+/// The operations `payment::guarded` times (`gateway_call_duration_seconds`).
+const GATEWAY_OPERATIONS: [&str; 3] = ["charge", "refund", "captures_since"];
 /// `projection_errors_total{reason}`: a batch the read models could not apply (retried).
 pub const PROJECTION_APPLY_FAILED: &str = "apply_failed";
 const PROJECTION_ERROR_REASONS: [&str; 1] = [PROJECTION_APPLY_FAILED];
@@ -91,6 +94,10 @@ impl Metrics {
             self.payments.with_label_values(&[outcome]);
         }
         self.revenue_cents.with_label_values(&[DEFAULT_CURRENCY]);
+        for operation in GATEWAY_OPERATIONS {
+            self.gateway_duration.with_label_values(&[operation]);
+        }
+        self.read_your_writes_wait.with_label_values(&[] as &[&str]);
         for reason in PROJECTION_ERROR_REASONS {
             self.projection_errors.with_label_values(&[reason]);
         }
