@@ -59,7 +59,8 @@ pub struct Metrics {
     /// `captures_since`); a call its breaker refused is not timed.
     pub gateway_duration: HistogramVec,
     /// How long a command that changes what the read models show waited for them to show it
-    /// before answering (`App::command`): the read-your-writes part of its latency.
+    /// before answering (`App::command`, `App::record`): the read-your-writes part of its
+    /// latency.
     pub read_your_writes_wait: HistogramVec,
     /// Captures found without a recorded event, by outcome (`app::reconcile`).
     pub reconciled_captures: IntCounterVec,
