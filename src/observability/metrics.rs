@@ -2,7 +2,8 @@
 //! kinds, outcomes); never raw paths, user ids or event ids.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -61,7 +62,7 @@ pub struct Metrics {
     /// How long a command that changes what the read models show waited for them to show it
     /// before answering (`App::command`, `App::record`): the read-your-writes part of its
     /// latency.
-    pub read_your_writes_wait: HistogramVec,
+    pub read_your_writes_wait: Histogram,
     /// Captures found without a recorded event, by outcome (`app::reconcile`).
     pub reconciled_captures: IntCounterVec,
     /// Unix time of reconciliation's last completed pass (0: none yet).
@@ -344,13 +345,17 @@ impl Metrics {
                 &["operation"],
                 SECONDS.to_vec(),
             ),
-            read_your_writes_wait: histogram(
-                &r,
-                "read_your_writes_wait_seconds",
-                "Time commands waited for the read models to show their write before answering.",
-                &[],
-                SECONDS.to_vec(),
-            ),
+            read_your_writes_wait: {
+                let opts = HistogramOpts::new(
+                    "read_your_writes_wait_seconds",
+                    "Time commands waited for the read models to show their write before answering.",
+                );
+                let h = Histogram::with_opts(opts.buckets(SECONDS.to_vec()))
+                    .expect("metric definition");
+                r.register(Box::new(h.clone()))
+                    .expect("metric registered once");
+                h
+            },
             webhook_queue_depth: gauge(
                 "webhook_queue_depth",
                 "Webhook deliveries pending (waiting to be sent or retried) over every endpoint.",

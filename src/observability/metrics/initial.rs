@@ -97,7 +97,6 @@ impl Metrics {
         for operation in GATEWAY_OPERATIONS {
             self.gateway_duration.with_label_values(&[operation]);
         }
-        self.read_your_writes_wait.with_label_values(&[] as &[&str]);
         for reason in PROJECTION_ERROR_REASONS {
             self.projection_errors.with_label_values(&[reason]);
         }
