@@ -143,40 +143,35 @@ async fn a_payment_retried_elsewhere_before_the_read_models_show_it_answers_it()
 /// Waits until the log holds one payment capture.
 async fn until_captured(db: &str) {
     let pool = PgPool::connect(db).await.unwrap();
-    for _ in 0..500 {
-        let captured: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'payment.captured'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if captured == 1 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("no capture was recorded");
+    let sql = "SELECT count(*) FROM events WHERE event_type = 'payment.captured'";
+    until_reads(&pool, sql, 1_i64).await;
 }
 
 /// Waits, bounded, until the answer stored for the key `key` has `status` (answers are saved
-/// in batches after they are given).
+/// in batches after they are given). Keys here are the tests' own literals.
 async fn stored_status(pool: &PgPool, key: &str, status: i16) {
-    let stored = || async {
-        sqlx::query_scalar::<_, i16>("SELECT status FROM idempotency_keys WHERE key = $1")
-            .bind(key)
-            .fetch_optional(pool)
-            .await
-            .unwrap()
-    };
-    for _ in 0..200 {
-        if stored().await == Some(status) {
+    let sql = format!("SELECT (SELECT status FROM idempotency_keys WHERE key = '{key}')");
+    until_reads(pool, &sql, Some(status)).await;
+}
+
+/// Polls `sql` (one row of one column) until it reads `expected`, for at most 10 seconds.
+async fn until_reads<T>(pool: &PgPool, sql: &str, expected: T)
+where
+    T: PartialEq + std::fmt::Debug + Send + Unpin,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (read,): (T,) = sqlx::query_as(sql).fetch_one(pool).await.unwrap();
+        if read == expected {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql} reads {read:?}, not {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!(
-        "the answer stored for {key} is {:?}, not {status}",
-        stored().await
-    );
 }
 
 /// A hold's key costs no look-up before the hold runs; another instance reads the stored
