@@ -4,8 +4,11 @@
 //! in flight goes into the next one, so a crowd costs a statement per batch instead of one
 //! per request. The task ends once its handle is dropped. A lost answer says whether the
 //! request could have run: `Lost::NotTaken` (it did not) or `Lost::Unanswered` (it may have).
+//! A batch that gets no answer within its limit (a database gone without a reset) is
+//! abandoned, its requests `Unanswered`, so the requests queued behind it are not stalled.
 
 use std::future::Future;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a batching task does with each batch.
@@ -47,10 +50,11 @@ pub struct Batcher<B: Batch> {
 }
 
 impl<B: Batch> Batcher<B> {
-    /// Starts the batching task, so it must be called inside the runtime.
-    pub fn start(batch: B) -> Self {
+    /// Starts the batching task, so it must be called inside the runtime; a batch still
+    /// running after `limit` is abandoned (`db::PoolSettings::answer_limit`).
+    pub fn start(batch: B, limit: Duration) -> Self {
         let (queue, incoming) = mpsc::channel(B::QUEUED);
-        tokio::spawn(batches(batch, incoming));
+        tokio::spawn(batches(batch, incoming, limit));
         Self { queue }
     }
 
@@ -74,7 +78,7 @@ impl<B: Batch> Batcher<B> {
 
 /// Takes whatever has queued up (at least one request, at most `PER_BATCH`), runs it,
 /// answers, and goes again.
-async fn batches<B: Batch>(mut batch: B, mut incoming: mpsc::Receiver<Queued<B>>) {
+async fn batches<B: Batch>(mut batch: B, mut incoming: mpsc::Receiver<Queued<B>>, limit: Duration) {
     let mut queued = Vec::with_capacity(B::PER_BATCH);
     let mut requests = Vec::with_capacity(B::PER_BATCH);
     let mut replies = Vec::with_capacity(B::PER_BATCH);
@@ -83,7 +87,18 @@ async fn batches<B: Batch>(mut batch: B, mut incoming: mpsc::Receiver<Queued<B>>
             requests.push(request);
             replies.push(reply);
         }
-        let answers = batch.run(&requests).await;
+        let count = requests.len();
+        let run = batch.run(&requests);
+        let run = async move { Ok::<_, ()>(run.await) };
+        let answers = crate::db::within(limit, run, || {
+            tracing::warn!(
+                requests = count,
+                limit_ms = limit.as_millis(),
+                "a batch got no answer in time; abandoned"
+            );
+        })
+        .await
+        .unwrap_or_default();
         requests.clear();
         // A reply left without an answer is dropped with the drain: its caller learns
         // `Unanswered`.
@@ -100,6 +115,8 @@ async fn batches<B: Batch>(mut batch: B, mut incoming: mpsc::Receiver<Queued<B>>
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    const LIMIT: Duration = Duration::from_secs(3600);
 
     /// Doubles numbers; records each batch it ran; answers nothing for 0.
     struct Doubling(Arc<Mutex<Vec<Vec<u32>>>>);
@@ -121,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn requests_queued_together_run_in_batches_of_at_most_per_batch() {
         let ran = Arc::new(Mutex::new(Vec::new()));
-        let batcher = Batcher::start(Doubling(Arc::clone(&ran)));
+        let batcher = Batcher::start(Doubling(Arc::clone(&ran)), LIMIT);
         // All five are queued in one poll, before the task (on this one-thread runtime) runs.
         let answers = tokio::join!(
             batcher.ask(1),
@@ -160,10 +177,13 @@ mod tests {
     async fn a_full_queue_refuses_a_tell_and_makes_an_ask_wait() {
         let (started, mut batches) = mpsc::unbounded_channel();
         let permits = Arc::new(tokio::sync::Semaphore::new(0));
-        let batcher = Arc::new(Batcher::start(Gated {
-            started,
-            permits: Arc::clone(&permits),
-        }));
+        let batcher = Arc::new(Batcher::start(
+            Gated {
+                started,
+                permits: Arc::clone(&permits),
+            },
+            LIMIT,
+        ));
         let first = tokio::spawn({
             let batcher = Arc::clone(&batcher);
             async move { batcher.ask(1).await }
@@ -196,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn told_requests_run_and_an_unanswered_one_is_told_apart_from_one_not_taken() {
         let ran = Arc::new(Mutex::new(Vec::new()));
-        let batcher = Batcher::start(Doubling(Arc::clone(&ran)));
+        let batcher = Batcher::start(Doubling(Arc::clone(&ran)), LIMIT);
         batcher.tell(7).unwrap();
         assert_eq!(batcher.ask(0).await, Err(Lost::Unanswered));
         assert_eq!(*ran.lock().unwrap(), [vec![7, 0]]);
@@ -205,5 +225,37 @@ mod tests {
         };
         assert_eq!(stopped.ask(1).await, Err(Lost::NotTaken));
         assert_eq!(stopped.tell(1), Err(Lost::NotTaken));
+    }
+
+    /// A batch that never answers (its connection went silent) is abandoned after the limit:
+    /// its requests learn `Unanswered` (they may have run), and the requests queued behind it
+    /// run in the next batch instead of waiting for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_without_an_answer_is_abandoned_after_the_limit() {
+        let (started, mut batches) = mpsc::unbounded_channel();
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let limit = Duration::from_secs(7);
+        let batcher = Arc::new(Batcher::start(
+            Gated {
+                started,
+                permits: Arc::clone(&permits),
+            },
+            limit,
+        ));
+        let began = tokio::time::Instant::now();
+        let hung = tokio::spawn({
+            let batcher = Arc::clone(&batcher);
+            async move { batcher.ask(1).await }
+        });
+        assert_eq!(batches.recv().await.unwrap(), [1]);
+        let queued = tokio::spawn({
+            let batcher = Arc::clone(&batcher);
+            async move { batcher.ask(2).await }
+        });
+        assert_eq!(hung.await.unwrap(), Err(Lost::Unanswered));
+        assert_eq!(began.elapsed(), limit, "abandoned at the limit, not before");
+        assert_eq!(batches.recv().await.unwrap(), [2], "the next batch runs");
+        permits.add_permits(1);
+        assert_eq!(queued.await.unwrap(), Ok(2));
     }
 }

@@ -8,9 +8,11 @@
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Connection pool settings, from `DB_*` environment variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,79 @@ impl Default for PoolSettings {
             statement_timeout: Some(Duration::from_secs(5)),
         }
     }
+}
+
+impl PoolSettings {
+    /// How long one call of the service's serial tasks (a sale's writer turn, a batch, a
+    /// projector's batch) may go without any answer before it is abandoned: the acquire
+    /// time-out plus three statement time-outs (a locked turn is up to three statements in a
+    /// row), or three times 30 s without a statement time-out. A live server answers, or
+    /// cancels, well before; only a database gone without a reset (a host that failed over, a
+    /// route that drops packets) gets here, and the kernel would otherwise keep the call
+    /// waiting for many minutes, stalling everything queued behind it.
+    pub fn answer_limit(&self) -> Duration {
+        let statement = self.statement_timeout.unwrap_or(Duration::from_secs(30));
+        self.acquire_timeout + 3 * statement
+    }
+}
+
+/// How long after a call was abandoned the connections returned to the pools are checked
+/// with a bounded ping first (`abandoned`).
+const SUSPICION: Duration = Duration::from_secs(5);
+
+/// Until when (milliseconds after `CLOCK_START`) returned connections are suspect.
+static SUSPECT_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+static CLOCK_START: OnceLock<Instant> = OnceLock::new();
+
+fn now_ms() -> u64 {
+    let start = CLOCK_START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Says that a call was given up without an answer: its connection may have gone silent.
+/// sqlx checks a returned connection with a ping that waits as long as the kernel does, and
+/// holds the connection's place in its pool meanwhile; so for the next `SUSPICION` every
+/// connection returned to a pool is first pinged with a bound (`serving`), and one that does
+/// not answer is dropped without a word, freeing its place for a new connection.
+pub fn abandoned() {
+    SUSPECT_UNTIL_MS.fetch_max(
+        now_ms().saturating_add(SUSPICION.as_millis() as u64),
+        Ordering::SeqCst,
+    );
+}
+
+fn suspect() -> bool {
+    now_ms() < SUSPECT_UNTIL_MS.load(Ordering::SeqCst)
+}
+
+/// `call`'s answer, or `gave_up()` once `limit` passed without one (`abandoned` is said
+/// before the call, and the connection it holds, are dropped).
+pub async fn within<T, E>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+    gave_up: impl FnOnce() -> E,
+) -> Result<T, E> {
+    let call = std::pin::pin!(call);
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            abandoned();
+            Err(gave_up())
+        }
+    }
+}
+
+/// A `LISTEN`ing connection, on a pool of its own with `pool`'s settings. sqlx's listener,
+/// dropped, sends `UNLISTEN` on its connection without a bound and keeps the connection's
+/// pool slot meanwhile: on a connection gone silent that is for as long as the kernel waits.
+/// With a pool of its own per listener, a replaced listener strands only its own slot.
+pub async fn listener(pool: &PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    sqlx::postgres::PgListener::connect_with(&own).await
 }
 
 /// The pools of one instance by role (`events`, `projections`, `projector`, `auth`): a
@@ -70,7 +145,20 @@ pub async fn connect_as(
 ) -> Result<PgPool, sqlx::Error> {
     let options =
         serving(PgConnectOptions::from_str(url)?, settings).application_name(application_name);
+    let check_within = settings.acquire_timeout;
     PgPoolOptions::new()
+        .after_release(move |conn, _| {
+            Box::pin(async move {
+                if !suspect() {
+                    return Ok(true);
+                }
+                // An error closes the connection without the goodbye a silent one would hold.
+                match tokio::time::timeout(check_within, sqlx::Connection::ping(conn)).await {
+                    Ok(answer) => answer.map(|()| true),
+                    Err(_) => Err(sqlx::Error::PoolTimedOut),
+                }
+            })
+        })
         .max_connections(settings.max_connections)
         .min_connections(settings.min_connections)
         .acquire_timeout(settings.acquire_timeout)

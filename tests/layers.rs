@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first; a module may import only from modules of strictly earlier layers.
 const LAYERS: &[&[&str]] = &[
-    &["backoff", "batcher", "clock", "paging", "db"],
-    &["breaker"],
+    &["backoff", "clock", "paging", "db"],
+    &["batcher", "breaker"],
     &["config", "domain", "observability"],
     &["eventstore"],
     &["runtime"],

@@ -5,7 +5,8 @@
 //! sends a heartbeat on the same channel every `HEARTBEAT`: hearing one proves that everything
 //! committed before it has been heard, so each keeps the cache live for `cache::LIVENESS`. A
 //! lost or silent connection therefore turns the cache off within that bound; a new
-//! connection starts with an empty cache, since revocations sent meanwhile are lost.
+//! connection starts with an empty cache, since revocations sent meanwhile are lost. A
+//! heartbeat that gets no answer is given up, so a silent connection cannot stop them.
 
 use super::cache::SessionCache;
 use crate::backoff::Backoff;
@@ -44,11 +45,13 @@ async fn heartbeat(pool: PgPool) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+        let send = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(ALIVE)
-            .execute(&pool)
-            .await;
+            .execute(&pool);
+        // A heartbeat stuck on a connection gone silent would stop them all, and with them
+        // the cache: it is given up after `SILENCE` (its connection dropped, `db::within`).
+        let sent = crate::db::within(SILENCE, send, || sqlx::Error::PoolTimedOut).await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "cannot send the session feed heartbeat");
         }
@@ -78,7 +81,7 @@ async fn follow(pool: PgPool, cache: Arc<SessionCache>) {
 }
 
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+    let mut listener = crate::db::listener(pool).await?;
     // A lost connection ends this listener (and the cache's liveness) instead of being
     // replaced behind our back.
     listener.eager_reconnect(false);

@@ -3,23 +3,48 @@
 //! `StoreError::Open` (503 + `Retry-After` at the edge) instead of each waiting for the pool's
 //! timeout, until a probe after the cool-down finds it back. Only `Unavailable` counts as a
 //! failure: a conflict or a malformed append is an answer. `ping` bypasses the breaker, so
-//! `/ready` reports the store itself.
+//! `/ready` reports the store itself. A call without an answer within its limit (a database
+//! gone without a reset) is abandoned as `Unavailable`: a sale's writer then answers 503 and
+//! reloads the sale, instead of holding every later command of the sale behind it.
 
 use super::{Decide, EventStore, Known, NewEvent, RecordedEvent, StoreError, TurnMode, Turned};
 use crate::breaker::Breaker;
 use crate::domain::EventId;
 use async_trait::async_trait;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 pub struct Guarded {
     inner: Arc<dyn EventStore>,
     breaker: Arc<Breaker>,
+    limit: Duration,
 }
 
 impl Guarded {
-    pub fn new(inner: Arc<dyn EventStore>, breaker: Arc<Breaker>) -> Self {
-        Guarded { inner, breaker }
+    /// `limit`: how long a call may go without an answer (`PoolSettings::answer_limit`).
+    pub fn new(inner: Arc<dyn EventStore>, breaker: Arc<Breaker>, limit: Duration) -> Self {
+        Guarded {
+            inner,
+            breaker,
+            limit,
+        }
+    }
+
+    /// `call` through the breaker, abandoned as `Unavailable` once `limit` passed.
+    async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.limit;
+        let bounded = crate::db::within(limit, call, move || {
+            StoreError::Unavailable(format!(
+                "no answer from the event store within {} ms",
+                limit.as_millis()
+            ))
+        });
+        self.breaker.call(bounded, failed).await?
     }
 }
 
@@ -33,9 +58,7 @@ fn failed(e: &StoreError) -> Option<String> {
 #[async_trait]
 impl EventStore for Guarded {
     async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
-        self.breaker
-            .call(self.inner.append(sale_id, events), failed)
-            .await?
+        self.guard(self.inner.append(sale_id, events)).await
     }
 
     async fn take_turn(
@@ -45,9 +68,8 @@ impl EventStore for Guarded {
         mode: TurnMode,
         decide: &mut Decide<'_>,
     ) -> Result<Turned, StoreError> {
-        self.breaker
-            .call(self.inner.take_turn(sale_id, known, mode, decide), failed)
-            .await?
+        self.guard(self.inner.take_turn(sale_id, known, mode, decide))
+            .await
     }
 
     async fn read_sale(
@@ -55,9 +77,7 @@ impl EventStore for Guarded {
         sale_id: EventId,
         after: u64,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        self.breaker
-            .call(self.inner.read_sale(sale_id, after), failed)
-            .await?
+        self.guard(self.inner.read_sale(sale_id, after)).await
     }
 
     async fn read_all(
@@ -65,9 +85,7 @@ impl EventStore for Guarded {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        self.breaker
-            .call(self.inner.read_all(after, limit), failed)
-            .await?
+        self.guard(self.inner.read_all(after, limit)).await
     }
 
     fn subscribe_head(&self) -> watch::Receiver<u64> {
@@ -75,7 +93,7 @@ impl EventStore for Guarded {
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        self.breaker.call(self.inner.head(), failed).await?
+        self.guard(self.inner.head()).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -98,17 +116,24 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
 
-    /// A memory store that fails as unreachable while `down`, counting every call.
+    const LIMIT: Duration = Duration::from_secs(3600);
+
+    /// A memory store that fails as unreachable while `down`, never answers while `silent`,
+    /// counting every call.
     #[derive(Default)]
     struct Flaky {
         inner: MemoryEventStore,
         down: AtomicBool,
+        silent: AtomicBool,
         calls: AtomicU64,
     }
 
     impl Flaky {
-        fn enter(&self) -> Result<(), StoreError> {
+        async fn enter(&self) -> Result<(), StoreError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.silent.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("connection refused".into()));
             }
@@ -119,7 +144,7 @@ mod tests {
     #[async_trait]
     impl EventStore for Flaky {
         async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
-            self.enter()?;
+            self.enter().await?;
             self.inner.append(sale_id, events).await
         }
         async fn take_turn(
@@ -129,7 +154,7 @@ mod tests {
             mode: TurnMode,
             decide: &mut Decide<'_>,
         ) -> Result<Turned, StoreError> {
-            self.enter()?;
+            self.enter().await?;
             self.inner.take_turn(sale_id, known, mode, decide).await
         }
         async fn read_sale(
@@ -137,7 +162,7 @@ mod tests {
             sale_id: EventId,
             after: u64,
         ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-            self.enter()?;
+            self.enter().await?;
             self.inner.read_sale(sale_id, after).await
         }
         async fn read_all(
@@ -145,14 +170,14 @@ mod tests {
             after: u64,
             limit: usize,
         ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-            self.enter()?;
+            self.enter().await?;
             self.inner.read_all(after, limit).await
         }
         fn subscribe_head(&self) -> watch::Receiver<u64> {
             self.inner.subscribe_head()
         }
         async fn ping(&self) -> Result<(), StoreError> {
-            self.enter()
+            self.enter().await
         }
         fn kind(&self) -> &'static str {
             "flaky"
@@ -178,7 +203,7 @@ mod tests {
             BreakerConfig::default(),
             Arc::new(crate::clock::SystemClock),
         );
-        let store = Guarded::new(Arc::new(MemoryEventStore::new()), breaker);
+        let store = Guarded::new(Arc::new(MemoryEventStore::new()), breaker, LIMIT);
         crate::eventstore::contract::run_all(&store).await;
     }
 
@@ -200,6 +225,7 @@ mod tests {
         let store = Guarded::new(
             Arc::clone(&flaky) as Arc<dyn EventStore>,
             Arc::clone(&breaker),
+            LIMIT,
         );
         let sale = EventId(uuid::Uuid::new_v4());
 
@@ -239,5 +265,38 @@ mod tests {
         store.append(sale, vec![event("a", 2)]).await.unwrap();
         assert_eq!(breaker.snapshot().state, BreakerState::Closed);
         assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 2);
+    }
+
+    /// A store that stops answering (its connection went silent) fails the call as
+    /// `Unavailable` at the limit, and the breaker counts it like any failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_an_answer_is_abandoned_at_the_limit() {
+        let breaker = Breaker::new(
+            "event_store",
+            BreakerConfig {
+                consecutive: 1,
+                window: 0,
+                ..BreakerConfig::default()
+            },
+            Arc::new(crate::clock::SystemClock),
+        );
+        let flaky = Arc::new(Flaky::default());
+        let limit = Duration::from_secs(13);
+        let store = Guarded::new(
+            Arc::clone(&flaky) as Arc<dyn EventStore>,
+            Arc::clone(&breaker),
+            limit,
+        );
+        flaky.silent.store(true, Ordering::SeqCst);
+        let began = tokio::time::Instant::now();
+        let refused = store
+            .append(EventId(uuid::Uuid::new_v4()), vec![event("s-1", 1)])
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(reason)) if reason.contains("13000 ms")),
+            "{refused:?}"
+        );
+        assert_eq!(began.elapsed(), limit);
+        assert_eq!(breaker.snapshot().state, BreakerState::Open);
     }
 }

@@ -31,7 +31,6 @@ use crate::domain::EventId;
 use append::insert;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
 use sqlx::{FromRow, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +233,7 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
     let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let listener = match PgListener::connect_with(&pool).await {
+        let listener = match crate::db::listener(&pool).await {
             Ok(mut listener) => {
                 // A lost connection ends this listener, so the head is read again below: a
                 // reconnect behind our back would miss what was notified in between.

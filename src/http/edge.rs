@@ -89,17 +89,17 @@ pub fn cors(config: &Config) -> CorsLayer {
 
 /// Answers 503 `request-timeout` (with `Retry-After`) when the handler runs past `timeout`.
 /// The handler's future is dropped at that point, so work not yet committed does not happen;
-/// a client retrying a write should send the same `Idempotency-Key`.
+/// a client retrying a write should send the same `Idempotency-Key`. A connection it held
+/// mid-statement is checked with a bound as it goes back to its pool (`db::abandoned`).
 pub async fn timeout(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(%method, %path, timeout_ms = timeout.as_millis(), "request timed out");
-            ApiError::RequestTimeout.into_response()
-        }
-    }
+    let answer = async { Ok::<_, ()>(next.run(request).await) };
+    crate::db::within(timeout, answer, || {
+        tracing::warn!(%method, %path, timeout_ms = timeout.as_millis(), "request timed out");
+    })
+    .await
+    .unwrap_or_else(|()| ApiError::RequestTimeout.into_response())
 }
 
 /// Most bytes all request headers together may take (names, values and `": "` + CRLF each).

@@ -103,6 +103,9 @@ pub struct Projector {
     pub reads: Arc<dyn ProjectionWriter>,
     pub metrics: Arc<crate::observability::Metrics>,
     pub cache: Arc<dyn ViewInvalidation>,
+    /// A batch (or the checkpoint's read) without an answer within this is abandoned and
+    /// retried, so a connection gone silent does not stall the read models for good.
+    pub answer_limit: std::time::Duration,
 }
 
 #[async_trait]
@@ -112,11 +115,11 @@ impl Subscriber for Projector {
     }
 
     async fn checkpoint(&self) -> anyhow::Result<u64> {
-        self.reads.checkpoint().await
+        within(self.answer_limit, self.reads.checkpoint()).await
     }
 
     async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
-        if let Err(e) = self.reads.apply(events).await {
+        if let Err(e) = within(self.answer_limit, self.reads.apply(events)).await {
             self.metrics
                 .projection_errors
                 .with_label_values(&[crate::observability::metrics::PROJECTION_APPLY_FAILED])
@@ -134,6 +137,20 @@ impl Subscriber for Projector {
         }
         Ok(())
     }
+}
+
+/// `call`'s answer, or an error once `limit` passed without one.
+async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    crate::db::within(limit, call, || {
+        anyhow::anyhow!(
+            "no answer from the read models' database within {} ms",
+            limit.as_millis()
+        )
+    })
+    .await
 }
 
 /// Rebuilds a read model from the event store: empties it, then replays every event from

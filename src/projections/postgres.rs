@@ -55,6 +55,13 @@ impl PostgresReadModel {
         }
     }
 
+    /// Abandons a batch of look-ups that got no answer within `limit` (the default is
+    /// `PoolSettings::default().answer_limit()`).
+    pub fn answering_within(mut self, limit: std::time::Duration) -> Self {
+        self.lookups.limit = limit;
+        self
+    }
+
     /// Locks this projection's checkpoint row (creating it at 0 first, race-free) and returns
     /// its position. Appliers claim the row before writing anything, so nothing deadlocks.
     async fn lock_checkpoint(conn: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {

@@ -19,9 +19,10 @@ mod joins;
 pub struct PostgresQueues(PgPool, Batcher<joins::Joins>);
 
 impl PostgresQueues {
-    /// Starts the task that writes joins in batches (`joins`); it ends with the store.
-    pub fn new(pool: PgPool) -> Self {
-        let joins = Batcher::start(joins::Joins(pool.clone()));
+    /// Starts the task that writes joins in batches (`joins`); it ends with the store. A batch
+    /// without an answer within `limit` is abandoned.
+    pub fn new(pool: PgPool, limit: std::time::Duration) -> Self {
+        let joins = Batcher::start(joins::Joins(pool.clone()), limit);
         PostgresQueues(pool, joins)
     }
 }
@@ -311,6 +312,10 @@ mod tests {
             .await
             .unwrap();
         db::events_migrator().run(&pool).await.unwrap();
-        super::super::contract::run(&super::PostgresQueues::new(pool)).await;
+        super::super::contract::run(&super::PostgresQueues::new(
+            pool,
+            crate::db::PoolSettings::default().answer_limit(),
+        ))
+        .await;
     }
 }

@@ -121,6 +121,9 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         .await
         .context("connecting the waiting room pool to the event store's database")?;
     tracing::info!("running on PostgreSQL (event store, read models, accounts)");
+    // The batches, like the writers' turns and the projector, give up on a call without an
+    // answer (a database gone without a reset) instead of waiting for the kernel.
+    let limit = config.pool.answer_limit();
     let pools = db::NamedPools::new(vec![
         ("events", events.clone()),
         ("projections", projections.clone()),
@@ -132,18 +135,18 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
     Ok(Adapters {
         pools,
         store: Arc::new(PostgresEventStore::new(events.clone()).await?),
-        reads: Arc::new(PostgresReadModel::new(projections.clone())),
+        reads: Arc::new(PostgresReadModel::new(projections.clone()).answering_within(limit)),
         projector: Arc::new(PostgresReadModel::new(projector)),
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
         audit: Arc::new(PostgresAuditStore::new(auth.clone())),
         checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
-        idempotency: IdempotencyStore::durable(auth),
+        idempotency: IdempotencyStore::durable(auth, limit),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),
-        queues: Arc::new(PostgresQueues::new(queues)),
+        queues: Arc::new(PostgresQueues::new(queues, limit)),
         insights: Arc::new(PostgresInsights::new(projections)),
         durable_cursor: Some(Arc::new(PostgresCursor::new(events.clone()).await?)),
-        processor: Ledger::postgres(processor),
+        processor: Ledger::postgres(processor, limit),
         session_feed: Some(session_feed),
     })
 }

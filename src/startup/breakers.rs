@@ -45,6 +45,7 @@ pub(super) fn guard(
     store: Arc<dyn EventStore>,
     gateway: Arc<dyn PaymentGateway>,
     (config, gateway_timeout): (BreakerConfig, std::time::Duration),
+    store_limit: std::time::Duration,
     metrics: &Arc<Metrics>,
 ) -> Guards {
     metrics.initialise_resilience();
@@ -61,7 +62,7 @@ pub(super) fn guard(
         make("bus", BUS),
     );
     Guards {
-        store: Arc::new(GuardedStore::new(store, Arc::clone(&on_store))),
+        store: Arc::new(GuardedStore::new(store, Arc::clone(&on_store), store_limit)),
         gateway: Arc::new(GuardedGateway::new(
             gateway,
             Arc::clone(&on_gateway),

@@ -126,6 +126,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         store,
         Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
         (config.breaker, config.payment_timeout),
+        config.pool.answer_limit(),
         &metrics,
     );
     let store = Arc::clone(&guards.store);
@@ -159,6 +160,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             reads: projector,
             metrics: Arc::clone(&metrics),
             cache: Arc::clone(&invalidator) as Arc<dyn crate::projections::ViewInvalidation>,
+            answer_limit: config.pool.answer_limit(),
         }),
     );
     let published = read_progress.clone();

@@ -65,6 +65,23 @@ async fn bounded(
     (status, retry_after, body)
 }
 
+/// One reservation of a seat of `event` by `buyer`, bounded like `bounded`.
+async fn reserve_bounded(
+    service: &Service,
+    buyer: &str,
+    event: uuid::Uuid,
+) -> (StatusCode, Option<String>, Value) {
+    let body = Some(reservation(event));
+    bounded(
+        service,
+        reqwest::Method::POST,
+        "/api/reservations",
+        Some(buyer),
+        body,
+    )
+    .await
+}
+
 fn reservation(event: uuid::Uuid) -> Value {
     json!({"event_id": event, "section": "floor", "quantity": 1})
 }
@@ -151,14 +168,7 @@ async fn ready_again(service: &Service, deadline: Instant) {
 /// Retries a reservation until 201, accepting only 503 meanwhile, failing after `deadline`.
 async fn reserve_again(service: &Service, buyer: &str, event: uuid::Uuid, deadline: Instant) {
     loop {
-        let (status, _, body) = bounded(
-            service,
-            reqwest::Method::POST,
-            "/api/reservations",
-            Some(buyer),
-            Some(reservation(event)),
-        )
-        .await;
+        let (status, _, body) = reserve_bounded(service, buyer, event).await;
         match status.as_u16() {
             201 => return,
             503 => assert!(Instant::now() < deadline, "writes did not recover: {body}"),
@@ -199,14 +209,7 @@ async fn a_write_during_an_event_store_outage_answers_503_and_later_succeeds() {
     let (status, _, body) = bounded(&service, reqwest::Method::GET, "/ready", None, None).await;
     assert_eq!(status, 503, "{body}");
     for _ in 0..2 {
-        let (status, retry_after, body) = bounded(
-            &service,
-            reqwest::Method::POST,
-            "/api/reservations",
-            Some(&buyer),
-            Some(reservation(event)),
-        )
-        .await;
+        let (status, retry_after, body) = reserve_bounded(&service, &buyer, event).await;
         assert_eq!(status, 503, "{body}");
         assert!(
             body["detail"]
@@ -282,5 +285,100 @@ async fn metrics_report_every_database_pool() {
             let series = format!("{gauge}{{pool=\"{pool}\"}} ");
             assert!(text.contains(&series), "no {series} in:\n{text}");
         }
+    }
+}
+
+/// The database host vanishes without a reset while buyers are reserving (a failover, or a
+/// route that drops packets): every connection open at that moment goes silent for good,
+/// while new ones reach the database. No request hangs past the request time-out meanwhile,
+/// and reservations and payments succeed again within a bound, without a restart: nothing in
+/// the service waits forever on a dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_host_that_vanishes_without_a_reset_stalls_writes_for_a_bounded_time() {
+    let (proxy, url, _) = database_behind_a_proxy().await;
+    let service = std::sync::Arc::new(
+        Service::start(
+            &url,
+            &[
+                // A call without an answer is abandoned after 1 s + 3 x 1 s.
+                ("DB_STATEMENT_TIMEOUT_MS", "1000"),
+                ("DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
+                ("REQUEST_TIMEOUT_SECONDS", "3"),
+            ],
+        )
+        .await,
+    );
+    let (_, organizer) = service.user("organizer").await;
+    let event = service.event_on_sale(&organizer, 5_000).await;
+    let (_, buyer) = service.user("customer").await;
+
+    // Buyers keep reserving, so statements are in flight when the host vanishes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut buyers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (service, buyer, stop) = (service.clone(), buyer.clone(), stop.clone());
+        buyers.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, _, body) = reserve_bounded(&service, &buyer, event).await;
+                assert!(
+                    matches!(status.as_u16(), 201 | 503),
+                    "a reservation around the vanishing answered {status}: {body}"
+                );
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.silence();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(done) = buyers.join_next().await {
+        done.expect("a buyer neither hung past its 10 s nor saw a 5xx other than 503");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    reserve_again(&service, &buyer, event, deadline).await;
+    let held = loop {
+        let (status, body) = service.reserve(&buyer, event, 1).await;
+        if status == 201 {
+            break uuid(&body, "reservation_id");
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "no hold after the vanishing: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    loop {
+        let (status, body) = service.pay(&buyer, held).await;
+        if status.is_success() {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "payments did not recover: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready_again(&service, deadline).await;
+    // The session cache serves again: its revocation feed (a listener and heartbeats on
+    // connections that went silent too) is back.
+    let hits = [("cache", "sessions"), ("result", "hit")];
+    loop {
+        let before = service
+            .metric("ticketing_cache_requests_total", &hits)
+            .await;
+        let (status, body) = service.get("/auth/me", Some(&buyer)).await;
+        assert_eq!(status, 200, "{body}");
+        if service
+            .metric("ticketing_cache_requests_total", &hits)
+            .await
+            > before
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session cache stayed off");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -1,5 +1,6 @@
 //! A TCP proxy a test can stop and start again, to take a dependency away from the service,
-//! and slow down, to make it answer late.
+//! slow down, to make it answer late, and silence, to cut the connections open now without a
+//! reset (a black-holed route, or a failed-over database host) while new ones get through.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,8 @@ pub struct Proxy {
     upstream: String,
     /// Added before each chunk sent upstream, in milliseconds (0: a plain pipe).
     latency_ms: Arc<AtomicU64>,
+    /// Bumped by `silence`: a connection accepted under an older value forwards nothing more.
+    epoch: Arc<AtomicU64>,
     running: Option<JoinHandle<()>>,
 }
 
@@ -28,6 +31,7 @@ impl Proxy {
             port,
             upstream: upstream.to_owned(),
             latency_ms: Arc::new(AtomicU64::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
             running: None,
         };
         proxy.listen(listener);
@@ -35,8 +39,23 @@ impl Proxy {
     }
 
     fn listen(&mut self, listener: TcpListener) {
-        let (upstream, latency) = (self.upstream.clone(), Arc::clone(&self.latency_ms));
-        self.running = Some(tokio::spawn(forward(listener, upstream, latency)));
+        let links = Links {
+            latency_ms: Arc::clone(&self.latency_ms),
+            epoch: Arc::clone(&self.epoch),
+        };
+        self.running = Some(tokio::spawn(forward(
+            listener,
+            self.upstream.clone(),
+            links,
+        )));
+    }
+
+    /// Every connection open now stops forwarding without a word to the service: what it sent
+    /// is never delivered and no answer ever comes, as when a database host vanishes (fails
+    /// over) or a route drops packets. The upstream side is closed, so the server's sessions
+    /// end and release their locks. Connections opened from now on forward as usual.
+    pub fn silence(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Delays every request sent upstream by `latency` from now on (open connections too):
@@ -63,23 +82,39 @@ impl Proxy {
     }
 }
 
+/// What every connection's pipes share with the proxy's handle.
+#[derive(Clone)]
+struct Links {
+    latency_ms: Arc<AtomicU64>,
+    epoch: Arc<AtomicU64>,
+}
+
 /// Accepts and pipes connections; aborting it drops the listener and, with the `JoinSet`,
 /// every connection task and its sockets.
-async fn forward(listener: TcpListener, upstream: String, latency_ms: Arc<AtomicU64>) {
+async fn forward(listener: TcpListener, upstream: String, links: Links) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
-                let (upstream, latency_ms) = (upstream.clone(), Arc::clone(&latency_ms));
+                let (upstream, links) = (upstream.clone(), links.clone());
                 connections.spawn(async move {
-                    if let Ok(server) = TcpStream::connect(&upstream).await {
-                        let (client_in, client_out) = client.into_split();
-                        let (server_in, server_out) = server.into_split();
-                        tokio::select! {
-                            _ = pipe(client_in, server_out, Some(latency_ms)) => {}
-                            _ = pipe(server_in, client_out, None) => {}
-                        }
+                    let born = links.epoch.load(Ordering::SeqCst);
+                    let Ok(server) = TcpStream::connect(&upstream).await else { return };
+                    let (mut client_in, mut client_out) = client.into_split();
+                    let (mut server_in, mut server_out) = server.into_split();
+                    let up = Pipe { links: &links, born, delayed: true };
+                    let down = Pipe { links: &links, born, delayed: false };
+                    let silenced = tokio::select! {
+                        _ = up.copy(&mut client_in, &mut server_out) => false,
+                        _ = down.copy(&mut server_in, &mut client_out) => false,
+                        _ = up.silenced() => true,
+                    };
+                    if silenced {
+                        // The old host is gone: its sessions end (and release their locks),
+                        // while the service's side of the connection hears nothing, ever.
+                        drop((server_in, server_out));
+                        std::future::pending::<()>().await;
                     }
                 });
             }
@@ -88,24 +123,45 @@ async fn forward(listener: TcpListener, upstream: String, latency_ms: Arc<Atomic
     }
 }
 
-/// Copies `from` to `to` until either side closes, waiting `latency_ms` before each chunk.
-async fn pipe(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    latency_ms: Option<Arc<AtomicU64>>,
-) {
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let delay = latency_ms.as_ref().map_or(0, |l| l.load(Ordering::SeqCst));
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+/// One direction of a connection accepted in epoch `born`.
+struct Pipe<'a> {
+    links: &'a Links,
+    born: u64,
+    /// Whether the proxy's latency applies (requests sent upstream).
+    delayed: bool,
+}
+
+impl Pipe<'_> {
+    /// Copies `from` to `to` until either side closes, waiting the latency before each chunk;
+    /// once the proxy silenced this connection it holds every chunk, and the sockets, forever.
+    async fn copy(&self, from: &mut (impl AsyncRead + Unpin), to: &mut (impl AsyncWrite + Unpin)) {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let delay = if self.delayed {
+                self.links.latency_ms.load(Ordering::SeqCst)
+            } else {
+                0
+            };
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if self.links.epoch.load(Ordering::SeqCst) != self.born {
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
         }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
+    }
+
+    /// Resolves once the proxy silenced this connection.
+    async fn silenced(&self) {
+        while self.links.epoch.load(Ordering::SeqCst) == self.born {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -33,14 +33,14 @@ pub(super) struct DurableAnswers {
 }
 
 impl DurableAnswers {
-    pub(super) fn start(pool: sqlx::PgPool) -> Self {
+    pub(super) fn start(pool: sqlx::PgPool, limit: std::time::Duration) -> Self {
         let statements = Arc::new(AtomicU64::new(0));
         let batched = Batched {
             pool: pool.clone(),
             statements: Arc::clone(&statements),
         };
         Self {
-            batcher: Batcher::start(batched),
+            batcher: Batcher::start(batched, limit),
             pool,
             statements,
         }

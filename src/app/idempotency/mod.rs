@@ -139,11 +139,12 @@ pub struct IdempotencyStore {
 
 impl IdempotencyStore {
     /// A store that also keeps answers in the `idempotency_keys` table of `pool`, read and
-    /// written in batches by a task of its own (so it must be made inside the runtime).
-    pub fn durable(pool: sqlx::PgPool) -> Self {
+    /// written in batches by a task of its own (so it must be made inside the runtime); a
+    /// batch without an answer within `limit` is abandoned.
+    pub fn durable(pool: sqlx::PgPool, limit: std::time::Duration) -> Self {
         Self {
             slots: Mutex::default(),
-            durable: Some(DurableAnswers::start(pool)),
+            durable: Some(DurableAnswers::start(pool, limit)),
         }
     }
 

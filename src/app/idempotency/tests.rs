@@ -61,7 +61,7 @@ async fn durable_store(url: &str) -> IdempotencyStore {
     let pool = crate::db::connect(url, &crate::db::PoolSettings::default())
         .await
         .unwrap();
-    IdempotencyStore::durable(pool)
+    IdempotencyStore::durable(pool, crate::db::PoolSettings::default().answer_limit())
 }
 
 /// A fresh accounts database, and two stores on it (two instances).

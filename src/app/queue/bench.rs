@@ -125,7 +125,10 @@ async fn measure_joins_polls_and_memory() {
     };
     let pool = db::connect(&url, &settings).await.unwrap();
     db::events_migrator().run(&pool).await.unwrap();
-    let postgres: Arc<dyn QueueStore> = Arc::new(PostgresQueues::new(pool.clone()));
+    let postgres: Arc<dyn QueueStore> = Arc::new(PostgresQueues::new(
+        pool.clone(),
+        crate::db::PoolSettings::default().answer_limit(),
+    ));
     joins_and_polls("postgres (10 connections)", postgres, 20_000).await;
     let (bytes,): (i64,) = sqlx::query_as("SELECT pg_total_relation_size('queue_tickets')")
         .fetch_one(&pool)

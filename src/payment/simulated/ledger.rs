@@ -107,8 +107,8 @@ impl Ledger {
 
     /// The ledger in `simulated_processor_charges`; starts the task that batches new charges
     /// (so it must be made inside the runtime).
-    pub fn postgres(pool: PgPool) -> Self {
-        let inserts = inserts::Inserts::start(pool.clone());
+    pub fn postgres(pool: PgPool, limit: std::time::Duration) -> Self {
+        let inserts = inserts::Inserts::start(pool.clone(), limit);
         Ledger::Postgres(pool, inserts)
     }
 

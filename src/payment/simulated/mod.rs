@@ -181,11 +181,18 @@ mod tests {
             Duration::ZERO,
             0.0,
             clock.clone(),
-            Ledger::postgres(pool.clone()),
+            Ledger::postgres(
+                pool.clone(),
+                crate::db::PoolSettings::default().answer_limit(),
+            ),
         );
         contract::run(&first, &clock).await;
-        let second =
-            SimulatedGateway::new(Duration::ZERO, 0.0, clock.clone(), Ledger::postgres(pool));
+        let second = SimulatedGateway::new(
+            Duration::ZERO,
+            0.0,
+            clock.clone(),
+            Ledger::postgres(pool, crate::db::PoolSettings::default().answer_limit()),
+        );
         assert_eq!(
             second.net_captured_cents().await.unwrap(),
             first.net_captured_cents().await.unwrap()

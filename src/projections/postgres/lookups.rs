@@ -12,12 +12,15 @@ use crate::projections::{ReadError, ReservationView};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// The handle the read model asks; its task starts with the first look-up (a read model that
 /// never reads, as the projector's, has none) and ends once the handle is dropped.
 pub(super) struct ReservationLookups {
     pool: PgPool,
     bulkhead: Arc<Bulkhead>,
+    /// How long a batch may go without an answer (`Batcher::start`).
+    pub(super) limit: Duration,
     batcher: OnceLock<Batcher<ById>>,
 }
 
@@ -26,6 +29,7 @@ impl ReservationLookups {
         Self {
             pool,
             bulkhead,
+            limit: crate::db::PoolSettings::default().answer_limit(),
             batcher: OnceLock::new(),
         }
     }
@@ -36,10 +40,13 @@ impl ReservationLookups {
         id: ReservationId,
     ) -> Result<Option<ReservationView>, ReadError> {
         let batcher = self.batcher.get_or_init(|| {
-            Batcher::start(ById {
-                pool: self.pool.clone(),
-                bulkhead: Arc::clone(&self.bulkhead),
-            })
+            Batcher::start(
+                ById {
+                    pool: self.pool.clone(),
+                    bulkhead: Arc::clone(&self.bulkhead),
+                },
+                self.limit,
+            )
         });
         batcher.ask(id).await.map_err(|lost| {
             ReadError::Unavailable(format!("the reservation look-ups have stopped: {lost}"))

@@ -22,8 +22,8 @@ pub struct Inserts(Batcher<Batched>);
 
 impl Inserts {
     /// Starts the batching task (so it must be called inside the runtime).
-    pub(super) fn start(pool: PgPool) -> Self {
-        Self(Batcher::start(Batched(pool)))
+    pub(super) fn start(pool: PgPool, limit: std::time::Duration) -> Self {
+        Self(Batcher::start(Batched(pool), limit))
     }
 
     /// Keeps `charge` unless the payment id has one already; returns the one kept.
