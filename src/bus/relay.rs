@@ -348,7 +348,7 @@ mod tests {
     use crate::clock::SystemClock;
     use crate::domain::EventId;
     use crate::eventstore::memory::MemoryEventStore;
-    use crate::eventstore::{Metadata, NewEvent};
+    use crate::eventstore::testing::seats_held;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A cursor another instance always holds; counts the attempts to take it.
@@ -392,14 +392,7 @@ mod tests {
         let started = std::time::Instant::now();
         let sale = EventId::random();
         for version in 1..=20 {
-            let event = NewEvent {
-                stream_id: format!("inventory-{sale}"),
-                version,
-                event_type: "inventory.seats_held",
-                event_version: 1,
-                payload: vec![1],
-                metadata: Metadata::default(),
-            };
+            let event = seats_held(&format!("inventory-{sale}"), version);
             store.append(sale, vec![event]).await.unwrap();
             for _ in 0..10 {
                 tokio::task::yield_now().await;

@@ -14,6 +14,23 @@ pub mod guarded;
 pub mod memory;
 pub mod postgres;
 
+/// Events for the tests of the stores and of what reads them.
+pub mod testing {
+    use super::{Metadata, NewEvent};
+
+    /// A plain `inventory.seats_held` event (a one-byte payload) of `stream` at `version`.
+    pub fn seats_held(stream: &str, version: u64) -> NewEvent {
+        NewEvent {
+            stream_id: stream.to_owned(),
+            version,
+            event_type: "inventory.seats_held",
+            event_version: 1,
+            payload: vec![1],
+            metadata: Metadata::default(),
+        }
+    }
+}
+
 use crate::domain::{EventId, UserId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -40,6 +40,9 @@ use tokio::task::JoinHandle;
 
 /// Channel on which every append announces its last position (`<position>:<store tag>`).
 const CHANNEL: &str = "ticketing_events";
+/// How long the notification listener may hear nothing before it checks its connection with
+/// a probe (`probe`).
+const QUIET: Duration = Duration::from_secs(5);
 
 pub struct PostgresEventStore {
     pool: PgPool,
@@ -228,7 +231,8 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 }
 
 /// Follows the appends of every instance (LISTEN), and re-reads the head after a reconnect,
-/// so subscriptions here wake for events written elsewhere. This store's own appends (marked
+/// so subscriptions here wake for events written elsewhere. A connection that goes silent is
+/// found by a probe after `QUIET` without a notification, and replaced. This store's own appends (marked
 /// with its `tag`) are left to their appenders, which raise the head once the tail has them.
 async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
     let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
@@ -244,11 +248,36 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
         };
         match listener {
             Ok(mut listener) => {
-                backoff.reset();
-                if let Ok(max) = max_position(&pool).await {
-                    head.send_if_modified(|h| raise_head(h, max));
+                // What was appended while nobody listened here: a listener that cannot read
+                // it would wait for a notification that may never come, so it starts again.
+                let gave_up =
+                    || StoreError::Unavailable("no answer within the probe's bound".into());
+                match crate::db::within(QUIET, max_position(&pool), gave_up).await {
+                    Ok(max) => {
+                        head.send_if_modified(|h| raise_head(h, max));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the log's head; listening anew");
+                        backoff.wait().await;
+                        continue;
+                    }
                 }
-                while let Ok(Some(notification)) = listener.try_recv().await {
+                backoff.reset();
+                let mut probed = false;
+                loop {
+                    let notification = match tokio::time::timeout(QUIET, listener.try_recv()).await
+                    {
+                        Ok(Ok(Some(notification))) => notification,
+                        Ok(_) => break,
+                        // Not even the probe came back: the connection went silent.
+                        Err(_) if probed => break,
+                        Err(_) => {
+                            probe(&pool, &tag).await;
+                            probed = true;
+                            continue;
+                        }
+                    };
+                    probed = false;
                     let (position, from) = notification
                         .payload()
                         .split_once(':')
@@ -265,6 +294,20 @@ async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
             _ => tracing::warn!("cannot listen for event notifications; retrying"),
         }
         backoff.wait().await;
+    }
+}
+
+/// A notification of position 0 from this store on `CHANNEL` (it moves no head), sent when
+/// the listener heard nothing for `QUIET`: if it does not come back within another `QUIET`,
+/// the listening connection went silent (a host gone without a reset), or the database is
+/// unreachable, and the listener is replaced.
+async fn probe(pool: &PgPool, tag: &str) {
+    let send = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("0:{tag}"))
+        .execute(pool);
+    if let Err(e) = crate::db::within(QUIET, send, || sqlx::Error::PoolTimedOut).await {
+        tracing::debug!(error = %e, "cannot probe the event notification connection");
     }
 }
 

@@ -382,3 +382,51 @@ async fn a_database_host_that_vanishes_without_a_reset_stalls_writes_for_a_bound
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The event notifications' listener on a connection that goes silent finds out with a probe
+/// and listens anew on a new connection: an append by another instance still raises this
+/// store's head (what wakes its projector) within two quiet periods (5 s each), though this
+/// store appends nothing itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_event_notification_connection_is_found_and_replaced() {
+    use ticketing::db::{self, PoolSettings};
+    use ticketing::domain::EventId;
+    use ticketing::eventstore::postgres::PostgresEventStore;
+    use ticketing::eventstore::testing::seats_held;
+    use ticketing::eventstore::EventStore;
+
+    let (proxy, proxied, direct) = database_behind_a_proxy().await;
+    let settings = PoolSettings::default();
+    let pool = db::connect(&direct, &settings).await.expect("pool");
+    db::events_migrator().run(&pool).await.expect("migrations");
+    let elsewhere = PostgresEventStore::new(pool).await.expect("store");
+    let here = db::connect(&proxied, &settings).await.expect("pool");
+    let here = PostgresEventStore::new(here).await.expect("store");
+    let mut head = here.subscribe_head();
+
+    let sale = EventId::random();
+    let stream = format!("inventory-{sale}");
+    let append = |version: u64| seats_held(&stream, version);
+    // Until the listener listens, an append elsewhere may go unheard: append until heard.
+    let mut version = 0;
+    let heard = loop {
+        version += 1;
+        let at = elsewhere.append(sale, vec![append(version)]).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(1), head.wait_for(|h| *h >= at));
+        if heard.await.is_ok() {
+            break at;
+        }
+        assert!(version < 20, "the listener never heard an append");
+    };
+
+    proxy.silence();
+    let at = elsewhere
+        .append(sale, vec![append(version + 1)])
+        .await
+        .unwrap();
+    assert!(at > heard);
+    tokio::time::timeout(Duration::from_secs(20), head.wait_for(|h| *h >= at))
+        .await
+        .expect("a silent listener was found and replaced, and the head read again")
+        .expect("the store is still running");
+}

@@ -135,14 +135,7 @@ mod tests {
 
     fn new_events(n: u64) -> Vec<NewEvent> {
         (1..=n)
-            .map(|version| NewEvent {
-                stream_id: "inventory-1".into(),
-                version,
-                event_type: "inventory.seats_held",
-                event_version: 1,
-                payload: vec![1],
-                metadata: Metadata::default(),
-            })
+            .map(|version| crate::eventstore::testing::seats_held("inventory-1", version))
             .collect()
     }
 

@@ -8,17 +8,7 @@ async fn store() -> PostgresEventStore {
     store_at(&fresh_database().await).await
 }
 
-/// A plain event of `stream` at `version`.
-fn seats_held(stream: &str, version: u64) -> NewEvent {
-    NewEvent {
-        stream_id: stream.to_owned(),
-        version,
-        event_type: "inventory.seats_held",
-        event_version: 1,
-        payload: vec![1],
-        metadata: Metadata::default(),
-    }
-}
+use crate::eventstore::testing::seats_held;
 
 async fn store_at(url: &str) -> PostgresEventStore {
     let pool = db::connect(url, &db::PoolSettings::default())
