@@ -105,6 +105,9 @@ pub struct Consumer {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub retry: RetryPolicy,
+    /// A call to the handler or the dead letter queue without an answer within this fails as
+    /// transient, so a connection gone silent cannot hold the consumer.
+    pub answer_limit: Duration,
 }
 
 /// How a message was settled; the `outcome` label of `consumer_events_total`.
@@ -338,9 +341,8 @@ impl Consumer {
         retry_count: u32,
         parked_behind: Option<i64>,
     ) -> Result<i64, DlqError> {
-        self.dlq
-            .park(self.dead_letter(delivery, error, retry_count, parked_behind))
-            .await
+        let entry = self.dead_letter(delivery, error, retry_count, parked_behind);
+        self.bounded(self.dlq.park(entry), batch::dlq_silent).await
     }
 
     fn dead_letter(

@@ -190,6 +190,9 @@ pub struct Relay {
     /// Told of every turn's outcome, so `/ready` and `/metrics` show when publishing fails
     /// (the relay retries by itself; the breaker never refuses it).
     pub breaker: Arc<crate::breaker::Breaker>,
+    /// A call to the cursor (the lease, its advance) without an answer within this is
+    /// abandoned and the turn fails, so a connection gone silent cannot stop publishing.
+    pub answer_limit: Duration,
 }
 
 /// What one turn of the relay did.
@@ -276,8 +279,8 @@ impl Relay {
 
     async fn turn(&self, topics_ready: &mut bool) -> anyhow::Result<Turn> {
         let head = *self.store.subscribe_head().borrow();
-        let Some(lease) = self.cursor.lease().await? else {
-            let published = self.cursor.published().await?;
+        let Some(lease) = self.bounded(self.cursor.lease()).await? else {
+            let published = self.bounded(self.cursor.published()).await?;
             self.record_backlog(head, published, None);
             return Ok(Turn::Standby);
         };
@@ -311,7 +314,7 @@ impl Relay {
         self.bus.publish(messages).await?;
         // The publish spans end here, at the broker's acknowledgement.
         drop(spans);
-        lease.advance(last).await?;
+        self.bounded(lease.advance(last)).await?;
         for (topic, n) in per_topic {
             self.metrics
                 .bus_published
@@ -320,6 +323,21 @@ impl Relay {
         }
         self.record_backlog(head.max(last), last, None);
         Ok(Turn::Published(events.len()))
+    }
+
+    /// A call to the cursor, abandoned after `answer_limit` (`db::within`).
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let limit = self.answer_limit;
+        crate::db::within(limit, call, || {
+            anyhow::anyhow!(
+                "no answer from the relay's cursor within {} ms",
+                limit.as_millis()
+            )
+        })
+        .await
     }
 
     fn record_backlog(
@@ -383,6 +401,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             clock: Arc::clone(&clock),
             breaker: crate::breaker::Breaker::new("bus", Default::default(), clock),
+            answer_limit: Duration::from_secs(3600),
         }
         .spawn(stopped);
         let attempts = || cursor.0.load(Ordering::SeqCst);

@@ -56,6 +56,7 @@ pub(super) async fn start_bus(
             metrics: Arc::clone(metrics),
             clock: Arc::clone(clock),
             breaker: Arc::clone(relay_breaker),
+            answer_limit: config.pool.answer_limit(),
         }
         .spawn(stopped),
     };
@@ -72,6 +73,7 @@ pub(super) async fn start_bus(
             metrics: Arc::clone(metrics),
             clock: Arc::clone(clock),
             retry: RetryPolicy::default(),
+            answer_limit: config.pool.answer_limit(),
         };
         let (health, stop) = (Arc::clone(health), stopped.clone());
         let supervision = Supervision {

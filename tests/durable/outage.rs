@@ -381,6 +381,15 @@ async fn a_database_host_that_vanishes_without_a_reset_stalls_writes_for_a_bound
         assert!(Instant::now() < deadline, "the session cache stayed off");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The bus-fed analytics count the payment made after it: the outbox relay and the
+    // consumers are back too.
+    service
+        .get_when(
+            &format!("/api/analytics/events/{event}/sales"),
+            Some(&organizer),
+            |s| s["revenue_cents"].as_u64().is_some_and(|r| r > 0),
+        )
+        .await;
 }
 
 /// The event notifications' listener on a connection that goes silent finds out with a probe

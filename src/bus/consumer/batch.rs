@@ -14,6 +14,7 @@ use super::{
 };
 use crate::bus::envelope::BusEvent;
 use crate::bus::Delivery;
+use crate::dlq::DlqError;
 use std::collections::HashMap;
 use tracing::Instrument;
 
@@ -133,7 +134,11 @@ impl Consumer {
 
         let batch = match events.len() {
             0 => Some(Ok(Vec::new())),
-            _ => self.handler.handle_batch(&events).await,
+            _ => {
+                let batch = async { Ok(self.handler.handle_batch(&events).await) };
+                let batch = self.bounded(batch, handler_silent).await;
+                batch.unwrap_or_else(|silent| Some(Err(silent)))
+            }
         };
         match batch {
             Some(Ok(applied)) if applied.len() == events.len() => {
@@ -195,7 +200,10 @@ impl Consumer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.handler.handle(event).await {
+            let error = match self
+                .bounded(self.handler.handle(event), handler_silent)
+                .await
+            {
                 Ok(Applied::Applied) => return Outcome::Applied,
                 Ok(Applied::Duplicate) => return Outcome::Duplicate,
                 Err(e) => e,
@@ -230,7 +238,10 @@ impl Consumer {
         let mut outage = outage_backoff();
         loop {
             let entry = self.dead_letter(delivery, &reason, 0, None);
-            match self.dlq.park_behind_open(entry).await {
+            match self
+                .bounded(self.dlq.park_behind_open(entry), dlq_silent)
+                .await
+            {
                 Ok(parked) => return parked.is_some(),
                 Err(e) => {
                     tracing::warn!(consumer = self.handler.name(), error = %e,
@@ -245,7 +256,8 @@ impl Consumer {
     async fn open_entries(&self, streams: &[&str]) -> HashMap<String, i64> {
         let mut outage = outage_backoff();
         loop {
-            match self.dlq.open_entries_of(self.handler.name(), streams).await {
+            let look_up = self.dlq.open_entries_of(self.handler.name(), streams);
+            match self.bounded(look_up, dlq_silent).await {
                 Ok(heads) => return heads,
                 Err(e) => {
                     tracing::warn!(consumer = self.handler.name(), error = %e,
@@ -277,4 +289,23 @@ impl Consumer {
             }
         }
     }
+}
+
+impl Consumer {
+    /// `call`, failed with `silent()` once `answer_limit` passed without an answer.
+    pub(super) async fn bounded<T, E>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+        silent: fn() -> E,
+    ) -> Result<T, E> {
+        crate::db::within(self.answer_limit, call, silent).await
+    }
+}
+
+fn handler_silent() -> HandlerError {
+    HandlerError::Transient("no answer from the handler's store in time".into())
+}
+
+pub(super) fn dlq_silent() -> DlqError {
+    DlqError::Unavailable("no answer in time".into())
 }

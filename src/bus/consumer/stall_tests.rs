@@ -131,6 +131,7 @@ fn supervised(
         metrics: Arc::clone(&metrics),
         clock: Arc::new(ManualClock::new(chrono::Utc::now())),
         retry: RetryPolicy::default(),
+        answer_limit: Duration::from_secs(3600),
     };
     let supervision = Supervision {
         stall: StallPolicy {

@@ -22,6 +22,8 @@ struct Scripted {
     applied: Mutex<Vec<(String, u64)>>,
     broken: Mutex<Vec<String>>,
     permanent: AtomicBool,
+    /// The next call never answers (its connection went silent).
+    silent_once: AtomicBool,
 }
 
 #[async_trait]
@@ -33,6 +35,9 @@ impl Handler for Scripted {
         &["events"]
     }
     async fn handle(&self, event: &BusEvent) -> Result<Applied, HandlerError> {
+        if self.silent_once.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.broken.lock().unwrap().contains(&event.stream_id) {
             let e = format!("{} is broken", event.stream_id);
             return Err(if self.permanent.load(Ordering::SeqCst) {
@@ -95,6 +100,7 @@ async fn rig() -> Rig {
             base: Duration::from_millis(1),
             max: Duration::from_millis(2),
         },
+        answer_limit: Duration::from_secs(3600),
     };
     Rig {
         bus,
@@ -151,6 +157,25 @@ impl Rig {
 
 /// A message nobody can read is dead-lettered at once with its reason, and the next message
 /// of the partition is applied.
+/// A handler call without an answer (a silent connection) fails as transient once the
+/// consumer's `answer_limit` passed, and the retry applies the event: the consumer is not held.
+#[tokio::test]
+async fn a_handler_call_without_an_answer_is_retried_after_the_limit() {
+    let mut rig = rig().await;
+    rig.consumer.answer_limit = Duration::from_millis(50);
+    rig.handler.silent_once.store(true, Ordering::SeqCst);
+    rig.bus
+        .publish(vec![message(EventId::random(), 1, 1)])
+        .await
+        .unwrap();
+    let settled = tokio::time::timeout(Duration::from_secs(30), rig.consume(1));
+    let outcomes = settled
+        .await
+        .expect("the consumer was held by a silent call");
+    assert_eq!(outcomes, [Outcome::Applied]);
+    assert_eq!(rig.handler.applied.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_partition_flows_on() {
     let rig = rig().await;
@@ -399,6 +424,7 @@ async fn killed_before_the_offset_commit(
         metrics: Arc::new(Metrics::new()),
         clock: Arc::new(ManualClock::new(chrono::Utc::now())),
         retry: RetryPolicy::default(),
+        answer_limit: Duration::from_secs(3600),
     };
     let log: Vec<BusMessage> = crate::projections::contract::fixture::history()
         .iter()

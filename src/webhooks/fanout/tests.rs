@@ -225,6 +225,7 @@ async fn a_batch_costs_one_lookup_and_one_enqueue() {
             metrics,
             clock,
             retry: RetryPolicy::default(),
+            answer_limit: std::time::Duration::from_secs(3600),
         }
     };
 

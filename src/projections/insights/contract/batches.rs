@@ -169,6 +169,7 @@ pub async fn run_consumer_batch(insights: Arc<dyn Insights>, dlq: Arc<dyn DeadLe
             base: Duration::from_millis(1),
             max: Duration::from_millis(2),
         },
+        answer_limit: Duration::from_secs(3600),
     };
 
     for (round, settled) in [Outcome::Applied, Outcome::Duplicate]
