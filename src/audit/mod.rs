@@ -196,14 +196,17 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the background writer with a channel of `capacity` records. The task ends once
-    /// every `AuditLog` clone is dropped and the channel is drained.
+    /// every `AuditLog` clone is dropped and the channel is drained. A write without an answer
+    /// within `limit` fails (and is retried), so a connection gone silent cannot hold it.
     pub fn spawn(
         store: Arc<dyn AuditStore>,
         metrics: Arc<Metrics>,
         capacity: usize,
+        limit: Duration,
     ) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let task = tokio::spawn(write_batches(rx, Arc::clone(&store), Arc::clone(&metrics)));
+        let writer = write_batches(rx, Arc::clone(&store), Arc::clone(&metrics), limit);
+        let task = tokio::spawn(writer);
         (AuditLog { tx, store, metrics }, task)
     }
 
@@ -250,6 +253,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<AuditRecord>,
     store: Arc<dyn AuditStore>,
     metrics: Arc<Metrics>,
+    limit: Duration,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
@@ -257,7 +261,8 @@ async fn write_batches(
         let mut backoff = Backoff::doubling(Duration::from_millis(200), Duration::from_secs(2));
         loop {
             attempt += 1;
-            match store.insert(&batch).await {
+            let silent = || AuditError::Unavailable("no answer in time".into());
+            match crate::db::within(limit, store.insert(&batch), silent).await {
                 Ok(()) => {
                     metrics
                         .audit_records
@@ -339,7 +344,12 @@ mod tests {
             entered: Default::default(),
         });
         let metrics = Arc::new(Metrics::new());
-        let (log, task) = AuditLog::spawn(store.clone(), Arc::clone(&metrics), 1);
+        let (log, task) = AuditLog::spawn(
+            store.clone(),
+            Arc::clone(&metrics),
+            1,
+            Duration::from_secs(3600),
+        );
         let record = AuditRecord::new(Utc::now(), "auth.login", "user", AuditResult::Success);
         log.record(record.clone());
         // The writer takes it and waits in the store (this runtime has one thread, so nothing

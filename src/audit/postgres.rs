@@ -197,7 +197,12 @@ mod tests {
         let inline = started.elapsed() / N;
 
         let metrics = Arc::new(Metrics::new());
-        let (log, task) = AuditLog::spawn(store, Arc::clone(&metrics), 10_000);
+        let (log, task) = AuditLog::spawn(
+            store,
+            Arc::clone(&metrics),
+            10_000,
+            crate::db::PoolSettings::default().answer_limit(),
+        );
         let started = Instant::now();
         for _ in 0..N {
             log.record(sample());

@@ -137,7 +137,12 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     });
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl)
         .with_session_cache(Arc::clone(&sessions));
-    let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE);
+    let (audit, audit_writer) = AuditLog::spawn(
+        audit,
+        Arc::clone(&metrics),
+        AUDIT_QUEUE,
+        config.pool.answer_limit(),
+    );
     let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
