@@ -122,11 +122,12 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         Arc::clone(&clock),
         processor,
     ));
+    let db_limit = config.pool.answer_limit();
     let guards = breakers::guard(
         store,
         Arc::clone(&gateway) as Arc<dyn PaymentGateway>,
         (config.breaker, config.payment_timeout),
-        config.pool.answer_limit(),
+        db_limit,
         &metrics,
     );
     let store = Arc::clone(&guards.store);
@@ -137,12 +138,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     });
     let auth = AuthService::new(accounts, Arc::clone(&clock), config.session_ttl)
         .with_session_cache(Arc::clone(&sessions));
-    let (audit, audit_writer) = AuditLog::spawn(
-        audit,
-        Arc::clone(&metrics),
-        AUDIT_QUEUE,
-        config.pool.answer_limit(),
-    );
+    let (audit, audit_writer) = AuditLog::spawn(audit, Arc::clone(&metrics), AUDIT_QUEUE, db_limit);
     let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
@@ -165,7 +161,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             reads: projector,
             metrics: Arc::clone(&metrics),
             cache: Arc::clone(&invalidator) as Arc<dyn crate::projections::ViewInvalidation>,
-            answer_limit: config.pool.answer_limit(),
+            answer_limit: db_limit,
         }),
     );
     let published = read_progress.clone();
@@ -200,6 +196,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             max_attempts: config.webhook_max_attempts,
             retry_base: config.webhook_retry_base,
             strict: config.app_env == AppEnv::Production,
+            answer_limit: db_limit,
             ..DeliverySettings::default()
         },
     )

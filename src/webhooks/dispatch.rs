@@ -39,6 +39,9 @@ pub struct DeliverySettings {
     pub strict: bool,
     /// Deliveries in flight per endpoint.
     pub per_endpoint: usize,
+    /// A call to the store without an answer within this fails as unavailable, so a
+    /// connection gone silent cannot hold a worker (`PoolSettings::answer_limit`).
+    pub answer_limit: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -50,6 +53,7 @@ impl Default for DeliverySettings {
             timeout: Duration::from_secs(10),
             strict: false,
             per_endpoint: 4,
+            answer_limit: crate::db::PoolSettings::default().answer_limit(),
         }
     }
 }
@@ -146,11 +150,11 @@ impl Dispatcher {
     }
 
     async fn sweep(&self) {
-        match self.0.store.endpoints_with_pending().await {
+        match self.0.bounded(self.0.store.endpoints_with_pending()).await {
             Ok(endpoints) => endpoints.into_iter().for_each(|e| self.wake(e)),
             Err(e) => tracing::warn!(error = %e, "cannot look for pending webhook deliveries"),
         }
-        if let Ok(depth) = self.0.store.pending_count().await {
+        if let Ok(depth) = self.0.bounded(self.0.store.pending_count()).await {
             self.0
                 .metrics
                 .webhook_queue_depth
@@ -160,6 +164,15 @@ impl Dispatcher {
 }
 
 impl Inner {
+    /// A call to the store, failed as unavailable once `answer_limit` passed without an answer.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, super::WebhookError>>,
+    ) -> Result<T, super::WebhookError> {
+        let silent = || super::WebhookError::Unavailable("no answer in time".into());
+        crate::db::within(self.settings.answer_limit, call, silent).await
+    }
+
     /// The worker of one endpoint: keeps up to `per_endpoint` deliveries in flight, taking
     /// pending ones from the store `BATCH` at a time (with the endpoint as it is then).
     async fn work(self: Arc<Self>, endpoint: Uuid, wake: Arc<Notify>) {
@@ -198,11 +211,11 @@ impl Inner {
     ) -> Option<Endpoint> {
         let limit = u32::try_from(BATCH + in_flight.len()).unwrap_or(u32::MAX);
         let read = async {
-            let found = self.store.get(endpoint).await?;
+            let found = self.bounded(self.store.get(endpoint)).await?;
             let pending = match &found {
                 Some(_) => {
-                    self.store
-                        .pending(endpoint, limit, self.clock.now())
+                    let now = self.clock.now();
+                    self.bounded(self.store.pending(endpoint, limit, now))
                         .await?
                 }
                 None => Vec::new(),
@@ -235,7 +248,7 @@ impl Inner {
             }
             let endpoint = match known.take() {
                 Some(e) => e,
-                None => match self.store.get(delivery.endpoint_id).await {
+                None => match self.bounded(self.store.get(delivery.endpoint_id)).await {
                     Ok(Some(e)) => e,
                     Ok(None) => return delivery.id,
                     Err(e) => {
@@ -328,7 +341,8 @@ impl Inner {
     async fn hold(&self, delivery: &Delivery, attempt: u32) -> bool {
         let now = self.clock.now();
         let until = self.held_until(now);
-        match self.store.claim(delivery.id, self.holder, now, until).await {
+        let claim = self.store.claim(delivery.id, self.holder, now, until);
+        match self.bounded(claim).await {
             Ok(true) => true,
             Ok(false) => {
                 if attempt > 1 {
@@ -373,11 +387,8 @@ impl Inner {
             // Still pending: this instance keeps it through its next attempt.
             held_until: next_attempt_at.map(|next| self.held_until(next)),
         };
-        match self
-            .store
-            .record_attempt(delivery.id, self.holder, attempt)
-            .await
-        {
+        let record = self.store.record_attempt(delivery.id, self.holder, attempt);
+        match self.bounded(record).await {
             Ok(true) => {
                 self.count(outcome);
                 true
@@ -406,7 +417,10 @@ impl Inner {
         if endpoint.status == status {
             return;
         }
-        if let Err(e) = self.store.set_status(endpoint.id, status).await {
+        if let Err(e) = self
+            .bounded(self.store.set_status(endpoint.id, status))
+            .await
+        {
             tracing::warn!(endpoint = %endpoint.id, error = %e, "cannot change a webhook endpoint's status");
         }
     }
