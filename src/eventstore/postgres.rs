@@ -232,8 +232,9 @@ async fn max_position(pool: &PgPool) -> Result<u64, StoreError> {
 
 /// Follows the appends of every instance (LISTEN), and re-reads the head after a reconnect,
 /// so subscriptions here wake for events written elsewhere. A connection that goes silent is
-/// found by a probe after `QUIET` without a notification, and replaced. This store's own appends (marked
-/// with its `tag`) are left to their appenders, which raise the head once the tail has them.
+/// found by a probe after `QUIET` without a notification, and replaced. This store's own
+/// appends (marked with its `tag`) are left to their appenders, which raise the head once the
+/// tail has them.
 async fn follow_appends(pool: PgPool, head: watch::Sender<u64>, tag: String) {
     let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
     loop {
