@@ -32,27 +32,52 @@ impl Checkpoints for MemoryCheckpoints {
     }
 }
 
-pub struct PostgresCheckpoints(pub PgPool);
+/// Checkpoints in `projection_checkpoints`; a call without an answer within `limit` (a
+/// connection gone silent) fails, and the subscription retries it.
+pub struct PostgresCheckpoints {
+    pool: PgPool,
+    limit: std::time::Duration,
+}
+
+impl PostgresCheckpoints {
+    pub fn new(pool: PgPool, limit: std::time::Duration) -> Self {
+        Self { pool, limit }
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> anyhow::Result<T> {
+        let call = async { Ok(call.await?) };
+        let silent = || anyhow::anyhow!("no answer from the checkpoints' database in time");
+        crate::db::within(self.limit, call, silent).await
+    }
+}
 
 #[async_trait]
 impl Checkpoints for PostgresCheckpoints {
     async fn load(&self, name: &str) -> anyhow::Result<u64> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.0)
-                .await?;
+        let position: Option<i64> = self
+            .bounded(
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
         Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
     }
 
     async fn save(&self, name: &str, position: u64) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET position = GREATEST(projection_checkpoints.position, EXCLUDED.position)",
+        let position = i64::try_from(position)?;
+        self.bounded(
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET position = GREATEST(projection_checkpoints.position, EXCLUDED.position)",
+            )
+            .bind(name)
+            .bind(position)
+            .execute(&self.pool),
         )
-        .bind(name)
-        .bind(i64::try_from(position)?)
-        .execute(&self.0)
         .await?;
         Ok(())
     }
@@ -91,6 +116,10 @@ mod tests {
             .await
             .unwrap();
         crate::db::projections_migrator().run(&pool).await.unwrap();
-        contract(&PostgresCheckpoints(pool)).await;
+        contract(&PostgresCheckpoints::new(
+            pool,
+            crate::db::PoolSettings::default().answer_limit(),
+        ))
+        .await;
     }
 }

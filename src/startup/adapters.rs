@@ -139,7 +139,7 @@ pub(super) async fn on_postgres(config: &Config, events_url: &str) -> anyhow::Re
         projector: Arc::new(PostgresReadModel::new(projector)),
         accounts: Arc::new(PostgresAuthStore::new(auth.clone())),
         audit: Arc::new(PostgresAuditStore::new(auth.clone())),
-        checkpoints: Arc::new(PostgresCheckpoints(projections.clone())),
+        checkpoints: Arc::new(PostgresCheckpoints::new(projections.clone(), limit)),
         idempotency: IdempotencyStore::durable(auth, limit),
         dlq: Arc::new(PostgresDeadLetters::new(events.clone())),
         webhooks: Arc::new(PostgresWebhooks::new(webhooks)),

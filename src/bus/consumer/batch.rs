@@ -48,6 +48,15 @@ pub(super) fn last_per_partition(deliveries: &[Delivery]) -> Vec<&Delivery> {
 }
 
 impl Consumer {
+    /// `call`, failed with `silent()` once `answer_limit` passed without an answer.
+    pub(super) async fn bounded<T, E>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+        silent: fn() -> E,
+    ) -> Result<T, E> {
+        crate::db::within(self.answer_limit, call, silent).await
+    }
+
     /// Settles every delivery of a batch (in order within each stream), however long the dead
     /// letter queue stays away, and counts each outcome. `system` names the bus in the spans.
     pub async fn settle_batch(
@@ -288,17 +297,6 @@ impl Consumer {
                 }
             }
         }
-    }
-}
-
-impl Consumer {
-    /// `call`, failed with `silent()` once `answer_limit` passed without an answer.
-    pub(super) async fn bounded<T, E>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, E>>,
-        silent: fn() -> E,
-    ) -> Result<T, E> {
-        crate::db::within(self.answer_limit, call, silent).await
     }
 }
 
