@@ -156,13 +156,7 @@ async fn refunds_by_cancellation_and_refused_refunds_are_recorded() {
         )
         .await;
     assert_eq!(refused.status, 404, "{:#}", refused.body);
-    let cancelled = app
-        .post(
-            &format!("/api/reservations/{reservation}/cancel"),
-            Some(&buyer.token),
-            json!({}),
-        )
-        .await;
+    let cancelled = app.cancel(&buyer, reservation).await;
     assert_eq!(cancelled.status, 200, "{:#}", cancelled.body);
     assert_eq!(cancelled.body["status"], "refunded");
 

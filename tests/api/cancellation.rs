@@ -99,13 +99,7 @@ async fn a_stranger_cannot_cancel_someone_elses_reservation() {
     assert_eq!(app.floor(event).await, (8, 2, 0));
 
     let admin = app.admin().await;
-    let by_admin = app
-        .post(
-            &format!("/api/reservations/{reservation}/cancel"),
-            Some(&admin.token),
-            json!({}),
-        )
-        .await;
+    let by_admin = app.cancel(&admin, reservation).await;
     assert_eq!(by_admin.status, 200, "{:#}", by_admin.body);
     assert_eq!(by_admin.body["status"], "cancelled");
     assert_eq!(app.floor(event).await, (10, 0, 0));

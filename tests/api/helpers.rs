@@ -360,6 +360,12 @@ impl TestApp {
         .await
     }
 
+    /// `user` cancels `reservation`.
+    pub async fn cancel(&self, user: &User, reservation: Uuid) -> Answer {
+        let path = format!("/api/reservations/{reservation}/cancel");
+        self.post(&path, Some(&user.token), json!({})).await
+    }
+
     /// The `status` of `reservation` as its owner `user` reads it (the read must answer 200).
     pub async fn reservation_status(&self, user: &User, reservation: Uuid) -> String {
         let read = self

@@ -109,13 +109,7 @@ async fn a_hold_cancelled_or_paid_a_moment_ago_is_refused_before_any_charge() {
     let buyer = app.customer().await;
     let cancelled = app.reserve(&buyer, event, 1).await.id("reservation_id");
     let paid = app.reserve(&buyer, event, 2).await.id("reservation_id");
-    let cancel = app
-        .post(
-            &format!("/api/reservations/{cancelled}/cancel"),
-            Some(&buyer.token),
-            json!({}),
-        )
-        .await;
+    let cancel = app.cancel(&buyer, cancelled).await;
     assert_eq!(cancel.status, 200, "{:#}", cancel.body);
     let first = app.pay(&buyer, paid, "tok_visa").await;
     assert_eq!(first.status, 201, "{:#}", first.body);
