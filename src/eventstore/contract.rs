@@ -27,6 +27,7 @@ pub async fn run_all(store: &dyn EventStore) {
     appends_are_read_back_in_order(store).await;
     stale_versions_conflict_and_write_nothing(store).await;
     read_all_pages_without_gaps(store).await;
+    read_sale_pages_without_gaps(store).await;
     malformed_appends_are_rejected(store).await;
     a_turn_reads_what_is_new_and_appends_what_it_decides(store).await;
     concurrent_turns_on_one_sale_queue_instead_of_conflicting(store).await;
@@ -55,15 +56,18 @@ async fn appends_are_read_back_in_order(store: &dyn EventStore) {
         last,
         "the head is the last append"
     );
-    let read = store.read_sale(sale, 0).await.unwrap();
+    let read = store.read_sale(sale, 0, usize::MAX).await.unwrap();
     assert_eq!(read.len(), 2);
     assert_eq!(read[1].position, last);
     assert_eq!((read[0].version, read[1].version), (1, 2));
     assert_eq!(read[0].metadata.correlation_id.as_deref(), Some("corr"));
-    let newer = store.read_sale(sale, read[0].position).await.unwrap();
+    let newer = store
+        .read_sale(sale, read[0].position, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(newer.iter().map(|e| e.version).collect::<Vec<_>>(), [2]);
     assert!(store
-        .read_sale(EventId::random(), 0)
+        .read_sale(EventId::random(), 0, usize::MAX)
         .await
         .unwrap()
         .is_empty());
@@ -82,7 +86,7 @@ async fn stale_versions_conflict_and_write_nothing(store: &dyn EventStore) {
         matches!(err, StoreError::Conflict { ref stream_id, attempted: 1, actual: 1 } if *stream_id == a),
         "{err:?}"
     );
-    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
+    assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 1);
     store
         .append(sale, vec![event(&b, 1), event(&a, 2)])
         .await
@@ -102,6 +106,29 @@ async fn read_all_pages_without_gaps(store: &dyn EventStore) {
     let rest = store.read_all(first[2].position, 100).await.unwrap();
     let positions: Vec<u64> = first.iter().chain(&rest).map(|e| e.position).collect();
     assert_eq!(positions, ((last - 4)..=last).collect::<Vec<_>>());
+}
+
+/// A sale read a page at a time, while another sale's events are interleaved with it, gives
+/// every event of the sale once, in order.
+async fn read_sale_pages_without_gaps(store: &dyn EventStore) {
+    let (sale, other) = (EventId::random(), EventId::random());
+    let (s, o) = (format!("payment-{sale}"), format!("payment-{other}"));
+    for v in 1..=5 {
+        store.append(sale, vec![event(&s, v)]).await.unwrap();
+        store.append(other, vec![event(&o, v)]).await.unwrap();
+    }
+    let mut versions = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_sale(sale, after, 2).await.unwrap();
+        assert!(page.len() <= 2, "a page holds at most its limit");
+        versions.extend(page.iter().map(|e| e.version));
+        match page.last() {
+            Some(last) => after = last.position,
+            None => break,
+        }
+    }
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
 async fn malformed_appends_are_rejected(store: &dyn EventStore) {
@@ -149,7 +176,7 @@ async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventS
         },
         "the writer knows its own append"
     );
-    let read = store.read_sale(sale, 0).await.unwrap();
+    let read = store.read_sale(sale, 0, usize::MAX).await.unwrap();
     assert_eq!(
         read.iter().map(|e| e.version).collect::<Vec<_>>(),
         [1, 2, 3]
@@ -174,7 +201,7 @@ async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventS
             .await,
     );
     assert_eq!((nothing, hydrated), (None, known));
-    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 3);
+    assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 3);
     // Malformed decisions are refused like malformed appends.
     let gap = store
         .take_turn(sale, known, TurnMode::Locked, &mut |_| {
@@ -182,7 +209,7 @@ async fn a_turn_reads_what_is_new_and_appends_what_it_decides(store: &dyn EventS
         })
         .await;
     assert!(matches!(gap, Err(StoreError::InvalidAppend(_))), "{gap:?}");
-    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 3);
+    assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 3);
 }
 
 /// One turn: reads the whole sale and appends the inventory's next version.
@@ -216,7 +243,7 @@ async fn concurrent_turns_on_one_sale_queue_instead_of_conflicting(store: &dyn E
         assert!(result.is_ok(), "a turn failed: {result:?}");
     }
     let versions: Vec<u64> = store
-        .read_sale(sale, 0)
+        .read_sale(sale, 0, usize::MAX)
         .await
         .unwrap()
         .iter()
@@ -240,7 +267,7 @@ async fn a_stale_turn_still_conflicts_and_writes_nothing(store: &dyn EventStore)
         matches!(err, StoreError::Conflict { ref stream_id, attempted: 1, actual: 1 } if *stream_id == a),
         "{err:?}"
     );
-    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
+    assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 1);
 }
 
 /// An optimistic turn decides on nothing new and appends only while the sale's head is what
@@ -290,7 +317,7 @@ async fn an_optimistic_turn_appends_only_on_the_head_it_knows(store: &dyn EventS
         .take_turn(sale, known, TurnMode::Optimistic, &mut |_| Vec::new())
         .await;
     assert_eq!(stale, Ok(Turned::Stale), "a refusal on a stale state too");
-    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 4);
+    assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 4);
 
     let mut given = Vec::new();
     let (last, known) = done(
@@ -331,5 +358,5 @@ async fn a_first_optimistic_turn_on_a_new_sale_wins_once(store: &dyn EventStore)
         })
         .await;
     assert_eq!(second, Ok(Turned::Stale));
-    assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 1);
+    assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 1);
 }

@@ -76,8 +76,10 @@ impl EventStore for Guarded {
         &self,
         sale_id: EventId,
         after: u64,
+        limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        self.guard(self.inner.read_sale(sale_id, after)).await
+        self.guard(self.inner.read_sale(sale_id, after, limit))
+            .await
     }
 
     async fn read_all(
@@ -161,9 +163,10 @@ mod tests {
             &self,
             sale_id: EventId,
             after: u64,
+            limit: usize,
         ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
             self.enter().await?;
-            self.inner.read_sale(sale_id, after).await
+            self.inner.read_sale(sale_id, after, limit).await
         }
         async fn read_all(
             &self,
@@ -242,7 +245,7 @@ mod tests {
 
         flaky.down.store(true, Ordering::SeqCst);
         for _ in 0..2 {
-            let down = store.read_sale(sale, 0).await;
+            let down = store.read_sale(sale, 0, usize::MAX).await;
             assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
         }
         let calls = flaky.calls.load(Ordering::SeqCst);
@@ -264,7 +267,7 @@ mod tests {
         clock.advance(chrono::Duration::seconds(5));
         store.append(sale, vec![event("a", 2)]).await.unwrap();
         assert_eq!(breaker.snapshot().state, BreakerState::Closed);
-        assert_eq!(store.read_sale(sale, 0).await.unwrap().len(), 2);
+        assert_eq!(store.read_sale(sale, 0, usize::MAX).await.unwrap().len(), 2);
     }
 
     /// A store that stops answering (its connection went silent) fails the call as

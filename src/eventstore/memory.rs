@@ -77,7 +77,7 @@ impl Log {
         Ok(self.events.len() as u64)
     }
 
-    fn read_sale(&self, sale_id: EventId, after: u64) -> Vec<Arc<RecordedEvent>> {
+    fn read_sale(&self, sale_id: EventId, after: u64, limit: usize) -> Vec<Arc<RecordedEvent>> {
         self.by_sale
             .get(&sale_id)
             .map(|idx| {
@@ -85,6 +85,7 @@ impl Log {
                 let start = idx.partition_point(|&i| (i as u64) < after);
                 idx[start..]
                     .iter()
+                    .take(limit)
                     .filter_map(|&i| self.events.get(i).cloned())
                     .collect()
             })
@@ -120,7 +121,7 @@ impl EventStore for MemoryEventStore {
                 return Ok(Turned::Stale);
             }
             let fresh = match mode {
-                TurnMode::Locked => log.read_sale(sale_id, known.position),
+                TurnMode::Locked => log.read_sale(sale_id, known.position, usize::MAX),
                 TurnMode::Optimistic => Vec::new(),
             };
             let seen = fresh.last().map_or(known.position, |e| e.position);
@@ -151,12 +152,13 @@ impl EventStore for MemoryEventStore {
         &self,
         sale_id: EventId,
         after: u64,
+        limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         Ok(self
             .log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .read_sale(sale_id, after))
+            .read_sale(sale_id, after, limit))
     }
 
     async fn read_all(

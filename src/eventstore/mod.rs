@@ -156,12 +156,14 @@ pub trait EventStore: Send + Sync + 'static {
         decide: &mut Decide<'_>,
     ) -> Result<Turned, StoreError>;
 
-    /// The events of one sale with a position greater than `after`, in position order
-    /// (`after` = 0 for all of them): how a writer hydrates and catches up.
+    /// Up to `limit` events of one sale with a position greater than `after`, in position
+    /// order (`after` = 0 from the first), never skipping one: how a writer hydrates, a page
+    /// at a time.
     async fn read_sale(
         &self,
         sale_id: EventId,
         after: u64,
+        limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
 
     /// Up to `limit` events with a position greater than `after`, in order, never skipping one.

@@ -362,14 +362,16 @@ impl EventStore for PostgresEventStore {
         &self,
         sale_id: EventId,
         after: u64,
+        limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE sale_id = $1 AND position > $2 ORDER BY position"
+            "SELECT {COLUMNS} FROM events WHERE sale_id = $1 AND position > $2 ORDER BY position LIMIT $3"
         );
         self.fetch(
             sqlx::query(&sql)
                 .bind(sale_id.0)
-                .bind(i64::try_from(after).unwrap_or(i64::MAX)),
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX)),
         )
         .await
     }

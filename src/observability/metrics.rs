@@ -15,6 +15,8 @@ pub struct Metrics {
     pub decide_duration: HistogramVec,
     pub effects: IntCounterVec,
     pub append_duration: HistogramVec,
+    /// How long a sale's writer took to read and fold its sale's events.
+    pub hydration_duration: HistogramVec,
     pub events_appended: IntCounterVec,
     pub store_conflicts: IntCounter,
     pub batch_size: HistogramVec,
@@ -172,6 +174,13 @@ impl Metrics {
                 "Event store append latency by adapter.",
                 &["store"],
                 SECONDS.to_vec(),
+            ),
+            hydration_duration: histogram(
+                &r,
+                "sale_hydration_duration_seconds",
+                "How long a sale's writer took to load the sale's events (before its first turn, or after a turn left its state behind), by adapter.",
+                &["store"],
+                vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             ),
             events_appended: counter(
                 &r,

@@ -4,11 +4,14 @@
 //! only after that commit (invariant 3). Each batch is one turn on the sale
 //! (`EventStore::take_turn`). While the writer has the sale to itself its turns are optimistic
 //! (decide, then append only if nobody wrote the sale meanwhile: one statement on PostgreSQL);
-//! once another instance wrote, it drops its state, reloads the sale and takes locked turns
-//! (writers of the same sale on other instances wait for it, and it first applies what they
-//! appended) until `LOCKED_TURNS` turns in a row found nothing foreign. Either way it decides
-//! on the whole truth. A version conflict can then only come from a writer that does not take
-//! turns; it reloads the sale and re-decides the batch, a bounded number of times.
+//! once another instance wrote, it drops its state, reloads the sale (`hydration`, outside any
+//! turn) and takes locked turns (writers of the same sale on other instances wait for it, and
+//! it first applies what they appended) until `LOCKED_TURNS` turns in a row found nothing
+//! foreign. Either way it decides on the whole truth. A version conflict can then only come
+//! from a writer that does not take turns; it reloads the sale and re-decides the batch, a
+//! bounded number of times.
+
+mod hydration;
 
 use super::expiry::ExpiryHandle;
 use crate::domain::events::{HeldSeatsReleased, HeldSeatsSold};
@@ -170,11 +173,11 @@ impl SaleWriter {
         reply_all(batch, &CommandError::Contended)
     }
 
-    /// One turn on the sale: apply what other instances appended since the last look (a fresh
-    /// hydration after a reset), decide the batch against it, append. Returns the decisions
-    /// and, when something was appended, (last position, events appended). On any error, or
-    /// when an optimistic turn was stale, the state is dropped (it may hold tentative events)
-    /// and the next turn hydrates again, locked.
+    /// One turn on the sale: apply what other instances appended since the last look (after
+    /// a hydration when the writer has no state), decide the batch against it, append. Returns
+    /// the decisions and, when something was appended, (last position, events appended). On
+    /// any error, or when an optimistic turn was stale, the state is dropped (it may hold
+    /// tentative events) and the next turn hydrates again and is locked.
     async fn turn(
         &mut self,
         batch: &mut Vec<Envelope>,
@@ -184,11 +187,18 @@ impl SaleWriter {
             Some(state) if self.locked_turns == 0 => (state, TurnMode::Optimistic),
             Some(state) => (state, TurnMode::Locked),
             None => {
-                self.known = Known::default();
-                (SaleState::default(), TurnMode::Locked)
+                let started = Instant::now();
+                let (state, known) =
+                    hydration::hydrate(self.store.as_ref(), self.sale_id, &self.expiry).await?;
+                self.metrics
+                    .hydration_duration
+                    .with_label_values(&[self.store.kind()])
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(events = known.events, "sale hydrated");
+                self.known = known;
+                (state, TurnMode::Locked)
             }
         };
-        let hydrating = self.known == Known::default();
         let (sale_id, metrics) = (self.sale_id, Arc::clone(&self.metrics));
         let max_batch = self.max_batch;
         let mut foreign = false;
@@ -201,9 +211,8 @@ impl SaleWriter {
                 for recorded in fresh {
                     match codec::decode(recorded) {
                         Ok(event) => {
-                            // Another instance (or this one, before a reload) ended a hold: its
-                            // timer here, if it has one, goes. While hydrating this is one
-                            // order per ended hold of the sale, cheap beside decoding them.
+                            // Another instance ended a hold: its timer here, if it has one,
+                            // goes.
                             disarm_if_ended(expiry, sale_id, &event);
                             state.apply(&event)
                         }
@@ -246,7 +255,8 @@ impl SaleWriter {
                 self.known = known;
                 self.state = Some(state);
                 self.locked_turns = match mode {
-                    TurnMode::Locked if foreign && !hydrating => LOCKED_TURNS,
+                    // Even right after a hydration: another writer appended meanwhile.
+                    TurnMode::Locked if foreign => LOCKED_TURNS,
                     TurnMode::Locked => self.locked_turns.saturating_sub(1),
                     TurnMode::Optimistic => 0,
                 };

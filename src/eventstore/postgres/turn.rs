@@ -38,8 +38,9 @@ impl PostgresEventStore {
         // escape). The read must be a statement of its own: a statement's snapshot is taken
         // when it starts, so it must start after the lock was granted to see the previous
         // holder's commit. It reads nothing when the head is what the writer knows (the usual
-        // case with one instance), and everything when the writer knows nothing (a hydration
-        // trusts no head: an older binary may not have moved it).
+        // case with one instance), and everything when the writer knows nothing (a sale that
+        // had no events when its writer hydrated: no head is trusted, an older binary may not
+        // have moved it).
         let moved = if known == Known::default() {
             String::new()
         } else {

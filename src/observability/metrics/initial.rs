@@ -76,6 +76,7 @@ impl Metrics {
             self.events_appended.with_label_values(&[aggregate]);
         }
         self.append_duration.with_label_values(&[known.store]);
+        self.hydration_duration.with_label_values(&[known.store]);
         self.batch_size.with_label_values(&[known.store]);
         for topic in known.topics {
             self.bus_published.with_label_values(&[topic.as_str()]);

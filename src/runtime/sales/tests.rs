@@ -4,15 +4,51 @@ use crate::eventstore::{Decide, Known, NewEvent, RecordedEvent, StoreError, Turn
 use crate::runtime::expiry;
 use tokio::sync::{watch, Notify, Semaphore};
 
-/// A memory store whose turns wait at a gate: a writer stuck on a slow database.
-struct Slow {
-    inner: MemoryEventStore,
-    gate: Semaphore,
+/// A memory store whose calls can be held at gates: every turn (a writer stuck on a slow
+/// database), or the last page of a hydration before it is returned (a writer that read its
+/// whole sale while another instance writes).
+struct Gated {
+    inner: Arc<dyn EventStore>,
+    turns: Option<Gate>,
+    hydrations: Option<Gate>,
+}
+
+/// Where a call waits until the test lets it pass; `entered` tells the test one is waiting.
+struct Gate {
+    pass: Semaphore,
     entered: Notify,
 }
 
+impl Gate {
+    fn closed() -> Self {
+        Self {
+            pass: Semaphore::new(0),
+            entered: Notify::new(),
+        }
+    }
+
+    async fn wait(&self) {
+        self.entered.notify_one();
+        let _pass = self.pass.acquire().await;
+    }
+
+    fn open(&self) {
+        self.pass.add_permits(1_000);
+    }
+}
+
+impl Gated {
+    fn new(inner: Arc<dyn EventStore>) -> Self {
+        Self {
+            inner,
+            turns: None,
+            hydrations: None,
+        }
+    }
+}
+
 #[async_trait]
-impl EventStore for Slow {
+impl EventStore for Gated {
     async fn append(&self, sale_id: EventId, events: Vec<NewEvent>) -> Result<u64, StoreError> {
         self.inner.append(sale_id, events).await
     }
@@ -23,16 +59,22 @@ impl EventStore for Slow {
         mode: TurnMode,
         decide: &mut Decide<'_>,
     ) -> Result<Turned, StoreError> {
-        self.entered.notify_one();
-        let _pass = self.gate.acquire().await;
+        if let Some(gate) = &self.turns {
+            gate.wait().await;
+        }
         self.inner.take_turn(sale_id, known, mode, decide).await
     }
     async fn read_sale(
         &self,
         sale_id: EventId,
         after: u64,
+        limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        self.inner.read_sale(sale_id, after).await
+        let page = self.inner.read_sale(sale_id, after, limit).await?;
+        if let Some(gate) = self.hydrations.as_ref().filter(|_| page.len() < limit) {
+            gate.wait().await;
+        }
+        Ok(page)
     }
     async fn read_all(
         &self,
@@ -48,7 +90,7 @@ impl EventStore for Slow {
         Ok(())
     }
     fn kind(&self) -> &'static str {
-        "slow"
+        "gated"
     }
 }
 
@@ -64,11 +106,11 @@ fn expire(now: DateTime<Utc>) -> SaleCommand {
 /// decided and the mailbox takes commands again.
 #[tokio::test]
 async fn a_full_mailbox_refuses_at_once() {
-    let store = Arc::new(Slow {
-        inner: MemoryEventStore::new(),
-        gate: Semaphore::new(0),
-        entered: Notify::new(),
+    let store = Arc::new(Gated {
+        turns: Some(Gate::closed()),
+        ..Gated::new(Arc::new(MemoryEventStore::new()))
     });
+    let turns = store.turns.as_ref().unwrap();
     let metrics = Arc::new(Metrics::new());
     let (expiry, _inbox) = expiry::channel();
     let sales = Sales::new(
@@ -86,7 +128,7 @@ async fn a_full_mailbox_refuses_at_once() {
 
     // The first command is in the writer's hands, stuck in the store.
     let first = run(&sales);
-    store.entered.notified().await;
+    turns.entered.notified().await;
     // Two more fill the mailbox of two.
     let queued = [run(&sales), run(&sales)];
     let resilience = &metrics.resilience;
@@ -110,7 +152,7 @@ async fn a_full_mailbox_refuses_at_once() {
     );
     assert_eq!(resilience.mailbox_refusals.get(), 1);
 
-    store.gate.add_permits(1_000);
+    turns.open();
     for waiting in std::iter::once(first).chain(queued) {
         let answer = waiting.await.unwrap();
         // Decided (the reservation is unknown), not refused.
@@ -149,7 +191,7 @@ async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() 
         .await;
     assert!(opened.is_ok(), "decided on a stale state: {opened:?}");
     let event_stream: Vec<u64> = store
-        .read_sale(sale, 0)
+        .read_sale(sale, 0, usize::MAX)
         .await
         .unwrap()
         .iter()
@@ -349,4 +391,72 @@ async fn a_hold_ended_on_another_instance_is_disarmed_where_it_was_placed() {
         drain(&mut there_orders),
         [expiry::Order::Disarm((sale, cancelled))]
     );
+}
+
+/// A writer hydrates outside its turns, so another instance's writer goes on meanwhile; what
+/// that one appends after the hydration's last page is handed to the locked turn that follows,
+/// so the first decides on the whole sale: here the last seat, taken by the other instance
+/// during the hydration, is not sold again.
+#[tokio::test]
+async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
+    use crate::domain::sale::Lifecycle;
+
+    let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let paused = Arc::new(Gated {
+        hydrations: Some(Gate::closed()),
+        ..Gated::new(Arc::clone(&inner))
+    });
+    let hydrations = paused.hydrations.as_ref().unwrap();
+    let (there, _there_orders) = instance_on(&inner);
+    let (expiry, _here_orders) = expiry::channel();
+    let metrics = Arc::new(Metrics::new());
+    let here = Sales::new(paused.clone(), expiry, Arc::clone(&metrics), (8, 8));
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let run = |sales: &Sales, command| {
+        let sales = sales.clone();
+        async move { sales.execute(sale, command, Metadata::default()).await }
+    };
+    run(&there, create_gala(now)).await.unwrap();
+    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
+        let lifecycle = SaleCommand::ChangeLifecycle { action, now };
+        run(&there, lifecycle).await.unwrap();
+    }
+    // Nine of the gala's ten seats held.
+    for _ in 0..9 {
+        run(&there, hold_one_seat(ReservationId::random(), now))
+            .await
+            .unwrap();
+    }
+
+    let late = tokio::spawn(run(&here, hold_one_seat(ReservationId::random(), now)));
+    // Bounded only so that a writer that does not hydrate page by page fails rather than hangs.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        hydrations.entered.notified(),
+    )
+    .await
+    .expect("the writer reads its sale with `read_sale`");
+    // The hydration has read nine holds; meanwhile the other instance takes the last seat.
+    run(&there, hold_one_seat(ReservationId::random(), now))
+        .await
+        .expect("the other instance's writer is not held up by a hydration");
+    hydrations.open();
+    let refused = late.await.unwrap();
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(_))),
+        "the last seat was sold twice: {refused:?}"
+    );
+    assert_eq!(
+        metrics.store_conflicts.get(),
+        0,
+        "decided on the whole sale at once, not after a version conflict"
+    );
+    let placed = inner
+        .read_sale(sale, 0, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type == "reservation.placed")
+        .count();
+    assert_eq!(placed, 10);
 }
