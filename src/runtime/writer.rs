@@ -4,17 +4,22 @@
 //! only after that commit (invariant 3). Each batch is one turn on the sale
 //! (`EventStore::take_turn`). While the writer has the sale to itself its turns are optimistic
 //! (decide, then append only if nobody wrote the sale meanwhile: one statement on PostgreSQL);
-//! once another instance wrote, it drops its state, reloads the sale (`hydration`, outside any
-//! turn) and takes locked turns (writers of the same sale on other instances wait for it, and
-//! it first applies what they appended) until `LOCKED_TURNS` turns in a row found nothing
+//! once another instance wrote, it takes back the batch's tentative events (`domain::sale::Undo`)
+//! and takes locked turns (writers of the same sale on other instances wait for it, and it
+//! first applies what they appended) until `LOCKED_TURNS` turns in a row found nothing
 //! foreign. Either way it decides on the whole truth. A version conflict can then only come
-//! from a writer that does not take turns; it reloads the sale and re-decides the batch, a
-//! bounded number of times.
+//! from a writer that does not take turns; it reloads the sale (`hydration`, outside any turn)
+//! and re-decides the batch, a bounded number of times.
 
 mod hydration;
+mod telemetry;
+
+pub use telemetry::command_name;
+use telemetry::{append_span, record_business_metrics};
 
 use super::expiry::ExpiryHandle;
 use crate::domain::events::{HeldSeatsReleased, HeldSeatsSold};
+use crate::domain::sale::Undo;
 use crate::domain::{Decision, DomainEvent, EventId, Outcome, SaleCommand, SaleError, SaleState};
 use crate::eventstore::{codec, EventStore, Known, Metadata, StoreError, TurnMode, Turned};
 use crate::observability::tracecontext::{continue_trace, link_trace};
@@ -156,7 +161,7 @@ impl SaleWriter {
                 }
                 Err(Failed::Stale) => {
                     tracing::debug!(
-                        "another writer wrote the sale; reloading, taking locked turns"
+                        "another writer wrote the sale; batch undone, catching up in locked turns"
                     );
                 }
                 Err(Failed::Store(StoreError::Conflict { stream_id, .. })) => {
@@ -175,9 +180,11 @@ impl SaleWriter {
 
     /// One turn on the sale: apply what other instances appended since the last look (after
     /// a hydration when the writer has no state), decide the batch against it, append. Returns
-    /// the decisions and, when something was appended, (last position, events appended). On
-    /// any error, or when an optimistic turn was stale, the state is dropped (it may hold
-    /// tentative events) and the next turn hydrates again and is locked.
+    /// the decisions and, when something was appended, (last position, events appended). When
+    /// an optimistic turn was stale, its tentative events are undone and the next turn is
+    /// locked (it hands the writer what the other writer appended); on any error the state is
+    /// dropped (it may hold tentative events, or miss an append that did commit) and the next
+    /// turn hydrates again.
     async fn turn(
         &mut self,
         batch: &mut Vec<Envelope>,
@@ -199,6 +206,8 @@ impl SaleWriter {
                 (state, TurnMode::Locked)
             }
         };
+        // An optimistic turn can end without its append: what it decided is taken back then.
+        let mut undo = (mode == TurnMode::Optimistic).then(|| Undo::new(&state));
         let (sale_id, metrics) = (self.sale_id, Arc::clone(&self.metrics));
         let max_batch = self.max_batch;
         let mut foreign = false;
@@ -229,7 +238,7 @@ impl SaleWriter {
                     }
                     batch.push(late);
                 }
-                match decide_batch(sale_id, &mut state, batch, &metrics) {
+                match decide_batch(sale_id, &mut state, batch, &metrics, undo.as_mut()) {
                     Ok((decisions, rows)) => {
                         decided = Some(Ok(decisions));
                         rows
@@ -243,6 +252,10 @@ impl SaleWriter {
             .await;
         let failed = match (result, decided) {
             (Ok(Turned::Stale), _) => {
+                if let Some(undo) = undo {
+                    state.undo(undo);
+                    self.state = Some(state);
+                }
                 self.locked_turns = LOCKED_TURNS;
                 Failed::Stale
             }
@@ -305,35 +318,6 @@ fn disarm_if_ended(expiry: &ExpiryHandle, sale_id: EventId, event: &DomainEvent)
     }
 }
 
-/// The span of one group commit (the whole turn): a child of the first command's trace,
-/// linked to the others'. A CLIENT span by the database semantic conventions ("INSERT
-/// events"); the events count is recorded once the turn decided.
-fn append_span(batch: &[Envelope], store: &str) -> tracing::Span {
-    let span = tracing::info_span!(
-        "append",
-        otel.name = "INSERT events",
-        otel.kind = "client",
-        db.system.name = if store == "postgres" {
-            "postgresql"
-        } else {
-            store
-        },
-        db.operation.name = "INSERT",
-        db.collection.name = "events",
-        db.operation.batch.size = tracing::field::Empty,
-        commands = batch.len(),
-        events = tracing::field::Empty,
-    );
-    let mut traces = batch
-        .iter()
-        .filter_map(|e| e.metadata.traceparent.as_deref());
-    continue_trace(&span, traces.next());
-    for other in traces {
-        link_trace(&span, other);
-    }
-    span
-}
-
 /// What a turn decided and, when it appended, (last position, events appended).
 type TurnResult = (Vec<Result<Decision, SaleError>>, Option<(u64, u64)>);
 
@@ -350,12 +334,14 @@ type Decided = (
     Vec<crate::eventstore::NewEvent>,
 );
 
-/// Decides every command in turn against the evolving state and encodes the resulting rows.
+/// Decides every command in turn against the evolving state and encodes the resulting rows;
+/// with `undo`, what the events change is noted there so that they can be taken back.
 fn decide_batch(
     sale_id: EventId,
     state: &mut SaleState,
     batch: &[Envelope],
     metrics: &Metrics,
+    mut undo: Option<&mut Undo>,
 ) -> Result<Decided, CommandError> {
     let mut decisions = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
@@ -374,7 +360,10 @@ fn decide_batch(
             for event in &decision.events {
                 let version = state.version(&event.stream()) + 1;
                 rows.push(codec::encode(event, version, &envelope.metadata)?);
-                state.apply(event);
+                match undo.as_deref_mut() {
+                    Some(undo) => state.apply_undoable(event, undo),
+                    None => state.apply(event),
+                }
             }
         }
         decisions.push(decision);
@@ -412,37 +401,5 @@ fn answer(
 fn reply_all(batch: Vec<Envelope>, error: &CommandError) {
     for envelope in batch {
         let _ = envelope.reply.send(Err(error.clone()));
-    }
-}
-
-/// Counts one committed event: per aggregate, and the sales figures it moves.
-fn record_business_metrics(metrics: &Metrics, event: &DomainEvent) {
-    metrics
-        .events_appended
-        .with_label_values(&[event.stream().category()])
-        .inc();
-    match event {
-        DomainEvent::HeldSeatsSold(e) => metrics.tickets_sold.inc_by(u64::from(e.quantity)),
-        DomainEvent::PaymentCaptured(e) => metrics
-            .revenue_cents
-            .with_label_values(&[e.amount.currency.as_str()])
-            .inc_by(u64::try_from(e.amount.amount_cents).unwrap_or(0)),
-        _ => {}
-    }
-}
-
-/// Bounded label for metrics and spans.
-pub fn command_name(command: &SaleCommand) -> &'static str {
-    match command {
-        SaleCommand::CreateEvent { .. } => "create_event",
-        SaleCommand::UpdateEvent { .. } => "update_event",
-        SaleCommand::ChangeLifecycle { .. } => "change_lifecycle",
-        SaleCommand::CancelEvent { .. } => "cancel_event",
-        SaleCommand::Reserve { .. } => "reserve",
-        SaleCommand::RecordCapture { .. } => "record_capture",
-        SaleCommand::RecordDecline { .. } => "record_decline",
-        SaleCommand::CancelReservation { .. } => "cancel_reservation",
-        SaleCommand::ExpireReservation { .. } => "expire_reservation",
-        SaleCommand::RefundPayment { .. } => "refund_payment",
     }
 }

@@ -9,8 +9,10 @@ mod commands;
 mod lifecycle;
 #[cfg(test)]
 mod limit_tests;
+mod undo;
 
 pub use commands::{EventPatch, Lifecycle, SaleCommand};
+pub use undo::Undo;
 
 use super::concert::{Event, EventError};
 use super::events::{DomainEvent, StreamId};

@@ -1,6 +1,8 @@
 //! Given / when / then tests of the sale, plus a property test of invariants 1 and 2.
 
-use super::{Decision, Effect, EventPatch, Lifecycle, Outcome, SaleCommand, SaleError, SaleState};
+use super::{
+    Decision, Effect, EventPatch, Lifecycle, Outcome, SaleCommand, SaleError, SaleState, Undo,
+};
 use crate::domain::concert::{EventError, EventStatus};
 use crate::domain::events::{DomainEvent, EventDetails, SectionSpec, Venue};
 use crate::domain::ids::{EventId, PaymentId, ReservationId, UserId};
@@ -64,12 +66,13 @@ impl Sale {
         }
     }
 
-    fn on_sale(capacity: u32) -> Self {
+    /// `event`, published and on sale.
+    fn on_sale_with(event: EventDetails) -> Self {
         Sale::new()
             .given(SaleCommand::CreateEvent {
                 owner_id: UserId::random(),
                 currency: Currency::USD,
-                details: details(capacity),
+                details: event,
                 now: t(0),
             })
             .given(SaleCommand::ChangeLifecycle {
@@ -80,6 +83,10 @@ impl Sale {
                 action: Lifecycle::OpenSales,
                 now: t(0),
             })
+    }
+
+    fn on_sale(capacity: u32) -> Self {
+        Sale::on_sale_with(details(capacity))
     }
 }
 
@@ -552,15 +559,7 @@ proptest! {
     /// break invariants 1 and 2; a refused command changes nothing.
     #[test]
     fn random_interleavings_keep_invariants(steps in proptest::collection::vec(step(), 1..150)) {
-        let mut sale = Sale::new()
-            .given(SaleCommand::CreateEvent {
-                owner_id: UserId::random(),
-                currency: Currency::USD,
-                details: event_of_sections(),
-                now: t(0),
-            })
-            .given(SaleCommand::ChangeLifecycle { action: Lifecycle::Publish, now: t(0) })
-            .given(SaleCommand::ChangeLifecycle { action: Lifecycle::OpenSales, now: t(0) });
+        let mut sale = Sale::on_sale_with(event_of_sections());
         let mut now = t(1);
         let mut ids: Vec<ReservationId> = Vec::new();
         for step in steps {
@@ -585,6 +584,43 @@ proptest! {
                 }
             }
             assert_invariants(&sale.state);
+        }
+    }
+
+    /// A batch of random steps decided and applied as tentative events (as a writer's
+    /// optimistic turn does), then undone, leaves the sale exactly as it was before the batch,
+    /// whatever came before it.
+    #[test]
+    fn an_undone_batch_leaves_the_sale_as_it_was(
+        steps in proptest::collection::vec(step(), 1..150),
+        batch_from in 0usize..150,
+    ) {
+        let mut sale = Sale::on_sale_with(event_of_sections());
+        let mut now = t(1);
+        let mut ids: Vec<ReservationId> = Vec::new();
+        let mut batch: Option<(SaleState, Undo)> = None;
+        for (i, step) in steps.iter().enumerate() {
+            if i == batch_from {
+                batch = Some((sale.state.clone(), Undo::new(&sale.state)));
+            }
+            let Some(command) = command_of(step, &sale.state, &mut ids, &mut now) else {
+                continue;
+            };
+            let Ok(decision) = sale.when(&command) else {
+                continue;
+            };
+            match &mut batch {
+                Some((_, undo)) => {
+                    for e in &decision.events {
+                        sale.state.apply_undoable(e, undo);
+                    }
+                }
+                None => sale.commit(&decision),
+            }
+        }
+        if let Some((before, undo)) = batch {
+            sale.state.undo(undo);
+            prop_assert_eq!(&sale.state, &before);
         }
     }
 }

@@ -6,11 +6,14 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 /// A memory store whose calls can be held at gates: every turn (a writer stuck on a slow
 /// database), or the last page of a hydration before it is returned (a writer that read its
-/// whole sale while another instance writes).
+/// whole sale while another instance writes). With `decides_first`, an optimistic turn has
+/// the writer decide before it finds the sale's head moved, as on PostgreSQL (the memory
+/// store looks at the head first).
 struct Gated {
     inner: Arc<dyn EventStore>,
     turns: Option<Gate>,
     hydrations: Option<Gate>,
+    decides_first: bool,
 }
 
 /// Where a call waits until the test lets it pass; `entered` tells the test one is waiting.
@@ -43,6 +46,7 @@ impl Gated {
             inner,
             turns: None,
             hydrations: None,
+            decides_first: false,
         }
     }
 }
@@ -61,6 +65,13 @@ impl EventStore for Gated {
     ) -> Result<Turned, StoreError> {
         if let Some(gate) = &self.turns {
             gate.wait().await;
+        }
+        if self.decides_first && mode == TurnMode::Optimistic {
+            let decided = decide(&[]);
+            return self
+                .inner
+                .take_turn(sale_id, known, mode, &mut |_| decided.clone())
+                .await;
         }
         self.inner.take_turn(sale_id, known, mode, decide).await
     }
@@ -167,8 +178,8 @@ async fn a_full_mailbox_refuses_at_once() {
 }
 
 /// Two instances (two `Sales`) on one store: a writer that had its sale to itself, and so
-/// takes optimistic turns, notices the other instance's write, drops its state and decides on
-/// the whole truth (opening sales needs the other instance's publication).
+/// takes optimistic turns, notices the other instance's write and decides on the whole truth
+/// (opening sales needs the other instance's publication).
 #[tokio::test]
 async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() {
     use crate::domain::sale::Lifecycle;
@@ -346,8 +357,6 @@ async fn an_idle_writer_stops_and_the_next_command_hydrates_a_new_one() {
 /// causes), so neither instance keeps counting the hold.
 #[tokio::test]
 async fn a_hold_ended_on_another_instance_is_disarmed_where_it_was_placed() {
-    use crate::domain::sale::Lifecycle;
-
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let instance = || instance_on(&store);
     let ((here, mut here_orders), (there, mut there_orders)) = (instance(), instance());
@@ -356,11 +365,7 @@ async fn a_hold_ended_on_another_instance_is_disarmed_where_it_was_placed() {
         let sales = sales.clone();
         async move { sales.execute(sale, command, Metadata::default()).await }
     };
-    run(&here, create_gala(now)).await.unwrap();
-    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
-        let lifecycle = SaleCommand::ChangeLifecycle { action, now };
-        run(&here, lifecycle).await.unwrap();
-    }
+    open_gala(&here, sale, now).await;
     let reserve = |reservation_id| hold_one_seat(reservation_id, now);
     let (cancelled, next) = (ReservationId::random(), ReservationId::random());
     run(&here, reserve(cancelled)).await.unwrap();
@@ -399,8 +404,6 @@ async fn a_hold_ended_on_another_instance_is_disarmed_where_it_was_placed() {
 /// during the hydration, is not sold again.
 #[tokio::test]
 async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
-    use crate::domain::sale::Lifecycle;
-
     let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let paused = Arc::new(Gated {
         hydrations: Some(Gate::closed()),
@@ -416,11 +419,7 @@ async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
         let sales = sales.clone();
         async move { sales.execute(sale, command, Metadata::default()).await }
     };
-    run(&there, create_gala(now)).await.unwrap();
-    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
-        let lifecycle = SaleCommand::ChangeLifecycle { action, now };
-        run(&there, lifecycle).await.unwrap();
-    }
+    open_gala(&there, sale, now).await;
     // Nine of the gala's ten seats held.
     for _ in 0..9 {
         run(&there, hold_one_seat(ReservationId::random(), now))
@@ -451,12 +450,79 @@ async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
         0,
         "decided on the whole sale at once, not after a version conflict"
     );
-    let placed = inner
+    assert_eq!(holds_placed(inner.as_ref(), sale).await, 10);
+}
+
+/// A writer's optimistic turn decides a hold, then finds that another instance wrote the
+/// sale: the hold is taken back (not left in the writer's state as a phantom) and decided
+/// again in a locked turn that hands the writer the other instance's holds, without loading
+/// the whole sale again. Here that hold gets the last seat, and the next is refused.
+#[tokio::test]
+async fn a_stale_optimistic_batch_is_undone_and_decided_again_without_a_reload() {
+    let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let decides_first = Arc::new(Gated {
+        decides_first: true,
+        ..Gated::new(Arc::clone(&inner))
+    });
+    let (expiry, _here_orders) = expiry::channel();
+    let metrics = Arc::new(Metrics::new());
+    let here = Sales::new(decides_first, expiry, Arc::clone(&metrics), (8, 8));
+    let (there, _there_orders) = instance_on(&inner);
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let run = |sales: &Sales, command| {
+        let sales = sales.clone();
+        async move { sales.execute(sale, command, Metadata::default()).await }
+    };
+    open_gala(&here, sale, now).await;
+    // Of the gala's ten seats, four held here and then five on the other instance.
+    for sales in [&here; 4].into_iter().chain([&there; 5]) {
+        run(sales, hold_one_seat(ReservationId::random(), now))
+            .await
+            .unwrap();
+    }
+
+    let last = run(&here, hold_one_seat(ReservationId::random(), now)).await;
+    assert!(last.is_ok(), "the last seat: {last:?}");
+    let none_left = run(&here, hold_one_seat(ReservationId::random(), now)).await;
+    assert!(
+        matches!(none_left, Err(CommandError::Rejected(_))),
+        "{none_left:?}"
+    );
+    assert_eq!(holds_placed(inner.as_ref(), sale).await, 10);
+    let loads = metrics
+        .hydration_duration
+        .with_label_values(&["gated"])
+        .get_sample_count();
+    assert_eq!(
+        loads, 1,
+        "the sale was loaded once, when the writer started"
+    );
+    assert_eq!(metrics.store_conflicts.get(), 0);
+}
+
+/// How many holds `sale` has had placed in `store`.
+async fn holds_placed(store: &dyn EventStore, sale: EventId) -> usize {
+    store
         .read_sale(sale, 0, usize::MAX)
         .await
         .unwrap()
         .iter()
         .filter(|e| e.event_type == "reservation.placed")
-        .count();
-    assert_eq!(placed, 10);
+        .count()
+}
+
+/// Creates the gala on `sales`, publishes it and opens its sales.
+async fn open_gala(sales: &Sales, sale: EventId, now: DateTime<Utc>) {
+    use crate::domain::sale::Lifecycle;
+    sales
+        .execute(sale, create_gala(now), Metadata::default())
+        .await
+        .unwrap();
+    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
+        let lifecycle = SaleCommand::ChangeLifecycle { action, now };
+        sales
+            .execute(sale, lifecycle, Metadata::default())
+            .await
+            .unwrap();
+    }
 }
