@@ -166,4 +166,4 @@ impl EndHold for Sales {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -195,8 +195,13 @@ impl SaleWriter {
             Some(state) => (state, TurnMode::Locked),
             None => {
                 let started = Instant::now();
-                let (state, known) =
-                    hydration::hydrate(self.store.as_ref(), self.sale_id, &self.expiry).await?;
+                let (state, known) = hydration::hydrate(
+                    self.store.as_ref(),
+                    self.sale_id,
+                    &self.expiry,
+                    hydration::PAGE,
+                )
+                .await?;
                 self.metrics
                     .hydration_duration
                     .with_label_values(&[self.store.kind()])

@@ -213,7 +213,7 @@ async fn a_writer_that_had_its_sale_to_itself_notices_another_instances_write() 
 }
 
 /// A 15-minute hold of one seat on the gala's floor, for a new customer.
-fn hold_one_seat(reservation_id: ReservationId, now: DateTime<Utc>) -> SaleCommand {
+pub(crate) fn hold_one_seat(reservation_id: ReservationId, now: DateTime<Utc>) -> SaleCommand {
     SaleCommand::Reserve {
         reservation_id,
         user_id: crate::domain::UserId(uuid::Uuid::new_v4()),
@@ -234,7 +234,7 @@ fn instance_on(
 }
 
 /// An event with one section of 10 seats, starting in 30 days.
-fn create_gala(now: DateTime<Utc>) -> SaleCommand {
+pub(crate) fn create_gala(now: DateTime<Utc>) -> SaleCommand {
     use crate::domain::events::{EventDetails, SectionSpec, Venue};
     use crate::domain::{Currency, UserId};
     let details = EventDetails {
