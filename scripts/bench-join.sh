@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # An instance joining a long sale mid-run: instance A sells one event alone until the sale has
-# many events (FILL seconds of reservations, about 1 000-6 000 events a second here), then
-# serves a lean client (wrk, 32 connections) for 14 s; 3 s in, instance B starts on the same
-# database and places one hold, so B's writer loads the whole sale while A keeps selling.
+# many events (FILL seconds of reservations, two events each: 7 000-8 000 events a second
+# on the bench machine), then serves a lean client (wrk, 32 connections) for 14 s; 3 s in,
+# instance B starts on the same database and places one hold, so B's writer loads the whole
+# sale while A keeps selling.
 # Prints A's requests and latency over the 14 s (wrk's time-out raised to 30 s, so a stalled
 # request is counted, not dropped), B's first answer, and each instance's sale loads
 # (`ticketing_sale_hydration_duration_seconds`) and version conflicts.
