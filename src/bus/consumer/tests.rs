@@ -155,8 +155,6 @@ impl Rig {
     }
 }
 
-/// A message nobody can read is dead-lettered at once with its reason, and the next message
-/// of the partition is applied.
 /// A handler call without an answer (a silent connection) fails as transient once the
 /// consumer's `answer_limit` passed, and the retry applies the event: the consumer is not held.
 #[tokio::test]
@@ -176,6 +174,8 @@ async fn a_handler_call_without_an_answer_is_retried_after_the_limit() {
     assert_eq!(rig.handler.applied.lock().unwrap().len(), 1);
 }
 
+/// A message nobody can read is dead-lettered at once with its reason, and the next message
+/// of the partition is applied.
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_partition_flows_on() {
     let rig = rig().await;
