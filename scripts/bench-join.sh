@@ -5,7 +5,8 @@
 # instance B starts on the same database and places one hold, so B's writer loads the whole
 # sale while A keeps selling.
 # Prints A's requests and latency over the 14 s (wrk's time-out raised to 30 s, so a stalled
-# request is counted, not dropped), B's first answer, and each instance's sale loads
+# request is counted, not dropped), how long B took to pass `/ready` (since session 34 it
+# loads the sales on sale first), B's first answer, and each instance's sale loads
 # (`ticketing_sale_hydration_duration_seconds`) and version conflicts.
 #
 # BENCH_BIN=PATH measures another build (an A/B comparison in one session).
@@ -43,7 +44,7 @@ start() { # start PORT: an instance on the bench database, its pid in PIDS
         RATE_LIMIT_WRITES_PER_SECOND=1000000 RATE_LIMIT_READS_PER_SECOND=1000000 \
         "$BIN" > "$WORK/service-$1.log" 2>&1 &
     PIDS+=($!)
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 600); do
         curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return
         sleep 0.1
     done
@@ -90,7 +91,10 @@ echo "the sale has $events events"
 echo "== A sells for 14 s; B starts 3 s in and places one hold"
 (
     sleep 3
+    began=$(date +%s.%N)
     start "$PORT_B"
+    awk -v began="$began" -v now="$(date +%s.%N)" \
+        'BEGIN {printf "B ready: %.2f s after it started\n", now - began}'
     echo "${PIDS[-1]}" > "$WORK/b.pid"
     token=$(head -n 1 "$WORK/tokens")
     curl -s -o /dev/null -w "B's first hold: %{http_code} in %{time_total} s\n" \

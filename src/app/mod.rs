@@ -2,7 +2,8 @@
 //! calls, one module per family: `checkout` (reserve, pay, cancel, refund), `events` (event
 //! administration), `queries` (the reads, with visibility and ownership), `dead_letters`
 //! (what admins do with the DLQ), `holds` (ending holds whose instance died), `reconcile`
-//! (recording gateway captures nobody recorded), `webhooks` (organizers' endpoints and their
+//! (recording gateway captures nobody recorded), `warm` (loading the sales on sale before an
+//! instance takes traffic), `webhooks` (organizers' endpoints and their
 //! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`),
 //! `reads` (the read models behind one door that waits for this instance's writes). It
 //! owns running commands with read-your-writes, recording a gateway capture through writer
@@ -23,6 +24,7 @@ pub mod reads;
 pub mod recent;
 pub mod reconcile;
 pub mod retries;
+pub mod warm;
 pub mod webhooks;
 
 pub use error::{AppError, FieldError};

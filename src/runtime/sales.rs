@@ -120,22 +120,50 @@ impl Sales {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Loads `sale_id` and starts its writer with it, unless a writer runs here already (or
+    /// starts while the sale loads): the first command then waits for one locked turn, not
+    /// for the whole sale's load. A warm start; a sale's first command loads it otherwise.
+    pub async fn warm(&self, sale_id: EventId) -> Result<(), CommandError> {
+        if self.is_running(sale_id) {
+            return Ok(());
+        }
+        let writer = self.new_writer(sale_id).load().await?;
+        let mut writers = self.lock();
+        if writers.get(&sale_id).is_none_or(mpsc::Sender::is_closed) {
+            self.start(&mut writers, sale_id, writer);
+        }
+        Ok(())
+    }
+
     fn writer(&self, sale_id: EventId) -> mpsc::Sender<Envelope> {
         let mut writers = self.lock();
         if let Some(tx) = writers.get(&sale_id).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
-        // Writers that stopped (idle) leave their closed senders behind: drop them now, once
-        // per writer started, rather than keep one entry per sale ever commanded.
-        writers.retain(|_, tx| !tx.is_closed());
-        let (tx, rx) = mpsc::channel(self.inner.mailbox);
-        let writer = SaleWriter::new(
+        self.start(&mut writers, sale_id, self.new_writer(sale_id))
+    }
+
+    fn new_writer(&self, sale_id: EventId) -> SaleWriter {
+        SaleWriter::new(
             sale_id,
             Arc::clone(&self.inner.store),
             self.inner.expiry.clone(),
             Arc::clone(&self.inner.metrics),
             self.inner.max_batch,
-        );
+        )
+    }
+
+    /// Runs `writer` as `sale_id`'s, in place of any that stopped.
+    fn start(
+        &self,
+        writers: &mut HashMap<EventId, mpsc::Sender<Envelope>>,
+        sale_id: EventId,
+        writer: SaleWriter,
+    ) -> mpsc::Sender<Envelope> {
+        // Writers that stopped (idle) leave their closed senders behind: drop them now, once
+        // per writer started, rather than keep one entry per sale ever commanded.
+        writers.retain(|_, tx| !tx.is_closed());
+        let (tx, rx) = mpsc::channel(self.inner.mailbox);
         tokio::spawn(writer.run(rx, self.inner.idle_for));
         writers.insert(sale_id, tx.clone());
         tx

@@ -108,6 +108,39 @@ impl SaleWriter {
         }
     }
 
+    /// Loads the sale before any command arrives (a warm start): the first turn is then a
+    /// locked one that reads only what was appended after the load.
+    pub async fn load(mut self) -> Result<Self, CommandError> {
+        let (state, known) = self.hydrate().await.map_err(|failed| match failed {
+            Failed::Store(e) => CommandError::Store(e),
+            Failed::Command(e) => e,
+            // A load takes no turn, so it never finds another writer ahead of it.
+            Failed::Stale => CommandError::Contended,
+        })?;
+        self.state = Some(state);
+        self.known = known;
+        self.locked_turns = 1;
+        Ok(self)
+    }
+
+    /// The sale as the store holds it now (`hydration`), timed.
+    async fn hydrate(&self) -> Result<(SaleState, Known), Failed> {
+        let started = Instant::now();
+        let hydrated = hydration::hydrate(
+            self.store.as_ref(),
+            self.sale_id,
+            &self.expiry,
+            hydration::PAGE,
+        )
+        .await?;
+        self.metrics
+            .hydration_duration
+            .with_label_values(&[self.store.kind()])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(sale_id = %self.sale_id, events = hydrated.1.events, "sale hydrated");
+        Ok(hydrated)
+    }
+
     /// Decides what arrives in `inbox` until every sender is gone, or until nothing arrived
     /// for `idle_for`: then the inbox refuses new commands (their senders start a fresh
     /// writer, which hydrates from the store), what was already queued is decided, and the
@@ -194,19 +227,7 @@ impl SaleWriter {
             Some(state) if self.locked_turns == 0 => (state, TurnMode::Optimistic),
             Some(state) => (state, TurnMode::Locked),
             None => {
-                let started = Instant::now();
-                let (state, known) = hydration::hydrate(
-                    self.store.as_ref(),
-                    self.sale_id,
-                    &self.expiry,
-                    hydration::PAGE,
-                )
-                .await?;
-                self.metrics
-                    .hydration_duration
-                    .with_label_values(&[self.store.kind()])
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::debug!(events = known.events, "sale hydrated");
+                let (state, known) = self.hydrate().await?;
                 self.known = known;
                 (state, TurnMode::Locked)
             }

@@ -5,10 +5,8 @@
 use crate::app::dead_letters::{self, DeadLetterAdmin};
 use crate::app::idempotency::IdempotencyStore;
 use crate::app::queue::{run_admission, WaitingRoom};
-use crate::app::reads::Reads;
 use crate::app::reconcile::{self, Reconciler};
-use crate::app::webhooks::Webhooks;
-use crate::app::{holds, App};
+use crate::app::{holds, reads::Reads, warm, webhooks::Webhooks, App};
 mod adapters;
 mod breakers;
 mod bus;
@@ -244,6 +242,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         .await
         .context("listing pending holds")?;
     tracing::info!(count = rearmed, "re-armed expiry of pending holds");
+    // A new instance's first buyers do not wait for a long sale's load.
+    warm::warm_start(reads.as_ref(), &sales, warm::WITHIN).await;
     tasks.push(tokio::spawn(holds::sweep(
         Arc::clone(&reads),
         expiry_handle.clone(),

@@ -137,6 +137,47 @@ async fn a_hold_is_cancelled_on_another_instance_before_the_read_models_show_it(
     assert_eq!(there.floor(event).await, (10, 0, 0));
 }
 
+/// A warm start: an instance started while a sale is on sale loads that sale before its
+/// `/ready` passes, so its first buyer does not wait for the load; that buyer's hold still
+/// decides on what another instance sold after the load (here the last seat: sold out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_instance_loads_the_sales_on_sale_before_it_is_ready() {
+    let _alone = MANY_INSTANCES.lock().await;
+    let db = fresh_database().await;
+    let first = Service::start(&db, &[POOLS]).await;
+    let (_, organizer) = first.user("organizer").await;
+    let event = first.event_on_sale(&organizer, 4).await;
+    for _ in 0..3 {
+        let (_, buyer) = first.user("customer").await;
+        assert_eq!(first.reserve(&buyer, event, 1).await.0, 201);
+    }
+
+    let second = Service::start(&db, &[POOLS]).await;
+    let loads = || {
+        let name = "ticketing_sale_hydration_duration_seconds_count";
+        second.metric(name, &[("store", "postgres")])
+    };
+    assert_eq!(
+        loads().await,
+        1.0,
+        "the sale on sale was loaded before /ready"
+    );
+    let (_, last) = first.user("customer").await;
+    assert_eq!(first.reserve(&last, event, 1).await.0, 201);
+    let (_, late) = first.user("customer").await;
+    let (status, body) = second.reserve(&late, event, 1).await;
+    assert_eq!(
+        (status.as_u16(), &body["type"]),
+        (409, &json!("urn:ticketing:problem:sold-out")),
+        "{body}"
+    );
+    assert_eq!(
+        loads().await,
+        1.0,
+        "the first hold did not load the sale again"
+    );
+}
+
 /// `ticketing_store_conflicts_total` summed over the instances that still answer.
 async fn conflicts(instances: &[Arc<Service>]) -> f64 {
     let mut total = 0.0;

@@ -233,6 +233,26 @@ fn instance_on(
     (sales, inbox)
 }
 
+/// One instance's `Sales` on `store` whose optimistic turns decide before they find the
+/// sale's head moved, as on PostgreSQL (`Gated::decides_first`), with its metrics and the
+/// orders its writers send the expiry scheduler.
+fn deciding_first_on(
+    store: &Arc<dyn EventStore>,
+) -> (
+    Sales,
+    Arc<Metrics>,
+    tokio::sync::mpsc::UnboundedReceiver<expiry::Order>,
+) {
+    let decides_first = Arc::new(Gated {
+        decides_first: true,
+        ..Gated::new(Arc::clone(store))
+    });
+    let (expiry, inbox) = expiry::channel();
+    let metrics = Arc::new(Metrics::new());
+    let sales = Sales::new(decides_first, expiry, Arc::clone(&metrics), (8, 8));
+    (sales, metrics, inbox)
+}
+
 /// An event with one section of 10 seats, starting in 30 days.
 pub(crate) fn create_gala(now: DateTime<Utc>) -> SaleCommand {
     use crate::domain::events::{EventDetails, SectionSpec, Venue};
@@ -460,13 +480,7 @@ async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
 #[tokio::test]
 async fn a_stale_optimistic_batch_is_undone_and_decided_again_without_a_reload() {
     let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let decides_first = Arc::new(Gated {
-        decides_first: true,
-        ..Gated::new(Arc::clone(&inner))
-    });
-    let (expiry, _here_orders) = expiry::channel();
-    let metrics = Arc::new(Metrics::new());
-    let here = Sales::new(decides_first, expiry, Arc::clone(&metrics), (8, 8));
+    let (here, metrics, _here_orders) = deciding_first_on(&inner);
     let (there, _there_orders) = instance_on(&inner);
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
     let run = |sales: &Sales, command| {
@@ -525,4 +539,44 @@ async fn open_gala(sales: &Sales, sale: EventId, now: DateTime<Utc>) {
             .await
             .unwrap();
     }
+}
+
+/// A warm start: a sale loaded before its first command here is not loaded again by that
+/// command, whose turn (a locked one) hands the writer what another instance appended after
+/// the load: here the last seat, so the hold is refused, in one turn and without a conflict.
+#[tokio::test]
+async fn a_warmed_writer_catches_up_in_its_first_turn_without_loading_again() {
+    let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let (here, metrics, _here_orders) = deciding_first_on(&inner);
+    let (there, _there_orders) = instance_on(&inner);
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    open_gala(&there, sale, now).await;
+    for _ in 0..9 {
+        let hold = hold_one_seat(ReservationId::random(), now);
+        there
+            .execute(sale, hold, Metadata::default())
+            .await
+            .unwrap();
+    }
+
+    here.warm(sale).await.unwrap();
+    assert!(here.is_running(sale), "the warmed writer runs");
+    let last = hold_one_seat(ReservationId::random(), now);
+    there
+        .execute(sale, last, Metadata::default())
+        .await
+        .unwrap();
+    let late = hold_one_seat(ReservationId::random(), now);
+    let refused = here.execute(sale, late, Metadata::default()).await;
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(_))),
+        "the last seat was sold twice: {refused:?}"
+    );
+    let count = |histogram: &prometheus::HistogramVec| {
+        histogram.with_label_values(&["gated"]).get_sample_count()
+    };
+    assert_eq!(count(&metrics.hydration_duration), 1, "loaded once, warm");
+    assert_eq!(count(&metrics.append_duration), 1, "one turn, a locked one");
+    assert_eq!(metrics.store_conflicts.get(), 0);
+    assert_eq!(holds_placed(inner.as_ref(), sale).await, 10);
 }
