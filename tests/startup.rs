@@ -1,7 +1,9 @@
 //! Start-up errors an operator can act on: the real binary, misconfigured, must exit non-zero
 //! and say on stderr which variable is wrong and, for an unreachable database, where it tried
-//! (host and port) and why (the cause, e.g. "connection refused"), never the password.
+//! (host and port) and why (the cause, e.g. "connection refused"), never the password. And the
+//! log of a good start, written to a pipe, is plain text.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -96,5 +98,48 @@ fn the_crash_hook_is_refused_in_production() {
     assert!(
         stderr.contains("FAULT_CRASH_AFTER_CAPTURE") && stderr.contains("refused"),
         "{stderr}"
+    );
+}
+
+/// A log written to a pipe (a file, journald, a collector) carries no terminal colour codes,
+/// so that `grep key=value` finds the fields the RUNBOOK names.
+#[test]
+fn a_log_written_to_a_pipe_is_plain_text() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ticketing"))
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .env_remove("APP_ENV")
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("REDIS_URL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the ticketing binary starts");
+    let stdout = child.stdout.take().expect("the service's stdout");
+    // Stopped once the log was read, or after a minute should it never say it listens.
+    let (read, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let _ = finished.recv_timeout(Duration::from_secs(60));
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+    // Read until the service says it listens (or its stdout closes, as it stops).
+    let mut log = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("a log line");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let _ = read.send(());
+    watchdog.join().expect("the watchdog stops the service");
+    assert!(log.contains("listening addr=127.0.0.1:"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log:\n{log:?}"
     );
 }

@@ -10,6 +10,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -43,8 +44,11 @@ pub fn init(
     let logs = if json {
         fmt::layer().json().with_filter(log_filter).boxed()
     } else {
+        // Colour codes only for a person at a terminal: a log piped to a file, journald or a
+        // collector stays plain text that `grep key=value` finds.
         fmt::layer()
             .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
             .with_filter(log_filter)
             .boxed()
     };
