@@ -9,7 +9,9 @@
 # loads the sales on sale first), B's first answer, and each instance's sale loads
 # (`ticketing_sale_hydration_duration_seconds`) and version conflicts.
 #
-# BENCH_BIN=PATH measures another build (an A/B comparison in one session).
+# BENCH_BIN=PATH measures another build (an A/B comparison in one session). HOLD_AFTER=SECONDS
+# has B wait that long after it is ready before its hold, while A sells (what B's writer then
+# reads to catch up).
 #
 # Usage: scripts/bench-join.sh [fill seconds]
 set -euo pipefail
@@ -96,6 +98,7 @@ echo "== A sells for 14 s; B starts 3 s in and places one hold"
     awk -v began="$began" -v now="$(date +%s.%N)" \
         'BEGIN {printf "B ready: %.2f s after it started\n", now - began}'
     echo "${PIDS[-1]}" > "$WORK/b.pid"
+    sleep "${HOLD_AFTER:-0}"
     token=$(head -n 1 "$WORK/tokens")
     curl -s -o /dev/null -w "B's first hold: %{http_code} in %{time_total} s\n" \
         -X POST "http://127.0.0.1:$PORT_B/api/reservations" -H "Authorization: Bearer $token" \

@@ -9,7 +9,9 @@
 //! first applies what they appended) until `LOCKED_TURNS` turns in a row found nothing
 //! foreign. Either way it decides on the whole truth. A version conflict can then only come
 //! from a writer that does not take turns; it reloads the sale (`hydration`, outside any turn)
-//! and re-decides the batch, a bounded number of times.
+//! and re-decides the batch, a bounded number of times. Reads that can be long (a load, or
+//! what other instances appended while this writer took no turn for a second or more) are
+//! paged and happen outside any turn.
 
 mod hydration;
 mod telemetry;
@@ -86,6 +88,8 @@ pub struct SaleWriter {
     known: Known,
     /// Locked turns still to take before trying optimistic ones again.
     locked_turns: u32,
+    /// When the writer last took a turn on the sale, or loaded it (`hydration::CATCH_UP_AFTER`).
+    last_look: tokio::time::Instant,
 }
 
 impl SaleWriter {
@@ -105,40 +109,8 @@ impl SaleWriter {
             state: None,
             known: Known::default(),
             locked_turns: 0,
+            last_look: tokio::time::Instant::now(),
         }
-    }
-
-    /// Loads the sale before any command arrives (a warm start): the first turn is then a
-    /// locked one that reads only what was appended after the load.
-    pub async fn load(mut self) -> Result<Self, CommandError> {
-        let (state, known) = self.hydrate().await.map_err(|failed| match failed {
-            Failed::Store(e) => CommandError::Store(e),
-            Failed::Command(e) => e,
-            // A load takes no turn, so it never finds another writer ahead of it.
-            Failed::Stale => CommandError::Contended,
-        })?;
-        self.state = Some(state);
-        self.known = known;
-        self.locked_turns = 1;
-        Ok(self)
-    }
-
-    /// The sale as the store holds it now (`hydration`), timed.
-    async fn hydrate(&self) -> Result<(SaleState, Known), Failed> {
-        let started = Instant::now();
-        let hydrated = hydration::hydrate(
-            self.store.as_ref(),
-            self.sale_id,
-            &self.expiry,
-            hydration::PAGE,
-        )
-        .await?;
-        self.metrics
-            .hydration_duration
-            .with_label_values(&[self.store.kind()])
-            .observe(started.elapsed().as_secs_f64());
-        tracing::debug!(sale_id = %self.sale_id, events = hydrated.1.events, "sale hydrated");
-        Ok(hydrated)
     }
 
     /// Decides what arrives in `inbox` until every sender is gone, or until nothing arrived
@@ -173,6 +145,7 @@ impl SaleWriter {
             let started = Instant::now();
             let span = append_span(&batch, store_kind);
             let turn = self.turn(&mut batch, inbox).instrument(span).await;
+            self.last_look = tokio::time::Instant::now();
             self.metrics
                 .append_duration
                 .with_label_values(&[store_kind])
@@ -212,7 +185,8 @@ impl SaleWriter {
     }
 
     /// One turn on the sale: apply what other instances appended since the last look (after
-    /// a hydration when the writer has no state), decide the batch against it, append. Returns
+    /// a hydration when the writer has no state; read in pages before the turn when the last
+    /// look is a while ago, `hydration::state_for_turn`), decide the batch against it, append. Returns
     /// the decisions and, when something was appended, (last position, events appended). When
     /// an optimistic turn was stale, its tentative events are undone and the next turn is
     /// locked (it hands the writer what the other writer appended); on any error the state is
@@ -223,15 +197,7 @@ impl SaleWriter {
         batch: &mut Vec<Envelope>,
         inbox: &mut mpsc::Receiver<Envelope>,
     ) -> Result<TurnResult, Failed> {
-        let (mut state, mode) = match self.state.take() {
-            Some(state) if self.locked_turns == 0 => (state, TurnMode::Optimistic),
-            Some(state) => (state, TurnMode::Locked),
-            None => {
-                let (state, known) = self.hydrate().await?;
-                self.known = known;
-                (state, TurnMode::Locked)
-            }
-        };
+        let (mut state, mode) = self.state_for_turn().await?;
         // An optimistic turn can end without its append: what it decided is taken back then.
         let mut undo = (mode == TurnMode::Optimistic).then(|| Undo::new(&state));
         let (sale_id, metrics) = (self.sale_id, Arc::clone(&self.metrics));

@@ -8,12 +8,13 @@ use tokio::sync::{watch, Notify, Semaphore};
 /// database), or the last page of a hydration before it is returned (a writer that read its
 /// whole sale while another instance writes). With `decides_first`, an optimistic turn has
 /// the writer decide before it finds the sale's head moved, as on PostgreSQL (the memory
-/// store looks at the head first).
+/// store looks at the head first). It counts the reads of a sale (`read_sale`).
 struct Gated {
     inner: Arc<dyn EventStore>,
     turns: Option<Gate>,
     hydrations: Option<Gate>,
     decides_first: bool,
+    reads: std::sync::atomic::AtomicUsize,
 }
 
 /// Where a call waits until the test lets it pass; `entered` tells the test one is waiting.
@@ -47,6 +48,7 @@ impl Gated {
             turns: None,
             hydrations: None,
             decides_first: false,
+            reads: Default::default(),
         }
     }
 }
@@ -81,6 +83,8 @@ impl EventStore for Gated {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let page = self.inner.read_sale(sale_id, after, limit).await?;
         if let Some(gate) = self.hydrations.as_ref().filter(|_| page.len() < limit) {
             gate.wait().await;
@@ -234,12 +238,13 @@ fn instance_on(
 }
 
 /// One instance's `Sales` on `store` whose optimistic turns decide before they find the
-/// sale's head moved, as on PostgreSQL (`Gated::decides_first`), with its metrics and the
-/// orders its writers send the expiry scheduler.
+/// sale's head moved, as on PostgreSQL (`Gated::decides_first`), with that gated store, its
+/// metrics and the orders its writers send the expiry scheduler.
 fn deciding_first_on(
     store: &Arc<dyn EventStore>,
 ) -> (
     Sales,
+    Arc<Gated>,
     Arc<Metrics>,
     tokio::sync::mpsc::UnboundedReceiver<expiry::Order>,
 ) {
@@ -249,8 +254,13 @@ fn deciding_first_on(
     });
     let (expiry, inbox) = expiry::channel();
     let metrics = Arc::new(Metrics::new());
-    let sales = Sales::new(decides_first, expiry, Arc::clone(&metrics), (8, 8));
-    (sales, metrics, inbox)
+    let sales = Sales::new(
+        Arc::clone(&decides_first) as Arc<dyn EventStore>,
+        expiry,
+        Arc::clone(&metrics),
+        (8, 8),
+    );
+    (sales, decides_first, metrics, inbox)
 }
 
 /// An event with one section of 10 seats, starting in 30 days.
@@ -480,7 +490,7 @@ async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
 #[tokio::test]
 async fn a_stale_optimistic_batch_is_undone_and_decided_again_without_a_reload() {
     let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let (here, metrics, _here_orders) = deciding_first_on(&inner);
+    let (here, _, metrics, _here_orders) = deciding_first_on(&inner);
     let (there, _there_orders) = instance_on(&inner);
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
     let run = |sales: &Sales, command| {
@@ -547,7 +557,7 @@ async fn open_gala(sales: &Sales, sale: EventId, now: DateTime<Utc>) {
 #[tokio::test]
 async fn a_warmed_writer_catches_up_in_its_first_turn_without_loading_again() {
     let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let (here, metrics, _here_orders) = deciding_first_on(&inner);
+    let (here, _, metrics, _here_orders) = deciding_first_on(&inner);
     let (there, _there_orders) = instance_on(&inner);
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
     open_gala(&there, sale, now).await;
@@ -579,4 +589,49 @@ async fn a_warmed_writer_catches_up_in_its_first_turn_without_loading_again() {
     assert_eq!(count(&metrics.append_duration), 1, "one turn, a locked one");
     assert_eq!(metrics.store_conflicts.get(), 0);
     assert_eq!(holds_placed(inner.as_ref(), sale).await, 10);
+}
+
+/// A writer that took no turn for a while (here two seconds, while another instance sold)
+/// reads what was appended meanwhile in pages before its turn, not in the (locked) turn,
+/// where a long read would hold the sale from every other writer; it then decides on it: the
+/// last seat, sold on the other instance, is not sold again. A writer busy on its sale reads
+/// nothing before its turns.
+#[tokio::test(start_paused = true)]
+async fn a_writer_back_from_a_pause_reads_what_it_missed_before_its_turn() {
+    let inner: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let (here, gated, metrics, _here_orders) = deciding_first_on(&inner);
+    let (there, _there_orders) = instance_on(&inner);
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let hold = || hold_one_seat(ReservationId::random(), now);
+    open_gala(&here, sale, now).await;
+    here.execute(sale, hold(), Metadata::default())
+        .await
+        .unwrap();
+    let reads = || gated.reads.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(reads(), 1, "the sale is read once, when its writer starts");
+
+    for _ in 0..8 {
+        there
+            .execute(sale, hold(), Metadata::default())
+            .await
+            .unwrap();
+    }
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    here.execute(sale, hold(), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(reads(), 2, "what the writer missed is read before its turn");
+    let none_left = here.execute(sale, hold(), Metadata::default()).await;
+    assert!(
+        matches!(none_left, Err(CommandError::Rejected(_))),
+        "the last seat was sold twice: {none_left:?}"
+    );
+    assert_eq!(
+        reads(),
+        2,
+        "a writer busy on its sale reads nothing before its turns"
+    );
+    assert_eq!(holds_placed(inner.as_ref(), sale).await, 10);
+    let loads = metrics.hydration_duration.with_label_values(&["gated"]);
+    assert_eq!(loads.get_sample_count(), 1, "caught up, not loaded again");
 }
