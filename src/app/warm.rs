@@ -4,7 +4,8 @@
 //! sell: BENCHMARKS.md, session 33). Start-up waits for the loads for a bounded time; what is
 //! still loading then goes on in the background, and a command for such a sale loads it as
 //! before. Nothing here is needed for correctness: a writer that loaded its sale catches up
-//! with what other instances appended since in its first (locked) turn.
+//! with what other instances appended since before deciding (in pages first when its first
+//! command comes a while after the load, then in a locked turn).
 
 use crate::domain::concert::EventStatus;
 use crate::domain::EventId;

@@ -186,12 +186,12 @@ impl SaleWriter {
 
     /// One turn on the sale: apply what other instances appended since the last look (after
     /// a hydration when the writer has no state; read in pages before the turn when the last
-    /// look is a while ago, `hydration::state_for_turn`), decide the batch against it, append. Returns
-    /// the decisions and, when something was appended, (last position, events appended). When
-    /// an optimistic turn was stale, its tentative events are undone and the next turn is
-    /// locked (it hands the writer what the other writer appended); on any error the state is
-    /// dropped (it may hold tentative events, or miss an append that did commit) and the next
-    /// turn hydrates again.
+    /// look is a while ago, `hydration::state_for_turn`), decide the batch against it,
+    /// append. Returns the decisions and, when something was appended, (last position,
+    /// events appended). When an optimistic turn was stale, its tentative events are undone
+    /// and the next turn is locked (it hands the writer what the other writer appended); on
+    /// any error the state is dropped (it may hold tentative events, or miss an append that
+    /// did commit) and the next turn hydrates again.
     async fn turn(
         &mut self,
         batch: &mut Vec<Envelope>,

@@ -26,7 +26,8 @@ const CATCH_UP_AFTER: Duration = Duration::from_secs(1);
 
 impl SaleWriter {
     /// Loads the sale before any command arrives (a warm start): the first turn is then a
-    /// locked one that reads only what was appended after the load.
+    /// locked one that reads only what was appended after the load (after what a catch-up in
+    /// pages read first, when that turn comes `CATCH_UP_AFTER` or more after the load).
     pub async fn load(mut self) -> Result<Self, CommandError> {
         let (state, known) = self.hydrate().await.map_err(|failed| match failed {
             Failed::Store(e) => CommandError::Store(e),
