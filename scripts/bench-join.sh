@@ -53,11 +53,9 @@ start() { # start PORT: an instance on the bench database, its pid in PIDS
     echo "bench-join: the instance on port $1 did not become ready" >&2
     exit 1
 }
-post() { curl -sf -X POST "http://127.0.0.1:$PORT_A$1" -H 'Content-Type: application/json' "${@:3}" -d "$2"; }
-account() { # account EMAIL ROLE -> token
-    post /auth/register "{\"email\":\"$1\",\"password\":\"bench-password-1\",\"name\":\"bench\",\"role\":\"$2\"}" >/dev/null
-    post /auth/login "{\"email\":\"$1\",\"password\":\"bench-password-1\"}" | jq -r .token
-}
+BASE="http://127.0.0.1:$PORT_A"
+# shellcheck source=scripts/lean/sale.sh
+. scripts/lean/sale.sh
 loads() { # loads PORT: the instance's sale loads and version conflicts so far
     curl -sf "http://127.0.0.1:$1/metrics" | awk '
         /^ticketing_sale_hydration_duration_seconds_sum/ {s = $2}
@@ -68,15 +66,7 @@ loads() { # loads PORT: the instance's sale loads and version conflicts so far
 
 start "$PORT_A"
 organizer=$(account "org@bench.test" organizer)
-starts=$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)
-ends=$(date -u -d '+30 days 3 hours' +%Y-%m-%dT%H:%M:%SZ)
-event=$(post /api/events "{\"name\":\"Join bench\",\"venue\":{\"name\":\"Arena\",\"address\":\"1 Way\"},
-    \"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"currency\":\"USD\",
-    \"sections\":[{\"name\":\"Floor\",\"capacity\":1000000,\"price_cents\":5000}]}" \
-    -H "Authorization: Bearer $organizer" | jq -r .id)
-for transition in publish open-sales; do
-    post "/api/events/$event/$transition" '' -H "Authorization: Bearer $organizer" >/dev/null
-done
+event=$(open_sale "Join bench" "$organizer")
 for i in $(seq 1 32); do account "buyer-$i@bench.test" customer; done > "$WORK/tokens"
 
 reserve() { # reserve PORT ARGS...: wrk reserving one seat a request on PORT

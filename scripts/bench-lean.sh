@@ -97,23 +97,11 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
-post() { curl -sf -X POST "$BASE$1" -H 'Content-Type: application/json' "${@:3}" -d "$2"; }
-account() { # account EMAIL ROLE -> token
-    post /auth/register "{\"email\":\"$1\",\"password\":\"bench-password-1\",\"name\":\"bench\",\"role\":\"$2\"}" >/dev/null
-    post /auth/login "{\"email\":\"$1\",\"password\":\"bench-password-1\"}" | jq -r .token
-}
-
+# shellcheck source=scripts/lean/sale.sh
+. scripts/lean/sale.sh
 run=$(date +%s)
 organizer=$(account "org-$run@bench.test" organizer)
-starts=$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)
-ends=$(date -u -d '+30 days 3 hours' +%Y-%m-%dT%H:%M:%SZ)
-event=$(post /api/events "{\"name\":\"Lean bench $run\",\"venue\":{\"name\":\"Arena\",\"address\":\"1 Way\"},
-    \"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"currency\":\"USD\",
-    \"sections\":[{\"name\":\"Floor\",\"capacity\":1000000,\"price_cents\":5000}]}" \
-    -H "Authorization: Bearer $organizer" | jq -r .id)
-for transition in publish open-sales; do
-    post "/api/events/$event/$transition" '' -H "Authorization: Bearer $organizer" >/dev/null
-done
+event=$(open_sale "Lean bench $run" "$organizer")
 for i in $(seq 1 "$BUYERS"); do account "buyer-$run-$i@bench.test" customer; done > "$WORK/tokens"
 
 statements_now() {
