@@ -64,6 +64,7 @@ impl DeadLetterAdmin {
         notes: Option<String>,
     ) -> Result<DeadLetter, DlqError> {
         let entry = self.close(id, DlqStatus::Resolved, by, notes).await?;
+        self.skip(&entry).await;
         self.release_followers(&entry, Some(by)).await;
         Ok(entry)
     }
@@ -78,6 +79,7 @@ impl DeadLetterAdmin {
         let entry = self
             .close(id, DlqStatus::Discarded, by, Some(reason))
             .await?;
+        self.skip(&entry).await;
         self.release_followers(&entry, Some(by)).await;
         Ok(entry)
     }
@@ -172,6 +174,22 @@ impl DeadLetterAdmin {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Tells the entry's consumer that its event was handled by other means (`Handler::skip`),
+    /// so that the followers replayed next do not meet a gap in the stream's versions. A
+    /// failure is logged: those followers then fail on the gap and stay pending, with it as
+    /// their error, until an admin closes them too.
+    async fn skip(&self, closed: &DeadLetter) {
+        let (Some(stream), Some(version)) = (&closed.stream_id, closed.stream_version) else {
+            return;
+        };
+        let Some(handler) = self.handlers.get(closed.consumer.as_str()) else {
+            return;
+        };
+        if let Err(e) = handler.skip(stream, version).await {
+            tracing::warn!(entry = closed.id, error = %e, "a closed dead letter's version was not recorded");
+        }
     }
 
     /// Replays, in order, the entries of `closed`'s stream that waited behind it.

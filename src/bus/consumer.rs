@@ -65,6 +65,12 @@ pub trait Handler: Send + Sync + 'static {
     ) -> Option<Result<Vec<Applied>, HandlerError>> {
         None
     }
+    /// An admin closed the dead letter of `stream_id`'s `version` by other means (resolved or
+    /// discarded): a handler that refuses gaps in a stream's versions takes the stream to it,
+    /// so that the events parked behind it apply. The default does nothing.
+    async fn skip(&self, _stream_id: &str, _version: u64) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 /// How often and how patiently a transient failure is retried.

@@ -90,9 +90,20 @@ async fn rig() -> Rig {
     bus.ensure_topics(&[TOPIC.into()]).await.unwrap();
     let handler = Arc::new(Scripted::default());
     let dlq = Arc::new(MemoryDeadLetters::new());
-    let consumer = Consumer {
-        handler: handler.clone(),
-        dlq: dlq.clone(),
+    let consumer = consumer_of(handler.clone(), dlq.clone());
+    Rig {
+        bus,
+        handler,
+        dlq,
+        consumer,
+    }
+}
+
+/// A consumer of `handler` with quick retries, dead-lettering to `dlq`.
+fn consumer_of(handler: Arc<dyn Handler>, dlq: Arc<MemoryDeadLetters>) -> Consumer {
+    Consumer {
+        handler,
+        dlq,
         metrics: Arc::new(Metrics::new()),
         clock: Arc::new(ManualClock::new(chrono::Utc::now())),
         retry: RetryPolicy {
@@ -101,12 +112,6 @@ async fn rig() -> Rig {
             max: Duration::from_millis(2),
         },
         answer_limit: Duration::from_secs(3600),
-    };
-    Rig {
-        bus,
-        handler,
-        dlq,
-        consumer,
     }
 }
 
@@ -533,4 +538,50 @@ async fn a_small_poll_lingers_for_more_messages() {
         offsets(&all),
         (first_offset..first_offset + 6).collect::<Vec<_>>()
     );
+}
+
+/// A version gap end to end, on the real insights consumer: a stream's v1 applied, v2 never
+/// delivered (a broker lost it), v3 dead-lettered with the gap as its reason and v4 parked
+/// behind it. An admin who accepts the loss discards v3: its version is recorded, and v4 is
+/// replayed and applied rather than refused for the gap the discard would otherwise leave.
+#[tokio::test]
+async fn a_version_gap_is_dead_lettered_and_a_discard_lets_the_stream_go_on() {
+    use crate::projections::insights::{memory::MemoryInsights, InsightsProjection};
+    let bus = MemoryBus::new();
+    bus.ensure_topics(&[TOPIC.into()]).await.unwrap();
+    let handler: Arc<dyn Handler> = Arc::new(InsightsProjection(Arc::new(MemoryInsights::new())));
+    let dlq = Arc::new(MemoryDeadLetters::new());
+    let rig = Rig {
+        bus,
+        handler: Arc::new(Scripted::default()),
+        dlq: dlq.clone(),
+        consumer: consumer_of(handler.clone(), dlq.clone()),
+    };
+    let sale = EventId::random();
+    let messages = [1, 3, 4].into_iter().map(|v| message(sale, v, v)).collect();
+    rig.bus.publish(messages).await.unwrap();
+    assert_eq!(
+        rig.consume(3).await,
+        vec![Outcome::Applied, Outcome::DeadLettered, Outcome::Parked]
+    );
+    let gap = dlq.get(1).await.unwrap();
+    assert!(gap.error.contains("version gap"), "{}", gap.error);
+
+    let admin = DeadLetterAdmin::new(
+        dlq.clone(),
+        vec![handler.clone()],
+        rig.consumer.clock.clone(),
+    );
+    admin
+        .discard(
+            1,
+            UserId(uuid::Uuid::new_v4()),
+            "v2 was lost by the broker".into(),
+        )
+        .await
+        .unwrap();
+    let follower = dlq.get(2).await.unwrap();
+    assert_eq!(follower.status, DlqStatus::Resolved, "{}", follower.error);
+    let again = envelope::open(&message(sale, 4, 4)).unwrap();
+    assert_eq!(handler.handle(&again).await.unwrap(), Applied::Duplicate);
 }

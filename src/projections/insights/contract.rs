@@ -268,3 +268,73 @@ async fn an_event_of_an_unknown_reservation_is_refused() {
         "{err}"
     );
 }
+
+/// Version gaps: an event that skips versions of a stream applied already is refused, alone
+/// or in a batch, and changes nothing; once an admin closes the missing event's dead letter
+/// (`skip`), the stream goes on. A stream never seen may start at any version.
+pub async fn run_gaps(insights: &dyn Insights) {
+    let log = deliveries();
+    let of = |stream: &str| -> Vec<BusEvent> {
+        log.iter()
+            .filter(|e| e.stream_id == stream)
+            .cloned()
+            .collect()
+    };
+    let streams: Vec<&str> = log.iter().map(|e| e.stream_id.as_str()).collect();
+    let gapped = streams
+        .iter()
+        .map(|s| of(s))
+        .find(|events| events.len() >= 3)
+        .expect("a stream of three events");
+    let late = streams
+        .iter()
+        .map(|s| of(s))
+        .find(|events| {
+            events.len() >= 2
+                && events[0].stream_id != gapped[0].stream_id
+                && !events[1].event_type.starts_with("reservation.")
+        })
+        .expect("another stream of two events");
+
+    assert_eq!(insights.apply(&gapped[0]).await.unwrap(), Applied::Applied);
+    for refused in [
+        insights.apply(&gapped[2]).await.unwrap_err(),
+        insights
+            .apply_batch(&[gapped[0].clone(), gapped[2].clone()])
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(&refused, super::InsightsError::Inconsistent { reason, .. }
+                if reason.contains("version gap")),
+            "{refused}"
+        );
+    }
+    insights
+        .skip(&gapped[1].stream_id, gapped[1].version)
+        .await
+        .unwrap();
+    assert_eq!(insights.apply(&gapped[2]).await.unwrap(), Applied::Applied);
+    assert_eq!(
+        insights.apply(&gapped[1]).await.unwrap(),
+        Applied::Duplicate,
+        "a skipped version is never applied"
+    );
+
+    assert_eq!(
+        insights.apply(&late[1]).await.unwrap(),
+        Applied::Applied,
+        "a stream never seen starts where its first delivery does"
+    );
+}
+
+#[tokio::test]
+async fn in_memory_insights_refuse_version_gaps() {
+    run_gaps(&super::memory::MemoryInsights::new()).await;
+}
+
+#[tokio::test]
+async fn postgres_insights_refuse_version_gaps() {
+    let pools = postgres_pools(1).await;
+    run_gaps(&super::postgres::PostgresInsights::new(pools[0].clone())).await;
+}

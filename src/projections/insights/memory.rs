@@ -1,6 +1,6 @@
 //! Insights in memory, for the in-memory service and tests.
 
-use super::{Insights, InsightsError, RecentSales, Revenue};
+use super::{version_gap, Insights, InsightsError, RecentSales, Revenue};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
 use crate::domain::reservation::ReservationStatus;
@@ -87,12 +87,12 @@ impl Tables {
 
     /// Applies `e` unless its stream is at or past its version.
     fn apply_versioned(&mut self, e: &BusEvent) -> Result<Applied, InsightsError> {
-        if self
-            .streams
-            .get(&e.stream_id)
-            .is_some_and(|v| *v >= e.version)
-        {
+        let at = self.streams.get(&e.stream_id).copied().unwrap_or(0);
+        if at >= e.version {
             return Ok(Applied::Duplicate);
+        }
+        if let Some(gap) = version_gap(e, at) {
+            return Err(gap);
         }
         self.apply(e)?;
         self.streams.insert(e.stream_id.clone(), e.version);
@@ -214,9 +214,14 @@ impl Insights for MemoryInsights {
         for e in events {
             let at = versions
                 .get(e.stream_id.as_str())
-                .or_else(|| tables.streams.get(&e.stream_id));
-            if at.is_some_and(|v| *v >= e.version) {
+                .or_else(|| tables.streams.get(&e.stream_id))
+                .copied()
+                .unwrap_or(0);
+            if at >= e.version {
                 continue;
+            }
+            if let Some(gap) = version_gap(e, at) {
+                return Err(gap);
             }
             versions.insert(&e.stream_id, e.version);
             tables.check(e, &mut placed)?;
@@ -226,6 +231,13 @@ impl Insights for MemoryInsights {
 
     async fn reset(&self) -> Result<(), InsightsError> {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Tables::default();
+        Ok(())
+    }
+
+    async fn skip(&self, stream_id: &str, version: u64) -> Result<(), InsightsError> {
+        let mut tables = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = tables.streams.entry(stream_id.to_owned()).or_insert(0);
+        *at = (*at).max(version);
         Ok(())
     }
 

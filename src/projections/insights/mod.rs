@@ -40,7 +40,8 @@ pub enum InsightsError {
 
 #[async_trait]
 pub trait Insights: Send + Sync + 'static {
-    /// Applies `event` unless its stream is already at or past its version.
+    /// Applies `event` unless its stream is already at or past its version. An event that
+    /// skips versions of a stream applied already is refused (`version_gap`).
     async fn apply(&self, event: &BusEvent) -> Result<Applied, InsightsError>;
     /// Applies `events` in order as `apply` would, in one transaction: one answer per event
     /// (an event at or below its stream's version, counting earlier events of the batch, is a
@@ -59,6 +60,27 @@ pub trait Insights: Send + Sync + 'static {
     async fn sales_since(&self, since: DateTime<Utc>) -> Result<RecentSales, ReadError>;
     /// Empties every insight and forgets every applied version, for a rebuild.
     async fn reset(&self) -> Result<(), InsightsError>;
+    /// Takes `stream_id` to `version` (unless it is past it) without applying anything: an
+    /// admin closed that event's dead letter by other means, so the stream's later events
+    /// apply instead of meeting a gap.
+    async fn skip(&self, stream_id: &str, version: u64) -> Result<(), InsightsError>;
+}
+
+/// The refusal of an event that skips versions of a stream applied up to `at`: its
+/// predecessors never arrived (a broker that lost or reordered records). Applied, it would
+/// hide them for good, since they would then count as duplicates; refused, it is
+/// dead-lettered with the rest of its stream parked behind it. A stream never seen (`at` 0)
+/// may start anywhere: topic retention can start a new consumer group mid-stream.
+fn version_gap(event: &BusEvent, at: u64) -> Option<InsightsError> {
+    (at > 0 && event.version > at + 1).then(|| InsightsError::Inconsistent {
+        stream_id: event.stream_id.clone(),
+        version: event.version,
+        reason: format!(
+            "version gap: the stream is at v{at}, so v{} to v{} never arrived",
+            at + 1,
+            event.version - 1
+        ),
+    })
 }
 
 /// Sales over a window, across events. Events sell in different currencies, so revenue is
@@ -141,6 +163,10 @@ impl Handler for InsightsProjection {
         events: &[BusEvent],
     ) -> Option<Result<Vec<Applied>, HandlerError>> {
         Some(self.0.apply_batch(events).await.map_err(handler_error))
+    }
+
+    async fn skip(&self, stream_id: &str, version: u64) -> Result<(), HandlerError> {
+        self.0.skip(stream_id, version).await.map_err(handler_error)
     }
 }
 

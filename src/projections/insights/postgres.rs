@@ -236,6 +236,9 @@ impl Insights for PostgresInsights {
         for _ in 0..RACES {
             let mut tx = self.0.begin_with(BATCH).await.map_err(unavailable)?;
             let guard = versions::lock(&mut tx, events).await.map_err(unavailable)?;
+            if let Some(gap) = guard.gap {
+                return Err(gap);
+            }
             if !guard.any_applied() {
                 return Ok(guard.applied);
             }
@@ -278,6 +281,22 @@ impl Insights for PostgresInsights {
         Err(unavailable(format!(
             "another consumer applied the batch's streams meanwhile, {RACES} times in a row"
         )))
+    }
+
+    async fn skip(&self, stream_id: &str, version: u64) -> Result<(), InsightsError> {
+        sqlx::query(
+            "INSERT INTO consumer_stream_versions (consumer, stream_id, version)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (consumer, stream_id) DO UPDATE
+                SET version = GREATEST(consumer_stream_versions.version, EXCLUDED.version)",
+        )
+        .bind(CONSUMER)
+        .bind(stream_id)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .execute(&self.0)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn reset(&self) -> Result<(), InsightsError> {

@@ -7,7 +7,7 @@
 //! partition during a rebalance) may insert it meanwhile: then the insert skips it, `record`
 //! reports the race lost, and the caller rolls the whole batch back and decides again.
 
-use super::CONSUMER;
+use super::{version_gap, InsightsError, CONSUMER};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
 use sqlx::{Postgres, Transaction};
@@ -17,6 +17,9 @@ use std::collections::HashMap;
 pub(super) struct GuardedBatch {
     /// One answer per event of the batch, in order.
     pub applied: Vec<Applied>,
+    /// The first event that skips versions of its stream (`version_gap`): the batch is
+    /// refused.
+    pub gap: Option<InsightsError>,
     /// The versions the batch's streams were at (absent: never applied).
     before: HashMap<String, i64>,
     /// The version each stream reaches with the batch's new events.
@@ -50,12 +53,16 @@ pub(super) async fn lock(
         .into_iter()
         .collect();
     let mut after = before.clone();
+    let mut gap = None;
     let applied = events
         .iter()
         .map(|e| {
             let version = i64::try_from(e.version).unwrap_or(i64::MAX);
             let at = after.entry(e.stream_id.clone()).or_insert(0);
             if version > *at {
+                if gap.is_none() {
+                    gap = version_gap(e, u64::try_from(*at).unwrap_or(0));
+                }
                 *at = version;
                 Applied::Applied
             } else {
@@ -66,6 +73,7 @@ pub(super) async fn lock(
     after.retain(|_, v| *v > 0);
     Ok(GuardedBatch {
         applied,
+        gap,
         before,
         after,
     })
