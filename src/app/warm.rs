@@ -24,59 +24,27 @@ pub const WITHIN: Duration = Duration::from_secs(30);
 /// each event), and the machines this runs on have a few cores.
 const AT_ONCE: usize = 2;
 
-/// What a warm start did by the time start-up went on.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Warmed {
-    /// Sales on sale that the read models list.
-    pub on_sale: usize,
-    /// Sales whose writer runs here with the sale loaded.
-    pub loaded: usize,
-    /// Loads that failed (their first command loads the sale again).
-    pub failed: usize,
-}
-
 /// Loads the sales on sale into their writers, waiting at most `within`; the loads not done by
-/// then go on in the background. Logs what it did; a failure only costs the warm start.
-pub async fn warm_start(reads: &dyn ReadModel, sales: &Sales, within: Duration) -> Warmed {
-    let started = Instant::now();
+/// then go on in the background. A failure only costs the warm start; the loads log what they
+/// did when they end, before or after start-up went on.
+pub async fn warm_start(reads: &dyn ReadModel, sales: &Sales, within: Duration) {
     let on_sale = match sales_on_sale(reads).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the sales on sale: no warm start");
-            return Warmed::default();
+            return;
         }
     };
     let count = on_sale.len();
     let loading = tokio::spawn(load(sales.clone(), on_sale));
     match tokio::time::timeout(within, loading).await {
-        Ok(Ok(warmed)) => {
-            tracing::info!(
-                on_sale = warmed.on_sale,
-                loaded = warmed.loaded,
-                failed = warmed.failed,
-                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "sales on sale loaded before taking traffic"
-            );
-            warmed
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the warm start stopped");
-            Warmed {
-                on_sale: count,
-                ..Warmed::default()
-            }
-        }
-        Err(_) => {
-            tracing::warn!(
-                on_sale = count,
-                within_s = within.as_secs(),
-                "sales on sale still loading: taking traffic meanwhile"
-            );
-            Warmed {
-                on_sale: count,
-                ..Warmed::default()
-            }
-        }
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the warm start stopped"),
+        Err(_) => tracing::warn!(
+            on_sale = count,
+            within_s = within.as_secs(),
+            "sales on sale still loading: taking traffic meanwhile"
+        ),
     }
 }
 
@@ -102,12 +70,10 @@ async fn sales_on_sale(reads: &dyn ReadModel) -> Result<Vec<EventId>, ReadError>
     Ok(ids)
 }
 
-/// Loads each sale's writer, `AT_ONCE` at a time.
-async fn load(sales: Sales, ids: Vec<EventId>) -> Warmed {
-    let mut warmed = Warmed {
-        on_sale: ids.len(),
-        ..Warmed::default()
-    };
+/// Loads each sale's writer, `AT_ONCE` at a time, and logs how many loaded and how long
+/// that took.
+async fn load(sales: Sales, ids: Vec<EventId>) {
+    let (started, on_sale) = (Instant::now(), ids.len());
     let turns = Arc::new(Semaphore::new(AT_ONCE));
     let mut loads = JoinSet::new();
     for sale_id in ids {
@@ -117,18 +83,25 @@ async fn load(sales: Sales, ids: Vec<EventId>) -> Warmed {
             (sale_id, sales.warm(sale_id).await)
         });
     }
+    let (mut loaded, mut failed) = (0, 0);
     while let Some(done) = loads.join_next().await {
         match done {
-            Ok((_, Ok(()))) => warmed.loaded += 1,
+            Ok((_, Ok(()))) => loaded += 1,
             Ok((sale_id, Err(e))) => {
                 tracing::warn!(%sale_id, error = %e, "a sale on sale could not be loaded");
-                warmed.failed += 1;
+                failed += 1;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "a sale's load stopped");
-                warmed.failed += 1;
+                failed += 1;
             }
         }
     }
-    warmed
+    tracing::info!(
+        on_sale,
+        loaded,
+        failed,
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "sales on sale loaded"
+    );
 }
