@@ -1,6 +1,7 @@
 //! The waiting room's state in this instance: the store, the pass key, a short-lived copy of
 //! each event's queue settings (so the reservation path asks the store at most once per
-//! `SETTINGS_FRESH` per event and instance), a copy of each waiting line (`LINE_FRESH`), from
+//! `SETTINGS_FRESH` per event and instance: one request asks while the others answer from the
+//! copy), a copy of each waiting line (`LINE_FRESH`), from
 //! which positions are answered with one small look-up instead of a count of everyone ahead,
 //! and the admission ticker.
 
@@ -11,12 +12,37 @@ use crate::queue::{QueueError, QueueSettings, QueueStore, Ticket, WaitingLine};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
 
-/// How long a copy of a queue's settings is used before the store is asked again: the most
-/// another instance's change (enabling or disabling a queue) takes to reach this one.
+/// How long a copy of a queue's settings is used before the store is asked again: with one
+/// read of the store, the most another instance's change (enabling or disabling a queue)
+/// takes to reach this one.
 pub const SETTINGS_FRESH: Duration = Duration::from_secs(1);
+
+/// How long the other requests answer from an old copy while one asks the store for a fresh
+/// one, at most (a read that takes longer, or was dropped, is asked again by the next).
+const ASKING_AT_MOST: Duration = Duration::from_secs(5);
+
+/// A copy of one queue's settings.
+#[derive(Clone)]
+struct SettingsCopy {
+    read_at: Instant,
+    settings: Option<QueueSettings>,
+    /// Since when a request has been asking the store for a fresh copy.
+    asking_since: Option<Instant>,
+}
+
+impl SettingsCopy {
+    fn read_now(settings: Option<QueueSettings>) -> Self {
+        SettingsCopy {
+            read_at: Instant::now(),
+            settings,
+            asking_since: None,
+        }
+    }
+}
 
 /// How long a copy of a waiting line is used before it is read again (one read of every
 /// waiting ticket's rank per second per queue and instance, while someone asks).
@@ -29,7 +55,7 @@ pub struct WaitingRoom {
     pub store: Arc<dyn QueueStore>,
     pub key: PassKey,
     metrics: Arc<Metrics>,
-    settings: Mutex<HashMap<Uuid, (Instant, Option<QueueSettings>)>>,
+    settings: Mutex<HashMap<Uuid, SettingsCopy>>,
     advanced: Mutex<HashMap<Uuid, DateTime<Utc>>>,
     /// Held while a line is read, so that one request per instance reads it and the others
     /// wait for its copy (a tokio mutex: it is held across the read).
@@ -59,27 +85,50 @@ impl WaitingRoom {
         now: DateTime<Utc>,
     ) -> Result<(), QueueError> {
         self.store.put_settings(settings, now).await?;
-        lock(&self.settings).insert(settings.event_id, (Instant::now(), Some(settings.clone())));
+        lock(&self.settings).insert(
+            settings.event_id,
+            SettingsCopy::read_now(Some(settings.clone())),
+        );
         Ok(())
     }
 
-    /// The event's queue settings, at most `SETTINGS_FRESH` old; while the store cannot be
-    /// read, the last settings this instance knew (a database outage then answers from the
-    /// event store, not from here), and the store's error only for an event never seen.
+    /// The event's queue settings, at most `SETTINGS_FRESH` old (and the one read of the
+    /// store that refreshes them: while one request asks, the others answer from the copy,
+    /// so an on-sale's crowd asks the store once a second, not once per request that found
+    /// the copy old); while the store cannot be read, the last settings this instance knew (a
+    /// database outage then answers from the event store, not from here), and the store's
+    /// error only for an event never seen.
     pub async fn cached(&self, event_id: Uuid) -> Result<Option<QueueSettings>, QueueError> {
-        let known = lock(&self.settings).get(&event_id).cloned();
-        if let Some((at, settings)) = &known {
-            if at.elapsed() < SETTINGS_FRESH {
-                return Ok(settings.clone());
+        let known = {
+            let mut copies = lock(&self.settings);
+            match copies.get_mut(&event_id) {
+                Some(copy) if copy.read_at.elapsed() < SETTINGS_FRESH => {
+                    return Ok(copy.settings.clone())
+                }
+                Some(copy)
+                    if copy
+                        .asking_since
+                        .is_some_and(|since| since.elapsed() < ASKING_AT_MOST) =>
+                {
+                    return Ok(copy.settings.clone())
+                }
+                Some(copy) => {
+                    copy.asking_since = Some(Instant::now());
+                    Some(copy.settings.clone())
+                }
+                None => None,
             }
-        }
+        };
         match self.store.settings(event_id).await {
             Ok(settings) => {
-                lock(&self.settings).insert(event_id, (Instant::now(), settings.clone()));
+                lock(&self.settings).insert(event_id, SettingsCopy::read_now(settings.clone()));
                 Ok(settings)
             }
             Err(e) => match known {
-                Some((_, settings)) => {
+                Some(settings) => {
+                    if let Some(copy) = lock(&self.settings).get_mut(&event_id) {
+                        copy.asking_since = None;
+                    }
                     tracing::warn!(%event_id, error = %e, "queue settings unreadable; using the last known");
                     Ok(settings)
                 }
@@ -178,5 +227,163 @@ pub async fn run_admission(room: Arc<WaitingRoom>, clock: Arc<dyn Clock>) {
         if let Err(e) = room.tick(clock.now()).await {
             tracing::warn!(error = %e, "waiting room admission failed; retrying next second");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::memory::MemoryQueues;
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// The memory store, counting reads of settings, each of which waits for a permit.
+    struct Counted {
+        inner: MemoryQueues,
+        reads: AtomicUsize,
+        permits: Semaphore,
+    }
+
+    #[async_trait]
+    impl QueueStore for Counted {
+        async fn put_settings(
+            &self,
+            s: &QueueSettings,
+            now: DateTime<Utc>,
+        ) -> Result<(), QueueError> {
+            self.inner.put_settings(s, now).await
+        }
+        async fn settings(&self, event_id: Uuid) -> Result<Option<QueueSettings>, QueueError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.permits.acquire().await.unwrap();
+            self.inner.settings(event_id).await
+        }
+        async fn enabled(&self) -> Result<Vec<QueueSettings>, QueueError> {
+            self.inner.enabled().await
+        }
+        async fn join(
+            &self,
+            event_id: Uuid,
+            user_id: Uuid,
+            draw: Option<i64>,
+            now: DateTime<Utc>,
+        ) -> Result<(Ticket, bool), QueueError> {
+            self.inner.join(event_id, user_id, draw, now).await
+        }
+        async fn ticket(
+            &self,
+            event_id: Uuid,
+            user_id: Uuid,
+        ) -> Result<Option<Ticket>, QueueError> {
+            self.inner.ticket(event_id, user_id).await
+        }
+        async fn position(&self, ticket: &Ticket) -> Result<u64, QueueError> {
+            self.inner.position(ticket).await
+        }
+        async fn counts(&self, event_id: Uuid) -> Result<crate::queue::QueueCounts, QueueError> {
+            self.inner.counts(event_id).await
+        }
+        async fn waiting_line(&self, event_id: Uuid) -> Result<WaitingLine, QueueError> {
+            self.inner.waiting_line(event_id).await
+        }
+        async fn position_since(
+            &self,
+            ticket: &Ticket,
+            after: Option<(i64, Uuid)>,
+        ) -> Result<crate::queue::Since, QueueError> {
+            self.inner.position_since(ticket, after).await
+        }
+        async fn advance(
+            &self,
+            event_id: Uuid,
+            now: DateTime<Utc>,
+        ) -> Result<Vec<Ticket>, QueueError> {
+            self.inner.advance(event_id, now).await
+        }
+    }
+
+    /// A room on a `Counted` store that holds an enabled queue, its settings read once.
+    async fn room_with_a_queue() -> (Arc<WaitingRoom>, Arc<Counted>, QueueSettings) {
+        let store = Arc::new(Counted {
+            inner: MemoryQueues::default(),
+            reads: AtomicUsize::new(0),
+            permits: Semaphore::new(1),
+        });
+        let key = PassKey::new(b"a-test-key-of-at-least-32-bytes-long!").unwrap();
+        let room = Arc::new(WaitingRoom::new(
+            store.clone(),
+            key,
+            Arc::new(Metrics::new()),
+        ));
+        let settings = QueueSettings {
+            event_id: Uuid::new_v4(),
+            enabled: true,
+            admit_per_minute: 60,
+            pass_ttl_seconds: 600,
+            shuffle_until: None,
+        };
+        store.put_settings(&settings, Utc::now()).await.unwrap();
+        assert!(room.cached_enabled(settings.event_id).await.unwrap());
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+        (room, store, settings)
+    }
+
+    /// A crowd that finds the copy of a queue's settings old asks the store once: the others
+    /// answer from the old copy while that one read runs, and the read's answer is the copy
+    /// from then on.
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_finding_the_settings_old_asks_the_store_once() {
+        let (room, store, mut settings) = room_with_a_queue().await;
+        // Another instance disables the queue; the store answers slowly.
+        settings.enabled = false;
+        store.put_settings(&settings, Utc::now()).await.unwrap();
+        let slow = store.permits.acquire().await.unwrap();
+        tokio::time::advance(SETTINGS_FRESH).await;
+        let asking = tokio::spawn({
+            let room = Arc::clone(&room);
+            async move { room.cached_enabled(settings.event_id).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        for _ in 0..50 {
+            let answer = tokio::time::timeout(
+                Duration::from_millis(100),
+                room.cached_enabled(settings.event_id),
+            );
+            let enabled = answer
+                .await
+                .expect("answered without waiting for the store");
+            assert!(enabled.unwrap(), "the old copy");
+        }
+        assert_eq!(
+            store.reads.load(Ordering::SeqCst),
+            2,
+            "one read for the crowd"
+        );
+        drop(slow);
+        assert!(!asking.await.unwrap(), "the read's answer");
+        assert!(!room.cached_enabled(settings.event_id).await.unwrap());
+        assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A read of the store that never answers (or whose request was dropped) holds the others
+    /// on the old copy for `ASKING_AT_MOST` at most; then the next request asks again.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_never_answers_is_asked_again_later() {
+        let (room, store, settings) = room_with_a_queue().await;
+        let stuck = store.permits.acquire().await.unwrap();
+        tokio::time::advance(SETTINGS_FRESH).await;
+        let asking = tokio::spawn({
+            let room = Arc::clone(&room);
+            async move { room.cached_enabled(settings.event_id).await }
+        });
+        tokio::task::yield_now().await;
+        asking.abort();
+        assert!(room.cached_enabled(settings.event_id).await.unwrap());
+        assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+        tokio::time::advance(ASKING_AT_MOST).await;
+        drop(stuck);
+        assert!(room.cached_enabled(settings.event_id).await.unwrap());
+        assert_eq!(store.reads.load(Ordering::SeqCst), 3, "asked again");
     }
 }
