@@ -205,16 +205,15 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
             ?path,
             "FAULT_GATEWAY_FILE is set: the simulated processor follows it"
         );
-        tasks.push(tokio::spawn(drill::follow(
-            Arc::clone(&gateway),
-            path.clone(),
-        )));
+        let follow = drill::follow(Arc::clone(&gateway), path.clone());
+        tasks.push(tokio::spawn(follow));
     }
     let handlers: Vec<Arc<dyn Handler>> = vec![
         Arc::new(InsightsProjection(Arc::clone(&insights))),
         Arc::new(WebhookFanout::new(
             Arc::clone(&webhooks),
             Arc::clone(&reads),
+            read_progress.clone(),
             dispatcher.clone(),
             Arc::clone(&clock),
         )),

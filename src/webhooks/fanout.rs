@@ -7,7 +7,9 @@
 //! A poll's worth of events is one batch (`Handler::handle_batch`): one look-up of the
 //! endpoints of the batch's organizers, filtered here by type, event and `from_position`
 //! exactly as per event, and one `enqueue` for the batch; with no endpoint registered a
-//! batch costs that one look-up. It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
+//! batch costs that one look-up. Before it reads a view it waits (at most `SHOWN_WITHIN`) for
+//! this instance's read models to apply the events it describes: they follow the log on their
+//! own, and one that nobody waits for lets commits gather for a moment. It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
 //! receiver never holds up the bus. Failures to read or store are transient (the consumer
 //! retries and dead-letters them like any other).
 
@@ -19,10 +21,16 @@ use crate::clock::Clock;
 use crate::domain::events::StreamId;
 use crate::domain::DomainEvent;
 use crate::projections::{ReadError, ReadModel};
+use crate::runtime::subscription::Progress;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use uuid::Uuid;
+
+/// How long the fan-out waits for the read models to apply the events it describes before it
+/// reads their views anyway (a view still missing is then retried as a transient failure).
+const SHOWN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Its name: the consumer group and the `consumer` of its dead letters.
 pub const CONSUMER: &str = "webhooks";
@@ -33,6 +41,8 @@ const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6b1d_6a0e_58c4_4bb4_9d0b_1f3c_
 pub struct WebhookFanout {
     pub store: Arc<dyn WebhookStore>,
     pub reads: Arc<dyn ReadModel>,
+    /// How far `reads` applied the log.
+    applied: Progress,
     pub dispatcher: Dispatcher,
     pub clock: Arc<dyn Clock>,
     /// Organizer of each sale seen so far (it never changes).
@@ -43,12 +53,14 @@ impl WebhookFanout {
     pub fn new(
         store: Arc<dyn WebhookStore>,
         reads: Arc<dyn ReadModel>,
+        applied: Progress,
         dispatcher: Dispatcher,
         clock: Arc<dyn Clock>,
     ) -> Self {
         WebhookFanout {
             store,
             reads,
+            applied,
             dispatcher,
             clock,
             owners: Mutex::new(HashMap::new()),
@@ -57,10 +69,12 @@ impl WebhookFanout {
 
     const TOPICS: &'static [&'static str] = &["events", "reservations", "payments"];
 
-    async fn owner_of(&self, sale: Uuid) -> Result<Uuid, HandlerError> {
+    /// The organizer of `sale`, whose event `position` is about.
+    async fn owner_of(&self, sale: Uuid, position: u64) -> Result<Uuid, HandlerError> {
         if let Some(owner) = self.cached_owner(sale) {
             return Ok(owner);
         }
+        self.shown(position).await;
         let view = self
             .reads
             .event(crate::domain::EventId(sale))
@@ -80,6 +94,16 @@ impl WebhookFanout {
             .unwrap_or_else(|e| e.into_inner())
             .get(&sale)
             .copied()
+    }
+
+    /// Waits until the read models applied `position`, at most `SHOWN_WITHIN`.
+    async fn shown(&self, position: u64) {
+        if !self.applied.wait_for(position, SHOWN_WITHIN).await {
+            tracing::debug!(
+                position,
+                "the read models lag behind the bus; reading anyway"
+            );
+        }
     }
 
     /// The public view the body carries, as the API shows it.
@@ -177,7 +201,7 @@ impl WebhookFanout {
         let mut owned = Vec::new();
         for (i, event) in events.iter().enumerate() {
             if deliverable(&event.event) {
-                owned.push((i, self.owner_of(event.sale_id.0).await?));
+                owned.push((i, self.owner_of(event.sale_id.0, event.position).await?));
             }
         }
         let mut owners: Vec<Uuid> = owned.iter().map(|(_, owner)| *owner).collect();
@@ -190,6 +214,8 @@ impl WebhookFanout {
         if endpoints.is_empty() {
             return Ok(applied);
         }
+        let last = owned.iter().map(|&(i, _)| events[i].position).max();
+        self.shown(last.unwrap_or_default()).await;
         let now = self.clock.now();
         let mut deliveries: Vec<Delivery> = Vec::new();
         // The event of each delivery, by index.

@@ -12,11 +12,13 @@ use crate::paging::{Page, PageRequest};
 use crate::projections::contract::fixture::history;
 use crate::projections::memory::MemoryReadModel;
 use crate::projections::{EventLookup, ProjectionWriter};
+use crate::runtime::subscription::Progress;
 use crate::webhooks::dispatch::DeliverySettings;
 use crate::webhooks::memory::MemoryWebhooks;
 use crate::webhooks::{Attempt, EndpointStatus};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// One id per (event, endpoint): stable across calls, different for another endpoint or
 /// another event.
@@ -218,6 +220,7 @@ async fn a_batch_costs_one_lookup_and_one_enqueue() {
             handler: Arc::new(WebhookFanout::new(
                 store,
                 reads.clone(),
+                Progress::manual(u64::MAX).1,
                 dispatcher,
                 clock.clone(),
             )),
@@ -310,4 +313,54 @@ async fn a_batch_costs_one_lookup_and_one_enqueue() {
         assert_eq!(*outcome, want, "{} v{}", event.stream_id, event.version);
     }
     assert_eq!(heard(early.id).await, expected(0, early.id));
+}
+
+/// The fan-out reads the views it sends only once the read models applied the events it
+/// describes (they follow the log on their own, and may let commits gather for a moment), or
+/// after `SHOWN_WITHIN`: a delivery carries the state the event made, not the one before.
+#[tokio::test(start_paused = true)]
+async fn views_are_read_once_the_read_models_applied_the_batch() {
+    let (batch, reads) = fixture_batch().await;
+    let events: Vec<BusEvent> = batch
+        .iter()
+        .map(|d| envelope::open(&d.message).unwrap())
+        .collect();
+    let last = events.iter().map(|e| e.position).max().unwrap();
+    let first = events.iter().find(|e| deliverable(&e.event)).unwrap();
+    let organizer = reads
+        .event(crate::domain::EventId(first.sale_id.0))
+        .await
+        .unwrap()
+        .unwrap()
+        .owner_id;
+    let store = Arc::new(MemoryWebhooks::default());
+    store.create(&endpoint(organizer, 0)).await.unwrap();
+    let fanout = |applied: u64| {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let metrics = Arc::new(Metrics::new());
+        let dispatcher =
+            Dispatcher::new(store.clone(), clock.clone(), metrics, Default::default()).unwrap();
+        let (progress, applied) = Progress::manual(applied);
+        let fanout = WebhookFanout::new(store.clone(), reads.clone(), applied, dispatcher, clock);
+        (progress, Arc::new(fanout))
+    };
+
+    // Applied already: no wait.
+    let (_progress, ahead) = fanout(last);
+    let started = tokio::time::Instant::now();
+    ahead.handle_batch(&events).await.unwrap().unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+
+    // Behind: the views are read when the read models reach the batch's last event.
+    let (progress, behind) = fanout(0);
+    let started = tokio::time::Instant::now();
+    let handling = tokio::spawn(async move { behind.handle_batch(&events).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !handling.is_finished(),
+        "read before the read models applied it"
+    );
+    progress.send_replace(last);
+    handling.await.unwrap().unwrap().unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
 }
