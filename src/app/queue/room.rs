@@ -22,7 +22,8 @@ use uuid::Uuid;
 pub const SETTINGS_FRESH: Duration = Duration::from_secs(1);
 
 /// How long the other requests answer from an old copy while one asks the store for a fresh
-/// one, at most (a read that takes longer, or was dropped, is asked again by the next).
+/// one, at most (a read that takes longer is asked again by the next; a request dropped
+/// while it asks, by a client gone or the request time-out, lets the next ask at once).
 const ASKING_AT_MOST: Duration = Duration::from_secs(5);
 
 /// A copy of one queue's settings.
@@ -32,6 +33,24 @@ struct SettingsCopy {
     settings: Option<QueueSettings>,
     /// Since when a request has been asking the store for a fresh copy.
     asking_since: Option<Instant>,
+}
+
+/// A request asking the store for `event_id`'s settings: when it ends without a new copy (an
+/// error, or dropped mid-way), the next request asks.
+struct Asking<'a> {
+    copies: &'a Mutex<HashMap<Uuid, SettingsCopy>>,
+    event_id: Uuid,
+    since: Instant,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Some(copy) = lock(self.copies).get_mut(&self.event_id) {
+            if copy.asking_since == Some(self.since) {
+                copy.asking_since = None;
+            }
+        }
+    }
 }
 
 impl SettingsCopy {
@@ -99,6 +118,7 @@ impl WaitingRoom {
     /// database outage then answers from the event store, not from here), and the store's
     /// error only for an event never seen.
     pub async fn cached(&self, event_id: Uuid) -> Result<Option<QueueSettings>, QueueError> {
+        let since = Instant::now();
         let known = {
             let mut copies = lock(&self.settings);
             match copies.get_mut(&event_id) {
@@ -113,11 +133,16 @@ impl WaitingRoom {
                     return Ok(copy.settings.clone())
                 }
                 Some(copy) => {
-                    copy.asking_since = Some(Instant::now());
+                    copy.asking_since = Some(since);
                     Some(copy.settings.clone())
                 }
                 None => None,
             }
+        };
+        let _asking = Asking {
+            copies: &self.settings,
+            event_id,
+            since,
         };
         match self.store.settings(event_id).await {
             Ok(settings) => {
@@ -126,9 +151,6 @@ impl WaitingRoom {
             }
             Err(e) => match known {
                 Some(settings) => {
-                    if let Some(copy) = lock(&self.settings).get_mut(&event_id) {
-                        copy.asking_since = None;
-                    }
                     tracing::warn!(%event_id, error = %e, "queue settings unreadable; using the last known");
                     Ok(settings)
                 }
@@ -366,24 +388,39 @@ mod tests {
         assert_eq!(store.reads.load(Ordering::SeqCst), 2);
     }
 
-    /// A read of the store that never answers (or whose request was dropped) holds the others
-    /// on the old copy for `ASKING_AT_MOST` at most; then the next request asks again.
+    /// A request dropped while it asks the store (a client gone, the request time-out) lets
+    /// the next request ask at once; one whose read never answers holds the others on the
+    /// old copy for `ASKING_AT_MOST` at most.
     #[tokio::test(start_paused = true)]
-    async fn a_read_that_never_answers_is_asked_again_later() {
+    async fn a_request_that_stops_asking_hands_the_read_over() {
         let (room, store, settings) = room_with_a_queue().await;
-        let stuck = store.permits.acquire().await.unwrap();
+        let slow = store.permits.acquire().await.unwrap();
         tokio::time::advance(SETTINGS_FRESH).await;
-        let asking = tokio::spawn({
+        let ask = || {
             let room = Arc::clone(&room);
-            async move { room.cached_enabled(settings.event_id).await }
-        });
+            tokio::spawn(async move { room.cached_enabled(settings.event_id).await })
+        };
+        let dropped = ask();
         tokio::task::yield_now().await;
-        asking.abort();
+        dropped.abort();
+        let _ = dropped.await;
+        let stuck = ask();
+        tokio::task::yield_now().await;
+        assert_eq!(store.reads.load(Ordering::SeqCst), 3, "asked again at once");
         assert!(room.cached_enabled(settings.event_id).await.unwrap());
-        assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            store.reads.load(Ordering::SeqCst),
+            3,
+            "the old copy meanwhile"
+        );
         tokio::time::advance(ASKING_AT_MOST).await;
-        drop(stuck);
+        drop(slow);
         assert!(room.cached_enabled(settings.event_id).await.unwrap());
-        assert_eq!(store.reads.load(Ordering::SeqCst), 3, "asked again");
+        assert_eq!(
+            store.reads.load(Ordering::SeqCst),
+            4,
+            "asked again after the bound"
+        );
+        stuck.await.unwrap().unwrap();
     }
 }

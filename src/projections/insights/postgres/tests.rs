@@ -8,7 +8,7 @@ async fn the_sales_of_the_last_day_are_read_through_their_index() {
     sqlx::raw_sql(
         "INSERT INTO insight_purchases
          SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'general', 1, 5000,
-                'USD', CASE WHEN i % 10 = 0 THEN 'refunded' ELSE 'confirmed' END,
+                'USD', CASE WHEN i % 7 = 0 THEN 'refunded' ELSE 'confirmed' END,
                 gen_random_uuid(), now() - (i % 100) * interval '1 day' - interval '1 hour'
            FROM generate_series(1, 20000) AS i;
          ANALYZE insight_purchases",
