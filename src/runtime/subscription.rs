@@ -4,25 +4,15 @@
 //! that a command handler can wait until its own write is visible (read-your-writes), and
 //! since when it has been failing (for `/ready`).
 //! Delivery is at-least-once: subscribers must be idempotent by position.
-//!
-//! A subscription nobody waits for lets commits gather for `GATHER` after the log moved, and
-//! reads them as one batch: a projector on PostgreSQL pays a statement per batch, and a flash
-//! sale commits hundreds of times a second. Whoever waits for a position it has not reached
-//! (`Progress::wait_for`: a read after this instance's write, a command showing its change)
-//! cuts the gathering short, so waiting costs what it did before.
 
 use crate::backoff::Backoff;
 use crate::eventstore::{EventStore, RecordedEvent};
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 const BATCH: usize = 512;
-
-/// How long a subscription nobody waits for lets commits gather before it reads them.
-pub const GATHER: Duration = Duration::from_millis(20);
 
 #[async_trait]
 pub trait Subscriber: Send + Sync + 'static {
@@ -38,32 +28,6 @@ pub trait Subscriber: Send + Sync + 'static {
 pub struct Progress {
     rx: watch::Receiver<u64>,
     failing: Failing,
-    wanted: Arc<Wanted>,
-}
-
-/// The furthest position someone waits for, and the nudge that ends a subscription's
-/// gathering.
-#[derive(Default)]
-struct Wanted {
-    position: AtomicU64,
-    hurry: Notify,
-}
-
-impl Wanted {
-    fn want(&self, position: u64) {
-        self.position.fetch_max(position, Ordering::AcqRel);
-        // A permit is kept when the subscription is not gathering right now, so a wait that
-        // begins while it reads ends its next gathering at once.
-        self.hurry.notify_one();
-    }
-
-    /// Returns after `GATHER`, or at once when someone waits for a position past `applied`.
-    async fn gather(&self, applied: u64) {
-        if self.position.load(Ordering::Acquire) > applied {
-            return;
-        }
-        let _ = tokio::time::timeout(GATHER, self.hurry.notified()).await;
-    }
 }
 
 /// Since when a subscription has failed without a success between, and its last error.
@@ -88,10 +52,6 @@ impl Progress {
     /// Waits until the subscriber has handled `position`, at most `timeout`.
     /// Returns false on timeout, so the caller can decide what a late read model means.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
-        if self.position() >= position {
-            return true;
-        }
-        self.wanted.want(position);
         let mut rx = self.rx.clone();
         let reached = tokio::time::timeout(timeout, async move {
             rx.wait_for(|p| *p >= position).await.is_ok()
@@ -121,15 +81,7 @@ impl Progress {
     pub fn manual(position: u64) -> (watch::Sender<u64>, Progress) {
         let (tx, rx) = watch::channel(position);
         let failing = Failing::default();
-        let wanted = Arc::default();
-        (
-            tx,
-            Progress {
-                rx,
-                failing,
-                wanted,
-            },
-        )
+        (tx, Progress { rx, failing })
     }
 }
 
@@ -140,20 +92,8 @@ pub fn spawn(
 ) -> (Progress, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(0);
     let failing = Failing::default();
-    let wanted = Arc::<Wanted>::default();
-    let task = tokio::spawn(run(
-        store,
-        subscriber,
-        tx,
-        failing.clone(),
-        Arc::clone(&wanted),
-    ));
-    let progress = Progress {
-        rx,
-        failing,
-        wanted,
-    };
-    (progress, task)
+    let task = tokio::spawn(run(store, subscriber, tx, failing.clone()));
+    (Progress { rx, failing }, task)
 }
 
 async fn run(
@@ -161,7 +101,6 @@ async fn run(
     subscriber: Arc<dyn Subscriber>,
     progress: watch::Sender<u64>,
     failing: Failing,
-    wanted: Arc<Wanted>,
 ) {
     let name = subscriber.name();
     let mut head = store.subscribe_head();
@@ -194,7 +133,6 @@ async fn run(
             if head.changed().await.is_err() {
                 return;
             }
-            wanted.gather(position).await;
             continue;
         };
         match subscriber.handle(&events).await {
@@ -245,72 +183,6 @@ mod tests {
         }
     }
 
-    /// Records the size of each batch it is handed.
-    #[derive(Default)]
-    struct Batches(Mutex<Vec<usize>>);
-
-    #[async_trait]
-    impl Subscriber for Batches {
-        fn name(&self) -> &'static str {
-            "batches"
-        }
-        async fn checkpoint(&self) -> anyhow::Result<u64> {
-            Ok(0)
-        }
-        async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
-            self.0.lock().unwrap().push(events.len());
-            Ok(())
-        }
-    }
-
-    /// Appends the `version`th event of one event's stream.
-    async fn append(store: &MemoryEventStore, version: u64) {
-        static SALE: std::sync::OnceLock<EventId> = std::sync::OnceLock::new();
-        let sale = *SALE.get_or_init(EventId::random);
-        let event = NewEvent {
-            stream_id: format!("event-{sale}"),
-            version,
-            event_type: "event.published",
-            event_version: 1,
-            payload: vec![1],
-            metadata: Metadata::default(),
-        };
-        store.append(sale, vec![event]).await.unwrap();
-    }
-
-    /// Commits that follow each other within `GATHER`, with nobody waiting, are read and
-    /// handled as one batch.
-    #[tokio::test(start_paused = true)]
-    async fn commits_nobody_waits_for_are_handled_together() {
-        let store = Arc::new(MemoryEventStore::new());
-        let batches = Arc::new(Batches::default());
-        let (progress, task) = spawn(store.clone(), batches.clone());
-        // The subscription read the empty log and waits for it to move.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        append(&store, 1).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        append(&store, 2).await;
-        append(&store, 3).await;
-        tokio::time::sleep(GATHER).await;
-        assert_eq!(progress.position(), 3);
-        assert_eq!(*batches.0.lock().unwrap(), vec![3]);
-        task.abort();
-    }
-
-    /// A wait for a position the subscription has not reached ends its gathering at once.
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_does_not_wait_for_the_gathering() {
-        let store = Arc::new(MemoryEventStore::new());
-        let (progress, task) = spawn(store.clone(), Arc::new(Batches::default()));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        append(&store, 1).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let started = tokio::time::Instant::now();
-        assert!(progress.wait_for(1, Duration::from_secs(5)).await);
-        assert!(started.elapsed() < GATHER / 4, "{:?}", started.elapsed());
-        task.abort();
-    }
-
     /// A subscription whose batch keeps failing says since when and why (what `/ready` shows),
     /// and says nothing once a batch goes through.
     #[tokio::test]
@@ -321,7 +193,16 @@ mod tests {
         });
         let (progress, task) = spawn(store.clone(), flaky.clone());
         assert!(progress.failing().is_none(), "nothing to do yet");
-        append(&store, 1).await;
+        let sale = EventId::random();
+        let event = NewEvent {
+            stream_id: format!("event-{sale}"),
+            version: 1,
+            event_type: "event.published",
+            event_version: 1,
+            payload: vec![1],
+            metadata: Metadata::default(),
+        };
+        store.append(sale, vec![event]).await.unwrap();
         let waited = Instant::now();
         while progress.failing().is_none() {
             assert!(waited.elapsed() < Duration::from_secs(10), "never failing");

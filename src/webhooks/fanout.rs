@@ -9,7 +9,7 @@
 //! exactly as per event, and one `enqueue` for the batch; with no endpoint registered a
 //! batch costs that one look-up. Before it reads a view it waits (at most `SHOWN_WITHIN`) for
 //! this instance's read models to apply the events it describes: they follow the log on their
-//! own, and one that nobody waits for lets commits gather for a moment. It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
+//! own. It only stores and wakes the dispatcher; sending is not on the consumer's path, so a slow
 //! receiver never holds up the bus. Failures to read or store are transient (the consumer
 //! retries and dead-letters them like any other).
 
