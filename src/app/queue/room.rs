@@ -128,7 +128,7 @@ impl WaitingRoom {
                 Some(copy)
                     if copy
                         .asking_since
-                        .is_some_and(|since| since.elapsed() < ASKING_AT_MOST) =>
+                        .is_some_and(|asked| asked.elapsed() < ASKING_AT_MOST) =>
                 {
                     return Ok(copy.settings.clone())
                 }

@@ -316,8 +316,8 @@ async fn a_batch_costs_one_lookup_and_one_enqueue() {
 }
 
 /// The fan-out reads the views it sends only once the read models applied the events it
-/// describes (they follow the log on their own), or
-/// after `SHOWN_WITHIN`: a delivery carries the state the event made, not the one before.
+/// describes (they follow the log on their own), or after `SHOWN_WITHIN`: a delivery carries
+/// the state the event made, not the one before.
 #[tokio::test(start_paused = true)]
 async fn views_are_read_once_the_read_models_applied_the_batch() {
     let (batch, reads) = fixture_batch().await;
