@@ -113,23 +113,15 @@ impl App {
             }
             Err(e) => return Err(e),
         };
-        // The answer comes from the committed event, as the read models will show it.
+        // The answer comes from the committed event, as the read models will show it. Until
+        // they do, the payment that follows (and the client's read of it) is answered from
+        // memory (`Reads::unseen`) without waiting for them.
         let placed = committed.events.iter().find_map(|e| match e {
             DomainEvent::ReservationPlaced(placed) => Some(ReservationView::from(placed)),
             _ => None,
         });
         match placed {
-            Some(view) => {
-                // Answered before the read models show it: the payment that follows (and the
-                // client's read of it) is answered from here (`RecentHolds`) without waiting
-                // for them.
-                let applied = self.read_position();
-                if applied < committed.position {
-                    self.recent
-                        .remember(view.clone(), committed.position, applied);
-                }
-                Ok(view)
-            }
+            Some(view) => Ok(view),
             None => self.reservation_view(id).await,
         }
     }
@@ -202,11 +194,7 @@ impl App {
             .record(EventId(reservation.event_id), command, metadata)
             .await
         {
-            // Its remembered view (pending) is stale now: reads go to the read models.
-            Ok(committed) => {
-                self.recent.forget(reservation_id);
-                committed
-            }
+            Ok(committed) => committed,
             // Already recorded: by a first attempt with the same key, or by reconciliation
             // (this request outlived its grace); either way the payment has its answer.
             Err(e @ AppError::Conflict { .. }) => return self.replay_or(Some(payment_id), e).await,
@@ -248,7 +236,6 @@ impl App {
         // there, not a 404.
         let view = self.reservation_by_id(id).await?;
         policy::own_record(caller, view.user_id, "reservation")?;
-        self.recent.forget(id);
         let command = SaleCommand::CancelReservation {
             reservation_id: id,
             now: self.clock.now(),

@@ -54,8 +54,9 @@ pub(crate) const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the use cases work with: the write side, the read side and the outside services.
 pub struct App {
     pub(crate) sales: Sales,
-    /// The read models and the event cache, reached after waiting for this instance's writes.
-    pub(crate) reads: Reads,
+    /// The read models and the event cache, reached after waiting for this instance's writes;
+    /// told of every commit here (the sales' `CommitWatch`).
+    pub(crate) reads: Arc<Reads>,
     pub(crate) insights: Arc<dyn Insights>,
     pub(crate) gateway: Arc<dyn PaymentGateway>,
     pub(crate) idempotency: Arc<IdempotencyStore>,
@@ -71,8 +72,6 @@ pub struct App {
     pub(crate) crash_after_capture: bool,
     /// The waiting rooms of on-sales and the pass key.
     pub(crate) queue: Arc<queue::WaitingRoom>,
-    /// Holds placed here that the read models do not show yet.
-    pub(crate) recent: recent::RecentHolds,
     /// How often request-path code may still retry each dependency.
     pub(crate) retries: retries::Retries,
 }
@@ -137,8 +136,7 @@ impl App {
         metadata: Metadata,
     ) -> Result<Committed, AppError> {
         self.retries.first_attempt(Dependency::EventStore);
-        let committed = self.sales.execute(sale, command, metadata).await?;
-        Ok(self.wrote(committed))
+        Ok(self.sales.execute(sale, command, metadata).await?)
     }
 
     /// Like `command`, for a command that records what already happened outside (a capture
@@ -174,7 +172,7 @@ impl App {
                     tracing::info!(%sale, "writers contended or mailbox full; recording again");
                     backoff.wait().await;
                 }
-                other => return Ok(self.visible(self.wrote(other?)).await),
+                other => return Ok(self.visible(other?).await),
             }
         }
         Err(CommandError::Contended.into())
@@ -221,12 +219,5 @@ impl App {
         }
         self.metrics.log_waits.inc();
         applied.wait_for(head, READ_YOUR_WRITES_TIMEOUT).await
-    }
-
-    /// Remembers that `committed` was written here: the reads that begin from now on wait
-    /// for it.
-    fn wrote(&self, committed: Committed) -> Committed {
-        self.reads.wrote(committed.position);
-        committed
     }
 }

@@ -194,7 +194,7 @@ impl App {
         id: ReservationId,
     ) -> Result<ReservationView, AppError> {
         // Placed here and not applied by the read models yet: as its writer committed it.
-        if let Some(view) = self.recent.unseen(id, self.read_position()) {
+        if let Some(view) = self.reads.unseen(id) {
             return Ok(view);
         }
         self.retries.first_attempt(Dependency::ReadModels);

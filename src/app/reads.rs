@@ -1,17 +1,24 @@
 //! The read side as the use cases reach it: the read models and the event cache behind one
 //! door that first waits for this instance's writes (read-your-writes without a wait on the
-//! write path). A command answers from what it committed and raises the mark (`App::create`,
-//! `Reads::wrote`); a read gets the read models only from `Reads::fresh`, which waits until
-//! they applied that mark, so no read can forget the wait. `Reads::applied` skips it, for work
+//! write path). Every batch a sale writer here commits raises the mark before its commands
+//! are answered (`CommitWatch`): a request's, a hold's timer's, a sweep's or reconciliation's
+//! alike. A read gets the read models only from `Reads::fresh`, which waits until they
+//! applied that mark, so no read can forget the wait. The holds placed here that the read
+//! models do not show yet are answered from memory (`Reads::unseen`, `RecentHolds`) until a
+//! writer here changes them. `Reads::applied` skips it, for work
 //! that reads what they show on purpose (reconciliation, a second look after a wait, the
 //! waiting room's visibility check). When a wait runs out, reads stop waiting until the read
 //! models reach the position it waited for: a lagging or stalled projector makes one read in
 //! `READ_YOUR_WRITES_TIMEOUT` slow, not every read.
 
+use super::recent::RecentHolds;
 use super::READ_YOUR_WRITES_TIMEOUT;
 use crate::cache::EventCache;
-use crate::projections::ReadModel;
+use crate::domain::events::StreamId;
+use crate::domain::{DomainEvent, ReservationId};
+use crate::projections::{ReadModel, ReservationView};
 use crate::runtime::subscription::Progress;
+use crate::runtime::CommitWatch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +29,7 @@ pub struct Reads {
     cache: Arc<EventCache>,
     progress: Progress,
     written: Written,
+    recent: RecentHolds,
 }
 
 impl Reads {
@@ -32,6 +40,7 @@ impl Reads {
             cache,
             progress,
             written: Written::default(),
+            recent: RecentHolds::default(),
         }
     }
 
@@ -58,9 +67,10 @@ impl Reads {
         self.model.as_ref()
     }
 
-    /// Reads that begin from now on wait for log `position` (committed here).
-    pub fn wrote(&self, position: u64) {
-        self.written.raise(position);
+    /// The reservation `id` as its writer here placed it, if the read models do not show
+    /// it yet and no writer here changed it since.
+    pub fn unseen(&self, id: ReservationId) -> Option<ReservationView> {
+        self.recent.unseen(id, self.progress.position())
     }
 
     /// How far the read models are (the global log position they applied).
@@ -72,6 +82,26 @@ impl Reads {
         self.written
             .wait(&self.progress, READ_YOUR_WRITES_TIMEOUT)
             .await;
+    }
+}
+
+impl CommitWatch for Reads {
+    /// Remembers the holds the batch placed, forgets those it changed, then raises the mark:
+    /// a read that finds the mark raised finds no stale hold.
+    fn committed(&self, position: u64, events: &mut dyn Iterator<Item = &DomainEvent>) {
+        let applied = self.progress.position();
+        for event in events {
+            match (event, event.stream()) {
+                (DomainEvent::ReservationPlaced(placed), _) if applied < position => {
+                    let view = ReservationView::from(placed);
+                    self.recent.remember(view, position, applied);
+                }
+                (DomainEvent::ReservationPlaced(_), _) => {}
+                (_, StreamId::Reservation(id)) => self.recent.forget(id),
+                _ => {}
+            }
+        }
+        self.written.raise(position);
     }
 }
 
@@ -122,6 +152,71 @@ mod tests {
     use tokio::time::Instant;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The read side over empty memory read models whose projector is at `applied`.
+    fn reads_at(applied: Progress) -> Reads {
+        use crate::cache::{memory::MemoryCache, Invalidator};
+        use crate::observability::Metrics;
+        use crate::projections::memory::MemoryReadModel;
+        let model = Arc::new(MemoryReadModel::new());
+        let ttl = Duration::from_secs(60);
+        let shared = Invalidator::new(
+            Arc::new(MemoryCache::default()),
+            ttl,
+            Arc::new(Metrics::new()),
+        );
+        let cache = EventCache::new(shared, model.clone(), || 0, ttl, false);
+        Reads::new(model, Arc::new(cache), applied)
+    }
+
+    fn placed() -> DomainEvent {
+        use crate::domain::events::ReservationPlaced;
+        use crate::domain::{Currency, EventId, Money, UserId};
+        let now = chrono::Utc::now();
+        DomainEvent::from(ReservationPlaced {
+            reservation_id: ReservationId::random(),
+            event_id: EventId::random(),
+            user_id: UserId(uuid::Uuid::new_v4()),
+            section: "Floor".into(),
+            quantity: 2,
+            unit_price_cents: 500,
+            total: Money::new(1000, Currency::USD),
+            placed_at: now,
+            expires_at: now + chrono::Duration::minutes(15),
+        })
+    }
+
+    /// A hold placed here is answered from memory until a writer here ends it (its timer,
+    /// which no request awaits); from then on a read waits for the read models to apply the
+    /// end, so nobody reads the hold back as pending after it expired.
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_ended_here_is_read_only_once_the_read_models_show_its_end() {
+        use crate::domain::events::ReservationExpired;
+        let (applier, applied) = Progress::manual(1);
+        let reads = reads_at(applied);
+        let placed = placed();
+        let DomainEvent::ReservationPlaced(hold) = &placed else {
+            unreachable!()
+        };
+        let id = hold.reservation_id;
+        reads.committed(5, &mut [&placed].into_iter());
+        assert_eq!(reads.unseen(id), Some(ReservationView::from(hold)));
+
+        let expired = DomainEvent::from(ReservationExpired {
+            reservation_id: id,
+            at: chrono::Utc::now(),
+        });
+        reads.committed(6, &mut [&expired].into_iter());
+        assert_eq!(reads.unseen(id), None, "ended here: not answered as placed");
+        let read = tokio::spawn(async move {
+            let began = Instant::now();
+            reads.fresh().await;
+            began.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        applier.send_replace(6);
+        assert_eq!(read.await.unwrap(), Duration::from_millis(30));
+    }
 
     /// A read with nothing new committed here does not wait.
     #[tokio::test(start_paused = true)]

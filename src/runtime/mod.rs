@@ -9,4 +9,4 @@ pub mod subscription;
 pub mod writer;
 
 pub use sales::Sales;
-pub use writer::{CommandError, Committed};
+pub use writer::{CommandError, CommitWatch, Committed};

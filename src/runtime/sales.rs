@@ -7,7 +7,7 @@
 //! without limit or left waiting for room.
 
 use super::expiry::{EndHold, ExpiryHandle, HoldEnd};
-use super::writer::{CommandError, Committed, Envelope, SaleWriter, IDLE_FOR};
+use super::writer::{CommandError, CommitWatch, Committed, Envelope, SaleWriter, IDLE_FOR};
 use crate::domain::{
     reservation::ReservationError, EventId, ReservationId, SaleCommand, SaleError,
 };
@@ -34,6 +34,8 @@ struct Inner {
     mailbox: usize,
     /// How long a writer with nothing to do keeps its sale's state (`writer::IDLE_FOR`).
     idle_for: Duration,
+    /// Told of every batch committed here.
+    watch: Arc<dyn CommitWatch>,
     // A std mutex: held only to look up or insert a sender, never across an await.
     writers: Mutex<HashMap<EventId, mpsc::Sender<Envelope>>>,
 }
@@ -44,6 +46,7 @@ impl Sales {
         expiry: ExpiryHandle,
         metrics: Arc<Metrics>,
         (max_batch, mailbox): (usize, usize),
+        watch: Arc<dyn CommitWatch>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -53,6 +56,7 @@ impl Sales {
                 max_batch: max_batch.max(1),
                 mailbox: mailbox.max(1),
                 idle_for: IDLE_FOR,
+                watch,
                 writers: Mutex::new(HashMap::new()),
             }),
         }
@@ -150,6 +154,7 @@ impl Sales {
             self.inner.expiry.clone(),
             Arc::clone(&self.inner.metrics),
             self.inner.max_batch,
+            Arc::clone(&self.inner.watch),
         )
     }
 

@@ -44,6 +44,14 @@ pub const IDLE_FOR: Duration = Duration::from_secs(600);
 /// back to optimistic turns.
 const LOCKED_TURNS: u32 = 8;
 
+/// Told of every batch a sale's writer committed, before any command of it is answered: the
+/// rest of the instance learns of commits nobody awaits (a hold's timer, a sweep) the same
+/// way as of a request's. Called on the writer's task: it must not block.
+pub trait CommitWatch: Send + Sync {
+    /// `events` were committed here, the last of them at log `position`.
+    fn committed(&self, position: u64, events: &mut dyn Iterator<Item = &DomainEvent>);
+}
+
 /// What a caller gets back once its command's events are committed.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -82,6 +90,7 @@ pub struct SaleWriter {
     pub expiry: ExpiryHandle,
     pub metrics: Arc<Metrics>,
     pub max_batch: usize,
+    pub watch: Arc<dyn CommitWatch>,
     /// `None` until hydrated, and again after a failed append left tentative state behind.
     state: Option<SaleState>,
     /// What `state` holds of the sale (its own appends included).
@@ -99,6 +108,7 @@ impl SaleWriter {
         expiry: ExpiryHandle,
         metrics: Arc<Metrics>,
         max_batch: usize,
+        watch: Arc<dyn CommitWatch>,
     ) -> Self {
         Self {
             sale_id,
@@ -106,6 +116,7 @@ impl SaleWriter {
             expiry,
             metrics,
             max_batch,
+            watch,
             state: None,
             known: Known::default(),
             locked_turns: 0,
@@ -163,6 +174,8 @@ impl SaleWriter {
                         record_business_metrics(&self.metrics, e);
                     }
                     self.run_effects(&decisions);
+                    let mut events = decisions.iter().flatten().flat_map(|d| &d.events);
+                    self.watch.committed(position, &mut events);
                     return answer(batch, decisions, position, &self.metrics);
                 }
                 Err(Failed::Stale) => {

@@ -140,12 +140,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     let idempotency = Arc::new(idempotency);
 
     let (expiry_handle, expiry_inbox) = expiry::channel();
-    let sales = Sales::new(
-        Arc::clone(&store),
-        expiry_handle.clone(),
-        Arc::clone(&metrics),
-        (config.max_batch, config.sale_mailbox),
-    );
     let invalidator = Invalidator::new(
         cache_adapter(&config)?,
         config.cache_ttl,
@@ -170,6 +164,14 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         config.cache_ttl,
         config.cache_enabled,
     ));
+    let read_side = Arc::new(Reads::new(Arc::clone(&reads), cache, read_progress.clone()));
+    let sales = Sales::new(
+        Arc::clone(&store),
+        expiry_handle.clone(),
+        Arc::clone(&metrics),
+        (config.max_batch, config.sale_mailbox),
+        Arc::clone(&read_side) as Arc<dyn crate::runtime::CommitWatch>,
+    );
     let (_, refunds) = subscription::spawn(
         Arc::clone(&store),
         Arc::new(RefundSettlement::new(
@@ -278,7 +280,7 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
     ));
     let app = App {
         sales,
-        reads: Reads::new(reads, cache, read_progress),
+        reads: read_side,
         insights,
         gateway: Arc::clone(&guards.gateway),
         idempotency,
@@ -293,7 +295,6 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Serv
         },
         crash_after_capture: config.fault_crash_after_capture,
         queue,
-        recent: Default::default(),
         retries: Default::default(),
     };
     if config.fault_crash_after_capture {

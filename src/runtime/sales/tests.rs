@@ -1,4 +1,5 @@
 use super::*;
+use crate::domain::DomainEvent;
 use crate::eventstore::memory::MemoryEventStore;
 use crate::eventstore::{Decide, Known, NewEvent, RecordedEvent, StoreError, TurnMode, Turned};
 use crate::runtime::expiry;
@@ -133,6 +134,7 @@ async fn a_full_mailbox_refuses_at_once() {
         expiry,
         Arc::clone(&metrics),
         (1, 2),
+        unwatched(),
     );
     let sale = EventId(uuid::Uuid::new_v4());
     let now = Utc::now();
@@ -233,7 +235,13 @@ fn instance_on(
     store: &Arc<dyn EventStore>,
 ) -> (Sales, tokio::sync::mpsc::UnboundedReceiver<expiry::Order>) {
     let (expiry, inbox) = expiry::channel();
-    let sales = Sales::new(Arc::clone(store), expiry, Arc::new(Metrics::new()), (8, 8));
+    let sales = Sales::new(
+        Arc::clone(store),
+        expiry,
+        Arc::new(Metrics::new()),
+        (8, 8),
+        unwatched(),
+    );
     (sales, inbox)
 }
 
@@ -259,6 +267,7 @@ fn deciding_first_on(
         expiry,
         Arc::clone(&metrics),
         (8, 8),
+        unwatched(),
     );
     (sales, decides_first, metrics, inbox)
 }
@@ -291,6 +300,70 @@ pub(crate) fn create_gala(now: DateTime<Utc>) -> SaleCommand {
     }
 }
 
+/// A `CommitWatch` that keeps what it was told: each batch's position and event types.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<(u64, Vec<&'static str>)>>);
+
+impl CommitWatch for Seen {
+    fn committed(&self, position: u64, events: &mut dyn Iterator<Item = &DomainEvent>) {
+        let types = events.map(DomainEvent::event_type).collect();
+        self.0.lock().unwrap().push((position, types));
+    }
+}
+
+impl Seen {
+    fn last(&self) -> Option<(u64, Vec<&'static str>)> {
+        self.0.lock().unwrap().last().cloned()
+    }
+}
+
+fn unwatched() -> Arc<dyn CommitWatch> {
+    Arc::new(Seen::default())
+}
+
+/// Every batch a writer commits is told to the watch before its command is answered, a
+/// hold's timer (`EndHold`) as a request's; a refused command commits nothing and tells
+/// nothing.
+#[tokio::test]
+async fn every_commit_is_told_before_it_is_answered() {
+    use crate::domain::sale::Lifecycle;
+
+    let (expiry, _inbox) = expiry::channel();
+    let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
+    let seen = Arc::new(Seen::default());
+    let watch = Arc::clone(&seen) as Arc<dyn CommitWatch>;
+    let sales = Sales::new(store, expiry, Arc::new(Metrics::new()), (8, 8), watch);
+    let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
+    let run = |command| sales.execute(sale, command, Metadata::default());
+    let created = run(create_gala(now)).await.unwrap();
+    assert_eq!(seen.last().unwrap().0, created.position);
+    for action in [Lifecycle::Publish, Lifecycle::OpenSales] {
+        run(SaleCommand::ChangeLifecycle { action, now })
+            .await
+            .unwrap();
+    }
+    let hold = ReservationId::random();
+    let placed = run(hold_one_seat(hold, now)).await.unwrap();
+    assert_eq!(
+        seen.last(),
+        Some((
+            placed.position,
+            vec!["inventory.seats_held", "reservation.placed"]
+        ))
+    );
+    let early = sales.end_hold(sale, hold, now).await;
+    assert!(matches!(early, HoldEnd::NotYet(_)), "{early:?}");
+    assert_eq!(seen.last().unwrap().0, placed.position, "nothing committed");
+
+    let ended = sales
+        .end_hold(sale, hold, now + chrono::Duration::minutes(16))
+        .await;
+    assert!(matches!(ended, HoldEnd::Ended), "{ended:?}");
+    let (position, types) = seen.last().unwrap();
+    assert!(position > placed.position);
+    assert!(types.contains(&"reservation.expired"), "{types:?}");
+}
+
 /// The writer arms a timer for each hold it places and disarms it when it commits the hold's
 /// end (here a cancellation), so the scheduler counts only pending holds.
 #[tokio::test]
@@ -299,7 +372,7 @@ async fn a_hold_ended_by_its_writer_is_disarmed() {
 
     let (expiry, mut inbox) = expiry::channel();
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let sales = Sales::new(store, expiry, Arc::new(Metrics::new()), (8, 8));
+    let sales = Sales::new(store, expiry, Arc::new(Metrics::new()), (8, 8), unwatched());
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
     let run = |command| sales.execute(sale, command, Metadata::default());
     run(create_gala(now)).await.unwrap();
@@ -344,7 +417,8 @@ async fn an_idle_writer_stops_and_the_next_command_hydrates_a_new_one() {
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
     let idle = std::time::Duration::from_secs(60);
-    let sales = Sales::new(store, expiry, Arc::clone(&metrics), (8, 8)).idle_after(idle);
+    let sales =
+        Sales::new(store, expiry, Arc::clone(&metrics), (8, 8), unwatched()).idle_after(idle);
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
     let run = |command| sales.execute(sale, command, Metadata::default());
     run(create_gala(now)).await.unwrap();
@@ -443,7 +517,13 @@ async fn what_another_instance_appends_during_a_hydration_is_decided_on() {
     let (there, _there_orders) = instance_on(&inner);
     let (expiry, _here_orders) = expiry::channel();
     let metrics = Arc::new(Metrics::new());
-    let here = Sales::new(paused.clone(), expiry, Arc::clone(&metrics), (8, 8));
+    let here = Sales::new(
+        paused.clone(),
+        expiry,
+        Arc::clone(&metrics),
+        (8, 8),
+        unwatched(),
+    );
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
     let run = |sales: &Sales, command| {
         let sales = sales.clone();
