@@ -209,8 +209,9 @@ fn promtool_accepts_the_alert_rules() {
     }
 }
 
-/// The SLO rules' unit tests pass (`promtool test rules` on synthetic series): a fast burn
-/// pages, a slow burn only opens a ticket, a healthy service raises nothing.
+/// The rules' unit tests pass (`promtool test rules` on synthetic series, every file of
+/// `prometheus/tests/`): a fast burn pages, a slow burn only opens a ticket, a healthy
+/// service raises nothing; a skipped undecodable event alerts and clears.
 #[test]
 fn promtool_unit_tests_of_the_slo_rules_pass() {
     let dir = root().join("prometheus/tests");

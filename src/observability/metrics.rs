@@ -110,7 +110,7 @@ const SECONDS: [f64; 12] = [
 ];
 
 mod initial;
-pub use initial::{KnownLabels, PROJECTION_APPLY_FAILED};
+pub use initial::{KnownLabels, PROJECTION_APPLY_FAILED, PROJECTION_UNDECODABLE};
 
 impl Metrics {
     /// Builds and registers the catalogue. Panics only on a programming error in the definitions,

@@ -171,12 +171,13 @@ impl Tables {
 
 #[async_trait]
 impl ProjectionWriter for MemoryReadModel {
-    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
+    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<Applied> {
         // Decode outside the lock; an undecodable event is skipped with an error in the log
         // (TODO.md, "Bus and dead letter queue": stopping at it instead is the open choice).
         let decoded: Vec<(&Arc<RecordedEvent>, Result<E, codec::CodecError>)> =
             events.iter().map(|r| (r, codec::decode(r))).collect();
         let mut tables = self.lock();
+        let mut applied = Applied::default();
         for (recorded, event) in decoded {
             if recorded.position <= tables.checkpoint {
                 continue;
@@ -184,12 +185,13 @@ impl ProjectionWriter for MemoryReadModel {
             match event {
                 Ok(event) => tables.apply(recorded, &event),
                 Err(e) => {
+                    applied.undecodable += 1;
                     tracing::error!(position = recorded.position, error = %e, "read model skipped an undecodable event")
                 }
             }
             tables.checkpoint = recorded.position;
         }
-        Ok(())
+        Ok(applied)
     }
 
     async fn checkpoint(&self) -> anyhow::Result<u64> {

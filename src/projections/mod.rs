@@ -45,11 +45,21 @@ pub struct PendingHold {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What one `ProjectionWriter::apply` did besides applying and moving the checkpoint.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Events past the checkpoint this build cannot decode (a newer writer's type or version,
+    /// TODO.md "Bus and dead letter queue"): the checkpoint moved past them, so the read models
+    /// miss them until a rebuild by a build that reads them. Counted by the applier whose
+    /// claim moved the checkpoint, once across instances.
+    pub undecodable: usize,
+}
+
 /// The write side of the read models: what the projector and a rebuild do to them.
 #[async_trait]
 pub trait ProjectionWriter: Send + Sync + 'static {
     /// Applies `events` in order and moves the checkpoint past them, atomically.
-    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()>;
+    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<Applied>;
     async fn checkpoint(&self) -> anyhow::Result<u64>;
     /// Empties every view and the checkpoint, for a rebuild from position 0.
     async fn reset(&self) -> anyhow::Result<()>;
@@ -119,13 +129,21 @@ impl Subscriber for Projector {
     }
 
     async fn handle(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
-        if let Err(e) = within(self.answer_limit, self.reads.apply(events)).await {
-            self.metrics
-                .projection_errors
-                .with_label_values(&[crate::observability::metrics::PROJECTION_APPLY_FAILED])
-                .inc();
-            return Err(e);
-        }
+        use crate::observability::metrics::{PROJECTION_APPLY_FAILED, PROJECTION_UNDECODABLE};
+        let applied = match within(self.answer_limit, self.reads.apply(events)).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.metrics
+                    .projection_errors
+                    .with_label_values(&[PROJECTION_APPLY_FAILED])
+                    .inc();
+                return Err(e);
+            }
+        };
+        self.metrics
+            .projection_errors
+            .with_label_values(&[PROJECTION_UNDECODABLE])
+            .inc_by(applied.undecodable as u64);
         if let Some(last) = events.last() {
             let mut touched: Vec<EventId> = events.iter().map(|e| e.sale_id).collect();
             touched.sort_unstable_by_key(|id| id.0);
@@ -153,19 +171,34 @@ async fn within<T>(
     .await
 }
 
+/// What a rebuild reached: the log position, and the events this build could not decode
+/// (not in the read models: a build that reads them must rebuild again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub position: u64,
+    pub undecodable: usize,
+}
+
 /// Rebuilds a read model from the event store: empties it, then replays every event from
-/// position 0. Returns the position reached. Run it with the service stopped: a projector
-/// running meanwhile could move the checkpoint past events the replay has not applied yet.
+/// position 0. Run it with the service stopped: a projector running meanwhile could move the
+/// checkpoint past events the replay has not applied yet.
 pub async fn rebuild(
     store: &dyn crate::eventstore::EventStore,
     reads: &dyn ProjectionWriter,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Rebuilt> {
     use anyhow::Context;
     reads.reset().await.context("emptying the read models")?;
-    replay(store, async |batch| {
-        reads.apply(batch).await.context("applying events")
+    let mut undecodable = 0;
+    let position = replay(store, async |batch| {
+        let applied = reads.apply(batch).await.context("applying events")?;
+        undecodable += applied.undecodable;
+        Ok(())
     })
-    .await
+    .await?;
+    Ok(Rebuilt {
+        position,
+        undecodable,
+    })
 }
 
 /// Feeds the whole event log, from position 0, to `apply` in batches; returns the position
@@ -186,5 +219,44 @@ pub async fn replay(
         };
         apply(&batch).await?;
         position = last;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observability::metrics::PROJECTION_UNDECODABLE;
+    use crate::observability::Metrics;
+
+    struct NoCache;
+
+    #[async_trait]
+    impl ViewInvalidation for NoCache {
+        async fn invalidate(&self, _: &[EventId], _: u64) {}
+    }
+
+    /// Events this build cannot decode are counted as `projection_errors_total{reason=
+    /// "undecodable"}` once, when the projector skips them, not again on a redelivery: the
+    /// read models miss them, and the alert that reads the counter says so.
+    #[tokio::test]
+    async fn undecodable_events_are_counted_once() {
+        let metrics = Arc::new(Metrics::new());
+        let projector = Projector {
+            reads: Arc::new(memory::MemoryReadModel::new()),
+            metrics: Arc::clone(&metrics),
+            cache: Arc::new(NoCache),
+            answer_limit: std::time::Duration::from_secs(5),
+        };
+        let skipped = || {
+            metrics
+                .projection_errors
+                .with_label_values(&[PROJECTION_UNDECODABLE])
+                .get()
+        };
+        let log = contract::history();
+        projector.handle(&log).await.unwrap();
+        assert_eq!(skipped(), 2, "the fixture's two undecodable events");
+        projector.handle(&log).await.unwrap();
+        assert_eq!(skipped(), 2, "a redelivery skips nothing new");
     }
 }

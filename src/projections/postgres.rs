@@ -143,8 +143,9 @@ impl PostgresReadModel {
         ),
         err
     )]
-    async fn apply_batch(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
+    async fn apply_batch(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<Applied> {
         let (mut statements, mut stalls) = (0, 0);
+        let mut applied = Applied::default();
         loop {
             let known = match self.known.load(Ordering::Acquire) {
                 UNKNOWN => {
@@ -158,11 +159,14 @@ impl PostgresReadModel {
                 break;
             };
             let outcome = self.apply_from(known, fresh).await;
-            let (claim, ran) = outcome.inspect_err(|_| {
+            let (claim, ran, undecodable) = outcome.inspect_err(|_| {
                 // The statement or the commit may have landed or not: read it again.
                 self.known.store(UNKNOWN, Ordering::Release);
             })?;
             statements += ran;
+            if claim == bulk::Claim::Claimed {
+                applied.undecodable += undecodable;
+            }
             let bulk::Claim::Lost { seen } = claim else {
                 break;
             };
@@ -179,7 +183,7 @@ impl PostgresReadModel {
             }
         }
         tracing::Span::current().record("statements", statements);
-        Ok(())
+        Ok(applied)
     }
 
     /// Claims the checkpoint from `known` to the end of `fresh` and applies `fresh` with it.
@@ -187,13 +191,14 @@ impl PostgresReadModel {
     /// autocommit statement. Anything else (a rare event, a change of a row the same batch
     /// creates) takes a transaction: claim first (the row lock serializes appliers), then the
     /// hot events set-based and the rare ones one by one, in log order. Returns the claim's
-    /// outcome and how many statements ran.
+    /// outcome, how many statements ran and how many events it could not decode (skipped).
     async fn apply_from(
         &self,
         known: u64,
         fresh: &[Arc<RecordedEvent>],
-    ) -> anyhow::Result<(bulk::Claim, usize)> {
+    ) -> anyhow::Result<(bulk::Claim, usize, usize)> {
         let mut decoded = Vec::with_capacity(fresh.len());
+        let mut undecodable = 0;
         let mut last = known;
         for recorded in fresh {
             if recorded.position <= last {
@@ -203,6 +208,7 @@ impl PostgresReadModel {
             match codec::decode(recorded) {
                 Ok(event) => decoded.push((recorded, event)),
                 Err(e) => {
+                    undecodable += 1;
                     tracing::error!(position = recorded.position, error = %e, "read model skipped an undecodable event");
                 }
             }
@@ -221,7 +227,7 @@ impl PostgresReadModel {
             if claim == bulk::Claim::Claimed {
                 self.known.store(last, Ordering::Release);
             }
-            return Ok((claim, 1));
+            return Ok((claim, 1, undecodable));
         }
 
         let mut tx = self
@@ -237,7 +243,7 @@ impl PostgresReadModel {
             tx.rollback()
                 .await
                 .context("cannot roll back the read-model transaction")?;
-            return Ok((claim, 3));
+            return Ok((claim, 3, undecodable));
         }
         let mut statements = 3; // BEGIN, the claim, COMMIT
         let mut batch = bulk::Batch::default();
@@ -266,7 +272,7 @@ impl PostgresReadModel {
             .await
             .context("cannot commit the read-model transaction")?;
         self.known.store(last, Ordering::Release);
-        Ok((claim, statements))
+        Ok((claim, statements, undecodable))
     }
 
     #[tracing::instrument(name = "read_model.reset", skip_all, err)]
@@ -301,7 +307,7 @@ impl PostgresReadModel {
 
 #[async_trait]
 impl ProjectionWriter for PostgresReadModel {
-    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<()> {
+    async fn apply(&self, events: &[Arc<RecordedEvent>]) -> anyhow::Result<Applied> {
         self.apply_batch(events).await
     }
 

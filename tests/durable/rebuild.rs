@@ -70,10 +70,12 @@ async fn rebuilding_the_projections_from_the_event_store_gives_the_same_rows() {
     );
     let store = PostgresEventStore::new(pool.clone()).await.unwrap();
     let reads = PostgresReadModel::new(pool.clone());
-    let position = ticketing::projections::rebuild(&store, &reads)
+    let rebuilt = ticketing::projections::rebuild(&store, &reads)
         .await
         .unwrap();
+    let position = rebuilt.position;
     assert!(position > 0);
+    assert_eq!(rebuilt.undecodable, 0);
     let insights = PostgresInsights::new(pool.clone());
     assert_eq!(
         ticketing::projections::insights::rebuild(&store, &insights)

@@ -75,7 +75,11 @@ pub async fn rebuild_projections(config: &Config) -> anyhow::Result<Value> {
         .await
         .context("rebuilding the insights")?;
     Ok(json!({
-        "read_models": {"position": read_models},
+        "read_models": {
+            "position": read_models.position,
+            // Not in the read models: rebuild again with a build that reads them.
+            "undecodable_events": read_models.undecodable,
+        },
         "insights": {"position": insights_position},
     }))
 }

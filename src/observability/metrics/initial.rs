@@ -22,7 +22,9 @@ const DEFAULT_CURRENCY: &str = "USD";
 const GATEWAY_OPERATIONS: [&str; 3] = ["charge", "refund", "captures_since"];
 /// `projection_errors_total{reason}`: a batch the read models could not apply (retried).
 pub const PROJECTION_APPLY_FAILED: &str = "apply_failed";
-const PROJECTION_ERROR_REASONS: [&str; 1] = [PROJECTION_APPLY_FAILED];
+/// `projection_errors_total{reason}`: an event this build cannot decode, skipped for good.
+pub const PROJECTION_UNDECODABLE: &str = "undecodable";
+const PROJECTION_ERROR_REASONS: [&str; 2] = [PROJECTION_APPLY_FAILED, PROJECTION_UNDECODABLE];
 /// `rate_limited_total{scope}` (`http::ratelimit::Scope`).
 const RATE_LIMIT_SCOPES: [&str; 3] = ["auth", "writes", "reads"];
 /// `cache_requests_total{cache, result}` (`cache::events`, `auth::cache`).

@@ -246,7 +246,7 @@ async fn a_hot_batch_is_one_statement_and_a_lost_claim_writes_nothing() {
     let end = batch.last().unwrap().position;
     assert_eq!(
         a.apply_from(opened as u64, batch).await.unwrap(),
-        (bulk::Claim::Claimed, 1)
+        (bulk::Claim::Claimed, 1, 0)
     );
     let after_a = rows(&pool).await;
     assert_eq!(
@@ -255,7 +255,8 @@ async fn a_hot_batch_is_one_statement_and_a_lost_claim_writes_nothing() {
             bulk::Claim::Lost {
                 seen: Some(end as i64)
             },
-            1
+            1,
+            0
         )
     );
     assert_eq!(rows(&pool).await, after_a, "a lost claim wrote");
@@ -267,7 +268,8 @@ async fn a_hot_batch_is_one_statement_and_a_lost_claim_writes_nothing() {
             bulk::Claim::Lost {
                 seen: Some(end as i64)
             },
-            1
+            1,
+            0
         )
     );
     assert_eq!(rows(&pool).await, after_a, "a lost claim wrote");
