@@ -17,6 +17,9 @@ use std::sync::Arc;
 /// died, with no instance running since, are left to an operator (RUNBOOK.md).
 pub const LOOKBACK: Duration = Duration::hours(24);
 
+/// How many captures one question to the read models covers (`ReadModel::recorded_payments`).
+const LOOKUP_BATCH: usize = 1000;
+
 /// Slack added to the request timeout before a capture counts as abandoned by its request.
 const GRACE_SLACK: Duration = Duration::seconds(2);
 
@@ -80,47 +83,24 @@ impl Reconciler {
                 detail: e.to_string(),
                 retry_after: 5,
             })?;
+        let due: Vec<Capture> = captures
+            .into_iter()
+            .filter(|c| c.captured_at <= cutoff && !self.settled.contains_key(&c.payment_id))
+            .collect();
         let mut done = Vec::new();
         let mut complete = true;
-        for capture in captures {
-            if capture.captured_at > cutoff || self.settled.contains_key(&capture.payment_id) {
-                continue;
-            }
-            let outcome = if capture.refunded {
-                Ok(Reconciled::Settled)
-            } else {
-                self.app.reconcile_capture(&capture, now).await
-            };
-            match outcome {
-                Ok(outcome) => {
-                    if let Some(label) = outcome.label() {
-                        tracing::warn!(
-                            payment_id = %capture.payment_id,
-                            outcome = label,
-                            "reconciled a capture that had no recorded event"
-                        );
-                        self.app
-                            .metrics
-                            .reconciled_captures
-                            .with_label_values(&[label])
-                            .inc();
-                        done.push((capture.payment_id, outcome));
-                    }
-                    self.settled.insert(capture.payment_id, capture.captured_at);
-                }
-                Err(e) => {
-                    complete = false;
-                    tracing::error!(
-                        payment_id = %capture.payment_id,
-                        error = %e,
-                        "cannot reconcile a capture; trying again next pass"
-                    );
-                    self.app
-                        .metrics
-                        .reconciled_captures
-                        .with_label_values(&["failed"])
-                        .inc();
-                }
+        for chunk in due.chunks(LOOKUP_BATCH) {
+            // One question to the read models per chunk: which of them are recorded already.
+            let ids: Vec<PaymentId> = chunk.iter().map(|c| c.payment_id).collect();
+            let shown = self.app.reads.applied().recorded_payments(&ids).await;
+            for capture in chunk {
+                let outcome = match &shown {
+                    _ if capture.refunded => Ok(Reconciled::Settled),
+                    Ok(shown) if shown.contains(&capture.payment_id) => Ok(Reconciled::Settled),
+                    Ok(_) => self.app.reconcile_capture(capture, now).await,
+                    Err(e) => Err(AppError::from(e.clone())),
+                };
+                complete &= self.count(capture, outcome, &mut done);
             }
         }
         if complete {
@@ -132,6 +112,48 @@ impl Reconciler {
         }
         self.app.metrics.reconcile_last_run.set(now.timestamp());
         Ok(done)
+    }
+
+    /// Counts what `capture` came to (remembering it as settled unless it failed); false if
+    /// it failed and must be tried again next pass.
+    fn count(
+        &mut self,
+        capture: &Capture,
+        outcome: Result<Reconciled, AppError>,
+        done: &mut Vec<(PaymentId, Reconciled)>,
+    ) -> bool {
+        match outcome {
+            Ok(outcome) => {
+                if let Some(label) = outcome.label() {
+                    tracing::warn!(
+                        payment_id = %capture.payment_id,
+                        outcome = label,
+                        "reconciled a capture that had no recorded event"
+                    );
+                    self.app
+                        .metrics
+                        .reconciled_captures
+                        .with_label_values(&[label])
+                        .inc();
+                    done.push((capture.payment_id, outcome));
+                }
+                self.settled.insert(capture.payment_id, capture.captured_at);
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    payment_id = %capture.payment_id,
+                    error = %e,
+                    "cannot reconcile a capture; trying again next pass"
+                );
+                self.app
+                    .metrics
+                    .reconciled_captures
+                    .with_label_values(&["failed"])
+                    .inc();
+                false
+            }
+        }
     }
 }
 
@@ -148,23 +170,14 @@ pub async fn run(mut reconciler: Reconciler, every: std::time::Duration) {
 }
 
 impl App {
-    /// Records one capture found at the gateway, unless the log has it already.
+    /// Records one capture found at the gateway that the read models do not show (asked by
+    /// the pass, without waiting: should they lag behind a recorded payment, the writer
+    /// refuses the capture as a repeat, `Conflict` below).
     async fn reconcile_capture(
         &self,
         capture: &Capture,
         now: DateTime<Utc>,
     ) -> Result<Reconciled, AppError> {
-        // What the read models show now: should they lag behind a recorded payment, the
-        // writer refuses the capture as a repeat (`Conflict` below), so no wait is needed.
-        if self
-            .reads
-            .applied()
-            .payment(capture.payment_id)
-            .await?
-            .is_some()
-        {
-            return Ok(Reconciled::Settled);
-        }
         let command = SaleCommand::RecordCapture {
             payment_id: capture.payment_id,
             reservation_id: capture.paid_for.reservation_id,

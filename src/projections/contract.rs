@@ -199,6 +199,14 @@ async fn payments_are_found_and_listed_newest_first(model: &dyn Projection) {
         assert_eq!(model.payment(id).await.unwrap(), Some(payment_view(id)));
     }
     assert_eq!(model.payment(pid(99)).await.unwrap(), None);
+    let mut asked = PAYMENTS.to_vec();
+    asked.extend([pid(99), pid(98)]);
+    assert_eq!(
+        model.recorded_payments(&asked).await.unwrap(),
+        PAYMENTS.into_iter().collect(),
+        "only the recorded ones"
+    );
+    assert!(model.recorded_payments(&[]).await.unwrap().is_empty());
     let views = |ids: &[PaymentId]| ids.iter().map(|p| payment_view(*p)).collect::<Vec<_>>();
     for (user, ids) in [
         (CAROL, vec![P2, P5, DECLINED]),

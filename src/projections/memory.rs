@@ -259,6 +259,12 @@ impl ReadModel for MemoryReadModel {
         Ok(self.lock().payments.get(&id).cloned())
     }
 
+    async fn recorded_payments(&self, ids: &[PaymentId]) -> Result<HashSet<PaymentId>, ReadError> {
+        let tables = self.lock();
+        let shown = ids.iter().filter(|id| tables.payments.contains_key(id));
+        Ok(shown.copied().collect())
+    }
+
     async fn payments_of(
         &self,
         user: UserId,

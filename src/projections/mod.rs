@@ -17,6 +17,7 @@ use crate::paging::{Page, PageRequest};
 use crate::runtime::subscription::Subscriber;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
 use std::sync::Arc;
 pub use views::*;
 
@@ -87,6 +88,8 @@ pub trait ReadModel: EventLookup {
         page: PageRequest,
     ) -> Result<Page<ReservationView>, ReadError>;
     async fn payment(&self, id: PaymentId) -> Result<Option<PaymentView>, ReadError>;
+    /// Which of `ids` the read models show (recorded payments), in one query.
+    async fn recorded_payments(&self, ids: &[PaymentId]) -> Result<HashSet<PaymentId>, ReadError>;
     async fn payments_of(
         &self,
         user: UserId,

@@ -357,6 +357,11 @@ impl ReadModel for PostgresReadModel {
         queries::payment(&self.pool, id).await
     }
 
+    async fn recorded_payments(&self, ids: &[PaymentId]) -> Result<HashSet<PaymentId>, ReadError> {
+        let _turn = self.bulkhead.turn().await?;
+        queries::recorded_payments(&self.pool, ids).await
+    }
+
     async fn payments_of(
         &self,
         user: UserId,

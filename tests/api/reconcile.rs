@@ -190,7 +190,9 @@ async fn a_retry_of_a_payment_reconciliation_refunded_is_a_conflict() {
     gateway_settles_at(&app, 0).await;
 }
 
-/// A capture recorded by its own request is never touched by reconciliation.
+/// A capture recorded by its own request is never touched by reconciliation: the pass finds
+/// it in the read models (one question for all its captures) and never asks the sale's
+/// writer to record it again.
 #[tokio::test]
 async fn a_recorded_capture_is_left_alone() {
     let app = reconciling_app().await;
@@ -202,6 +204,17 @@ async fn a_recorded_capture_is_left_alone() {
     assert_eq!(paid.status, 201, "{:#}", paid.body);
     app.clock.advance(PAST_GRACE);
     a_pass_completes(&app).await;
+    let record = |result| [("command", "record_capture"), ("result", result)];
+    assert_eq!(
+        app.metric("ticketing_commands_total", &record("ok")).await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("ticketing_commands_total", &record("rejected"))
+            .await,
+        0.0,
+        "the writer was asked to record it again"
+    );
     for outcome in ["recorded", "refunded", "failed"] {
         assert_eq!(
             app.metric(

@@ -371,6 +371,20 @@ pub(super) async fn payment(
     row.as_ref().map(payment_view).transpose()
 }
 
+pub(super) async fn recorded_payments(
+    pool: &PgPool,
+    ids: &[PaymentId],
+) -> Result<HashSet<PaymentId>, ReadError> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+    let shown: Vec<Uuid> =
+        sqlx::query_scalar("SELECT payment_id FROM payment_views WHERE payment_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+    Ok(shown.into_iter().map(PaymentId).collect())
+}
+
 pub(super) async fn payments_of(
     pool: &PgPool,
     user: UserId,
