@@ -213,7 +213,7 @@ fn promtool_accepts_the_alert_rules() {
 /// `prometheus/tests/`): a fast burn pages, a slow burn only opens a ticket, a healthy
 /// service raises nothing; a skipped undecodable event alerts and clears.
 #[test]
-fn promtool_unit_tests_of_the_slo_rules_pass() {
+fn promtool_unit_tests_of_the_rules_pass() {
     let dir = root().join("prometheus/tests");
     let mut tests: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))

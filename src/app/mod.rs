@@ -7,9 +7,9 @@
 //! delivery logs), `queue` (the waiting room of on-sales and the pass check of `reserve`),
 //! `reads` (the read models behind one door that waits for this instance's writes). It
 //! owns running commands with read-your-writes, recording a gateway capture through writer
-//! contention (within a retry budget, `retries`), the charge-then-record flow, idempotency and
-//! the holds placed here that the read models do not show yet (`recent`). It never decides a business rule
-//! (the domain does) and never knows about HTTP.
+//! contention (within a retry budget, `retries`), the charge-then-record flow and idempotency;
+//! `reads` holds the holds placed here that the read models do not show yet (`recent`). It
+//! never decides a business rule (the domain does) and never knows about HTTP.
 
 pub mod checkout;
 pub mod dead_letters;

@@ -14,7 +14,6 @@
 use super::recent::RecentHolds;
 use super::READ_YOUR_WRITES_TIMEOUT;
 use crate::cache::EventCache;
-use crate::domain::events::StreamId;
 use crate::domain::{DomainEvent, ReservationId};
 use crate::projections::{ReadModel, ReservationView};
 use crate::runtime::subscription::Progress;
@@ -89,18 +88,8 @@ impl CommitWatch for Reads {
     /// Remembers the holds the batch placed, forgets those it changed, then raises the mark:
     /// a read that finds the mark raised finds no stale hold.
     fn committed(&self, position: u64, events: &mut dyn Iterator<Item = &DomainEvent>) {
-        let applied = self.progress.position();
-        for event in events {
-            match (event, event.stream()) {
-                (DomainEvent::ReservationPlaced(placed), _) if applied < position => {
-                    let view = ReservationView::from(placed);
-                    self.recent.remember(view, position, applied);
-                }
-                (DomainEvent::ReservationPlaced(_), _) => {}
-                (_, StreamId::Reservation(id)) => self.recent.forget(id),
-                _ => {}
-            }
-        }
+        self.recent
+            .committed(position, self.progress.position(), events);
         self.written.raise(position);
     }
 }
@@ -186,36 +175,73 @@ mod tests {
         })
     }
 
+    /// A hold placed here is answered from memory while the read models lag behind its
+    /// position, and no longer once they applied it: they answer from then on.
+    #[tokio::test]
+    async fn a_hold_is_answered_from_memory_until_the_read_models_show_it() {
+        let (applier, applied) = Progress::manual(5);
+        let reads = reads_at(applied);
+        let (a, b) = (placed(), placed());
+        let id = |e: &DomainEvent| match e {
+            DomainEvent::ReservationPlaced(p) => (p.reservation_id, ReservationView::from(p)),
+            _ => unreachable!(),
+        };
+        let ((id_a, view_a), (id_b, _)) = (id(&a), id(&b));
+        reads.committed(10, &mut [&a].into_iter());
+        reads.committed(12, &mut [&b].into_iter());
+        applier.send_replace(9);
+        assert_eq!(reads.unseen(id_a), Some(view_a));
+        applier.send_replace(10);
+        assert_eq!(reads.unseen(id_a), None, "applied: the read models answer");
+        assert!(reads.unseen(id_b).is_some());
+        applier.send_replace(12);
+        assert_eq!(reads.unseen(id_b), None);
+    }
+
     /// A hold placed here is answered from memory until a writer here ends it (its timer,
     /// which no request awaits); from then on a read waits for the read models to apply the
-    /// end, so nobody reads the hold back as pending after it expired.
+    /// end, so nobody reads the hold back as pending after it expired. A batch that places
+    /// and ends a hold leaves nothing remembered.
     #[tokio::test(start_paused = true)]
     async fn a_hold_ended_here_is_read_only_once_the_read_models_show_its_end() {
         use crate::domain::events::ReservationExpired;
         let (applier, applied) = Progress::manual(1);
         let reads = reads_at(applied);
-        let placed = placed();
-        let DomainEvent::ReservationPlaced(hold) = &placed else {
+        let first = placed();
+        let DomainEvent::ReservationPlaced(hold) = &first else {
             unreachable!()
         };
         let id = hold.reservation_id;
-        reads.committed(5, &mut [&placed].into_iter());
+        reads.committed(5, &mut [&first].into_iter());
         assert_eq!(reads.unseen(id), Some(ReservationView::from(hold)));
 
-        let expired = DomainEvent::from(ReservationExpired {
-            reservation_id: id,
-            at: chrono::Utc::now(),
-        });
-        reads.committed(6, &mut [&expired].into_iter());
+        let expired = |reservation_id| {
+            DomainEvent::from(ReservationExpired {
+                reservation_id,
+                at: chrono::Utc::now(),
+            })
+        };
+        // The placement applied, the expiry not yet: a read must wait for the expiry.
+        applier.send_replace(5);
+        reads.committed(6, &mut [&expired(id)].into_iter());
         assert_eq!(reads.unseen(id), None, "ended here: not answered as placed");
         let read = tokio::spawn(async move {
             let began = Instant::now();
             reads.fresh().await;
-            began.elapsed()
+            (began.elapsed(), reads)
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         applier.send_replace(6);
-        assert_eq!(read.await.unwrap(), Duration::from_millis(30));
+        let (waited, reads) = read.await.unwrap();
+        assert_eq!(waited, Duration::from_millis(30));
+
+        let other = placed();
+        let DomainEvent::ReservationPlaced(other_hold) = &other else {
+            unreachable!()
+        };
+        let ended = expired(other_hold.reservation_id);
+        reads.committed(8, &mut [&other, &ended].into_iter());
+        assert_eq!(reads.unseen(other_hold.reservation_id), None);
     }
 
     /// A read with nothing new committed here does not wait.

@@ -2,11 +2,14 @@
 //! not show yet. The writer answered them from its committed events, so their views are
 //! exact as placed; the payment that follows (and the client's own read) is answered from here
 //! instead of a read model lagging behind under load, which would say 404 for a reservation
-//! the client was just given. An entry lives until the read models have applied its position
-//! (they are the source from then on: a later change shows there) or, past `CAPACITY`, until
-//! it is the oldest. The writer still decides the payment itself when it is recorded.
+//! the client was just given. Filled from every batch a writer here commits (`committed`,
+//! through `Reads`): an entry lives until the read models have applied its position (they are
+//! the source from then on: a later change shows there), until a writer here changes the
+//! reservation (its timer, a cancel, a payment), or, past `CAPACITY`, until it is the oldest.
+//! The writer still decides the payment itself when it is recorded.
 
-use crate::domain::ReservationId;
+use crate::domain::events::StreamId;
+use crate::domain::{DomainEvent, ReservationId};
 use crate::projections::ReservationView;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -27,16 +30,29 @@ struct Inner {
 }
 
 impl RecentHolds {
-    /// Remembers `view`, committed at log `position`, while the read models are at `applied`.
-    pub fn remember(&self, view: ReservationView, position: u64, applied: u64) {
+    /// Takes in a batch a writer here committed up to log `position`, while the read models
+    /// are at `applied`: remembers the holds it placed, forgets the reservations it changed
+    /// (ended, confirmed: the remembered view is stale), in the batch's order.
+    pub fn committed(
+        &self,
+        position: u64,
+        applied: u64,
+        events: &mut dyn Iterator<Item = &DomainEvent>,
+    ) {
         let mut inner = self.lock();
         inner.forget_applied(applied);
-        while inner.order.len() >= CAPACITY {
-            inner.pop_oldest();
+        for event in events {
+            match (event, event.stream()) {
+                (DomainEvent::ReservationPlaced(placed), _) if applied < position => {
+                    inner.remember(ReservationView::from(placed), position);
+                }
+                (DomainEvent::ReservationPlaced(_), _) => {}
+                (_, StreamId::Reservation(id)) => {
+                    inner.views.remove(&id);
+                }
+                _ => {}
+            }
         }
-        let id = ReservationId(view.reservation_id);
-        inner.order.push_back((id, position));
-        inner.views.insert(id, (view, position));
     }
 
     /// The view of `id` if the read models (at `applied`) do not include it yet.
@@ -49,11 +65,6 @@ impl RecentHolds {
         }
     }
 
-    /// Forgets `id` (it changed here, e.g. cancelled: the remembered view is stale).
-    pub fn forget(&self, id: ReservationId) {
-        self.lock().views.remove(&id);
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Held for map operations only, never across an await.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -61,6 +72,15 @@ impl RecentHolds {
 }
 
 impl Inner {
+    fn remember(&mut self, view: ReservationView, position: u64) {
+        while self.order.len() >= CAPACITY {
+            self.pop_oldest();
+        }
+        let id = ReservationId(view.reservation_id);
+        self.order.push_back((id, position));
+        self.views.insert(id, (view, position));
+    }
+
     /// Drops the oldest entries the read models have applied (positions grow nearly in order).
     fn forget_applied(&mut self, applied: u64) {
         while self.order.front().is_some_and(|(_, p)| *p <= applied) {
@@ -75,54 +95,5 @@ impl Inner {
                 self.views.remove(&id);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::reservation::ReservationStatus;
-    use uuid::Uuid;
-
-    fn view() -> ReservationView {
-        let now = chrono::Utc::now();
-        ReservationView {
-            reservation_id: Uuid::new_v4(),
-            event_id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            section: "A".into(),
-            quantity: 1,
-            status: ReservationStatus::Pending,
-            total_cents: 100,
-            currency: "EUR".into(),
-            expires_at: now,
-            payment_id: None,
-            created_at: now,
-            updated_at: now,
-        }
-    }
-
-    /// A hold is answered from memory while the read models lag behind its position, and no
-    /// longer once they applied it (or it was forgotten).
-    #[test]
-    fn a_hold_is_remembered_until_the_read_models_show_it() {
-        let holds = RecentHolds::default();
-        let (a, b) = (view(), view());
-        let (id_a, id_b) = (
-            ReservationId(a.reservation_id),
-            ReservationId(b.reservation_id),
-        );
-        holds.remember(a.clone(), 10, 5);
-        holds.remember(b, 12, 5);
-        assert_eq!(holds.unseen(id_a, 9), Some(a));
-        assert_eq!(
-            holds.unseen(id_a, 10),
-            None,
-            "applied: the read models answer"
-        );
-        assert!(holds.unseen(id_b, 10).is_some());
-        holds.forget(id_b);
-        assert_eq!(holds.unseen(id_b, 10), None);
-        assert!(holds.lock().order.len() <= 1);
     }
 }

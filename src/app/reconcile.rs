@@ -91,8 +91,15 @@ impl Reconciler {
         let mut complete = true;
         for chunk in due.chunks(LOOKUP_BATCH) {
             // One question to the read models per chunk: which of them are recorded already.
-            let ids: Vec<PaymentId> = chunk.iter().map(|c| c.payment_id).collect();
+            let ids: Vec<PaymentId> = chunk
+                .iter()
+                .filter(|c| !c.refunded)
+                .map(|c| c.payment_id)
+                .collect();
             let shown = self.app.reads.applied().recorded_payments(&ids).await;
+            if let Err(e) = &shown {
+                tracing::error!(captures = ids.len(), error = %e, "cannot ask the read models which captures are recorded");
+            }
             for capture in chunk {
                 let outcome = match &shown {
                     _ if capture.refunded => Ok(Reconciled::Settled),
@@ -100,7 +107,7 @@ impl Reconciler {
                     Ok(_) => self.app.reconcile_capture(capture, now).await,
                     Err(e) => Err(AppError::from(e.clone())),
                 };
-                complete &= self.count(capture, outcome, &mut done);
+                complete &= self.count(capture, outcome, &mut done, shown.is_ok());
             }
         }
         if complete {
@@ -115,12 +122,14 @@ impl Reconciler {
     }
 
     /// Counts what `capture` came to (remembering it as settled unless it failed); false if
-    /// it failed and must be tried again next pass.
+    /// it failed and must be tried again next pass. A failure is logged unless `log_failure`
+    /// is false (the chunk's failed question was logged once).
     fn count(
         &mut self,
         capture: &Capture,
         outcome: Result<Reconciled, AppError>,
         done: &mut Vec<(PaymentId, Reconciled)>,
+        log_failure: bool,
     ) -> bool {
         match outcome {
             Ok(outcome) => {
@@ -141,11 +150,13 @@ impl Reconciler {
                 true
             }
             Err(e) => {
-                tracing::error!(
-                    payment_id = %capture.payment_id,
-                    error = %e,
-                    "cannot reconcile a capture; trying again next pass"
-                );
+                if log_failure {
+                    tracing::error!(
+                        payment_id = %capture.payment_id,
+                        error = %e,
+                        "cannot reconcile a capture; trying again next pass"
+                    );
+                }
                 self.app
                     .metrics
                     .reconciled_captures

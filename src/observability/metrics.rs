@@ -231,7 +231,7 @@ impl Metrics {
             projection_errors: counter(
                 &r,
                 "projection_errors_total",
-                "Events the read models could not apply, by reason.",
+                "Read-model failures by reason: apply_failed counts batches that failed (retried), undecodable counts events skipped for good.",
                 &["reason"],
             ),
             rate_limited: counter(

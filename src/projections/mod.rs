@@ -52,7 +52,8 @@ pub struct Applied {
     /// Events past the checkpoint this build cannot decode (a newer writer's type or version,
     /// TODO.md "Bus and dead letter queue"): the checkpoint moved past them, so the read models
     /// miss them until a rebuild by a build that reads them. Counted by the applier whose
-    /// claim moved the checkpoint, once across instances.
+    /// claim moved the checkpoint, once across instances (none when the claim's answer was
+    /// lost and the retry finds them behind the checkpoint).
     pub undecodable: usize,
 }
 

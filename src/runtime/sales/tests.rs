@@ -300,20 +300,25 @@ pub(crate) fn create_gala(now: DateTime<Utc>) -> SaleCommand {
     }
 }
 
-/// A `CommitWatch` that keeps what it was told: each batch's position and event types.
+/// A `CommitWatch` that keeps what it was told: each batch's position and event types, kept
+/// only after blocking its caller for `slow` (a watch taking its time).
 #[derive(Default)]
-struct Seen(std::sync::Mutex<Vec<(u64, Vec<&'static str>)>>);
+struct Seen {
+    told: std::sync::Mutex<Vec<(u64, Vec<&'static str>)>>,
+    slow: Duration,
+}
 
 impl CommitWatch for Seen {
     fn committed(&self, position: u64, events: &mut dyn Iterator<Item = &DomainEvent>) {
         let types = events.map(DomainEvent::event_type).collect();
-        self.0.lock().unwrap().push((position, types));
+        std::thread::sleep(self.slow);
+        self.told.lock().unwrap().push((position, types));
     }
 }
 
 impl Seen {
     fn last(&self) -> Option<(u64, Vec<&'static str>)> {
-        self.0.lock().unwrap().last().cloned()
+        self.told.lock().unwrap().last().cloned()
     }
 }
 
@@ -323,14 +328,18 @@ fn unwatched() -> Arc<dyn CommitWatch> {
 
 /// Every batch a writer commits is told to the watch before its command is answered, a
 /// hold's timer (`EndHold`) as a request's; a refused command commits nothing and tells
-/// nothing.
-#[tokio::test]
+/// nothing. The watch takes its time on another worker thread: a command answered before it
+/// was told would find it not told yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_commit_is_told_before_it_is_answered() {
     use crate::domain::sale::Lifecycle;
 
     let (expiry, _inbox) = expiry::channel();
     let store: Arc<dyn EventStore> = Arc::new(MemoryEventStore::new());
-    let seen = Arc::new(Seen::default());
+    let seen = Arc::new(Seen {
+        slow: Duration::from_millis(20),
+        ..Seen::default()
+    });
     let watch = Arc::clone(&seen) as Arc<dyn CommitWatch>;
     let sales = Sales::new(store, expiry, Arc::new(Metrics::new()), (8, 8), watch);
     let (sale, now) = (EventId(uuid::Uuid::new_v4()), Utc::now());
