@@ -100,6 +100,10 @@ pub const SALES_NOT_OPEN: &str = "sales-not-open";
 pub const SOLD_OUT: &str = "sold-out";
 /// The problem type of a hold past the event's per-customer limit.
 pub const CUSTOMER_LIMIT: &str = "customer-limit";
+/// The problem type of a hold without the pass its event's waiting room requires.
+pub const QUEUE_PASS_REQUIRED: &str = "queue-pass-required";
+/// The problem type of a hold with a pass that is not valid for it.
+pub const QUEUE_PASS_INVALID: &str = "queue-pass-invalid";
 
 fn conflict(kind: &'static str, detail: impl ToString) -> AppError {
     AppError::Conflict {

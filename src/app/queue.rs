@@ -119,7 +119,7 @@ fn no_queue() -> AppError {
 
 fn invalid_pass(why: &str) -> AppError {
     AppError::Denied {
-        kind: "queue-pass-invalid",
+        kind: super::error::QUEUE_PASS_INVALID,
         detail: format!("the Queue-Pass is not valid: {why}"),
     }
 }
@@ -345,7 +345,7 @@ impl App {
             return Ok(());
         }
         let pass = pass.ok_or_else(|| AppError::Denied {
-            kind: "queue-pass-required",
+            kind: super::error::QUEUE_PASS_REQUIRED,
             detail: "this event's sale runs through a waiting room: join it and send the \
                      pass you get when admitted in the Queue-Pass header"
                 .into(),

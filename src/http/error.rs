@@ -152,6 +152,10 @@ pub fn problem_response(status: StatusCode, body: String) -> Response {
     response
 }
 
+/// The problem kind of an answer, for the metrics middleware (`http_problems_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemKind(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::App(AppError::Internal(e)) = &self {
@@ -159,6 +163,9 @@ impl IntoResponse for ApiError {
         }
         let (status, body) = self.to_problem();
         let mut response = problem_response(status, body.to_string());
+        response
+            .extensions_mut()
+            .insert(ProblemKind(self.status_and_kind().1));
         let retry_after = match self {
             ApiError::App(AppError::Unavailable { retry_after, .. }) => {
                 Some(u64::from(retry_after))
@@ -204,3 +211,24 @@ via_app_error!(
     crate::audit::AuditError,
     anyhow::Error,
 );
+
+#[cfg(test)]
+mod tests {
+    use crate::app::error::{
+        CUSTOMER_LIMIT, QUEUE_PASS_INVALID, QUEUE_PASS_REQUIRED, SALES_NOT_OPEN, SOLD_OUT,
+    };
+    use crate::observability::metrics::RESERVATION_REFUSALS;
+
+    /// The refusal kinds whose series exist from start-up are the ones the use cases answer.
+    #[test]
+    fn the_series_of_reservation_refusals_are_the_use_cases_kinds() {
+        let kinds = [
+            SOLD_OUT,
+            CUSTOMER_LIMIT,
+            SALES_NOT_OPEN,
+            QUEUE_PASS_REQUIRED,
+            QUEUE_PASS_INVALID,
+        ];
+        assert_eq!(RESERVATION_REFUSALS, kinds);
+    }
+}

@@ -307,5 +307,10 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     m.http_requests
         .with_label_values(&[&method, &route, response.status().as_str()])
         .inc();
+    if let Some(error::ProblemKind(kind)) = response.extensions().get() {
+        m.http_problems
+            .with_label_values(&[route.as_str(), kind])
+            .inc();
+    }
     response
 }

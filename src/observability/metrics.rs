@@ -9,6 +9,7 @@ use prometheus::{
 pub struct Metrics {
     pub(super) registry: Registry,
     pub http_requests: IntCounterVec,
+    pub http_problems: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
     pub commands: IntCounterVec,
@@ -110,7 +111,9 @@ const SECONDS: [f64; 12] = [
 ];
 
 mod initial;
-pub use initial::{KnownLabels, PROJECTION_APPLY_FAILED, PROJECTION_UNDECODABLE};
+pub use initial::{
+    KnownLabels, PROJECTION_APPLY_FAILED, PROJECTION_UNDECODABLE, RESERVATION_REFUSALS,
+};
 
 impl Metrics {
     /// Builds and registers the catalogue. Panics only on a programming error in the definitions,
@@ -135,6 +138,12 @@ impl Metrics {
                 "http_requests_total",
                 "HTTP requests by method, route template and status.",
                 &["method", "route", "status"],
+            ),
+            http_problems: counter(
+                &r,
+                "http_problems_total",
+                "Problem answers by route template and problem kind (sold-out, customer-limit, ...).",
+                &["route", "kind"],
             ),
             http_duration: histogram(
                 &r,

@@ -50,7 +50,8 @@ fn held(answer: &Answer) -> Uuid {
 }
 
 /// The event shows its limit; a customer reaches it over two holds, one more ticket is a 409
-/// `customer-limit` that holds nothing, and another customer is not affected.
+/// `customer-limit` that holds nothing, and another customer is not affected. The refusals
+/// are counted by kind (`ticketing_http_problems_total`), apart from sold-out.
 #[tokio::test]
 async fn a_hold_past_the_limit_is_refused_with_customer_limit() {
     let app = spawn_app().await;
@@ -69,6 +70,11 @@ async fn a_hold_past_the_limit_is_refused_with_customer_limit() {
         .assert_problem(409, "customer-limit");
     held(&app.reserve(&bob, event, 3).await);
     assert_eq!(app.floor(event).await, (44, 6, 0), "refusals hold nothing");
+    for (kind, count) in [("customer-limit", 2.0), ("sold-out", 0.0)] {
+        let refusals = [("route", "/api/reservations"), ("kind", kind)];
+        let counted = app.metric("ticketing_http_problems_total", &refusals).await;
+        assert_eq!(counted, count, "{kind}");
+    }
 }
 
 /// Cancelling a hold and refunding a purchase give the allowance back; paying keeps it used.

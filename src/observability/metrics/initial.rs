@@ -20,6 +20,15 @@ const DEFAULT_CURRENCY: &str = "USD";
 
 /// The operations `payment::guarded` times (`gateway_call_duration_seconds`).
 const GATEWAY_OPERATIONS: [&str; 3] = ["charge", "refund", "captures_since"];
+/// `http_problems_total{route, kind}`: the refusals of a reservation a dashboard tells apart
+/// (the kinds of `app::error` and `app::queue`; `http::error`'s tests keep them in step).
+pub const RESERVATION_REFUSALS: [&str; 5] = [
+    "sold-out",
+    "customer-limit",
+    "sales-not-open",
+    "queue-pass-required",
+    "queue-pass-invalid",
+];
 /// `projection_errors_total{reason}`: a batch the read models could not apply (retried).
 pub const PROJECTION_APPLY_FAILED: &str = "apply_failed";
 /// `projection_errors_total{reason}`: an event this build cannot decode, skipped for good.
@@ -99,6 +108,10 @@ impl Metrics {
         self.revenue_cents.with_label_values(&[DEFAULT_CURRENCY]);
         for operation in GATEWAY_OPERATIONS {
             self.gateway_duration.with_label_values(&[operation]);
+        }
+        for kind in RESERVATION_REFUSALS {
+            self.http_problems
+                .with_label_values(&["/api/reservations", kind]);
         }
         for reason in PROJECTION_ERROR_REASONS {
             self.projection_errors.with_label_values(&[reason]);
