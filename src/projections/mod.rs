@@ -144,10 +144,12 @@ impl Subscriber for Projector {
                 return Err(e);
             }
         };
-        self.metrics
-            .projection_errors
-            .with_label_values(&[PROJECTION_UNDECODABLE])
-            .inc_by(applied.undecodable as u64);
+        if applied.undecodable > 0 {
+            self.metrics
+                .projection_errors
+                .with_label_values(&[PROJECTION_UNDECODABLE])
+                .inc_by(applied.undecodable as u64);
+        }
         if let Some(last) = events.last() {
             let mut touched: Vec<EventId> = events.iter().map(|e| e.sale_id).collect();
             touched.sort_unstable_by_key(|id| id.0);
