@@ -175,16 +175,31 @@ pub fn find(method: &Method, path: &str) -> Option<&'static Rule> {
 /// The route template a concrete `path` takes (as the router would match it: a literal segment
 /// wins over a `{parameter}`), for callers that run before routing (the request's span).
 pub fn template_of(path: &str) -> Option<&'static str> {
-    // Runs for every request: compares segment by segment and allocates nothing.
+    // Runs for every request: only the templates of as many segments are compared, segment by
+    // segment, and nothing is allocated.
+    let segments = segments(path);
     let mut best: Option<(usize, &'static str)> = None;
-    for rule in TABLE {
-        if let Some(literals) = literals_if_taken(rule.path, path) {
+    for &(_, template) in TEMPLATES.iter().filter(|(n, _)| *n == segments) {
+        if let Some(literals) = literals_if_taken(template, path) {
             if best.is_none_or(|(most, _)| literals >= most) {
-                best = Some((literals, rule.path));
+                best = Some((literals, template));
             }
         }
     }
     best.map(|(_, template)| template)
+}
+
+/// Every distinct route template of the table, with its number of segments.
+static TEMPLATES: std::sync::LazyLock<Vec<(usize, &'static str)>> =
+    std::sync::LazyLock::new(|| {
+        let mut templates: Vec<_> = TABLE.iter().map(|r| (segments(r.path), r.path)).collect();
+        templates.sort_unstable();
+        templates.dedup();
+        templates
+    });
+
+fn segments(path: &str) -> usize {
+    path.bytes().filter(|&b| b == b'/').count()
 }
 
 /// How many literal segments `template` has, if `path` takes it.
