@@ -8,10 +8,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The API serves JSON only: nothing may be framed, embedded, sniffed or given powerful features.
 const SECURITY_HEADERS: [(&str, &str); 5] = [
@@ -30,24 +28,28 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
-/// Adds the security headers (overriding any a handler set) to every response of `router`.
-pub fn security_headers<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    app_env: AppEnv,
-) -> Router<S> {
-    let hsts = (app_env == AppEnv::Production).then(|| HeaderValue::from_static(HSTS));
-    let router = router.layer(SetResponseHeaderLayer::overriding(
-        header::STRICT_TRANSPORT_SECURITY,
-        hsts,
-    ));
-    SECURITY_HEADERS
-        .into_iter()
-        .fold(router, |router, (name, value)| {
-            router.layer(SetResponseHeaderLayer::overriding(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            ))
-        })
+/// The `Strict-Transport-Security` value `security_headers` sets: in production only.
+pub fn hsts(app_env: AppEnv) -> Option<HeaderValue> {
+    (app_env == AppEnv::Production).then(|| HeaderValue::from_static(HSTS))
+}
+
+/// Sets the security headers on every response, overriding any a handler set (`hsts` from
+/// `hsts`).
+pub async fn security_headers<B>(
+    State(hsts): State<Option<HeaderValue>>,
+    mut response: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    if let Some(hsts) = hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
 }
 
 /// Any origin in development; in staging and production only `CORS_ALLOWED_ORIGINS` (an

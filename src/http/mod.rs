@@ -167,9 +167,12 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(admin::router())
 }
 
-/// The whole application. Layers listed first run innermost: the timeout wraps only the
-/// handler (so metrics record the timed-out answer), and the security headers wrap everything
-/// (so 404s, 429s, CORS preflights and panics carry them too).
+/// The whole application. The routes' layers, listed first, run innermost and only for a
+/// request that found its route: the timeout wraps only the handler (so metrics record the
+/// timed-out answer). The edge's layers wrap the routing once, outermost first: the security
+/// headers (so 404s, 429s, CORS preflights and panics carry them too), CORS, the panic guard,
+/// the request's context, the header limit, the rate limits and the body limit. Applied to
+/// the router, each of them would wrap every route, and every request would clone them all.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_routes().split_for_parts();
     let doc = Arc::new(openapi::complete(&doc));
@@ -194,19 +197,26 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(|| async { AppError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit,
+        .with_state(state.clone());
+    let edge = tower::ServiceBuilder::new()
+        .layer(middleware::map_response_with_state(
+            edge::hsts(state.config.app_env),
+            edge::security_headers,
         ))
-        .layer(middleware::from_fn(edge::header_limit))
+        .layer(edge::cors(&state.config))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,
         ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(edge::cors(&state.config));
-    edge::security_headers(routes, state.config.app_env).with_state(state)
+        .layer(middleware::from_fn(edge::header_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .service(routes);
+    Router::new().fallback_service(edge)
 }
 
 /// A panic's answer: a 500 problem, as any internal error.
