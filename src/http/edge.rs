@@ -33,8 +33,8 @@ pub fn hsts(app_env: AppEnv) -> Option<HeaderValue> {
     (app_env == AppEnv::Production).then(|| HeaderValue::from_static(HSTS))
 }
 
-/// Sets the security headers on every response, overriding any a handler set (`hsts` from
-/// `hsts`).
+/// Sets the security headers on every response, overriding any a handler set; `hsts` is
+/// what `edge::hsts` gives for this environment.
 pub async fn security_headers<B>(
     State(hsts): State<Option<HeaderValue>>,
     mut response: axum::http::Response<B>,
