@@ -27,7 +27,7 @@ use crate::auth::{AuthService, Principal};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::observability::Metrics;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -181,19 +181,12 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(move || async move { Json(doc.as_ref().clone()) }),
         )
+        // The one layer that needs the route the router matched: who may call it. axum
+        // applies a route layer to each route and clones that route's layered service for
+        // every request, so every other layer wraps the routing once, below.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::enforce,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.config.request_timeout,
-            edge::timeout,
-        ))
-        // Inside the metrics: a panic's 500 is counted (the outer catch sees only the edge's).
-        .route_layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
         ))
         .fallback(|| async { AppError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -215,6 +208,16 @@ pub fn router(state: AppState) -> Router {
             ratelimit::limit,
         ))
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        // Inside the metrics: a panic's 500 is counted (the outer catch sees only the edge's).
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(middleware::from_fn_with_state(
+            state.config.request_timeout,
+            edge::timeout,
+        ))
         .service(routes);
     Router::new().fallback_service(edge)
 }
@@ -246,6 +249,7 @@ async fn request_context(
     // method alone for a path of no route), status error on 5xx. The name is fixed when the
     // span starts, so the route comes from the authorization table, before routing.
     let route = access::template_of(request.uri().path());
+    request.extensions_mut().insert(RouteTemplate(route));
     let name = match route {
         Some(route) => format!("{} {route}", request.method()),
         None => request.method().to_string(),
@@ -299,28 +303,51 @@ async fn request_context(
     response
 }
 
-/// Counts and times requests by method, route template and status.
+/// The route template of the request's path (`access::template_of`), found once before
+/// routing by `request_context` for the span and the metrics alike; `None` for a path of no
+/// route.
+#[derive(Clone, Copy)]
+struct RouteTemplate(Option<&'static str>);
+
+/// Counts and times requests by method, route template and status. It runs before routing,
+/// so a path of no route is counted too, as `unmatched`, and a method no route has as
+/// `_OTHER` (the OpenTelemetry convention): no caller can mint label values.
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = request.method().as_str().to_owned();
+    let route = match request.extensions().get::<RouteTemplate>() {
+        Some(RouteTemplate(template)) => *template,
+        None => access::template_of(request.uri().path()),
+    }
+    .unwrap_or("unmatched");
+    let method = method_label(request.method());
     let m = &state.metrics;
     let _in_flight = crate::observability::Running::enter(m.http_in_flight.clone());
     let started = Instant::now();
     let response = next.run(request).await;
     m.http_duration
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method, route])
         .observe(started.elapsed().as_secs_f64());
     m.http_requests
-        .with_label_values(&[&method, &route, response.status().as_str()])
+        .with_label_values(&[method, route, response.status().as_str()])
         .inc();
     if let Some(error::ProblemKind(kind)) = response.extensions().get() {
-        m.http_problems
-            .with_label_values(&[route.as_str(), kind])
-            .inc();
+        m.http_problems.with_label_values(&[route, kind]).inc();
     }
     response
+}
+
+/// A request method as a metric label: the standard methods by name, any other as `_OTHER`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
 }

@@ -136,7 +136,8 @@ impl Metrics {
             http_requests: counter(
                 &r,
                 "http_requests_total",
-                "HTTP requests by method, route template and status.",
+                "HTTP requests by method (`_OTHER` for a non-standard one), route template \
+                 (`unmatched` for a path of no route) and status.",
                 &["method", "route", "status"],
             ),
             http_problems: counter(

@@ -93,6 +93,16 @@ async fn metrics_count_requests_by_route_template_without_raw_ids() {
     ] {
         app.get(&path, token).await;
     }
+    // A method of the caller's own making is counted, but not by its name: no caller mints
+    // label values.
+    let odd = reqwest::Method::from_bytes(b"FROBNICATE").unwrap();
+    let answered = app
+        .client
+        .request(odd, format!("{}/api/events/{event}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 405);
 
     let response = app
         .client
@@ -125,6 +135,13 @@ async fn metrics_count_requests_by_route_template_without_raw_ids() {
     assert!(counted("/api/events/{id}/availability", 200), "{text}");
     assert!(counted("/api/reservations/{id}", 200), "{text}");
     assert!(counted("/api/customers/{id}/history", 200), "{text}");
+    // Counted before routing: a path of no route too, under one label.
+    assert!(counted("unmatched", 404), "{text}");
+    assert!(
+        text.contains(r#"method="_OTHER",route="/api/events/{id}",status="405""#),
+        "{text}"
+    );
+    assert!(!text.contains("FROBNICATE"), "{text}");
     assert_eq!(
         contains_uuid(&text),
         None,
