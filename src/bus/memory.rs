@@ -9,6 +9,7 @@
 
 use super::{BusConsumer, BusError, BusMessage, Delivery, EventBus};
 use async_trait::async_trait;
+use smallvec::SmallVec;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -141,7 +142,7 @@ impl EventBus for MemoryBus {
         if let Some(topic) = topics.iter().find(|t| !state.topics.contains_key(*t)) {
             return Err(BusError::Rejected(format!("unknown topic {topic}")));
         }
-        let mut cursors = Vec::new();
+        let (mut names, mut cursors) = (Vec::new(), Vec::new());
         for name in topics {
             let Some(topic) = state.topics.get_mut(name) else {
                 continue;
@@ -152,12 +153,14 @@ impl EventBus for MemoryBus {
                 .entry(group.to_owned())
                 .or_insert_with(|| std::array::from_fn(|p| topic.partitions[p].base));
             for (partition, next) in offsets.into_iter().enumerate() {
-                cursors.push((name.clone(), partition, next));
+                cursors.push((names.len(), partition, next));
             }
+            names.push(name.clone());
         }
         Ok(Box::new(MemoryConsumer {
             bus: self.clone(),
             group: group.to_owned(),
+            topics: names,
             cursors,
             turn: 0,
             published: self.published.subscribe(),
@@ -185,8 +188,10 @@ impl EventBus for MemoryBus {
 struct MemoryConsumer {
     bus: MemoryBus,
     group: String,
-    /// (topic, partition, next offset to deliver) per subscribed partition.
-    cursors: Vec<(String, usize, usize)>,
+    /// The topics subscribed to.
+    topics: Vec<String>,
+    /// (index in `topics`, partition, next offset to deliver) per subscribed partition.
+    cursors: Vec<(usize, usize, usize)>,
     /// Where the next scan starts, so that no partition starves the others.
     turn: usize,
     published: watch::Receiver<u64>,
@@ -199,6 +204,13 @@ impl MemoryConsumer {
     /// Up to `max` deliveries at hand, taken under one lock, partitions in turn.
     fn take(&mut self, max: usize) -> Vec<Delivery> {
         let state = self.bus.lock();
+        // Each topic looked up once per take, not once per partition visited: a woken
+        // consumer visits every partition of its topics at least once.
+        let topics: SmallVec<[Option<&Topic>; 4]> = self
+            .topics
+            .iter()
+            .map(|name| state.topics.get(name))
+            .collect();
         let mut taken = Vec::new();
         let n = self.cursors.len();
         let mut dry = 0;
@@ -206,7 +218,7 @@ impl MemoryConsumer {
             let at = self.turn % n.max(1);
             self.turn = at + 1;
             let (topic, partition, next) = &mut self.cursors[at];
-            let Some(kept) = state.topics.get(topic.as_str()) else {
+            let Some(kept) = topics.get(*topic).copied().flatten() else {
                 dry += 1;
                 continue;
             };
@@ -283,14 +295,16 @@ impl BusConsumer for MemoryConsumer {
         let lag = self
             .cursors
             .iter()
-            .map(|(name, partition, _)| {
-                state.topics.get(name).map_or(0, |topic| {
-                    let committed = topic
-                        .committed
-                        .get(&self.group)
-                        .map_or(0, |offsets| offsets[*partition]);
-                    topic.partitions[*partition].end().saturating_sub(committed)
-                })
+            .map(|(topic, partition, _)| {
+                let name = self.topics.get(*topic).map(String::as_str);
+                name.and_then(|name| state.topics.get(name))
+                    .map_or(0, |topic| {
+                        let committed = topic
+                            .committed
+                            .get(&self.group)
+                            .map_or(0, |offsets| offsets[*partition]);
+                        topic.partitions[*partition].end().saturating_sub(committed)
+                    })
             })
             .sum::<usize>();
         u64::try_from(lag).ok()
