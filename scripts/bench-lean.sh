@@ -46,12 +46,23 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVICE_PID/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # The whole machine's busy and total ticks (all cores): whether a run was bound by CPU at all.
 machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
+# PostgreSQL's CPU (user + system ticks of the children of the postmaster serving
+# TEST_DATABASE_URL's cluster, its backends among them): what the database spends per request
+# beside the service. A child that exits during a run (an autovacuum worker) takes its ticks
+# along, so this slightly undercounts.
+pg_ticks() {
+    local postmaster
+    postmaster=$(head -n 1 "$(psql "$ADMIN_URL" -tAc 'SHOW data_directory' 2>/dev/null)/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+    for pid in $(pgrep -P "$postmaster"); do awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null; done |
+        awk '{s += $1} END {print s + 0}'
+}
 # lean_run NAME WRK_ARGS...: one wrk run, then the service's CPU time per answered request.
 lean_run() {
     local name=$1 start end answered
     shift
     echo "== lean client ($BACKEND): $name, $CONNECTIONS connections, ${DURATION} s"
-    local machine_start machine_end
+    local machine_start machine_end pg_start=0
+    [ "$BACKEND" = postgres ] && pg_start=$(pg_ticks)
     start=$(cpu_ticks)
     machine_start=$(machine_ticks)
     # The client's own CPU (user and system seconds, from bash's `time`): what it takes from the
@@ -62,6 +73,9 @@ lean_run() {
     machine_end=$(machine_ticks)
     answered=$(grep -oE '^ *[0-9]+ requests in' "$WORK/last.out" | grep -oE '[0-9]+')
     echo "service CPU per request: $(( (end - start) * TICK_US / answered )) us"
+    if [ "$BACKEND" = postgres ]; then
+        echo "PostgreSQL CPU per request: $(( ($(pg_ticks) - pg_start) * TICK_US / answered )) us"
+    fi
     tail -n 1 "$WORK/client.time" | awk -v n="$answered" '{printf "client (wrk) CPU per request: %d us\n", ($1 + $2) * 1000000 / n}'
     echo "$machine_start $machine_end" | awk '{printf "machine CPU busy during the run: %d%% (service, PostgreSQL and wrk together)\n", 100 * ($3 - $1) / ($4 - $2)}'
 }
