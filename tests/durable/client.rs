@@ -365,7 +365,8 @@ pub fn uuid(body: &Value, field: &str) -> Uuid {
         .unwrap_or_else(|| panic!("no uuid `{field}` in {body}"))
 }
 
-/// Waits until the bus-fed insights have applied the last version of every stream they follow.
+/// Waits until the bus-fed insights have applied the last version of every stream they follow
+/// (a reservation's kept on its purchase row, any other stream's in `consumer_stream_versions`).
 pub async fn insights_catch_up(pool: &sqlx::PgPool) {
     let started = std::time::Instant::now();
     loop {
@@ -376,7 +377,8 @@ pub async fn insights_catch_up(pool: &sqlx::PgPool) {
                       GROUP BY stream_id) e
                LEFT JOIN consumer_stream_versions c
                       ON c.consumer = 'insights' AND c.stream_id = e.stream_id
-              WHERE c.version IS DISTINCT FROM e.version",
+               LEFT JOIN insight_purchases p ON 'reservation-' || p.reservation_id = e.stream_id
+              WHERE GREATEST(c.version, p.version) IS DISTINCT FROM e.version",
         )
         .fetch_one(pool)
         .await

@@ -1,7 +1,7 @@
 //! The insights' confirmed purchases on PostgreSQL, set-based: a run of consecutive
 //! `ReservationConfirmed` events of one batch is one statement (the purchase rows marked
-//! confirmed, the event and section totals raised by their sums), where it was three per
-//! purchase. A run ends before any other event and before a reservation it already holds, so
+//! confirmed at their streams' versions, the event and section totals raised by their sums),
+//! where it was three per purchase. A run ends before any other event and before a reservation it already holds, so
 //! effects keep the log's order. Used by `postgres.rs` inside the batch's transaction.
 
 use crate::bus::envelope::BusEvent;
@@ -46,15 +46,22 @@ impl<'a> Confirmations<'a> {
             .iter()
             .map(|(e, _)| i64::try_from(e.position).unwrap_or(i64::MAX))
             .collect();
+        let versions: Vec<i64> = run
+            .events
+            .iter()
+            .map(|(e, _)| i64::try_from(e.version).unwrap_or(i64::MAX))
+            .collect();
         // The totals are raised by the rows the UPDATE found, grouped, so each total row is
         // touched once per statement (ON CONFLICT cannot update a row twice in one statement).
         let confirmed: Vec<uuid::Uuid> = sqlx::query_scalar(
             "WITH run AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[])
-                     AS run(reservation_id, payment_id, at, position)),
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::bigint[],
+                                      $5::bigint[])
+                     AS run(reservation_id, payment_id, at, position, version)),
              purchases AS (
                  UPDATE insight_purchases p
-                    SET status = 'confirmed', payment_id = run.payment_id, purchased_at = run.at
+                    SET status = 'confirmed', payment_id = run.payment_id, purchased_at = run.at,
+                        version = GREATEST(p.version, run.version)
                    FROM run
                   WHERE p.reservation_id = run.reservation_id
               RETURNING p.reservation_id, p.event_id, p.section, p.quantity, p.total_cents,
@@ -81,6 +88,7 @@ impl<'a> Confirmations<'a> {
         .bind(&payments)
         .bind(&at)
         .bind(&positions)
+        .bind(&versions)
         .fetch_all(&mut **tx)
         .await?;
         let found: HashSet<uuid::Uuid> = confirmed.into_iter().collect();

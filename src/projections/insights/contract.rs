@@ -338,3 +338,84 @@ async fn postgres_insights_refuse_version_gaps() {
     let pools = postgres_pools(1).await;
     run_gaps(&super::postgres::PostgresInsights::new(pools[0].clone())).await;
 }
+
+/// On PostgreSQL a reservation stream's version is kept on its purchase row, never as a row
+/// of `consumer_stream_versions` (one per reservation, the guard's largest cost in an
+/// on-sale); a version kept there before the column existed (the row at 0) still guards.
+#[tokio::test]
+async fn postgres_insights_keep_reservation_versions_on_the_purchase_rows() {
+    let pool = postgres_pools(1).await.remove(0);
+    let insights = super::postgres::PostgresInsights::new(pool.clone());
+    let log = deliveries();
+    insights.apply_batch(&log).await.unwrap();
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM consumer_stream_versions WHERE stream_id LIKE 'reservation-%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 0);
+    // Every reservation event is in the fixture, so a statement that changes a purchase
+    // without writing its version fails below.
+    let covered: std::collections::BTreeSet<&str> = log
+        .iter()
+        .filter(|e| e.stream_id.starts_with("reservation-"))
+        .map(|e| e.event_type.as_str())
+        .collect();
+    let catalogue: std::collections::BTreeSet<&str> = crate::domain::DomainEvent::CATALOGUE
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| name.starts_with("reservation."))
+        .collect();
+    assert_eq!(covered, catalogue);
+    let mut last = std::collections::BTreeMap::new();
+    for e in log
+        .iter()
+        .filter(|e| e.stream_id.starts_with("reservation-"))
+    {
+        last.insert(e.stream_id.clone(), i64::try_from(e.version).unwrap());
+    }
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT reservation_id, version FROM insight_purchases")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let on_rows: std::collections::BTreeMap<String, i64> = rows
+        .into_iter()
+        .map(|(id, version)| (format!("reservation-{id}"), version))
+        .collect();
+    assert_eq!(on_rows, last);
+
+    // A purchase applied before the column: its row at 0, its version in the old table.
+    let stream = log
+        .iter()
+        .map(|e| &e.stream_id)
+        .filter(|s| s.starts_with("reservation-"))
+        .find(|s| log.iter().filter(|e| &e.stream_id == *s).count() >= 2)
+        .expect("a reservation with two events");
+    let events: Vec<BusEvent> = log
+        .iter()
+        .filter(|e| &e.stream_id == stream)
+        .cloned()
+        .collect();
+    let pool = &postgres_pools(1).await.remove(0);
+    let legacy = super::postgres::PostgresInsights::new(pool.clone());
+    legacy.apply(&events[0]).await.unwrap();
+    sqlx::query("UPDATE insight_purchases SET version = 0")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO consumer_stream_versions VALUES ('insights', $1, $2)")
+        .bind(stream)
+        .bind(i64::try_from(events[0].version).unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(legacy.apply(&events[0]).await.unwrap(), Applied::Duplicate);
+    assert_eq!(legacy.apply(&events[1]).await.unwrap(), Applied::Applied);
+    let version: i64 = sqlx::query_scalar("SELECT version FROM insight_purchases")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(version, i64::try_from(events[1].version).unwrap());
+}

@@ -2,13 +2,15 @@
 //! `migrations_projections/`). A batch of events is one transaction: the streams' version guard
 //! for the whole batch first (`versions.rs`, two statements; duplicates change nothing), the
 //! batch's new purchase rows in one statement, each run of consecutive confirmations in one
-//! statement (`confirmations.rs`), then the other changes event by event.
+//! statement (`confirmations.rs`), then the other changes event by event; each statement that
+//! changes a purchase writes its stream's version on its row.
 
 use super::confirmations::Confirmations;
 use super::versions;
 use super::{Insights, InsightsError, RecentSales, Revenue, CONSUMER};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
+use crate::domain::events::ReservationPlaced;
 use crate::domain::{DomainEvent, EventId, UserId};
 use crate::paging::{Page, PageRequest};
 use crate::projections::{HistoryEntry, ReadError, SalesView, SectionSales};
@@ -69,17 +71,23 @@ async fn uncount_sale(
     Ok(())
 }
 
-/// Sets a reservation's status; false when the reservation was never placed.
+/// Sets a reservation's status as its stream's event `e` says; false when the reservation was
+/// never placed.
 async fn set_status(
     tx: &mut Transaction<'_, Postgres>,
     reservation: uuid::Uuid,
     status: &str,
+    e: &BusEvent,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE insight_purchases SET status = $2 WHERE reservation_id = $1")
-        .bind(reservation)
-        .bind(status)
-        .execute(&mut **tx)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE insight_purchases SET status = $2, version = GREATEST(version, $3)
+          WHERE reservation_id = $1",
+    )
+    .bind(reservation)
+    .bind(status)
+    .bind(i64::try_from(e.version).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -135,71 +143,66 @@ async fn change(tx: &mut Transaction<'_, Postgres>, e: &BusEvent) -> Result<bool
             if was.as_deref() == Some("confirmed") {
                 uncount_sale(tx, r.reservation_id.0).await?;
             }
-            set_status(tx, r.reservation_id.0, "refunded").await?
+            set_status(tx, r.reservation_id.0, "refunded", e).await?
         }
-        E::ReservationCancelled(c) => set_status(tx, c.reservation_id.0, "cancelled").await?,
-        E::ReservationExpired(x) => set_status(tx, x.reservation_id.0, "expired").await?,
+        E::ReservationCancelled(c) => set_status(tx, c.reservation_id.0, "cancelled", e).await?,
+        E::ReservationExpired(x) => set_status(tx, x.reservation_id.0, "expired", e).await?,
         // Not called for other events (`writes`).
         _ => true,
     })
 }
 
-/// The purchase rows of the batch's new `ReservationPlaced` events, in one statement.
+/// The purchase rows of the batch's new `ReservationPlaced` events, in one statement, each at
+/// its event's version (the stream's, `versions.rs`). False when a row was there already:
+/// another member of the group placed it since `versions::lock` (roll back, decide again).
+/// In reservation order, as `lock` locks: two members inserting the same new purchases wait
+/// for each other in one order, never in a circle.
 async fn place(
     tx: &mut Transaction<'_, Postgres>,
     events: &[&BusEvent],
-) -> Result<(), sqlx::Error> {
-    let placed: Vec<_> = events
+) -> Result<bool, sqlx::Error> {
+    let (placed, versions): (Vec<_>, Vec<i64>) = events
         .iter()
         .filter_map(|e| match &e.event {
-            DomainEvent::ReservationPlaced(p) => Some(p),
+            DomainEvent::ReservationPlaced(p) => {
+                Some((p, i64::try_from(e.version).unwrap_or(i64::MAX)))
+            }
             _ => None,
         })
-        .collect();
+        .unzip();
     if placed.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
-    let column = |f: fn(&&crate::domain::events::ReservationPlaced) -> uuid::Uuid| {
-        placed.iter().map(f).collect::<Vec<_>>()
+    let column = |f: fn(&ReservationPlaced) -> uuid::Uuid| -> Vec<uuid::Uuid> {
+        placed.iter().map(|p| f(p)).collect()
     };
-    sqlx::query(
+    let sections: Vec<&str> = placed.iter().map(|p| p.section.as_str()).collect();
+    let quantities: Vec<i64> = placed.iter().map(|p| i64::from(p.quantity)).collect();
+    let totals: Vec<i64> = placed.iter().map(|p| p.total.amount_cents).collect();
+    let currencies: Vec<String> = placed
+        .iter()
+        .map(|p| p.total.currency.to_string())
+        .collect();
+    let inserted = sqlx::query(
         "INSERT INTO insight_purchases (reservation_id, event_id, user_id, section,
-             quantity, total_cents, currency, status)
-         SELECT r, e, u, s, q, t, c, 'pending'
+             quantity, total_cents, currency, status, version)
+         SELECT r, e, u, s, q, t, c, 'pending', v
            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],
-                       $6::bigint[], $7::text[]) AS p(r, e, u, s, q, t, c)
+                       $6::bigint[], $7::text[], $8::bigint[]) AS p(r, e, u, s, q, t, c, v)
+          ORDER BY r
          ON CONFLICT (reservation_id) DO NOTHING",
     )
     .bind(column(|p| p.reservation_id.0))
     .bind(column(|p| p.event_id.0))
     .bind(column(|p| p.user_id.0))
-    .bind(
-        placed
-            .iter()
-            .map(|p| p.section.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        placed
-            .iter()
-            .map(|p| i64::from(p.quantity))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        placed
-            .iter()
-            .map(|p| p.total.amount_cents)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        placed
-            .iter()
-            .map(|p| p.total.currency.to_string())
-            .collect::<Vec<_>>(),
-    )
+    .bind(sections)
+    .bind(quantities)
+    .bind(totals)
+    .bind(currencies)
+    .bind(&versions)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(usize::try_from(inserted.rows_affected()).ok() == Some(placed.len()))
 }
 
 fn never_placed(event: &BusEvent) -> InsightsError {
@@ -222,10 +225,10 @@ async fn confirm(
 }
 
 /// How a batch's transaction begins. Its statements are planned for the arrays they get each
-/// time: `consumer_stream_versions` grows by a row per reservation during an on-sale, and a
-/// plan cached while it was small read the whole table at every batch, matching each row
-/// against the batch's streams (97 such reads in one benchmark run, 52 ms a batch on average:
-/// BENCHMARKS.md, session 22); planning anew costs about a millisecond.
+/// time: the guarded tables grow by a row per reservation during an on-sale, and a plan
+/// cached while `consumer_stream_versions` was small read it whole at every batch, matching
+/// each row against the batch's streams (97 such reads in one benchmark run, 52 ms a batch on
+/// average: BENCHMARKS.md, session 22); planning anew costs about a millisecond.
 const BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// Times a batch is decided again after losing a race for a new stream's version to another
@@ -261,7 +264,9 @@ impl Insights for PostgresInsights {
                 .collect();
             // Placements first, in one statement: a reservation's placement is its stream's
             // first event, so nothing of the batch needs it later.
-            place(&mut tx, &fresh).await.map_err(unavailable)?;
+            if !place(&mut tx, &fresh).await.map_err(unavailable)? {
+                continue;
+            }
             let mut run = Confirmations::default();
             for event in fresh {
                 if let DomainEvent::ReservationConfirmed(confirmed) = &event.event {

@@ -1,11 +1,16 @@
-//! The insights consumer's version guard on PostgreSQL (`consumer_stream_versions`), set-based:
-//! two statements per batch whatever its size. `lock` reads (and locks, in stream order) the
-//! versions of the batch's streams; `GuardedBatch` decides in memory which events are new
-//! (above their stream's version, counting earlier events of the batch) and `record` moves the
-//! versions in one statement: existing rows updated, rows of new streams inserted. A stream
-//! absent at `lock` is not locked, so another member of the group (two briefly hold one
-//! partition during a rebalance) may insert it meanwhile: then the insert skips it, `record`
-//! reports the race lost, and the caller rolls the whole batch back and decides again.
+//! The insights consumer's version guard on PostgreSQL, set-based: two statements per batch
+//! whatever its size. A reservation stream's version is kept on its purchase row
+//! (`insight_purchases.version`, written by the statements that apply its events, each at its
+//! event's version: `postgres.rs`, `confirmations.rs`); every other stream's,
+//! and a reservation's whose version was kept before that column or set by `skip` before its
+//! placement applied, in `consumer_stream_versions`. `lock` reads (and locks, in stream order)
+//! both and takes the greater; `GuardedBatch` decides in memory which events are new (above
+//! their stream's version, counting earlier events of the batch) and `record` moves the other
+//! streams' versions in one statement: existing rows updated, rows of new streams inserted. A
+//! stream absent at `lock` is not locked, so another member of the group (two briefly hold one
+//! partition during a rebalance) may insert it meanwhile: then the insert skips it (for a new
+//! purchase, the placement's insert does), the race is reported lost, and the caller rolls the
+//! whole batch back and decides again.
 
 use super::{version_gap, InsightsError, CONSUMER};
 use crate::bus::consumer::Applied;
@@ -27,15 +32,25 @@ pub(super) struct GuardedBatch {
 }
 
 /// The versions of a batch's streams (`$2`, sorted), locked one stream after another in that
-/// order, so two members locking overlapping batches cannot deadlock. One primary-key probe
-/// per stream whatever the table's size: `stream_id = ANY($2)` was planned as a sequential
+/// order, then those on the purchase rows of its reservation streams (`$3`, sorted, named by
+/// `$4`), so two members locking overlapping batches cannot deadlock. One primary-key probe
+/// per stream whatever the tables' size: `stream_id = ANY($2)` was planned as a sequential
 /// scan of the whole table for batches of tens of streams while the table held a few
 /// thousand rows, and kept scanning as it grew (one scan per batch, 1.6 M rows read in one
 /// benchmark run; BENCHMARKS.md, session 23). A subquery that locks rows is never flattened
 /// into a join, so it stays a nested loop over the batch's streams.
 const LOCK: &str = "SELECT v.stream_id, v.version FROM UNNEST($2::text[]) AS s(id)
     CROSS JOIN LATERAL (SELECT stream_id, version FROM consumer_stream_versions
-                         WHERE consumer = $1 AND stream_id = s.id FOR UPDATE) v";
+                         WHERE consumer = $1 AND stream_id = s.id FOR UPDATE) v
+    UNION ALL
+    SELECT r.name, p.version FROM UNNEST($3::uuid[], $4::text[]) AS r(id, name)
+    CROSS JOIN LATERAL (SELECT version FROM insight_purchases
+                         WHERE reservation_id = r.id FOR UPDATE) p";
+
+/// The reservation a stream is of, if it is a reservation's stream (`reservation-<uuid>`).
+pub(super) fn reservation_of(stream_id: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(stream_id.strip_prefix("reservation-")?).ok()
+}
 
 /// Locks the versions of `events`' streams and decides which events are new.
 pub(super) async fn lock(
@@ -45,13 +60,24 @@ pub(super) async fn lock(
     let mut streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
     streams.sort_unstable();
     streams.dedup();
-    let before: HashMap<String, i64> = sqlx::query_as(LOCK)
+    let mut purchases: Vec<(uuid::Uuid, &str)> = streams
+        .iter()
+        .filter_map(|s| Some((reservation_of(s)?, *s)))
+        .collect();
+    purchases.sort_unstable();
+    let (ids, names): (Vec<uuid::Uuid>, Vec<&str>) = purchases.into_iter().unzip();
+    let mut before: HashMap<String, i64> = HashMap::new();
+    let rows: Vec<(String, i64)> = sqlx::query_as(LOCK)
         .bind(CONSUMER)
         .bind(&streams)
+        .bind(&ids)
+        .bind(&names)
         .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect();
+        .await?;
+    for (stream, version) in rows {
+        let at = before.entry(stream).or_insert(version);
+        *at = (*at).max(version);
+    }
     let mut after = before.clone();
     let mut gap = None;
     let applied = events
@@ -85,13 +111,18 @@ impl GuardedBatch {
         self.applied.contains(&Applied::Applied)
     }
 
-    /// Moves the versions in one statement. False when another transaction inserted a
-    /// stream this batch found absent (the decisions are then void: roll back, decide again).
+    /// Moves the versions of the streams other than reservations' in one statement. False
+    /// when another transaction inserted a stream this batch found absent (the decisions are
+    /// then void: roll back, decide again).
     pub async fn record(&self, tx: &mut Transaction<'_, Postgres>) -> Result<bool, sqlx::Error> {
         let (mut fresh, mut moved) = ((vec![], vec![]), (vec![], vec![]));
         // In stream order, as `lock` locks: two members inserting the same new streams wait
         // for each other in one order, never in a circle.
-        let mut after: Vec<(&String, &i64)> = self.after.iter().collect();
+        let mut after: Vec<(&String, &i64)> = self
+            .after
+            .iter()
+            .filter(|(stream, _)| reservation_of(stream).is_none())
+            .collect();
         after.sort_unstable();
         for (stream, &version) in after {
             match self.before.get(stream) {
@@ -129,15 +160,20 @@ impl GuardedBatch {
 mod tests {
     use crate::db;
 
-    /// A batch of 70 streams against a table of 5 000 is read through the primary key (the
+    /// A batch of 70 streams against tables of 5 000 is read through their primary keys (the
     /// `ANY` form was a sequential scan there).
     #[tokio::test]
-    async fn the_lock_probes_the_primary_key_whatever_the_table_size() {
+    async fn the_lock_probes_the_primary_keys_whatever_the_table_size() {
         let mut conn = db::testing::migrated_connection(db::projections_migrator()).await;
         sqlx::raw_sql(
             "INSERT INTO consumer_stream_versions
              SELECT 'insights', 'reservation-' || gen_random_uuid(), 1 FROM generate_series(1, 5000);
-             ANALYZE consumer_stream_versions",
+             INSERT INTO insight_purchases (reservation_id, event_id, user_id, section, quantity,
+                                            total_cents, currency, status, version)
+             SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'A', 1, 100, 'USD',
+                    'pending', 1
+               FROM generate_series(1, 5000);
+             ANALYZE consumer_stream_versions; ANALYZE insight_purchases",
         )
         .execute(&mut conn)
         .await
@@ -148,12 +184,22 @@ mod tests {
                 .await
                 .unwrap();
         streams.sort_unstable();
+        let mut ids: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT reservation_id FROM insight_purchases LIMIT 70")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        ids.sort_unstable();
+        let names: Vec<String> = ids.iter().map(|id| format!("reservation-{id}")).collect();
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", super::LOCK))
             .bind(super::CONSUMER)
             .bind(&streams)
+            .bind(&ids)
+            .bind(&names)
             .fetch_all(&mut conn)
             .await
             .unwrap();
         db::testing::assert_probes_only(&plan, "consumer_stream_versions_pkey");
+        db::testing::assert_probes_only(&plan, "insight_purchases_pkey");
     }
 }
