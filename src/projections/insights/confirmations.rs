@@ -1,8 +1,9 @@
 //! The insights' confirmed purchases on PostgreSQL, set-based: a run of consecutive
 //! `ReservationConfirmed` events of one batch is one statement (the purchase rows marked
 //! confirmed at their streams' versions, the event and section totals raised by their sums),
-//! where it was three per purchase. A run ends before any other event and before a reservation it already holds, so
-//! effects keep the log's order. Used by `postgres.rs` inside the batch's transaction.
+//! where it was three per purchase. A run ends before any other event and before a
+//! reservation it already holds, so effects keep the log's order. Used by `postgres.rs`
+//! inside the batch's transaction.
 
 use crate::bus::envelope::BusEvent;
 use crate::domain::events::ReservationConfirmed;
