@@ -8,15 +8,17 @@ use super::error::{CUSTOMER_LIMIT, SALES_NOT_OPEN, SOLD_OUT};
 use super::idempotency::{self, derived_id};
 use super::{policy, App, AppError};
 use crate::auth::Principal;
+use crate::domain::events::StreamId;
 use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
 use crate::domain::{
     Currency, DomainEvent, EventId, Money, Outcome, PaymentId, ReservationId, SaleCommand,
     SaleError,
 };
-use crate::eventstore::Metadata;
+use crate::eventstore::{codec, Metadata};
 use crate::payment::{ChargeFor, ChargeOutcome, GatewayError};
 use crate::projections::{PaymentView, ReservationView};
+use crate::runtime::CommandError;
 use uuid::Uuid;
 
 /// What a customer asks to hold.
@@ -47,13 +49,15 @@ pub struct Cancelled {
 const REFUSED_AFTER_THE_ID_CHECK: [&str; 2] = [SOLD_OUT, CUSTOMER_LIMIT];
 
 impl App {
-    /// Holds seats for `caller`; the hold lasts `RESERVATION_TTL_SECONDS` unless paid.
+    /// Holds seats for `caller`; the hold lasts `RESERVATION_TTL_SECONDS` unless paid. With a
+    /// key, the answer is recorded in the log with the hold (`idempotency`): a refusal that
+    /// does not prove the key's hold absent looks for it there first.
     pub async fn reserve(
         &self,
         caller: &Principal,
         key: Option<&str>,
         hold: HoldRequest,
-        metadata: Metadata,
+        mut metadata: Metadata,
     ) -> Result<ReservationView, AppError> {
         let id = ReservationId(derived_id(
             caller.user_id,
@@ -61,6 +65,40 @@ impl App {
             hold.event_id,
             key,
         ));
+        metadata.request_fingerprint = idempotency::request_fingerprint();
+        let recorded_by = metadata.request_fingerprint.clone();
+        match self.hold_seats(caller, id, hold, metadata).await {
+            Ok(view) => {
+                if let Some(fingerprint) = recorded_by.as_deref() {
+                    idempotency::recorded_by(fingerprint);
+                }
+                Ok(view)
+            }
+            // The writer checks the id before the seats and the customer's limit, so those
+            // refusals prove the first attempt placed nothing (a sold-out flood of retries
+            // costs no look-up each); an unavailable store or read model proves nothing either
+            // way, and the client retries.
+            Err(e @ (AppError::Unavailable { .. } | AppError::Internal(_))) => Err(e),
+            Err(e @ AppError::Conflict { kind, .. })
+                if REFUSED_AFTER_THE_ID_CHECK.contains(&kind) =>
+            {
+                Err(e)
+            }
+            // Refused for another reason (the writer found the id used: a retry after a lost
+            // answer, maybe of an attempt on another instance a moment ago; or the sale closed
+            // since, or a queue pass expired): placed before, or not.
+            Err(refusal) if key.is_some() => self.placed_with_this_key(id, refusal).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn hold_seats(
+        &self,
+        caller: &Principal,
+        id: ReservationId,
+        hold: HoldRequest,
+        metadata: Metadata,
+    ) -> Result<ReservationView, AppError> {
         let event_id = EventId(hold.event_id);
         // A sale whose writer runs here is known to it: the writer refuses a sale that is not
         // open itself, so the read models are asked only before a sale's first command here
@@ -81,26 +119,6 @@ impl App {
         };
         let committed = match self.create(event_id, command, metadata).await {
             Ok(committed) => committed,
-            // A retry after a lost answer: the writer says the first attempt (maybe on another
-            // instance, a moment ago) placed it, so wait for the read models to show it.
-            Err(AppError::Conflict {
-                kind: "conflict", ..
-            }) if key.is_some() => {
-                idempotency::seen_again();
-                return self.placed_earlier(id).await;
-            }
-            // Refused for another reason (the sale closed since): placed before, or not. The
-            // writer checks the id before the seats and the customer's limit, so those
-            // refusals prove the first attempt placed nothing (a sold-out flood of retries
-            // costs no read-model query each).
-            Err(AppError::Conflict { kind, .. })
-                if key.is_some()
-                    && !REFUSED_AFTER_THE_ID_CHECK.contains(&kind)
-                    && self.has_reservation(id).await? =>
-            {
-                idempotency::seen_again();
-                return self.reservation_by_id(id).await;
-            }
             // A draft is hidden from all but its organizer and admins: 404, as reads answer.
             Err(
                 e @ AppError::Conflict {
@@ -124,6 +142,36 @@ impl App {
             Some(view) => Ok(view),
             None => self.reservation_view(id).await,
         }
+    }
+
+    /// The answer of the hold the key made, rebuilt from the event that placed it, as its
+    /// first attempt answered (`refusal` if the log holds none): the log's copy of the key's
+    /// answer. The read models here are caught up with it first, so that a read of the
+    /// reservation that follows finds it.
+    async fn placed_with_this_key(
+        &self,
+        id: ReservationId,
+        refusal: AppError,
+    ) -> Result<ReservationView, AppError> {
+        let stream = StreamId::Reservation(id).to_string();
+        let first = match self.sales.store().first_of_stream(&stream).await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Err(refusal),
+            Err(e) => return Err(CommandError::Store(e).into()),
+        };
+        let DomainEvent::ReservationPlaced(placed) =
+            codec::decode(&first).map_err(anyhow::Error::from)?
+        else {
+            return Err(refusal);
+        };
+        idempotency::seen_again();
+        self.placed_earlier(id).await?;
+        // Without a fingerprint (placed before they were recorded), the answer saved for the
+        // key is read instead of this one.
+        if let Some(fingerprint) = first.metadata.request_fingerprint.as_deref() {
+            idempotency::recorded_by(fingerprint);
+        }
+        Ok(ReservationView::from(&placed))
     }
 
     /// Charges the card for a pending hold of the caller and records the gateway's answer:
@@ -281,16 +329,6 @@ impl App {
                 retry_after: 1,
             }),
             found => found,
-        }
-    }
-
-    /// Whether `id` was placed, maybe on another instance a moment ago: found as a read by id
-    /// finds it (503 while the read models cannot tell).
-    async fn has_reservation(&self, id: ReservationId) -> Result<bool, AppError> {
-        match self.reservation_by_id(id).await {
-            Ok(_) => Ok(true),
-            Err(AppError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
         }
     }
 

@@ -110,6 +110,9 @@ pub fn open(message: &BusMessage) -> Result<BusEvent, Poison> {
             causation_id: message.header(CAUSATION_ID).map(str::to_owned),
             user_id,
             traceparent: message.header(TRACEPARENT).map(str::to_owned),
+            // The log's record of an idempotent answer: no consumer needs it, and it does not
+            // ride the bus.
+            request_fingerprint: None,
         },
         event_type,
         event_version,
@@ -145,6 +148,7 @@ mod tests {
             causation_id: None,
             user_id: Some(UserId(uuid::Uuid::new_v4())),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            request_fingerprint: None,
         };
         let new = codec::encode(&event, 3, &metadata).unwrap();
         RecordedEvent {

@@ -28,6 +28,7 @@ pub async fn run_all(store: &dyn EventStore) {
     stale_versions_conflict_and_write_nothing(store).await;
     read_all_pages_without_gaps(store).await;
     read_sale_pages_without_gaps(store).await;
+    a_stream_s_first_event_is_found_by_its_id(store).await;
     malformed_appends_are_rejected(store).await;
     a_turn_reads_what_is_new_and_appends_what_it_decides(store).await;
     concurrent_turns_on_one_sale_queue_instead_of_conflicting(store).await;
@@ -129,6 +130,30 @@ async fn read_sale_pages_without_gaps(store: &dyn EventStore) {
         }
     }
     assert_eq!(versions, [1, 2, 3, 4, 5]);
+}
+
+/// The first event of a stream is found by the stream's id, with its metadata, however many
+/// followed it and whatever else the sale appended in between; an unknown stream has none.
+async fn a_stream_s_first_event_is_found_by_its_id(store: &dyn EventStore) {
+    let sale = EventId::random();
+    let (r, i) = (format!("reservation-{sale}"), format!("inventory-{sale}"));
+    store.append(sale, vec![event(&i, 1)]).await.unwrap();
+    let mut first = event(&r, 1);
+    first.metadata.request_fingerprint = Some("ab".repeat(32));
+    let placed = store
+        .append(sale, vec![event(&i, 2), first, event(&r, 2)])
+        .await
+        .unwrap();
+    store.append(sale, vec![event(&r, 3)]).await.unwrap();
+    let found = store.first_of_stream(&r).await.unwrap().expect("found");
+    assert_eq!(
+        (found.stream_id.as_str(), found.version, found.position),
+        (r.as_str(), 1, placed - 1)
+    );
+    assert_eq!(found.metadata.request_fingerprint, Some("ab".repeat(32)));
+    assert_eq!(found.metadata.correlation_id.as_deref(), Some("corr"));
+    let unknown = format!("reservation-{}", EventId::random());
+    assert!(store.first_of_stream(&unknown).await.unwrap().is_none());
 }
 
 async fn malformed_appends_are_rejected(store: &dyn EventStore) {

@@ -82,6 +82,13 @@ impl EventStore for Guarded {
             .await
     }
 
+    async fn first_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<Arc<RecordedEvent>>, StoreError> {
+        self.guard(self.inner.first_of_stream(stream_id)).await
+    }
+
     async fn read_all(
         &self,
         after: u64,
@@ -167,6 +174,13 @@ mod tests {
         ) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
             self.enter().await?;
             self.inner.read_sale(sale_id, after, limit).await
+        }
+        async fn first_of_stream(
+            &self,
+            stream_id: &str,
+        ) -> Result<Option<Arc<RecordedEvent>>, StoreError> {
+            self.enter().await?;
+            self.inner.first_of_stream(stream_id).await
         }
         async fn read_all(
             &self,

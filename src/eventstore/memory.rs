@@ -15,8 +15,14 @@ use tokio::sync::watch;
 #[derive(Default)]
 struct Log {
     events: Vec<Arc<RecordedEvent>>,
-    versions: HashMap<String, u64>,
+    /// Each stream's version, and where its first event is in `events`.
+    streams: HashMap<String, Stream>,
     by_sale: HashMap<EventId, Vec<usize>>,
+}
+
+struct Stream {
+    version: u64,
+    first: usize,
 }
 
 pub struct MemoryEventStore {
@@ -47,7 +53,7 @@ impl Log {
         let mut seen = HashSet::new();
         // Only the first event of each stream needs checking: the rest are contiguous.
         for e in events.iter().filter(|e| seen.insert(e.stream_id.as_str())) {
-            let actual = self.versions.get(&e.stream_id).copied().unwrap_or(0);
+            let actual = self.streams.get(&e.stream_id).map_or(0, |s| s.version);
             if e.version != actual + 1 {
                 return Err(StoreError::Conflict {
                     stream_id: e.stream_id.clone(),
@@ -59,8 +65,17 @@ impl Log {
         let now = Utc::now();
         for e in events {
             let position = self.events.len() as u64 + 1;
-            self.versions.insert(e.stream_id.clone(), e.version);
             let index = self.events.len();
+            match self.streams.get_mut(&e.stream_id) {
+                Some(stream) => stream.version = e.version,
+                None => {
+                    let stream = Stream {
+                        version: e.version,
+                        first: index,
+                    };
+                    self.streams.insert(e.stream_id.clone(), stream);
+                }
+            }
             self.by_sale.entry(sale_id).or_default().push(index);
             self.events.push(Arc::new(RecordedEvent {
                 position,
@@ -159,6 +174,18 @@ impl EventStore for MemoryEventStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .read_sale(sale_id, after, limit))
+    }
+
+    async fn first_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<Arc<RecordedEvent>>, StoreError> {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(log
+            .streams
+            .get(stream_id)
+            .and_then(|s| log.events.get(s.first))
+            .cloned())
     }
 
     async fn read_all(

@@ -45,6 +45,12 @@ pub struct Metadata {
     pub causation_id: Option<String>,
     pub user_id: Option<UserId>,
     pub traceparent: Option<String>,
+    /// The SHA-256 of the body of the keyed request (`Idempotency-Key`) whose command made this
+    /// event, hex-encoded: with the event's stream (whose id the key derives) it records the
+    /// key's answer in the append itself (`app::idempotency`). Absent on events of requests
+    /// without a key, of other causes, and of builds before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
 }
 
 /// An event about to be appended. `version` is the version the event takes in its stream:
@@ -165,6 +171,13 @@ pub trait EventStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
+
+    /// The first event (version 1) of the stream `stream_id`, or `None` while the stream has
+    /// none: what made a stream whose id a request derived (a retry's first attempt).
+    async fn first_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<Arc<RecordedEvent>>, StoreError>;
 
     /// Up to `limit` events with a position greater than `after`, in order, never skipping one.
     async fn read_all(

@@ -376,6 +376,15 @@ impl EventStore for PostgresEventStore {
         .await
     }
 
+    async fn first_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<Arc<RecordedEvent>>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version = 1");
+        let found = self.fetch(sqlx::query(&sql).bind(stream_id)).await?;
+        Ok(found.into_iter().next())
+    }
+
     async fn read_all(
         &self,
         after: u64,

@@ -270,6 +270,8 @@ impl RequestContext {
             user_id: Some(user.user_id),
             // The request's span: the writer, the relay and the consumers continue its trace.
             traceparent: crate::observability::tracecontext::current_traceparent(),
+            // Set by a use case whose answer the log records (`app::idempotency`).
+            request_fingerprint: None,
         }
     }
 

@@ -3,25 +3,33 @@
 //! retry with the same key and body gets the stored answer; a retry while the first is still
 //! running on this instance is refused at once (409 `idempotency-key-in-use`: retry later);
 //! the same key with a different body is a 422. Answers under 500 (but 403) are kept for
-//! 24 hours, in process memory and, with PostgreSQL, in `idempotency_keys` (read and written
-//! in batches, `durable`) so that a retry reaching another instance or coming after a restart
-//! is still answered the same; a 5xx is not kept, so the client may retry it.
+//! 24 hours, in process memory and so that a retry reaching another instance or coming after a
+//! restart is still answered the same:
+//! - a hold's answer in the event log, in the append that placed it (issue 11): the
+//!   reservation's first event carries the request's body fingerprint
+//!   (`Metadata::request_fingerprint`) and the answer is rebuilt from that event
+//!   (`recorded_by`), for as long as the log keeps it, crash or not;
+//! - every other answer, with PostgreSQL, in `idempotency_keys` (read and written in batches,
+//!   `durable`).
+//!
+//! A 5xx is not kept, so the client may retry it.
 //!
 //! Handlers derive ids from the key, so a retry after a lost answer (or racing on another
 //! instance) finds what the first attempt created instead of creating it twice. That is also
 //! how a retry is told from a first attempt without asking the database: a key this instance
 //! holds no answer for runs at once, and its stored answer is read only when the use case
 //! finds the derived id used already (`seen_again`: the sale's writer or the processor knows
-//! it) or refuses the request. What a first attempt costs is then no statement of its own,
-//! only its share of a batched save (issue 11: nothing per request on the hot path).
+//! it) or refuses the request. What a first attempt costs is then no statement of its own: a
+//! hold's answer is in its append, a payment's a share of a batched save (issue 11: nothing
+//! per request on the hot path).
 //!
 //! The price, where the state changed between two attempts on different instances (or across
 //! a restart): a refused request runs again first, so a hold refused as sold out and retried
-//! elsewhere once seats came back gets the hold (201), whose answer then replaces the stored
-//! refusal (`durable`: a success overwrites a refusal, never the reverse), and a key used
-//! again with another body that derives another id (another event's hold, another
-//! reservation's payment) is a new request there, not a 422. The instance that answered first
-//! keeps its answer in memory and replays it until it restarts.
+//! elsewhere once seats came back gets the hold (201), which is then its key's answer (in the
+//! log; a payment's replaces the stored refusal, `durable`: a success overwrites a refusal,
+//! never the reverse), and a key used again with another body that derives another id (another
+//! event's hold, another reservation's payment) is a new request there, not a 422. The
+//! instance that answered first keeps its answer in memory and replays it until it restarts.
 
 mod durable;
 
@@ -103,10 +111,21 @@ pub const RESERVATIONS: Scope = Scope {
 /// Payments.
 pub const PAYMENTS: Scope = Scope { name: "payments" };
 
+/// What the `Idempotency-Key` wrapper and the use case running inside it tell each other.
+#[derive(Clone, Copy)]
+struct Keyed {
+    /// The SHA-256 of the request's body.
+    fingerprint: [u8; 32],
+    /// The id the key derives was found used already (`seen_again`).
+    seen_again: bool,
+    /// The answer is the one the event log records for the request of this body fingerprint
+    /// (`recorded_by`).
+    recorded: Option<[u8; 32]>,
+}
+
 tokio::task_local! {
-    /// Whether the keyed request running in this task found the id its key derives used
-    /// already (`seen_again`).
-    static SEEN_AGAIN: Cell<bool>;
+    /// The keyed request running in this task.
+    static KEYED: Cell<Keyed>;
 }
 
 /// Tells the `Idempotency-Key` wrapper around this request, if there is one, that the id its
@@ -115,7 +134,39 @@ tokio::task_local! {
 /// cases call it where the sale's writer (or the processor) finds the id known.
 pub fn seen_again() {
     // Outside a keyed request (no wrapper) there is nothing to tell.
-    let _ = SEEN_AGAIN.try_with(|seen| seen.set(true));
+    let _ = KEYED.try_with(|keyed| {
+        keyed.set(Keyed {
+            seen_again: true,
+            ..keyed.get()
+        })
+    });
+}
+
+/// The body fingerprint of the keyed request running in this task, hex-encoded, for the
+/// metadata of the events its command makes (`Metadata::request_fingerprint`); `None` without
+/// a key.
+pub fn request_fingerprint() -> Option<String> {
+    KEYED
+        .try_with(|keyed| hex::encode(keyed.get().fingerprint))
+        .ok()
+}
+
+/// Tells the wrapper that the answer about to be given is recorded in the event log: it is
+/// rebuilt from the events the key's request made (its first attempt's, or this one's), and
+/// `fingerprint` (their `request_fingerprint`) is the body of the request that made them. The
+/// log holds such an answer for as long as it holds the events, so nothing is saved for it,
+/// and a retry with another body is refused (422) as a stored answer's would be. An
+/// unreadable fingerprint tells nothing.
+pub fn recorded_by(fingerprint: &str) {
+    let mut recorded = [0u8; 32];
+    if hex::decode_to_slice(fingerprint, &mut recorded).is_ok() {
+        let _ = KEYED.try_with(|keyed| {
+            keyed.set(Keyed {
+                recorded: Some(recorded),
+                ..keyed.get()
+            })
+        });
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
@@ -226,16 +277,38 @@ impl IdempotencyStore {
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
             return previous.replayed_for(fingerprint);
         }
-        let (answer, seen_again) = SEEN_AGAIN
-            .scope(Cell::new(false), async {
+        let keyed = Keyed {
+            fingerprint,
+            seen_again: false,
+            recorded: None,
+        };
+        let (answer, keyed) = KEYED
+            .scope(Cell::new(keyed), async {
                 let answer = work.await;
-                (answer, SEEN_AGAIN.with(Cell::get))
+                (answer, KEYED.with(Cell::get))
             })
             .await;
+        if let Some(recorded) = keyed.recorded {
+            // The log keeps this answer with the events: nothing to load or save.
+            let kept = Stored {
+                fingerprint: recorded,
+                answer,
+                at: Instant::now(),
+            };
+            let outcome = match keyed.seen_again {
+                true => kept.replayed_for(fingerprint),
+                false => Ok(Outcome {
+                    answer: kept.answer.clone(),
+                    replayed: false,
+                }),
+            };
+            *stored = Some(kept);
+            return outcome;
+        }
         // Looked up only now: the stored answer (of an earlier attempt on another instance, or
         // before a restart) is read when this attempt found its id used already or was
         // refused, and is then the answer.
-        if seen_again || answer.status >= 400 {
+        if keyed.seen_again || answer.status >= 400 {
             if let Some(previous) = self.load(&key).await {
                 let outcome = previous.replayed_for(fingerprint);
                 *stored = Some(previous);

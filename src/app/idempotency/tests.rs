@@ -287,6 +287,88 @@ async fn a_success_replaces_a_stored_refusal_and_never_the_reverse() {
     stored_status(&pool, 201).await;
 }
 
+/// An answer the event log records (`recorded_by`: the use case rebuilt it from the events
+/// its key's request made, which carry that request's body fingerprint) costs no statement:
+/// the instance that gives it first saves nothing, and another one that finds the events
+/// looks nothing up, not even the refusal stored for the key by an instance that ran it
+/// before the events existed. There a retry with the same body replays the answer, and one
+/// with another body is a 422.
+#[tokio::test]
+async fn an_answer_the_log_records_is_neither_saved_nor_looked_up() {
+    let (pool, first, second) = two_instances().await;
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 1});
+    let held = Answer {
+        status: 201,
+        body: r#"{"held":1}"#.into(),
+        location: Some("/holds/1".into()),
+    };
+    let key = (user, THINGS.name, "k".to_owned());
+    let refused_earlier = Stored {
+        fingerprint: [0; 32],
+        answer: Answer {
+            status: 409,
+            body: r#"{"title":"sold out"}"#.into(),
+            location: None,
+        },
+        at: Instant::now(),
+    };
+    another_instance(&pool)
+        .await
+        .save_later(&key, &refused_earlier);
+    stored_status(&pool, 409).await;
+    assert_eq!(request_fingerprint(), None, "outside a keyed request");
+
+    let mut recorded = None;
+    let made = first
+        .run(user, THINGS, Some("k".into()), &body, async {
+            let fingerprint = request_fingerprint().expect("a keyed request");
+            recorded_by(&fingerprint);
+            recorded = Some(fingerprint);
+            held.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((made.answer, made.replayed), (held.clone(), false));
+    let recorded = recorded.unwrap();
+    let digest = Sha256::digest(serde_json::to_vec(&body).unwrap());
+    assert_eq!(recorded, hex::encode(digest));
+    // Saves of one store run in order: a marker saved after the answer lands after it.
+    let marker = Stored {
+        answer: held.clone(),
+        ..refused_earlier.clone()
+    };
+    first.save_later(&(user, THINGS.name, "marker".into()), &marker);
+    rows_stored(&pool, 2).await;
+    stored_status(&pool, 409).await;
+    assert_eq!(first.database_statements(), 1, "the marker's save alone");
+
+    let from_the_log = || async {
+        seen_again();
+        recorded_by(&recorded);
+        held.clone()
+    };
+    let replay = second
+        .run(user, THINGS, Some("k".into()), &body, from_the_log())
+        .await
+        .unwrap();
+    assert_eq!((replay.answer, replay.replayed), (held.clone(), true));
+    let third = another_instance(&pool).await;
+    let other_body = serde_json::json!({"seats": 2});
+    let refused = third
+        .run(user, THINGS, Some("k".into()), &other_body, from_the_log())
+        .await;
+    assert!(
+        matches!(refused, Err(AppError::Validation(_))),
+        "{refused:?}"
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(
+        (second.database_statements(), third.database_statements()),
+        (0, 0)
+    );
+}
+
 /// Another instance on the database of `pool`.
 async fn another_instance(pool: &sqlx::PgPool) -> IdempotencyStore {
     let name: String = sqlx::query_scalar("SELECT current_database()")

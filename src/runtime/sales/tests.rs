@@ -92,6 +92,12 @@ impl EventStore for Gated {
         }
         Ok(page)
     }
+    async fn first_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<Arc<RecordedEvent>>, StoreError> {
+        self.inner.first_of_stream(stream_id).await
+    }
     async fn read_all(
         &self,
         after: u64,
