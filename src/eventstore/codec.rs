@@ -40,7 +40,18 @@ pub fn encode(
         event_type: event.event_type(),
         event_version: event.event_version(),
         payload,
-        metadata: metadata.clone(),
+        metadata: Metadata {
+            // Kept on the event that opens a stream, the one a retry reads
+            // (`Metadata::request_fingerprint`), not repeated on the others of its command.
+            request_fingerprint: match version {
+                1 => metadata.request_fingerprint.clone(),
+                _ => None,
+            },
+            correlation_id: metadata.correlation_id.clone(),
+            causation_id: metadata.causation_id.clone(),
+            user_id: metadata.user_id,
+            traceparent: metadata.traceparent.clone(),
+        },
     })
 }
 
@@ -296,6 +307,31 @@ mod tests {
     }
 
     /// A name or version this build does not know is a typed error, never a panic.
+    /// A request's fingerprint goes with the event that opens a stream, and only with it.
+    #[test]
+    fn the_request_fingerprint_is_kept_on_a_stream_s_first_event() {
+        let event: DomainEvent = crate::domain::events::EventSalesOpened {
+            event_id: crate::domain::EventId::random(),
+            at: chrono::Utc::now(),
+        }
+        .into();
+        let metadata = Metadata {
+            correlation_id: Some("c".into()),
+            request_fingerprint: Some("ab".repeat(32)),
+            ..Metadata::default()
+        };
+        let first = encode(&event, 1, &metadata).unwrap();
+        assert_eq!(first.metadata, metadata);
+        let later = encode(&event, 2, &metadata).unwrap();
+        assert_eq!(
+            later.metadata,
+            Metadata {
+                request_fingerprint: None,
+                ..metadata
+            }
+        );
+    }
+
     #[test]
     fn unknown_types_and_versions_are_typed_errors() {
         for (event_type, version) in [("reservation.placed", 99), ("ticket.teleported", 1)] {

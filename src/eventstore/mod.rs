@@ -47,7 +47,8 @@ pub struct Metadata {
     pub traceparent: Option<String>,
     /// The SHA-256 of the body of the keyed request (`Idempotency-Key`) whose command made this
     /// event, hex-encoded: with the event's stream (whose id the key derives) it records the
-    /// key's answer in the append itself (`app::idempotency`). Absent on events of requests
+    /// key's answer in the append itself (`app::idempotency`). Kept on the first event of a
+    /// stream only (`codec::encode`), the one a retry reads; absent on events of requests
     /// without a key, of other causes, and of builds before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_fingerprint: Option<String>,
