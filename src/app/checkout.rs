@@ -6,19 +6,17 @@
 
 use super::error::{CUSTOMER_LIMIT, SALES_NOT_OPEN, SOLD_OUT};
 use super::idempotency::{self, derived_id};
+use super::replays::paid;
 use super::{policy, App, AppError};
 use crate::auth::Principal;
-use crate::domain::events::StreamId;
-use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
 use crate::domain::{
     Currency, DomainEvent, EventId, Money, Outcome, PaymentId, ReservationId, SaleCommand,
     SaleError,
 };
-use crate::eventstore::{codec, Metadata};
+use crate::eventstore::Metadata;
 use crate::payment::{ChargeFor, ChargeOutcome, GatewayError};
 use crate::projections::{PaymentView, ReservationView};
-use crate::runtime::CommandError;
 use uuid::Uuid;
 
 /// What a customer asks to hold.
@@ -144,36 +142,6 @@ impl App {
         }
     }
 
-    /// The answer of the hold the key made, rebuilt from the event that placed it, as its
-    /// first attempt answered (`refusal` if the log holds none): the log's copy of the key's
-    /// answer. The read models here are caught up with it first, so that a read of the
-    /// reservation that follows finds it.
-    async fn placed_with_this_key(
-        &self,
-        id: ReservationId,
-        refusal: AppError,
-    ) -> Result<ReservationView, AppError> {
-        let stream = StreamId::Reservation(id).to_string();
-        let first = match self.sales.store().first_of_stream(&stream).await {
-            Ok(Some(first)) => first,
-            Ok(None) => return Err(refusal),
-            Err(e) => return Err(CommandError::Store(e).into()),
-        };
-        let DomainEvent::ReservationPlaced(placed) =
-            codec::decode(&first).map_err(anyhow::Error::from)?
-        else {
-            return Err(refusal);
-        };
-        idempotency::seen_again();
-        self.placed_earlier(id).await?;
-        // Without a fingerprint (placed before they were recorded), the answer saved for the
-        // key is read instead of this one.
-        if let Some(fingerprint) = first.metadata.request_fingerprint.as_deref() {
-            idempotency::recorded_by(fingerprint);
-        }
-        Ok(ReservationView::from(&placed))
-    }
-
     /// Charges the card for a pending hold of the caller and records the gateway's answer:
     /// a capture confirms the reservation, a decline is `PaymentDeclined` and the hold stays.
     pub async fn pay(
@@ -181,7 +149,7 @@ impl App {
         caller: &Principal,
         key: Option<&str>,
         order: PayRequest,
-        metadata: Metadata,
+        mut metadata: Metadata,
     ) -> Result<PaymentView, AppError> {
         let payment_id = PaymentId(derived_id(
             caller.user_id,
@@ -237,7 +205,10 @@ impl App {
                 now,
             },
         };
-        // The gateway has answered: record it, also through contention between instances.
+        // The gateway has answered: record it, also through contention between instances. With
+        // a key, the payment's first event records the answer (`replays`).
+        metadata.request_fingerprint = idempotency::request_fingerprint();
+        let recorded_by = metadata.request_fingerprint.clone();
         let committed = match self
             .record(EventId(reservation.event_id), command, metadata)
             .await
@@ -267,7 +238,12 @@ impl App {
             _ => None,
         });
         match recorded {
-            Some(view) => paid(view),
+            Some(view) => {
+                if let Some(fingerprint) = recorded_by.as_deref() {
+                    idempotency::recorded_by(fingerprint);
+                }
+                paid(view)
+            }
             None => paid(self.payment_view(payment_id).await?),
         }
     }
@@ -318,53 +294,6 @@ impl App {
         self.payment_view(id).await
     }
 
-    /// A reservation the sale's writer knows (an earlier attempt with the same key placed it,
-    /// maybe on another instance a moment ago), as a read by id finds it: the read models are
-    /// caught up with the log first. Should they still not show it, the answer is 503 (try
-    /// again), never a 404 for a reservation that exists.
-    async fn placed_earlier(&self, id: ReservationId) -> Result<ReservationView, AppError> {
-        match self.reservation_by_id(id).await {
-            Err(AppError::NotFound(_)) => Err(AppError::Unavailable {
-                detail: "the reservation was placed but cannot be shown yet".into(),
-                retry_after: 1,
-            }),
-            found => found,
-        }
-    }
-
-    /// A retry whose first attempt already recorded its payment gets that payment's answer
-    /// again; anything else gets `refusal`. Asked only when a request is refused, so the
-    /// happy path costs no extra query. The first attempt may have been recorded on another
-    /// instance a moment ago (its answer lost, or its instance killed): on a miss the read
-    /// models catch up with the log's head before `refusal` is answered (it is kept for 24 h
-    /// as the key's answer), and if they cannot, the answer is 503 (try again).
-    async fn replay_or(
-        &self,
-        payment_id: Option<PaymentId>,
-        refusal: AppError,
-    ) -> Result<PaymentView, AppError> {
-        let Some(payment_id) = payment_id else {
-            return Err(refusal);
-        };
-        if let Some(done) = self.reads.fresh().await.payment(payment_id).await? {
-            idempotency::seen_again();
-            return paid(done);
-        }
-        if !self.caught_up_with_log().await {
-            return Err(AppError::Unavailable {
-                detail: "the read models are behind the event log; try again".into(),
-                retry_after: 1,
-            });
-        }
-        match self.reads.applied().payment(payment_id).await? {
-            Some(done) => {
-                idempotency::seen_again();
-                paid(done)
-            }
-            None => Err(refusal),
-        }
-    }
-
     fn gateway_failed(&self, e: GatewayError) -> AppError {
         self.metrics
             .payments
@@ -389,23 +318,5 @@ impl App {
             detail: detail.into(),
             retry_after,
         }
-    }
-}
-
-/// A declined payment is `PaymentDeclined`; a refunded one (its capture lost the race with the
-/// hold's end and was refunded in the same append, maybe by reconciliation, or the customer
-/// has asked for the refund since) is a conflict: a 201 would tell the customer they hold
-/// tickets they do not. A captured payment is its view.
-fn paid(view: PaymentView) -> Result<PaymentView, AppError> {
-    match view.status {
-        PaymentStatus::Failed => Err(AppError::PaymentDeclined {
-            reason: view.reason.unwrap_or_default(),
-            payment_id: view.payment_id,
-        }),
-        PaymentStatus::Refunded => Err(AppError::Conflict {
-            kind: "reservation-not-pending",
-            detail: "the payment was refunded; the reservation is not held".into(),
-        }),
-        PaymentStatus::Captured => Ok(view),
     }
 }

@@ -23,6 +23,7 @@ pub mod queue;
 pub mod reads;
 pub mod recent;
 pub mod reconcile;
+mod replays;
 pub mod retries;
 pub mod warm;
 pub mod webhooks;

@@ -1,18 +1,18 @@
-//! An `Idempotency-Key` used again once its first answer is no longer kept (answers are kept
-//! 24 h; here the rows are deleted, as the daily clean-up would, and the request reaches an
-//! instance that never saw the key): a request about something else is a new request. The ids
-//! a key derives name what the request is about (the event of a hold, the reservation of a
-//! payment), so the key cannot name the first request's reservation or payment again. And a
-//! key retried on another instance while its answer is kept: read when the writer finds what
-//! the key derives made already, and replaced when a refusal turned into a success.
+//! An `Idempotency-Key` used again for something else, on an instance that never saw it: a
+//! new request. The ids a key derives name what the request is about (the event of a hold, the
+//! reservation of a payment), so the key cannot name the first request's reservation or payment
+//! again. And a key retried on another instance: answered from the log when the writer finds
+//! what the key derives made already (a hold's and a payment's answers are recorded with their
+//! events), or from the answer saved for it (a refusal, and a capture refunded in its commit).
 
 use super::client::*;
 use serde_json::json;
 use sqlx::PgPool;
 use ticketing::db::testing::fresh_database;
+use uuid::Uuid;
 
 /// A hold on another event and a payment of another reservation, with the keys of a first
-/// purchase whose answers are gone: both are made anew (201), the second reservation is the
+/// purchase, on an instance that never saw them: both are made anew (201), the second reservation is the
 /// one confirmed, and the first purchase is untouched. Before the ids named the event, the
 /// hold's stream clashed in the log with the first event's, and the sale writer's whole group
 /// commit failed (503 for every buyer in it); the payment was taken for the first one's.
@@ -42,26 +42,8 @@ async fn keys_used_again_for_something_else_make_it_anew() {
     assert_eq!(status, 201, "{body}");
     let paid_first = uuid(&body, "payment_id");
 
-    let pool = PgPool::connect(&db).await.unwrap();
-    // The payment's answer is saved in a batch (the hold's is in the log): wait for it, then
-    // forget it.
-    let saved = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    for _ in 0..100 {
-        if saved().await >= 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(saved().await, 1, "the payment's answer was saved");
-    sqlx::query("DELETE FROM idempotency_keys")
-        .execute(&pool)
-        .await
-        .unwrap();
+    // Both answers are in the log, with the first hold and payment, and kept for as long as
+    // they are; the second instance never saw the keys.
     let second = Service::start(&db, &[]).await;
 
     let (status, body) = second
@@ -253,4 +235,108 @@ async fn a_hold_retried_elsewhere_reads_its_answer_when_its_reservation_exists()
         (201, late)
     );
     assert_eq!(second.floor(event).await, (0, 1, 0), "one seat, held once");
+}
+
+/// A payment's answer is recorded in the log with its capture or decline, as a hold's is (no
+/// row of `idempotency_keys`): a retry on another instance gets it again from the payment's
+/// first event, and another body with the key is a 422. A capture refunded in its own commit
+/// (its hold expired while the processor charged) answered 409, which that first event does
+/// not tell: that answer is saved, and a retry elsewhere gets it from there, not a 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_retried_elsewhere_gets_the_answer_its_log_or_its_saved_refusal_gives() {
+    let db = fresh_database().await;
+    let first = Service::start(&db, &[]).await;
+    let (_, organizer) = first.user("organizer").await;
+    let event = first.event_on_sale(&organizer, 10).await;
+    let (_, buyer) = first.user("customer").await;
+    let hold = json!({"event_id": event, "section": "floor", "quantity": 1});
+    let pay = |reservation: Uuid, card: &str| {
+        json!({"reservation_id": reservation,
+               "payment_method": {"type": "card", "token": card}})
+    };
+    let mut first_answers = Vec::new();
+    for (n, card) in [(1, "tok_visa"), (2, "tok_chargeDeclined")] {
+        let (status, body) = first
+            .post_keyed("/api/reservations", &buyer, &format!("h{n}"), hold.clone())
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let held = uuid(&body, "reservation_id");
+        let (status, body) = first
+            .post_keyed("/api/payments", &buyer, &format!("p{n}"), pay(held, card))
+            .await;
+        first_answers.push((held, card, status, body));
+    }
+    assert_eq!(first_answers[0].2, 201, "{}", first_answers[0].3);
+    assert_eq!(first_answers[1].2, 402, "{}", first_answers[1].3);
+    // Its hold lasts 1 s and the processor takes 1.5 s: the capture comes too late.
+    let late = [
+        ("RESERVATION_TTL_SECONDS", "1"),
+        ("PAYMENT_LATENCY_MS", "1500"),
+    ];
+    let slow = Service::start(&db, &late).await;
+    let (status, body) = slow
+        .post_keyed("/api/reservations", &buyer, "h3", hold.clone())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let held = uuid(&body, "reservation_id");
+    let (status, body) = slow
+        .post_keyed("/api/payments", &buyer, "p3", pay(held, "tok_visa"))
+        .await;
+    assert_eq!(status, 409, "refunded in its commit: {body}");
+    first_answers.push((held, "tok_visa", status, body));
+
+    // Saves of one instance run in order: once a later refusal's is in, a save of the
+    // payments' answers would be too.
+    let (status, _) = first
+        .post_keyed(
+            "/api/payments",
+            &buyer,
+            "marker",
+            pay(Uuid::new_v4(), "tok_visa"),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let pool = PgPool::connect(&db).await.unwrap();
+    stored_status(&pool, "marker", 404).await;
+    stored_status(&pool, "p3", 409).await;
+    let saved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM idempotency_keys WHERE key IN ('h1', 'p1', 'h2', 'p2', 'h3')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(saved, 0, "those answers are in the log");
+
+    // Each retry on an instance that never saw the key: another body on one, then the same
+    // body on another (the first would answer it from memory; an answer saved by an instance
+    // that did not find it in the log would make the other body a 422 too, so those come
+    // first).
+    let (second, third) = (
+        Service::start(&db, &[]).await,
+        Service::start(&db, &[]).await,
+    );
+    for (n, (held, _, _, _)) in first_answers.iter().enumerate() {
+        let key = format!("p{}", n + 1);
+        let (other, refused) = second
+            .post_keyed("/api/payments", &buyer, &key, pay(*held, "tok_amex"))
+            .await;
+        assert_eq!(other, 422, "{key}, another body: {refused}");
+    }
+    for (n, (held, card, status, body)) in first_answers.iter().enumerate() {
+        let key = format!("p{}", n + 1);
+        let (again, replayed) = third
+            .post_keyed("/api/payments", &buyer, &key, pay(*held, card))
+            .await;
+        assert_eq!(again, *status, "{key}: {replayed}");
+        for field in [
+            "payment_id",
+            "status",
+            "amount_cents",
+            "created_at",
+            "type",
+            "detail",
+        ] {
+            assert_eq!(replayed[field], body[field], "{key}: {field}");
+        }
+    }
 }

@@ -5,12 +5,12 @@
 //! the same key with a different body is a 422. Answers under 500 (but 403) are kept for
 //! 24 hours, in process memory and so that a retry reaching another instance or coming after a
 //! restart is still answered the same:
-//! - a hold's answer in the event log, in the append that placed it (issue 11): the
-//!   reservation's first event carries the request's body fingerprint
-//!   (`Metadata::request_fingerprint`) and the answer is rebuilt from that event
-//!   (`recorded_by`), for as long as the log keeps it, crash or not;
-//! - every other answer, with PostgreSQL, in `idempotency_keys` (read and written in batches,
-//!   `durable`).
+//! - a hold's and a payment's answers in the event log, in the append that made them
+//!   (issue 11): the first event of the reservation or payment carries the request's body
+//!   fingerprint (`Metadata::request_fingerprint`) and the answer is rebuilt from that event
+//!   (`recorded_by`, `app::replays`), for as long as the log keeps it, crash or not;
+//! - every other answer (refusals; a capture refunded in its own commit), with PostgreSQL, in
+//!   `idempotency_keys` (read and written in batches, `durable`).
 //!
 //! A 5xx is not kept, so the client may retry it.
 //!
@@ -19,15 +19,14 @@
 //! how a retry is told from a first attempt without asking the database: a key this instance
 //! holds no answer for runs at once, and its stored answer is read only when the use case
 //! finds the derived id used already (`seen_again`: the sale's writer or the processor knows
-//! it) or refuses the request. What a first attempt costs is then no statement of its own: a
-//! hold's answer is in its append, a payment's a share of a batched save (issue 11: nothing
-//! per request on the hot path).
+//! it) or refuses the request. What a first attempt costs is then no statement of its own:
+//! its answer is in its append (issue 11: nothing per request on the hot path).
 //!
 //! The price, where the state changed between two attempts on different instances (or across
 //! a restart): a refused request runs again first, so a hold refused as sold out and retried
 //! elsewhere once seats came back gets the hold (201), which is then its key's answer (in the
-//! log; a payment's replaces the stored refusal, `durable`: a success overwrites a refusal,
-//! never the reverse), and a key used again with another body that derives another id (another
+//! log, read before the stored refusal; `durable` has a success overwrite a refusal, never the
+//! reverse, for answers saved there), and a key used again with another body that derives another id (another
 //! event's hold, another reservation's payment) is a new request there, not a 422. The
 //! instance that answered first keeps its answer in memory and replays it until it restarts.
 
