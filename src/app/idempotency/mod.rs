@@ -1,23 +1,24 @@
 //! `Idempotency-Key` support, independent of HTTP, as the IETF draft
 //! (`draft-ietf-httpapi-idempotency-key-header`) has it: the first request with a key runs; a
-//! retry with the same key and body gets the stored answer; a retry while the first is still
-//! running on this instance is refused at once (409 `idempotency-key-in-use`: retry later);
-//! the same key with a different body is a 422. Answers under 500 (but 403) are kept for
-//! 24 hours, in process memory and so that a retry reaching another instance or coming after a
-//! restart is still answered the same:
+//! retry with the same key and body gets the first answer again; a retry while the first is
+//! still running on this instance is refused at once (409 `idempotency-key-in-use`: retry
+//! later); the same key with a different body is a 422. Answers under 500 (but 403) are kept,
+//! so that a retry on any instance, or after a restart, is answered the same:
 //! - a hold's and a payment's answers in the event log, in the append that made them
 //!   (issue 11): the first event of the reservation or payment carries the request's body
 //!   fingerprint (`Metadata::request_fingerprint`) and the answer is rebuilt from that event
-//!   (`recorded_by`, `app::replays`), for as long as the log keeps it, crash or not;
-//! - every other answer (refusals; a capture refunded in its own commit), with PostgreSQL, in
-//!   `idempotency_keys` (read and written in batches, `durable`).
+//!   (`recorded_by`, `app::replays`) for as long as the log keeps it, crash or not. No instance
+//!   keeps them in memory: a retry runs again and finds its answer there;
+//! - every other answer (refusals; a capture refunded in its own commit) for 24 hours in the
+//!   memory of the instance that gave it and, with PostgreSQL, in `idempotency_keys` (read and
+//!   written in batches, `durable`).
 //!
 //! A 5xx is not kept, so the client may retry it.
 //!
 //! Handlers derive ids from the key, so a retry after a lost answer (or racing on another
 //! instance) finds what the first attempt created instead of creating it twice. That is also
 //! how a retry is told from a first attempt without asking the database: a key this instance
-//! holds no answer for runs at once, and its stored answer is read only when the use case
+//! holds no answer for runs at once, and its saved answer is read only when the use case
 //! finds the derived id used already (`seen_again`: the sale's writer or the processor knows
 //! it) or refuses the request. What a first attempt costs is then no statement of its own:
 //! its answer is in its append (issue 11: nothing per request on the hot path).
@@ -25,10 +26,11 @@
 //! The price, where the state changed between two attempts on different instances (or across
 //! a restart): a refused request runs again first, so a hold refused as sold out and retried
 //! elsewhere once seats came back gets the hold (201), which is then its key's answer (in the
-//! log, read before the stored refusal; `durable` has a success overwrite a refusal, never the
-//! reverse, for answers saved there), and a key used again with another body that derives another id (another
-//! event's hold, another reservation's payment) is a new request there, not a 422. The
-//! instance that answered first keeps its answer in memory and replays it until it restarts.
+//! log, read before the saved refusal; `durable` has a success overwrite a refusal, never the
+//! reverse, for answers saved there), and a key used again with another body that derives
+//! another id (another event's hold, another reservation's payment) is a new request there,
+//! not a 422. The instance that gave a refusal keeps it in memory and replays it until it
+//! restarts or 24 hours passed.
 
 mod durable;
 
@@ -171,12 +173,13 @@ pub fn recorded_by(fingerprint: &str) {
 type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
 type Key = (UserId, &'static str, String);
 
-/// `by_key` is a B-tree: a hash map's growth rehashes every key at once, under the lock each
-/// keyed request takes.
+/// The keys of the requests running here, and of the answers this instance keeps (not those
+/// the log records). `by_key` is a B-tree: a hash map's growth rehashes every key at once,
+/// under the lock each keyed request takes.
 #[derive(Default)]
 struct Slots {
     by_key: BTreeMap<Key, Slot>,
-    /// Keys in the order they were first used, so expiry pops from the front in O(1).
+    /// Keys in the order their answers were kept, so expiry pops from the front in O(1).
     by_age: VecDeque<(Instant, Key)>,
 }
 
@@ -235,8 +238,8 @@ impl IdempotencyStore {
         if let Some(slot) = slots.by_key.get(&key) {
             return Arc::clone(slot);
         }
+        // Indexed by age once it holds an answer (`index`).
         let slot = Slot::default();
-        slots.by_age.push_back((Instant::now(), key.clone()));
         slots.by_key.insert(key, Arc::clone(&slot));
         slot
     }
@@ -287,47 +290,75 @@ impl IdempotencyStore {
                 (answer, KEYED.with(Cell::get))
             })
             .await;
+        let (kept, outcome) = self.settle(&key, fingerprint, keyed, answer).await;
+        self.index(key, &slot, kept.is_some());
+        *stored = kept;
+        outcome
+    }
+
+    /// What a finished request answers, and what this instance keeps of it for a retry.
+    async fn settle(
+        &self,
+        key: &Key,
+        fingerprint: [u8; 32],
+        keyed: Keyed,
+        answer: Answer,
+    ) -> (Option<Stored>, Result<Outcome, AppError>) {
         if let Some(recorded) = keyed.recorded {
-            // The log keeps this answer with the events: nothing to load or save.
-            let kept = Stored {
-                fingerprint: recorded,
-                answer,
-                at: Instant::now(),
-            };
+            // The log keeps this answer with the events: nothing to load, save or keep (a
+            // retry here finds it there, as one elsewhere does).
             let outcome = match keyed.seen_again {
-                true => kept.replayed_for(fingerprint),
+                true => Stored {
+                    fingerprint: recorded,
+                    answer,
+                    at: Instant::now(),
+                }
+                .replayed_for(fingerprint),
                 false => Ok(Outcome {
-                    answer: kept.answer.clone(),
+                    answer,
                     replayed: false,
                 }),
             };
-            *stored = Some(kept);
-            return outcome;
+            return (None, outcome);
         }
         // Looked up only now: the stored answer (of an earlier attempt on another instance, or
         // before a restart) is read when this attempt found its id used already or was
         // refused, and is then the answer.
         if keyed.seen_again || answer.status >= 400 {
-            if let Some(previous) = self.load(&key).await {
+            if let Some(previous) = self.load(key).await {
                 let outcome = previous.replayed_for(fingerprint);
-                *stored = Some(previous);
-                return outcome;
+                return (Some(previous), outcome);
             }
         }
-        if answer.worth_keeping() {
-            let kept = Stored {
-                fingerprint,
-                // Shares the body with the answer given now.
-                answer: answer.clone(),
-                at: Instant::now(),
-            };
-            self.save_later(&key, &kept);
-            *stored = Some(kept);
+        let kept = answer.worth_keeping().then(|| Stored {
+            fingerprint,
+            // Shares the body with the answer given now.
+            answer: answer.clone(),
+            at: Instant::now(),
+        });
+        if let Some(kept) = &kept {
+            self.save_later(key, kept);
         }
-        Ok(Outcome {
+        let outcome = Ok(Outcome {
             answer,
             replayed: false,
-        })
+        });
+        (kept, outcome)
+    }
+
+    /// Keeps `slot`, now holding an answer, for 24 hours; or, when it holds none, lets its key
+    /// go (a retry runs anew, and finds an answer the log records there).
+    fn index(&self, key: Key, slot: &Slot, kept: bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept {
+            slots.by_age.push_back((Instant::now(), key));
+        } else if slots
+            .by_key
+            .get(&key)
+            .is_some_and(|indexed| Arc::ptr_eq(indexed, slot))
+        {
+            slots.by_key.remove(&key);
+        }
     }
 }
 

@@ -292,7 +292,7 @@ async fn a_success_replaces_a_stored_refusal_and_never_the_reverse() {
 /// the instance that gives it first saves nothing, and another one that finds the events
 /// looks nothing up, not even the refusal stored for the key by an instance that ran it
 /// before the events existed. There a retry with the same body replays the answer, and one
-/// with another body is a 422.
+/// with another body is a 422. No instance keeps it in memory.
 #[tokio::test]
 async fn an_answer_the_log_records_is_neither_saved_nor_looked_up() {
     let (pool, first, second) = two_instances().await;
@@ -348,6 +348,18 @@ async fn an_answer_the_log_records_is_neither_saved_nor_looked_up() {
         recorded_by(&recorded);
         held.clone()
     };
+    // Nor is it kept in memory: a retry on the same instance runs again, and finds it.
+    let ran = AtomicU32::new(0);
+    let again = first
+        .run(user, THINGS, Some("k".into()), &body, async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            from_the_log().await
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.answer, again.replayed), (held.clone(), true));
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(first.slots.lock().unwrap().by_key.len(), 0);
     let replay = second
         .run(user, THINGS, Some("k".into()), &body, from_the_log())
         .await
