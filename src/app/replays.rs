@@ -36,8 +36,9 @@ impl App {
             return Err(refusal);
         };
         idempotency::seen_again();
-        self.placed_earlier(id).await?;
+        // Told before the wait: a 503 from it must not let an older saved refusal answer.
         tell_recorded(&first);
+        self.placed_earlier(id).await?;
         Ok(ReservationView::from(&placed))
     }
 
@@ -75,13 +76,14 @@ impl App {
             _ => return Err(refusal),
         };
         idempotency::seen_again();
-        let shown = self.payment_shown(payment_id).await?;
         if self.refunded_in_its_commit(&first).await? {
-            // Its answer (409) was saved, and the wrapper reads it; without it (lost in a
-            // crash), the payment as it is now.
-            return paid(shown);
+            // Its answer (409) was saved, and the wrapper reads it; without it (not saved yet,
+            // or lost in a crash), the payment as it is now.
+            return paid(self.payment_shown(payment_id).await?);
         }
+        // Told before the wait: a 503 from it must not let an older saved refusal answer.
         tell_recorded(&first);
+        self.payment_shown(payment_id).await?;
         paid(recorded)
     }
 

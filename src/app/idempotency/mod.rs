@@ -8,7 +8,8 @@
 //!   (issue 11): the first event of the reservation or payment carries the request's body
 //!   fingerprint (`Metadata::request_fingerprint`) and the answer is rebuilt from that event
 //!   (`recorded_by`, `app::replays`) for as long as the log keeps it, crash or not. No instance
-//!   keeps them in memory: a retry runs again and finds its answer there;
+//!   keeps them in memory (but a declined card's): a retry runs again and finds its answer
+//!   there;
 //! - every other answer (refusals; a capture refunded in its own commit) for 24 hours in the
 //!   memory of the instance that gave it and, with PostgreSQL, in `idempotency_keys` (read and
 //!   written in batches, `durable`).
@@ -267,18 +268,34 @@ impl IdempotencyStore {
         let fingerprint: [u8; 32] =
             Sha256::digest(serde_json::to_vec(body).unwrap_or_default()).into();
         let key = (user, scope.name, key);
-        let slot = self.slot(key.clone());
-        let Ok(mut stored) = slot.try_lock() else {
-            return Err(AppError::Conflict {
-                kind: "idempotency-key-in-use",
-                detail: "a request with this Idempotency-Key is still being processed; \
-                         retry it later to get its answer"
-                    .into(),
-            });
+        let (slot, mut stored) = loop {
+            let slot = self.slot(key.clone());
+            let Ok(stored) = Arc::clone(&slot).try_lock_owned() else {
+                return Err(AppError::Conflict {
+                    kind: "idempotency-key-in-use",
+                    detail: "a request with this Idempotency-Key is still being processed; \
+                             retry it later to get its answer"
+                        .into(),
+                });
+            };
+            // A slot is let go while locked (`index`): one let go between the look-up and the
+            // lock is not the key's any more, and another request may be running in its
+            // successor.
+            if self.indexed(&key, &slot) {
+                break (slot, stored);
+            }
         };
         if let Some(previous) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP_FOR) {
             return previous.replayed_for(fingerprint);
         }
+        // Indexes the slot when the request ends, finished or dropped (a time-out, a client
+        // gone), while it is still locked: declared after the lock, so dropped before it.
+        let mut ending = Ending {
+            store: self,
+            key: &key,
+            slot: &slot,
+            kept: false,
+        };
         let keyed = Keyed {
             fingerprint,
             seen_again: false,
@@ -291,9 +308,14 @@ impl IdempotencyStore {
             })
             .await;
         let (kept, outcome) = self.settle(&key, fingerprint, keyed, answer).await;
-        self.index(key, &slot, kept.is_some());
+        ending.kept = kept.is_some();
         *stored = kept;
         outcome
+    }
+
+    fn indexed(&self, key: &Key, slot: &Slot) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.by_key.get(key).is_some_and(|s| Arc::ptr_eq(s, slot))
     }
 
     /// What a finished request answers, and what this instance keeps of it for a retry.
@@ -305,21 +327,27 @@ impl IdempotencyStore {
         answer: Answer,
     ) -> (Option<Stored>, Result<Outcome, AppError>) {
         if let Some(recorded) = keyed.recorded {
-            // The log keeps this answer with the events: nothing to load, save or keep (a
-            // retry here finds it there, as one elsewhere does).
-            let outcome = match keyed.seen_again {
-                true => Stored {
-                    fingerprint: recorded,
-                    answer,
-                    at: Instant::now(),
-                }
-                .replayed_for(fingerprint),
+            // The log keeps this answer with the events: nothing to load or save, and nothing
+            // a saved answer could replace (it can only be an older refusal). A retry that
+            // found it but could not show it yet (503) says so.
+            let recorded = Stored {
+                fingerprint: recorded,
+                answer,
+                at: Instant::now(),
+            };
+            let fails = recorded.answer.status >= 500 && recorded.fingerprint == fingerprint;
+            let outcome = match keyed.seen_again && !fails {
+                true => recorded.replayed_for(fingerprint),
                 false => Ok(Outcome {
-                    answer,
+                    answer: recorded.answer.clone(),
                     replayed: false,
                 }),
             };
-            return (None, outcome);
+            // A refusal is kept here too (a declined card: a retry would ask the processor
+            // again); a retry elsewhere finds it in the log.
+            let refusal = (400..500).contains(&recorded.answer.status);
+            let kept = (refusal && recorded.fingerprint == fingerprint).then_some(recorded);
+            return (kept, outcome);
         }
         // Looked up only now: the stored answer (of an earlier attempt on another instance, or
         // before a restart) is read when this attempt found its id used already or was
@@ -348,17 +376,32 @@ impl IdempotencyStore {
 
     /// Keeps `slot`, now holding an answer, for 24 hours; or, when it holds none, lets its key
     /// go (a retry runs anew, and finds an answer the log records there).
-    fn index(&self, key: Key, slot: &Slot, kept: bool) {
+    fn index(&self, key: &Key, slot: &Slot, kept: bool) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if kept {
-            slots.by_age.push_back((Instant::now(), key));
+            slots.by_age.push_back((Instant::now(), key.clone()));
         } else if slots
             .by_key
-            .get(&key)
+            .get(key)
             .is_some_and(|indexed| Arc::ptr_eq(indexed, slot))
         {
-            slots.by_key.remove(&key);
+            slots.by_key.remove(key);
         }
+    }
+}
+
+/// A keyed request's slot, indexed (`IdempotencyStore::index`) when the request ends, however
+/// it ends.
+struct Ending<'a> {
+    store: &'a IdempotencyStore,
+    key: &'a Key,
+    slot: &'a Slot,
+    kept: bool,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.store.index(self.key, self.slot, self.kept);
     }
 }
 

@@ -381,6 +381,110 @@ async fn an_answer_the_log_records_is_neither_saved_nor_looked_up() {
     );
 }
 
+/// A retry that finds its key's answer in the log but cannot show it yet (the read models are
+/// behind: 503) answers that, and never a refusal saved for the key before the log had the
+/// answer (a hold refused as sold out on one instance, then made on another); another body is
+/// still a 422. Nothing is looked up, and nothing kept.
+#[tokio::test]
+async fn a_recorded_answer_not_shown_yet_is_a_503_never_an_older_saved_refusal() {
+    let (pool, first, second) = two_instances().await;
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 1});
+    let refused_earlier = Stored {
+        fingerprint: Sha256::digest(serde_json::to_vec(&body).unwrap()).into(),
+        answer: Answer {
+            status: 409,
+            body: r#"{"title":"sold out"}"#.into(),
+            location: None,
+        },
+        at: Instant::now(),
+    };
+    first.save_later(&(user, THINGS.name, "k".into()), &refused_earlier);
+    stored_status(&pool, 409).await;
+    let recorded = hex::encode(refused_earlier.fingerprint);
+    let unavailable = Answer {
+        status: 503,
+        body: r#"{"title":"try again"}"#.into(),
+        location: None,
+    };
+    let not_shown_yet = || async {
+        seen_again();
+        recorded_by(&recorded);
+        unavailable.clone()
+    };
+    let retry = second
+        .run(user, THINGS, Some("k".into()), &body, not_shown_yet())
+        .await
+        .unwrap();
+    assert_eq!((retry.answer, retry.replayed), (unavailable.clone(), false));
+    let other_body = serde_json::json!({"seats": 2});
+    let refused = second
+        .run(user, THINGS, Some("k".into()), &other_body, not_shown_yet())
+        .await;
+    assert!(
+        matches!(refused, Err(AppError::Validation(_))),
+        "{refused:?}"
+    );
+    assert_eq!(second.database_statements(), 0);
+    assert_eq!(second.slots.lock().unwrap().by_key.len(), 0);
+}
+
+/// A refusal the log records (a declined card) is kept in memory as well, so a retry here
+/// replays it without running again (it would ask the processor again).
+#[tokio::test]
+async fn a_recorded_refusal_is_kept_in_memory() {
+    let store = IdempotencyStore::default();
+    let user = UserId::random();
+    let body = serde_json::json!({"card": "declined"});
+    let declined = Answer {
+        status: 402,
+        body: r#"{"title":"declined"}"#.into(),
+        location: None,
+    };
+    let first = store
+        .run(user, THINGS, Some("k".into()), &body, async {
+            recorded_by(&request_fingerprint().unwrap());
+            declined.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((first.answer, first.replayed), (declined.clone(), false));
+    let replay = store
+        .run(user, THINGS, Some("k".into()), &body, async {
+            unreachable!("a kept refusal replays")
+        })
+        .await
+        .unwrap();
+    assert_eq!((replay.answer, replay.replayed), (declined, true));
+}
+
+/// A request dropped while it runs (the edge's time-out, a client gone) lets its key go: the
+/// key is not refused as in use afterwards, and no slot is left behind.
+#[tokio::test]
+async fn a_dropped_request_leaves_no_slot() {
+    let store = IdempotencyStore::default();
+    let user = UserId::random();
+    let body = serde_json::json!({"seats": 1});
+    let never = store.run(user, THINGS, Some("k".into()), &body, async {
+        std::future::pending::<Answer>().await
+    });
+    let dropped = tokio::time::timeout(Duration::from_millis(10), never).await;
+    assert!(dropped.is_err(), "the work never ends");
+    assert_eq!(store.slots.lock().unwrap().by_key.len(), 0);
+    let created = Answer {
+        status: 201,
+        body: r#"{"id":1}"#.into(),
+        location: None,
+    };
+    let again = store
+        .run(user, THINGS, Some("k".into()), &body, async {
+            created.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.answer, again.replayed), (created, false));
+}
+
 /// Another instance on the database of `pool`.
 async fn another_instance(pool: &sqlx::PgPool) -> IdempotencyStore {
     let name: String = sqlx::query_scalar("SELECT current_database()")
