@@ -64,12 +64,9 @@ impl App {
             key,
         ));
         metadata.request_fingerprint = idempotency::request_fingerprint();
-        let recorded_by = metadata.request_fingerprint.clone();
         match self.hold_seats(caller, id, hold, metadata).await {
             Ok(view) => {
-                if let Some(fingerprint) = recorded_by.as_deref() {
-                    idempotency::recorded_by(fingerprint);
-                }
+                idempotency::recorded_by_this_request();
                 Ok(view)
             }
             // The writer checks the id before the seats and the customer's limit, so those
@@ -208,7 +205,6 @@ impl App {
         // The gateway has answered: record it, also through contention between instances. With
         // a key, the payment's first event records the answer (`replays`).
         metadata.request_fingerprint = idempotency::request_fingerprint();
-        let recorded_by = metadata.request_fingerprint.clone();
         let committed = match self
             .record(EventId(reservation.event_id), command, metadata)
             .await
@@ -239,9 +235,7 @@ impl App {
         });
         match recorded {
             Some(view) => {
-                if let Some(fingerprint) = recorded_by.as_deref() {
-                    idempotency::recorded_by(fingerprint);
-                }
+                idempotency::recorded_by_this_request();
                 paid(view)
             }
             None => paid(self.payment_view(payment_id).await?),

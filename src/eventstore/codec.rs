@@ -306,7 +306,6 @@ mod tests {
         assert_eq!(limits, [Some(4), None]);
     }
 
-    /// A name or version this build does not know is a typed error, never a panic.
     /// A request's fingerprint goes with the event that opens a stream, and only with it.
     #[test]
     fn the_request_fingerprint_is_kept_on_a_stream_s_first_event() {
@@ -332,6 +331,7 @@ mod tests {
         );
     }
 
+    /// A name or version this build does not know is a typed error, never a panic.
     #[test]
     fn unknown_types_and_versions_are_typed_errors() {
         for (event_type, version) in [("reservation.placed", 99), ("ticket.teleported", 1)] {

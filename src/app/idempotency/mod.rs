@@ -153,6 +153,18 @@ pub fn request_fingerprint() -> Option<String> {
         .ok()
 }
 
+/// Tells the wrapper that the answer about to be given is recorded in the event log by the
+/// events this request's command appended (their `request_fingerprint` is this request's).
+pub fn recorded_by_this_request() {
+    let _ = KEYED.try_with(|keyed| {
+        let this = keyed.get();
+        keyed.set(Keyed {
+            recorded: Some(this.fingerprint),
+            ..this
+        })
+    });
+}
+
 /// Tells the wrapper that the answer about to be given is recorded in the event log: it is
 /// rebuilt from the events the key's request made (its first attempt's, or this one's), and
 /// `fingerprint` (their `request_fingerprint`) is the body of the request that made them. The
