@@ -6,7 +6,7 @@
 
 use super::error::{CUSTOMER_LIMIT, SALES_NOT_OPEN, SOLD_OUT};
 use super::idempotency::{self, derived_id};
-use super::replays::paid;
+use super::replays::{paid, refunded_at_once};
 use super::{policy, App, AppError};
 use crate::auth::Principal;
 use crate::domain::reservation::{ensure_payable, ReservationStatus};
@@ -222,10 +222,9 @@ impl App {
         };
         self.metrics.payments.with_label_values(&[counted]).inc();
         if let Outcome::Compensated(cause) = committed.outcome {
-            return Err(AppError::Conflict {
-                kind: "reservation-not-pending",
-                detail: format!("{cause}; the charge was refunded"),
-            });
+            // The refund after the capture records this answer (`replays`).
+            idempotency::recorded_by_this_request();
+            return Err(refunded_at_once(cause));
         }
         // The answer comes from the committed event, as the read models will show it.
         let recorded = committed.events.iter().find_map(|e| match e {

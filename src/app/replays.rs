@@ -7,14 +7,13 @@
 //! payment's answers are kept, in the append that made them. The read models here are caught
 //! up with the event before the answer, so that a read that follows it finds what it shows.
 //!
-//! One answer is not rebuilt: a capture refunded in its own commit (it came too late for its
-//! hold) answered 409, which its first event does not tell. That answer is saved to
-//! `idempotency_keys` (`idempotency`), and the retry reads it there.
+//! A capture refunded in its own commit (it came too late for its hold) answered 409: the
+//! refund the domain appended right after it tells the cause, and the 409 is rebuilt from both.
 
 use super::idempotency;
 use super::{App, AppError};
 use crate::domain::events::StreamId;
-use crate::domain::payment::PaymentStatus;
+use crate::domain::payment::{PaymentStatus, AUTOMATIC_REFUND};
 use crate::domain::{DomainEvent, PaymentId, ReservationId};
 use crate::eventstore::{codec, RecordedEvent};
 use crate::projections::{PaymentView, ReservationView};
@@ -76,13 +75,12 @@ impl App {
             _ => return Err(refusal),
         };
         idempotency::seen_again();
-        if self.refunded_in_its_commit(&first).await? {
-            // Its answer (409) was saved, and the wrapper reads it; without it (not saved yet,
-            // or lost in a crash), the payment as it is now.
-            return paid(self.payment_shown(payment_id).await?);
-        }
         // Told before the wait: a 503 from it must not let an older saved refusal answer.
         tell_recorded(&first);
+        if let Some(cause) = self.refunded_in_its_commit(&first).await? {
+            // Answered at once, as the first attempt was: it shows no payment to wait for.
+            return Err(refunded_at_once(cause));
+        }
         self.payment_shown(payment_id).await?;
         paid(recorded)
     }
@@ -103,19 +101,32 @@ impl App {
         self.reads.applied().payment(id).await?.ok_or_else(behind)
     }
 
-    /// Whether the capture `first` was refunded in the commit that recorded it: the domain
-    /// appends that refund right after it (`domain::sale::checkout`), and nothing else puts
-    /// the payment's second event there.
-    async fn refunded_in_its_commit(&self, first: &RecordedEvent) -> Result<bool, AppError> {
+    /// The cause, if the capture `first` was refunded in the commit that recorded it: the
+    /// domain appends that refund right after it (`domain::sale::checkout`), and nothing else
+    /// puts the payment's second event there.
+    async fn refunded_in_its_commit(
+        &self,
+        first: &RecordedEvent,
+    ) -> Result<Option<String>, AppError> {
         let next = self
             .sales
             .store()
             .read_all(first.position, 1)
             .await
             .map_err(CommandError::Store)?;
-        Ok(next
+        let Some(refund) = next
             .first()
-            .is_some_and(|e| e.stream_id == first.stream_id && e.version == 2))
+            .filter(|e| e.stream_id == first.stream_id && e.version == 2)
+        else {
+            return Ok(None);
+        };
+        let DomainEvent::PaymentRefunded(refunded) = decoded(refund)? else {
+            return Ok(None);
+        };
+        Ok(Some(match refunded.reason.strip_prefix(AUTOMATIC_REFUND) {
+            Some(cause) => cause.to_owned(),
+            None => refunded.reason,
+        }))
     }
 
     async fn first_event(&self, stream: StreamId) -> Result<Option<Arc<RecordedEvent>>, AppError> {
@@ -139,6 +150,15 @@ fn decoded(event: &RecordedEvent) -> Result<DomainEvent, AppError> {
 fn tell_recorded(first: &RecordedEvent) {
     if let Some(fingerprint) = first.metadata.request_fingerprint.as_deref() {
         idempotency::recorded_by(fingerprint);
+    }
+}
+
+/// The answer of a capture that came too late for its hold (`cause`) and was refunded in the
+/// commit that recorded it: the customer holds no tickets, and has their money back.
+pub(super) fn refunded_at_once(cause: impl std::fmt::Display) -> AppError {
+    AppError::Conflict {
+        kind: "reservation-not-pending",
+        detail: format!("{cause}; the charge was refunded"),
     }
 }
 

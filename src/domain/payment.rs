@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// How the reason of a refund the sale decided itself begins (a capture that came too late for
+/// its hold, given back in the commit that recorded it); the cause follows.
+pub const AUTOMATIC_REFUND: &str = "automatic refund: ";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {

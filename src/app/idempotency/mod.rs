@@ -7,12 +7,12 @@
 //! - a hold's and a payment's answers in the event log, in the append that made them
 //!   (issue 11): the first event of the reservation or payment carries the request's body
 //!   fingerprint (`Metadata::request_fingerprint`) and the answer is rebuilt from that event
-//!   (`recorded_by`, `app::replays`) for as long as the log keeps it, crash or not. No instance
-//!   keeps them in memory (but a declined card's): a retry runs again and finds its answer
-//!   there;
-//! - every other answer (refusals; a capture refunded in its own commit) for 24 hours in the
-//!   memory of the instance that gave it and, with PostgreSQL, in `idempotency_keys` (read and
-//!   written in batches, `durable`).
+//!   (and, for a capture refunded in its own commit, the refund after it: `recorded_by`,
+//!   `app::replays`) for as long as the log keeps it, crash or not. No instance keeps them in
+//!   memory (but a declined card's and that refund's 409): a retry runs again and finds its
+//!   answer there;
+//! - every other answer (the refusals) for 24 hours in the memory of the instance that gave it
+//!   and, with PostgreSQL, in `idempotency_keys` (read and written in batches, `durable`).
 //!
 //! A 5xx is not kept, so the client may retry it.
 //!

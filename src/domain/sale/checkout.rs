@@ -13,7 +13,7 @@ use crate::domain::events::{
 };
 use crate::domain::ids::{PaymentId, ReservationId, UserId};
 use crate::domain::money::Money;
-use crate::domain::payment::{PaymentError, PaymentStatus};
+use crate::domain::payment::{PaymentError, PaymentStatus, AUTOMATIC_REFUND};
 use crate::domain::reservation::{Reservation, ReservationError, ReservationStatus, MAX_QUANTITY};
 use chrono::{DateTime, Duration, Utc};
 use smallvec::SmallVec;
@@ -139,7 +139,7 @@ impl Deciding<'_> {
                         payment_id,
                         reservation_id,
                         amount,
-                        reason: format!("automatic refund: {error}"),
+                        reason: format!("{AUTOMATIC_REFUND}{error}"),
                         at: now,
                     }
                     .into(),
