@@ -9,11 +9,12 @@
 # PATH `reserve` measures holds instead: a sale is opened (one customer, scripts/lean/sale.sh)
 # and each request is a POST /api/reservations of one seat with a fresh Idempotency-Key, so
 # the count includes everything a hold sets off in the background (the read models, the bus
-# and its consumers). PATH `purchase`: each "request" is a hold and then its payment.
+# and its consumers). PATH `purchase`: each "request" is a hold and then its payment. PATH
+# `availability`: a GET of that sale's availability, anonymous.
 #
 # BENCH_CALLGRIND_OUT=FILE keeps the profile (callgrind_annotate FILE: where they go).
 #
-# Usage: scripts/bench-instructions.sh [BIN] [N] [PATH|reserve|purchase]
+# Usage: scripts/bench-instructions.sh [BIN] [N] [PATH|reserve|purchase|availability]
 #   e.g. scripts/bench-instructions.sh ./target/release/ticketing 500 /health
 set -euo pipefail
 
@@ -34,12 +35,17 @@ for _ in $(seq 1 600); do
     kill -0 "$VALGRIND_PID" 2>/dev/null || { cat "$OUT/service.log" >&2; exit 1; }
     sleep 0.5
 done
-if [ "$REQUEST_PATH" = reserve ] || [ "$REQUEST_PATH" = purchase ]; then
+case $REQUEST_PATH in reserve | purchase | availability)
     BASE=http://127.0.0.1:$PORT
     # shellcheck source=scripts/lean/sale.sh
     . "$(dirname "$0")/lean/sale.sh"
     event=$(open_sale "Instructions" "$(account "org-$$@bench.test" organizer)")
     token=$(account "buyer-$$@bench.test" customer)
+    ;;
+esac
+if [ "$REQUEST_PATH" = availability ]; then
+    request() { curl -sf -o /dev/null "$BASE/api/events/$event/availability"; }
+elif [ "$REQUEST_PATH" = reserve ] || [ "$REQUEST_PATH" = purchase ]; then
     request() {
         local held
         held=$(curl -sf -X POST "$BASE/api/reservations" -H "Authorization: Bearer $token" \
