@@ -155,9 +155,32 @@ impl Invalidator {
 
 /// A cached view with the projector position seen before it was loaded.
 #[derive(Serialize, Deserialize)]
-struct Entry {
+struct Entry<V> {
     seen: u64,
-    view: EventView,
+    view: V,
+}
+
+/// The first byte of an entry: its encoding, bincode's standard one after it. A hot read
+/// decodes an entry per request, and bincode does it several times faster than JSON (what
+/// builds before it wrote: such an entry, as one a later format might write into a shared
+/// Redis during a rolling deploy, is not read but reloaded and replaced).
+const ENTRY_FORMAT: u8 = 2;
+
+fn encoded(entry: &Entry<&EventView>) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut bytes = vec![ENTRY_FORMAT];
+    bincode::serde::encode_into_std_write(entry, &mut bytes, bincode::config::standard())?;
+    Ok(bytes)
+}
+
+fn decoded(bytes: &[u8]) -> Result<Entry<EventView>, &'static str> {
+    match bytes.split_first() {
+        Some((&ENTRY_FORMAT, body)) => {
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map(|(entry, _)| entry)
+                .map_err(|_| "undecodable")
+        }
+        _ => Err("of another format"),
+    }
 }
 
 /// Event views through the cache.
@@ -255,23 +278,19 @@ impl EventCache {
         let Some(bytes) = self.shared.cache.get(&key(id)).await? else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Entry>(&bytes) {
+        match decoded(&bytes) {
             // Loaded at or after the last change this instance saw: fresh.
             Ok(entry) if entry.seen >= self.shared.mark(id) => Ok(Some(entry.view)),
             Ok(_) => Ok(None),
             Err(e) => {
-                tracing::warn!(error = %e, event_id = %id, "unreadable cache entry; reloading");
+                tracing::warn!(error = e, event_id = %id, "unreadable cache entry; reloading");
                 Ok(None)
             }
         }
     }
 
     async fn store(&self, id: Uuid, seen: u64, view: &EventView) {
-        let entry = Entry {
-            seen,
-            view: view.clone(),
-        };
-        let bytes = match serde_json::to_vec(&entry) {
+        let bytes = match encoded(&Entry { seen, view }) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode a cache entry");

@@ -172,49 +172,26 @@ pub fn find(method: &Method, path: &str) -> Option<&'static Rule> {
     TABLE.iter().find(|r| r.method == method && r.path == path)
 }
 
-/// The route template a concrete `path` takes (as the router would match it: a literal segment
-/// wins over a `{parameter}`), for callers that run before routing (the request's span).
+/// The route template a concrete `path` takes, as the router matches it (with axum's own
+/// matcher, `matchit`: a literal segment wins over a `{parameter}`, which takes one non-empty
+/// segment), for callers that run before routing (the request's span and metrics).
 pub fn template_of(path: &str) -> Option<&'static str> {
-    // Runs for every request: only the templates of as many segments are compared, segment by
-    // segment, and nothing is allocated.
-    let segments = segments(path);
-    let mut best: Option<(usize, &'static str)> = None;
-    for &(_, template) in TEMPLATES.iter().filter(|(n, _)| *n == segments) {
-        if let Some(literals) = literals_if_taken(template, path) {
-            if best.is_none_or(|(most, _)| literals >= most) {
-                best = Some((literals, template));
+    TEMPLATES.at(path).ok().map(|found| *found.value)
+}
+
+/// Every distinct route template of the table, each under itself.
+static TEMPLATES: std::sync::LazyLock<matchit::Router<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        let distinct: std::collections::BTreeSet<_> = TABLE.iter().map(|r| r.path).collect();
+        let mut templates = matchit::Router::new();
+        for template in distinct {
+            // The table's templates are the router's, which it accepted (a test finds each).
+            if let Err(error) = templates.insert(template, template) {
+                tracing::error!(%error, template, "a route template the matcher refuses");
             }
         }
-    }
-    best.map(|(_, template)| template)
-}
-
-/// Every distinct route template of the table, with its number of segments.
-static TEMPLATES: std::sync::LazyLock<Vec<(usize, &'static str)>> =
-    std::sync::LazyLock::new(|| {
-        let mut templates: Vec<_> = TABLE.iter().map(|r| (segments(r.path), r.path)).collect();
-        templates.sort_unstable();
-        templates.dedup();
         templates
     });
-
-fn segments(path: &str) -> usize {
-    path.bytes().filter(|&b| b == b'/').count()
-}
-
-/// How many literal segments `template` has, if `path` takes it.
-fn literals_if_taken(template: &str, path: &str) -> Option<usize> {
-    let (mut pattern, mut segments) = (template.split('/'), path.split('/'));
-    let mut literals = 0;
-    loop {
-        match (pattern.next(), segments.next()) {
-            (None, None) => return Some(literals),
-            (Some(p), Some(_)) if p.starts_with('{') => {}
-            (Some(p), Some(s)) if p == s => literals += 1,
-            _ => return None,
-        }
-    }
-}
 
 impl Audience {
     /// Whether a signed-in caller of `role` passes (anonymous callers: `admits_anonymous`).
@@ -351,6 +328,8 @@ mod tests {
         // Lengths must agree: a prefix or an extension of a template is not that template.
         assert_eq!(template_of("/admin/dlq"), Some("/admin/dlq"));
         assert_eq!(template_of("/admin/dlq/7/extra/more"), None);
+        // A parameter takes a segment, as the router's: an empty one is no route.
+        assert_eq!(template_of("/admin/dlq/"), None);
     }
 
     /// Every template, with its parameters filled in, is found again (the one the span names).

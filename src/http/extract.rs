@@ -255,8 +255,8 @@ pub struct RequestContext {
     pub correlation_id: String,
     pub request_id: String,
     /// The client's address as the rate limiter sees it (`X-Forwarded-For` only behind a
-    /// trusted proxy); `None` for an in-process call.
-    pub client_ip: Option<String>,
+    /// trusted proxy); `None` for an in-process call. Written out only for an audit record.
+    pub client_ip: Option<std::net::IpAddr>,
     /// The `User-Agent` header, cut to 256 characters.
     pub user_agent: Option<String>,
 }
@@ -287,7 +287,7 @@ impl RequestContext {
     ) -> AuditRecord {
         let mut record = AuditRecord {
             correlation_id: Some(self.correlation_id.clone()),
-            client_ip: self.client_ip.clone(),
+            client_ip: self.client_ip.map(|ip| ip.to_string()),
             user_agent: self.user_agent.clone(),
             ..AuditRecord::new(at, action, resource_type, result)
         };

@@ -284,7 +284,7 @@ async fn request_context(
     request.extensions_mut().insert(RequestContext {
         correlation_id: correlation_id.clone(),
         request_id: request_id.clone(),
-        client_ip: (!client_ip.is_unspecified()).then(|| client_ip.to_string()),
+        client_ip: (!client_ip.is_unspecified()).then_some(client_ip),
         user_agent,
     });
     let mut response = next.run(request).instrument(span.clone()).await;

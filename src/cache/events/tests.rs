@@ -195,3 +195,63 @@ async fn a_failing_cache_is_bypassed_and_counted() {
     // Invalidation with the cache down does not fail either.
     f.shared.invalidate(&[id], 1).await;
 }
+
+/// An entry this build wrote is read back whole; an entry of another format (the JSON that
+/// builds before bincode wrote, in a Redis shared during a rolling deploy) or a damaged one
+/// is a miss: the view is loaded again and the entry replaced, never answered wrongly.
+#[tokio::test]
+async fn entries_of_another_format_are_reloaded_and_replaced() {
+    let store = Arc::new(MemoryCache::default());
+    let f = fixture(Arc::clone(&store) as Arc<dyn Cache>, true);
+    let id = EventId(Uuid::new_v4());
+    let expected = view(id.0, 0);
+    assert_eq!(
+        f.cache.event(id, CacheName::Availability).await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(
+        f.cache.event(id, CacheName::Availability).await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(
+        (counted(&f.metrics, "miss"), counted(&f.metrics, "hit")),
+        (1, 1)
+    );
+
+    let json = serde_json::to_vec(&Entry {
+        seen: 0,
+        view: &expected,
+    })
+    .unwrap();
+    let mut damaged = store.get(&key(id.0)).await.unwrap().unwrap();
+    damaged.truncate(damaged.len() / 2);
+    // A later format whose body this build could decode, of a state it must not answer.
+    let mut later = encoded(&Entry {
+        seen: 0,
+        view: &view(id.0, 7),
+    })
+    .unwrap();
+    later[0] = ENTRY_FORMAT + 1;
+    for (n, written) in [json, damaged, later].into_iter().enumerate() {
+        store
+            .set(&key(id.0), written, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let loads = f.reads.loads.load(Ordering::SeqCst);
+        assert_eq!(
+            f.cache.event(id, CacheName::Availability).await.unwrap(),
+            Some(expected.clone())
+        );
+        assert_eq!(
+            f.reads.loads.load(Ordering::SeqCst),
+            loads + 1,
+            "entry {n} is reloaded"
+        );
+        let replaced = store.get(&key(id.0)).await.unwrap().unwrap();
+        assert_eq!(
+            replaced.first(),
+            Some(&ENTRY_FORMAT),
+            "entry {n} is replaced"
+        );
+    }
+}
