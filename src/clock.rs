@@ -1,6 +1,8 @@
 //! Time as a dependency. Reducers never read a clock: handlers take `now` from a `Clock` and
 //! put it in the command. Tests drive expiry with `ManualClock` instead of waiting.
 
+pub mod rfc3339;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Timelike, Utc};
 use tokio::sync::watch;

@@ -30,7 +30,9 @@ pub struct EventDetails {
     pub name: String,
     pub description: Option<String>,
     pub venue: Venue,
+    #[serde(with = "crate::clock::rfc3339")]
     pub starts_at: DateTime<Utc>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub ends_at: DateTime<Utc>,
     pub sections: Vec<SectionSpec>,
     /// Since `event.created` / `event.details_changed` v2: the most tickets one customer may
@@ -45,32 +47,38 @@ pub struct EventCreated {
     pub owner_id: UserId,
     pub currency: Currency,
     pub details: EventDetails,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventDetailsChanged {
     pub event_id: EventId,
     pub details: EventDetails,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventPublished {
     pub event_id: EventId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSalesOpened {
     pub event_id: EventId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSalesClosed {
     pub event_id: EventId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventCancelled {
     pub event_id: EventId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 
@@ -120,29 +128,35 @@ pub struct ReservationPlaced {
     /// Since v2: the section's price when the seats were held (v1 events are upcast).
     pub unit_price_cents: i64,
     pub total: Money,
+    #[serde(with = "crate::clock::rfc3339")]
     pub placed_at: DateTime<Utc>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub expires_at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationConfirmed {
     pub reservation_id: ReservationId,
     pub payment_id: PaymentId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationCancelled {
     pub reservation_id: ReservationId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationExpired {
     pub reservation_id: ReservationId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationRefunded {
     pub reservation_id: ReservationId,
     pub payment_id: PaymentId,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 
@@ -155,6 +169,7 @@ pub struct PaymentCaptured {
     pub user_id: UserId,
     pub amount: Money,
     pub charge_id: String,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +180,7 @@ pub struct PaymentDeclined {
     pub user_id: UserId,
     pub amount: Money,
     pub reason: String,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +189,7 @@ pub struct PaymentRefunded {
     pub reservation_id: ReservationId,
     pub amount: Money,
     pub reason: String,
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: DateTime<Utc>,
 }
 

@@ -32,7 +32,9 @@ pub struct EventView {
     pub name: String,
     pub description: Option<String>,
     pub venue: VenueView,
+    #[serde(with = "crate::clock::rfc3339")]
     pub starts_at: DateTime<Utc>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub ends_at: DateTime<Utc>,
     pub currency: String,
     #[schema(value_type = String, example = "on_sale")]
@@ -45,7 +47,9 @@ pub struct EventView {
     pub max_tickets_per_customer: Option<u32>,
     /// Version of the event's stream; the `ETag` and `If-Match` value.
     pub version: u64,
+    #[serde(with = "crate::clock::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -77,9 +81,12 @@ pub struct ReservationView {
     pub status: ReservationStatus,
     pub total_cents: i64,
     pub currency: String,
+    #[serde(with = "crate::clock::rfc3339")]
     pub expires_at: DateTime<Utc>,
     pub payment_id: Option<Uuid>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -95,7 +102,9 @@ pub struct PaymentView {
     pub currency: String,
     /// Why a payment failed or was refunded.
     pub reason: Option<String>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -127,6 +136,7 @@ pub struct HistoryEntry {
     #[schema(value_type = String, example = "confirmed")]
     pub status: ReservationStatus,
     pub payment_id: Option<Uuid>,
+    #[serde(with = "crate::clock::rfc3339")]
     pub purchased_at: DateTime<Utc>,
 }
 
