@@ -51,8 +51,11 @@ impl CacheName {
     }
 }
 
+/// An entry's key names its format (`ENTRY_FORMAT`): builds that write another one (JSON
+/// before it) keep their own entries beside these in a shared Redis during a rolling deploy,
+/// instead of replacing each other's on every read.
 fn key(id: Uuid) -> String {
-    format!("event:{id}")
+    format!("event:{ENTRY_FORMAT}:{id}")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,8 +165,8 @@ struct Entry<V> {
 
 /// The first byte of an entry: its encoding, bincode's standard one after it. A hot read
 /// decodes an entry per request, and bincode does it several times faster than JSON (what
-/// builds before it wrote: such an entry, as one a later format might write into a shared
-/// Redis during a rolling deploy, is not read but reloaded and replaced).
+/// builds before it wrote). An entry found with another first byte, or undecodable, is not
+/// read but reloaded and replaced.
 const ENTRY_FORMAT: u8 = 2;
 
 fn encoded(entry: &Entry<&EventView>) -> Result<Vec<u8>, bincode::error::EncodeError> {

@@ -196,9 +196,9 @@ async fn a_failing_cache_is_bypassed_and_counted() {
     f.shared.invalidate(&[id], 1).await;
 }
 
-/// An entry this build wrote is read back whole; an entry of another format (the JSON that
-/// builds before bincode wrote, in a Redis shared during a rolling deploy) or a damaged one
-/// is a miss: the view is loaded again and the entry replaced, never answered wrongly.
+/// An entry this build wrote is read back whole; an entry of another format under its key
+/// (JSON, as builds before bincode wrote, or a later format's) or a damaged one is a miss:
+/// the view is loaded again and the entry replaced, never answered wrongly.
 #[tokio::test]
 async fn entries_of_another_format_are_reloaded_and_replaced() {
     let store = Arc::new(MemoryCache::default());
