@@ -197,8 +197,9 @@ async fn a_failing_cache_is_bypassed_and_counted() {
 }
 
 /// An entry this build wrote is read back whole; an entry of another format under its key
-/// (JSON, as builds before bincode wrote, or a later format's) or a damaged one is a miss:
-/// the view is loaded again and the entry replaced, never answered wrongly.
+/// (JSON, as builds before bincode wrote, a later format's, or this one's with more after
+/// it) or a damaged one is a miss: the view is loaded again and the entry replaced, never
+/// answered wrongly.
 #[tokio::test]
 async fn entries_of_another_format_are_reloaded_and_replaced() {
     let store = Arc::new(MemoryCache::default());
@@ -232,7 +233,14 @@ async fn entries_of_another_format_are_reloaded_and_replaced() {
     })
     .unwrap();
     later[0] = ENTRY_FORMAT + 1;
-    for (n, written) in [json, damaged, later].into_iter().enumerate() {
+    // This format with more after it: a view of another shape.
+    let mut longer = encoded(&Entry {
+        seen: 0,
+        view: &view(id.0, 7),
+    })
+    .unwrap();
+    longer.push(0);
+    for (n, written) in [json, damaged, later, longer].into_iter().enumerate() {
         store
             .set(&key(id.0), written, Duration::from_secs(60))
             .await
@@ -254,4 +262,26 @@ async fn entries_of_another_format_are_reloaded_and_replaced() {
             "entry {n} is replaced"
         );
     }
+}
+
+/// The entry's encoding, pinned: bincode stores fields by position, so an `EventView` of
+/// another shape read under the same format number would be misread, not refused. If this
+/// fails, the view changed: give `ENTRY_FORMAT` a new number (so that builds sharing a Redis
+/// keep apart) and pin the new encoding here.
+#[test]
+fn the_entry_encoding_changes_only_with_its_format_number() {
+    use sha2::{Digest, Sha256};
+    let bytes = encoded(&Entry {
+        seen: 7,
+        view: &view(Uuid::nil(), 3),
+    })
+    .unwrap();
+    assert_eq!(
+        (ENTRY_FORMAT, hex::encode(Sha256::digest(&bytes))),
+        (
+            2,
+            String::from("a0f4693ab9421b8b429ee652e56f9b1d204f3c9de124dc5d1ac19192efe81d30")
+        ),
+        "EventView's encoding changed: bump ENTRY_FORMAT and pin the new digest"
+    );
 }
