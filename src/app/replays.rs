@@ -77,8 +77,12 @@ impl App {
         idempotency::seen_again();
         // Told before the wait: a 503 from it must not let an older saved refusal answer.
         tell_recorded(&first);
+        // As the first attempt's, the answer waits for the read models here, so that a read
+        // that follows it finds what it says (for a refund: the reservation no longer held).
         if let Some(cause) = self.refunded_in_its_commit(&first).await? {
-            // Answered at once, as the first attempt was: it shows no payment to wait for.
+            if !self.caught_up_with_log().await {
+                return Err(behind());
+            }
             return Err(refunded_at_once(cause));
         }
         self.payment_shown(payment_id).await?;
@@ -91,10 +95,6 @@ impl App {
         if let Some(shown) = self.reads.fresh().await.payment(id).await? {
             return Ok(shown);
         }
-        let behind = || AppError::Unavailable {
-            detail: "the read models are behind the event log; try again".into(),
-            retry_after: 1,
-        };
         if !self.caught_up_with_log().await {
             return Err(behind());
         }
@@ -140,6 +140,14 @@ impl App {
     }
 }
 
+/// A recorded answer the read models here cannot show yet: the client retries.
+fn behind() -> AppError {
+    AppError::Unavailable {
+        detail: "the read models are behind the event log; try again".into(),
+        retry_after: 1,
+    }
+}
+
 fn decoded(event: &RecordedEvent) -> Result<DomainEvent, AppError> {
     Ok(codec::decode(event).map_err(anyhow::Error::from)?)
 }
@@ -162,10 +170,8 @@ pub(super) fn refunded_at_once(cause: impl std::fmt::Display) -> AppError {
     }
 }
 
-/// A declined payment is `PaymentDeclined`; a refunded one (its capture lost the race with the
-/// hold's end and was refunded in the same append, maybe by reconciliation, or the customer
-/// has asked for the refund since) is a conflict: a 201 would tell the customer they hold
-/// tickets they do not. A captured payment is its view.
+/// A declined payment is `PaymentDeclined`; a refunded one is a conflict (a 201 would tell the
+/// customer they hold tickets they do not); a captured one is its view.
 pub(super) fn paid(view: PaymentView) -> Result<PaymentView, AppError> {
     match view.status {
         PaymentStatus::Failed => Err(AppError::PaymentDeclined {

@@ -1,10 +1,12 @@
 //! `DateTime<Utc>` through serde exactly as chrono's own derive writes it (RFC 3339 with `Z`,
-//! the fraction in groups of three digits, as many as it needs), only faster: chrono formats
-//! through `Debug` and parses with its relaxed parser, and its strict RFC 3339 functions take
-//! about a quarter of that time (BENCHMARKS.md, session 40). Every hold encodes and decodes the
-//! dates of its events and answers with a view's: `#[serde(with = "crate::clock::rfc3339")]` on
-//! those fields. What the strict parser refuses (a date written by hand, a year past 9999) is
-//! read by chrono's relaxed parser, as before.
+//! the fraction in groups of three digits, as many as it needs), only faster: chrono parses
+//! with its relaxed parser, four times slower than its strict RFC 3339 one, and writes through
+//! `collect_str`, which serde_json runs through its escaping writer piece by piece (one
+//! `to_rfc3339_opts` string is cheaper; bincode builds that string either way; BENCHMARKS.md,
+//! session 40). Every hold encodes and decodes the dates of its events and answers with a
+//! view's: `#[serde(with = "crate::clock::rfc3339")]` on those fields. What the strict parser
+//! refuses (a date written by hand, a year past 9999) is read by chrono's relaxed parser, as
+//! before.
 
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Utc};
 use serde::{de, Deserializer, Serialize, Serializer};

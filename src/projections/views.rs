@@ -41,7 +41,7 @@ pub struct EventView {
     pub status: EventStatus,
     pub sections: Vec<SectionView>,
     /// The most tickets (pending + confirmed) one customer may hold; `null` = no limit.
-    /// (`default`: views cached before the field existed read as no limit.)
+    /// (`default`: a JSON view without the field reads as no limit.)
     #[serde(default)]
     #[schema(minimum = 1, maximum = 100)]
     pub max_tickets_per_customer: Option<u32>,
