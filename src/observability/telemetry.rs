@@ -11,6 +11,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use std::io::IsTerminal;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -40,7 +41,9 @@ pub fn init(
     otlp_endpoint: Option<&str>,
     traces_filter: &str,
 ) -> anyhow::Result<Telemetry> {
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = without_trace_only(
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    );
     let logs = if json {
         fmt::layer().json().with_filter(log_filter).boxed()
     } else {
@@ -67,6 +70,27 @@ pub fn init(
     Ok(Telemetry { provider })
 }
 
+/// The spans that exist for traces alone: one per delivery to each consumer group, per
+/// published message, per group commit and per decided command, each with the semantic
+/// conventions' attributes. The log layer formats every field of every span it sees when the
+/// span starts, so at the default `info` these cost a hold more than a fifth of its
+/// instructions (BENCHMARKS.md, session 40) to give log lines context they already have from
+/// the request's span and the writer's `process` span (`sale_id`).
+fn without_trace_only<S>(
+    filter: EnvFilter,
+) -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    filter.and(filter_fn(|meta| !is_trace_only(meta)))
+}
+
+fn is_trace_only(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span()
+        && meta.target().starts_with("ticketing::")
+        && matches!(meta.name(), "consume" | "publish" | "append" | "decide")
+}
+
 /// A batch exporter to `endpoint`, the full OTLP/HTTP traces URL (a collector or Jaeger
 /// listens on `http://host:4318/v1/traces`).
 fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
@@ -84,4 +108,58 @@ fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// The names of the spans a layer is told of.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(attrs.metadata().name().to_owned());
+        }
+    }
+
+    /// The log never sees the spans kept for traces, even at `trace`; it sees the others, and
+    /// a trace-only name outside the service is not ours to hide.
+    #[test]
+    fn the_log_sees_no_span_kept_for_traces_alone() {
+        let (logs, traces) = (Seen::default(), Seen::default());
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                logs.clone()
+                    .with_filter(without_trace_only(EnvFilter::new("trace"))),
+            )
+            .with(traces.clone().with_filter(EnvFilter::new("trace")));
+        tracing::subscriber::with_default(subscriber, || {
+            let _spans = [
+                tracing::info_span!(target: "ticketing::bus::consumer", "consume"),
+                tracing::info_span!(target: "ticketing::bus::relay", "publish"),
+                tracing::info_span!(target: "ticketing::runtime::writer::telemetry", "append"),
+                tracing::info_span!(target: "ticketing::runtime::writer", "decide"),
+                tracing::info_span!(target: "ticketing::runtime::writer", "process"),
+                tracing::info_span!(target: "ticketing::http", "http_request"),
+                tracing::info_span!(target: "sqlx::query", "append"),
+            ];
+        });
+        assert_eq!(
+            *logs.0.lock().unwrap(),
+            ["process", "http_request", "append"]
+        );
+        assert_eq!(traces.0.lock().unwrap().len(), 7);
+    }
 }
