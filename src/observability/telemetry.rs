@@ -1,7 +1,8 @@
 //! Tracing set-up: human-readable logs in development, JSON in production, filtered by
 //! `RUST_LOG`; and, when an OTLP endpoint is configured, spans exported over OTLP/HTTP
 //! (protobuf) in batches, filtered by their own filter (`OTEL_TRACES_FILTER`), so the log level
-//! does not decide what is traced. The service name is `ticketing` unless `OTEL_SERVICE_NAME`
+//! does not decide what is traced (and the spans kept for traces alone never reach the log:
+//! `is_trace_only`). The service name is `ticketing` unless `OTEL_SERVICE_NAME`
 //! says otherwise (read by the SDK, like `OTEL_RESOURCE_ATTRIBUTES`). `Telemetry::shutdown`
 //! flushes what is still buffered when the process stops.
 
@@ -73,9 +74,9 @@ pub fn init(
 /// The spans that exist for traces alone: one per delivery to each consumer group, per
 /// published message, per group commit and per decided command, each with the semantic
 /// conventions' attributes. The log layer formats every field of every span it sees when the
-/// span starts, so at the default `info` these cost a hold more than a fifth of its
-/// instructions (BENCHMARKS.md, session 40) to give log lines context they already have from
-/// the request's span and the writer's `process` span (`sale_id`).
+/// span starts, so at the default `info` these cost a hold an eighth of its instructions
+/// (BENCHMARKS.md, session 40) to give log lines context they already have from the request's
+/// span and the writer's `process` span (`sale_id`). They are left out of the log only.
 fn without_trace_only<S>(
     filter: EnvFilter,
 ) -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
