@@ -6,8 +6,9 @@
 # pay that hold; `scripts/lean/purchase.lua`), availability reads and /health.
 # On PostgreSQL it also runs the naive baseline with pgbench (the same 64 connections, one
 # `SELECT ... FOR UPDATE` purchase transaction each) in the same run, and prints PostgreSQL
-# statements per reservation from pg_stat_statements (BENCH_PG_STATEMENTS=1 loads the extension,
-# which restarts PostgreSQL: never on a machine whose database others are using).
+# statements per reservation from pg_stat_statements, and the busiest statements with the rows and
+# WAL they wrote (BENCH_PG_STATEMENTS=1 loads the extension, which restarts PostgreSQL: never on a
+# machine whose database others are using).
 #
 # BENCH_PERF=FILE records a CPU profile of the service (perf) during the reservation run.
 #
@@ -184,6 +185,15 @@ echo "a payment, server side (means over the run): $(mean_ms ticketing_http_requ
     "a sale's append (holds and payments alike) $(mean_ms ticketing_store_append_duration_seconds '')"
 if [ "$BACKEND" = postgres ] && [ "$before" != unknown ] && [ "$after" != unknown ] && [ "$paid" -gt 0 ]; then
     echo "PostgreSQL statements per full purchase (whole service, consumers included): $(echo "scale=2; ($after - $before) / $paid" | bc)"
+    # Where PostgreSQL's time went over both write runs (and the set-up): the statements that
+    # took most of it, with the rows and the WAL they wrote.
+    echo "PostgreSQL's busiest statements (reservation and purchase runs):"
+    psql "$(db_url bench_lean)" -F $'\t' -tAc "SELECT calls, round(total_exec_time)::bigint AS ms,
+            rows, pg_size_pretty(wal_bytes), left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+        FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'bench_lean')
+        ORDER BY total_exec_time DESC LIMIT 6" 2>/dev/null |
+        awk -F '\t' '{printf "  %8d calls %7d ms %9d rows %9s WAL  %s\n", $1, $2, $3, $4, $5}'
 fi
 
 lean_run "GET /api/events/{id}/availability" "$BASE/api/events/$event/availability"
