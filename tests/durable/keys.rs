@@ -12,10 +12,11 @@ use ticketing::db::testing::fresh_database;
 use uuid::Uuid;
 
 /// A hold on another event and a payment of another reservation, with the keys of a first
-/// purchase, on an instance that never saw them: both are made anew (201), the second reservation is the
-/// one confirmed, and the first purchase is untouched. Before the ids named the event, the
-/// hold's stream clashed in the log with the first event's, and the sale writer's whole group
-/// commit failed (503 for every buyer in it); the payment was taken for the first one's.
+/// purchase, on an instance that never saw them: both are made anew (201), the second
+/// reservation is the one confirmed, and the first purchase is untouched. Before the ids named
+/// the event, the hold's stream clashed in the log with the first event's, and the sale
+/// writer's whole group commit failed (503 for every buyer in it); the payment was taken for
+/// the first one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_used_again_for_something_else_make_it_anew() {
     let db = fresh_database().await;

@@ -13,11 +13,7 @@ async fn a_retry_while_the_first_still_runs_is_a_conflict() {
     let store = IdempotencyStore::default();
     let user = UserId::random();
     let body = serde_json::json!({"seats": 2});
-    let created = Answer {
-        status: 201,
-        body: r#"{"id":1}"#.into(),
-        location: None,
-    };
+    let created = answer(201, r#"{"id":1}"#);
     let (running, started) = tokio::sync::oneshot::channel::<()>();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let first = store.run(user, THINGS, Some("k".into()), &body, async {
@@ -168,11 +164,6 @@ async fn the_stored_answer_is_read_only_for_a_repeat_or_a_refusal() {
     let (pool, first, second) = two_instances().await;
     let user = UserId::random();
     let body = serde_json::json!({"seats": 1});
-    let answer = |status: u16, body: &str| Answer {
-        status,
-        body: body.into(),
-        location: None,
-    };
     for key in ["new", "refused"] {
         let made = first
             .run(user, THINGS, Some(key.into()), &body, async {
@@ -226,11 +217,7 @@ async fn a_success_replaces_a_stored_refusal_and_never_the_reverse() {
     let (pool, first, second) = two_instances().await;
     let user = UserId::random();
     let body = serde_json::json!({"seats": 1});
-    let sold_out = Answer {
-        status: 409,
-        body: r#"{"title":"sold out"}"#.into(),
-        location: None,
-    };
+    let sold_out = answer(409, r#"{"title":"sold out"}"#);
     let held = Answer {
         status: 201,
         body: r#"{"held":1}"#.into(),
@@ -306,11 +293,7 @@ async fn an_answer_the_log_records_is_neither_saved_nor_looked_up() {
     let key = (user, THINGS.name, "k".to_owned());
     let refused_earlier = Stored {
         fingerprint: [0; 32],
-        answer: Answer {
-            status: 409,
-            body: r#"{"title":"sold out"}"#.into(),
-            location: None,
-        },
+        answer: answer(409, r#"{"title":"sold out"}"#),
         at: Instant::now(),
     };
     another_instance(&pool)
@@ -391,21 +374,13 @@ async fn a_recorded_answer_not_shown_yet_is_a_503_never_an_older_saved_refusal()
     let body = serde_json::json!({"seats": 1});
     let refused_earlier = Stored {
         fingerprint: Sha256::digest(serde_json::to_vec(&body).unwrap()).into(),
-        answer: Answer {
-            status: 409,
-            body: r#"{"title":"sold out"}"#.into(),
-            location: None,
-        },
+        answer: answer(409, r#"{"title":"sold out"}"#),
         at: Instant::now(),
     };
     first.save_later(&(user, THINGS.name, "k".into()), &refused_earlier);
     stored_status(&pool, 409).await;
     let recorded = hex::encode(refused_earlier.fingerprint);
-    let unavailable = Answer {
-        status: 503,
-        body: r#"{"title":"try again"}"#.into(),
-        location: None,
-    };
+    let unavailable = answer(503, r#"{"title":"try again"}"#);
     let not_shown_yet = || async {
         seen_again();
         recorded_by(&recorded);
@@ -435,11 +410,7 @@ async fn a_recorded_refusal_is_kept_in_memory() {
     let store = IdempotencyStore::default();
     let user = UserId::random();
     let body = serde_json::json!({"card": "declined"});
-    let declined = Answer {
-        status: 402,
-        body: r#"{"title":"declined"}"#.into(),
-        location: None,
-    };
+    let declined = answer(402, r#"{"title":"declined"}"#);
     let first = store
         .run(user, THINGS, Some("k".into()), &body, async {
             recorded_by_this_request();
@@ -470,11 +441,7 @@ async fn a_dropped_request_leaves_no_slot() {
     let dropped = tokio::time::timeout(Duration::from_millis(10), never).await;
     assert!(dropped.is_err(), "the work never ends");
     assert_eq!(store.slots.lock().unwrap().by_key.len(), 0);
-    let created = Answer {
-        status: 201,
-        body: r#"{"id":1}"#.into(),
-        location: None,
-    };
+    let created = answer(201, r#"{"id":1}"#);
     let again = store
         .run(user, THINGS, Some("k".into()), &body, async {
             created.clone()
@@ -555,4 +522,13 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+/// An answer without a `Location`.
+fn answer(status: u16, body: &str) -> Answer {
+    Answer {
+        status,
+        body: body.into(),
+        location: None,
+    }
 }
