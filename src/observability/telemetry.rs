@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter, Layer};
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 /// The installed exporter, to flush at exit.
 #[must_use = "call shutdown() at exit, or buffered spans are lost"]
@@ -42,9 +42,27 @@ pub fn init(
     otlp_endpoint: Option<&str>,
     traces_filter: &str,
 ) -> anyhow::Result<Telemetry> {
-    let log_filter = without_trace_only(
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    );
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let traces_filter = EnvFilter::try_new(traces_filter)
+        .with_context(|| format!("OTEL_TRACES_FILTER {traces_filter:?} is not a filter"))?;
+    let provider = otlp_endpoint.map(otlp_provider).transpose()?;
+    let _ = tracing_subscriber::registry()
+        .with(layers(json, log_filter, provider.as_ref(), traces_filter))
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+/// The log layer and, with an exporter, the trace layer, each behind its own filter. A list
+/// rather than an optional layer: an absent `Option` layer counts as wanting every span, so
+/// the registry would build, enter and close every span no layer records (8% of a hold's
+/// instructions at `warn`, BENCHMARKS.md, session 41).
+fn layers(
+    json: bool,
+    log_filter: EnvFilter,
+    provider: Option<&SdkTracerProvider>,
+    traces_filter: EnvFilter,
+) -> Vec<Box<dyn Layer<Registry> + Send + Sync>> {
+    let log_filter = without_trace_only(log_filter);
     let logs = if json {
         fmt::layer().json().with_filter(log_filter).boxed()
     } else {
@@ -56,19 +74,13 @@ pub fn init(
             .with_filter(log_filter)
             .boxed()
     };
-    let traces_filter = EnvFilter::try_new(traces_filter)
-        .with_context(|| format!("OTEL_TRACES_FILTER {traces_filter:?} is not a filter"))?;
-    let provider = otlp_endpoint.map(otlp_provider).transpose()?;
-    let spans = provider.as_ref().map(|p| {
+    let spans = provider.map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("ticketing"))
             .with_filter(traces_filter)
+            .boxed()
     });
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init();
-    Ok(Telemetry { provider })
+    std::iter::once(logs).chain(spans).collect()
 }
 
 /// The spans that exist for traces alone: one per delivery to each consumer group, per
@@ -162,5 +174,21 @@ mod tests {
             ["process", "http_request", "append"]
         );
         assert_eq!(traces.0.lock().unwrap().len(), 7);
+    }
+
+    /// Without an exporter, a span below the log level is never built: nothing would record
+    /// it. A span at the log level is.
+    #[test]
+    fn no_span_is_built_that_no_layer_records() {
+        let quiet = tracing_subscriber::registry().with(layers(
+            false,
+            EnvFilter::new("warn"),
+            None,
+            EnvFilter::new("trace"),
+        ));
+        tracing::subscriber::with_default(quiet, || {
+            assert!(tracing::info_span!(target: "ticketing::http", "http_request").is_disabled());
+            assert!(!tracing::warn_span!(target: "ticketing::http", "slow").is_disabled());
+        });
     }
 }
