@@ -11,7 +11,8 @@
 use crate::domain::events::StreamId;
 use crate::domain::{DomainEvent, ReservationId};
 use crate::projections::ReservationView;
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The most holds remembered (a few MB); past it the oldest is forgotten first.

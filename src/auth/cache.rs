@@ -14,7 +14,7 @@ use super::store::Principal;
 use crate::domain::UserId;
 use crate::observability::Metrics;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

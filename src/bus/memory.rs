@@ -9,9 +9,10 @@
 
 use super::{BusConsumer, BusError, BusMessage, Delivery, EventBus};
 use async_trait::async_trait;
+use foldhash::HashMap;
 use smallvec::SmallVec;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;

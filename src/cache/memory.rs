@@ -4,7 +4,7 @@
 
 use super::{Cache, CacheError};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

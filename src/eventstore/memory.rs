@@ -8,7 +8,7 @@ use super::{
 use crate::domain::EventId;
 use async_trait::async_trait;
 use chrono::Utc;
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 

@@ -217,7 +217,7 @@ pub(crate) fn raise_head(head: &mut u64, to: u64) -> bool {
 
 /// Checks that `events` carry contiguous versions per stream; shared by adapters.
 pub fn check_contiguous(events: &[NewEvent]) -> Result<(), StoreError> {
-    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut last: foldhash::HashMap<&str, u64> = foldhash::HashMap::default();
     for e in events {
         if let Some(prev) = last.insert(&e.stream_id, e.version) {
             if e.version != prev + 1 {

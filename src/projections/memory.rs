@@ -9,7 +9,8 @@ use crate::domain::payment::PaymentStatus;
 use crate::domain::reservation::ReservationStatus;
 use crate::eventstore::codec;
 use crate::paging::{Page, PageRequest};
-use std::collections::{BTreeMap, HashMap};
+use foldhash::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The per-reservation tables are B-trees: a hash map's growth rehashes every entry at once,

@@ -11,9 +11,10 @@ use crate::domain::{EventId, ReservationId};
 use crate::observability::Metrics;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use foldhash::{HashMap, HashMapExt};
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry as Slot;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 

@@ -9,7 +9,8 @@ use crate::paging::{Page, PageRequest};
 use crate::projections::{HistoryEntry, ReadError, SalesView, SectionSales};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
 #[derive(Default)]

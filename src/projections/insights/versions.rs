@@ -15,8 +15,8 @@
 use super::{version_gap, InsightsError, CONSUMER};
 use crate::bus::consumer::Applied;
 use crate::bus::envelope::BusEvent;
+use foldhash::{HashMap, HashMapExt};
 use sqlx::{Postgres, Transaction};
-use std::collections::HashMap;
 
 /// What the guard decided for one batch.
 pub(super) struct GuardedBatch {
