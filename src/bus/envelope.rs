@@ -19,6 +19,8 @@ pub const CORRELATION_ID: &str = "correlation-id";
 pub const CAUSATION_ID: &str = "causation-id";
 pub const USER_ID: &str = "user-id";
 pub const TRACEPARENT: &str = "traceparent";
+/// How many headers a message has at most: the eleven above.
+const HEADERS: usize = 11;
 
 /// An event as a consumer handles it: the decoded event and its envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +50,8 @@ pub enum Poison {
 /// The message that publishes `event`, or `None` for a stream of no known category.
 pub fn seal(topics: &Topics, event: &RecordedEvent) -> Option<BusMessage> {
     let topic = topics.for_stream(&event.stream_id)?;
-    let mut headers = vec![
+    let mut headers = Vec::with_capacity(HEADERS);
+    headers.extend([
         (EVENT_TYPE.to_owned(), event.event_type.clone()),
         (EVENT_VERSION.to_owned(), event.event_version.to_string()),
         (STREAM_ID.to_owned(), event.stream_id.clone()),
@@ -56,7 +59,7 @@ pub fn seal(topics: &Topics, event: &RecordedEvent) -> Option<BusMessage> {
         (POSITION.to_owned(), event.position.to_string()),
         (SALE_ID.to_owned(), event.sale_id.to_string()),
         (RECORDED_AT.to_owned(), event.recorded_at.to_rfc3339()),
-    ];
+    ]);
     let m = &event.metadata;
     let optional = [
         (CORRELATION_ID, m.correlation_id.clone()),

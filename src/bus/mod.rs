@@ -150,6 +150,8 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     prefix: String,
+    /// The topic of each of `CATEGORIES`, in its order: built once, cloned per message.
+    names: [String; CATEGORIES.len()],
 }
 
 /// Aggregate categories and the topic suffix each one is published to.
@@ -162,17 +164,14 @@ const CATEGORIES: [(&str, &str); 4] = [
 
 impl Topics {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Topics {
-            prefix: prefix.into(),
-        }
+        let prefix = prefix.into();
+        let names = CATEGORIES.map(|(_, suffix)| format!("{prefix}{suffix}"));
+        Topics { prefix, names }
     }
 
     /// Every topic the service publishes to.
     pub fn all(&self) -> Vec<String> {
-        CATEGORIES
-            .iter()
-            .map(|(_, suffix)| format!("{}{suffix}", self.prefix))
-            .collect()
+        self.names.to_vec()
     }
 
     /// The topic of one category suffix (`events`, `reservations`, ...).
@@ -185,8 +184,8 @@ impl Topics {
         let (category, _) = stream_id.split_once('-')?;
         CATEGORIES
             .iter()
-            .find(|(c, _)| *c == category)
-            .map(|(_, suffix)| self.named(suffix))
+            .position(|(c, _)| *c == category)
+            .map(|i| self.names[i].clone())
     }
 }
 
