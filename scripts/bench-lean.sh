@@ -10,7 +10,8 @@
 # WAL they wrote (BENCH_PG_STATEMENTS=1 loads the extension, which restarts PostgreSQL: never on a
 # machine whose database others are using).
 #
-# BENCH_PERF=FILE records a CPU profile of the service (perf) during the reservation run.
+# BENCH_PERF=FILE records a CPU profile of the service (perf) during the reservation run, or
+# during the full-purchase run with BENCH_PERF_RUN=purchase.
 #
 # BENCH_BIN=PATH measures another build of the service (an A/B comparison in one session).
 #
@@ -129,10 +130,13 @@ fi
 before=$(statements_now)
 held_before=$(curl -sf "$BASE/api/events/$event/availability" | jq '[.sections[].held] | add // 0')
 
-# BENCH_PERF=FILE records a CPU profile of the service during the reservation run.
-if [ -n "${BENCH_PERF:-}" ]; then
-    perf record -F 499 -g -p "$SERVICE_PID" -o "$BENCH_PERF" -- sleep "$DURATION" 2>/dev/null &
-fi
+# BENCH_PERF=FILE records a CPU profile of the service during one run (BENCH_PERF_RUN).
+profile_if() {
+    if [ -n "${BENCH_PERF:-}" ] && [ "${BENCH_PERF_RUN:-reserve}" = "$1" ]; then
+        perf record -F 499 -g -p "$SERVICE_PID" -o "$BENCH_PERF" -- sleep "$DURATION" 2>/dev/null &
+    fi
+}
+profile_if reserve
 TOKENS_FILE=$WORK/tokens EVENT_ID=$event lean_run "POST /api/reservations" -s scripts/lean/reserve.lua "$BASE"
 cp "$WORK/last.out" "$WORK/reserve.out"
 after=$(statements_now)
@@ -163,6 +167,7 @@ THREADS_BEFORE=$THREADS
 THREADS=${BENCH_PURCHASE_THREADS:-8}
 before=$(statements_now)
 curl -sf "$BASE/metrics" > "$WORK/metrics.before"
+profile_if purchase
 TOKENS_FILE=$WORK/tokens EVENT_ID=$event lean_run "full purchase (POST /api/reservations, then POST /api/payments)" -s scripts/lean/purchase.lua "$BASE"
 after=$(statements_now)
 THREADS=$THREADS_BEFORE
