@@ -184,10 +184,12 @@ impl Breaker {
 
     /// Leave for one call, or `Refused` while open (and while half-open with a probe out).
     pub fn admit(&self) -> Result<Permit<'_>, Refused> {
-        let now = self.clock.now();
         let mut inner = self.lock();
         let mut changed = None;
         if inner.state == BreakerState::Open {
+            // The clock is read only here and on a switch: a closed breaker is on every
+            // call to its dependency, several per hold.
+            let now = self.clock.now();
             let reopen_at = inner.since
                 + chrono::Duration::from_std(self.config.cool_down)
                     .unwrap_or(chrono::Duration::MAX);
@@ -197,7 +199,7 @@ impl Breaker {
                     retry_after: (reopen_at - now).to_std().unwrap_or_default(),
                 });
             }
-            changed = Some(self.switch(&mut inner, BreakerState::HalfOpen, now));
+            changed = Some(self.switch(&mut inner, BreakerState::HalfOpen));
         }
         let probe = inner.state == BreakerState::HalfOpen;
         if probe {
@@ -246,7 +248,6 @@ impl Breaker {
     }
 
     fn record(&self, failure: Option<&str>, probe: bool) {
-        let now = self.clock.now();
         let mut inner = self.lock();
         if probe {
             inner.probing = false;
@@ -263,7 +264,7 @@ impl Breaker {
                 inner.consecutive = 0;
                 (inner.state != BreakerState::Closed).then(|| {
                     inner.recent.clear();
-                    self.switch(&mut inner, BreakerState::Closed, now)
+                    self.switch(&mut inner, BreakerState::Closed)
                 })
             }
             Some(reason) => {
@@ -281,7 +282,7 @@ impl Breaker {
                     BreakerState::Open => false,
                 };
                 inner.reason = Some(reason.to_owned());
-                trips.then(|| self.switch(&mut inner, BreakerState::Open, now))
+                trips.then(|| self.switch(&mut inner, BreakerState::Open))
             }
         };
         drop(inner);
@@ -290,15 +291,10 @@ impl Breaker {
         }
     }
 
-    /// Moves to `to`; returns what to report once the lock is released.
-    fn switch(
-        &self,
-        inner: &mut Inner,
-        to: BreakerState,
-        now: DateTime<Utc>,
-    ) -> (BreakerState, Option<String>) {
+    /// Moves to `to` as of now; returns what to report once the lock is released.
+    fn switch(&self, inner: &mut Inner, to: BreakerState) -> (BreakerState, Option<String>) {
         inner.state = to;
-        inner.since = now;
+        inner.since = self.clock.now();
         if to == BreakerState::Closed {
             inner.reason = None;
         }
