@@ -53,9 +53,10 @@ pub fn init(
 }
 
 /// The log layer and, with an exporter, the trace layer, each behind its own filter. A list
-/// rather than an optional layer: an absent `Option` layer counts as wanting every span, so
-/// the registry would build, enter and close every span no layer records (8% of a hold's
-/// instructions at `warn`, BENCHMARKS.md, session 41).
+/// rather than an optional layer: an absent `Option` layer above a log filter that gives no
+/// level hint (`without_trace_only` joins `EnvFilter` to a `filter_fn`, which has none) made
+/// the registry build, enter and close every span no layer records, 19 000 instructions a
+/// hold at `warn` (BENCHMARKS.md, session 41).
 fn layers(
     json: bool,
     log_filter: EnvFilter,
