@@ -25,6 +25,10 @@ CONNECTIONS=${3:-64}
 BUYERS=${BENCH_BUYERS:-64}
 THREADS=${BENCH_WRK_THREADS:-2}
 PORT=${BENCH_PORT:-18095}
+case ${BENCH_PERF_RUN:-reserve} in
+    reserve | purchase) ;;
+    *) echo "bench-lean: BENCH_PERF_RUN is reserve or purchase, not $BENCH_PERF_RUN" >&2; exit 2 ;;
+esac
 ADMIN_URL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable}
 BASE=http://127.0.0.1:$PORT
 WORK=$(mktemp -d)

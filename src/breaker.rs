@@ -199,7 +199,7 @@ impl Breaker {
                     retry_after: (reopen_at - now).to_std().unwrap_or_default(),
                 });
             }
-            changed = Some(self.switch(&mut inner, BreakerState::HalfOpen));
+            changed = Some(self.switch(&mut inner, BreakerState::HalfOpen, now));
         }
         let probe = inner.state == BreakerState::HalfOpen;
         if probe {
@@ -264,7 +264,7 @@ impl Breaker {
                 inner.consecutive = 0;
                 (inner.state != BreakerState::Closed).then(|| {
                     inner.recent.clear();
-                    self.switch(&mut inner, BreakerState::Closed)
+                    self.switch(&mut inner, BreakerState::Closed, self.clock.now())
                 })
             }
             Some(reason) => {
@@ -282,7 +282,7 @@ impl Breaker {
                     BreakerState::Open => false,
                 };
                 inner.reason = Some(reason.to_owned());
-                trips.then(|| self.switch(&mut inner, BreakerState::Open))
+                trips.then(|| self.switch(&mut inner, BreakerState::Open, self.clock.now()))
             }
         };
         drop(inner);
@@ -291,10 +291,15 @@ impl Breaker {
         }
     }
 
-    /// Moves to `to` as of now; returns what to report once the lock is released.
-    fn switch(&self, inner: &mut Inner, to: BreakerState) -> (BreakerState, Option<String>) {
+    /// Moves to `to` as of `now`; returns what to report once the lock is released.
+    fn switch(
+        &self,
+        inner: &mut Inner,
+        to: BreakerState,
+        now: DateTime<Utc>,
+    ) -> (BreakerState, Option<String>) {
         inner.state = to;
-        inner.since = self.clock.now();
+        inner.since = now;
         if to == BreakerState::Closed {
             inner.reason = None;
         }
