@@ -7,7 +7,7 @@ use super::AppState;
 use crate::audit::{AuditRecord, AuditResult};
 use crate::auth::Principal;
 use crate::eventstore::Metadata;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, StatusCode};
@@ -25,10 +25,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        // Buffered first (within the body limit) to look for NUL, then decoded by axum's own
-        // extractor from the buffer, content-type check and all.
+        // Buffered first (within the body limit) to look for NUL, then decoded from the
+        // buffer. The content type is read before the request is consumed: cloning the
+        // request's head for a second extraction copied every header and extension.
         let (parts, body) = req.into_parts();
-        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+        let json = is_json(&parts.headers);
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state)
             .await
             .map_err(|e| match e.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
@@ -41,13 +43,26 @@ where
             )])
             .into());
         }
-        let buffered = Request::from_parts(parts, Body::from(bytes));
-        let axum::Json(value) = axum::Json::<T>::from_request(buffered, state)
-            .await
-            .map_err(json_rejection)?;
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
         value.validate().map_err(validation_errors)?;
         Ok(ApiJson(value))
     }
+}
+
+/// Whether the body is declared JSON, as axum's `Json` extractor decides it: a media type
+/// `application/json` or `application/<anything>+json`, with any parameters.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        })
 }
 
 /// Whether a JSON text holds a string with the NUL character: the escape `\u0000` (a raw
@@ -383,7 +398,36 @@ fn whole<T: TryFrom<i64> + TryFrom<u64>>(number: &serde_json::Number) -> Option<
 
 #[cfg(test)]
 mod tests {
-    use super::has_nul;
+    use super::{has_nul, is_json};
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    /// The media types axum's own `Json` extractor takes, and only those.
+    #[test]
+    fn json_is_application_json_or_a_json_suffix() {
+        let declared = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+            is_json(&headers)
+        };
+        let yes = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/a+json",
+        ];
+        let no = ["text/json", "application/jsonx", "text/plain", "json", ""];
+        for (value, json) in yes
+            .map(|v| (v, true))
+            .into_iter()
+            .chain(no.map(|v| (v, false)))
+        {
+            assert_eq!(declared(value.as_bytes()), json, "{value}");
+        }
+        assert!(!declared(b"application/json\xff"), "not text");
+        assert!(!is_json(&HeaderMap::new()), "no content type");
+    }
 
     #[test]
     fn nul_is_found_only_as_an_escape_of_its_own() {
