@@ -80,6 +80,7 @@ fn has_nul(json: &[u8]) -> bool {
         })
 }
 
+/// What `Json::from_bytes` refused, as the API answers it.
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => {
@@ -90,8 +91,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             e.body_text()
                 .trim_start_matches("Failed to parse the request body as JSON: ")
         )),
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        // `from_bytes` gives only the two above; the type has more variants.
         other => ApiError::BadRequest(other.body_text()),
     }
 }
