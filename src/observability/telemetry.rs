@@ -12,7 +12,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use std::io::IsTerminal;
-use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
@@ -53,10 +53,10 @@ pub fn init(
 }
 
 /// The log layer and, with an exporter, the trace layer, each behind its own filter. A list
-/// rather than an optional layer: an absent `Option` layer above a log filter that gives no
-/// level hint (`without_trace_only` joins `EnvFilter` to a `filter_fn`, which has none) made
-/// the registry build, enter and close every span no layer records, 19 000 instructions a
-/// hold at `warn` (BENCHMARKS.md, session 41).
+/// rather than an optional layer: an absent `Option` layer above a log filter that gave no
+/// level hint (`without_trace_only` before it had one) made the registry build, enter and
+/// close every span no layer records, 19 000 instructions a hold at `warn` (BENCHMARKS.md,
+/// session 41).
 fn layers(
     json: bool,
     log_filter: EnvFilter,
@@ -96,7 +96,10 @@ fn without_trace_only<S>(
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    filter.and(filter_fn(|meta| !is_trace_only(meta)))
+    // The name filter restricts no level: its hint says so, or the joined filter would have
+    // none (`And` keeps the lower hint, and no hint is lower than any), and tracing would
+    // then ask every disabled callsite instead of comparing its level with `RUST_LOG`'s.
+    filter.and(filter_fn(|meta| !is_trace_only(meta)).with_max_level_hint(LevelFilter::TRACE))
 }
 
 fn is_trace_only(meta: &tracing::Metadata<'_>) -> bool {
@@ -201,5 +204,10 @@ mod tests {
         };
         assert!(interest(info).is_never());
         assert!(!interest(warn).is_never());
+        // And the level is known up front: a disabled `debug!` is skipped by its level alone.
+        assert_eq!(
+            tracing::Subscriber::max_level_hint(&quiet),
+            Some(LevelFilter::WARN)
+        );
     }
 }
