@@ -19,6 +19,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod replies;
 pub mod reservations;
+mod spans;
 pub mod webhooks;
 
 use crate::app::App;
@@ -231,7 +232,8 @@ static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Takes `X-Correlation-ID` from the caller (or makes one), gives each request an
-/// `X-Request-ID`, runs the request inside a span carrying both, and echoes both back.
+/// `X-Request-ID`, runs the request inside its spans (`spans`: the log's and the trace's, each
+/// carrying both), and echoes both back.
 async fn request_context(
     State(state): State<AppState>,
     mut request: Request,
@@ -245,36 +247,9 @@ async fn request_context(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let request_id = uuid::Uuid::new_v4().to_string();
-    // An HTTP server span by the OpenTelemetry semantic conventions: "METHOD route" (the
-    // method alone for a path of no route), status error on 5xx. The name is fixed when the
-    // span starts, so the route comes from the authorization table, before routing.
     let route = access::template_of(request.uri().path());
     request.extensions_mut().insert(RouteTemplate(route));
-    let name = match route {
-        Some(route) => format!("{} {route}", request.method()),
-        None => request.method().to_string(),
-    };
-    let span = tracing::info_span!(
-        "http_request",
-        otel.name = name,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = %request.method(),
-        url.path = %request.uri().path(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        correlation_id = %correlation_id,
-        request_id = %request_id,
-    );
-    // A caller's W3C `traceparent` makes this request part of the caller's trace.
-    crate::observability::tracecontext::continue_trace(
-        &span,
-        request
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let spans = spans::request_spans(&request, route, &request_id, &correlation_id);
     let client_ip = state.rate_limiter.client_ip(&request);
     let user_agent = request
         .headers()
@@ -287,7 +262,14 @@ async fn request_context(
         client_ip: (!client_ip.is_unspecified()).then_some(client_ip),
         user_agent,
     });
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // The trace's span innermost (`spans::request_spans`).
+    let span = spans.trace;
+    let mut response = next
+        .run(request)
+        .instrument(span.clone())
+        .instrument(spans.log)
+        .await;
+    // Status error on 5xx, as the semantic conventions have it.
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -304,7 +286,7 @@ async fn request_context(
 }
 
 /// The route template of the request's path (`access::template_of`), found once before
-/// routing by `request_context` for the span and the metrics alike; `None` for a path of no
+/// routing by `request_context` for the spans and the metrics alike; `None` for a path of no
 /// route.
 #[derive(Clone, Copy)]
 struct RouteTemplate(Option<&'static str>);

@@ -13,7 +13,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use std::io::IsTerminal;
 use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
@@ -78,34 +79,60 @@ fn layers(
     let spans = provider.map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("ticketing"))
-            .with_filter(traces_filter)
+            .with_filter(without_log_only(traces_filter))
             .boxed()
     });
     std::iter::once(logs).chain(spans).collect()
 }
 
-/// The spans that exist for traces alone: one per delivery to each consumer group, per
-/// published message, per group commit and per decided command, each with the semantic
-/// conventions' attributes. The log layer formats every field of every span it sees when the
-/// span starts, so at the default `info` these cost a hold an eighth of its instructions
-/// (BENCHMARKS.md, session 40) to give log lines context they already have from the request's
-/// span and the writer's `process` span (`sale_id`). They are left out of the log only.
-fn without_trace_only<S>(
-    filter: EnvFilter,
-) -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
+/// The spans that exist for traces alone: one per request, per delivery to each consumer
+/// group, per published message, per group commit and per decided command, each with the
+/// semantic conventions' attributes. The log layer formats every field of every span it sees
+/// when the span starts, so at the default `info` these cost a hold an eighth of its
+/// instructions (BENCHMARKS.md, session 40), and the request's a tenth of its CPU more
+/// (session 42), to give log lines context they have from the request's `request` span and the
+/// writer's `process` span (`sale_id`). They are left out of the log only.
+pub(crate) fn without_trace_only<S>(filter: EnvFilter) -> impl Filter<S> + Send + Sync + 'static
 where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    // The name filter restricts no level: its hint says so, or the joined filter would have
-    // none (`And` keeps the lower hint, and no hint is lower than any), and tracing would
-    // then ask every disabled callsite instead of comparing its level with `RUST_LOG`'s.
-    filter.and(filter_fn(|meta| !is_trace_only(meta)).with_max_level_hint(LevelFilter::TRACE))
+    without(filter, is_trace_only)
 }
 
 fn is_trace_only(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span()
         && meta.target().starts_with("ticketing::")
-        && matches!(meta.name(), "consume" | "publish" | "append" | "decide")
+        && matches!(
+            meta.name(),
+            "consume" | "publish" | "append" | "decide" | "http_request"
+        )
+}
+
+/// The span that exists for the log alone: a request's ids, method and route, for the lines
+/// written while it runs (the request's trace span, `http_request`, carries them too).
+pub(crate) fn without_log_only<S>(filter: EnvFilter) -> impl Filter<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    without(filter, is_log_only)
+}
+
+fn is_log_only(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target() == "ticketing::http" && meta.name() == "request"
+}
+
+/// `filter`, except the spans `excluded` names. The name filter restricts no level: its hint
+/// says so, or the joined filter would have none (`And` keeps the lower hint, and no hint is
+/// lower than any), and tracing would then ask every disabled callsite instead of comparing
+/// its level with the filter's.
+fn without<S>(
+    filter: EnvFilter,
+    excluded: fn(&tracing::Metadata<'_>) -> bool,
+) -> impl Filter<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    filter.and(filter_fn(move |meta| !excluded(meta)).with_max_level_hint(LevelFilter::TRACE))
 }
 
 /// A batch exporter to `endpoint`, the full OTLP/HTTP traces URL (a collector or Jaeger
@@ -170,14 +197,35 @@ mod tests {
                 tracing::info_span!(target: "ticketing::runtime::writer", "decide"),
                 tracing::info_span!(target: "ticketing::runtime::writer", "process"),
                 tracing::info_span!(target: "ticketing::http", "http_request"),
+                tracing::info_span!(target: "ticketing::http", "request"),
                 tracing::info_span!(target: "sqlx::query", "append"),
             ];
         });
-        assert_eq!(
-            *logs.0.lock().unwrap(),
-            ["process", "http_request", "append"]
+        assert_eq!(*logs.0.lock().unwrap(), ["process", "request", "append"]);
+        assert_eq!(traces.0.lock().unwrap().len(), 8);
+    }
+
+    /// Traces never get the log's own span; they get the request's and every other one.
+    #[test]
+    fn traces_see_no_span_kept_for_the_log_alone() {
+        let traces = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(
+            traces
+                .clone()
+                .with_filter(without_log_only(EnvFilter::new("trace"))),
         );
-        assert_eq!(traces.0.lock().unwrap().len(), 7);
+        tracing::subscriber::with_default(subscriber, || {
+            let _spans = [
+                tracing::info_span!(target: "ticketing::http", "http_request"),
+                tracing::info_span!(target: "ticketing::http", "request"),
+                tracing::info_span!(target: "ticketing::runtime::writer", "decide"),
+                tracing::info_span!(target: "reqwest", "request"),
+            ];
+        });
+        assert_eq!(
+            *traces.0.lock().unwrap(),
+            ["http_request", "decide", "request"]
+        );
     }
 
     /// Without an exporter, a callsite below the log level is of no interest: tracing never
@@ -195,7 +243,7 @@ mod tests {
         let (info, warn) =
             tracing::subscriber::with_default(tracing_subscriber::registry(), || {
                 (
-                    tracing::info_span!(target: "ticketing::http", "http_request").metadata(),
+                    tracing::info_span!(target: "ticketing::http", "request").metadata(),
                     tracing::warn_span!(target: "ticketing::http", "slow").metadata(),
                 )
             });
