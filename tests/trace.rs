@@ -1,10 +1,11 @@
 //! One purchase is one trace: the spans of the HTTP requests, the reducer, the append, the
 //! outbox relay's publish and the bus consumer all share the trace id the client sent in its
 //! `traceparent` header, each hop a child of the one before. The spans are captured in memory
-//! through the same OpenTelemetry layer that exports them over OTLP in production. Its own
-//! test binary, because the subscriber it installs is global.
+//! through the layers the service installs (`telemetry::layers`: the log's and the exporter's,
+//! with their filters), the exporter aside. Its own test binary, because the subscriber it
+//! installs is global.
 
-use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use ticketing::clock::SystemClock;
 use ticketing::config::{Config, RateLimits};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -81,9 +83,15 @@ async fn a_purchase_is_one_trace_from_the_request_to_the_projection() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
+    // The layers the service installs, both at `info`: the log's and the exporter's, each
+    // with the filter that keeps the other's own spans out.
     tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+        .with(ticketing::observability::telemetry::layers(
+            false,
+            EnvFilter::new("info"),
+            Some(&provider),
+            EnvFilter::new("info"),
+        ))
         .init();
 
     let config = Config {
@@ -171,6 +179,12 @@ async fn a_purchase_is_one_trace_from_the_request_to_the_projection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
+    // The log's own span of each request is never exported.
+    let exported = exporter.get_finished_spans().unwrap();
+    assert!(
+        exported.iter().all(|s| s.name != "request"),
+        "the log's span was exported"
+    );
     for name in ["http_request", "decide", "append", "publish", "consume"] {
         assert!(
             !named(&spans, name).is_empty(),

@@ -2,8 +2,8 @@
 //! written while the request runs carries. Its child `http_request` is the trace's: an HTTP
 //! server span by the OpenTelemetry semantic conventions. `observability::telemetry` keeps each
 //! out of the other's layer: the log layer formats every field of every span it sees when the
-//! span starts, and the trace span's fields cost a hold about a tenth of its CPU at `info`
-//! (BENCHMARKS.md, session 42).
+//! span starts, and the trace span's fields cost a hold about a tenth of its instructions at
+//! `info` with production's JSON logs (BENCHMARKS.md, session 42).
 
 use crate::observability::tracecontext::continue_trace;
 use axum::extract::Request;

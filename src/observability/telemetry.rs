@@ -2,7 +2,7 @@
 //! `RUST_LOG`; and, when an OTLP endpoint is configured, spans exported over OTLP/HTTP
 //! (protobuf) in batches, filtered by their own filter (`OTEL_TRACES_FILTER`), so the log level
 //! does not decide what is traced (and the spans kept for traces alone never reach the log:
-//! `is_trace_only`). The service name is `ticketing` unless `OTEL_SERVICE_NAME`
+//! `is_trace_only`; the log's own span is never exported: `is_log_only`). The service name is `ticketing` unless `OTEL_SERVICE_NAME`
 //! says otherwise (read by the SDK, like `OTEL_RESOURCE_ATTRIBUTES`). `Telemetry::shutdown`
 //! flushes what is still buffered when the process stops.
 
@@ -57,8 +57,9 @@ pub fn init(
 /// rather than an optional layer: an absent `Option` layer above a log filter that gave no
 /// level hint (`without_trace_only` before it had one) made the registry build, enter and
 /// close every span no layer records, 19 000 instructions a hold at `warn` (BENCHMARKS.md,
-/// session 41).
-fn layers(
+/// session 41). What `init` installs; public so that a test can install it with its own
+/// exporter (`tests/trace.rs`).
+pub fn layers(
     json: bool,
     log_filter: EnvFilter,
     provider: Option<&SdkTracerProvider>,
@@ -89,8 +90,8 @@ fn layers(
 /// group, per published message, per group commit and per decided command, each with the
 /// semantic conventions' attributes. The log layer formats every field of every span it sees
 /// when the span starts, so at the default `info` these cost a hold an eighth of its
-/// instructions (BENCHMARKS.md, session 40), and the request's a tenth of its CPU more
-/// (session 42), to give log lines context they have from the request's `request` span and the
+/// instructions (BENCHMARKS.md, session 40), and the request's a tenth more with production's
+/// JSON logs (session 42), to give log lines context they have from the request's `request` span and the
 /// writer's `process` span (`sale_id`). They are left out of the log only.
 pub(crate) fn without_trace_only<S>(filter: EnvFilter) -> impl Filter<S> + Send + Sync + 'static
 where
