@@ -2,9 +2,10 @@
 //! `RUST_LOG`; and, when an OTLP endpoint is configured, spans exported over OTLP/HTTP
 //! (protobuf) in batches, filtered by their own filter (`OTEL_TRACES_FILTER`), so the log level
 //! does not decide what is traced (and the spans kept for traces alone never reach the log:
-//! `is_trace_only`; the log's own span is never exported: `is_log_only`). The service name is `ticketing` unless `OTEL_SERVICE_NAME`
-//! says otherwise (read by the SDK, like `OTEL_RESOURCE_ATTRIBUTES`). `Telemetry::shutdown`
-//! flushes what is still buffered when the process stops.
+//! `is_trace_only`; the log's own span is never exported: `is_log_only`). The service name is
+//! `ticketing` unless `OTEL_SERVICE_NAME` says otherwise (read by the SDK, like
+//! `OTEL_RESOURCE_ATTRIBUTES`). `Telemetry::shutdown` flushes what is still buffered when the
+//! process stops.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -91,8 +92,8 @@ pub fn layers(
 /// semantic conventions' attributes. The log layer formats every field of every span it sees
 /// when the span starts, so at the default `info` these cost a hold an eighth of its
 /// instructions (BENCHMARKS.md, session 40), and the request's a tenth more with production's
-/// JSON logs (session 42), to give log lines context they have from the request's `request` span and the
-/// writer's `process` span (`sale_id`). They are left out of the log only.
+/// JSON logs (session 42), to give log lines context they have from the request's `request`
+/// span and the writer's `process` span (`sale_id`). They are left out of the log only.
 pub(crate) fn without_trace_only<S>(filter: EnvFilter) -> impl Filter<S> + Send + Sync + 'static
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
