@@ -13,6 +13,7 @@
 # `availability`: a GET of that sale's availability, anonymous.
 #
 # BENCH_CALLGRIND_OUT=FILE keeps the profile (callgrind_annotate FILE: where they go).
+# BENCH_RUST_LOG sets the service's RUST_LOG (default warn; the service's own default is info).
 #
 # Usage: scripts/bench-instructions.sh [BIN] [N] [PATH|reserve|purchase|availability]
 #   e.g. scripts/bench-instructions.sh ./target/release/ticketing 500 /health
@@ -26,7 +27,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
-BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn RATE_LIMIT_READS_PER_SECOND=10000000 \
+BIND_ADDR=127.0.0.1:$PORT RUST_LOG="${BENCH_RUST_LOG:-warn}" RATE_LIMIT_READS_PER_SECOND=10000000 \
     RATE_LIMIT_WRITES_PER_SECOND=10000000 RATE_LIMIT_AUTH_PER_MINUTE=1000000 \
     valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" "$BIN" > "$OUT/service.log" 2>&1 &
 VALGRIND_PID=$!

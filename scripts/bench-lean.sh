@@ -15,6 +15,8 @@
 #
 # BENCH_BIN=PATH measures another build of the service (an A/B comparison in one session).
 #
+# BENCH_RUST_LOG sets the service's RUST_LOG (default warn; the service's own default is info).
+#
 # Usage: scripts/bench-lean.sh [memory|postgres] [seconds per run] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,7 +108,7 @@ elif [ "$BACKEND" != memory ]; then
 fi
 
 # The one client address signs up every buyer: lift the edge rate limits.
-env "${env_for_backend[@]}" BIND_ADDR=127.0.0.1:$PORT RUST_LOG=warn \
+env "${env_for_backend[@]}" BIND_ADDR=127.0.0.1:$PORT RUST_LOG="${BENCH_RUST_LOG:-warn}" \
     RATE_LIMIT_AUTH_PER_MINUTE=1000000 RATE_LIMIT_AUTH_BURST=1000000 \
     RATE_LIMIT_WRITES_PER_SECOND=1000000 RATE_LIMIT_READS_PER_SECOND=1000000 \
     "${BENCH_BIN:-./target/release/ticketing}" &
