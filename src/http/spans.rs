@@ -66,40 +66,10 @@ pub(super) fn request_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observability::telemetry::recorded::{Seen, Spans};
     use crate::observability::telemetry::{without_log_only, without_trace_only};
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::layer::{Context, SubscriberExt};
-    use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::{EnvFilter, Layer};
-
-    /// A span's name and the name of its parent, as one layer sees them.
-    type Seen = (String, Option<String>);
-
-    /// Each span a layer is told of, with the parent that layer sees.
-    #[derive(Clone, Default)]
-    struct Parents(Arc<Mutex<Vec<Seen>>>);
-
-    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Parents {
-        fn on_new_span(
-            &self,
-            attrs: &tracing::span::Attributes<'_>,
-            id: &tracing::Id,
-            cx: Context<'_, S>,
-        ) {
-            let parent = cx
-                .span(id)
-                .and_then(|s| s.parent())
-                .map(|p| p.name().to_owned());
-            let name = attrs.metadata().name().to_owned();
-            self.0.lock().unwrap().push((name, parent));
-        }
-    }
-
-    impl Parents {
-        fn seen(&self) -> Vec<Seen> {
-            self.0.lock().unwrap().clone()
-        }
-    }
 
     fn pair(name: &str, parent: Option<&str>) -> Seen {
         (name.to_owned(), parent.map(str::to_owned))
@@ -109,7 +79,7 @@ mod tests {
     /// trace span as a root (or the caller's child) and, under it, the same spans.
     #[test]
     fn what_a_request_starts_hangs_under_the_log_span_in_the_log_and_the_trace_span_in_traces() {
-        let (logs, traces) = (Parents::default(), Parents::default());
+        let (logs, traces) = (Spans::default(), Spans::default());
         let subscriber = tracing_subscriber::registry()
             .with(
                 logs.clone()
