@@ -303,7 +303,7 @@ async fn dlq_commands_work_dead_letters_and_events_show_reads_an_event() {
     // Three poison messages: three pending dead letters.
     let bus = ticketing::bus::kafka::KafkaBus::new(&brokers).unwrap();
     let poison = |n: usize| ticketing::bus::BusMessage {
-        topic: format!("{prefix}reservations"),
+        topic: format!("{prefix}reservations").into(),
         key: format!("reservation-poison-{n}"),
         headers: vec![
             ("event-type".into(), "reservation.placed".into()),

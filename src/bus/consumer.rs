@@ -361,7 +361,7 @@ impl Consumer {
         let m = &delivery.message;
         NewDeadLetter {
             consumer: self.handler.name().to_owned(),
-            topic: m.topic.clone(),
+            topic: m.topic.to_string(),
             partition: delivery.partition,
             offset: delivery.offset,
             message_key: m.key.clone(),
@@ -374,7 +374,7 @@ impl Consumer {
                 .header(envelope::EVENT_VERSION)
                 .and_then(|v| v.parse().ok()),
             payload: m.payload.clone(),
-            headers: m.headers.clone(),
+            headers: m.owned_headers(),
             error: error.to_string(),
             causes: causes(error),
             parked_behind,

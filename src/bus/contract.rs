@@ -12,7 +12,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn message(topic: &str, key: &str, n: usize) -> BusMessage {
     BusMessage {
-        topic: topic.to_owned(),
+        topic: topic.into(),
         key: key.to_owned(),
         headers: vec![
             ("seq".into(), n.to_string()),
@@ -43,7 +43,7 @@ fn by_key(deliveries: &[Delivery]) -> HashMap<(String, String), Vec<usize>> {
     let mut map: HashMap<(String, String), Vec<usize>> = HashMap::new();
     for d in deliveries {
         let seq = d.message.header("seq").unwrap().parse().unwrap();
-        map.entry((d.message.topic.clone(), d.message.key.clone()))
+        map.entry((d.message.topic.to_string(), d.message.key.clone()))
             .or_default()
             .push(seq);
     }
@@ -95,7 +95,7 @@ pub async fn run(bus: &dyn EventBus, unique: &str) {
     let mut committed = 0;
     for d in &got {
         let count = seen_per_partition
-            .entry((d.message.topic.clone(), d.partition))
+            .entry((d.message.topic.to_string(), d.partition))
             .or_default();
         *count += 1;
         if *count <= 2 {
@@ -115,7 +115,7 @@ pub async fn run(bus: &dyn EventBus, unique: &str) {
     let mut counts: HashMap<(String, i32), usize> = HashMap::new();
     for d in &got {
         let c = counts
-            .entry((d.message.topic.clone(), d.partition))
+            .entry((d.message.topic.to_string(), d.partition))
             .or_default();
         *c += 1;
         if *c > 2 {

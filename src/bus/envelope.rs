@@ -52,13 +52,13 @@ pub fn seal(topics: &Topics, event: &RecordedEvent) -> Option<BusMessage> {
     let topic = topics.for_stream(&event.stream_id)?;
     let mut headers = Vec::with_capacity(HEADERS);
     headers.extend([
-        (EVENT_TYPE.to_owned(), event.event_type.clone()),
-        (EVENT_VERSION.to_owned(), event.event_version.to_string()),
-        (STREAM_ID.to_owned(), event.stream_id.clone()),
-        (STREAM_VERSION.to_owned(), event.version.to_string()),
-        (POSITION.to_owned(), event.position.to_string()),
-        (SALE_ID.to_owned(), event.sale_id.to_string()),
-        (RECORDED_AT.to_owned(), event.recorded_at.to_rfc3339()),
+        (EVENT_TYPE.into(), event.event_type.clone()),
+        (EVENT_VERSION.into(), event.event_version.to_string()),
+        (STREAM_ID.into(), event.stream_id.clone()),
+        (STREAM_VERSION.into(), event.version.to_string()),
+        (POSITION.into(), event.position.to_string()),
+        (SALE_ID.into(), event.sale_id.to_string()),
+        (RECORDED_AT.into(), event.recorded_at.to_rfc3339()),
     ]);
     let m = &event.metadata;
     let optional = [
@@ -70,7 +70,7 @@ pub fn seal(topics: &Topics, event: &RecordedEvent) -> Option<BusMessage> {
     headers.extend(
         optional
             .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
+            .filter_map(|(k, v)| v.map(|v| (k.into(), v))),
     );
     Some(BusMessage {
         topic,
@@ -174,7 +174,7 @@ mod tests {
     fn a_sealed_event_opens_to_the_same_event() {
         let event = recorded();
         let message = seal(&Topics::new("t."), &event).unwrap();
-        assert_eq!(message.topic, "t.events");
+        assert_eq!(&*message.topic, "t.events");
         assert_eq!(message.key, event.stream_id);
         let opened = open(&message).unwrap();
         assert_eq!(opened.position, 42);

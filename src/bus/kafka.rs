@@ -328,14 +328,14 @@ impl BusConsumer for KafkaConsumer {
                 h.iter()
                     .map(|h| {
                         let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                        (h.key.to_owned(), value.into_owned())
+                        (h.key.to_owned().into(), value.into_owned())
                     })
                     .collect()
             })
             .unwrap_or_default();
         Ok(Delivery {
             message: std::sync::Arc::new(BusMessage {
-                topic: message.topic().to_owned(),
+                topic: message.topic().into(),
                 key: message
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned())

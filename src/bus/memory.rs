@@ -115,13 +115,13 @@ impl EventBus for MemoryBus {
             let mut state = self.lock();
             if let Some(m) = messages
                 .iter()
-                .find(|m| !state.topics.contains_key(&m.topic))
+                .find(|m| !state.topics.contains_key(&*m.topic))
             {
                 return Err(BusError::Rejected(format!("unknown topic {}", m.topic)));
             }
             for message in messages {
                 let partition = partition_of(&message.key);
-                if let Some(topic) = state.topics.get_mut(&message.topic) {
+                if let Some(topic) = state.topics.get_mut(&*message.topic) {
                     topic.partitions[partition]
                         .messages
                         .push_back(Arc::new(message));
@@ -273,7 +273,7 @@ impl BusConsumer for MemoryConsumer {
         let offset = usize::try_from(delivery.offset)
             .map_err(|_| BusError::Rejected("negative offset".into()))?;
         let mut state = self.bus.lock();
-        let Some(topic) = state.topics.get_mut(&delivery.message.topic) else {
+        let Some(topic) = state.topics.get_mut(&*delivery.message.topic) else {
             return Err(BusError::Rejected(format!(
                 "unknown topic {}",
                 delivery.message.topic
@@ -318,9 +318,9 @@ mod tests {
 
     fn message(topic: &str, n: usize) -> BusMessage {
         BusMessage {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             key: "k".to_owned(),
-            headers: vec![("seq".to_owned(), n.to_string())],
+            headers: vec![("seq".into(), n.to_string())],
             payload: Vec::new(),
         }
     }

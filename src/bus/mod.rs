@@ -15,14 +15,18 @@ pub mod memory;
 pub mod relay;
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// A header's name: the envelope's own names are static, so sealing an event allocates none.
+pub type HeaderName = std::borrow::Cow<'static, str>;
 
 /// One message as the bus carries it. Headers are UTF-8 text (see `envelope.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub key: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     pub payload: Vec<u8>,
 }
 
@@ -30,15 +34,25 @@ impl From<&crate::dlq::DeadLetter> for BusMessage {
     /// The message as it was received, for a retry of its dead letter.
     fn from(entry: &crate::dlq::DeadLetter) -> Self {
         BusMessage {
-            topic: entry.topic.clone(),
+            topic: entry.topic.as_str().into(),
             key: entry.message_key.clone(),
-            headers: entry.headers(),
+            headers: entry
+                .headers()
+                .into_iter()
+                .map(|(name, value)| (name.into(), value))
+                .collect(),
             payload: entry.payload(),
         }
     }
 }
 
 impl BusMessage {
+    /// The headers with owned names, as a dead letter keeps them.
+    pub fn owned_headers(&self) -> Vec<(String, String)> {
+        let owned = |(name, value): &(HeaderName, String)| (name.to_string(), value.clone());
+        self.headers.iter().map(owned).collect()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -150,8 +164,8 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     prefix: String,
-    /// The topic of each of `CATEGORIES`, in its order: built once, cloned per message.
-    names: [String; CATEGORIES.len()],
+    /// The topic of each of `CATEGORIES`, in its order: built once, shared by every message.
+    names: [Arc<str>; CATEGORIES.len()],
 }
 
 /// Aggregate categories and the topic suffix each one is published to.
@@ -165,13 +179,13 @@ const CATEGORIES: [(&str, &str); 4] = [
 impl Topics {
     pub fn new(prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
-        let names = CATEGORIES.map(|(_, suffix)| format!("{prefix}{suffix}"));
+        let names = CATEGORIES.map(|(_, suffix)| format!("{prefix}{suffix}").into());
         Topics { prefix, names }
     }
 
     /// Every topic the service publishes to.
     pub fn all(&self) -> Vec<String> {
-        self.names.to_vec()
+        self.names.iter().map(|name| name.to_string()).collect()
     }
 
     /// The topic of one category suffix (`events`, `reservations`, ...).
@@ -180,7 +194,7 @@ impl Topics {
     }
 
     /// The topic a stream's events go to, or `None` for a stream id of no known category.
-    pub fn for_stream(&self, stream_id: &str) -> Option<String> {
+    pub fn for_stream(&self, stream_id: &str) -> Option<Arc<str>> {
         let (category, _) = stream_id.split_once('-')?;
         CATEGORIES
             .iter()

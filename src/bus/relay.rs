@@ -148,7 +148,7 @@ impl RelayCursor for PostgresCursor {
 /// topic in a batch, each a child of the command that appended the events; a message carries
 /// its span's `traceparent` on, so the consumer's span continues the same trace.
 #[derive(Default)]
-struct PublishSpans(HashMap<(String, String), (tracing::Span, Option<String>)>);
+struct PublishSpans(HashMap<(String, Arc<str>), (tracing::Span, Option<String>)>);
 
 impl PublishSpans {
     fn carry(&mut self, system: &str, traceparent: Option<&str>, message: &mut super::BusMessage) {
@@ -294,7 +294,7 @@ impl Relay {
             self.bus.ensure_topics(&self.topics.all()).await?;
             *topics_ready = true;
         }
-        let mut per_topic: HashMap<String, u64> = HashMap::new();
+        let mut per_topic: HashMap<Arc<str>, u64> = HashMap::new();
         let mut spans = PublishSpans::default();
         let mut messages = Vec::with_capacity(events.len());
         for e in &events {

@@ -25,7 +25,7 @@ fn poison(stream: &str, version: &str) -> BusMessage {
         key: stream.into(),
         headers: headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|&(k, v)| (k.into(), v.to_string()))
             .collect(),
         payload: vec![0xde, 0xad, 0xbe, 0xef],
     }

@@ -443,7 +443,7 @@ async fn a_failed_event_is_retried_by_an_admin_after_the_fix() {
     assert_eq!(buy(&service, event, 1).await, 1);
     let bus = KafkaBus::new(&brokers).unwrap();
     bus.publish(vec![BusMessage {
-        topic: format!("{prefix}reservations"),
+        topic: format!("{prefix}reservations").into(),
         key: "reservation-poison".into(),
         headers: vec![
             ("event-type".into(), "reservation.placed".into()),

@@ -118,7 +118,7 @@ pub async fn rebuild(
             let Some(message) = crate::bus::envelope::seal(&topics, event) else {
                 continue;
             };
-            if !wanted.contains(&message.topic) {
+            if !wanted.iter().any(|name| **name == *message.topic) {
                 continue;
             }
             match crate::bus::envelope::open(&message) {
