@@ -35,7 +35,7 @@ pub fn encode(
         reason: e.to_string(),
     })?;
     Ok(NewEvent {
-        stream_id: event.stream().to_string(),
+        stream_id: event.stream().text(),
         version,
         event_type: event.event_type(),
         event_version: event.event_version(),
