@@ -66,10 +66,7 @@ pub(super) fn request_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observability::telemetry::recorded::{Seen, Spans};
-    use crate::observability::telemetry::{without_log_only, without_trace_only};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::{EnvFilter, Layer};
+    use crate::observability::telemetry::recorded::{both_sides, Seen};
 
     fn pair(name: &str, parent: Option<&str>) -> Seen {
         (name.to_owned(), parent.map(str::to_owned))
@@ -79,17 +76,7 @@ mod tests {
     /// trace span as a root (or the caller's child) and, under it, the same spans.
     #[test]
     fn what_a_request_starts_hangs_under_the_log_span_in_the_log_and_the_trace_span_in_traces() {
-        let (logs, traces) = (Spans::default(), Spans::default());
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                logs.clone()
-                    .with_filter(without_trace_only(EnvFilter::new("info"))),
-            )
-            .with(
-                traces
-                    .clone()
-                    .with_filter(without_log_only(EnvFilter::new("info"))),
-            );
+        let (logs, traces, subscriber) = both_sides("info");
         tracing::subscriber::with_default(subscriber, || {
             let request = Request::builder()
                 .method("POST")

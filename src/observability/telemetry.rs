@@ -196,28 +196,34 @@ pub(crate) mod recorded {
             self.0.lock().unwrap().push((name, parent));
         }
     }
+
+    /// The log's side and the exporter's side of the service's filters, both at `level`, each
+    /// recording what it sees: the log's spans, the exporter's, and the subscriber to install.
+    pub(crate) fn both_sides(
+        level: &str,
+    ) -> (Spans, Spans, impl tracing::Subscriber + Send + Sync) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::EnvFilter;
+        let (logs, traces) = (Spans::default(), Spans::default());
+        let log_filter = super::without_trace_only(EnvFilter::new(level));
+        let trace_filter = super::without_log_only(EnvFilter::new(level));
+        let subscriber = tracing_subscriber::registry()
+            .with(logs.clone().with_filter(log_filter))
+            .with(traces.clone().with_filter(trace_filter));
+        (logs, traces, subscriber)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::recorded::Spans;
+    use super::recorded::both_sides;
     use super::*;
 
     /// The log never sees the spans kept for traces, nor traces the log's own span, even at
     /// `trace`; each sees the others, and a name outside the service is not ours to hide.
     #[test]
     fn neither_side_sees_the_spans_kept_for_the_other() {
-        let (logs, traces) = (Spans::default(), Spans::default());
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                logs.clone()
-                    .with_filter(without_trace_only(EnvFilter::new("trace"))),
-            )
-            .with(
-                traces
-                    .clone()
-                    .with_filter(without_log_only(EnvFilter::new("trace"))),
-            );
+        let (logs, traces, subscriber) = both_sides("trace");
         tracing::subscriber::with_default(subscriber, || {
             let _spans = [
                 tracing::info_span!(target: "ticketing::bus::consumer", "consume"),
