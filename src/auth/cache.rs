@@ -1,6 +1,8 @@
 //! `SessionCache`: resolved bearer tokens (token digest -> caller and session expiry) kept in
 //! process, so that a repeated authenticated request asks the store nothing. It is bounded in
-//! entries (`CAPACITY`; a full cache starts over) and in age (`MAX_AGE`, a safety net only).
+//! entries (`CAPACITY`: a full cache drops the tokens least likely to be asked for again, by
+//! quick_cache's S3-FIFO, so the buyers of an on-sale keep theirs while one-off tokens pass
+//! through) and in age (`MAX_AGE`, a safety net only).
 //!
 //! Revocations evict: `AuthService` evicts at once what its own logout or role change touched,
 //! and the revocation feed (`revocations.rs`, PostgreSQL LISTEN/NOTIFY) evicts what other
@@ -14,12 +16,13 @@ use super::store::Principal;
 use crate::domain::UserId;
 use crate::observability::Metrics;
 use chrono::{DateTime, Utc};
-use foldhash::{HashMap, HashMapExt};
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::UnitWeighter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// Most tokens kept; a full cache is emptied and fills again from the store.
+/// Most tokens kept.
 pub const CAPACITY: usize = 100_000;
 /// Oldest entry served, whatever the feed says (a bound on anything the feed cannot see, such
 /// as a session deleted by hand in SQL).
@@ -31,6 +34,7 @@ pub const LIVENESS: Duration = Duration::from_millis(800);
 /// The `cache` label of `ticketing_cache_requests_total` for session look-ups.
 const LABEL: &str = "sessions";
 
+#[derive(Clone)]
 struct Entry {
     principal: Principal,
     expires_at: DateTime<Utc>,
@@ -50,15 +54,20 @@ pub enum Cached {
 /// The generation a miss was seen under; `put` refuses it after any eviction since.
 pub struct Ticket(u64);
 
+type Entries = Cache<String, Entry, UnitWeighter, foldhash::fast::RandomState>;
+
 pub struct SessionCache {
-    entries: RwLock<HashMap<String, Entry>>,
+    entries: Entries,
+    /// Orders `put` against evictions: a put checks the generation and stores under a read
+    /// guard, an eviction moves the generation and removes under the write guard, so no answer
+    /// read before an eviction is stored after it.
+    fence: RwLock<()>,
     generation: AtomicU64,
     /// `None`: local, always live. `Some`: milliseconds since `origin` until which the feed
     /// counts as live (0: not live).
     live_until: Option<AtomicU64>,
     origin: Instant,
     max_age: Duration,
-    capacity: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -80,13 +89,20 @@ impl SessionCache {
         max_age: Duration,
         capacity: usize,
     ) -> Self {
+        let entries = Cache::with(
+            capacity,
+            u64::try_from(capacity).unwrap_or(u64::MAX),
+            UnitWeighter,
+            foldhash::fast::RandomState::default(),
+            DefaultLifecycle::default(),
+        );
         Self {
-            entries: RwLock::new(HashMap::new()),
+            entries,
+            fence: RwLock::new(()),
             generation: AtomicU64::new(0),
             live_until,
             origin: Instant::now(),
             max_age,
-            capacity,
             metrics,
         }
     }
@@ -95,10 +111,9 @@ impl SessionCache {
     pub fn get(&self, token_hash: &str) -> Cached {
         let found = if self.is_live() {
             let ticket = Ticket(self.generation.load(Ordering::SeqCst));
-            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            match entries.get(token_hash) {
+            match self.entries.get(token_hash) {
                 Some(e) if e.cached_at.elapsed() < self.max_age => {
-                    Cached::Hit(e.principal.clone(), e.expires_at)
+                    Cached::Hit(e.principal, e.expires_at)
                 }
                 _ => Cached::Miss(ticket),
             }
@@ -126,15 +141,11 @@ impl SessionCache {
         principal: Principal,
         expires_at: DateTime<Utc>,
     ) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        // Under the write lock: evictions move the generation under it too.
+        let _fence = self.fence.read().unwrap_or_else(|e| e.into_inner());
         if ticket.0 != self.generation.load(Ordering::SeqCst) || !self.is_live() {
             return;
         }
-        if entries.len() >= self.capacity {
-            entries.clear();
-        }
-        entries.insert(
+        self.entries.insert(
             token_hash,
             Entry {
                 principal,
@@ -158,7 +169,7 @@ impl SessionCache {
 
     /// Forgets everything.
     pub fn clear(&self) {
-        self.evict(HashMap::clear);
+        self.evict(Entries::clear);
     }
 
     /// The revocation feed heard its heartbeat: serve for `LIVENESS` more.
@@ -186,7 +197,7 @@ impl SessionCache {
 
     /// How many tokens are kept.
     pub fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries.len()
     }
 
     /// Whether no token is kept.
@@ -194,10 +205,10 @@ impl SessionCache {
         self.len() == 0
     }
 
-    fn evict(&self, change: impl FnOnce(&mut HashMap<String, Entry>)) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+    fn evict(&self, change: impl FnOnce(&Entries)) {
+        let _fence = self.fence.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
-        change(&mut entries);
+        change(&self.entries);
     }
 
     fn now_ms(&self) -> u64 {
@@ -312,21 +323,36 @@ mod tests {
         assert!(!hit(&cache, "k"));
     }
 
-    /// Entries older than the age bound are misses; a full cache starts over.
+    /// Entries older than the age bound are misses.
     #[test]
-    fn age_and_size_are_bounded() {
-        let metrics = Arc::new(Metrics::new());
-        let aged = SessionCache::build(None, Arc::clone(&metrics), Duration::ZERO, CAPACITY);
+    fn entries_past_the_age_bound_are_misses() {
+        let aged = SessionCache::build(None, Arc::new(Metrics::new()), Duration::ZERO, CAPACITY);
         let t = ticket(&aged, "k");
         aged.put(t, "k".into(), principal(UserId::random()), expiry());
         assert!(!hit(&aged, "k"));
+    }
 
-        let small = SessionCache::build(None, metrics, MAX_AGE, 2);
-        for key in ["a", "b", "c"] {
-            let t = ticket(&small, key);
-            small.put(t, key.into(), principal(UserId::random()), expiry());
+    /// A full cache keeps the tokens asked for again and lets one-off tokens pass: a buyer
+    /// whose token is in use is not sent back to the store because new tokens keep coming (a
+    /// cache that started over when full sent every buyer back at once).
+    #[test]
+    fn a_full_cache_keeps_the_tokens_in_use() {
+        let capacity = 1_000;
+        let cache = SessionCache::build(None, Arc::new(Metrics::new()), MAX_AGE, capacity);
+        let store = |key: &str| {
+            let t = ticket(&cache, key);
+            cache.put(t, key.into(), principal(UserId::random()), expiry());
+        };
+        store("buyer");
+        for n in 0..20 * capacity {
+            store(&format!("once-{n}"));
+            if n % 10 == 0 {
+                assert!(
+                    hit(&cache, "buyer"),
+                    "the token in use was dropped after {n} others"
+                );
+            }
         }
-        assert_eq!(small.len(), 1);
-        assert!(hit(&small, "c"));
+        assert!(cache.len() <= capacity, "{} tokens kept", cache.len());
     }
 }
