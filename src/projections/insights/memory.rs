@@ -35,11 +35,15 @@ struct Purchase {
     purchased_at: Option<DateTime<Utc>>,
 }
 
-/// `streams` and `purchases` grow with every reservation: B-trees, so that growing never
-/// rehashes them all at once.
+/// `streams` and `purchases` grow with every reservation. `purchases` is a B-tree, so that
+/// growing never rehashes it all at once under the lock the analytics reads take. `streams` is
+/// a hash map all the same: the consumer looks it up for every event, and a B-tree keyed by
+/// text cost a hold in memory about 2.6% more (BENCHMARKS.md, session 44). Its rare growth
+/// runs in the consumer (an analytics read may wait that moment); the in-memory event store
+/// keys its streams the same way.
 #[derive(Default)]
 struct Tables {
-    streams: BTreeMap<String, u64>,
+    streams: HashMap<String, u64>,
     events: HashMap<EventId, EventRow>,
     purchases: BTreeMap<ReservationId, Purchase>,
 }
