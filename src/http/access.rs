@@ -7,8 +7,9 @@
 //! the table in step.
 
 use super::error::{ApiError, AppError};
-use super::extract::{bearer, VerifiedPrincipal};
+use super::extract::{bearer, RequestContext, VerifiedPrincipal};
 use super::AppState;
+use crate::audit::AuditResult;
 use crate::auth::{Principal, Role};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method};
@@ -279,17 +280,42 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         None if rule.audience.admits_anonymous() => {}
         None => return AppError::Unauthorized.into_response(),
         Some(p) if !rule.audience.admits(p.role) => {
-            return AppError::Forbidden(match rule.audience {
-                Staff => "only organizers and admins may do this",
-                _ => "only admins may do this",
-            })
-            .into_response()
+            return refuse_by_role(&state, &request, &p, rule)
         }
         Some(p) => {
             request.extensions_mut().insert(VerifiedPrincipal(p));
         }
     }
     next.run(request).await
+}
+
+/// The 403 of a signed-in caller whose role the route does not admit, recorded in the audit
+/// trail (`access.denied` on the route, as `METHOD /template`): a customer trying the
+/// operators' routes is what an operator looks for there. A caller who repeats it meets the
+/// per-address rate limit; past the audit queue's bound records are dropped and counted.
+fn refuse_by_role(
+    state: &AppState,
+    request: &Request,
+    caller: &Principal,
+    rule: &Rule,
+) -> Response {
+    let refusal = ApiError::from(AppError::Forbidden(match rule.audience {
+        Staff => "only organizers and admins may do this",
+        _ => "only admins may do this",
+    }));
+    let (status, problem) = refusal.to_problem();
+    let mut record = RequestContext::of(request.extensions())
+        .audit(
+            state.clock.now(),
+            Some(caller),
+            "access.denied",
+            "route",
+            AuditResult::Denied,
+        )
+        .details(serde_json::json!({"status": status.as_u16(), "problem": problem["type"]}));
+    record.resource_id = Some(format!("{} {}", rule.method, rule.path));
+    state.audit.record(record);
+    refusal.into_response()
 }
 
 /// The caller behind the request's token, if any; an unusable token is a 401.

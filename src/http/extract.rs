@@ -290,6 +290,19 @@ impl RequestContext {
         }
     }
 
+    /// The context the middleware left in `extensions`, or new ids for a call without it.
+    pub fn of(extensions: &axum::http::Extensions) -> RequestContext {
+        extensions
+            .get::<RequestContext>()
+            .cloned()
+            .unwrap_or_else(|| RequestContext {
+                correlation_id: uuid::Uuid::new_v4().to_string(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+                client_ip: None,
+                user_agent: None,
+            })
+    }
+
     /// An audit record of `action` on a `resource_type`, with this request's correlation id,
     /// client address and user agent, and `caller` (their role as label) as the actor.
     pub fn audit(
@@ -317,16 +330,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(parts
-            .extensions
-            .get::<RequestContext>()
-            .cloned()
-            .unwrap_or_else(|| RequestContext {
-                correlation_id: uuid::Uuid::new_v4().to_string(),
-                request_id: uuid::Uuid::new_v4().to_string(),
-                client_ip: None,
-                user_agent: None,
-            }))
+        Ok(RequestContext::of(&parts.extensions))
     }
 }
 

@@ -205,16 +205,17 @@ async fn only_admins_read_the_audit_log_and_it_pages_like_other_lists() {
         .await
         .assert_problem(400, "bad-request");
 
-    // Registrations of the three accounts plus their logins: at least 5 entries (admin's own
-    // login included); page 2 of size 2 holds the third and fourth newest.
-    let all = audit_entries(&app, &admin, "page_size=100", |e| e.len() >= 5).await;
+    // The two registrations and three logins (the admin's own included), and the two refusals
+    // by role: 7 entries once all are written; page 2 of size 2 holds the third and fourth
+    // newest.
+    let all = audit_entries(&app, &admin, "page_size=100", |e| e.len() >= 7).await;
     let page = app
         .get("/admin/audit?page=2&page_size=2", Some(&admin.token))
         .await;
     assert_eq!(page.status, 200);
     assert_eq!(page.body["page"], 2);
     assert_eq!(page.body["page_size"], 2);
-    assert!(page.body["total_count"].as_u64().unwrap() >= 5);
+    assert!(page.body["total_count"].as_u64().unwrap() >= 7);
     let ids: Vec<&Value> = page.body["items"]
         .as_array()
         .unwrap()
@@ -230,4 +231,75 @@ async fn only_admins_read_the_audit_log_and_it_pages_like_other_lists() {
     )
     .await;
     assert_eq!(registered[0]["resource_id"], customer.id.to_string());
+}
+
+/// A signed-in caller refused by role is in the trail as `access.denied` on the route, with
+/// who they are and the request's context; an anonymous 401 is not recorded.
+#[tokio::test]
+async fn refusals_by_role_show_up_as_access_denied() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let customer = app.customer().await;
+    let organizer = app.organizer().await;
+
+    let probe = app
+        .call_with(
+            reqwest::Method::GET,
+            "/admin/dlq",
+            Some(&customer.token),
+            None,
+            &[
+                ("user-agent", "probe/1"),
+                ("x-correlation-id", "denied-corr-1"),
+            ],
+        )
+        .await;
+    probe.assert_problem(403, "forbidden");
+    app.post(
+        "/api/events",
+        Some(&customer.token),
+        json!({"name": "not mine to make"}),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    app.get("/admin/dlq", None)
+        .await
+        .assert_problem(401, "unauthorized");
+    // Last: the trail is written in order, so once this shows, the 401's entry would too.
+    app.get("/admin/audit", Some(&organizer.token))
+        .await
+        .assert_problem(403, "forbidden");
+
+    let by_customer = audit_entries(
+        &app,
+        &admin,
+        &format!("action=access.denied&user={}", customer.id),
+        |e| e.len() >= 2,
+    )
+    .await;
+    let routes: Vec<&str> = by_customer
+        .iter()
+        .filter_map(|r| r["resource_id"].as_str())
+        .collect();
+    assert_eq!(routes, ["POST /api/events", "GET /admin/dlq"]);
+    let probe = &by_customer[1];
+    assert_eq!(probe["result"], "denied");
+    assert_eq!(probe["resource_type"], "route");
+    assert_eq!(probe["actor_label"], "customer");
+    assert_eq!(probe["user_agent"], "probe/1");
+    assert_eq!(probe["correlation_id"], "denied-corr-1");
+    assert_eq!(probe["details"]["status"], 403);
+
+    let by_organizer = audit_entries(
+        &app,
+        &admin,
+        &format!("action=access.denied&user={}", organizer.id),
+        |e| !e.is_empty(),
+    )
+    .await;
+    assert_eq!(by_organizer.len(), 1, "{by_organizer:#?}");
+    assert_eq!(by_organizer[0]["resource_id"], "GET /admin/audit");
+    // Only the three refusals: the anonymous 401 left no entry.
+    let denied = audit_entries(&app, &admin, "action=access.denied", |_| true).await;
+    assert_eq!(denied.len(), 3, "{denied:#?}");
 }
