@@ -118,6 +118,40 @@ fn breaker_check(b: crate::breaker::Snapshot) -> Check {
     .non_critical()
 }
 
+/// Every dependency checked in parallel (the event store, the read models and the accounts
+/// decide readiness; the bus, the cache and the projector only warn), then the breakers.
+async fn checks(s: &AppState) -> Vec<Check> {
+    let store = s.app.event_store();
+    let auth = s.auth.store();
+    let cache = s.app.event_cache().cache();
+    let (events, reads, accounts, bus, cached, projector) = tokio::join!(
+        check("event_store", store.kind(), store.ping()),
+        check(
+            "projections",
+            s.app.read_model().kind(),
+            s.app.read_model().ping()
+        ),
+        check("auth", auth.kind(), auth.ping()),
+        check("bus", s.bus.kind(), bus_ready(s)),
+        check("cache", cache.kind(), cache.ping()),
+        check("projector", "subscription", projector_ready(s)),
+    );
+    [events, reads, accounts]
+        .into_iter()
+        .chain(
+            [bus, cached, projector]
+                .into_iter()
+                .map(Check::non_critical),
+        )
+        .chain(s.breakers.snapshots().into_iter().map(breaker_check))
+        .collect()
+}
+
+/// Whether `/ready` answers 200 with these checks: no critical one failed.
+fn ready_by(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.error.is_none() || !c.critical)
+}
+
 /// The read-model projector works (a batch it keeps failing is shown here as `warn`; the read
 /// models are shared, so another instance's projector may still keep them current).
 async fn projector_ready(s: &AppState) -> Result<(), String> {
@@ -156,31 +190,8 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         return response;
     }
-    let store = s.app.event_store();
-    let auth = s.auth.store();
-    let cache = s.app.event_cache().cache();
-    let (events, reads, accounts, bus, cached, projector) = tokio::join!(
-        check("event_store", store.kind(), store.ping()),
-        check(
-            "projections",
-            s.app.read_model().kind(),
-            s.app.read_model().ping()
-        ),
-        check("auth", auth.kind(), auth.ping()),
-        check("bus", s.bus.kind(), bus_ready(&s)),
-        check("cache", cache.kind(), cache.ping()),
-        check("projector", "subscription", projector_ready(&s)),
-    );
-    let checks: Vec<Check> = [events, reads, accounts]
-        .into_iter()
-        .chain(
-            [bus, cached, projector]
-                .into_iter()
-                .map(Check::non_critical),
-        )
-        .chain(s.breakers.snapshots().into_iter().map(breaker_check))
-        .collect();
-    let ok = checks.iter().all(|c| c.error.is_none() || !c.critical);
+    let checks = checks(&s).await;
+    let ok = ready_by(&checks);
     let degraded = checks.iter().any(|c| c.error.is_some());
     let status = if ok {
         StatusCode::OK
@@ -212,6 +223,19 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     for (pool, connections, idle) in s.pools.sizes() {
         s.metrics.record_pool(pool, connections, idle);
+    }
+    // What `/ready` would answer now, so Prometheus alone can alert on an instance its load
+    // balancer took out of rotation while `/metrics` still answers (`up` stays 1).
+    let checks = checks(&s).await;
+    let draining = s.draining.load(Ordering::SeqCst);
+    s.metrics
+        .ready
+        .set(i64::from(!draining && ready_by(&checks)));
+    for c in checks.iter().filter(|c| c.adapter != "breaker") {
+        s.metrics
+            .ready_checks
+            .with_label_values(&[c.name])
+            .set(i64::from(c.error.is_none()));
     }
     if let Ok(Ok(stats)) =
         tokio::time::timeout(CHECK_TIMEOUT, s.app.dead_letters().store().stats()).await

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub consumer_rejoins: IntCounterVec,
     /// Dead letters per status; refreshed when `/metrics` is scraped.
     pub dlq_entries: IntGaugeVec,
+    /// 1 when `/ready` would answer 200, 0 when 503 (draining too); set when scraped.
+    pub ready: IntGauge,
+    /// 1 per dependency check of `/ready` that passes, 0 failing; set when scraped.
+    pub ready_checks: IntGaugeVec,
     /// Audit records by outcome: written, dropped (queue full), failed (store refused).
     pub audit_records: IntCounterVec,
     /// Cache look-ups by cache (`events`, `availability`, `sessions`) and result.
@@ -327,6 +331,16 @@ impl Metrics {
                 "dlq_entries",
                 "Dead letter queue entries per status.",
                 &["status"],
+            ),
+            ready: gauge(
+                "ready",
+                "1 when /ready would answer 200 (every critical dependency answers), 0 when it would answer 503 (one does not, or the instance is draining); evaluated at each scrape.",
+            ),
+            ready_checks: gauges(
+                &r,
+                "ready_check",
+                "1 while the /ready check of a dependency passes, 0 while it fails (event_store, projections and auth decide readiness; bus, cache and projector only warn); evaluated at each scrape.",
+                &["check"],
             ),
             audit_records: counter(
                 &r,

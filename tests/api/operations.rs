@@ -72,6 +72,24 @@ async fn ready_answers_200_with_each_dependency_check_passing() {
         assert!(check["duration_ms"].is_u64(), "{check}");
         assert!(check["duration_ms"].as_u64().unwrap() < 1000, "{check}");
     }
+    // A scrape says the same: ready, and each dependency passing (breakers have their own).
+    let text = app.metrics_text().await;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ticketing_ready"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "ticketing_ready 1",
+            "ticketing_ready_check{check=\"auth\"} 1",
+            "ticketing_ready_check{check=\"bus\"} 1",
+            "ticketing_ready_check{check=\"cache\"} 1",
+            "ticketing_ready_check{check=\"event_store\"} 1",
+            "ticketing_ready_check{check=\"projections\"} 1",
+            "ticketing_ready_check{check=\"projector\"} 1",
+        ]
+    );
 }
 
 /// `/metrics` is Prometheus text counting requests by route template, with no raw id anywhere.

@@ -126,6 +126,13 @@ async fn a_database_outage_answers_503_and_recovers_by_itself() {
             "{body}"
         );
     }
+    // The same verdict on /metrics, for an alert that needs nothing to probe /ready.
+    let text = metrics::scrape(&service.http, &service.base).await;
+    assert!(has_line(&text, "ticketing_ready 0"), "{text}");
+    for name in ["event_store", "projections", "auth"] {
+        let line = format!("ticketing_ready_check{{check=\"{name}\"}} 0");
+        assert!(has_line(&text, &line), "no {line} in:\n{text}");
+    }
 
     let writes = [
         (
@@ -150,7 +157,14 @@ async fn a_database_outage_answers_503_and_recovers_by_itself() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     ready_again(&service, deadline).await;
+    let text = metrics::scrape(&service.http, &service.base).await;
+    assert!(has_line(&text, "ticketing_ready 1"), "{text}");
     reserve_again(&service, &buyer, event, deadline).await;
+}
+
+/// Whether the scrape `text` has `line` as one of its lines.
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
 }
 
 /// Polls `/ready` until 200, failing after `deadline`.
@@ -252,6 +266,8 @@ async fn sigterm_turns_ready_to_draining_then_exits_cleanly() {
         if status == 503 {
             assert_eq!(body["status"], "draining", "{body}");
             assert!(retry_after.is_some(), "draining without Retry-After");
+            let text = metrics::scrape(&service.http, &service.base).await;
+            assert!(has_line(&text, "ticketing_ready 0"), "{text}");
             break;
         }
         assert_eq!(status, 200, "{body}");
