@@ -1,5 +1,5 @@
-//! The audit trail of sensitive actions (logins, registrations, event changes, refunds, and
-//! every DLQ action): the `AuditRecord` type, the `AuditStore` port with its memory and
+//! The audit trail of sensitive actions (logins, registrations, event changes, refunds, every
+//! DLQ action, and callers refused by role): the `AuditRecord` type, the `AuditStore` port with its memory and
 //! PostgreSQL adapters, and `AuditLog`, the handle request handlers use. Recording never
 //! blocks or fails a request: `AuditLog::record` puts the record on a bounded channel that a
 //! background task writes in batches; a full channel or a failed write is counted in
@@ -16,7 +16,9 @@ use crate::observability::Metrics;
 use crate::paging::{Page, PageRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -66,8 +68,8 @@ impl TryFrom<String> for AuditResult {
 }
 
 /// One audited action. General on purpose: `action` is a dotted name (`auth.login`,
-/// `event.cancel`, `payment.refund`, `dlq.retry`) and the resource a type (`user`, `event`,
-/// `payment`, `reservation`, `dlq_entry`) plus an id.
+/// `event.cancel`, `payment.refund`, `dlq.retry`, `access.denied`) and the resource a type
+/// (`user`, `event`, `payment`, `reservation`, `dlq_entry`, `route`) plus an id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     pub id: Uuid,
@@ -186,12 +188,19 @@ const WRITE_BATCH: usize = 256;
 /// Attempts per batch before its records are counted as failed.
 const WRITE_ATTEMPTS: u32 = 3;
 
+/// Refusals a caller can repeat at will (`AuditLog::record_refusal`) recorded per actor: a
+/// burst of this many, then one a second.
+const REFUSAL_BURST: u32 = 10;
+/// Actors the refusal limit keeps before it forgets those whose burst is full again.
+const REFUSAL_ACTORS: usize = 10_000;
+
 /// The handle handlers record with; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<AuditRecord>,
     store: Arc<dyn AuditStore>,
     metrics: Arc<Metrics>,
+    refusals: Arc<DefaultKeyedRateLimiter<Uuid>>,
 }
 
 impl AuditLog {
@@ -207,7 +216,34 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let writer = write_batches(rx, Arc::clone(&store), Arc::clone(&metrics), limit);
         let task = tokio::spawn(writer);
-        (AuditLog { tx, store, metrics }, task)
+        let quota = Quota::per_second(NonZeroU32::MIN)
+            .allow_burst(NonZeroU32::new(REFUSAL_BURST).unwrap_or(NonZeroU32::MIN));
+        let refusals = Arc::new(RateLimiter::keyed(quota));
+        let log = AuditLog {
+            tx,
+            store,
+            metrics,
+            refusals,
+        };
+        (log, task)
+    }
+
+    /// Queues a refusal `actor` can repeat at will (a route their role does not open) as
+    /// `record` does, past a burst of `REFUSAL_BURST` at most one a second per actor: the rest
+    /// are counted (`throttled`) and not written, so that one caller cannot fill the queue
+    /// every other record goes through.
+    pub fn record_refusal(&self, actor: Uuid, record: AuditRecord) {
+        if self.refusals.len() > REFUSAL_ACTORS {
+            self.refusals.retain_recent();
+        }
+        if self.refusals.check_key(&actor).is_err() {
+            self.metrics
+                .audit_records
+                .with_label_values(&["throttled"])
+                .inc();
+            return;
+        }
+        self.record(record);
     }
 
     /// Queues `record` for writing without waiting. When the queue is full (the store is down
@@ -300,92 +336,4 @@ async fn write_batches(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A store whose inserts wait at a gate the test opens, counting the calls that arrived.
-    struct GatedStore {
-        inner: memory::MemoryAuditStore,
-        gate: tokio::sync::Semaphore,
-        entered: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl AuditStore for GatedStore {
-        async fn insert(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
-            self.entered
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.gate.acquire().await.expect("gate open").forget();
-            self.inner.insert(records).await
-        }
-        async fn list(
-            &self,
-            filter: &AuditFilter,
-            page: PageRequest,
-        ) -> Result<Page<AuditRecord>, AuditError> {
-            self.inner.list(filter, page).await
-        }
-        async fn ping(&self) -> Result<(), AuditError> {
-            Ok(())
-        }
-        fn kind(&self) -> &'static str {
-            "gated"
-        }
-    }
-
-    /// A record queued through the handle lands in the store, and a full queue drops and
-    /// counts: with the writer stuck in the store and a queue of one, the first record is in
-    /// the writer's batch, the next one fills the queue, and the 49 after it must be dropped.
-    #[tokio::test]
-    async fn queued_records_are_written_and_overflow_is_counted() {
-        let store = Arc::new(GatedStore {
-            inner: memory::MemoryAuditStore::default(),
-            gate: tokio::sync::Semaphore::new(0),
-            entered: Default::default(),
-        });
-        let metrics = Arc::new(Metrics::new());
-        let (log, task) = AuditLog::spawn(
-            store.clone(),
-            Arc::clone(&metrics),
-            1,
-            Duration::from_secs(3600),
-        );
-        let record = AuditRecord::new(Utc::now(), "auth.login", "user", AuditResult::Success);
-        log.record(record.clone());
-        // The writer takes it and waits in the store (this runtime has one thread, so nothing
-        // else runs between the `record` calls below).
-        let started = std::time::Instant::now();
-        while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the writer never wrote"
-            );
-            tokio::task::yield_now().await;
-        }
-        for _ in 0..50 {
-            log.record(AuditRecord::new(Utc::now(), "x", "y", AuditResult::Failure));
-        }
-        let dropped = metrics.audit_records.with_label_values(&["dropped"]).get();
-        assert_eq!(
-            dropped, 49,
-            "a full queue drops and counts every record it refuses"
-        );
-        store.gate.add_permits(1_000);
-        drop(log);
-        task.await.unwrap();
-        let written = metrics.audit_records.with_label_values(&["written"]).get();
-        assert_eq!(written, 2);
-        let page = store
-            .list(
-                &AuditFilter::default(),
-                PageRequest {
-                    page: 1,
-                    page_size: 100,
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(page.total_count, written);
-        assert!(page.items.iter().any(|r| r.id == record.id));
-    }
-}
+mod tests;

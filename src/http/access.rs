@@ -291,8 +291,8 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
 
 /// The 403 of a signed-in caller whose role the route does not admit, recorded in the audit
 /// trail (`access.denied` on the route, as `METHOD /template`): a customer trying the
-/// operators' routes is what an operator looks for there. A caller who repeats it meets the
-/// per-address rate limit; past the audit queue's bound records are dropped and counted.
+/// operators' routes is what an operator looks for there. Recorded as a refusal the caller
+/// can repeat at will (`AuditLog::record_refusal`: a burst, then one a second per caller).
 fn refuse_by_role(
     state: &AppState,
     request: &Request,
@@ -314,7 +314,7 @@ fn refuse_by_role(
         )
         .details(serde_json::json!({"status": status.as_u16(), "problem": problem["type"]}));
     record.resource_id = Some(format!("{} {}", rule.method, rule.path));
-    state.audit.record(record);
+    state.audit.record_refusal(caller.user_id.0, record);
     refusal.into_response()
 }
 

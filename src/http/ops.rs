@@ -118,9 +118,10 @@ fn breaker_check(b: crate::breaker::Snapshot) -> Check {
     .non_critical()
 }
 
-/// Every dependency checked in parallel (the event store, the read models and the accounts
-/// decide readiness; the bus, the cache and the projector only warn), then the breakers.
-async fn checks(s: &AppState) -> Vec<Check> {
+/// Every dependency checked in parallel: the event store, the read models and the accounts
+/// decide readiness; the bus, the cache and the projector only warn. (The breakers, listed
+/// after these on `/ready`, never decide it.)
+async fn dependency_checks(s: &AppState) -> [Check; 6] {
     let store = s.app.event_store();
     let auth = s.auth.store();
     let cache = s.app.event_cache().cache();
@@ -136,15 +137,14 @@ async fn checks(s: &AppState) -> Vec<Check> {
         check("cache", cache.kind(), cache.ping()),
         check("projector", "subscription", projector_ready(s)),
     );
-    [events, reads, accounts]
-        .into_iter()
-        .chain(
-            [bus, cached, projector]
-                .into_iter()
-                .map(Check::non_critical),
-        )
-        .chain(s.breakers.snapshots().into_iter().map(breaker_check))
-        .collect()
+    [
+        events,
+        reads,
+        accounts,
+        bus.non_critical(),
+        cached.non_critical(),
+        projector.non_critical(),
+    ]
 }
 
 /// Whether `/ready` answers 200 with these checks: no critical one failed.
@@ -190,7 +190,11 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         return response;
     }
-    let checks = checks(&s).await;
+    let checks: Vec<Check> = dependency_checks(&s)
+        .await
+        .into_iter()
+        .chain(s.breakers.snapshots().into_iter().map(breaker_check))
+        .collect();
     let ok = ready_by(&checks);
     let degraded = checks.iter().any(|c| c.error.is_some());
     let status = if ok {
@@ -226,20 +230,21 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     }
     // What `/ready` would answer now, so Prometheus alone can alert on an instance its load
     // balancer took out of rotation while `/metrics` still answers (`up` stays 1).
-    let checks = checks(&s).await;
+    let (checks, dead_letters) = tokio::join!(
+        dependency_checks(&s),
+        tokio::time::timeout(CHECK_TIMEOUT, s.app.dead_letters().store().stats()),
+    );
     let draining = s.draining.load(Ordering::SeqCst);
     s.metrics
         .ready
         .set(i64::from(!draining && ready_by(&checks)));
-    for c in checks.iter().filter(|c| c.adapter != "breaker") {
+    for c in &checks {
         s.metrics
             .ready_checks
             .with_label_values(&[c.name])
             .set(i64::from(c.error.is_none()));
     }
-    if let Ok(Ok(stats)) =
-        tokio::time::timeout(CHECK_TIMEOUT, s.app.dead_letters().store().stats()).await
-    {
+    if let Ok(Ok(stats)) = dead_letters {
         stats.record(&s.metrics);
     }
     (

@@ -51,7 +51,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// 1 per dependency check of `/ready` that passes, 0 failing; set when scraped.
     pub ready_checks: IntGaugeVec,
-    /// Audit records by outcome: written, dropped (queue full), failed (store refused).
+    /// Audit records by outcome: written, dropped (queue full), failed (store refused),
+    /// throttled (`AuditLog::record_refusal`).
     pub audit_records: IntCounterVec,
     /// Cache look-ups by cache (`events`, `availability`, `sessions`) and result.
     pub cache_requests: IntCounterVec,
@@ -345,7 +346,7 @@ impl Metrics {
             audit_records: counter(
                 &r,
                 "audit_records_total",
-                "Audit records by outcome: written, dropped (queue full: the audit store is down or behind), failed (the store refused the batch after retries).",
+                "Audit records by outcome: written, dropped (queue full: the audit store is down or behind), failed (the store refused the batch after retries), throttled (a caller's repeated refusals by role past a burst of 10, then one a second).",
                 &["outcome"],
             ),
             cache_requests: counter(

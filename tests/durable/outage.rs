@@ -257,7 +257,7 @@ async fn a_write_during_an_event_store_outage_answers_503_and_later_succeeds() {
 #[tokio::test]
 async fn sigterm_turns_ready_to_draining_then_exits_cleanly() {
     let db = fresh_database().await;
-    let service = Service::start(&db, &[("SHUTDOWN_DRAIN_SECONDS", "3")]).await;
+    let service = Service::start(&db, &[("SHUTDOWN_DRAIN_SECONDS", "5")]).await;
     service.sigterm().await;
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

@@ -40,7 +40,7 @@ const RATE_LIMIT_SCOPES: [&str; 3] = ["auth", "writes", "reads"];
 const CACHES: [&str; 3] = ["events", "availability", "sessions"];
 const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "error"];
 /// `audit_records_total{outcome}` (`audit`).
-const AUDIT_OUTCOMES: [&str; 3] = ["written", "dropped", "failed"];
+const AUDIT_OUTCOMES: [&str; 4] = ["written", "dropped", "failed", "throttled"];
 /// `reconciled_captures_total{outcome}` (`app::reconcile`).
 const RECONCILE_OUTCOMES: [&str; 3] = ["recorded", "refunded", "failed"];
 /// `dlq_entries{status}` (`dlq::DlqStats::record`).
