@@ -1,10 +1,10 @@
 //! The audit trail of sensitive actions (logins, registrations, event changes, refunds, every
-//! DLQ action, and callers refused by role): the `AuditRecord` type, the `AuditStore` port with its memory and
-//! PostgreSQL adapters, and `AuditLog`, the handle request handlers use. Recording never
-//! blocks or fails a request: `AuditLog::record` puts the record on a bounded channel that a
-//! background task writes in batches; a full channel or a failed write is counted in
-//! `ticketing_audit_records_total` and logged, never silently lost. A record must never hold a
-//! password, a token or a hash.
+//! DLQ action, and callers refused by role): the `AuditRecord` type, the `AuditStore` port
+//! with its memory and PostgreSQL adapters, and `AuditLog`, the handle request handlers use.
+//! Recording never blocks or fails a request: `AuditLog::record` puts the record on a bounded
+//! channel that a background task writes in batches; a full channel or a failed write is
+//! counted in `ticketing_audit_records_total` and logged, never silently lost. A record must
+//! never hold a password, a token or a hash.
 
 #[cfg(test)]
 pub mod contract;
@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -191,8 +192,8 @@ const WRITE_ATTEMPTS: u32 = 3;
 /// Refusals a caller can repeat at will (`AuditLog::record_refusal`) recorded per actor: a
 /// burst of this many, then one a second.
 const REFUSAL_BURST: u32 = 10;
-/// Actors the refusal limit keeps before it forgets those whose burst is full again.
-const REFUSAL_ACTORS: usize = 10_000;
+/// Every this many refusals, the limit forgets the actors whose burst is full again.
+const REFUSAL_SWEEP_EVERY: u64 = 1_024;
 
 /// The handle handlers record with; cheap to clone.
 #[derive(Clone)]
@@ -201,6 +202,7 @@ pub struct AuditLog {
     store: Arc<dyn AuditStore>,
     metrics: Arc<Metrics>,
     refusals: Arc<DefaultKeyedRateLimiter<Uuid>>,
+    refusals_seen: Arc<AtomicU64>,
 }
 
 impl AuditLog {
@@ -224,6 +226,7 @@ impl AuditLog {
             store,
             metrics,
             refusals,
+            refusals_seen: Arc::default(),
         };
         (log, task)
     }
@@ -233,8 +236,9 @@ impl AuditLog {
     /// are counted (`throttled`) and not written, so that one caller cannot fill the queue
     /// every other record goes through.
     pub fn record_refusal(&self, actor: Uuid, record: AuditRecord) {
-        if self.refusals.len() > REFUSAL_ACTORS {
+        if self.refusals_seen.fetch_add(1, Ordering::Relaxed) % REFUSAL_SWEEP_EVERY == 0 {
             self.refusals.retain_recent();
+            self.refusals.shrink_to_fit();
         }
         if self.refusals.check_key(&actor).is_err() {
             self.metrics
