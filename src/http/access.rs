@@ -9,7 +9,6 @@
 use super::error::{ApiError, AppError};
 use super::extract::{bearer, RequestContext, VerifiedPrincipal};
 use super::AppState;
-use crate::audit::AuditResult;
 use crate::auth::{Principal, Role};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method};
@@ -303,17 +302,15 @@ fn refuse_by_role(
         Staff => "only organizers and admins may do this",
         _ => "only admins may do this",
     }));
-    let (status, problem) = refusal.to_problem();
-    let mut record = RequestContext::of(request.extensions())
-        .audit(
-            state.clock.now(),
-            Some(caller),
-            "access.denied",
-            "route",
-            AuditResult::Denied,
-        )
-        .details(serde_json::json!({"status": status.as_u16(), "problem": problem["type"]}));
-    record.resource_id = Some(format!("{} {}", rule.method, rule.path));
+    let route = format!("{} {}", rule.method, rule.path);
+    let record = state.audit_record(
+        &RequestContext::of(request.extensions()),
+        Some(caller),
+        "access.denied",
+        ("route", Some(route)),
+        Some(&refusal),
+        serde_json::json!({}),
+    );
     state.audit.record_refusal(caller.user_id.0, record);
     refusal.into_response()
 }

@@ -23,7 +23,7 @@ mod spans;
 pub mod webhooks;
 
 use crate::app::App;
-use crate::audit::{AuditLog, AuditResult};
+use crate::audit::{AuditLog, AuditRecord, AuditResult};
 use crate::auth::{AuthService, Principal};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -86,7 +86,7 @@ pub struct Shared {
 
 impl Shared {
     /// Records an audited action of `caller` (anonymous: `None`) on `resource` that ended with
-    /// `outcome`: 401 and 403 are `denied`, other errors `failure` with their problem type.
+    /// `outcome` (see `audit_record`).
     pub fn audit<T>(
         &self,
         ctx: &RequestContext,
@@ -96,9 +96,26 @@ impl Shared {
         outcome: &Result<T, ApiError>,
         details: serde_json::Value,
     ) {
-        let (result, details) = match outcome {
-            Ok(_) => (AuditResult::Success, details),
-            Err(e) => {
+        let error = outcome.as_ref().err();
+        let record = self.audit_record(ctx, caller, action, resource, error, details);
+        self.audit.record(record);
+    }
+
+    /// The audit record of an action of `caller` on `resource` that succeeded (`error` none)
+    /// or was refused: 401 and 403 are `denied`, other errors `failure`, with their status and
+    /// problem type added to `details`.
+    pub fn audit_record(
+        &self,
+        ctx: &RequestContext,
+        caller: Option<&Principal>,
+        action: &str,
+        resource: (&str, Option<String>),
+        error: Option<&ApiError>,
+        details: serde_json::Value,
+    ) -> AuditRecord {
+        let (result, details) = match error {
+            None => (AuditResult::Success, details),
+            Some(e) => {
                 let result = match e {
                     ApiError::App(
                         AppError::Unauthorized | AppError::Forbidden(_) | AppError::Denied { .. },
@@ -119,7 +136,7 @@ impl Shared {
             .audit(self.clock.now(), caller, action, resource_type, result)
             .details(details);
         record.resource_id = resource_id;
-        self.audit.record(record);
+        record
     }
 }
 
